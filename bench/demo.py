@@ -1,0 +1,91 @@
+"""``python -m bench demo``: the issue-2 demo in the classic two-device lab.
+
+devicea (client) and deviceb (server) joined by veth0/veth1 (10.0.0.0/30)
+and veth2/veth3 (10.1.0.0/30), each shaped with tbf to 5 Mbit/s in both
+directions; one iperf3 TCP flow over one plain link, an ECMP route, and the
+stripe tunnel started from configs/a.toml (server) and configs/b.toml (client).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.iperf import Flow
+from bench.lab import Lab, LabNames, LinkSpec
+from bench.measure import RunRecord, measure
+from bench.procs import terminating_signals_raise, uninterruptible
+from bench.sh import CommandError, ensure_tools
+from bench.stripe_run import REPO_ROOT
+from bench.systems import Ecmp, PlainLink, Stripe, System
+
+DEMO_RATE_MBIT = 5.0
+TUNNEL_SERVER_ADDR = "10.2.0.2"
+
+
+def format_table(records: list[RunRecord], n_links: int) -> str:
+    header = ["system", "Mbit/s", "retransmits"] + [f"link{i} share" for i in range(n_links)]
+    rows = [header]
+    for r in records:
+        if r.error and not r.goodput_mbit:
+            rows.append([r.system, "failed", "-"] + ["-"] * n_links)
+            continue
+        shares = [f"{100 * s:.0f} %" for s in r.link_share] or ["-"] * n_links
+        rows.append(
+            [
+                r.system,
+                f"{r.goodput_mbit:.2f}",
+                "-" if r.retransmits is None else str(r.retransmits),
+                *shares,
+            ]
+        )
+    widths = [max(len(row[c]) for row in rows) for c in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run_demo(seconds: float, cc: str | None, log_level: str) -> int:
+    ensure_tools(["ip", "tc", "iperf3", "ping"])
+    workdir = Path(tempfile.mkdtemp(prefix="stripe-demo-"))
+    lab = Lab(LabNames.classic(), (LinkSpec.symmetric(DEMO_RATE_MBIT),) * 2, workdir)
+    systems: list[System] = [
+        PlainLink(0),
+        Ecmp(),
+        Stripe(
+            "stripe",
+            REPO_ROOT / "configs" / "a.toml",
+            REPO_ROOT / "configs" / "b.toml",
+            TUNNEL_SERVER_ADDR,
+            log_level,
+        ),
+    ]
+    records: list[RunRecord] = []
+    with terminating_signals_raise():
+        try:
+            print(
+                f"demo: building devicea <-> deviceb, 2 links x {DEMO_RATE_MBIT:g} Mbit/s "
+                f"(logs in {workdir})",
+                flush=True,
+            )
+            lab.up()
+            for system in systems:
+                print(
+                    f"demo: {system.name}: one iperf3 TCP flow, {seconds:g} s"
+                    f"{f', cc {cc}' if cc else ''} ...",
+                    flush=True,
+                )
+                record = measure(lab, system, Flow(), seconds, cc, workdir / system.name)
+                records.append(record)
+                if record.error:
+                    print(f"demo: {system.name} failed: {record.error}", file=sys.stderr)
+        except CommandError as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            return 2
+        finally:
+            with uninterruptible():
+                lab.down()
+    print()
+    print(format_table(records, 2))
+    return 1 if any(r.error for r in records) else 0

@@ -1,0 +1,452 @@
+"""A lab: client and server namespaces joined by N shaped, possibly impaired links.
+
+Topology per link ``i`` (addresses 10.i.0.1/30 client, 10.i.0.2/30 server):
+
+* direct (no delay/jitter/loss anywhere): one veth pair client <-> server,
+  ``tbf`` on each end's egress; this is the classic two-device lab.
+* emulated (some link needs delay/jitter/loss): client <-> middle <-> server,
+  two veth pairs per link; the middle namespace runs ``bench.emulator``,
+  which bridges each pair at L2 and applies delay/jitter/loss, and ``tbf``
+  sits on the middle's egress veths, so the bottleneck queue is in the
+  network, not in either endpoint (as with a real ISP link).
+
+Every lab also carries the extras the baselines need: 10.9.0.1/32 and
+10.9.0.2/32 on the endpoints' ``lo`` with ECMP routes across all links, and
+in-kernel MPTCP endpoints (the server announces its other link addresses).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bench.procs import Proc
+from bench.sh import CommandError, ensure_tools, run
+
+MAX_LINKS = 8
+ECMP_CLIENT_ADDR = "10.9.0.1"
+ECMP_SERVER_ADDR = "10.9.0.2"
+# tbf: bucket of 10 ms of traffic (at least two full frames) keeps short
+# bursts at line rate without letting a flow overshoot the rate for long.
+TBF_BURST_S = 0.010
+TBF_MIN_BURST_BYTES = 2 * 1514
+# tbf queue: how long a packet may wait; 50 ms is a modest modem buffer,
+# larger than the BDP of the zero-delay scenarios so TCP can fill the link.
+DEFAULT_QUEUE_MS = 50.0
+
+
+@dataclass(frozen=True, slots=True)
+class Direction:
+    """What one direction of one link does to packets (``None`` rate: unshaped)."""
+
+    rate_mbit: float | None = None
+    delay_ms: float = 0.0
+    jitter_ms: float = 0.0
+    loss: float = 0.0  # fraction of packets dropped at random, 0..1
+
+    @property
+    def impaired(self) -> bool:
+        return self.delay_ms > 0 or self.jitter_ms > 0 or self.loss > 0
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSpec:
+    up: Direction  # client -> server
+    down: Direction  # server -> client
+
+    @classmethod
+    def symmetric(
+        cls,
+        rate_mbit: float | None = None,
+        delay_ms: float = 0.0,
+        jitter_ms: float = 0.0,
+        loss: float = 0.0,
+    ) -> LinkSpec:
+        d = Direction(rate_mbit, delay_ms, jitter_ms, loss)
+        return cls(d, d)
+
+
+@dataclass(frozen=True, slots=True)
+class LinkNames:
+    client_if: str
+    server_if: str
+    mid_client_if: str  # middle's end of the client-side pair (emulated only)
+    mid_server_if: str
+    client_addr: str
+    server_addr: str
+
+
+@dataclass(frozen=True, slots=True)
+class LabNames:
+    client_ns: str
+    server_ns: str
+    mid_ns: str
+    links: tuple[LinkNames, ...]
+
+    @classmethod
+    def for_prefix(cls, prefix: str, n_links: int) -> LabNames:
+        if not 1 <= n_links <= MAX_LINKS:
+            raise ValueError(f"a lab has 1..{MAX_LINKS} links, not {n_links}")
+        links = tuple(
+            LinkNames(
+                client_if=f"{prefix}c{i}",
+                server_if=f"{prefix}s{i}",
+                mid_client_if=f"{prefix}mc{i}",
+                mid_server_if=f"{prefix}ms{i}",
+                client_addr=f"10.{i}.0.1",
+                server_addr=f"10.{i}.0.2",
+            )
+            for i in range(n_links)
+        )
+        return cls(f"{prefix}cli", f"{prefix}srv", f"{prefix}mid", links)
+
+    @classmethod
+    def classic(cls) -> LabNames:
+        """The two-device lab of issue 2, whose names configs/*.toml rely on."""
+        links = tuple(
+            LinkNames(
+                client_if=f"veth{2 * i}",
+                server_if=f"veth{2 * i + 1}",
+                mid_client_if="",
+                mid_server_if="",
+                client_addr=f"10.{i}.0.1",
+                server_addr=f"10.{i}.0.2",
+            )
+            for i in range(2)
+        )
+        return cls("devicea", "deviceb", "", links)
+
+
+def new_prefix() -> str:
+    """A fresh per-run prefix, ``sb`` + 4 hex digits (names stay <= 15 chars)."""
+    return "sb" + secrets.token_hex(2)
+
+
+def list_namespaces() -> list[str]:
+    out = run(["ip", "netns", "list"]).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def delete_namespace(ns: str) -> None:
+    """Stop what runs in ``ns`` (by PID) and delete it; its veths go with it."""
+    pids = run(["ip", "netns", "pids", ns], check=False).stdout.split()
+    for pid in pids:
+        run(["kill", "-KILL", pid], check=False)
+    run(["ip", "netns", "delete", ns], check=False)
+
+
+def cleanup_prefix(prefix: str) -> list[str]:
+    """Remove leftover namespaces whose names start with ``prefix``."""
+    if len(prefix) < 2:
+        raise ValueError("refusing a prefix shorter than 2 characters")
+    gone = [ns for ns in list_namespaces() if ns.startswith(prefix)]
+    for ns in gone:
+        delete_namespace(ns)
+    return gone
+
+
+def tbf_args(rate_mbit: float, queue_ms: float) -> list[str]:
+    burst = max(TBF_MIN_BURST_BYTES, int(rate_mbit * 1e6 / 8 * TBF_BURST_S))
+    return [
+        "tbf",
+        "rate",
+        f"{int(rate_mbit * 1000)}kbit",
+        "burst",
+        str(burst),
+        "latency",
+        f"{int(queue_ms)}ms",
+    ]
+
+
+@dataclass
+class Lab:
+    """Build with :meth:`up`, always tear down with :meth:`down` (idempotent)."""
+
+    names: LabNames
+    specs: tuple[LinkSpec, ...]
+    workdir: Path
+    queue_ms: float = DEFAULT_QUEUE_MS
+    emulator: Proc | None = field(default=None, init=False)
+    emulator_stats: dict[str, object] = field(default_factory=dict, init=False)
+    _created: list[str] = field(default_factory=list, init=False)
+
+    def __post_init__(self) -> None:
+        if len(self.specs) != len(self.names.links):
+            raise ValueError("one LinkSpec per link")
+
+    @property
+    def emulated(self) -> bool:
+        return any(s.up.impaired or s.down.impaired for s in self.specs)
+
+    @property
+    def namespaces(self) -> list[str]:
+        nss = [self.names.client_ns, self.names.server_ns]
+        return [*nss, self.names.mid_ns] if self.emulated else nss
+
+    # -- building -------------------------------------------------------
+
+    def up(self) -> None:
+        tools = ["ip", "tc"] + (["ethtool"] if self.emulated else [])
+        ensure_tools(tools)
+        existing = set(list_namespaces())
+        clash = [ns for ns in self.namespaces if ns in existing]
+        if clash:
+            raise CommandError(
+                f"namespaces {clash} already exist; remove them first "
+                f"(`ip netns delete NAME`) or use `python -m bench cleanup PREFIX`"
+            )
+        for ns in self.namespaces:
+            run(["ip", "netns", "add", ns])
+            self._created.append(ns)
+            run(["ip", "link", "set", "lo", "up"], ns=ns)
+        for ns in (self.names.client_ns, self.names.server_ns):
+            self._sysctl(ns, "net.ipv4.conf.all.rp_filter=0")
+            self._sysctl(ns, "net.ipv4.conf.default.rp_filter=0")
+            # Hash on ports too, so parallel ECMP flows may take different links.
+            self._sysctl(ns, "net.ipv4.fib_multipath_hash_policy=1")
+        if self.emulated:
+            # The middle is a wire: it must not speak on its links itself.
+            self._sysctl(self.names.mid_ns, "net.ipv6.conf.all.disable_ipv6=1")
+            self._sysctl(self.names.mid_ns, "net.ipv6.conf.default.disable_ipv6=1")
+        for i in range(len(self.specs)):
+            self._build_link(i)
+        self._ecmp()
+        self._mptcp_endpoints()
+        if self.emulated:
+            self._start_emulator()
+
+    def _sysctl(self, ns: str, setting: str) -> None:
+        key, value = setting.split("=")
+        path = "/proc/sys/" + key.replace(".", "/")
+        run(["sh", "-c", f"echo {value} > {path}"], ns=ns)
+
+    def _build_link(self, i: int) -> None:
+        n, spec = self.names.links[i], self.specs[i]
+        cns, sns = self.names.client_ns, self.names.server_ns
+        if not self.emulated:
+            run(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    n.client_if,
+                    "netns",
+                    cns,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    n.server_if,
+                    "netns",
+                    sns,
+                ]
+            )
+            self._shape(cns, n.client_if, spec.up.rate_mbit)
+            self._shape(sns, n.server_if, spec.down.rate_mbit)
+        else:
+            mns = self.names.mid_ns
+            run(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    n.client_if,
+                    "netns",
+                    cns,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    n.mid_client_if,
+                    "netns",
+                    mns,
+                ]
+            )
+            run(
+                [
+                    "ip",
+                    "link",
+                    "add",
+                    n.server_if,
+                    "netns",
+                    sns,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    n.mid_server_if,
+                    "netns",
+                    mns,
+                ]
+            )
+            for ns, dev in (
+                (cns, n.client_if),
+                (sns, n.server_if),
+                (mns, n.mid_client_if),
+                (mns, n.mid_server_if),
+            ):
+                # The emulator copies frames as they are: checksums must be
+                # complete and frames MTU-sized, so no offloads on this path.
+                run(
+                    ["ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off"],
+                    ns=ns,
+                    check=False,
+                )
+            for dev in (n.mid_client_if, n.mid_server_if):
+                run(["ip", "link", "set", dev, "up"], ns=mns)
+            self._shape(mns, n.mid_server_if, spec.up.rate_mbit)
+            self._shape(mns, n.mid_client_if, spec.down.rate_mbit)
+        run(["ip", "addr", "add", f"{n.client_addr}/30", "dev", n.client_if], ns=cns)
+        run(["ip", "addr", "add", f"{n.server_addr}/30", "dev", n.server_if], ns=sns)
+        run(["ip", "link", "set", n.client_if, "up"], ns=cns)
+        run(["ip", "link", "set", n.server_if, "up"], ns=sns)
+
+    def _shape(self, ns: str, dev: str, rate_mbit: float | None) -> None:
+        if rate_mbit is None:
+            return
+        run(
+            ["tc", "qdisc", "replace", "dev", dev, "root", *tbf_args(rate_mbit, self.queue_ms)],
+            ns=ns,
+        )
+
+    def _ecmp(self) -> None:
+        cns, sns = self.names.client_ns, self.names.server_ns
+        run(["ip", "addr", "add", f"{ECMP_CLIENT_ADDR}/32", "dev", "lo"], ns=cns)
+        run(["ip", "addr", "add", f"{ECMP_SERVER_ADDR}/32", "dev", "lo"], ns=sns)
+        to_server: list[str] = []
+        to_client: list[str] = []
+        for n in self.names.links:
+            to_server += ["nexthop", "via", n.server_addr, "dev", n.client_if]
+            to_client += ["nexthop", "via", n.client_addr, "dev", n.server_if]
+        run(["ip", "route", "add", f"{ECMP_SERVER_ADDR}/32", *to_server], ns=cns)
+        run(["ip", "route", "add", f"{ECMP_CLIENT_ADDR}/32", *to_client], ns=sns)
+
+    def _mptcp_endpoints(self) -> None:
+        """Let kernel MPTCP open one subflow per link (no-op without MPTCP)."""
+        if not mptcp_available():
+            return
+        n_links = str(len(self.names.links))
+        for ns in (self.names.client_ns, self.names.server_ns):
+            run(
+                ["ip", "mptcp", "limits", "set", "subflow", n_links, "add_addr_accepted", n_links],
+                ns=ns,
+                check=False,
+            )
+        for n in self.names.links[1:]:
+            run(
+                ["ip", "mptcp", "endpoint", "add", n.server_addr, "dev", n.server_if, "signal"],
+                ns=self.names.server_ns,
+                check=False,
+            )
+
+    def _start_emulator(self) -> None:
+        spec = [
+            {
+                "a": n.mid_client_if,
+                "b": n.mid_server_if,
+                "a_to_b": asdict(s.up),
+                "b_to_a": asdict(s.down),
+            }
+            for n, s in zip(self.names.links, self.specs, strict=True)
+        ]
+        self.emulator = Proc(
+            "emulator",
+            [sys.executable, "-m", "bench.emulator", json.dumps(spec)],
+            self.names.mid_ns,
+            self.workdir / "emulator.log",
+        )
+        # The emulator prints "ready" once its sockets are bound.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if "ready" in self.emulator.tail(5):
+                return
+            if not self.emulator.alive():
+                break
+            time.sleep(0.05)
+        raise CommandError("link emulator did not start:\n" + self.emulator.tail())
+
+    # -- operating ------------------------------------------------------
+
+    def counters(self) -> list[tuple[int, int]]:
+        """(tx_bytes, rx_bytes) of each link's client-side interface."""
+        files = []
+        for n in self.names.links:
+            base = f"/sys/class/net/{n.client_if}/statistics"
+            files += [f"{base}/tx_bytes", f"{base}/rx_bytes"]
+        values = [int(v) for v in run(["cat", *files], ns=self.names.client_ns).stdout.split()]
+        return [(values[2 * i], values[2 * i + 1]) for i in range(len(self.names.links))]
+
+    def set_link_up(self, i: int, up: bool) -> None:
+        """Cut or restore link ``i`` by its endpoint interfaces' state."""
+        n = self.names.links[i]
+        state = "up" if up else "down"
+        run(["ip", "link", "set", n.client_if, state], ns=self.names.client_ns)
+        run(["ip", "link", "set", n.server_if, state], ns=self.names.server_ns)
+        if up:
+            # Taking an interface down flushes its routes: put ECMP back.
+            for ns in (self.names.client_ns, self.names.server_ns):
+                run(["ip", "route", "del", f"{ECMP_SERVER_ADDR}/32"], ns=ns, check=False)
+                run(["ip", "route", "del", f"{ECMP_CLIENT_ADDR}/32"], ns=ns, check=False)
+            for ns in (self.names.client_ns, self.names.server_ns):
+                run(
+                    ["ip", "addr", "del", f"{ECMP_CLIENT_ADDR}/32", "dev", "lo"], ns=ns, check=False
+                )
+                run(
+                    ["ip", "addr", "del", f"{ECMP_SERVER_ADDR}/32", "dev", "lo"], ns=ns, check=False
+                )
+            self._ecmp()
+
+    def set_blackhole(self, i: int, on: bool) -> None:
+        """Silently drop everything arriving on link ``i`` at both ends.
+
+        A netdev ingress hook drops frames after they crossed the wire, so
+        neither sender sees an error: interfaces stay up, as when an ISP
+        fails upstream.
+        """
+        n = self.names.links[i]
+        table = f"blackhole{i}"
+        for ns, dev in ((self.names.client_ns, n.client_if), (self.names.server_ns, n.server_if)):
+            if on:
+                rules = (
+                    f"table netdev {table} {{ chain drop {{ type filter hook ingress "
+                    f'device "{dev}" priority -500; policy drop; }} }}'
+                )
+                run(["nft", rules], ns=ns)
+            else:
+                run(["nft", "delete", "table", "netdev", table], ns=ns, check=False)
+
+    def down(self) -> None:
+        if self.emulator is not None:
+            self.emulator.stop()
+            self.emulator_stats = _last_json_line(self.emulator.log)
+            self.emulator = None
+        for ns in reversed(self._created):
+            delete_namespace(ns)
+        self._created.clear()
+
+
+def _last_json_line(path: Path) -> dict[str, object]:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                return value
+    return {}
+
+
+def mptcp_available() -> bool:
+    try:
+        return Path("/proc/sys/net/mptcp/enabled").read_text().strip() == "1"
+    except OSError:
+        return False

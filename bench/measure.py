@@ -1,0 +1,151 @@
+"""One measurement: one system, one offered flow, on a lab that is up."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.iperf import Flow, run_client, start_server
+from bench.lab import Lab
+from bench.systems import System
+
+IPERF_PORT = 5201
+SAMPLE_INTERVAL_S = 1.0
+
+# (seconds after the flow starts, description, action)
+Event = tuple[float, str, Callable[[], None]]
+
+
+@dataclass
+class RunRecord:
+    system: str
+    flow: str
+    cc: str | None
+    seconds: float
+    goodput_mbit: float = 0.0
+    retransmits: int | None = None
+    lost_percent: float | None = None
+    per_second_mbit: list[float] = field(default_factory=list)
+    link_bytes: list[int] = field(default_factory=list)  # tx+rx, client side
+    link_share: list[float] = field(default_factory=list)
+    link_series_mbit: list[list[float]] = field(default_factory=list)  # [second][link], tx
+    cpu_percent: dict[str, float] = field(default_factory=dict)
+    events: list[tuple[float, str]] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Sampler(threading.Thread):
+    """Reads link counters once a second and fires timed events (link cuts)."""
+
+    def __init__(self, lab: Lab, events: list[Event]) -> None:
+        super().__init__(daemon=True)
+        self.lab = lab
+        self.pending = sorted(events, key=lambda e: e[0])
+        self.fired: list[tuple[float, str]] = []
+        self.samples: list[list[tuple[int, int]]] = []
+        self.failure: str | None = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        tick = 0
+        while not self._halt.is_set():
+            elapsed = time.monotonic() - start
+            while self.pending and self.pending[0][0] <= elapsed:
+                at, what, action = self.pending.pop(0)
+                try:
+                    action()
+                    self.fired.append((round(time.monotonic() - start, 2), what))
+                except Exception as exc:  # reported in the record, not lost in a thread
+                    self.failure = f"event {what!r} at {at}s failed: {exc}"
+            try:
+                self.samples.append(self.lab.counters())
+            except Exception as exc:
+                self.failure = f"counter sampling failed: {exc}"
+            tick += 1
+            next_at = tick * SAMPLE_INTERVAL_S
+            if self.pending:
+                next_at = min(next_at, self.pending[0][0])
+            self._halt.wait(max(0.0, next_at - (time.monotonic() - start)))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+
+def measure(
+    lab: Lab,
+    system: System,
+    flow: Flow,
+    seconds: float,
+    cc: str | None,
+    workdir: Path,
+    events: list[Event] | None = None,
+) -> RunRecord:
+    """Start ``system``, run iperf3 across it, stop it; never raises on a failed run."""
+    record = RunRecord(system.name, flow.label, cc if flow.kind == "tcp" else None, seconds)
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = None
+    try:
+        target = system.start(lab, workdir)
+        server = start_server(
+            lab.names.server_ns, IPERF_PORT, workdir / "iperf3-server.log", target.wrapper
+        )
+        before = lab.counters()
+        cpu_before = system.cpu_seconds()
+        sampler = Sampler(lab, events or [])
+        started = time.monotonic()
+        sampler.start()
+        try:
+            result = run_client(
+                lab.names.client_ns,
+                target.address,
+                IPERF_PORT,
+                seconds,
+                flow,
+                cc,
+                target.bind,
+                target.wrapper,
+            )
+        finally:
+            sampler.stop()
+        wall = time.monotonic() - started
+        after = lab.counters()
+        cpu_after = system.cpu_seconds()
+        record.goodput_mbit = round(result.goodput_mbit, 3)
+        record.retransmits = result.retransmits
+        record.lost_percent = result.lost_percent
+        record.per_second_mbit = result.per_second_mbit
+        record.error = result.error or sampler.failure
+        record.events = sampler.fired
+        record.link_bytes = [
+            (a[0] - b[0]) + (a[1] - b[1]) for a, b in zip(after, before, strict=False)
+        ]
+        total = sum(record.link_bytes)
+        record.link_share = [round(x / total, 4) if total else 0.0 for x in record.link_bytes]
+        record.link_series_mbit = [
+            [
+                round((cur[i][0] - prev[i][0]) * 8 / 1e6 / SAMPLE_INTERVAL_S, 3)
+                for i in range(len(cur))
+            ]
+            for prev, cur in zip(sampler.samples, sampler.samples[1:], strict=False)
+        ]
+        record.cpu_percent = {
+            k: round(100 * (cpu_after.get(k, 0.0) - v) / wall, 1) for k, v in cpu_before.items()
+        }
+        (workdir / "iperf3.json").write_text(json.dumps(result.raw, indent=1))
+    except Exception as exc:
+        record.error = str(exc)
+    finally:
+        if server is not None:
+            server.stop()
+        system.stop()
+    return record

@@ -1,0 +1,107 @@
+"""The systems compared: plain links, ECMP, kernel MPTCP, and stripe.
+
+Each system is started on a built lab and says where iperf3 must send
+(address, source address, a wrapper such as ``mptcpize run``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.lab import ECMP_CLIENT_ADDR, ECMP_SERVER_ADDR, Lab, mptcp_available
+from bench.stripe_run import StripePair
+
+
+@dataclass(frozen=True)
+class Target:
+    address: str
+    bind: str | None = None
+    wrapper: tuple[str, ...] = ()
+
+
+class System:
+    """Base: a way of carrying the flow from the client to the server namespace."""
+
+    name = "system"
+
+    def start(self, lab: Lab, workdir: Path) -> Target:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Undo :meth:`start`; the lab itself stays up."""
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return {}
+
+
+@dataclass
+class PlainLink(System):
+    index: int
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return f"link{self.index}"
+
+    def start(self, lab: Lab, workdir: Path) -> Target:
+        return Target(lab.names.links[self.index].server_addr)
+
+
+class Ecmp(System):
+    name = "ecmp"
+
+    def start(self, lab: Lab, workdir: Path) -> Target:
+        return Target(ECMP_SERVER_ADDR, bind=ECMP_CLIENT_ADDR)
+
+
+class Mptcp(System):
+    name = "mptcp"
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        if not mptcp_available():
+            return "kernel MPTCP not enabled (net.mptcp.enabled != 1)"
+        if shutil.which("mptcpize") is None:
+            return "mptcpize not installed (Debian package mptcpd)"
+        return None
+
+    def start(self, lab: Lab, workdir: Path) -> Target:
+        return Target(lab.names.links[0].server_addr, wrapper=("mptcpize", "run"))
+
+
+@dataclass
+class Stripe(System):
+    """The tunnel, from ready-made config files (demo) or generated ones (suite)."""
+
+    label: str
+    server_config: Path
+    client_config: Path
+    tunnel_server_addr: str
+    log_level: str = "info"
+    pair: StripePair | None = field(default=None, init=False)
+
+    @property
+    def name(self) -> str:  # type: ignore[override]
+        return self.label
+
+    def start(self, lab: Lab, workdir: Path) -> Target:
+        self.pair = StripePair(
+            lab.names.client_ns,
+            lab.names.server_ns,
+            self.server_config,
+            self.client_config,
+            workdir,
+            self.log_level,
+        )
+        self.pair.start()
+        self.pair.wait_ready(self.tunnel_server_addr)
+        return Target(self.tunnel_server_addr)
+
+    def stop(self) -> None:
+        if self.pair is not None:
+            self.pair.stop()
+            self.pair = None
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return self.pair.cpu_seconds() if self.pair is not None else {}
