@@ -1,0 +1,1 @@
+"""stripe: a bonding VPN."""

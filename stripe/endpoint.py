@@ -1,0 +1,585 @@
+"""The sans-I/O core of a stripe endpoint (client or server).
+
+Theory of operation
+-------------------
+The driver feeds three kinds of input, each with the current monotonic time:
+
+- `receive_datagram(sock, data, addr, now)`: a UDP datagram from a link socket;
+- `send_packet(packet, now)`: an IP packet read from the TUN device;
+- `handle_timer(now)`: the time returned by `get_timer()` has come;
+- `send_failed(sock, addr, now)`: the OS refused a send (interface down).
+
+After any input it drains the outputs: `datagrams_to_send()` (socket index,
+bytes, address), `packets_to_deliver()` (in-order IP packets for the TUN) and
+`take_events()` (log lines), then re-arms one timer from `get_timer()`.
+Nothing here reads a clock, touches a socket or imports asyncio, so the tests
+drive two endpoints through an in-memory network with a fake clock.
+
+Every datagram from the network passes `receive_datagram`, the one parsing
+boundary: each failure drops it and bumps `drops[reason]`; no state changes
+before a packet authenticated (handshake state only after the Noise message
+verified and its timestamp grew).
+
+The client initiates the handshake (Noise IKpsk2, see `handshake`) on one
+link, retries on the next link with backoff, re-initiates to rekey and after
+a silence that suggests the server lost its state.  The server learns each
+link's return address from authenticated packets (NAT, roaming).  Links are
+probed every 200 ms; the scheduler stripes data over the links that are up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from . import control, wire
+from .handshake import (
+    AcceptedInitiation,
+    PendingInitiation,
+    read_initiation,
+    write_response,
+)
+from .links import Link, LinkState
+from .noise import NoiseError, public_from_private
+from .scheduler import Scheduler, make_scheduler, usable_links
+from .session import REKEY_AFTER_S, DecryptError, Session
+
+Address = tuple[str, int]
+Datagram = tuple[int, bytes, Address]
+
+# Implementation constants.
+HANDSHAKE_RETRY_S = 1.0
+HANDSHAKE_RETRY_MAX_S = 8.0
+REHANDSHAKE_AFTER_SILENCE_S = 3.0
+LINKS_ANNOUNCE_INTERVAL_S = 5.0
+QUEUE_MAX_PACKETS = 256
+PREVIOUS_SESSION_KEEP_S = 10.0
+
+
+class Role(Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkSpec:
+    """A configured link.  On the client, socket index == link_id."""
+
+    link_id: int
+    name: str
+    weight: int = 1
+    backup: bool = False
+    remote: Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSpec:
+    public_key: bytes
+    preshared_key: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    role: Role
+    private_key: bytes
+    peers: tuple[PeerSpec, ...]
+    links: tuple[LinkSpec, ...] = ()
+    scheduler: str = "weighted"
+    reorder_hold_s: float | None = None  # None: derived from measured skew
+
+
+@dataclass(slots=True)
+class Peer:
+    spec: PeerSpec
+    scheduler: Scheduler
+    links: dict[int, Link] = field(default_factory=dict)
+    current: Session | None = None
+    previous: Session | None = None
+    next_session: Session | None = None
+    pending: PendingInitiation | None = None
+    handshake_due: float = 0.0
+    handshake_attempts: int = 0
+    last_handshake: float | None = None
+    last_init_timestamp: bytes = b""
+    link_mask: int = 0
+    links_announce_due: float = float("inf")
+    queue: deque[bytes] = field(default_factory=lambda: deque(maxlen=QUEUE_MAX_PACKETS))
+
+    def sessions(self) -> list[Session]:
+        return [s for s in (self.current, self.previous, self.next_session) if s is not None]
+
+
+class Endpoint:
+    def __init__(
+        self,
+        spec: EndpointSpec,
+        now: float,
+        wall_offset: float = 0.0,
+        random_index: Callable[[], int] = lambda: int.from_bytes(os.urandom(4), "big"),
+    ) -> None:
+        """`wall_offset` turns `now` into wall-clock seconds for the handshake
+        timestamp (the driver passes time.time() - loop.time())."""
+        self.spec = spec
+        self.role = spec.role
+        self.public_key = public_from_private(spec.private_key)
+        self._mac1_key = wire.mac1_key(self.public_key)
+        self._wall_offset = wall_offset
+        self._random_index = random_index
+        self.drops: Counter[str] = Counter()
+        self._datagrams: list[Datagram] = []
+        self._deliver: list[bytes] = []
+        self._events: list[tuple[int, str]] = []
+        self._sessions: dict[int, tuple[Peer, Session]] = {}
+        self.peers: list[Peer] = []
+        self._peer_by_key: dict[bytes, Peer] = {}
+        self._psk_for: dict[bytes, bytes | None] = {}
+        for peer_spec in spec.peers:
+            peer = Peer(peer_spec, make_scheduler(spec.scheduler), handshake_due=now)
+            if self.role is Role.CLIENT:
+                for ls in spec.links:
+                    assert ls.remote is not None
+                    peer.links[ls.link_id] = Link(
+                        ls.link_id, ls.name, ls.weight, ls.backup, path=(ls.link_id, ls.remote)
+                    )
+            self.peers.append(peer)
+            self._peer_by_key[peer_spec.public_key] = peer
+            self._psk_for[peer_spec.public_key] = peer_spec.preshared_key
+
+    # -- outputs ---------------------------------------------------------
+
+    def datagrams_to_send(self) -> list[Datagram]:
+        out, self._datagrams = self._datagrams, []
+        return out
+
+    def packets_to_deliver(self) -> list[bytes]:
+        out, self._deliver = self._deliver, []
+        return out
+
+    def take_events(self) -> list[tuple[int, str]]:
+        out, self._events = self._events, []
+        return out
+
+    def get_timer(self) -> float | None:
+        due: list[float] = []
+        for peer in self.peers:
+            if self.role is Role.CLIENT:
+                due.append(peer.handshake_due)
+            if peer.current is not None:
+                due.append(peer.links_announce_due)
+                due.extend(link.health.next_check_time() for link in peer.links.values()
+                           if link.path is not None)
+            for session in peer.sessions():
+                deadline = session.reorder.deadline()
+                if deadline is not None:
+                    due.append(deadline)
+            if peer.previous is not None:
+                due.append(peer.previous.last_received + PREVIOUS_SESSION_KEEP_S)
+        return min(due) if due else None
+
+    # -- inputs ----------------------------------------------------------
+
+    def send_packet(self, packet: bytes, now: float) -> None:
+        """An IP packet from the TUN device."""
+        if not self.peers:
+            self.drops["no_peer"] += 1
+            return
+        peer = self.peers[0]  # one peer per endpoint for now
+        if not self._send_data(peer, packet, now):
+            if len(peer.queue) == peer.queue.maxlen:
+                self.drops["queue_full"] += 1
+            peer.queue.append(packet)
+            if self.role is Role.CLIENT and peer.current is None and peer.pending is None:
+                peer.handshake_due = min(peer.handshake_due, now)
+
+    def receive_datagram(self, sock: int, data: bytes, addr: Address, now: float) -> None:
+        """The one parsing boundary for untrusted network input."""
+        try:
+            mtype = wire.peek_type(data)
+            if mtype is wire.MessageType.DATA or mtype is wire.MessageType.CONTROL:
+                self._receive_transport(sock, data, addr, now)
+            elif mtype is wire.MessageType.HANDSHAKE_INIT:
+                self._receive_init(sock, data, addr, now)
+            elif mtype is wire.MessageType.HANDSHAKE_RESP:
+                self._receive_resp(sock, data, addr, now)
+            else:
+                self.drops["unexpected_type"] += 1
+        except wire.WireError as exc:
+            self.drops[exc.reason] += 1
+
+    def send_failed(self, sock: int, addr: Address, now: float) -> None:
+        for peer in self.peers:
+            for link in peer.links.values():
+                if link.path == (sock, addr):
+                    link.counters.send_errors += 1
+                    self._link_changed(peer, link, link.health.on_send_error(now))
+
+    def handle_timer(self, now: float) -> None:
+        for peer in self.peers:
+            if self.role is Role.CLIENT:
+                self._client_timers(peer, now)
+            self._expire_sessions(peer, now)
+            session = peer.current
+            if session is not None:
+                for link in list(peer.links.values()):
+                    if link.path is None:
+                        continue
+                    self._link_changed(peer, link, link.health.update(now))
+                    if link.health.probe_due(now):
+                        self._send_control(peer, session, link,
+                                           control.Probe(link.health.start_probe(now)), now)
+                if now >= peer.links_announce_due:
+                    peer.links_announce_due = now + LINKS_ANNOUNCE_INTERVAL_S
+                    if self.role is Role.CLIENT:
+                        self._announce_links(peer, session, now)
+            for s in peer.sessions():
+                s.reorder.poll(now)
+                self._collect(s)
+
+    # -- transport -------------------------------------------------------
+
+    def _send_data(self, peer: Peer, packet: bytes, now: float) -> bool:
+        session = peer.current
+        if session is None:
+            return False
+        link = peer.scheduler.pick(list(peer.links.values()), len(packet), now)
+        if link is None:
+            return False
+        self._seal_and_send(peer, session, link, wire.MessageType.DATA, packet, now)
+        return True
+
+    def _seal_and_send(
+        self, peer: Peer, session: Session, link: Link, mtype: wire.MessageType, payload: bytes, now: float
+    ) -> None:
+        path = link.path
+        assert path is not None
+        datagram = session.seal(
+            mtype, link.link_id, peer.link_mask, link.next_link_seq, payload, now
+        )
+        link.next_link_seq += 1
+        counters = link.counters
+        counters.tx_packets += 1
+        counters.tx_bytes += len(datagram)
+        self._datagrams.append((path[0], datagram, path[1]))
+
+    def _send_control(
+        self, peer: Peer, session: Session, link: Link, message: control.ControlMessage,
+        now: float,
+    ) -> None:
+        self._seal_and_send(
+            peer, session, link, wire.MessageType.CONTROL, control.encode(message), now
+        )
+
+    def _receive_transport(self, sock: int, data: bytes, addr: Address, now: float) -> None:
+        header = wire.decode_transport_header(data)
+        found = self._sessions.get(header.receiver_index)
+        if found is None:
+            self.drops["unknown_session"] += 1
+            return
+        peer, session = found
+        try:
+            plaintext = session.open(header, data, now)
+        except DecryptError as exc:
+            self.drops[exc.reason] += 1
+            return
+        # Authenticated from here on.
+        if session is peer.next_session:
+            self._promote(peer, session, now)
+        link = self._learn_path(peer, header.link_id, sock, addr, now)
+        link.counters.rx_packets += 1
+        link.counters.rx_bytes += len(data)
+        if header.type is wire.MessageType.DATA:
+            if wire.inner_packet_valid(plaintext):
+                payload: bytes | None = plaintext
+            else:
+                self.drops["bad_inner_packet"] += 1
+                payload = None  # still fills its slot so reordering does not wait for it
+        else:
+            payload = None
+            self._handle_control(peer, session, link, plaintext, now)
+        if self.spec.reorder_hold_s is None:
+            session.reorder.hold_s = session.skew.hold_s(now)
+        if not session.reorder.push(
+            header.counter, payload, header.link_id, now, header.link_mask
+        ):
+            self.drops["late"] += 1
+        self._collect(session)
+
+    def _collect(self, session: Session) -> None:
+        ready = session.reorder.ready
+        if ready:
+            self._deliver.extend(ready)
+            ready.clear()
+
+    def _handle_control(
+        self, peer: Peer, session: Session, link: Link, plaintext: bytes, now: float
+    ) -> None:
+        try:
+            message = control.decode(plaintext)
+        except control.ControlError as exc:
+            self.drops[f"control_{exc}"] += 1
+            return
+        if isinstance(message, control.Probe):
+            self._send_control(peer, session, link, control.ProbeAck(message.probe_id), now)
+            if link.health.state is LinkState.UNKNOWN and not link.health.outstanding:
+                # First contact on this link: probe back now rather than in 200 ms.
+                self._send_control(peer, session, link,
+                                   control.Probe(link.health.start_probe(now)), now)
+        elif isinstance(message, control.ProbeAck):
+            self._link_changed(peer, link, link.health.on_ack(message.probe_id, now))
+            if link.up:
+                self._flush_queue(peer, now)
+        elif isinstance(message, control.Links):
+            if self.role is Role.SERVER:
+                for info in message.links:
+                    known = peer.links.get(info.link_id)
+                    if known is None:
+                        known = peer.links[info.link_id] = Link(info.link_id, info.name)
+                    known.name, known.weight, known.backup = info.name, info.weight, info.backup
+                self._refresh_mask(peer)
+
+    def _learn_path(self, peer: Peer, link_id: int, sock: int, addr: Address, now: float) -> Link:
+        link = peer.links.get(link_id)
+        if link is None:
+            link = peer.links[link_id] = Link(link_id, f"link{link_id}")
+        if self.role is Role.SERVER and link.path != (sock, addr):
+            if link.path is not None:
+                self._event(logging.INFO, f"link {link.name}: peer moved to {addr[0]}:{addr[1]}")
+            link.path = (sock, addr)
+        return link
+
+    def _link_changed(self, peer: Peer, link: Link, new_state: LinkState | None) -> None:
+        if new_state is None:
+            return
+        self._refresh_mask(peer)
+        rtt = link.health.srtt_s
+        detail = f" (rtt {rtt * 1000:.1f} ms)" if rtt is not None else ""
+        level = logging.WARNING if new_state is LinkState.DOWN else logging.INFO
+        self._event(level, f"link {link.name} is {new_state.value}{detail}")
+
+    def _refresh_mask(self, peer: Peer) -> None:
+        """The data-rotation link mask announced in every packet (see reorder)."""
+        mask = 0
+        for link in usable_links(list(peer.links.values())):
+            if link.link_id < wire.MASKABLE_LINKS:
+                mask |= 1 << link.link_id
+        peer.link_mask = mask
+
+    def _flush_queue(self, peer: Peer, now: float) -> None:
+        while peer.queue:
+            if not self._send_data(peer, peer.queue[0], now):
+                return
+            peer.queue.popleft()
+
+    # -- handshake -------------------------------------------------------
+
+    def _client_timers(self, peer: Peer, now: float) -> None:
+        current = peer.current
+        if current is not None:
+            silent = now - max(current.last_received, current.created) > (
+                REHANDSHAKE_AFTER_SILENCE_S
+            )
+            rekey = current.needs_rekey(now)
+            if not silent and not rekey:
+                if peer.pending is None:
+                    peer.handshake_due = current.created + REKEY_AFTER_S
+                    return
+            elif peer.pending is None:
+                reason = "rekey" if rekey else "no answer from the server"
+                self._event(logging.INFO, f"new handshake ({reason})")
+                self._initiate(peer, now)
+                return
+        if now >= peer.handshake_due:
+            self._initiate(peer, now)
+
+    def _initiate(self, peer: Peer, now: float) -> None:
+        links = list(peer.links.values())
+        up = [link for link in links if link.up]
+        pool = up or links
+        link = pool[peer.handshake_attempts % len(pool)]
+        if peer.pending is not None:
+            self._sessions.pop(peer.pending.sender_index, None)
+        index = self._new_index()
+        pending = PendingInitiation(
+            self.spec.private_key, peer.spec.public_key, peer.spec.preshared_key, index,
+            link.link_id, now + self._wall_offset,
+        )
+        pending.sent_at = now
+        peer.pending = pending
+        retry = min(HANDSHAKE_RETRY_S * 2 ** max(peer.handshake_attempts - 2, 0),
+                    HANDSHAKE_RETRY_MAX_S)
+        peer.handshake_attempts += 1
+        peer.handshake_due = now + retry
+        assert link.path is not None
+        self._datagrams.append((link.path[0], pending.datagram, link.path[1]))
+
+    def _receive_resp(self, sock: int, data: bytes, addr: Address, now: float) -> None:
+        if self.role is not Role.CLIENT:
+            self.drops["unexpected_handshake"] += 1
+            return
+        resp = wire.decode_handshake_resp(data)
+        peer = next((p for p in self.peers if p.pending is not None
+                     and p.pending.sender_index == resp.receiver_index), None)
+        if peer is None or peer.pending is None:
+            self.drops["unknown_session"] += 1
+            return
+        pending = peer.pending
+        try:
+            result = pending.consume_response(resp, self._mac1_key, data)
+        except NoiseError:
+            self.drops["bad_handshake"] += 1
+            return
+        session = Session(peer.pending.sender_index, result.remote_index, result.send_key,
+                          result.recv_key, created=now, initiator=True, confirmed=True)
+        peer.pending = None
+        peer.handshake_attempts = 0
+        peer.handshake_due = now + REKEY_AFTER_S
+        self._install(peer, session, now)
+        link = peer.links.get(resp.link_id)
+        if link is not None:
+            # The response proves this link works both ways; its RTT is a sample.
+            probe_id = link.health.start_probe(pending.sent_at)
+            self._link_changed(peer, link, link.health.on_ack(probe_id, now))
+        self._announce_links(peer, session, now)
+        peer.links_announce_due = now + LINKS_ANNOUNCE_INTERVAL_S
+        for other in peer.links.values():
+            if other.health.state is not LinkState.UP and other.path is not None:
+                self._send_control(peer, session, other,
+                                   control.Probe(other.health.start_probe(now)), now)
+        self._flush_queue(peer, now)
+
+    def _receive_init(self, sock: int, data: bytes, addr: Address, now: float) -> None:
+        if self.role is not Role.SERVER:
+            self.drops["unexpected_handshake"] += 1
+            return
+        init = wire.decode_handshake_init(data)
+        if not wire.mac1_valid(data, wire.HANDSHAKE_INIT_MAC1_OFFSET, self._mac1_key):
+            self.drops["bad_mac1"] += 1
+            return
+        try:
+            accepted = read_initiation(init, self.spec.private_key, self._psk_for)
+        except NoiseError:
+            self.drops["bad_handshake"] += 1
+            return
+        except KeyError:
+            self.drops["unknown_peer"] += 1
+            return
+        peer = self._peer_by_key[accepted.peer_public]
+        if accepted.timestamp <= peer.last_init_timestamp:
+            self.drops["handshake_replay"] += 1
+            return
+        self._respond(peer, accepted, init, sock, addr, now)
+
+    def _respond(self, peer: Peer, accepted: AcceptedInitiation, init: wire.HandshakeInit,
+                 sock: int, addr: Address, now: float) -> None:
+        index = self._new_index()
+        try:
+            datagram, result = write_response(accepted, init.link_id, index, init.sender_index)
+        except NoiseError:
+            self.drops["bad_handshake"] += 1
+            return
+        peer.last_init_timestamp = accepted.timestamp
+        session = Session(index, result.remote_index, result.send_key, result.recv_key,
+                          created=now, initiator=False)
+        self._learn_path(peer, init.link_id, sock, addr, now)
+        if peer.next_session is not None:
+            self._sessions.pop(peer.next_session.local_index, None)
+        if peer.current is None:
+            self._install(peer, session, now)
+        else:
+            # Keep sending on the current keys until the client proves it has
+            # the new ones (its first packet under them), as WireGuard does.
+            peer.next_session = session
+            self._sessions[index] = (peer, session)
+        self._datagrams.append((sock, datagram, addr))
+
+    def _promote(self, peer: Peer, session: Session, now: float) -> None:
+        peer.next_session = None
+        self._install(peer, session, now)
+
+    def _install(self, peer: Peer, session: Session, now: float) -> None:
+        if peer.previous is not None:
+            self._sessions.pop(peer.previous.local_index, None)
+        peer.previous = peer.current
+        peer.current = session
+        peer.last_handshake = now
+        self._sessions[session.local_index] = (peer, session)
+        if self.spec.reorder_hold_s is not None:
+            session.reorder.hold_s = self.spec.reorder_hold_s
+        if peer.links_announce_due == float("inf"):
+            peer.links_announce_due = now
+        self._event(logging.INFO, f"session {session.local_index:08x} established")
+
+    def _expire_sessions(self, peer: Peer, now: float) -> None:
+        prev = peer.previous
+        if prev is not None and (
+            now - prev.last_received >= PREVIOUS_SESSION_KEEP_S or prev.expired(now)
+        ):
+            self._sessions.pop(prev.local_index, None)
+            peer.previous = None
+        cur = peer.current
+        if cur is not None and cur.expired(now):
+            self._sessions.pop(cur.local_index, None)
+            peer.current = None
+            self._event(logging.WARNING, "session expired without a rekey")
+
+    def _announce_links(self, peer: Peer, session: Session, now: float) -> None:
+        infos = tuple(control.LinkInfo(x.link_id, x.name, x.weight, x.backup)
+                      for x in peer.links.values())
+        target = next((x for x in peer.links.values() if x.up), None)
+        if target is None:
+            target = next(iter(peer.links.values()), None)
+        if target is not None and target.path is not None:
+            self._send_control(peer, session, target, control.Links(infos), now)
+
+    def _new_index(self) -> int:
+        while True:
+            index = self._random_index() & 0xFFFFFFFF
+            if index not in self._sessions:
+                return index
+
+    def _event(self, level: int, message: str) -> None:
+        self._events.append((level, message))
+
+    # -- status ----------------------------------------------------------
+
+    def status(self, now: float) -> dict[str, Any]:
+        peers = []
+        for peer in self.peers:
+            session = peer.current
+            links = []
+            for link in peer.links.values():
+                h = link.health
+                links.append({
+                    "id": link.link_id, "name": link.name, "state": h.state.value,
+                    "weight": link.weight, "backup": link.backup,
+                    "rtt_ms": None if h.srtt_s is None else round(h.srtt_s * 1000, 2),
+                    "probes_sent": h.probes_sent, "probes_acked": h.probes_acked,
+                    "tx_packets": link.counters.tx_packets, "tx_bytes": link.counters.tx_bytes,
+                    "rx_packets": link.counters.rx_packets, "rx_bytes": link.counters.rx_bytes,
+                    "send_errors": link.counters.send_errors,
+                    "address": None if link.path is None else f"{link.path[1][0]}:{link.path[1][1]}",
+                })
+            reorder = None
+            if session is not None:
+                st = session.reorder.stats
+                reorder = {
+                    "held": session.reorder.held, "hold_ms": round(session.reorder.hold_s * 1000, 2),
+                    "delivered": st.delivered, "lost": st.lost, "late": st.late,
+                    "inferred_releases": st.inferred_releases,
+                    "deadline_releases": st.deadline_releases, "max_held": st.max_held,
+                    "max_wait_ms": round(st.max_wait_s * 1000, 2),
+                }
+            peers.append({
+                "public_key": peer.spec.public_key.hex(),
+                "session": None if session is None else f"{session.local_index:08x}",
+                "last_handshake_s_ago": None if peer.last_handshake is None
+                else round(now - peer.last_handshake, 1),
+                "queued": len(peer.queue), "links": links, "reorder": reorder,
+            })
+        return {"role": self.role.value, "peers": peers, "drops": dict(self.drops)}
+

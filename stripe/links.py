@@ -1,0 +1,161 @@
+"""One link's health, RTT and counters, as seen by one endpoint.
+
+Theory of operation
+-------------------
+Every link is probed every `PROBE_INTERVAL_S`, busy or idle: a PROBE control
+message that the peer answers at once with a PROBE_ACK on the same link.  An
+acknowledged probe proves the path works both ways and yields an RTT sample
+(smoothed as in RFC 6298).
+
+States (one transition function, `LinkHealth.update`):
+
+    UNKNOWN --ack--> UP                       (first contact: no hysteresis)
+    UP --no ack for dead_after_s()--> DOWN
+    UP --send error (interface down)--> DOWN
+    DOWN --RECOVER_ACKS consecutive acks--> UP  (hysteresis: no flapping storms)
+
+`dead_after_s()` grows with the measured RTT so that a link whose queue is
+full (probes wait behind data) is not declared dead, but stays well under a
+second.  Only UP links carry data; the scheduler decides which of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+PROBE_INTERVAL_S = 0.2
+LINK_DEAD_AFTER_MIN_S = 0.45
+LINK_DEAD_AFTER_MAX_S = 0.9
+RECOVER_ACKS = 3
+MAX_OUTSTANDING_PROBES = 16
+
+
+class LinkState(Enum):
+    UNKNOWN = "unknown"
+    UP = "up"
+    DOWN = "down"
+
+
+@dataclass(slots=True)
+class LinkCounters:
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    send_errors: int = 0
+
+
+@dataclass(slots=True)
+class LinkHealth:
+    """Probe bookkeeping and up/down state of one link.
+
+    Empty state: UNKNOWN, no probes outstanding, no RTT sample.
+    Invariants: `outstanding` holds at most MAX_OUTSTANDING_PROBES entries;
+    `good_acks` counts consecutive acks only while DOWN.
+    """
+
+    state: LinkState = LinkState.UNKNOWN
+    srtt_s: float | None = None
+    rttvar_s: float = 0.0
+    last_ack_time: float = float("-inf")
+    next_probe_time: float = 0.0
+    next_probe_id: int = 0
+    outstanding: dict[int, float] = field(default_factory=dict)
+    good_acks: int = 0
+    probes_sent: int = 0
+    probes_acked: int = 0
+    changes: int = 0
+
+    def dead_after_s(self) -> float:
+        if self.srtt_s is None:
+            return LINK_DEAD_AFTER_MIN_S
+        bound = PROBE_INTERVAL_S + 2 * self.srtt_s + 4 * self.rttvar_s
+        return min(max(bound, LINK_DEAD_AFTER_MIN_S), LINK_DEAD_AFTER_MAX_S)
+
+    def probe_due(self, now: float) -> bool:
+        return now >= self.next_probe_time
+
+    def start_probe(self, now: float) -> int:
+        """Book a probe sent now; returns its id."""
+        probe_id = self.next_probe_id
+        self.next_probe_id = (probe_id + 1) & 0xFFFFFFFF
+        self.outstanding[probe_id] = now
+        if len(self.outstanding) > MAX_OUTSTANDING_PROBES:
+            del self.outstanding[next(iter(self.outstanding))]
+        self.next_probe_time = now + PROBE_INTERVAL_S
+        self.probes_sent += 1
+        return probe_id
+
+    def on_ack(self, probe_id: int, now: float) -> LinkState | None:
+        """A probe came back.  Returns the new state if it changed."""
+        sent = self.outstanding.pop(probe_id, None)
+        if sent is None:
+            return None  # unknown or expired probe: ignore, do not trust
+        # Older probes still outstanding were lost or overtaken: forget them.
+        for stale in [k for k, t in self.outstanding.items() if t < sent]:
+            del self.outstanding[stale]
+        self.probes_acked += 1
+        rtt = max(now - sent, 0.0)
+        if self.srtt_s is None:
+            self.srtt_s, self.rttvar_s = rtt, rtt / 2
+        else:
+            self.rttvar_s += 0.25 * (abs(self.srtt_s - rtt) - self.rttvar_s)
+            self.srtt_s += 0.125 * (rtt - self.srtt_s)
+        self.last_ack_time = now
+        return self.update(now, acked=True)
+
+    def on_send_error(self, now: float) -> LinkState | None:
+        return self.update(now, send_failed=True)
+
+    def update(
+        self, now: float, *, acked: bool = False, send_failed: bool = False
+    ) -> LinkState | None:
+        """The one transition function.  Returns the new state if it changed."""
+        old = self.state
+        if old is LinkState.UNKNOWN:
+            if acked:
+                self.state = LinkState.UP
+        elif old is LinkState.UP:
+            if send_failed or now - self.last_ack_time > self.dead_after_s():
+                self.state = LinkState.DOWN
+                self.good_acks = 0
+        elif old is LinkState.DOWN:
+            if acked:
+                self.good_acks += 1
+                if self.good_acks >= RECOVER_ACKS:
+                    self.state = LinkState.UP
+            elif send_failed:
+                self.good_acks = 0
+        if self.state is old:
+            return None
+        self.changes += 1
+        return self.state
+
+    def next_check_time(self) -> float:
+        """When `update` could next change the state without new input."""
+        if self.state is LinkState.UP:
+            return min(self.next_probe_time, self.last_ack_time + self.dead_after_s() + 1e-6)
+        return self.next_probe_time
+
+
+@dataclass(slots=True)
+class Link:
+    """A link of a session: identity, where to send, health and counters.
+
+    `path` is (socket index, remote address) or None while the server has
+    not yet heard from the client on this link.
+    """
+
+    link_id: int
+    name: str
+    weight: int = 1
+    backup: bool = False
+    path: tuple[int, tuple[str, int]] | None = None
+    health: LinkHealth = field(default_factory=LinkHealth)
+    counters: LinkCounters = field(default_factory=LinkCounters)
+    next_link_seq: int = 0
+
+    @property
+    def up(self) -> bool:
+        return self.health.state is LinkState.UP and self.path is not None

@@ -1,0 +1,266 @@
+"""Put striped packets back in order.
+
+Theory of operation
+-------------------
+The sender numbers every encrypted message of a direction with one counter
+and spreads them over its links.  Each link is FIFO (a UDP path does not
+reorder much by itself), so when counter `n` is missing and *every link
+still carrying data* has already delivered a counter above `n`, `n` was lost:
+release what follows at once instead of waiting (loss inference).
+
+"Carrying data" is the union of the links the sender announces in its
+newest packet's link mask (so a link that has not delivered yet is waited
+for) and the links that delivered data in the last few hold times (packets
+may still be in flight on a link the sender just dropped from rotation).
+
+A link that goes silent without us knowing (a blackholed ISP) would stall
+that rule, so a hold deadline is the backstop: no packet waits longer than
+`hold_s` for the gap before it.  `hold_s` comes from the measured one-way
+delay skew between links plus their jitter (see `DelaySkew`), capped.
+
+Control messages share the counter space, so they are pushed as `None`
+placeholders: they fill their slot but deliver nothing.
+
+Empty state: `next_seq == 0`, nothing held, no link seen.
+Invariants:
+- packets are released in strictly increasing counter order;
+- a counter below `next_seq` is never released (it is "late" and dropped);
+- at most `max_held` packets are held; beyond that the oldest gap is skipped;
+- no held packet waits more than `hold_s` after its arrival, provided the
+  caller calls `poll()` at `deadline()`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+
+from .wire import MASKABLE_LINKS
+
+HOLD_MIN_S = 0.005
+HOLD_MAX_S = 0.300
+HOLD_MARGIN_S = 0.003
+# Until two links have reported delays we cannot know the skew; a link we
+# have not heard from yet may be slow.  With one link, FIFO loss inference
+# releases gaps at once anyway, so a generous hold costs nothing there.
+HOLD_UNMEASURED_S = 0.050
+MAX_HELD_PACKETS = 8192
+# A link that carried data within this multiple of the hold time is assumed
+# to still have packets in flight, so loss inference waits for it.
+ACTIVE_HOLD_MULTIPLE = 2.0
+ACTIVE_MIN_S = 0.050
+ACTIVE_MAX_S = 0.500
+
+_MISSING = object()
+
+
+@dataclass(slots=True)
+class ReorderStats:
+    delivered: int = 0
+    lost: int = 0  # counters skipped by inference or deadline (includes control slots)
+    late: int = 0  # arrived after their slot was skipped: dropped
+    inferred_releases: int = 0
+    deadline_releases: int = 0
+    overflow_releases: int = 0
+    max_held: int = 0
+    max_wait_s: float = 0.0
+
+
+@dataclass(slots=True)
+class _LinkProgress:
+    highest: int = -1
+    last_data_time: float = float("-inf")
+
+
+@dataclass(slots=True)
+class ReorderBuffer:
+    hold_s: float = 0.05
+    max_held: int = MAX_HELD_PACKETS
+    next_seq: int = 0
+    stats: ReorderStats = field(default_factory=ReorderStats)
+    ready: list[bytes] = field(default_factory=list)
+    _held: dict[int, bytes | None] = field(default_factory=dict)
+    _held_heap: list[int] = field(default_factory=list)
+    _arrivals: deque[tuple[float, int]] = field(default_factory=deque)
+    _links: dict[int, _LinkProgress] = field(default_factory=dict)
+    _mask: int = 0
+    _mask_seq: int = -1
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def push(
+        self, seq: int, payload: bytes | None, link_id: int, now: float, link_mask: int = 0
+    ) -> bool:
+        """Accept an authenticated, non-replayed message.  False if it is late."""
+        if seq > self._mask_seq:
+            self._mask, self._mask_seq = link_mask, seq
+        link = self._links.get(link_id)
+        if link is None:
+            link = self._links[link_id] = _LinkProgress()
+        if seq > link.highest:
+            link.highest = seq
+        if payload is not None:
+            link.last_data_time = now
+        if seq < self.next_seq:
+            if payload is None:
+                return True  # a control message was already acted on: nothing is lost
+            self.stats.late += 1
+            return False
+        if seq == self.next_seq and not self._held:
+            # Fast path: in order, nothing waiting.
+            self.next_seq = seq + 1
+            if payload is not None:
+                self.ready.append(payload)
+                self.stats.delivered += 1
+            return True
+        if seq in self._held:
+            return True  # duplicate of a held packet (the replay window normally stops these)
+        self._held[seq] = payload
+        heapq.heappush(self._held_heap, seq)
+        self._arrivals.append((now, seq))
+        if len(self._held) > self.stats.max_held:
+            self.stats.max_held = len(self._held)
+        self._release(now)
+        while len(self._held) > self.max_held:
+            self.stats.overflow_releases += 1
+            self._skip_to_oldest_held(now)
+        return True
+
+    def deadline(self) -> float | None:
+        """When the oldest held packet has waited `hold_s`, or None."""
+        if not self._held:
+            return None
+        self._drop_stale_arrivals()
+        return self._arrivals[0][0] + self.hold_s
+
+    def poll(self, now: float) -> None:
+        """Release past gaps whose hold deadline has passed."""
+        while self._held:
+            self._drop_stale_arrivals()
+            if self._arrivals[0][0] + self.hold_s > now:
+                break
+            self.stats.deadline_releases += 1
+            self._skip_to_oldest_held(now)
+
+    # -- internals -------------------------------------------------------
+
+    def _frontier(self, now: float) -> int:
+        """Every missing counter below this is known lost."""
+        window = min(max(self.hold_s * ACTIVE_HOLD_MULTIPLE, ACTIVE_MIN_S), ACTIVE_MAX_S)
+        frontier = -1
+        mask = self._mask
+        for link_id in range(MASKABLE_LINKS):
+            if mask >> link_id & 1 and link_id not in self._links:
+                return -1  # announced but never heard from: wait for it
+        for link_id, link in self._links.items():
+            active = now - link.last_data_time <= window or (
+                link_id < MASKABLE_LINKS and mask >> link_id & 1
+            )
+            if active and (frontier < 0 or link.highest < frontier):
+                frontier = link.highest
+        return frontier
+
+    def _release(self, now: float) -> None:
+        held = self._held
+        while held:
+            payload = held.pop(self.next_seq, _MISSING)
+            if payload is not _MISSING:
+                self._deliver(payload, now)  # type: ignore[arg-type]
+                continue
+            frontier = self._frontier(now)
+            if frontier <= self.next_seq:
+                return
+            target = min(frontier, self._smallest_held())
+            self.stats.lost += target - self.next_seq
+            self.stats.inferred_releases += 1
+            self.next_seq = target
+
+    def _deliver(self, payload: bytes | None, now: float) -> None:
+        self.next_seq += 1
+        if payload is not None:
+            self.ready.append(payload)
+            self.stats.delivered += 1
+
+    def _smallest_held(self) -> int:
+        heap = self._held_heap
+        while heap[0] not in self._held:
+            heapq.heappop(heap)
+        return heap[0]
+
+    def _drop_stale_arrivals(self) -> None:
+        arrivals = self._arrivals
+        while arrivals and arrivals[0][1] not in self._held:
+            arrivals.popleft()
+
+    def _skip_to_oldest_held(self, now: float) -> None:
+        """Give up on the gap in front of the held packets, then release in order."""
+        self._drop_stale_arrivals()
+        if self._arrivals:
+            waited = now - self._arrivals[0][0]
+            if waited > self.stats.max_wait_s:
+                self.stats.max_wait_s = waited
+        target = self._smallest_held()
+        self.stats.lost += target - self.next_seq
+        self.next_seq = target
+        self._release(now)
+
+
+@dataclass(slots=True)
+class _LinkDelay:
+    mean_us: float
+    dev_us: float
+    last_time: float
+
+
+@dataclass(slots=True)
+class DelaySkew:
+    """One-way delay skew and jitter between links, for the hold deadline.
+
+    Each transport header carries the sender's clock (µs mod 2**32).  The
+    receive time minus that is the one-way delay plus an unknown but constant
+    clock offset; the offset cancels when links are compared, which is all the
+    hold time needs.  Samples are taken relative to the first one so the
+    32-bit wrap never splits links apart.
+
+    Empty state: no reference, no links; `hold_s()` returns
+    `HOLD_UNMEASURED_S` until two links report.
+    """
+
+    gain: float = 1 / 16
+    stale_after_s: float = 2.0
+    _ref_us: int | None = None
+    _links: dict[int, _LinkDelay] = field(default_factory=dict)
+
+    def sample(self, link_id: int, send_time_us: int, now: float) -> None:
+        rel = (int(now * 1e6) - send_time_us) & 0xFFFFFFFF
+        if self._ref_us is None:
+            self._ref_us = rel
+        d = ((rel - self._ref_us + 2**31) & 0xFFFFFFFF) - 2**31
+        link = self._links.get(link_id)
+        if link is None:
+            self._links[link_id] = _LinkDelay(float(d), 0.0, now)
+            return
+        err = d - link.mean_us
+        link.mean_us += self.gain * err
+        link.dev_us += self.gain * (abs(err) - link.dev_us)
+        link.last_time = now
+
+    def hold_s(self, now: float) -> float:
+        live = [x for x in self._links.values() if now - x.last_time <= self.stale_after_s]
+        if len(live) < 2:
+            return HOLD_UNMEASURED_S
+        slowest = max(x.mean_us + 4 * x.dev_us for x in live)
+        fastest = min(x.mean_us for x in live)
+        hold = (slowest - fastest) / 1e6 + HOLD_MARGIN_S
+        return min(max(hold, HOLD_MIN_S), HOLD_MAX_S)
+
+    def skew_ms(self, now: float) -> dict[int, float]:
+        """Each live link's mean delay above the fastest one, in ms (for status)."""
+        live = {k: x for k, x in self._links.items() if now - x.last_time <= self.stale_after_s}
+        if not live:
+            return {}
+        fastest = min(x.mean_us for x in live.values())
+        return {k: (x.mean_us - fastest) / 1000 for k, x in live.items()}

@@ -1,0 +1,94 @@
+"""One set of transport keys with a peer: counters, replay window, reordering.
+
+A session is born from a completed handshake and dies on rekey or expiry.
+The links, the scheduler and the queue belong to the peer (see `endpoint`)
+and outlive sessions; the counter space does not: a new session starts at
+counter 0 under new keys, so a nonce is never reused.
+
+Empty state (just after the handshake): `send_counter == 0`, empty replay
+window and reorder buffer, not yet `confirmed` unless we initiated.
+Invariants: `send_counter` only grows and stays below `REJECT_AFTER_MESSAGES`;
+nothing reaches the reorder buffer before it authenticated and passed the
+replay window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import wire
+from .noise import NoiseError, TransportKey
+from .reorder import DelaySkew, ReorderBuffer
+from .replay import ReplayWindow
+
+# Protocol constants (as WireGuard's, scaled for our message rates).
+REKEY_AFTER_MESSAGES = 2**60
+REJECT_AFTER_MESSAGES = 2**64 - 2**13 - 1
+REKEY_AFTER_S = 120.0
+REJECT_AFTER_S = 180.0
+
+
+class DecryptError(Exception):
+    """A transport packet that failed authentication or the replay check."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(slots=True)
+class Session:
+    local_index: int
+    remote_index: int
+    send_key: TransportKey
+    recv_key: TransportKey
+    created: float
+    initiator: bool
+    confirmed: bool = False
+    send_counter: int = 0
+    last_received: float = float("-inf")
+    replay: ReplayWindow = field(default_factory=ReplayWindow)
+    reorder: ReorderBuffer = field(default_factory=ReorderBuffer)
+    skew: DelaySkew = field(default_factory=DelaySkew)
+
+    def seal(
+        self, mtype: wire.MessageType, link_id: int, link_mask: int, link_seq: int,
+        payload: bytes, now: float,
+    ) -> bytes:
+        """Encrypt one message at the next counter; returns the datagram."""
+        counter = self.send_counter
+        if counter >= REJECT_AFTER_MESSAGES:
+            raise RuntimeError("session exhausted its counters; a rekey is overdue")
+        self.send_counter = counter + 1
+        header = wire.TRANSPORT_HEADER.pack(
+            mtype, link_id, link_mask, self.remote_index, counter, link_seq & 0xFFFFFFFF,
+            int(now * 1e6) & 0xFFFFFFFF,
+        )
+        return header + self.send_key.encrypt_at(counter, header, payload)
+
+    def open(self, header: wire.TransportHeader, datagram: bytes, now: float) -> bytes:
+        """Authenticate and decrypt; raises DecryptError with a counter name."""
+        counter = header.counter
+        if not self.replay.check(counter):
+            raise DecryptError("replay")
+        try:
+            plaintext = self.recv_key.decrypt_at(
+                counter,
+                datagram[: wire.TRANSPORT_HEADER_SIZE],
+                datagram[wire.TRANSPORT_HEADER_SIZE :],
+            )
+        except NoiseError:
+            raise DecryptError("bad_tag") from None
+        self.replay.accept(counter)
+        self.last_received = now
+        self.confirmed = True
+        self.skew.sample(header.link_id, header.send_time_us, now)
+        return plaintext
+
+    def needs_rekey(self, now: float) -> bool:
+        return self.initiator and (
+            self.send_counter >= REKEY_AFTER_MESSAGES or now - self.created >= REKEY_AFTER_S
+        )
+
+    def expired(self, now: float) -> bool:
+        return now - self.created >= REJECT_AFTER_S

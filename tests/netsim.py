@@ -1,0 +1,173 @@
+"""An in-memory network with a fake clock for driving two stripe endpoints.
+
+Each simulated link has a one-way delay, jitter, loss, duplication and an
+up/down switch, and is FIFO unless `reorder` is set (then jitter may reorder
+packets within the link too).  All randomness comes from one seeded RNG, so a
+failing run replays exactly.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import struct
+from dataclasses import dataclass, field
+
+from stripe.endpoint import Endpoint, EndpointSpec, LinkSpec, PeerSpec, Role
+from stripe.noise import generate_keypair
+
+
+@dataclass
+class SimLink:
+    delay_s: float = 0.010
+    jitter_s: float = 0.0
+    loss: float = 0.0
+    duplicate: float = 0.0
+    reorder: bool = False
+    up: bool = True
+    rate_bps: float | None = None  # serialization rate; None = infinite
+    weight: int = 1
+    backup: bool = False
+    # Per direction: when the link is free again, and the last arrival (FIFO).
+    _free_at: dict[str, float] = field(default_factory=dict)
+    _last_arrival: dict[str, float] = field(default_factory=dict)
+    carried: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+
+
+def server_addr(i: int) -> tuple[str, int]:
+    return (f"10.{i}.0.2", 5000)
+
+
+def client_addr(i: int) -> tuple[str, int]:
+    return (f"10.{i}.0.1", 40000 + i)
+
+
+def ip_packet(seq: int, size: int = 200) -> bytes:
+    """A minimal IPv4 packet whose payload starts with `seq`."""
+    header = bytearray(20)
+    header[0] = 0x45
+    struct.pack_into("!H", header, 2, size)
+    header[9] = 17
+    body = struct.pack("!Q", seq) + bytes(size - 28)
+    return bytes(header) + body
+
+
+def packet_seq(packet: bytes) -> int:
+    return int(struct.unpack_from("!Q", packet, 20)[0])
+
+
+class Sim:
+    def __init__(
+        self,
+        links: list[SimLink],
+        seed: int = 1,
+        scheduler: str = "weighted",
+        start: float = 1000.0,
+        reorder_hold_s: float | None = None,
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.links = links
+        self.now = start
+        client_priv, client_pub = generate_keypair()
+        server_priv, server_pub = generate_keypair()
+        psk = bytes(range(32))
+        self.client = Endpoint(
+            EndpointSpec(
+                Role.CLIENT, client_priv, (PeerSpec(server_pub, psk),),
+                tuple(LinkSpec(i, f"l{i}", link.weight, link.backup, server_addr(i))
+                      for i, link in enumerate(links)),
+                scheduler=scheduler, reorder_hold_s=reorder_hold_s,
+            ),
+            self.now, wall_offset=1.7e9, random_index=lambda: self.rng.getrandbits(32),
+        )
+        self.server = Endpoint(
+            EndpointSpec(Role.SERVER, server_priv, (PeerSpec(client_pub, psk),),
+                         scheduler=scheduler, reorder_hold_s=reorder_hold_s),
+            self.now, wall_offset=1.7e9, random_index=lambda: self.rng.getrandbits(32),
+        )
+        self._events: list[tuple[float, int, str, int, bytes]] = []
+        self._seq = 0
+        self.delivered: dict[str, list[bytes]] = {"client": [], "server": []}
+        self.wire_log: list[tuple[str, int, bytes]] = []
+
+    # -- plumbing --------------------------------------------------------
+
+    def _transmit(self, direction: str, link_index: int, data: bytes) -> None:
+        link = self.links[link_index]
+        self.wire_log.append((direction, link_index, data))
+        if not link.up or self.rng.random() < link.loss:
+            return
+        copies = 2 if self.rng.random() < link.duplicate else 1
+        for _ in range(copies):
+            start = max(self.now, link._free_at.get(direction, 0.0))
+            if link.rate_bps:
+                start += len(data) * 8 / link.rate_bps
+                link._free_at[direction] = start
+            arrival = start + link.delay_s + self.rng.random() * link.jitter_s
+            if not link.reorder:
+                arrival = max(arrival, link._last_arrival.get(direction, 0.0))
+                link._last_arrival[direction] = arrival
+            self._seq += 1
+            link.carried[direction] += 1
+            heapq.heappush(self._events, (arrival, self._seq, direction, link_index, data))
+
+    def _drain(self) -> None:
+        for _ in range(100):
+            moved = False
+            for sock, data, addr in self.client.datagrams_to_send():
+                moved = True
+                self._transmit("up", sock, data)
+            for _sock, data, addr in self.server.datagrams_to_send():
+                moved = True
+                index = next(i for i in range(len(self.links)) if client_addr(i) == addr)
+                self._transmit("down", index, data)
+            self.delivered["client"].extend(self.client.packets_to_deliver())
+            self.delivered["server"].extend(self.server.packets_to_deliver())
+            if not moved:
+                return
+
+    def inject(self, direction: str, link_index: int, data: bytes) -> None:
+        """Deliver raw bytes as if they came over a link (attacks, replays)."""
+        self._seq += 1
+        heapq.heappush(self._events, (self.now, self._seq, direction, link_index, data))
+
+    def run(self, duration: float, traffic: list[tuple[float, str, bytes]] | None = None) -> None:
+        """Advance the clock by `duration`, sending `traffic` (time, 'up'|'down', packet)."""
+        end = self.now + duration
+        pending = sorted(traffic or [], key=lambda t: t[0])
+        pending.reverse()
+        last_time, spins = self.now, 0
+        while True:
+            candidates = [end]
+            if self._events:
+                candidates.append(self._events[0][0])
+            if pending:
+                candidates.append(pending[-1][0])
+            for ep in (self.client, self.server):
+                t = ep.get_timer()
+                if t is not None:
+                    candidates.append(t)
+            t_next = max(min(candidates), self.now)
+            if t_next >= end and (not self._events or self._events[0][0] > end):
+                self.now = end
+                break
+            spins = spins + 1 if t_next == last_time else 0
+            if spins > 10_000:
+                raise RuntimeError(f"timer does not advance at t={t_next}")
+            last_time = self.now = t_next
+            while pending and pending[-1][0] <= self.now:
+                _, direction, packet = pending.pop()
+                ep = self.client if direction == "up" else self.server
+                ep.send_packet(packet, self.now)
+            while self._events and self._events[0][0] <= self.now:
+                _, _, direction, index, data = heapq.heappop(self._events)
+                if direction == "up":
+                    self.server.receive_datagram(index, data, client_addr(index), self.now)
+                else:
+                    self.client.receive_datagram(index, data, server_addr(index), self.now)
+            for ep in (self.client, self.server):
+                t = ep.get_timer()
+                if t is not None and t <= self.now:
+                    ep.handle_timer(self.now)
+            self._drain()
+        self._drain()
