@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from bench.procs import Proc
 from bench.sh import CommandError, ensure_tools, run
@@ -37,6 +38,15 @@ TBF_MIN_BURST_BYTES = 2 * 1514
 # tbf queue: how long a packet may wait; 50 ms is a modest modem buffer,
 # larger than the BDP of the zero-delay scenarios so TCP can fill the link.
 DEFAULT_QUEUE_MS = 50.0
+
+
+class Counters(NamedTuple):
+    """Interface statistics, named as in /sys/class/net/IF/statistics."""
+
+    tx_bytes: int
+    rx_bytes: int
+    tx_packets: int
+    rx_packets: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,14 +381,16 @@ class Lab:
 
     # -- operating ------------------------------------------------------
 
-    def counters(self) -> list[tuple[int, int]]:
-        """(tx_bytes, rx_bytes) of each link's client-side interface."""
-        files = []
-        for n in self.names.links:
-            base = f"/sys/class/net/{n.client_if}/statistics"
-            files += [f"{base}/tx_bytes", f"{base}/rx_bytes"]
+    def counters(self) -> list[Counters]:
+        """Counters of each link's client-side interface, read in one command."""
+        files = [
+            f"/sys/class/net/{n.client_if}/statistics/{name}"
+            for n in self.names.links
+            for name in Counters._fields
+        ]
         values = [int(v) for v in run(["cat", *files], ns=self.names.client_ns).stdout.split()]
-        return [(values[2 * i], values[2 * i + 1]) for i in range(len(self.names.links))]
+        k = len(Counters._fields)
+        return [Counters(*values[k * i : k * (i + 1)]) for i in range(len(self.names.links))]
 
     def set_link_up(self, i: int, up: bool) -> None:
         """Cut or restore link ``i`` by its endpoint interfaces' state."""

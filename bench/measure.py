@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.iperf import Flow, run_client, start_server
-from bench.lab import Lab
+from bench.lab import Counters, Lab
 from bench.systems import System
 
 IPERF_PORT = 5201
@@ -31,6 +31,7 @@ class RunRecord:
     retransmits: int | None = None
     lost_percent: float | None = None
     per_second_mbit: list[float] = field(default_factory=list)
+    packets_per_s: int = 0  # sent on all links by the client side
     link_bytes: list[int] = field(default_factory=list)  # tx+rx, client side
     link_share: list[float] = field(default_factory=list)
     link_series_mbit: list[list[float]] = field(default_factory=list)  # [second][link], tx
@@ -50,7 +51,7 @@ class Sampler(threading.Thread):
         self.lab = lab
         self.pending = sorted(events, key=lambda e: e[0])
         self.fired: list[tuple[float, str]] = []
-        self.samples: list[list[tuple[int, int]]] = []
+        self.samples: list[list[Counters]] = []
         self.failure: str | None = None
         self._halt = threading.Event()
 
@@ -127,17 +128,21 @@ def measure(
         record.error = result.error or sampler.failure
         record.events = sampler.fired
         record.link_bytes = [
-            (a[0] - b[0]) + (a[1] - b[1]) for a, b in zip(after, before, strict=False)
+            (a.tx_bytes - b.tx_bytes) + (a.rx_bytes - b.rx_bytes)
+            for a, b in zip(after, before, strict=True)
         ]
         total = sum(record.link_bytes)
         record.link_share = [round(x / total, 4) if total else 0.0 for x in record.link_bytes]
         record.link_series_mbit = [
             [
-                round((cur[i][0] - prev[i][0]) * 8 / 1e6 / SAMPLE_INTERVAL_S, 3)
+                round((cur[i].tx_bytes - prev[i].tx_bytes) * 8 / 1e6 / SAMPLE_INTERVAL_S, 3)
                 for i in range(len(cur))
             ]
             for prev, cur in zip(sampler.samples, sampler.samples[1:], strict=False)
         ]
+        record.packets_per_s = round(
+            sum(a.tx_packets - b.tx_packets for a, b in zip(after, before, strict=True)) / wall
+        )
         record.cpu_percent = {
             k: round(100 * (cpu_after.get(k, 0.0) - v) / wall, 1) for k, v in cpu_before.items()
         }
