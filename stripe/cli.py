@@ -1,0 +1,120 @@
+"""The `stripe` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+import click
+
+from . import config as config_mod
+from .endpoint import Role
+from .noise import generate_keypair, public_from_private
+
+EXIT_CONFIG = 2
+EXIT_SETUP = 1
+
+
+def _version() -> str:
+    try:
+        return version("stripe-vpn")
+    except PackageNotFoundError:
+        return "0.1.0+source"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), prog_name="stripe")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True, help="How much to log (to stderr).")
+def main(log_level: str) -> None:
+    """stripe: one flow over the sum of several uplinks, in order, encrypted."""
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _load(path: str, role: Role) -> config_mod.Config:
+    try:
+        return config_mod.load(path, role)
+    except config_mod.ConfigError as exc:
+        click.echo(f"stripe: config error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+
+
+def _run(path: str, role: Role) -> None:
+    from .io.driver import serve
+    from .io.tun import SetupError
+
+    cfg = _load(path, role)
+    try:
+        import uvloop
+
+        uvloop.run(serve(cfg))
+    except ImportError:
+        asyncio.run(serve(cfg))
+    except SetupError as exc:
+        click.echo(f"stripe: {exc}", err=True)
+        sys.exit(EXIT_SETUP)
+    except KeyboardInterrupt:
+        pass
+
+
+config_option = click.option("-c", "--config", "path", required=True,
+                             type=click.Path(dir_okay=False), help="TOML config file.")
+
+
+@main.command()
+@config_option
+def server(path: str) -> None:
+    """Run the server end: accept the client, stripe traffic back over its links."""
+    _run(path, Role.SERVER)
+
+
+@main.command()
+@config_option
+def client(path: str) -> None:
+    """Run the client end: connect to the server over every configured link."""
+    _run(path, Role.CLIENT)
+
+
+@main.command()
+@config_option
+@click.option("--role", type=click.Choice(["client", "server"]),
+              help="Validate as this role (default: server if listen_port is set).")
+def check(path: str, role: str | None) -> None:
+    """Validate a config file; exit 2 with the reason if it is wrong."""
+    if role is None:
+        try:
+            import tomllib
+
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+            iface = raw.get("interface", {})
+            role = "server" if isinstance(iface, dict) and "listen_port" in iface else "client"
+        except (OSError, ValueError):
+            role = "client"  # load() below reports the real problem
+    cfg = _load(path, Role(role))
+    links = ", ".join(link.name for link in cfg.links) or "(learned from the client)"
+    click.echo(f"{path}: ok ({role}, tun {cfg.tun_name}, links: {links})")
+
+
+@main.command()
+def genkey() -> None:
+    """Print a new private key (base64)."""
+    private, _ = generate_keypair()
+    click.echo(config_mod.encode_key(private))
+
+
+@main.command()
+def pubkey() -> None:
+    """Read a private key on stdin, print its public key."""
+    try:
+        private = config_mod.decode_key(sys.stdin.read())
+    except ValueError as exc:
+        click.echo(f"stripe: pubkey: stdin is not a private key: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    click.echo(config_mod.encode_key(public_from_private(private)))

@@ -1,0 +1,281 @@
+"""Read and validate a stripe TOML config file.
+
+Every problem becomes one `ConfigError` line that names the file, the key
+and what is expected, e.g.::
+
+    b.toml: link[1].remote: expected "HOST:PORT" such as "10.0.0.2:5000", got "10.0.0.2"
+
+The CLI prints it and exits 2.  This module also checks the bits of the
+system a config refers to (key files, link interfaces), since "interface
+veth9 does not exist" is a config error to the user.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import socket
+import stat
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .endpoint import EndpointSpec, LinkSpec, PeerSpec, Role
+from .scheduler import SCHEDULERS
+from .wire import MAX_LINKS
+
+DEFAULT_MTU = 1400
+MIN_MTU = 576
+MAX_MTU = 9000
+DEFAULT_SCHEDULER = "weighted"
+IFNAMSIZ = 15
+
+
+class ConfigError(Exception):
+    """Local misuse: the config is wrong.  str() is the whole message."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    name: str
+    interface: str | None
+    source: str | None
+    remote: tuple[str, int] | None  # client: the server's address
+    port: int  # local port to bind (client: 0 = any)
+    weight: int
+    backup: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    role: Role
+    tun_name: str
+    addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
+    mtu: int
+    private_key: bytes
+    peer_public_key: bytes
+    preshared_key: bytes | None
+    scheduler: str
+    reorder_hold_ms: float | None
+    listen_port: int | None
+    links: tuple[LinkConfig, ...]
+
+    def endpoint_spec(self) -> EndpointSpec:
+        links = tuple(
+            LinkSpec(i, link.name, link.weight, link.backup, link.remote)
+            for i, link in enumerate(self.links)
+        ) if self.role is Role.CLIENT else ()
+        hold = None if self.reorder_hold_ms is None else self.reorder_hold_ms / 1000
+        return EndpointSpec(
+            self.role, self.private_key,
+            (PeerSpec(self.peer_public_key, self.preshared_key),),
+            links, self.scheduler, hold,
+        )
+
+
+def decode_key(text: str) -> bytes:
+    """A base64 32-byte key, as `stripe genkey` prints it.  ValueError if not."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"decodes to {len(raw)} bytes, a key has 32")
+    return raw
+
+
+def encode_key(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+class _Reader:
+    """Typed access to one TOML table, with errors that name file and key."""
+
+    def __init__(self, path: str, where: str, table: Any) -> None:
+        self.path, self.where = path, where
+        if not isinstance(table, dict):
+            raise self.error("", f"expected a table, got {_kind(table)}")
+        self.table: dict[str, Any] = table
+        self.used: set[str] = set()
+
+    def error(self, key: str, message: str) -> ConfigError:
+        name = f"{self.where}.{key}" if self.where and key else (self.where or key)
+        return ConfigError(f"{self.path}: {name}: {message}")
+
+    def get(self, key: str, kind: type, default: Any = ..., *, what: str = "") -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if default is ...:
+                raise self.error(key, f"missing; expected {what or kind.__name__}")
+            return default
+        value = self.table[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise self.error(key, f"expected {what or kind.__name__}, got {_kind(value)}")
+        return value
+
+    def check(self, key: str, ok: bool, message: str) -> None:
+        if not ok:
+            raise self.error(key, message)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            known = ", ".join(sorted(self.used))
+            raise self.error(unknown[0], f"unknown key (known keys here: {known})")
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _key_from(reader: _Reader, inline: str, file_key: str, required: bool) -> bytes | None:
+    text = reader.get(inline, str, None, what="a base64 key (see `stripe genkey`)")
+    file_name = reader.get(file_key, str, None, what="a file path")
+    if text is not None and file_name is not None:
+        raise reader.error(inline, f"give either {inline} or {file_key}, not both")
+    key = inline
+    if file_name is not None:
+        key = file_key
+        path = Path(reader.path).parent / file_name
+        try:
+            mode = path.stat().st_mode
+            text = path.read_text()
+        except OSError as exc:
+            raise reader.error(file_key, f"cannot read {path}: {exc.strerror}") from None
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise reader.error(
+                file_key, f"{path} is readable by group or others; run: chmod 600 {path}"
+            )
+    if text is None:
+        if required:
+            raise reader.error(inline, f"missing; expected {inline} or {file_key}")
+        return None
+    try:
+        return decode_key(text)
+    except ValueError as exc:
+        raise reader.error(key, f"expected a base64 32-byte key: {exc}") from None
+
+
+def _parse_host_port(text: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    infos = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_DGRAM)
+    address = str(infos[0][4][0])
+    return address, int(port_text)
+
+
+def load(path: str | os.PathLike[str], role: Role,
+         interface_exists: Callable[[str], bool] | None = None) -> Config:
+    """Read, parse and validate; raises ConfigError with a one-line reason."""
+    name = str(path)
+    try:
+        with open(name, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{name}: not valid TOML: {exc}") from None
+    exists = interface_exists or (lambda ifname: os.path.exists(f"/sys/class/net/{ifname}"))
+    return _parse(name, data, role, exists)
+
+
+def _parse(path: str, data: dict[str, Any], role: Role,
+           interface_exists: Callable[[str], bool]) -> Config:
+    top = _Reader(path, "", data)
+    iface = _Reader(path, "interface", top.get("interface", dict, what="an [interface] table"))
+    peer = _Reader(path, "peer", top.get("peer", dict, what="a [peer] table"))
+    raw_links = top.get("link", list, [], what="[[link]] tables")
+    top.finish()
+
+    tun_name = iface.get("name", str, "stripe0")
+    iface.check("name", 0 < len(tun_name) <= IFNAMSIZ and "/" not in tun_name
+                and not any(c.isspace() for c in tun_name),
+                f"expected an interface name of 1-{IFNAMSIZ} characters, got {tun_name!r}")
+    addresses = []
+    for text in iface.get("address", list, what='a list like ["10.2.0.1/24"]'):
+        try:
+            if not isinstance(text, str):
+                raise ValueError
+            addresses.append(ipaddress.ip_interface(text))
+        except ValueError:
+            raise iface.error(
+                "address", f'expected addresses like "10.2.0.1/24" or "fd00::1/64", got {text!r}'
+            ) from None
+    mtu = iface.get("mtu", int, DEFAULT_MTU)
+    iface.check("mtu", MIN_MTU <= mtu <= MAX_MTU, f"expected {MIN_MTU}..{MAX_MTU}, got {mtu}")
+    private_key = _key_from(iface, "private_key", "private_key_file", True)
+    assert private_key is not None
+    scheduler = iface.get("scheduler", str, DEFAULT_SCHEDULER)
+    iface.check("scheduler", scheduler in SCHEDULERS,
+                f"expected one of {', '.join(sorted(SCHEDULERS))}, got {scheduler!r}")
+    hold = iface.get("reorder_hold_ms", float, None)
+    iface.check("reorder_hold_ms", hold is None or 0 < hold <= 2000,
+                f"expected a hold time in ms, 0 < x <= 2000, got {hold}")
+    listen_port = iface.get("listen_port", int, None if role is Role.CLIENT else ...,
+                            what="a UDP port number")
+    iface.check("listen_port", listen_port is None or 0 < listen_port < 65536,
+                f"expected a UDP port 1..65535, got {listen_port}")
+    iface.finish()
+
+    peer_key = _key_from(peer, "public_key", "public_key_file", True)
+    assert peer_key is not None
+    psk = _key_from(peer, "preshared_key", "preshared_key_file", False)
+    peer.finish()
+
+    if role is Role.CLIENT and not raw_links:
+        raise top.error("link", "a client needs at least one [[link]] with a remote")
+    if len(raw_links) > MAX_LINKS:
+        raise top.error("link", f"at most {MAX_LINKS} links, got {len(raw_links)}")
+    links = tuple(
+        _parse_link(_Reader(path, f"link[{i}]", raw), role, listen_port, interface_exists)
+        for i, raw in enumerate(raw_links)
+    )
+    names = [link.name for link in links]
+    if len(set(names)) != len(names):
+        raise top.error("link", f"link names must be unique, got {names}")
+    return Config(path, role, tun_name, tuple(addresses), mtu, private_key, peer_key, psk,
+                  scheduler, hold, listen_port, links)
+
+
+def _parse_link(r: _Reader, role: Role, listen_port: int | None,
+                interface_exists: Callable[[str], bool]) -> LinkConfig:
+    name = r.get("name", str, what="a short link name like \"dsl\"")
+    r.check("name", 0 < len(name.encode()) <= 32, "expected 1-32 bytes")
+    interface = r.get("interface", str, None, what="a network interface name")
+    if interface is not None and not interface_exists(interface):
+        raise r.error("interface", f"interface {interface!r} does not exist on this host")
+    source = r.get("source", str, None, what="a local IP address")
+    if source is not None:
+        try:
+            ipaddress.ip_address(source)
+        except ValueError:
+            raise r.error("source", f"expected an IP address, got {source!r}") from None
+    remote = None
+    remote_text = r.get("remote", str, None if role is Role.SERVER else ...,
+                        what='"HOST:PORT" such as "10.0.0.2:5000"')
+    if remote_text is not None:
+        try:
+            remote = _parse_host_port(remote_text)
+        except (ValueError, OSError):
+            raise r.error("remote", 'expected "HOST:PORT" such as "10.0.0.2:5000", '
+                                    f"got {remote_text!r}") from None
+    default_port = listen_port if role is Role.SERVER else 0
+    port = r.get("port", int, default_port, what="a UDP port number")
+    r.check("port", port is not None and 0 <= port < 65536, f"expected 0..65535, got {port}")
+    weight = r.get("weight", int, 1)
+    r.check("weight", 1 <= weight <= 1000, f"expected 1..1000, got {weight}")
+    backup = r.get("backup", bool, False)
+    r.finish()
+    assert port is not None
+    return LinkConfig(name, interface, source, remote, port, weight, backup)

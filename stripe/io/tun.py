@@ -1,0 +1,45 @@
+"""Open and configure the TUN device (python-pytun, IFF_TUN | IFF_NO_PI)."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+
+import pytun
+
+
+class SetupError(Exception):
+    """The system refused something the config asked for."""
+
+
+class Tun:
+    def __init__(self, name: str, mtu: int,
+                 addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]) -> None:
+        try:
+            self._dev = pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+        except pytun.Error as exc:
+            raise SetupError(
+                f"cannot create TUN device {name!r}: {exc} "
+                "(needs root or CAP_NET_ADMIN and /dev/net/tun; is the name in use?)"
+            ) from None
+        self.name: str = self._dev.name
+        self.fd: int = self._dev.fileno()
+        try:
+            self._dev.mtu = mtu
+            for address in addresses:
+                _ip("addr", "add", str(address), "dev", self.name)
+            self._dev.up()
+        except (pytun.Error, SetupError) as exc:
+            self.close()
+            raise SetupError(f"cannot configure TUN device {name!r}: {exc}") from None
+        os.set_blocking(self.fd, False)
+
+    def close(self) -> None:
+        self._dev.close()  # a non-persistent TUN disappears with its last fd
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SetupError(f"ip {' '.join(args)}: {result.stderr.strip()}")
