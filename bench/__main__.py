@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from bench.lab import cleanup_prefix
+from bench.runner import DEFAULT_SCHEDULERS, Options
+from bench.runner import run as run_bench
+from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
 
 CC_CHOICES = ("cubic", "bbr")
+QUICK_SECONDS = 4.0
 
 
 def _need_root() -> None:
@@ -30,6 +35,48 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
 
+    run_p = sub.add_parser("run", help="run benchmark scenarios (issue 3)")
+    run_p.add_argument(
+        "scenarios", nargs="+", metavar="SCENARIO", help="preset names or aliases (see `list`)"
+    )
+    run_p.add_argument("--repeat", type=int, default=None, help="runs per system (default 3)")
+    run_p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="length of each run (default 20; failover is always 30)",
+    )
+    run_p.add_argument(
+        "--cc",
+        default=None,
+        help="comma list of TCP congestion controls, e.g. cubic,bbr (default: the system's)",
+    )
+    run_p.add_argument(
+        "--flows",
+        default="tcp",
+        help="comma list of tcp (one flow), tcp4 (4 parallel), udp (fixed rate)",
+    )
+    run_p.add_argument(
+        "--systems",
+        default=None,
+        help="comma list of system name prefixes to run, e.g. link0,ecmp,stripe",
+    )
+    run_p.add_argument(
+        "--schedulers",
+        default=",".join(DEFAULT_SCHEDULERS),
+        help="stripe schedulers to try; those `stripe check` rejects are skipped",
+    )
+    run_p.add_argument("--quick", action="store_true", help="smoke mode: 4 s per system, 1 repeat")
+    run_p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results directory (default bench/results/<UTC timestamp>)",
+    )
+    run_p.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+
+    sub.add_parser("list", help="list scenario presets")
+
     clean = sub.add_parser("cleanup", help="delete leftover namespaces with a prefix")
     clean.add_argument(
         "prefix",
@@ -44,6 +91,37 @@ def main(argv: list[str] | None = None) -> int:
         from bench.demo import run_demo
 
         return run_demo(args.seconds, args.cc, args.log_level)
+    if args.command == "list":
+        for s in SCENARIOS.values():
+            print(f"{s.name:20} {s.kind:10} {s.doc}")
+            for i, spec in enumerate(s.links):
+                print(f"{'':20} {'':10}   link{i}: {describe_link(spec)}")
+        print("aliases: " + "; ".join(f"{k} = {' '.join(v)}" for k, v in ALIASES.items()))
+        return 0
+    if args.command == "run":
+        _need_root()
+        try:
+            scenarios = resolve(args.scenarios)
+        except KeyError as exc:
+            parser.error(str(exc.args[0]))
+        quick = args.quick
+        opts = Options(
+            scenarios=scenarios,
+            repeat=args.repeat or (1 if quick else 3),
+            seconds=args.seconds or (QUICK_SECONDS if quick else 20.0),
+            ccs=[c or None for c in args.cc.split(",")] if args.cc else [None],
+            flows=args.flows.split(","),
+            systems=args.systems.split(",") if args.systems else None,
+            schedulers=[s for s in args.schedulers.split(",") if s],
+            out=args.out,
+            log_level=args.log_level,
+        )
+        for cc in opts.ccs:
+            if cc is not None and cc not in CC_CHOICES:
+                parser.error(f"--cc: {cc!r} is not one of {', '.join(CC_CHOICES)}")
+        out = run_bench(opts)
+        print(f"results: {out / 'results.md'}")
+        return 0
     if args.command == "cleanup":
         _need_root()
         gone = cleanup_prefix(args.prefix)

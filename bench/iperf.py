@@ -45,8 +45,11 @@ class IperfResult:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-def start_server(ns: str, port: int, log: Path, wrapper: Sequence[str] = ()) -> Proc:
-    proc = Proc("iperf3-server", [*wrapper, "iperf3", "-s", "-p", str(port)], ns, log)
+def start_server(
+    ns: str, port: int, log: Path, wrapper: Sequence[str] = (), bind: str | None = None
+) -> Proc:
+    cmd = [*wrapper, "iperf3", "-s", "-J", "-p", str(port)] + (["-B", bind] if bind else [])
+    proc = Proc("iperf3-server", cmd, ns, log)
     time.sleep(0.3)  # let it bind before the client connects
     return proc
 

@@ -424,8 +424,8 @@ class Lab:
         for ns, dev in ((self.names.client_ns, n.client_if), (self.names.server_ns, n.server_if)):
             if on:
                 rules = (
-                    f"table netdev {table} {{ chain drop {{ type filter hook ingress "
-                    f'device "{dev}" priority -500; policy drop; }} }}'
+                    f"table netdev {table} {{ chain blackhole {{ type filter hook ingress "
+                    f'device "{dev}" priority -500; policy drop; }}; }}'
                 )
                 run(["nft", rules], ns=ns)
             else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -10,8 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.iperf import Flow, run_client, start_server
+from bench.iperf import Flow, client_command, parse, run_client, start_server
 from bench.lab import Counters, Lab
+from bench.procs import Proc
+from bench.sh import run
 from bench.systems import System
 
 IPERF_PORT = 5201
@@ -36,6 +39,8 @@ class RunRecord:
     link_share: list[float] = field(default_factory=list)
     link_series_mbit: list[list[float]] = field(default_factory=list)  # [second][link], tx
     cpu_percent: dict[str, float] = field(default_factory=dict)
+    rtt_idle_ms: float | None = None
+    rtt_loaded_ms: float | None = None
     events: list[tuple[float, str]] = field(default_factory=list)
     error: str | None = None
 
@@ -98,7 +103,11 @@ def measure(
     try:
         target = system.start(lab, workdir)
         server = start_server(
-            lab.names.server_ns, IPERF_PORT, workdir / "iperf3-server.log", target.wrapper
+            lab.names.server_ns,
+            IPERF_PORT,
+            workdir / "iperf3-server.log",
+            target.wrapper,
+            target.server_bind,
         )
         before = lab.counters()
         cpu_before = system.cpu_seconds()
@@ -152,5 +161,62 @@ def measure(
     finally:
         if server is not None:
             server.stop()
+        system.stop()
+    return record
+
+
+PING_INTERVAL_S = 0.2
+LOAD_SETTLE_S = 2.0
+
+
+def _ping_avg_ms(ns: str, addr: str, count: int) -> float | None:
+    out = run(
+        ["ping", "-q", "-n", "-c", str(count), "-i", str(PING_INTERVAL_S), "-W", "2", addr],
+        ns=ns,
+        check=False,
+        timeout_s=count * PING_INTERVAL_S + 10,
+    ).stdout
+    match = re.search(r"= [\d.]+/([\d.]+)/", out)
+    return float(match.group(1)) if match else None
+
+
+def measure_latency(
+    lab: Lab, system: System, seconds: float, cc: str | None, workdir: Path
+) -> RunRecord:
+    """Ping RTT through ``system``, idle and while one TCP flow saturates it."""
+    record = RunRecord(system.name, "ping", cc, seconds)
+    workdir.mkdir(parents=True, exist_ok=True)
+    server = client = None
+    ns = lab.names.client_ns
+    try:
+        target = system.start(lab, workdir)
+        # Warm up (ARP, stripe handshake), then the idle measurement.
+        _ping_avg_ms(ns, target.address, 2)
+        count = max(5, int((seconds - LOAD_SETTLE_S) / PING_INTERVAL_S))
+        record.rtt_idle_ms = _ping_avg_ms(ns, target.address, count)
+        server = start_server(
+            lab.names.server_ns, IPERF_PORT, workdir / "iperf3-server.log", bind=target.server_bind
+        )
+        client = Proc(
+            "iperf3-client",
+            client_command(target.address, IPERF_PORT, seconds, Flow(), cc, target.bind),
+            ns,
+            workdir / "iperf3-client.log",
+        )
+        time.sleep(LOAD_SETTLE_S)
+        record.rtt_loaded_ms = _ping_avg_ms(ns, target.address, count)
+        client.popen.wait(seconds + 20)
+        result = parse(client.log.read_text(errors="replace"))
+        record.goodput_mbit = round(result.goodput_mbit, 3)
+        record.retransmits = result.retransmits
+        record.per_second_mbit = result.per_second_mbit
+        if record.rtt_idle_ms is None or record.rtt_loaded_ms is None:
+            record.error = "no ping replies"
+    except Exception as exc:
+        record.error = str(exc)
+    finally:
+        for proc in (client, server):
+            if proc is not None:
+                proc.stop()
         system.stop()
     return record

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procs import Proc
-from bench.sh import CommandError, run
+from bench.sh import CommandError, in_ns, run
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 15.0
@@ -42,10 +42,11 @@ def pubkey(private: str) -> str:
     return proc.stdout.strip()
 
 
-def check_config(path: Path) -> tuple[bool, str]:
-    """``stripe check -c``: does this stripe accept this config (e.g. a scheduler)?"""
+def check_config(path: Path, ns: str) -> tuple[bool, str]:
+    """``stripe check -c`` inside ``ns``, where the config's interfaces exist:
+    does this stripe accept this config (e.g. its scheduler)?"""
     proc = subprocess.run(
-        stripe_cmd("check", "-c", str(path)),
+        in_ns(ns, stripe_cmd("check", "-c", str(path))),
         capture_output=True,
         text=True,
         timeout=20,

@@ -18,6 +18,9 @@ from bench.stripe_run import StripePair
 class Target:
     address: str
     bind: str | None = None
+    # The server must answer UDP from the address the client sent to; with
+    # ECMP routing would otherwise pick the outgoing link's address.
+    server_bind: str | None = None
     wrapper: tuple[str, ...] = ()
 
 
@@ -52,7 +55,7 @@ class Ecmp(System):
     name = "ecmp"
 
     def start(self, lab: Lab, workdir: Path) -> Target:
-        return Target(ECMP_SERVER_ADDR, bind=ECMP_CLIENT_ADDR)
+        return Target(ECMP_SERVER_ADDR, bind=ECMP_CLIENT_ADDR, server_bind=ECMP_SERVER_ADDR)
 
 
 class Mptcp(System):

@@ -1,0 +1,155 @@
+"""Pure summaries of run records: medians and ranges, reference, failover timing.
+
+Records are the JSON dicts that ``measure.RunRecord.to_json`` produces, with
+``scenario`` and ``repeat`` added by the runner.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+Record = dict[str, Any]
+
+# Failover: "steady on the remaining link" means two consecutive seconds at
+# >= 80 % of what that link alone carries; "using both again" means link 1
+# carrying >= 50 % of what it carries alone, for two consecutive seconds.
+STEADY_FRACTION = 0.8
+BOTH_AGAIN_FRACTION = 0.5
+CONSECUTIVE_S = 2
+
+
+@dataclass
+class Summary:
+    scenario: str
+    system: str
+    flow: str
+    cc: str | None
+    runs: int
+    ok_runs: int
+    goodput_median: float
+    goodput_min: float
+    goodput_max: float
+    retransmits_median: float | None
+    lost_percent_median: float | None
+    link_share: list[float]
+    packets_per_s_median: float
+    cpu_percent: dict[str, float]
+    share_of_reference: float | None = None
+    rtt_idle_ms: float | None = None
+    rtt_loaded_ms: float | None = None
+    failover: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def group_key(r: Record) -> tuple[str, str, str, str]:
+    return (r["scenario"], r["system"], r["flow"], r.get("cc") or "")
+
+
+def summarize(records: list[Record]) -> list[Summary]:
+    groups: dict[tuple[str, str, str, str], list[Record]] = defaultdict(list)
+    for r in records:
+        groups[group_key(r)].append(r)
+    out: list[Summary] = []
+    for (scenario, system, flow, cc), rs in groups.items():
+        ok = [r for r in rs if not r.get("error")]
+        base = ok or rs
+        goodputs = [float(r["goodput_mbit"]) for r in base]
+        n_links = max((len(r.get("link_share", [])) for r in base), default=0)
+        shares = [
+            round(statistics.median(r["link_share"][i] for r in base if r.get("link_share")), 4)
+            if any(r.get("link_share") for r in base)
+            else 0.0
+            for i in range(n_links)
+        ]
+        cpu_names = {k for r in base for k in r.get("cpu_percent", {})}
+        out.append(
+            Summary(
+                scenario=scenario,
+                system=system,
+                flow=flow,
+                cc=cc or None,
+                runs=len(rs),
+                ok_runs=len(ok),
+                goodput_median=round(statistics.median(goodputs), 3),
+                goodput_min=round(min(goodputs), 3),
+                goodput_max=round(max(goodputs), 3),
+                retransmits_median=_median(
+                    [r["retransmits"] for r in base if r.get("retransmits") is not None]
+                ),
+                lost_percent_median=_median(
+                    [r["lost_percent"] for r in base if r.get("lost_percent") is not None]
+                ),
+                link_share=shares,
+                packets_per_s_median=statistics.median(r.get("packets_per_s", 0) for r in base),
+                cpu_percent={
+                    k: statistics.median(r["cpu_percent"].get(k, 0.0) for r in base)
+                    for k in sorted(cpu_names)
+                },
+                rtt_idle_ms=_median([r["rtt_idle_ms"] for r in base if r.get("rtt_idle_ms")]),
+                rtt_loaded_ms=_median([r["rtt_loaded_ms"] for r in base if r.get("rtt_loaded_ms")]),
+                errors=sorted({str(r["error"])[:200] for r in rs if r.get("error")}),
+            )
+        )
+    _add_reference(out)
+    return out
+
+
+def _add_reference(summaries: list[Summary]) -> None:
+    """Share of the reference: goodput / sum of each plain link alone (same flow, cc)."""
+    ref: dict[tuple[str, str, str | None], float] = defaultdict(float)
+    for s in summaries:
+        if s.system.startswith("link") and s.system[4:].isdigit():
+            ref[(s.scenario, s.flow, s.cc)] += s.goodput_median
+    for s in summaries:
+        total = ref.get((s.scenario, s.flow, s.cc))
+        if total:
+            s.share_of_reference = round(s.goodput_median / total, 3)
+
+
+def single_link_goodput(summaries: list[Summary], scenario: str, index: int) -> float | None:
+    for s in summaries:
+        if s.scenario == scenario and s.system == f"link{index}" and s.flow == "tcp":
+            return s.goodput_median
+    return None
+
+
+def _first_sustained(series: list[float], start: int, threshold: float) -> int | None:
+    for t in range(max(0, start), len(series) - CONSECUTIVE_S + 1):
+        if all(v >= threshold for v in series[t : t + CONSECUTIVE_S]):
+            return t
+    return None
+
+
+def failover_metrics(
+    record: Record,
+    cut_s: float,
+    restore_s: float,
+    remaining_link_mbit: float,
+    cut_link_mbit: float,
+    cut_link: int = 1,
+) -> dict[str, Any]:
+    """Did the flow survive the cut, and how long did recovery take (1 s resolution)?
+
+    ``per_second_mbit[t]`` is the receiver's goodput in second [t, t+1);
+    ``link_series_mbit[t][i]`` is what link i sent in that second.
+    """
+    series: list[float] = record.get("per_second_mbit", [])
+    cut, restore = int(cut_s), int(restore_s)
+    tail = series[-3:]
+    survived = not record.get("error") and bool(tail) and min(tail) > 0
+    steady = _first_sustained(series, cut, STEADY_FRACTION * remaining_link_mbit)
+    link_tx = [row[cut_link] for row in record.get("link_series_mbit", []) if len(row) > cut_link]
+    both = _first_sustained(link_tx, restore, BOTH_AGAIN_FRACTION * cut_link_mbit)
+    return {
+        "survived": survived,
+        "cut_to_steady_s": None if steady is None or steady >= restore else steady - cut,
+        "restore_to_both_s": None if both is None else both - restore,
+        "per_second_mbit": series,
+    }

@@ -1,0 +1,130 @@
+"""results.md, summary.json and PNG plots for one results directory."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench.analysis import Record, Summary, failover_metrics, single_link_goodput, summarize
+from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, SCENARIOS, describe_link
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _shares(s: Summary) -> str:
+    return " / ".join(f"{100 * x:.0f}" for x in s.link_share) if s.link_share else "-"
+
+
+def failover_table(records: list[Record], summaries: list[Summary]) -> list[str]:
+    lines: list[str] = []
+    for name in sorted({r["scenario"] for r in records}):
+        scen = SCENARIOS.get(name)
+        if scen is None or scen.kind != "failover":
+            continue
+        link0 = single_link_goodput(summaries, name, 0) or 0.95 * (scen.links[0].up.rate_mbit or 0)
+        link1 = single_link_goodput(summaries, name, 1) or 0.95 * (scen.links[1].up.rate_mbit or 0)
+        lines += [
+            f"### {name}: survival and recovery",
+            "",
+            f"Cut at {FAILOVER_CUT_S:g} s, restored at {FAILOVER_RESTORE_S:g} s. "
+            "Steady = 2 s at >= 80 % of link 0 alone; both again = link 1 sending "
+            ">= 50 % of what it carries alone for 2 s.",
+            "",
+            "| system | cc | repeat | survived | cut -> steady (s) | restore -> both (s) "
+            "| goodput per second (Mbit/s) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in records:
+            if r["scenario"] != name:
+                continue
+            m = failover_metrics(r, FAILOVER_CUT_S, FAILOVER_RESTORE_S, link0, link1)
+            per_s = " ".join(f"{v:.1f}" for v in m["per_second_mbit"])
+            lines.append(
+                f"| {r['system']} | {r.get('cc') or 'default'} | {r['repeat']} "
+                f"| {'yes' if m['survived'] else 'NO'} | {_fmt(m['cut_to_steady_s'], 0)} "
+                f"| {_fmt(m['restore_to_both_s'], 0)} | {per_s} |"
+            )
+        lines.append("")
+    return lines
+
+
+def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
+    summaries = summarize(records)
+    lines = [
+        "# stripe benchmark results",
+        "",
+        f"Command: `{meta.get('command', '?')}`  ",
+        f"Started (UTC): {meta.get('started', '?')}; load average at the end: "
+        f"{meta.get('load_average', '?')}  ",
+        f"Repeats: {meta.get('repeat')}; goodput = iperf3 receiver side, median "
+        "[min-max] over repeats; share = of the sum of each plain link alone (same flow "
+        "and cc); link share = bytes each link carried (both directions, client side), %.",
+        "",
+    ]
+    for name in dict.fromkeys(r["scenario"] for r in records):
+        scen = SCENARIOS.get(name)
+        rows = [s for s in summaries if s.scenario == name]
+        lines += [f"## {name}", ""]
+        if scen is not None:
+            links = "; ".join(f"link{i}: {describe_link(sp)}" for i, sp in enumerate(scen.links))
+            lines += [f"{scen.doc}. {links}.", ""]
+        skipped = meta.get("skipped", {}).get(name, {})
+        for system, why in skipped.items():
+            lines.append(f"- not run: {system}: {why}")
+        if skipped:
+            lines.append("")
+        if scen is not None and scen.kind == "latency":
+            lines += [
+                "| system | cc | RTT idle (ms) | RTT under load (ms) | goodput (Mbit/s) |",
+                "|---|---|---|---|---|",
+            ]
+            for s in rows:
+                lines.append(
+                    f"| {s.system} | {s.cc or 'default'} | {_fmt(s.rtt_idle_ms)} "
+                    f"| {_fmt(s.rtt_loaded_ms)} | {_fmt(s.goodput_median)} |"
+                )
+        else:
+            lines += [
+                "| system | flow | cc | goodput Mbit/s | share | retransmits | UDP loss % "
+                "| link share % | pkt/s | CPU % | runs ok |",
+                "|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for s in rows:
+                cpu = (
+                    ", ".join(
+                        f"{k.removeprefix('stripe-')} {v:.0f}" for k, v in s.cpu_percent.items()
+                    )
+                    or "-"
+                )
+                lines.append(
+                    f"| {s.system} | {s.flow} | {s.cc or 'default'} "
+                    f"| {s.goodput_median:.2f} [{s.goodput_min:.2f}-{s.goodput_max:.2f}] "
+                    f"| {_fmt(s.share_of_reference)} | {_fmt(s.retransmits_median, 0)} "
+                    f"| {_fmt(s.lost_percent_median)} | {_shares(s)} "
+                    f"| {s.packets_per_s_median:.0f} | {cpu} | {s.ok_runs}/{s.runs} |"
+                )
+        errors = [(s.system, e) for s in rows for e in s.errors]
+        if errors:
+            lines += ["", "Errors:"] + [f"- {sys_}: `{e.splitlines()[0]}`" for sys_, e in errors]
+        lines.append("")
+    lines += failover_table(records, summaries)
+    lines += ["## Plots", ""]
+    for png in sorted(meta.get("plots", [])):
+        lines.append(f"![{png}](plots/{png})")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, records: list[Record], meta: dict[str, Any]) -> None:
+    try:
+        from bench.plots import make_plots
+
+        meta["plots"] = make_plots(out / "plots", records, summarize(records))
+    except ImportError as exc:
+        meta["plots"] = []
+        meta["plots_missing"] = f"matplotlib not available: {exc}"
+    (out / "summary.json").write_text(json.dumps([asdict(s) for s in summarize(records)], indent=1))
+    (out / "results.md").write_text(results_markdown(records, meta))

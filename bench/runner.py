@@ -1,0 +1,256 @@
+"""``python -m bench run``: scenarios x systems x flows x cc x repeats.
+
+For each scenario one lab is built (fresh ``sb<hex>`` prefix) and every
+system runs in it, repeats interleaved so slow drifts of a shared machine
+spread over all systems. Each run's record is written as JSON at once, so a
+crash or Ctrl-C keeps what was measured; the lab is always torn down.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.iperf import Flow
+from bench.lab import Lab, LabNames, new_prefix
+from bench.measure import Event, RunRecord, measure, measure_latency
+from bench.procs import terminating_signals_raise, uninterruptible
+from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, Scenario
+from bench.sh import ensure_tools
+from bench.stripe_config import TUNNEL_SERVER_ADDR, Keys, write_configs
+from bench.stripe_run import check_config, stripe_available
+from bench.systems import Ecmp, Mptcp, PlainLink, Stripe, System
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_SCHEDULERS = ("roundrobin", "weighted", "adaptive")
+# UDP offered load: 90 % of the links' sum, so a good bond loses nothing.
+UDP_OFFER_FRACTION = 0.9
+CEILING_UDP_MBIT = 200.0
+
+
+@dataclass
+class Options:
+    scenarios: list[Scenario]
+    repeat: int = 3
+    seconds: float = 20.0
+    ccs: list[str | None] = field(default_factory=lambda: [None])
+    flows: list[str] = field(default_factory=lambda: ["tcp"])  # tcp | udp | tcp4
+    systems: list[str] | None = None  # name prefixes to keep; None: all
+    schedulers: list[str] = field(default_factory=lambda: list(DEFAULT_SCHEDULERS))
+    out: Path | None = None
+    log_level: str = "info"
+
+
+class Progress:
+    """One status line, rewritten in place on a terminal, plain lines otherwise."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.done = 0
+        self.started = time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def show(self, what: str) -> None:
+        elapsed = time.monotonic() - self.started
+        eta = ""
+        if self.done:
+            eta = f" eta {_mmss(elapsed / self.done * (self.total - self.done))}"
+        line = f"[{self.done + 1}/{self.total}] {what}  elapsed {_mmss(elapsed)}{eta}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def finish_one(self, note: str) -> None:
+        self.done += 1
+        if self.tty:
+            sys.stderr.write(f"  -> {note}\n")
+        else:
+            sys.stderr.write(f"    -> {note}\n")
+        sys.stderr.flush()
+
+
+def _mmss(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
+def flows_for(scenario: Scenario, names: list[str]) -> list[Flow]:
+    if scenario.kind in ("latency", "failover"):
+        return [Flow()]
+    out = []
+    for name in names:
+        if name == "tcp":
+            out.append(Flow())
+        elif name == "tcp4":
+            out.append(Flow(parallel=4))
+        elif name == "udp":
+            total = scenario.shaped_sum_mbit
+            rate = UDP_OFFER_FRACTION * total if total else CEILING_UDP_MBIT
+            out.append(Flow("udp", 1, round(rate, 1)))
+        else:
+            raise ValueError(f"unknown flow {name!r}: tcp, tcp4 or udp")
+    return out
+
+
+def build_systems(
+    scenario: Scenario, lab: Lab, opts: Options, workdir: Path
+) -> tuple[list[System], dict[str, str]]:
+    """The systems to compare here, and why any were left out."""
+    skipped: dict[str, str] = {}
+    systems: list[System] = [PlainLink(i) for i in range(len(scenario.links))]
+    if scenario.kind == "ceiling":
+        systems = systems[:1]
+    else:
+        systems.append(Ecmp())
+        if scenario.kind != "latency":
+            reason = Mptcp.unavailable_reason()
+            if reason:
+                skipped["mptcp"] = reason
+            else:
+                systems.append(Mptcp())
+    if not stripe_available():
+        skipped["stripe"] = "no stripe package with __main__ in this checkout"
+    else:
+        keys = Keys.generate()
+        tun = lab.names.client_ns[:-3] + "tun"
+        for sched in opts.schedulers:
+            server_cfg, client_cfg = write_configs(
+                workdir / "configs", lab.names, scenario.links, keys, sched, tun
+            )
+            ok, why = check_config(client_cfg, lab.names.client_ns)
+            if not ok:
+                skipped[f"stripe-{sched}"] = f"stripe check rejected it: {why}"
+                continue
+            systems.append(
+                Stripe(
+                    f"stripe-{sched}", server_cfg, client_cfg, TUNNEL_SERVER_ADDR, opts.log_level
+                )
+            )
+    if opts.systems is not None:
+        keep = opts.systems
+        systems = [s for s in systems if any(s.name.startswith(k) for k in keep)]
+    return systems, skipped
+
+
+def failover_events(scenario: Scenario, lab: Lab) -> list[Event]:
+    if scenario.failover == "down":
+        return [
+            (FAILOVER_CUT_S, "link1 down", lambda: lab.set_link_up(1, False)),
+            (FAILOVER_RESTORE_S, "link1 up", lambda: lab.set_link_up(1, True)),
+        ]
+    if scenario.failover == "blackhole":
+        return [
+            (FAILOVER_CUT_S, "link1 blackhole", lambda: lab.set_blackhole(1, True)),
+            (FAILOVER_RESTORE_S, "link1 restored", lambda: lab.set_blackhole(1, False)),
+        ]
+    return []
+
+
+def run_scenario(
+    scenario: Scenario, opts: Options, out: Path, progress: Progress, meta: dict[str, Any]
+) -> list[dict[str, Any]]:
+    prefix = new_prefix()
+    workdir = out / "work" / scenario.name
+    lab = Lab(LabNames.for_prefix(prefix, len(scenario.links)), scenario.links, workdir)
+    records: list[dict[str, Any]] = []
+    seconds = scenario.fixed_seconds or opts.seconds
+    try:
+        lab.up()
+        systems, skipped = build_systems(scenario, lab, opts, workdir)
+        meta.setdefault("skipped", {})[scenario.name] = skipped
+        for why in skipped.items():
+            sys.stderr.write(f"{scenario.name}: skipping {why[0]}: {why[1]}\n")
+        for rep in range(1, opts.repeat + 1):
+            for system in systems:
+                for flow in flows_for(scenario, opts.flows):
+                    ccs = opts.ccs if flow.kind == "tcp" else [None]
+                    for cc in ccs:
+                        label = f"{system.name}-{flow.label}-{cc or 'default'}-r{rep}"
+                        progress.show(f"{scenario.name} {label} ({seconds:g} s)")
+                        run_dir = workdir / label
+                        record: RunRecord
+                        if scenario.kind == "latency":
+                            record = measure_latency(lab, system, seconds, cc, run_dir)
+                        else:
+                            events = failover_events(scenario, lab)
+                            record = measure(lab, system, flow, seconds, cc, run_dir, events)
+                            if events:
+                                _restore_links(lab)
+                        data = record.to_json() | {"scenario": scenario.name, "repeat": rep}
+                        records.append(data)
+                        raw = out / "raw" / scenario.name / f"{label}.json"
+                        raw.parent.mkdir(parents=True, exist_ok=True)
+                        raw.write_text(json.dumps(data, indent=1))
+                        note = f"{record.goodput_mbit:.2f} Mbit/s"
+                        if record.rtt_idle_ms is not None:
+                            note += f", rtt idle {record.rtt_idle_ms} ms"
+                            note += f" loaded {record.rtt_loaded_ms} ms"
+                        if record.error:
+                            note += f"  ERROR: {record.error.splitlines()[0][:120]}"
+                        progress.finish_one(note)
+    finally:
+        with uninterruptible():
+            lab.down()
+        if lab.emulator_stats:
+            (workdir / "emulator-stats.json").write_text(json.dumps(lab.emulator_stats))
+    return records
+
+
+def _restore_links(lab: Lab) -> None:
+    """A failover run that failed half-way must not leave link 1 cut for the next."""
+    lab.set_blackhole(1, False)
+    lab.set_link_up(1, True)
+
+
+def count_runs(opts: Options) -> int:
+    total = 0
+    n_sched = len(opts.schedulers)
+    for s in opts.scenarios:
+        n_sys = (1 if s.kind == "ceiling" else len(s.links) + 2) + n_sched
+        for flow in flows_for(s, opts.flows):
+            total += n_sys * (len(opts.ccs) if flow.kind == "tcp" else 1)
+    return total * opts.repeat
+
+
+def run(opts: Options) -> Path:
+    ensure_tools(["ip", "tc", "iperf3", "ping", "ethtool", "nft"])
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = opts.out or RESULTS_DIR / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {
+        "started": stamp,
+        "command": " ".join(["python", "-m", "bench", *sys.argv[1:]]),
+        "repeat": opts.repeat,
+        "seconds": opts.seconds,
+        "ccs": opts.ccs,
+        "flows": opts.flows,
+        "schedulers": opts.schedulers,
+        "scenarios": [s.name for s in opts.scenarios],
+    }
+    progress = Progress(count_runs(opts))
+    records: list[dict[str, Any]] = []
+    with terminating_signals_raise():
+        try:
+            for scenario in opts.scenarios:
+                records += run_scenario(scenario, opts, out, progress, meta)
+        finally:
+            from bench.report import write_report
+
+            meta["load_average"] = _loadavg()
+            (out / "meta.json").write_text(json.dumps(meta, indent=1))
+            if records:
+                write_report(out, records, meta)
+    return out
+
+
+def _loadavg() -> str:
+    try:
+        return Path("/proc/loadavg").read_text().strip()
+    except OSError:
+        return "?"

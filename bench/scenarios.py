@@ -1,0 +1,136 @@
+"""Named, documented benchmark presets (issue 3).
+
+Each scenario fixes a lab (links with per-direction rate, delay, jitter,
+loss), a test length, and its kind: ``throughput`` (goodput vs baselines),
+``failover`` (link 1 cut mid-run, restored later), ``ceiling`` (unshaped,
+the most stripe carries and its CPU) or ``latency`` (ping RTT idle and under
+load). ``python -m bench list`` prints them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.lab import Direction, LinkSpec
+
+FAILOVER_CUT_S = 10.0
+FAILOVER_RESTORE_S = 20.0
+FAILOVER_LENGTH_S = 30.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    doc: str
+    links: tuple[LinkSpec, ...]
+    kind: str = "throughput"  # throughput | failover | ceiling | latency
+    failover: str | None = None  # "down" | "blackhole"
+    fixed_seconds: float | None = None  # a length the scenario itself needs
+
+    @property
+    def shaped_sum_mbit(self) -> float | None:
+        rates = [s.up.rate_mbit for s in self.links]
+        if any(r is None for r in rates):
+            return None
+        return sum(r for r in rates if r is not None)
+
+
+def _sym(rate: float | None, delay_ms: float = 0.0, loss: float = 0.0) -> LinkSpec:
+    return LinkSpec.symmetric(rate, delay_ms=delay_ms, loss=loss)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "equal", "2 x 5 Mbit/s, no added delay (the classic teql/ECMP lab)", (_sym(5), _sym(5))
+        ),
+        Scenario("unequal-rate", "8 + 2 Mbit/s, no added delay", (_sym(8), _sym(2))),
+        Scenario(
+            "unequal-delay",
+            "2 x 10 Mbit/s, 10 ms and 40 ms one-way delay",
+            (_sym(10, 10), _sym(10, 40)),
+        ),
+        Scenario(
+            "lossy",
+            "2 x 10 Mbit/s, link 1 drops 2 % of packets each way at random",
+            (_sym(10), _sym(10, loss=0.02)),
+        ),
+        Scenario(
+            "failover-down",
+            "2 x 5 Mbit/s, 30 s; link 1's interfaces set down at 10 s, up at 20 s",
+            (_sym(5), _sym(5)),
+            kind="failover",
+            failover="down",
+            fixed_seconds=FAILOVER_LENGTH_S,
+        ),
+        Scenario(
+            "failover-blackhole",
+            "2 x 5 Mbit/s, 30 s; link 1 silently drops everything from 10 s to 20 s "
+            "(nftables ingress drop at both ends, interfaces stay up)",
+            (_sym(5), _sym(5)),
+            kind="failover",
+            failover="blackhole",
+            fixed_seconds=FAILOVER_LENGTH_S,
+        ),
+        Scenario(
+            "four-links",
+            "10 + 5 + 3 + 2 Mbit/s with 5 / 15 / 30 / 50 ms one-way delay",
+            (_sym(10, 5), _sym(5, 15), _sym(3, 30), _sym(2, 50)),
+        ),
+        Scenario(
+            "ceiling-1",
+            "1 unshaped veth link: the most stripe carries, and its CPU",
+            (_sym(None),),
+            kind="ceiling",
+        ),
+        Scenario(
+            "ceiling-2",
+            "2 unshaped veth links: the most stripe carries, and its CPU",
+            (_sym(None), _sym(None)),
+            kind="ceiling",
+        ),
+        Scenario(
+            "latency",
+            "2 x 5 Mbit/s: ping RTT idle and under one saturating TCP flow",
+            (_sym(5), _sym(5)),
+            kind="latency",
+        ),
+    )
+}
+
+# Names that expand to several presets.
+ALIASES: dict[str, tuple[str, ...]] = {
+    "failover": ("failover-down", "failover-blackhole"),
+    "ceiling": ("ceiling-1", "ceiling-2"),
+    "all": tuple(SCENARIOS),
+}
+
+
+def resolve(names: list[str]) -> list[Scenario]:
+    """Scenario presets for command-line names, aliases expanded, in order."""
+    out: list[Scenario] = []
+    for name in names:
+        expanded = ALIASES.get(name, (name,))
+        for n in expanded:
+            if n not in SCENARIOS:
+                known = ", ".join([*SCENARIOS, *ALIASES])
+                raise KeyError(f"unknown scenario {n!r}; known: {known}")
+            if SCENARIOS[n] not in out:
+                out.append(SCENARIOS[n])
+    return out
+
+
+def describe_link(spec: LinkSpec) -> str:
+    def one(d: Direction) -> str:
+        parts = [f"{d.rate_mbit:g} Mbit/s" if d.rate_mbit else "unshaped"]
+        if d.delay_ms:
+            parts.append(f"{d.delay_ms:g} ms")
+        if d.jitter_ms:
+            parts.append(f"+-{d.jitter_ms:g} ms")
+        if d.loss:
+            parts.append(f"{100 * d.loss:g} % loss")
+        return " ".join(parts)
+
+    up, down = one(spec.up), one(spec.down)
+    return up if up == down else f"up {up} / down {down}"

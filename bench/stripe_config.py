@@ -1,0 +1,111 @@
+"""stripe config files generated for a bench lab (fresh keys per run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.lab import LabNames, LinkSpec
+from bench.stripe_run import genkey, pubkey
+
+TUNNEL_CLIENT_ADDR = "10.200.0.1"
+TUNNEL_SERVER_ADDR = "10.200.0.2"
+TUNNEL_PREFIX_LEN = 24
+TUNNEL_MTU = 1400
+BASE_PORT = 5000
+
+
+@dataclass(frozen=True)
+class Keys:
+    client_private: str
+    client_public: str
+    server_private: str
+    server_public: str
+
+    @classmethod
+    def generate(cls) -> Keys:
+        cpriv, spriv = genkey(), genkey()
+        return cls(cpriv, pubkey(cpriv), spriv, pubkey(spriv))
+
+
+def link_weight(spec: LinkSpec) -> int:
+    """Weight for the weighted scheduler: the link's rate in Mbit/s (1 if unshaped)."""
+    rate = spec.up.rate_mbit
+    return max(1, round(rate)) if rate else 1
+
+
+def _q(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def server_config(names: LabNames, keys: Keys, scheduler: str, tun: str) -> str:
+    lines = [
+        "[interface]",
+        f"name = {_q(tun)}",
+        f'address = ["{TUNNEL_SERVER_ADDR}/{TUNNEL_PREFIX_LEN}"]',
+        f"mtu = {TUNNEL_MTU}",
+        f"private_key = {_q(keys.server_private)}",
+        f"scheduler = {_q(scheduler)}",
+        f"listen_port = {BASE_PORT}",
+        "",
+        "[peer]",
+        f"public_key = {_q(keys.client_public)}",
+    ]
+    for i, n in enumerate(names.links):
+        lines += [
+            "",
+            "[[link]]",
+            f'name = "link{i}"',
+            f"interface = {_q(n.server_if)}",
+            f"source = {_q(n.server_addr)}",
+            f"port = {BASE_PORT + i}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def client_config(
+    names: LabNames, specs: tuple[LinkSpec, ...], keys: Keys, scheduler: str, tun: str
+) -> str:
+    lines = [
+        "[interface]",
+        f"name = {_q(tun)}",
+        f'address = ["{TUNNEL_CLIENT_ADDR}/{TUNNEL_PREFIX_LEN}"]',
+        f"mtu = {TUNNEL_MTU}",
+        f"private_key = {_q(keys.client_private)}",
+        f"scheduler = {_q(scheduler)}",
+        "",
+        "[peer]",
+        f"public_key = {_q(keys.server_public)}",
+    ]
+    for i, (n, spec) in enumerate(zip(names.links, specs, strict=True)):
+        lines += [
+            "",
+            "[[link]]",
+            f'name = "link{i}"',
+            f"interface = {_q(n.client_if)}",
+            f"source = {_q(n.client_addr)}",
+            f'remote = "{n.server_addr}:{BASE_PORT + i}"',
+            f"weight = {link_weight(spec)}",
+            "backup = false",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_configs(
+    directory: Path,
+    names: LabNames,
+    specs: tuple[LinkSpec, ...],
+    keys: Keys,
+    scheduler: str,
+    tun: str,
+) -> tuple[Path, Path]:
+    """Write server and client configs for ``scheduler``; returns their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    server = directory / f"server-{scheduler}.toml"
+    client = directory / f"client-{scheduler}.toml"
+    server.write_text(server_config(names, keys, scheduler, tun))
+    client.write_text(client_config(names, specs, keys, scheduler, tun))
+    # They hold private keys.
+    server.chmod(0o600)
+    client.chmod(0o600)
+    return server, client
