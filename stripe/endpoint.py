@@ -253,7 +253,8 @@ class Endpoint:
         return True
 
     def _seal_and_send(
-        self, peer: Peer, session: Session, link: Link, mtype: wire.MessageType, payload: bytes, now: float
+        self, peer: Peer, session: Session, link: Link, mtype: wire.MessageType,
+        payload: bytes, now: float,
     ) -> None:
         path = link.path
         assert path is not None
@@ -333,14 +334,13 @@ class Endpoint:
             self._link_changed(peer, link, link.health.on_ack(message.probe_id, now))
             if link.up:
                 self._flush_queue(peer, now)
-        elif isinstance(message, control.Links):
-            if self.role is Role.SERVER:
-                for info in message.links:
-                    known = peer.links.get(info.link_id)
-                    if known is None:
-                        known = peer.links[info.link_id] = Link(info.link_id, info.name)
-                    known.name, known.weight, known.backup = info.name, info.weight, info.backup
-                self._refresh_mask(peer)
+        elif isinstance(message, control.Links) and self.role is Role.SERVER:
+            for info in message.links:
+                known = peer.links.get(info.link_id)
+                if known is None:
+                    known = peer.links[info.link_id] = Link(info.link_id, info.name)
+                known.name, known.weight, known.backup = info.name, info.weight, info.backup
+            self._refresh_mask(peer)
 
     def _learn_path(self, peer: Peer, link_id: int, sock: int, addr: Address, now: float) -> Link:
         link = peer.links.get(link_id)
@@ -562,13 +562,15 @@ class Endpoint:
                     "tx_packets": link.counters.tx_packets, "tx_bytes": link.counters.tx_bytes,
                     "rx_packets": link.counters.rx_packets, "rx_bytes": link.counters.rx_bytes,
                     "send_errors": link.counters.send_errors,
-                    "address": None if link.path is None else f"{link.path[1][0]}:{link.path[1][1]}",
+                    "address": None if link.path is None
+                    else f"{link.path[1][0]}:{link.path[1][1]}",
                 })
             reorder = None
             if session is not None:
                 st = session.reorder.stats
                 reorder = {
-                    "held": session.reorder.held, "hold_ms": round(session.reorder.hold_s * 1000, 2),
+                    "held": session.reorder.held,
+                    "hold_ms": round(session.reorder.hold_s * 1000, 2),
                     "delivered": st.delivered, "lost": st.lost, "late": st.late,
                     "inferred_releases": st.inferred_releases,
                     "deadline_releases": st.deadline_releases, "max_held": st.max_held,

@@ -90,4 +90,5 @@ def make_scheduler(name: str) -> Scheduler:
     try:
         return SCHEDULERS[name]()
     except KeyError:
-        raise ValueError(f"unknown scheduler {name!r}; choose one of {sorted(SCHEDULERS)}") from None
+        known = ", ".join(sorted(SCHEDULERS))
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {known}") from None

@@ -114,7 +114,7 @@ class Sim:
     def _drain(self) -> None:
         for _ in range(100):
             moved = False
-            for sock, data, addr in self.client.datagrams_to_send():
+            for sock, data, _addr in self.client.datagrams_to_send():
                 moved = True
                 self._transmit("up", sock, data)
             for _sock, data, addr in self.server.datagrams_to_send():

@@ -1,0 +1,101 @@
+"""End to end: two real stripe processes, real TUNs, real traffic."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import CLIENT_TUN_ADDR, SERVER_TUN_ADDR, Tunnel, sha256_transfer
+
+from bench.sh import run
+
+pytestmark = pytest.mark.integration
+
+
+def test_ping_both_ways(make_tunnel: Any) -> None:
+    tunnel: Tunnel = make_tunnel()
+    out = run(["ping", "-c5", "-i0.2", "-W1", SERVER_TUN_ADDR], ns=tunnel.client_ns).stdout
+    assert " 0% packet loss" in out
+    out = run(["ping", "-c3", "-i0.2", "-W1", CLIENT_TUN_ADDR], ns=tunnel.server_ns).stdout
+    assert " 0% packet loss" in out
+
+
+def test_20mb_file_arrives_intact_and_links_share_by_weight(make_tunnel: Any) -> None:
+    tunnel: Tunnel = make_tunnel(rates_mbit=(40.0, 40.0), weights=(3, 1))
+    before = tunnel.lab.counters()
+    sent, received = sha256_transfer(tunnel, 20_000_000, timeout_s=120)
+    assert sent and sent == received, tunnel.logs()
+    after = tunnel.lab.counters()
+    tx = [a.tx_packets - b.tx_packets for a, b in zip(after, before, strict=True)]
+    share = tx[0] / sum(tx)
+    assert 0.68 < share < 0.82, f"link packet counts {tx}: expected ~3:1"
+
+
+def test_link_cut_mid_transfer_transfer_completes(make_tunnel: Any) -> None:
+    tunnel: Tunnel = make_tunnel(rates_mbit=(10.0, 10.0))
+
+    def cut_link_later() -> None:
+        def cut() -> None:
+            time.sleep(1.5)
+            tunnel.lab.set_link_up(1, False)
+        threading.Thread(target=cut, daemon=True).start()
+
+    before = tunnel.lab.counters()[0]
+    sent, received = sha256_transfer(tunnel, 6_000_000, timeout_s=90, during=cut_link_later)
+    assert sent and sent == received, tunnel.logs()
+    # Both processes survive losing a link, and the survivor carried the rest.
+    assert all(proc.alive() for proc in tunnel.procs), tunnel.logs()
+    assert tunnel.lab.counters()[0].tx_bytes - before.tx_bytes > 3_000_000
+    assert "link link1 is down" in tunnel.logs()
+    # Restore: the link comes back into use.
+    tunnel.lab.set_link_up(1, True)
+    time.sleep(3)
+    assert "link link1 is up" in tunnel.logs()
+
+
+def test_silent_blackhole_mid_transfer_transfer_completes(make_tunnel: Any) -> None:
+    tunnel: Tunnel = make_tunnel(rates_mbit=(10.0, 10.0))
+
+    def blackhole_later() -> None:
+        def cut() -> None:
+            time.sleep(1.5)
+            tunnel.lab.set_blackhole(1, True)
+        threading.Thread(target=cut, daemon=True).start()
+
+    sent, received = sha256_transfer(tunnel, 6_000_000, timeout_s=90, during=blackhole_later)
+    assert sent and sent == received, tunnel.logs()
+    assert "link link1 is down" in tunnel.logs()
+    tunnel.lab.set_blackhole(1, False)
+
+
+def test_iperf3_udp_through_tunnel(make_tunnel: Any) -> None:
+    tunnel: Tunnel = make_tunnel(rates_mbit=(20.0, 20.0), scheduler="roundrobin")
+    server = subprocess.Popen(["ip", "netns", "exec", tunnel.server_ns, "iperf3", "-s", "-1"],
+                              stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = run(["iperf3", "-c", SERVER_TUN_ADDR, "-u", "-b", "10M", "-t", "3", "-J"],
+                  ns=tunnel.client_ns).stdout
+    finally:
+        server.wait(timeout=10)
+    summary = json.loads(out)["end"]["sum"]
+    assert summary["lost_percent"] < 2.0
+    assert summary["bytes"] > 3_000_000
+
+
+def test_bad_config_exit_2_without_traceback(make_tunnel: Any) -> None:
+    tunnel: Tunnel = make_tunnel(start=False)
+    _, cpath = tunnel.write_configs()
+    text = cpath.read_text().replace(tunnel.lab.names.links[0].client_if, "nosuchif0", 1)
+    cpath.write_text(text)
+    result = subprocess.run(
+        ["ip", "netns", "exec", tunnel.client_ns, sys.executable, "-m", "stripe", "client",
+         "-c", str(cpath)], capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert "link[0].interface: interface 'nosuchif0' does not exist" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,143 @@
+"""Config validation: every mistake is one line naming file, key and fix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stripe import config
+from stripe.endpoint import Role
+from stripe.noise import generate_keypair
+
+PRIV = config.encode_key(generate_keypair()[0])
+PUB = config.encode_key(generate_keypair()[1])
+
+CLIENT = f"""
+[interface]
+name = "st0"
+address = ["10.2.0.1/24", "fd00::1/64"]
+private_key = "{PRIV}"
+scheduler = "roundrobin"
+[peer]
+public_key = "{PUB}"
+[[link]]
+name = "dsl"
+interface = "eth0"
+remote = "10.0.0.2:5000"
+weight = 2
+[[link]]
+name = "lte"
+source = "10.1.0.1"
+remote = "[fd00::2]:5000"
+backup = true
+"""
+
+
+def load(tmp_path: Path, text: str, role: Role = Role.CLIENT) -> config.Config:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    return config.load(path, role, interface_exists=lambda name: name == "eth0")
+
+
+def test_valid_client(tmp_path: Path) -> None:
+    cfg = load(tmp_path, CLIENT)
+    assert cfg.mtu == config.DEFAULT_MTU
+    assert [link.name for link in cfg.links] == ["dsl", "lte"]
+    assert cfg.links[0].remote == ("10.0.0.2", 5000)
+    assert cfg.links[1].remote == ("fd00::2", 5000)
+    assert cfg.links[1].backup and cfg.links[0].weight == 2
+    spec = cfg.endpoint_spec()
+    assert spec.scheduler == "roundrobin" and len(spec.links) == 2
+
+
+def test_valid_server_without_links(tmp_path: Path) -> None:
+    text = f"""
+[interface]
+address = ["10.2.0.2/24"]
+private_key = "{PRIV}"
+listen_port = 5000
+[peer]
+public_key = "{PUB}"
+"""
+    cfg = load(tmp_path, text, Role.SERVER)
+    assert cfg.listen_port == 5000 and cfg.links == ()
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("weight = 2", "weight = 2\ncolour = 1"), "link[0].colour: unknown key"),
+        (('scheduler = "roundrobin"', "scheduler = 3"), "interface.scheduler: expected str"),
+        (('scheduler = "roundrobin"', 'scheduler = "fastest"'),
+         "interface.scheduler: expected one of"),
+        (('remote = "10.0.0.2:5000"', 'remote = "10.0.0.2"'),
+         'link[0].remote: expected "HOST:PORT"'),
+        (('address = ["10.2.0.1/24", "fd00::1/64"]', 'address = ["10.2.0.300/24"]'),
+         "interface.address: expected addresses like"),
+        ((f'private_key = "{PRIV}"', 'private_key = "abc"'),
+         "interface.private_key: expected a base64"),
+        ((f'private_key = "{PRIV}"', ""), "interface.private_key: missing"),
+        (('interface = "eth0"', 'interface = "veth9"'),
+         "link[0].interface: interface 'veth9' does not exist"),
+        (('name = "dsl"', 'name = "lte"'), "link: link names must be unique"),
+        (("weight = 2", "weight = 0"), "link[0].weight: expected 1..1000"),
+        (('source = "10.1.0.1"', 'source = "me"'), "link[1].source: expected an IP address"),
+        (("backup = true", 'backup = "yes"'), "link[1].backup: expected bool"),
+        (('[peer]', '[peers]'), "peer: missing; expected a [peer] table"),
+    ],
+)
+def test_errors_name_file_key_and_fix(tmp_path: Path, change: tuple[str, str],
+                                      expected: str) -> None:
+    old, new = change
+    assert old in CLIENT
+    with pytest.raises(config.ConfigError) as err:
+        load(tmp_path, CLIENT.replace(old, new, 1))
+    message = str(err.value)
+    assert message.startswith(str(tmp_path / "c.toml") + ": ")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_key_file_unreadable_and_too_open(tmp_path: Path) -> None:
+    text = CLIENT.replace(f'private_key = "{PRIV}"', 'private_key_file = "client.key"')
+    with pytest.raises(config.ConfigError, match="private_key_file: cannot read"):
+        load(tmp_path, text)
+    key = tmp_path / "client.key"
+    key.write_text(PRIV + "\n")
+    key.chmod(0o644)
+    with pytest.raises(config.ConfigError, match="chmod 600"):
+        load(tmp_path, text)
+    key.chmod(0o600)
+    assert load(tmp_path, text).private_key == config.decode_key(PRIV)
+
+
+def test_not_toml(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="not valid TOML"):
+        load(tmp_path, "[interface\n")
+
+
+def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stripe", *args], input=stdin,
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+
+
+def test_cli_check_exit_2_one_line_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(CLIENT.replace('remote = "10.0.0.2:5000"', 'remote = 5000'))
+    result = run_cli("check", "-c", str(bad))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert "link[0].remote: expected" in result.stderr
+
+
+def test_cli_genkey_pubkey_roundtrip() -> None:
+    private = run_cli("genkey").stdout.strip()
+    public = run_cli("pubkey", stdin=private).stdout.strip()
+    assert len(config.decode_key(private)) == 32 and len(config.decode_key(public)) == 32
+    assert run_cli("pubkey", stdin="nonsense").returncode == 2

@@ -1,0 +1,62 @@
+"""Random and mutated datagrams never raise out of the receive path, and
+unauthenticated input changes no session state."""
+
+from __future__ import annotations
+
+import contextlib
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from netsim import Sim, SimLink, client_addr, ip_packet, server_addr
+
+from stripe import control
+
+_sim = Sim([SimLink(), SimLink()], seed=11)
+_sim.run(1.0)
+_sim.run(0.5, [(_sim.now, "up", ip_packet(i)) for i in range(20)])
+CAPTURED = [d for _, _, d in _sim.wire_log]
+
+
+def _snapshot(sim: Sim) -> tuple[object, ...]:
+    peer = sim.server.peers[0]
+    session = peer.current
+    assert session is not None
+    return (session.replay.highest, session.reorder.next_seq, session.send_counter,
+            peer.last_init_timestamp, tuple(sorted(sim.server._sessions)),
+            tuple(link.path for link in peer.links.values()))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=1600))
+def test_random_bytes_never_raise(data: bytes) -> None:
+    before = _snapshot(_sim)
+    _sim.server.receive_datagram(0, data, client_addr(0), _sim.now)
+    _sim.client.receive_datagram(1, data, server_addr(1), _sim.now)
+    assert _snapshot(_sim) == before
+    assert not _sim.server.packets_to_deliver()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(CAPTURED), st.lists(st.tuples(st.integers(0, 1600), st.integers(0, 255)),
+                                           min_size=1, max_size=4), st.integers(0, 64))
+def test_mutated_real_datagrams_never_raise(base: bytes, flips: list[tuple[int, int]],
+                                            cut: int) -> None:
+    data = bytearray(base)
+    for pos, value in flips:
+        if pos < len(data):
+            data[pos] ^= value or 1
+    mutated = bytes(data[: len(data) - cut] if cut < len(data) else data)
+    before = _snapshot(_sim)
+    _sim.server.receive_datagram(0, mutated, client_addr(0), _sim.now)
+    _sim.client.receive_datagram(0, mutated, server_addr(0), _sim.now)
+    if mutated != base:
+        assert _snapshot(_sim) == before
+    assert not _sim.server.packets_to_deliver()
+    _sim.server.datagrams_to_send()
+    _sim.client.datagrams_to_send()
+
+
+@given(st.binary(max_size=300))
+def test_control_decode_only_raises_control_error(data: bytes) -> None:
+    with contextlib.suppress(control.ControlError):
+        control.decode(data)

@@ -1,0 +1,126 @@
+"""Known-answer tables for the wire layouts and the replay window."""
+
+from __future__ import annotations
+
+import pytest
+
+from stripe import wire
+from stripe.replay import WINDOW_SIZE, ReplayWindow
+
+
+def test_sizes_are_derived_and_fixed() -> None:
+    assert wire.TRANSPORT_HEADER_SIZE == 24
+    assert wire.TRANSPORT_OVERHEAD == 40
+    assert wire.WIRE_OVERHEAD_IPV4 == 68
+    assert wire.HANDSHAKE_INIT_SIZE == 148
+    assert wire.HANDSHAKE_RESP_SIZE == 92
+
+
+def test_transport_header_known_answer() -> None:
+    raw = wire.encode_transport_header(
+        wire.MessageType.DATA, link_id=3, link_mask=0b101, receiver_index=0x01020304,
+        counter=0x1122334455667788, link_seq=0xAABBCCDD, send_time_us=2**32 + 5,
+    )
+    assert raw.hex() == (
+        "04" "03" "0005" "01020304" "1122334455667788" "aabbccdd" "00000005"
+    )
+    header = wire.decode_transport_header(raw + bytes(16))
+    assert header == wire.TransportHeader(
+        wire.MessageType.DATA, 3, 5, 0x01020304, 0x1122334455667788, 0xAABBCCDD, 5
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "short"),
+        (bytes([4]) + bytes(38), "short"),
+        (bytes([4, 0, 0x10, 0]) + bytes(36), "bad_flags"),
+    ],
+)
+def test_transport_header_rejects(data: bytes, reason: str) -> None:
+    with pytest.raises(wire.WireError) as err:
+        if not data:
+            wire.peek_type(data)
+        wire.decode_transport_header(data)
+    assert err.value.reason == reason
+
+
+def test_peek_type_unknown() -> None:
+    with pytest.raises(wire.WireError) as err:
+        wire.peek_type(b"\x09abc")
+    assert err.value.reason == "unknown_type"
+
+
+def test_handshake_init_roundtrip_and_mac1() -> None:
+    noise = bytes(range(108))
+    key = wire.mac1_key(bytes(32))
+    raw = wire.encode_handshake_init(2, 0xDEADBEEF, noise, key)
+    assert len(raw) == wire.HANDSHAKE_INIT_SIZE
+    assert raw[:8].hex() == "01020000deadbeef"
+    init = wire.decode_handshake_init(raw)
+    assert (init.link_id, init.sender_index, init.noise_message) == (2, 0xDEADBEEF, noise)
+    assert wire.mac1_valid(raw, wire.HANDSHAKE_INIT_MAC1_OFFSET, key)
+    tampered = bytearray(raw)
+    tampered[20] ^= 1
+    assert not wire.mac1_valid(bytes(tampered), wire.HANDSHAKE_INIT_MAC1_OFFSET, key)
+    with pytest.raises(wire.WireError):
+        wire.decode_handshake_init(raw[:-1])
+
+
+def test_handshake_resp_roundtrip() -> None:
+    noise = bytes(range(48))
+    raw = wire.encode_handshake_resp(1, 7, 9, noise, wire.mac1_key(bytes(32)))
+    resp = wire.decode_handshake_resp(raw)
+    assert (resp.link_id, resp.sender_index, resp.receiver_index) == (1, 7, 9)
+    assert resp.noise_message == noise
+
+
+@pytest.mark.parametrize(
+    ("packet", "ok"),
+    [
+        (bytes([0x45, 0, 0, 20]) + bytes(16), True),
+        (bytes([0x45, 0, 0, 21]) + bytes(16), False),  # length field lies
+        (bytes([0x44, 0, 0, 20]) + bytes(16), False),  # IHL < 5
+        (bytes([0x60, 0, 0, 0, 0, 0]) + bytes(34), True),
+        (bytes([0x60, 0, 0, 0, 0, 1]) + bytes(34), False),
+        (bytes([0x50]) + bytes(30), False),  # not IP
+        (b"\x45", False),
+    ],
+)
+def test_inner_packet_validation(packet: bytes, ok: bool) -> None:
+    assert wire.inner_packet_valid(packet) is ok
+
+
+# (counter, expected accept) applied in order to one window: the table of
+# wireguard-go's replay test, adapted to our window size.
+W = WINDOW_SIZE
+REPLAY_TABLE = [
+    (0, True), (1, True), (1, False), (9, True), (8, True), (7, True), (7, False),
+    (W, True), (W - 1, True), (W - 1, False), (W - 2, True), (2, True), (2, False),
+    (W + 16, True), (3, False),  # now too old: highest - 3 >= W
+    (W + 16, False), (W * 3, True), (W * 3 - W + 1, True), (W * 3 - W, False),
+    (2**64 - 1, False),  # the reserved limit
+    (2**64 - 2, True), (W * 3, False),
+]
+
+
+def test_replay_window_table() -> None:
+    window = ReplayWindow()
+    for step, (counter, expected) in enumerate(REPLAY_TABLE):
+        assert window.check(counter) is expected, f"step {step}: check({counter})"
+        assert window.accept(counter) is expected, f"step {step}: accept({counter})"
+
+
+def test_replay_window_check_does_not_mutate() -> None:
+    window = ReplayWindow()
+    assert window.check(5) and window.check(5)
+    assert window.highest == -1
+
+
+def test_replay_window_wraparound_clears_old_bits() -> None:
+    window = ReplayWindow()
+    for counter in range(0, 200_000, 37):
+        assert window.accept(counter)
+    for counter in range(200_000 - W + 1, 200_000):
+        assert window.check(counter) is (counter % 37 != 0)
