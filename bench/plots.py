@@ -52,7 +52,7 @@ def make_plots(directory: Path, records: list[Record], summaries: list[Summary])
             xlabel="second",
             ylabel="Mbit/s (receiver)",
         )
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.15)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small", ncol=2)
         name = _slug("goodput", scenario, flow, cc) + ".png"
@@ -77,7 +77,7 @@ def make_plots(directory: Path, records: list[Record], summaries: list[Summary])
                     )
                 _mark_failover(ax, scenario)
                 ax.set(title=f"{system}: per-link send rate", ylabel="Mbit/s")
-                ax.set_ylim(bottom=0)
+                ax.set_ylim(bottom=0, top=ax.get_ylim()[1] * 1.15)
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize="small")
             axes[-1, 0].set_xlabel("second")

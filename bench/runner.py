@@ -166,34 +166,26 @@ def run_scenario(
         meta.setdefault("skipped", {})[scenario.name] = skipped
         for why in skipped.items():
             sys.stderr.write(f"{scenario.name}: skipping {why[0]}: {why[1]}\n")
+        plan = [
+            (system, flow, cc)
+            for system in systems
+            for flow in flows_for(scenario, opts.flows)
+            # mptcpize changes only TCP sockets: its UDP run would be link0's.
+            if not (isinstance(system, Mptcp) and flow.kind == "udp")
+            for cc in (opts.ccs if flow.kind == "tcp" else [None])
+        ]
+        progress.total += len(plan) * opts.repeat - count_runs_for(scenario, opts)
         for rep in range(1, opts.repeat + 1):
-            for system in systems:
-                for flow in flows_for(scenario, opts.flows):
-                    ccs = opts.ccs if flow.kind == "tcp" else [None]
-                    for cc in ccs:
-                        label = f"{system.name}-{flow.label}-{cc or 'default'}-r{rep}"
-                        progress.show(f"{scenario.name} {label} ({seconds:g} s)")
-                        run_dir = workdir / label
-                        record: RunRecord
-                        if scenario.kind == "latency":
-                            record = measure_latency(lab, system, seconds, cc, run_dir)
-                        else:
-                            events = failover_events(scenario, lab)
-                            record = measure(lab, system, flow, seconds, cc, run_dir, events)
-                            if events:
-                                _restore_links(lab)
-                        data = record.to_json() | {"scenario": scenario.name, "repeat": rep}
-                        records.append(data)
-                        raw = out / "raw" / scenario.name / f"{label}.json"
-                        raw.parent.mkdir(parents=True, exist_ok=True)
-                        raw.write_text(json.dumps(data, indent=1))
-                        note = f"{record.goodput_mbit:.2f} Mbit/s"
-                        if record.rtt_idle_ms is not None:
-                            note += f", rtt idle {record.rtt_idle_ms} ms"
-                            note += f" loaded {record.rtt_loaded_ms} ms"
-                        if record.error:
-                            note += f"  ERROR: {record.error.splitlines()[0][:120]}"
-                        progress.finish_one(note)
+            for system, flow, cc in plan:
+                label = f"{system.name}-{flow.label}-{cc or 'default'}-r{rep}"
+                progress.show(f"{scenario.name} {label} ({seconds:g} s)")
+                record = _one_run(scenario, lab, system, flow, cc, seconds, workdir / label)
+                data = record.to_json() | {"scenario": scenario.name, "repeat": rep}
+                records.append(data)
+                raw = out / "raw" / scenario.name / f"{label}.json"
+                raw.parent.mkdir(parents=True, exist_ok=True)
+                raw.write_text(json.dumps(data, indent=1))
+                progress.finish_one(_note(record))
     finally:
         with uninterruptible():
             lab.down()
@@ -202,20 +194,50 @@ def run_scenario(
     return records
 
 
+def _one_run(
+    scenario: Scenario,
+    lab: Lab,
+    system: System,
+    flow: Flow,
+    cc: str | None,
+    seconds: float,
+    run_dir: Path,
+) -> RunRecord:
+    if scenario.kind == "latency":
+        return measure_latency(lab, system, seconds, cc, run_dir)
+    events = failover_events(scenario, lab)
+    record = measure(lab, system, flow, seconds, cc, run_dir, events)
+    if events:
+        _restore_links(lab)
+    return record
+
+
+def _note(record: RunRecord) -> str:
+    note = f"{record.goodput_mbit:.2f} Mbit/s"
+    if record.rtt_idle_ms is not None:
+        note += f", rtt idle {record.rtt_idle_ms} ms loaded {record.rtt_loaded_ms} ms"
+    if record.error:
+        note += f"  ERROR: {record.error.splitlines()[0][:120]}"
+    return note
+
+
 def _restore_links(lab: Lab) -> None:
     """A failover run that failed half-way must not leave link 1 cut for the next."""
     lab.set_blackhole(1, False)
     lab.set_link_up(1, True)
 
 
-def count_runs(opts: Options) -> int:
+def count_runs_for(scenario: Scenario, opts: Options) -> int:
+    """Runs expected before the lab says which systems are available."""
+    n_sys = (1 if scenario.kind == "ceiling" else len(scenario.links) + 2) + len(opts.schedulers)
     total = 0
-    n_sched = len(opts.schedulers)
-    for s in opts.scenarios:
-        n_sys = (1 if s.kind == "ceiling" else len(s.links) + 2) + n_sched
-        for flow in flows_for(s, opts.flows):
-            total += n_sys * (len(opts.ccs) if flow.kind == "tcp" else 1)
+    for flow in flows_for(scenario, opts.flows):
+        total += n_sys * (len(opts.ccs) if flow.kind == "tcp" else 1)
     return total * opts.repeat
+
+
+def count_runs(opts: Options) -> int:
+    return sum(count_runs_for(s, opts) for s in opts.scenarios)
 
 
 def run(opts: Options) -> Path:
