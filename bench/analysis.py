@@ -102,15 +102,23 @@ def summarize(records: list[Record]) -> list[Summary]:
 
 
 def _add_reference(summaries: list[Summary]) -> None:
-    """Share of the reference: goodput / sum of each plain link alone (same flow, cc)."""
+    """Share of the reference: goodput / sum of each plain link alone (same flow, cc).
+
+    Only when every link of the scenario was measured alone: a partial sum
+    would flatter everything compared with it.
+    """
     ref: dict[tuple[str, str, str | None], float] = defaultdict(float)
+    seen: dict[tuple[str, str, str | None], int] = defaultdict(int)
+    n_links: dict[str, int] = defaultdict(int)
     for s in summaries:
+        n_links[s.scenario] = max(n_links[s.scenario], len(s.link_share))
         if s.system.startswith("link") and s.system[4:].isdigit():
             ref[(s.scenario, s.flow, s.cc)] += s.goodput_median
+            seen[(s.scenario, s.flow, s.cc)] += 1
     for s in summaries:
-        total = ref.get((s.scenario, s.flow, s.cc))
-        if total:
-            s.share_of_reference = round(s.goodput_median / total, 3)
+        key = (s.scenario, s.flow, s.cc)
+        if ref.get(key) and seen[key] == n_links[s.scenario]:
+            s.share_of_reference = round(s.goodput_median / ref[key], 3)
 
 
 def single_link_goodput(summaries: list[Summary], scenario: str, index: int) -> float | None:

@@ -87,6 +87,15 @@ class Sampler(threading.Thread):
         self.join(5)
 
 
+def _cpu(lab: Lab, system: System) -> dict[str, float]:
+    """CPU seconds of the system's processes, and of the link emulator: it must
+    stay far from 100 % or it, not the system, would be the bottleneck."""
+    cpu = system.cpu_seconds()
+    if lab.emulator is not None:
+        cpu["emulator"] = lab.emulator.cpu_seconds()
+    return cpu
+
+
 def measure(
     lab: Lab,
     system: System,
@@ -110,7 +119,7 @@ def measure(
             target.server_bind,
         )
         before = lab.counters()
-        cpu_before = system.cpu_seconds()
+        cpu_before = _cpu(lab, system)
         sampler = Sampler(lab, events or [])
         started = time.monotonic()
         sampler.start()
@@ -129,7 +138,7 @@ def measure(
             sampler.stop()
         wall = time.monotonic() - started
         after = lab.counters()
-        cpu_after = system.cpu_seconds()
+        cpu_after = _cpu(lab, system)
         record.goodput_mbit = round(result.goodput_mbit, 3)
         record.retransmits = result.retransmits
         record.lost_percent = result.lost_percent

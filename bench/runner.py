@@ -120,6 +120,8 @@ def build_systems(
         keys = Keys.generate()
         tun = lab.names.client_ns[:-3] + "tun"
         for sched in opts.schedulers:
+            if not _wanted(f"stripe-{sched}", opts):
+                continue
             server_cfg, client_cfg = write_configs(
                 workdir / "configs", lab.names, scenario.links, keys, sched, tun
             )
@@ -132,10 +134,11 @@ def build_systems(
                     f"stripe-{sched}", server_cfg, client_cfg, TUNNEL_SERVER_ADDR, opts.log_level
                 )
             )
-    if opts.systems is not None:
-        keep = opts.systems
-        systems = [s for s in systems if any(s.name.startswith(k) for k in keep)]
-    return systems, skipped
+    return [s for s in systems if _wanted(s.name, opts)], skipped
+
+
+def _wanted(system: str, opts: Options) -> bool:
+    return opts.systems is None or any(system.startswith(k) for k in opts.systems)
 
 
 def failover_events(scenario: Scenario, lab: Lab) -> list[Event]:
