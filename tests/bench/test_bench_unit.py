@@ -1,0 +1,160 @@
+"""Bench logic that needs no root: names, shaping, parsing, summaries, configs."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.analysis import failover_metrics, summarize
+from bench.demo import format_table
+from bench.iperf import Flow, client_command, parse
+from bench.lab import MAX_LINKS, LabNames, LinkSpec, new_prefix, tbf_args
+from bench.measure import RunRecord
+from bench.runner import Options, count_runs, flows_for
+from bench.scenarios import ALIASES, SCENARIOS, resolve
+from bench.stripe_config import Keys, client_config, server_config
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_names_fit_ifnamsiz() -> None:
+    prefix = new_prefix()
+    assert prefix.startswith("sb") and len(prefix) == 6
+    names = LabNames.for_prefix(prefix, MAX_LINKS)
+    for n in names.links:
+        for dev in (n.client_if, n.server_if, n.mid_client_if, n.mid_server_if):
+            assert len(dev) <= 15
+    assert all(len(ns) <= 15 for ns in (names.client_ns, names.server_ns, names.mid_ns))
+
+
+def test_classic_names_match_example_configs() -> None:
+    names = LabNames.classic()
+    assert (names.client_ns, names.server_ns) == ("devicea", "deviceb")
+    assert [(n.client_if, n.client_addr, n.server_if, n.server_addr) for n in names.links] == [
+        ("veth0", "10.0.0.1", "veth1", "10.0.0.2"),
+        ("veth2", "10.1.0.1", "veth3", "10.1.0.2"),
+    ]
+
+
+def test_tbf_burst_and_queue() -> None:
+    assert tbf_args(5, 50) == ["tbf", "rate", "5000kbit", "burst", "6250", "latency", "50ms"]
+    # Slow links still get a bucket of two full frames.
+    assert tbf_args(1, 50)[4] == str(2 * 1514)
+
+
+def test_parse_tcp_receiver_side() -> None:
+    r = parse((DATA / "iperf3-tcp.json").read_text())
+    assert r.error is None
+    assert r.goodput_mbit == pytest.approx(9.10, abs=0.01)
+    assert r.retransmits == 51
+    assert r.per_second_mbit[:4] == [9.168, 9.08, 9.08, 9.08]
+
+
+def test_parse_udp_loss() -> None:
+    r = parse((DATA / "iperf3-udp.json").read_text())
+    assert r.goodput_mbit == pytest.approx(9.0, abs=0.01)
+    assert r.lost_percent == 0
+    assert r.retransmits is None
+
+
+def test_parse_garbage_is_an_error_not_an_exception() -> None:
+    r = parse("not json", "iperf3: error - unable to connect to server")
+    assert r.goodput_mbit == 0.0 and r.error is not None and "unable to connect" in r.error
+
+
+def test_client_command_flows() -> None:
+    udp = client_command("10.0.0.2", 5201, 5, Flow("udp", 1, 9.0), "cubic")
+    assert "-u" in udp and "-C" not in udp and "1200" in udp
+    tcp4 = client_command("10.9.0.2", 5201, 5, Flow(parallel=4), "bbr", bind="10.9.0.1")
+    assert tcp4[tcp4.index("-C") + 1] == "bbr" and "-P" in tcp4 and "-B" in tcp4
+
+
+def test_scenarios_resolve_and_document() -> None:
+    assert [s.name for s in resolve(["failover"])] == ["failover-down", "failover-blackhole"]
+    assert len(resolve(["all"])) == len(SCENARIOS)
+    with pytest.raises(KeyError):
+        resolve(["nope"])
+    for s in SCENARIOS.values():
+        assert s.doc and 1 <= len(s.links) <= MAX_LINKS
+    assert set(ALIASES["all"]) == set(SCENARIOS)
+    assert SCENARIOS["four-links"].shaped_sum_mbit == 20
+    assert flows_for(SCENARIOS["equal"], ["udp"])[0].udp_rate_mbit == 9.0
+
+
+def test_count_runs() -> None:
+    opts = Options(
+        resolve(["equal"]),
+        repeat=3,
+        ccs=["cubic", "bbr"],
+        flows=["tcp", "udp"],
+        schedulers=["roundrobin"],
+    )
+    # 2 links + ecmp + mptcp + 1 scheduler = 5 systems; tcp x 2 cc + udp x 1 = 3.
+    assert count_runs(opts) == 5 * 3 * 3
+
+
+def _record(system: str, goodput: float, **kw: Any) -> dict[str, Any]:
+    rec = RunRecord(system, "tcp", "cubic", 20, goodput_mbit=goodput, link_share=[0.5, 0.5])
+    return rec.to_json() | {"scenario": "equal", "repeat": 1} | kw
+
+
+def test_summary_median_range_and_reference() -> None:
+    records = [
+        _record("link0", 4.7),
+        _record("link1", 4.8),
+        _record("stripe-weighted", 9.0),
+        _record("stripe-weighted", 8.0, repeat=2),
+        _record("stripe-weighted", 8.8, repeat=3),
+    ]
+    by_system = {s.system: s for s in summarize(records)}
+    stripe = by_system["stripe-weighted"]
+    assert (stripe.goodput_median, stripe.goodput_min, stripe.goodput_max) == (8.8, 8.0, 9.0)
+    assert stripe.runs == 3
+    assert stripe.share_of_reference == round(8.8 / 9.5, 3)
+
+
+def test_no_reference_without_every_link() -> None:
+    summaries = summarize([_record("link0", 4.7), _record("stripe-weighted", 9.0)])
+    assert all(s.share_of_reference is None for s in summaries)
+
+
+def test_failover_metrics() -> None:
+    # 9 Mbit/s on both, cut at 10 s: 2 s of trouble, then link 0 alone;
+    # restored at 20 s, link 1 carries again from 21 s.
+    per_second = [9.0] * 10 + [1.0, 2.0] + [4.6] * 8 + [6.0] + [9.0] * 9
+    links = [[4.5, 4.5]] * 10 + [[4.6, 0.0]] * 11 + [[4.5, 4.5]] * 9
+    rec = _record("stripe-weighted", 8.0, per_second_mbit=per_second, link_series_mbit=links)
+    m = failover_metrics(rec, 10, 20, remaining_link_mbit=4.75, cut_link_mbit=4.75)
+    assert m["survived"] is True
+    assert m["cut_to_steady_s"] == 2
+    assert m["restore_to_both_s"] == 1
+    dead = failover_metrics(
+        _record("link1", 3.0, per_second_mbit=[4.7] * 10 + [0.0] * 20), 10, 20, 4.75, 4.75
+    )
+    assert dead["survived"] is False and dead["cut_to_steady_s"] is None
+
+
+def test_demo_table() -> None:
+    rec = RunRecord(
+        "stripe", "tcp", None, 20, goodput_mbit=9.05, retransmits=12, link_share=[0.5, 0.5]
+    )
+    failed = RunRecord("ecmp", "tcp", None, 20, error="boom")
+    table = format_table([rec, failed], 2)
+    assert "9.05" in table and "50 %" in table and "failed" in table
+
+
+def test_generated_stripe_configs_parse() -> None:
+    names = LabNames.for_prefix("sb0000", 2)
+    specs = (LinkSpec.symmetric(8), LinkSpec.symmetric(2))
+    keys = Keys("cpriv", "cpub", "spriv", "spub")
+    client = tomllib.loads(client_config(names, specs, keys, "weighted", "sb0000tun"))
+    server = tomllib.loads(server_config(names, keys, "weighted", "sb0000tun"))
+    assert client["interface"]["scheduler"] == "weighted"
+    assert [link["weight"] for link in client["link"]] == [8, 2]
+    assert client["link"][1]["remote"] == "10.1.0.2:5001"
+    assert client["peer"]["public_key"] == "spub"
+    assert server["peer"]["public_key"] == "cpub"
+    assert [link["port"] for link in server["link"]] == [5000, 5001]
