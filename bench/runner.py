@@ -31,6 +31,7 @@ DEFAULT_SCHEDULERS = ("roundrobin", "weighted", "adaptive")
 # UDP offered load: 90 % of the links' sum, so a good bond loses nothing.
 UDP_OFFER_FRACTION = 0.9
 CEILING_UDP_MBIT = 200.0
+RUN_OVERHEAD_S = 4.0
 
 
 @dataclass
@@ -105,8 +106,13 @@ def build_systems(
     skipped: dict[str, str] = {}
     systems: list[System] = [PlainLink(i) for i in range(len(scenario.links))]
     if scenario.kind == "ceiling":
+        # The kernel over one unshaped veth: a reference, not a competitor.
         systems = systems[:1]
-    else:
+    if scenario.kind == "failover":
+        # A plain link alone says nothing about failover; the failover
+        # report uses each link's nominal rate as its reference.
+        systems = []
+    if scenario.kind != "ceiling":
         systems.append(Ecmp())
         if scenario.kind != "latency":
             reason = Mptcp.unavailable_reason()
@@ -232,11 +238,20 @@ def _restore_links(lab: Lab) -> None:
 
 def count_runs_for(scenario: Scenario, opts: Options) -> int:
     """Runs expected before the lab says which systems are available."""
-    n_sys = (1 if scenario.kind == "ceiling" else len(scenario.links) + 2) + len(opts.schedulers)
+    n_plain = {"ceiling": 1, "failover": 0}.get(scenario.kind, len(scenario.links))
+    n_sys = n_plain + (0 if scenario.kind == "ceiling" else 2) + len(opts.schedulers)
     total = 0
     for flow in flows_for(scenario, opts.flows):
         total += n_sys * (len(opts.ccs) if flow.kind == "tcp" else 1)
     return total * opts.repeat
+
+
+def estimate_seconds(opts: Options) -> float:
+    """Rough wall time: run lengths plus ~4 s set-up per run, ~5 s per lab."""
+    total = 0.0
+    for s in opts.scenarios:
+        total += 5 + count_runs_for(s, opts) * ((s.fixed_seconds or opts.seconds) + RUN_OVERHEAD_S)
+    return total
 
 
 def count_runs(opts: Options) -> int:
@@ -259,6 +274,10 @@ def run(opts: Options) -> Path:
         "scenarios": [s.name for s in opts.scenarios],
     }
     progress = Progress(count_runs(opts))
+    minutes = estimate_seconds(opts) / 60
+    sys.stderr.write(
+        f"bench: up to {progress.total} runs, about {minutes:.0f} min; results in {out}\n"
+    )
     records: list[dict[str, Any]] = []
     with terminating_signals_raise():
         try:

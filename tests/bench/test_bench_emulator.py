@@ -1,7 +1,10 @@
 """The userspace link emulator does what its settings say.
 
-Tolerances (why): delay is released on epoll's 1 ms clock plus scheduling
-noise on a shared 2-core machine, so a mean RTT within [set, set + 4 ms];
+Tolerances (why): jitter is uniform in +-jitter per direction, so every RTT
+lies within 2 x (delay +- jitter) (+4 ms clock slack) and the spread is
+visible (mdev >= 1 ms; each direction's sd is jitter/sqrt(3)); delay is
+released on epoll's 1 ms clock plus scheduling noise on a shared 2-core
+machine, so a mean RTT within [set, set + 4 ms];
 loss is binomial, 2000 packets at 10 % give sigma 0.7 %, so +-2.5 %;
 rate through tbf is TCP goodput, so 85-100 % of the setting. The capacity
 check offers 40 Mbit/s of UDP through one unshaped emulated link, twice the
@@ -28,6 +31,7 @@ DELAY_MS = 15.0
 LOSS = 0.10
 RATE_MBIT = 8.0
 CAPACITY_MBIT = 40.0
+JITTER_MS = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +42,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         LinkSpec(up=Direction(loss=LOSS), down=Direction()),
         # Unshaped; the 1 us delay only forces the emulated path.
         LinkSpec.symmetric(None, delay_ms=0.001),
+        LinkSpec.symmetric(None, delay_ms=DELAY_MS, jitter_ms=JITTER_MS),
     )
-    lab = Lab(LabNames.for_prefix(prefix, 3), specs, Path(tmp_path_factory.mktemp("lab")))
+    lab = Lab(LabNames.for_prefix(prefix, 4), specs, Path(tmp_path_factory.mktemp("lab")))
     try:
         lab.up()
         yield lab
@@ -62,6 +67,18 @@ def test_delay(lab: Lab) -> None:
     out = _ping(lab, "10.0.0.2", 30, "0.05")
     avg = float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))  # type: ignore[union-attr]
     assert 2 * DELAY_MS <= avg <= 2 * DELAY_MS + 4, out
+
+
+def test_jitter_spreads_rtt_within_bounds(lab: Lab) -> None:
+    _ping(lab, "10.3.0.2", 1, "0.2")
+    out = _ping(lab, "10.3.0.2", 100, "0.02")
+    rtt_min, _avg, rtt_max, mdev = (
+        float(x)
+        for x in re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+)", out).groups()  # type: ignore[union-attr]
+    )
+    assert rtt_min >= 2 * (DELAY_MS - JITTER_MS), out
+    assert rtt_max <= 2 * (DELAY_MS + JITTER_MS) + 4, out
+    assert mdev >= 1.0, out
 
 
 def test_loss_one_direction(lab: Lab) -> None:
