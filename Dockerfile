@@ -18,10 +18,15 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY . /src
+# Dependencies first, from pyproject.toml alone, so that a change to the
+# source does not download them again.
+COPY pyproject.toml /src/
 RUN python3 -m venv /opt/stripe \
- && /opt/stripe/bin/pip install /src \
- && /opt/stripe/bin/pip uninstall -y -q pip setuptools \
+ && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/src/pyproject.toml', 'rb'))['project']['dependencies']))" >/tmp/requirements.txt \
+ && /opt/stripe/bin/pip install -r /tmp/requirements.txt "setuptools>=61" wheel
+COPY . /src
+RUN /opt/stripe/bin/pip install --no-deps --no-build-isolation /src \
+ && /opt/stripe/bin/pip uninstall -y -q pip setuptools wheel \
  && /opt/stripe/bin/stripe --help >/dev/null
 
 FROM ${PYTHON_IMAGE}

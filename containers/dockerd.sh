@@ -71,7 +71,7 @@ start() {
         --userland-proxy=false \
         --storage-driver=overlay2 \
         --log-level=warn \
-        </dev/null >>"$LOG" 2>&1 &
+        </dev/null >"$LOG" 2>&1 &
     local started=$! i
     for i in $(seq 1 120); do
         if docker version >/dev/null 2>&1; then
@@ -102,11 +102,21 @@ stop() {
     kill -TERM "$pid"
     # dockerd stops its containers (10 s grace) and its own containerd first.
     for i in $(seq 1 120); do
-        kill -0 "$pid" 2>/dev/null || { log "stopped"; return 0; }
+        kill -0 "$pid" 2>/dev/null || break
         sleep 0.25
     done
-    log "dockerd pid $pid still running after 30 s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
+    if kill -0 "$pid" 2>/dev/null; then
+        log "dockerd pid $pid still running after 30 s; sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 1
+    fi
+    # dockerd leaves its bind mount of the host's netns behind; drop it so
+    # that mounts do not pile up over runs.
+    if mountpoint -q "$RUN/netns/default" 2>/dev/null; then
+        umount "$RUN/netns/default" || true
+    fi
+    rm -f "$SOCK"
+    log "stopped"
 }
 
 status() {

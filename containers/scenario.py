@@ -42,7 +42,19 @@ def wait_for(address: str, timeout_s: float) -> float | None:
 
 
 def iperf(address: str, seconds: int, extra: list[str]) -> tuple[float, int | None, str]:
-    """One TCP flow to `address`: (received Mbit/s, retransmits, error)."""
+    """One TCP flow to `address`: (received Mbit/s, retransmits, error).
+
+    iperf3 -s serves one test at a time and needs a moment after a test whose
+    last data still sat in a shaped queue: retry while it says it is busy."""
+    for _attempt in range(10):
+        mbit, retrans, error = _iperf_once(address, seconds, extra)
+        if "busy" not in error and "reset by peer" not in error:
+            break
+        time.sleep(1.0)
+    return mbit, retrans, error
+
+
+def _iperf_once(address: str, seconds: int, extra: list[str]) -> tuple[float, int | None, str]:
     cmd = ["iperf3", "-c", address, "-t", str(seconds), "-J", "--connect-timeout", "5000",
            *extra]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False,
@@ -83,6 +95,7 @@ def main() -> int:
     for i, address in enumerate(links):
         print(f"iperf3 {args.time} s over link{i} alone ({address}) ...", flush=True)
         runs.append((f"link{i} alone", *iperf(address, args.time, args.iperf_args)))
+        time.sleep(1.0)  # let the shaped queues drain before the next run
     print(f"iperf3 {args.time} s through stripe ({args.tunnel}) ...", flush=True)
     runs.append(("stripe", *iperf(args.tunnel, args.time, args.iperf_args)))
 
