@@ -31,7 +31,7 @@ from .wire import MAX_LINKS
 DEFAULT_MTU = 1400
 MIN_MTU = 576
 MAX_MTU = 9000
-DEFAULT_SCHEDULER = "weighted"
+DEFAULT_SCHEDULER = "adaptive"
 IFNAMSIZ = 15
 
 

@@ -10,6 +10,9 @@ field: a buggy peer must not crash us.
     LINKS      {"t": 3, "l": [[id, name, weight, backup], ...]}
                the client's link table, so the server can schedule its
                direction by the same weights without configuring them
+    FEEDBACK   {"t": 4, "l": [[id, rx_packets, rx_bytes, highest_link_seq,
+                               owd_us, owd_min_us], ...]}
+               what the receiver got on each link (see estimator)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class ControlType(IntEnum):
     PROBE = 1
     PROBE_ACK = 2
     LINKS = 3
+    FEEDBACK = 4
 
 
 class ControlError(Exception):
@@ -55,7 +59,22 @@ class Links:
     links: tuple[LinkInfo, ...]
 
 
-ControlMessage = Probe | ProbeAck | Links
+@dataclass(frozen=True, slots=True)
+class LinkReport:
+    link_id: int
+    rx_packets: int
+    rx_bytes: int
+    highest_link_seq: int  # 32-bit, as on the wire
+    owd_us: int  # receiver clock minus sender clock: compare between links only
+    owd_min_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    reports: tuple[LinkReport, ...]
+
+
+ControlMessage = Probe | ProbeAck | Links | Feedback
 
 
 def encode(message: ControlMessage) -> bytes:
@@ -63,10 +82,16 @@ def encode(message: ControlMessage) -> bytes:
         body: dict[str, object] = {"t": ControlType.PROBE, "i": message.probe_id}
     elif isinstance(message, ProbeAck):
         body = {"t": ControlType.PROBE_ACK, "i": message.probe_id}
-    else:
+    elif isinstance(message, Links):
         body = {
             "t": ControlType.LINKS,
             "l": [[x.link_id, x.name, x.weight, x.backup] for x in message.links],
+        }
+    else:
+        body = {
+            "t": ControlType.FEEDBACK,
+            "l": [[r.link_id, r.rx_packets, r.rx_bytes, r.highest_link_seq, r.owd_us,
+                   r.owd_min_us] for r in message.reports],
         }
     data: bytes = msgpack.packb(body)
     return data
@@ -76,6 +101,22 @@ def _uint(value: object, bits: int) -> int:
     if type(value) is not int or not 0 <= value < 2**bits:
         raise ControlError("bad_integer")
     return value
+
+
+def _sint(value: object, bits: int) -> int:
+    if type(value) is not int or not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+        raise ControlError("bad_integer")
+    return value
+
+
+def _entries(body: dict[str, object], width: int) -> list[list[object]]:
+    entries = body.get("l")
+    if not isinstance(entries, list) or len(entries) > 256:
+        raise ControlError("bad_list")
+    for entry in entries:
+        if not isinstance(entry, list) or len(entry) != width:
+            raise ControlError("bad_list")
+    return entries
 
 
 def decode(data: bytes) -> ControlMessage:
@@ -90,14 +131,15 @@ def decode(data: bytes) -> ControlMessage:
         return Probe(_uint(body.get("i"), 32))
     if kind == ControlType.PROBE_ACK:
         return ProbeAck(_uint(body.get("i"), 32))
+    if kind == ControlType.FEEDBACK:
+        return Feedback(tuple(
+            LinkReport(_uint(e[0], 8), _uint(e[1], 64), _uint(e[2], 64), _uint(e[3], 32),
+                       _sint(e[4], 64), _sint(e[5], 64))
+            for e in _entries(body, 6)
+        ))
     if kind == ControlType.LINKS:
-        entries = body.get("l")
-        if not isinstance(entries, list) or len(entries) > 256:
-            raise ControlError("bad_links")
         infos = []
-        for entry in entries:
-            if not isinstance(entry, list) or len(entry) != 4:
-                raise ControlError("bad_links")
+        for entry in _entries(body, 4):
             link_id, name, weight, backup = entry
             if not isinstance(name, str) or len(name.encode()) > MAX_LINK_NAME_BYTES:
                 raise ControlError("bad_link_name")

@@ -38,6 +38,7 @@ from enum import Enum
 from typing import Any
 
 from . import control, wire
+from .estimator import FEEDBACK_INTERVAL_S
 from .handshake import (
     AcceptedInitiation,
     PendingInitiation,
@@ -89,7 +90,7 @@ class EndpointSpec:
     private_key: bytes
     peers: tuple[PeerSpec, ...]
     links: tuple[LinkSpec, ...] = ()
-    scheduler: str = "weighted"
+    scheduler: str = "adaptive"
     reorder_hold_s: float | None = None  # None: derived from measured skew
 
 
@@ -107,6 +108,8 @@ class Peer:
     last_handshake: float | None = None
     last_init_timestamp: bytes = b""
     link_mask: int = 0
+    feedback_due: float = 0.0
+    data_since_feedback: bool = False
     links_announce_due: float = float("inf")
     queue: deque[bytes] = field(default_factory=lambda: deque(maxlen=QUEUE_MAX_PACKETS))
 
@@ -171,6 +174,8 @@ class Endpoint:
                 due.append(peer.handshake_due)
             if peer.current is not None:
                 due.append(peer.links_announce_due)
+                if peer.data_since_feedback:
+                    due.append(peer.feedback_due)
                 due.extend(link.health.next_check_time() for link in peer.links.values()
                            if link.path is not None)
             for session in peer.sessions():
@@ -232,6 +237,10 @@ class Endpoint:
                     if link.health.probe_due(now):
                         self._send_control(peer, session, link,
                                            control.Probe(link.health.start_probe(now)), now)
+                if peer.data_since_feedback and now >= peer.feedback_due:
+                    peer.data_since_feedback = False
+                    peer.feedback_due = now + FEEDBACK_INTERVAL_S
+                    self._send_feedback(peer, session, now)
                 if now >= peer.links_announce_due:
                     peer.links_announce_due = now + LINKS_ANNOUNCE_INTERVAL_S
                     if self.role is Role.CLIENT:
@@ -258,10 +267,10 @@ class Endpoint:
     ) -> None:
         path = link.path
         assert path is not None
-        datagram = session.seal(
-            mtype, link.link_id, peer.link_mask, link.next_link_seq, payload, now
-        )
-        link.next_link_seq += 1
+        seq = link.next_link_seq
+        datagram = session.seal(mtype, link.link_id, peer.link_mask, seq, payload, now)
+        link.next_link_seq = seq + 1
+        link.est.on_send(seq, now)
         counters = link.counters
         counters.tx_packets += 1
         counters.tx_bytes += len(datagram)
@@ -293,7 +302,14 @@ class Endpoint:
         link = self._learn_path(peer, header.link_id, sock, addr, now)
         link.counters.rx_packets += 1
         link.counters.rx_bytes += len(data)
+        if ((header.link_seq - link.rx_highest_link_seq) & 0xFFFFFFFF) < 2**31 or (
+            link.rx_highest_link_seq < 0
+        ):
+            link.rx_highest_link_seq = header.link_seq
         if header.type is wire.MessageType.DATA:
+            if not peer.data_since_feedback:
+                peer.data_since_feedback = True
+                peer.feedback_due = max(peer.feedback_due, now)
             if wire.inner_packet_valid(plaintext):
                 payload: bytes | None = plaintext
             else:
@@ -334,6 +350,8 @@ class Endpoint:
             self._link_changed(peer, link, link.health.on_ack(message.probe_id, now))
             if link.up:
                 self._flush_queue(peer, now)
+        elif isinstance(message, control.Feedback):
+            self._on_feedback(peer, message, now)
         elif isinstance(message, control.Links) and self.role is Role.SERVER:
             for info in message.links:
                 known = peer.links.get(info.link_id)
@@ -341,6 +359,41 @@ class Endpoint:
                     known = peer.links[info.link_id] = Link(info.link_id, info.name)
                 known.name, known.weight, known.backup = info.name, info.weight, info.backup
             self._refresh_mask(peer)
+
+    def _on_feedback(self, peer: Peer, feedback: control.Feedback, now: float) -> None:
+        for report in feedback.reports:
+            link = peer.links.get(report.link_id)
+            if link is None:
+                continue
+            # Widen the 32-bit sequence to our unbounded per-link counter.
+            last = link.next_link_seq - 1
+            highest = last - ((last - report.highest_link_seq) & 0xFFFFFFFF)
+            if highest > link.est.highest_reported:
+                link.health.on_progress(now)  # data gets through: alive, even if probes drown
+            link.est.on_report(report.rx_packets, report.rx_bytes, highest, report.owd_us,
+                               report.owd_min_us, now)
+        peer.scheduler.on_feedback(list(peer.links.values()), now)
+        # The peer is alive (it reports): a link whose data it never saw is dead.
+        for link in peer.links.values():
+            if link.up and link.est.stalled(now, link.health.min_rtt_s):
+                link.est.forget_unacked()
+                self._event(logging.WARNING, f"link {link.name}: data unacknowledged, "
+                            "taking it out of the schedule")
+                self._link_changed(peer, link, link.health.on_stall(now))
+
+    def _send_feedback(self, peer: Peer, session: Session, now: float) -> None:
+        reports = []
+        for link in peer.links.values():
+            owd = session.skew.take_owd_us(link.link_id)
+            if owd is None or link.rx_highest_link_seq < 0:
+                continue
+            reports.append(control.LinkReport(
+                link.link_id, link.counters.rx_packets, link.counters.rx_bytes,
+                link.rx_highest_link_seq, owd[0], owd[1]))
+        target = min((x for x in peer.links.values() if x.up),
+                     key=lambda x: x.health.srtt_s or 0.0, default=None)
+        if reports and target is not None:
+            self._send_control(peer, session, target, control.Feedback(tuple(reports)), now)
 
     def _learn_path(self, peer: Peer, link_id: int, sock: int, addr: Address, now: float) -> Link:
         link = peer.links.get(link_id)
@@ -355,6 +408,8 @@ class Endpoint:
     def _link_changed(self, peer: Peer, link: Link, new_state: LinkState | None) -> None:
         if new_state is None:
             return
+        if new_state is LinkState.UP:
+            link.est.forget_unacked()  # probes sent while down were never reported
         self._refresh_mask(peer)
         rtt = link.health.srtt_s
         detail = f" (rtt {rtt * 1000:.1f} ms)" if rtt is not None else ""

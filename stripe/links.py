@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from .estimator import LinkEstimator
+
 PROBE_INTERVAL_S = 0.2
 LINK_DEAD_AFTER_MIN_S = 0.45
 LINK_DEAD_AFTER_MAX_S = 0.9
@@ -57,6 +59,7 @@ class LinkHealth:
 
     state: LinkState = LinkState.UNKNOWN
     srtt_s: float | None = None
+    min_rtt_s: float | None = None
     rttvar_s: float = 0.0
     last_ack_time: float = float("-inf")
     next_probe_time: float = 0.0
@@ -97,6 +100,8 @@ class LinkHealth:
             del self.outstanding[stale]
         self.probes_acked += 1
         rtt = max(now - sent, 0.0)
+        if self.min_rtt_s is None or rtt < self.min_rtt_s:
+            self.min_rtt_s = rtt
         if self.srtt_s is None:
             self.srtt_s, self.rttvar_s = rtt, rtt / 2
         else:
@@ -106,6 +111,17 @@ class LinkHealth:
         return self.update(now, acked=True)
 
     def on_send_error(self, now: float) -> LinkState | None:
+        return self.update(now, send_failed=True)
+
+    def on_progress(self, now: float) -> None:
+        """The peer reports new data received on this link: the path works,
+        even if probes are being lost in a full queue."""
+        if self.state is LinkState.UP and now > self.last_ack_time:
+            self.last_ack_time = now
+
+    def on_stall(self, now: float) -> LinkState | None:
+        """Data on this link goes unanswered while the peer is alive: treat as
+        failed now instead of waiting for probes to time out."""
         return self.update(now, send_failed=True)
 
     def update(
@@ -154,7 +170,9 @@ class Link:
     path: tuple[int, tuple[str, int]] | None = None
     health: LinkHealth = field(default_factory=LinkHealth)
     counters: LinkCounters = field(default_factory=LinkCounters)
+    est: LinkEstimator = field(default_factory=LinkEstimator)
     next_link_seq: int = 0
+    rx_highest_link_seq: int = -1  # 32-bit, from the peer's headers
 
     @property
     def up(self) -> bool:

@@ -208,11 +208,22 @@ class ReorderBuffer:
         self._release(now)
 
 
+OWD_MIN_WINDOW_S = 5.0  # the minimum is taken over the last 5-10 s
+
+
 @dataclass(slots=True)
 class _LinkDelay:
     mean_us: float
     dev_us: float
     last_time: float
+    interval_sum_us: float = 0.0  # since the last feedback report
+    interval_count: int = 0
+    min_us: float = float("inf")  # over the current window
+    prev_min_us: float = float("inf")  # over the window before
+    window_start: float = 0.0
+
+    def floor_us(self) -> float:
+        return min(self.min_us, self.prev_min_us)
 
 
 @dataclass(slots=True)
@@ -241,8 +252,15 @@ class DelaySkew:
         d = ((rel - self._ref_us + 2**31) & 0xFFFFFFFF) - 2**31
         link = self._links.get(link_id)
         if link is None:
-            self._links[link_id] = _LinkDelay(float(d), 0.0, now)
+            self._links[link_id] = _LinkDelay(float(d), 0.0, now, min_us=float(d),
+                                              prev_min_us=float(d), window_start=now)
             return
+        if now - link.window_start >= OWD_MIN_WINDOW_S:
+            link.prev_min_us, link.min_us, link.window_start = link.min_us, float(d), now
+        elif d < link.min_us:
+            link.min_us = float(d)
+        link.interval_sum_us += d
+        link.interval_count += 1
         err = d - link.mean_us
         link.mean_us += self.gain * err
         link.dev_us += self.gain * (abs(err) - link.dev_us)
@@ -256,6 +274,20 @@ class DelaySkew:
         fastest = min(x.mean_us for x in live)
         hold = (slowest - fastest) / 1e6 + HOLD_MARGIN_S
         return min(max(hold, HOLD_MIN_S), HOLD_MAX_S)
+
+    def take_owd_us(self, link_id: int) -> tuple[int, int] | None:
+        """(mean since the last call, windowed minimum) one-way delay of a link
+        in our relative frame, for a feedback report; the smoothed mean when no
+        packet came since the last call."""
+        link = self._links.get(link_id)
+        if link is None:
+            return None
+        if link.interval_count:
+            mean = link.interval_sum_us / link.interval_count
+            link.interval_sum_us, link.interval_count = 0.0, 0
+        else:
+            mean = link.mean_us
+        return round(mean), round(link.floor_us())
 
     def skew_ms(self, now: float) -> dict[int, float]:
         """Each live link's mean delay above the fastest one, in ms (for status)."""

@@ -4,7 +4,7 @@ Strategies sit behind a small base class and a registry (the shape of
 aioquic's congestion controllers), so a config names one by string and later
 strategies (the adaptive one) plug in without touching the session.
 
-Backup links carry data only while no primary link is up: `usable_links`
+The default is `adaptive`.  Backup links carry data only while no primary link is up: `usable_links`
 applies that rule once, for every strategy.
 """
 
@@ -32,6 +32,9 @@ class Scheduler:
     def pick(self, links: Sequence[Link], size: int, now: float) -> Link | None:
         raise NotImplementedError
 
+    def on_feedback(self, links: Sequence[Link], now: float) -> None:
+        """The peer reported on the links (estimators are updated); adapt."""
+
 
 class WeightedScheduler(Scheduler):
     """Smooth weighted round robin (as nginx does it): over any window of
@@ -45,9 +48,9 @@ class WeightedScheduler(Scheduler):
     name = "weighted"
 
     def __init__(self) -> None:
-        self._credit: dict[int, int] = {}
+        self._credit: dict[int, float] = {}
 
-    def weight_of(self, link: Link) -> int:
+    def weight_of(self, link: Link) -> float:
         return link.weight
 
     def pick(self, links: Sequence[Link], size: int, now: float) -> Link | None:
@@ -57,13 +60,13 @@ class WeightedScheduler(Scheduler):
         if len(candidates) == 1:
             return candidates[0]
         credit = self._credit
-        total = 0
+        total = 0.0
         best: Link | None = None
-        best_credit = 0
+        best_credit = 0.0
         for link in candidates:
             w = self.weight_of(link)
             total += w
-            c = credit.get(link.link_id, 0) + w
+            c = credit.get(link.link_id, 0.0) + w
             credit[link.link_id] = c
             if best is None or c > best_credit:
                 best, best_credit = link, c
@@ -77,12 +80,90 @@ class RoundRobinScheduler(WeightedScheduler):
 
     name = "roundrobin"
 
-    def weight_of(self, link: Link) -> int:
-        return 1
+    def weight_of(self, link: Link) -> float:
+        return 1.0
+
+
+# A link losing this much more than the best link gets a smaller share:
+# its assumed rate is cut by 5 x the excess (2 % extra loss -> 90 %).
+LOSS_TOLERANCE = 0.005
+LOSS_PENALTY_SLOPE = 5.0
+LOSS_PENALTY_FLOOR = 0.1
+# Under overload the virtual finish times run ahead of the clock; keep them
+# within this horizon (shifting all links alike keeps their ratios).
+MAX_LOOKAHEAD_S = 0.5
+
+
+class AdaptiveScheduler(Scheduler):
+    """Send each packet where it is expected to arrive first, without being
+    told the links' speeds.
+
+    Each link has a virtual finish time: when the packets already given to it
+    will have gone through at its estimated rate (see `estimator`).  A new
+    packet would arrive on a link at max(finish, now + the link's base delay
+    above the fastest link + its measured queueing delay) + its size / the
+    link's rate; it goes to the link where that is earliest.  Consequences:
+
+    - light load: the fastest link is idle, so it takes everything (a 40 ms
+      link does not slow a 10 ms one, and reordering stays nil);
+    - heavy load: packets spread in proportion to the links' rates, and a
+      slower-but-longer link gets packets once the fast one's backlog would
+      delay them as much (arrival times stay aligned: little reordering);
+    - rates are learnt from peer feedback, lossy links are discounted.
+
+    Finish times are kept as times, not bytes, so a change in a link's rate
+    affects the packets to come, never reshuffles those already assigned.
+    """
+
+    name = "adaptive"
+
+    def __init__(self) -> None:
+        self._finish: dict[int, float] = {}
+
+    def pick(self, links: Sequence[Link], size: int, now: float) -> Link | None:
+        candidates = usable_links(links)
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
+        base: int | None = None
+        best_loss = 1.0
+        for link in candidates:
+            owd = link.est.owd_min_us
+            if owd is not None and (base is None or owd < base):
+                base = owd
+            best_loss = min(best_loss, link.est.loss)
+        finish = self._finish
+        best: Link | None = None
+        best_finish = float("inf")
+        bits = size * 8
+        for link in candidates:
+            est = link.est
+            # Earliest start: after the link's extra base delay and the queue
+            # the peer last measured on it (a standing queue our own model of
+            # what we sent does not know about).
+            start = now + est.qdelay_s
+            if base is not None and est.owd_min_us is not None:
+                start += (est.owd_min_us - base) / 1e6
+            previous = finish.get(link.link_id, start)
+            if previous > start:
+                start = previous
+            rate = est.rate_bps
+            excess = est.loss - best_loss - LOSS_TOLERANCE
+            if excess > 0:
+                rate *= max(1.0 - LOSS_PENALTY_SLOPE * excess, LOSS_PENALTY_FLOOR)
+            done = start + bits / rate
+            if done < best_finish:
+                best, best_finish = link, done
+        assert best is not None
+        finish[best.link_id] = best_finish
+        ahead = best_finish - now - MAX_LOOKAHEAD_S
+        if ahead > 0:
+            for link_id in finish:
+                finish[link_id] -= ahead
+        return best
 
 
 SCHEDULERS: dict[str, type[Scheduler]] = {
-    cls.name: cls for cls in (RoundRobinScheduler, WeightedScheduler)
+    cls.name: cls for cls in (AdaptiveScheduler, RoundRobinScheduler, WeightedScheduler)
 }
 
 

@@ -26,6 +26,7 @@ class SimLink:
     reorder: bool = False
     up: bool = True
     rate_bps: float | None = None  # serialization rate; None = infinite
+    queue_limit_s: float = 0.1  # drop-tail: at most this much waiting (with rate_bps)
     weight: int = 1
     backup: bool = False
     # Per direction: when the link is free again, and the last arrival (FIFO).
@@ -100,6 +101,8 @@ class Sim:
         copies = 2 if self.rng.random() < link.duplicate else 1
         for _ in range(copies):
             start = max(self.now, link._free_at.get(direction, 0.0))
+            if link.rate_bps and start - self.now > link.queue_limit_s:
+                return  # tail drop: the link's buffer is full
             if link.rate_bps:
                 start += len(data) * 8 / link.rate_bps
                 link._free_at[direction] = start
