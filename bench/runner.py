@@ -162,12 +162,17 @@ def failover_events(scenario: Scenario, lab: Lab) -> list[Event]:
 
 
 def run_scenario(
-    scenario: Scenario, opts: Options, out: Path, progress: Progress, meta: dict[str, Any]
-) -> list[dict[str, Any]]:
+    scenario: Scenario,
+    opts: Options,
+    out: Path,
+    progress: Progress,
+    meta: dict[str, Any],
+    records: list[dict[str, Any]],
+) -> None:
+    """Run one scenario, appending to ``records`` as it goes (kept on Ctrl-C)."""
     prefix = new_prefix()
     workdir = out / "work" / scenario.name
     lab = Lab(LabNames.for_prefix(prefix, len(scenario.links)), scenario.links, workdir)
-    records: list[dict[str, Any]] = []
     seconds = scenario.fixed_seconds or opts.seconds
     try:
         lab.up()
@@ -200,7 +205,6 @@ def run_scenario(
             lab.down()
         if lab.emulator_stats:
             (workdir / "emulator-stats.json").write_text(json.dumps(lab.emulator_stats))
-    return records
 
 
 def _one_run(
@@ -282,7 +286,7 @@ def run(opts: Options) -> Path:
     with terminating_signals_raise():
         try:
             for scenario in opts.scenarios:
-                records += run_scenario(scenario, opts, out, progress, meta)
+                run_scenario(scenario, opts, out, progress, meta, records)
         finally:
             from bench.report import write_report
 
