@@ -5,7 +5,10 @@
 # link; lo and TUN devices are left alone) with tbf, as bench/lab.py does:
 # a bucket of 10 ms of traffic (at least two full frames) and a queue of
 # QUEUE_MS (default 50 ms).  Needs CAP_NET_ADMIN.  RATE_MBIT "0" or "" = off.
+# STRIPE_SHAPE_DRY_RUN=1 prints the tc commands instead of running them.
 set -eu
+tc=tc
+[ "${STRIPE_SHAPE_DRY_RUN:-0}" = 1 ] && tc="echo tc"
 rate=${1:-}
 queue=${2:-50}
 [ -n "$rate" ] && [ "$rate" != 0 ] || exit 0
@@ -14,6 +17,6 @@ burst=$(awk -v r="$rate" 'BEGIN { b = int(r * 1e6 / 8 * 0.010); if (b < 3028) b 
 for dev in /sys/class/net/*; do
     name=${dev##*/}
     [ "$(cat "$dev/type")" = 1 ] || continue    # ARPHRD_ETHER only
-    tc qdisc replace dev "$name" root tbf rate "${kbit}kbit" burst "$burst" latency "${queue}ms"
+    $tc qdisc replace dev "$name" root tbf rate "${kbit}kbit" burst "$burst" latency "${queue}ms"
     echo "stripe-shape: $name tbf ${kbit}kbit burst ${burst}B queue ${queue}ms"
 done
