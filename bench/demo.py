@@ -48,6 +48,11 @@ def format_table(records: list[RunRecord], n_links: int) -> str:
 
 def run_demo(seconds: float, cc: str | None, log_level: str) -> int:
     ensure_tools(["ip", "tc", "iperf3", "ping"])
+    configs = [REPO_ROOT / "configs" / name for name in ("a.toml", "b.toml")]
+    missing = [str(c) for c in configs if not c.exists()]
+    if missing:
+        print(f"demo: missing {missing}; run it from a checkout of the repository", file=sys.stderr)
+        return 2
     workdir = Path(tempfile.mkdtemp(prefix="stripe-demo-"))
     lab = Lab(LabNames.classic(), (LinkSpec.symmetric(DEMO_RATE_MBIT),) * 2, workdir)
     systems: list[System] = [
