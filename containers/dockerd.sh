@@ -5,6 +5,9 @@
 # and sysctls alone (--iptables=false --ip-masq=false --ip-forward=false,
 # no default docker0 bridge).  The only host-visible things it makes are the
 # bridges of the networks that the tests create (internal, fixed subnets).
+# It starts its own containerd under the exec root, unless a system containerd
+# answers at /run/containerd/containerd.sock: then it shares that one, in
+# containerd namespaces of its own (stripe-ci), apart from a system dockerd's.
 #
 #   containers/dockerd.sh start    # install docker.io if missing, start, wait
 #   containers/dockerd.sh stop     # stop the daemon this script started
@@ -64,6 +67,8 @@ start() {
         --data-root "$ROOT" \
         --exec-root "$RUN" \
         --pidfile "$PIDFILE" \
+        --containerd-namespace stripe-ci \
+        --containerd-plugins-namespace stripe-ci-plugins \
         --bridge=none \
         --iptables=false \
         --ip-masq=false \
