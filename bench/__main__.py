@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="results directory (default bench/results/<UTC timestamp>)",
     )
+    run_p.add_argument(
+        "--impairment",
+        default="auto",
+        choices=("auto", "netem", "userspace"),
+        help="delay/jitter/loss by netem (where the kernel has it) or by "
+        "the userspace emulator (default: auto)",
+    )
     run_p.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
 
     sub.add_parser("list", help="list scenario presets")
@@ -115,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             schedulers=[s for s in args.schedulers.split(",") if s],
             out=args.out,
             log_level=args.log_level,
+            impairment=args.impairment,
         )
         for cc in opts.ccs:
             if cc is not None and cc not in CC_CHOICES:

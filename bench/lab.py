@@ -159,6 +159,34 @@ def cleanup_prefix(prefix: str) -> list[str]:
     return gone
 
 
+OFFLOADS_OFF = ("tx", "off", "tso", "off", "gso", "off", "gro", "off")
+
+
+def _veth(a: str, ns_a: str, b: str, ns_b: str) -> None:
+    run(["ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b])
+
+
+def netem_args(d: Direction) -> list[str]:
+    """netem for one direction. Its jitter may reorder (the userspace emulator's does not)."""
+    args = ["netem", "delay", f"{d.delay_ms:g}ms"]
+    if d.jitter_ms:
+        args.append(f"{d.jitter_ms:g}ms")
+    if d.loss:
+        args += ["loss", "random", f"{100 * d.loss:g}%"]
+    return args
+
+
+def netem_works(ns: str) -> bool:
+    """Can this kernel add a netem qdisc? Tried on ``lo`` of a namespace we own."""
+    probe = run(
+        ["tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"], ns=ns, check=False
+    )
+    if probe.returncode != 0:
+        return False
+    run(["tc", "qdisc", "del", "dev", "lo", "root"], ns=ns, check=False)
+    return True
+
+
 def tbf_args(rate_mbit: float, queue_ms: float) -> list[str]:
     burst = max(TBF_MIN_BURST_BYTES, int(rate_mbit * 1e6 / 8 * TBF_BURST_S))
     return [
@@ -180,6 +208,10 @@ class Lab:
     specs: tuple[LinkSpec, ...]
     workdir: Path
     queue_ms: float = DEFAULT_QUEUE_MS
+    # How delay/jitter/loss are made: "auto" (netem where the kernel has it,
+    # else the userspace emulator), "netem" or "userspace".
+    impairment: str = "auto"
+    use_netem: bool = field(default=False, init=False)
     emulator: Proc | None = field(default=None, init=False)
     emulator_stats: dict[str, object] = field(default_factory=dict, init=False)
     _created: list[str] = field(default_factory=list, init=False)
@@ -191,6 +223,12 @@ class Lab:
     @property
     def emulated(self) -> bool:
         return any(s.up.impaired or s.down.impaired for s in self.specs)
+
+    @property
+    def impairment_used(self) -> str:
+        if not self.emulated:
+            return "none"
+        return "netem" if self.use_netem else "userspace emulator"
 
     @property
     def namespaces(self) -> list[str]:
@@ -219,6 +257,11 @@ class Lab:
             # Hash on ports too, so parallel ECMP flows may take different links.
             self._sysctl(ns, "net.ipv4.fib_multipath_hash_policy=1")
         if self.emulated:
+            self.use_netem = self.impairment == "netem" or (
+                self.impairment == "auto" and netem_works(self.names.mid_ns)
+            )
+            if self.impairment == "netem" and not netem_works(self.names.mid_ns):
+                raise CommandError("--impairment netem: this kernel has no netem qdisc")
             # The middle is a wire: it must not speak on its links itself.
             self._sysctl(self.names.mid_ns, "net.ipv6.conf.all.disable_ipv6=1")
             self._sysctl(self.names.mid_ns, "net.ipv6.conf.default.disable_ipv6=1")
@@ -226,7 +269,7 @@ class Lab:
             self._build_link(i)
         self._ecmp()
         self._mptcp_endpoints()
-        if self.emulated:
+        if self.emulated and not self.use_netem:
             self._start_emulator()
 
     def _sysctl(self, ns: str, setting: str) -> None:
@@ -238,88 +281,53 @@ class Lab:
         n, spec = self.names.links[i], self.specs[i]
         cns, sns = self.names.client_ns, self.names.server_ns
         if not self.emulated:
-            run(
-                [
-                    "ip",
-                    "link",
-                    "add",
-                    n.client_if,
-                    "netns",
-                    cns,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    n.server_if,
-                    "netns",
-                    sns,
-                ]
-            )
+            _veth(n.client_if, cns, n.server_if, sns)
             self._shape(cns, n.client_if, spec.up.rate_mbit)
             self._shape(sns, n.server_if, spec.down.rate_mbit)
         else:
             mns = self.names.mid_ns
-            run(
-                [
-                    "ip",
-                    "link",
-                    "add",
-                    n.client_if,
-                    "netns",
-                    cns,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    n.mid_client_if,
-                    "netns",
-                    mns,
-                ]
-            )
-            run(
-                [
-                    "ip",
-                    "link",
-                    "add",
-                    n.server_if,
-                    "netns",
-                    sns,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    n.mid_server_if,
-                    "netns",
-                    mns,
-                ]
-            )
+            _veth(n.client_if, cns, n.mid_client_if, mns)
+            _veth(n.server_if, sns, n.mid_server_if, mns)
             for ns, dev in (
                 (cns, n.client_if),
                 (sns, n.server_if),
                 (mns, n.mid_client_if),
                 (mns, n.mid_server_if),
             ):
-                # The emulator copies frames as they are: checksums must be
-                # complete and frames MTU-sized, so no offloads on this path.
-                run(
-                    ["ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off"],
-                    ns=ns,
-                    check=False,
-                )
+                # The userspace emulator copies frames as they are: checksums
+                # must be complete and frames MTU-sized, so no offloads on
+                # this path (also with netem, so both paths compare).
+                run(["ethtool", "-K", dev, *OFFLOADS_OFF], ns=ns, check=False)
             for dev in (n.mid_client_if, n.mid_server_if):
                 run(["ip", "link", "set", dev, "up"], ns=mns)
-            self._shape(mns, n.mid_server_if, spec.up.rate_mbit)
-            self._shape(mns, n.mid_client_if, spec.down.rate_mbit)
+            if self.use_netem:
+                bridge = f"{self.names.mid_ns[:-3]}b{i}"
+                run(["ip", "link", "add", bridge, "type", "bridge"], ns=mns)
+                for dev in (n.mid_client_if, n.mid_server_if):
+                    run(["ip", "link", "set", dev, "master", bridge], ns=mns)
+                run(["ip", "link", "set", bridge, "up"], ns=mns)
+            self._shape(mns, n.mid_server_if, spec.up.rate_mbit, spec.up)
+            self._shape(mns, n.mid_client_if, spec.down.rate_mbit, spec.down)
         run(["ip", "addr", "add", f"{n.client_addr}/30", "dev", n.client_if], ns=cns)
         run(["ip", "addr", "add", f"{n.server_addr}/30", "dev", n.server_if], ns=sns)
         run(["ip", "link", "set", n.client_if, "up"], ns=cns)
         run(["ip", "link", "set", n.server_if, "up"], ns=sns)
 
-    def _shape(self, ns: str, dev: str, rate_mbit: float | None) -> None:
+    def _shape(
+        self, ns: str, dev: str, rate_mbit: float | None, impair: Direction | None = None
+    ) -> None:
+        """tbf for the rate; with netem, netem (delay, jitter, loss) as root, tbf its child."""
+        parent = ["root"]
+        if self.use_netem and impair is not None and impair.impaired:
+            run(
+                ["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", *netem_args(impair)],
+                ns=ns,
+            )
+            parent = ["parent", "1:1", "handle", "10:"]
         if rate_mbit is None:
             return
         run(
-            ["tc", "qdisc", "replace", "dev", dev, "root", *tbf_args(rate_mbit, self.queue_ms)],
+            ["tc", "qdisc", "replace", "dev", dev, *parent, *tbf_args(rate_mbit, self.queue_ms)],
             ns=ns,
         )
 

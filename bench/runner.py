@@ -45,6 +45,7 @@ class Options:
     schedulers: list[str] = field(default_factory=lambda: list(DEFAULT_SCHEDULERS))
     out: Path | None = None
     log_level: str = "info"
+    impairment: str = "auto"  # auto | netem | userspace
 
 
 class Progress:
@@ -172,12 +173,18 @@ def run_scenario(
     """Run one scenario, appending to ``records`` as it goes (kept on Ctrl-C)."""
     prefix = new_prefix()
     workdir = out / "work" / scenario.name
-    lab = Lab(LabNames.for_prefix(prefix, len(scenario.links)), scenario.links, workdir)
+    lab = Lab(
+        LabNames.for_prefix(prefix, len(scenario.links)),
+        scenario.links,
+        workdir,
+        impairment=opts.impairment,
+    )
     seconds = scenario.fixed_seconds or opts.seconds
     try:
         lab.up()
         systems, skipped = build_systems(scenario, lab, opts, workdir)
         meta.setdefault("skipped", {})[scenario.name] = skipped
+        meta.setdefault("impairment", {})[scenario.name] = lab.impairment_used
         for why in skipped.items():
             sys.stderr.write(f"{scenario.name}: skipping {why[0]}: {why[1]}\n")
         plan = [

@@ -11,7 +11,7 @@ import pytest
 from bench.analysis import failover_metrics, summarize
 from bench.demo import format_table
 from bench.iperf import Flow, client_command, parse
-from bench.lab import MAX_LINKS, LabNames, LinkSpec, new_prefix, tbf_args
+from bench.lab import MAX_LINKS, Direction, LabNames, LinkSpec, netem_args, new_prefix, tbf_args
 from bench.measure import RunRecord
 from bench.runner import Options, count_runs, flows_for
 from bench.scenarios import ALIASES, SCENARIOS, resolve
@@ -43,6 +43,19 @@ def test_tbf_burst_and_queue() -> None:
     assert tbf_args(5, 50) == ["tbf", "rate", "5000kbit", "burst", "6250", "latency", "50ms"]
     # Slow links still get a bucket of two full frames.
     assert tbf_args(1, 50)[4] == str(2 * 1514)
+
+
+def test_netem_args() -> None:
+    assert netem_args(Direction(delay_ms=10)) == ["netem", "delay", "10ms"]
+    assert netem_args(Direction(delay_ms=40, jitter_ms=5, loss=0.02)) == [
+        "netem",
+        "delay",
+        "40ms",
+        "5ms",
+        "loss",
+        "random",
+        "2%",
+    ]
 
 
 def test_parse_tcp_receiver_side() -> None:
