@@ -1,0 +1,34 @@
+"""The runner end to end on a tiny plan: raw JSON, results.md, plots (needs root)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench_support import needs_lab
+
+from bench.runner import Options, run
+from bench.scenarios import resolve
+
+pytestmark = needs_lab
+
+
+def test_run_writes_results(tmp_path: Path) -> None:
+    opts = Options(resolve(["equal"]), repeat=2, seconds=2, systems=["link0", "ecmp"], out=tmp_path)
+    out = run(opts)
+    raws = sorted((out / "raw" / "equal").glob("*.json"))
+    assert [p.name for p in raws] == [
+        "ecmp-tcp-default-r1.json",
+        "ecmp-tcp-default-r2.json",
+        "link0-tcp-default-r1.json",
+        "link0-tcp-default-r2.json",
+    ]
+    record = json.loads(raws[-1].read_text())
+    assert record["error"] is None and 3.5 < record["goodput_mbit"] < 5.0
+    assert record["link_share"][0] > 0.99
+    results = (out / "results.md").read_text()
+    assert "| link0 | tcp | default |" in results and "2/2" in results
+    assert (out / "plots" / "bars-equal.png").stat().st_size > 1000
+    assert (out / "plots" / "goodput-equal-tcp-default.png").exists()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["scenarios"] == ["equal"]
