@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,6 +20,21 @@ QUICK_SECONDS = 4.0
 def _need_root() -> None:
     if os.geteuid() != 0:
         sys.exit("bench: needs root (network namespaces, veths, qdiscs)")
+
+
+def print_summary(out: Path) -> None:
+    """The headline numbers on stdout; the full table is in results.md."""
+    try:
+        rows = json.loads((out / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    print(f"{'scenario':20} {'system':18} {'flow':8} {'cc':8} {'Mbit/s':>8} {'share':>6}")
+    for r in rows:
+        share = "-" if r["share_of_reference"] is None else f"{r['share_of_reference']:.2f}"
+        print(
+            f"{r['scenario']:20} {r['system']:18} {r['flow']:8} {r['cc'] or 'default':8} "
+            f"{r['goodput_median']:8.2f} {share:>6}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             if cc is not None and cc not in CC_CHOICES:
                 parser.error(f"--cc: {cc!r} is not one of {', '.join(CC_CHOICES)}")
         out = run_bench(opts)
+        print_summary(out)
         print(f"results: {out / 'results.md'}")
         return 0
     if args.command == "cleanup":
