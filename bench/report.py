@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import statistics
+from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,14 @@ def _shares(s: Summary) -> str:
     return " / ".join(f"{100 * x:.0f}" for x in s.link_share) if s.link_share else "-"
 
 
+def _median_or_none(values: list[float | None]) -> float | None:
+    """Median when most runs have a value; None ('never') when most do not."""
+    known = [v for v in values if v is not None]
+    if not known or len(known) * 2 < len(values):
+        return None
+    return statistics.median(known)
+
+
 def failover_table(records: list[Record], summaries: list[Summary]) -> list[str]:
     lines: list[str] = []
     for name in sorted({r["scenario"] for r in records}):
@@ -31,8 +41,27 @@ def failover_table(records: list[Record], summaries: list[Summary]) -> list[str]
             f"### {name}: survival and recovery",
             "",
             f"Cut at {FAILOVER_CUT_S:g} s, restored at {FAILOVER_RESTORE_S:g} s. "
-            "Steady = 2 s at >= 80 % of link 0 alone; both again = link 1 sending "
-            ">= 50 % of what it carries alone for 2 s.",
+            f"Steady = 2 s at >= 80 % of link 0's {link0:.2f} Mbit/s; both again = link 1 "
+            f"sending >= 50 % of its {link1:.2f} Mbit/s for 2 s (a link's rate: measured alone "
+            "if it was, else 95 % of its configured rate). '-' = never within the run.",
+            "",
+        ]
+        per_run: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        for r in records:
+            if r["scenario"] == name:
+                m = failover_metrics(r, FAILOVER_CUT_S, FAILOVER_RESTORE_S, link0, link1)
+                per_run[(r["system"], r.get("cc") or "default")].append(m)
+        lines += [
+            "| system | cc | survived | cut -> steady (s), median | restore -> both (s), median |",
+            "|---|---|---|---|---|",
+        ]
+        for (system, cc), ms in per_run.items():
+            lines.append(
+                f"| {system} | {cc} | {sum(m['survived'] for m in ms)}/{len(ms)} "
+                f"| {_fmt(_median_or_none([m['cut_to_steady_s'] for m in ms]), 1)} "
+                f"| {_fmt(_median_or_none([m['restore_to_both_s'] for m in ms]), 1)} |"
+            )
+        lines += [
             "",
             "| system | cc | repeat | survived | cut -> steady (s) | restore -> both (s) "
             "| goodput per second (Mbit/s) |",
