@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from bench.iperf import Flow
-from bench.lab import Lab, LabNames, LinkSpec
+from bench.lab import Lab, LabNames, LinkSpec, tbf_args
 from bench.measure import RunRecord, measure
 from bench.procs import terminating_signals_raise, uninterruptible
 from bench.sh import CommandError, ensure_tools
@@ -58,13 +58,7 @@ def run_demo(seconds: float, cc: str | None, log_level: str) -> int:
     systems: list[System] = [
         PlainLink(0),
         Ecmp(),
-        Stripe(
-            "stripe",
-            REPO_ROOT / "configs" / "a.toml",
-            REPO_ROOT / "configs" / "b.toml",
-            TUNNEL_SERVER_ADDR,
-            log_level,
-        ),
+        Stripe("stripe", configs[0], configs[1], TUNNEL_SERVER_ADDR, log_level),
     ]
     records: list[RunRecord] = []
     with terminating_signals_raise():
@@ -92,5 +86,13 @@ def run_demo(seconds: float, cc: str | None, log_level: str) -> int:
             with uninterruptible():
                 lab.down()
     print()
+    burst, queue = (
+        tbf_args(DEMO_RATE_MBIT, lab.queue_ms)[4],
+        tbf_args(DEMO_RATE_MBIT, lab.queue_ms)[6],
+    )
+    print(
+        f"one iperf3 TCP flow, {seconds:g} s, cc {cc or 'system default'}; links: tbf "
+        f"{DEMO_RATE_MBIT:g} Mbit/s (burst {burst} B, latency {queue}) on every veth egress"
+    )
     print(format_table(records, 2))
     return 1 if any(r.error for r in records) else 0
