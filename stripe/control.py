@@ -1,5 +1,10 @@
 """Control messages: msgpack maps inside authenticated CONTROL packets.
 
+Every control message also carries "d", the sender's next data counter when
+it was sent: a link is FIFO, so once a control message arrives on a link,
+every data counter below "d" that was sent on that link has arrived too.
+That lets the receiver's loss inference move on past idle links.
+
 They are rare (a few per link per second), so msgpack's flexibility is worth
 its ~0.5 µs; the per-packet path never touches this module.  Even though a
 control message has passed the AEAD check, its content is validated field by
@@ -77,7 +82,7 @@ class Feedback:
 ControlMessage = Probe | ProbeAck | Links | Feedback
 
 
-def encode(message: ControlMessage) -> bytes:
+def encode(message: ControlMessage, next_data_counter: int) -> bytes:
     if isinstance(message, Probe):
         body: dict[str, object] = {"t": ControlType.PROBE, "i": message.probe_id}
     elif isinstance(message, ProbeAck):
@@ -93,6 +98,7 @@ def encode(message: ControlMessage) -> bytes:
             "l": [[r.link_id, r.rx_packets, r.rx_bytes, r.highest_link_seq, r.owd_us,
                    r.owd_min_us] for r in message.reports],
         }
+    body["d"] = next_data_counter
     data: bytes = msgpack.packb(body)
     return data
 
@@ -119,13 +125,23 @@ def _entries(body: dict[str, object], width: int) -> list[list[object]]:
     return entries
 
 
-def decode(data: bytes) -> ControlMessage:
+def decode(data: bytes) -> tuple[ControlMessage, int]:
+    """The message and the sender's next data counter; ControlError if malformed."""
+    body = _body(data)
+    return _message(body), _uint(body.get("d"), 63)
+
+
+def _body(data: bytes) -> dict[str, object]:
     try:
         body = msgpack.unpackb(data, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ControlError("bad_msgpack") from exc
     if not isinstance(body, dict):
         raise ControlError("not_a_map")
+    return body
+
+
+def _message(body: dict[str, object]) -> ControlMessage:
     kind = body.get("t")
     if kind == ControlType.PROBE:
         return Probe(_uint(body.get("i"), 32))

@@ -60,6 +60,7 @@ REHANDSHAKE_AFTER_SILENCE_S = 3.0
 LINKS_ANNOUNCE_INTERVAL_S = 5.0
 QUEUE_MAX_PACKETS = 256
 PREVIOUS_SESSION_KEEP_S = 10.0
+MASK_LINGER_S = 0.3
 
 
 class Role(Enum):
@@ -221,7 +222,7 @@ class Endpoint:
             for link in peer.links.values():
                 if link.path == (sock, addr):
                     link.counters.send_errors += 1
-                    self._link_changed(peer, link, link.health.on_send_error(now))
+                    self._link_changed(peer, link, now, link.health.on_send_error(now))
 
     def handle_timer(self, now: float) -> None:
         for peer in self.peers:
@@ -230,10 +231,11 @@ class Endpoint:
             self._expire_sessions(peer, now)
             session = peer.current
             if session is not None:
+                self._refresh_mask(peer, now)
                 for link in list(peer.links.values()):
                     if link.path is None:
                         continue
-                    self._link_changed(peer, link, link.health.update(now))
+                    self._link_changed(peer, link, now, link.health.update(now))
                     if link.health.probe_due(now):
                         self._send_control(peer, session, link,
                                            control.Probe(link.health.start_probe(now)), now)
@@ -258,6 +260,9 @@ class Endpoint:
         link = peer.scheduler.pick(list(peer.links.values()), len(packet), now)
         if link is None:
             return False
+        link.last_data_sent = now
+        if link.link_id < wire.MASKABLE_LINKS:
+            peer.link_mask |= 1 << link.link_id
         self._seal_and_send(peer, session, link, wire.MessageType.DATA, packet, now)
         return True
 
@@ -280,9 +285,8 @@ class Endpoint:
         self, peer: Peer, session: Session, link: Link, message: control.ControlMessage,
         now: float,
     ) -> None:
-        self._seal_and_send(
-            peer, session, link, wire.MessageType.CONTROL, control.encode(message), now
-        )
+        payload = control.encode(message, session.send_counter)
+        self._seal_and_send(peer, session, link, wire.MessageType.CONTROL, payload, now)
 
     def _receive_transport(self, sock: int, data: bytes, addr: Address, now: float) -> None:
         header = wire.decode_transport_header(data)
@@ -306,18 +310,17 @@ class Endpoint:
             link.rx_highest_link_seq < 0
         ):
             link.rx_highest_link_seq = header.link_seq
-        if header.type is wire.MessageType.DATA:
-            if not peer.data_since_feedback:
-                peer.data_since_feedback = True
-                peer.feedback_due = max(peer.feedback_due, now)
-            if wire.inner_packet_valid(plaintext):
-                payload: bytes | None = plaintext
-            else:
-                self.drops["bad_inner_packet"] += 1
-                payload = None  # still fills its slot so reordering does not wait for it
-        else:
-            payload = None
+        if header.type is wire.MessageType.CONTROL:
             self._handle_control(peer, session, link, plaintext, now)
+            return
+        if not peer.data_since_feedback:
+            peer.data_since_feedback = True
+            peer.feedback_due = max(peer.feedback_due, now)
+        if wire.inner_packet_valid(plaintext):
+            payload: bytes | None = plaintext
+        else:
+            self.drops["bad_inner_packet"] += 1
+            payload = None  # still fills its slot so reordering does not wait for it
         if self.spec.reorder_hold_s is None:
             session.reorder.hold_s = session.skew.hold_s(now)
         if not session.reorder.push(
@@ -336,10 +339,12 @@ class Endpoint:
         self, peer: Peer, session: Session, link: Link, plaintext: bytes, now: float
     ) -> None:
         try:
-            message = control.decode(plaintext)
+            message, next_data_counter = control.decode(plaintext)
         except control.ControlError as exc:
             self.drops[f"control_{exc}"] += 1
             return
+        session.reorder.note_progress(link.link_id, next_data_counter, now)
+        self._collect(session)
         if isinstance(message, control.Probe):
             self._send_control(peer, session, link, control.ProbeAck(message.probe_id), now)
             if link.health.state is LinkState.UNKNOWN and not link.health.outstanding:
@@ -347,7 +352,7 @@ class Endpoint:
                 self._send_control(peer, session, link,
                                    control.Probe(link.health.start_probe(now)), now)
         elif isinstance(message, control.ProbeAck):
-            self._link_changed(peer, link, link.health.on_ack(message.probe_id, now))
+            self._link_changed(peer, link, now, link.health.on_ack(message.probe_id, now))
             if link.up:
                 self._flush_queue(peer, now)
         elif isinstance(message, control.Feedback):
@@ -358,7 +363,7 @@ class Endpoint:
                 if known is None:
                     known = peer.links[info.link_id] = Link(info.link_id, info.name)
                 known.name, known.weight, known.backup = info.name, info.weight, info.backup
-            self._refresh_mask(peer)
+            self._refresh_mask(peer, now)
 
     def _on_feedback(self, peer: Peer, feedback: control.Feedback, now: float) -> None:
         for report in feedback.reports:
@@ -379,7 +384,7 @@ class Endpoint:
                 link.est.forget_unacked()
                 self._event(logging.WARNING, f"link {link.name}: data unacknowledged, "
                             "taking it out of the schedule")
-                self._link_changed(peer, link, link.health.on_stall(now))
+                self._link_changed(peer, link, now, link.health.on_stall(now))
 
     def _send_feedback(self, peer: Peer, session: Session, now: float) -> None:
         reports = []
@@ -405,22 +410,27 @@ class Endpoint:
             link.path = (sock, addr)
         return link
 
-    def _link_changed(self, peer: Peer, link: Link, new_state: LinkState | None) -> None:
+    def _link_changed(
+        self, peer: Peer, link: Link, now: float, new_state: LinkState | None
+    ) -> None:
         if new_state is None:
             return
         if new_state is LinkState.UP:
             link.est.forget_unacked()  # probes sent while down were never reported
-        self._refresh_mask(peer)
+        self._refresh_mask(peer, now)
         rtt = link.health.srtt_s
         detail = f" (rtt {rtt * 1000:.1f} ms)" if rtt is not None else ""
         level = logging.WARNING if new_state is LinkState.DOWN else logging.INFO
         self._event(level, f"link {link.name} is {new_state.value}{detail}")
 
-    def _refresh_mask(self, peer: Peer) -> None:
-        """The data-rotation link mask announced in every packet (see reorder)."""
+    def _refresh_mask(self, peer: Peer, now: float) -> None:
+        """The link mask announced in every packet (see reorder): the usable
+        links that carried data lately.  Lately = longer than any delay skew
+        between links, so a packet still in flight on a link that just left
+        the rotation is waited for, not written off."""
         mask = 0
         for link in usable_links(list(peer.links.values())):
-            if link.link_id < wire.MASKABLE_LINKS:
+            if link.link_id < wire.MASKABLE_LINKS and now - link.last_data_sent < MASK_LINGER_S:
                 mask |= 1 << link.link_id
         peer.link_mask = mask
 
@@ -498,7 +508,7 @@ class Endpoint:
         if link is not None:
             # The response proves this link works both ways; its RTT is a sample.
             probe_id = link.health.start_probe(pending.sent_at)
-            self._link_changed(peer, link, link.health.on_ack(probe_id, now))
+            self._link_changed(peer, link, now, link.health.on_ack(probe_id, now))
         self._announce_links(peer, session, now)
         peer.links_announce_due = now + LINKS_ANNOUNCE_INTERVAL_S
         for other in peer.links.values():
@@ -617,6 +627,11 @@ class Endpoint:
                     "tx_packets": link.counters.tx_packets, "tx_bytes": link.counters.tx_bytes,
                     "rx_packets": link.counters.rx_packets, "rx_bytes": link.counters.rx_bytes,
                     "send_errors": link.counters.send_errors,
+                    "rate_mbps": round(link.est.rate_bps / 1e6, 3),
+                    "delivery_mbps": round(link.est.delivery_bps / 1e6, 3),
+                    "loss": round(link.est.loss, 4),
+                    "qdelay_ms": round(link.est.qdelay_s * 1000, 2),
+                    "owd_min_us": link.est.owd_min_us,
                     "address": None if link.path is None
                     else f"{link.path[1][0]}:{link.path[1][1]}",
                 })

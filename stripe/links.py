@@ -172,6 +172,7 @@ class Link:
     counters: LinkCounters = field(default_factory=LinkCounters)
     est: LinkEstimator = field(default_factory=LinkEstimator)
     next_link_seq: int = 0
+    last_data_sent: float = float("-inf")
     rx_highest_link_seq: int = -1  # 32-bit, from the peer's headers
 
     @property

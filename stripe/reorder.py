@@ -18,8 +18,11 @@ that rule, so a hold deadline is the backstop: no packet waits longer than
 `hold_s` for the gap before it.  `hold_s` comes from the measured one-way
 delay skew between links plus their jitter (see `DelaySkew`), capped.
 
-Control messages share the counter space, so they are pushed as `None`
-placeholders: they fill their slot but deliver nothing.
+Only data messages are reordered (control messages have their own counter
+range).  A data packet that failed inner validation is pushed as `None`: it
+fills its slot but delivers nothing.  A control message tells, through
+`note_progress`, that its link has nothing older in flight, so an idle link
+does not hold up loss inference.
 
 Empty state: `next_seq == 0`, nothing held, no link seen.
 Invariants:
@@ -128,6 +131,16 @@ class ReorderBuffer:
             self.stats.overflow_releases += 1
             self._skip_to_oldest_held(now)
         return True
+
+    def note_progress(self, link_id: int, next_seq: int, now: float) -> None:
+        """Everything below `next_seq` sent on `link_id` has arrived or is lost."""
+        link = self._links.get(link_id)
+        if link is None:
+            link = self._links[link_id] = _LinkProgress()
+        if next_seq - 1 > link.highest:
+            link.highest = next_seq - 1
+            if self._held:
+                self._release(now)
 
     def deadline(self) -> float | None:
         """When the oldest held packet has waited `hold_s`, or None."""

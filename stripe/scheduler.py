@@ -89,6 +89,14 @@ class RoundRobinScheduler(WeightedScheduler):
 LOSS_TOLERANCE = 0.005
 LOSS_PENALTY_SLOPE = 5.0
 LOSS_PENALTY_FLOOR = 0.1
+# How much of a link's extra base delay counts against it.  All of it would
+# be "earliest arrival" to the letter, but then a 50 ms link is used only once
+# the 5 ms link holds a 45 ms queue, which a delay-based inner TCP (BBR)
+# never builds and a loss-based one hits the modem's buffer limit with.
+# Half: slow links join earlier with shorter queues; the receiver's reorder
+# buffer absorbs the rest of the skew (the flow's delay is the same: the
+# slowest link in use).  At light load the fastest link still takes all.
+SKEW_WEIGHT = 0.5
 # Under overload the virtual finish times run ahead of the clock; keep them
 # within this horizon (shifting all links alike keeps their ratios).
 MAX_LOOKAHEAD_S = 0.5
@@ -101,8 +109,9 @@ class AdaptiveScheduler(Scheduler):
     Each link has a virtual finish time: when the packets already given to it
     will have gone through at its estimated rate (see `estimator`).  A new
     packet would arrive on a link at max(finish, now + the link's base delay
-    above the fastest link + its measured queueing delay) + its size / the
-    link's rate; it goes to the link where that is earliest.  Consequences:
+    above the fastest link (weighted by SKEW_WEIGHT) + its measured queueing
+    delay) + its size / the link's rate; it goes to the link where that is
+    earliest.  Consequences:
 
     - light load: the fastest link is idle, so it takes everything (a 40 ms
       link does not slow a 10 ms one, and reordering stays nil);
@@ -142,7 +151,7 @@ class AdaptiveScheduler(Scheduler):
             # what we sent does not know about).
             start = now + est.qdelay_s
             if base is not None and est.owd_min_us is not None:
-                start += (est.owd_min_us - base) / 1e6
+                start += SKEW_WEIGHT * (est.owd_min_us - base) / 1e6
             previous = finish.get(link.link_id, start)
             if previous > start:
                 start = previous

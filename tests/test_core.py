@@ -171,7 +171,7 @@ def test_replayed_and_forged_datagrams_are_dropped_and_counted() -> None:
     captured = [d for direction, _, d in sim.wire_log if direction == "up"]
     for data in captured[-20:]:
         sim.inject("up", 0, data)
-    forged = bytearray(captured[-1])
+    forged = bytearray(next(d for d in reversed(captured) if d[0] == 4))  # a DATA packet
     forged[8:16] = (10**6).to_bytes(8, "big")  # a fresh counter, so only the tag can fail
     sim.inject("up", 0, bytes(forged))
     handshake = next(d for d in captured if d[0] == 1)
