@@ -139,10 +139,16 @@ docker exec -d "$PREFIX-server" iperf3 -s
 
 step "ping"
 # stripe-scenario waits for the tunnel; ping first to print RTTs both ways.
-for i in $(seq 1 60); do
-    docker exec "$PREFIX-client" ping -c 1 -W 1 -n -q 10.2.0.2 >/dev/null 2>&1 && break
-    [[ $(docker inspect -f '{{.State.Running}}' "$PREFIX-client") == true ]] || { echo "client exited" >&2; exit 1; }
-    [[ $(docker inspect -f '{{.State.Running}}' "$PREFIX-server") == true ]] || { echo "server exited" >&2; exit 1; }
+deadline=$((SECONDS + 20))
+until docker exec "$PREFIX-client" ping -c 1 -W 1 -n -q 10.2.0.2 >/dev/null 2>&1; do
+    for c in client server; do
+        [[ $(docker inspect -f '{{.State.Running}}' "$PREFIX-$c") == true ]] \
+            || { echo "smoke: FAIL: $PREFIX-$c exited" >&2; exit 1; }
+    done
+    if ((SECONDS >= deadline)); then
+        echo "smoke: FAIL: no ping reply from 10.2.0.2 through the tunnel in 20 s" >&2
+        exit 1
+    fi
     sleep 0.5
 done
 docker exec "$PREFIX-client" ping -c 3 -i 0.2 -W 2 -n 10.2.0.2 | tail -n 2
