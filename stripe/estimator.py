@@ -57,7 +57,7 @@ LOSS_GAIN = 0.25
 DELIVERY_GAIN = 0.5
 # A link whose data goes unacknowledged this long while the peer keeps
 # reporting is taken out of the schedule before probes would notice.
-STALL_MIN_S = 0.15
+STALL_MIN_S = 0.10
 STALL_RTT_MULTIPLE = 2.0  # of the link's minimum RTT, plus two report intervals
 MAX_TRACKED_SENDS = 65536
 
