@@ -119,6 +119,12 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
                     f"| {s.system} | {s.cc or 'default'} | {_fmt(s.rtt_idle_ms)} "
                     f"| {_fmt(s.rtt_loaded_ms)} | {_fmt(s.goodput_median)} |"
                 )
+            lines += [
+                "",
+                "Ping runs 2 s after the flow starts, every 0.2 s, to the address the flow "
+                "uses. ECMP hashes the ping apart from the TCP flow, so it may take the idle "
+                "link.",
+            ]
         else:
             lines += [
                 "| system | flow | cc | goodput Mbit/s | share | retransmits | UDP loss % "
