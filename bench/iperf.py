@@ -18,6 +18,7 @@ from bench.sh import in_ns
 UDP_PAYLOAD_BYTES = 1200
 # Beyond the test itself: connection set-up and result exchange.
 CLIENT_SLACK_S = 25.0
+MIN_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -134,4 +135,9 @@ def parse(stdout: str, stderr: str = "") -> IperfResult:
 
 def _server_intervals(data: dict[str, Any]) -> list[float]:
     intervals = data.get("server_output_json", {}).get("intervals", [])
-    return [round(i["sum"]["bits_per_second"] / 1e6, 3) for i in intervals]
+    # The last interval is often a sliver of a second whose rate means little.
+    return [
+        round(i["sum"]["bits_per_second"] / 1e6, 3)
+        for i in intervals
+        if i["sum"].get("seconds", 1.0) >= MIN_INTERVAL_S
+    ]

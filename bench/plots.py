@@ -100,7 +100,19 @@ def make_plots(directory: Path, records: list[Record], summaries: list[Summary])
             [s.goodput_max - m for m, s in zip(medians, rows, strict=True)],
         ]
         colors = ["tab:orange" if s.system.startswith("stripe") else "tab:blue" for s in rows]
-        ax.bar(range(len(rows)), medians, yerr=err, color=colors, capsize=3)
+        bars = ax.bar(range(len(rows)), medians, yerr=err, color=colors, capsize=3)
+        ax.bar_label(bars, labels=[f"{m:.1f}" for m in medians], fontsize="small", padding=2)
+        kinds = {(s.flow, s.cc) for s in rows}
+        plain = [s for s in rows if s.system.startswith("link")]
+        # The reference line only means something when all bars share one flow and cc.
+        if len(kinds) == 1 and plain and plain[0].share_of_reference is not None:
+            reference = sum(s.goodput_median for s in plain)
+            ax.axhline(
+                reference,
+                color="tab:green",
+                linestyle=":",
+                label=f"sum of plain links alone {reference:.1f} Mbit/s",
+            )
         scen = SCENARIOS.get(scenario)
         if scen is not None and scen.shaped_sum_mbit:
             ax.axhline(
@@ -109,7 +121,9 @@ def make_plots(directory: Path, records: list[Record], summaries: list[Summary])
                 linestyle="--",
                 label=f"links' configured sum {scen.shaped_sum_mbit:g} Mbit/s",
             )
-            ax.legend(fontsize="small")
+        if ax.get_legend_handles_labels()[0]:
+            ax.set_ylim(top=ax.get_ylim()[1] * 1.2)
+            ax.legend(fontsize="small", loc="upper left", ncol=2)
         ax.set_xticks(range(len(rows)), labels, rotation=45, ha="right", fontsize="small")
         ax.set(title=f"{scenario}: goodput vs baselines (median, min-max)", ylabel="Mbit/s")
         ax.grid(axis="y", alpha=0.3)

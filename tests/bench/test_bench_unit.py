@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,14 @@ def test_generated_stripe_configs_parse() -> None:
     assert client["peer"]["public_key"] == "spub"
     assert server["peer"]["public_key"] == "cpub"
     assert [link["port"] for link in server["link"]] == [5000, 5001]
+
+
+def test_final_sliver_interval_is_dropped() -> None:
+    intervals = [{"sum": {"bits_per_second": 5e6, "seconds": 1.0}}] * 3 + [
+        {"sum": {"bits_per_second": 40e6, "seconds": 0.04}}
+    ]
+    data = {
+        "end": {"sum_received": {"bits_per_second": 5e6}},
+        "server_output_json": {"intervals": intervals},
+    }
+    assert parse(json.dumps(data)).per_second_mbit == [5.0, 5.0, 5.0]
