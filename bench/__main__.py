@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from bench.lab import cleanup_prefix
-from bench.runner import DEFAULT_SCHEDULERS, Options
+from bench.runner import DEFAULT_SCHEDULERS, Options, publish_latest
 from bench.runner import run as run_bench
 from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
 
@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         out = run_bench(opts)
         print_summary(out)
         print(f"results: {out / 'results.md'}")
+        if args.latest:
+            print(f"published: {publish_latest(out) / 'results.md'}")
         return 0
     if args.command == "cleanup":
         _need_root()

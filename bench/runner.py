@@ -9,6 +9,7 @@ crash or Ctrl-C keeps what was measured; the lab is always torn down.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -305,6 +306,25 @@ def run(opts: Options) -> Path:
             if records:
                 write_report(out, records, meta)
     return out
+
+
+# What of a results directory is worth keeping in git: no logs, no configs
+# (they hold the run's private keys), no iperf3 dumps.
+PUBLISHED = ("results.md", "summary.json", "meta.json", "raw", "plots")
+
+
+def publish_latest(out: Path, latest: Path = RESULTS_DIR / "latest") -> Path:
+    """Replace ``bench/results/latest`` with this run's report (for the README)."""
+    if latest.exists():
+        shutil.rmtree(latest)
+    latest.mkdir(parents=True)
+    for name in PUBLISHED:
+        src = out / name
+        if src.is_dir():
+            shutil.copytree(src, latest / name)
+        elif src.exists():
+            shutil.copy2(src, latest / name)
+    return latest
 
 
 def _loadavg() -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bench_support import needs_lab
 
-from bench.runner import Options, run
+from bench.runner import Options, publish_latest, run
 from bench.scenarios import resolve
 
 pytestmark = needs_lab
@@ -32,3 +32,6 @@ def test_run_writes_results(tmp_path: Path) -> None:
     assert (out / "plots" / "goodput-equal-tcp-default.png").exists()
     meta = json.loads((out / "meta.json").read_text())
     assert meta["scenarios"] == ["equal"]
+    latest = publish_latest(out, tmp_path / "latest")
+    assert (latest / "results.md").exists() and (latest / "plots").is_dir()
+    assert not (latest / "work").exists()  # logs and configs with keys stay out
