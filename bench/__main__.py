@@ -103,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     clean = sub.add_parser("cleanup", help="delete leftover namespaces with a prefix")
     clean.add_argument(
         "prefix",
-        nargs="?",
-        default="sb",
-        help="namespace name prefix (default: sb, the bench runs')",
+        help="namespace name prefix: sb1a2b for one run's leftovers, sb for every bench "
+        "run's (only when none is running)",
     )
 
     args = parser.parse_args(argv)
