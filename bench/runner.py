@@ -186,6 +186,10 @@ def run_scenario(
         systems, skipped = build_systems(scenario, lab, opts, workdir)
         meta.setdefault("skipped", {})[scenario.name] = skipped
         meta.setdefault("impairment", {})[scenario.name] = lab.impairment_used
+        sys.stderr.write(
+            f"{scenario.name}: lab {prefix}* ({lab.impairment_used}); "
+            f"leftovers after a crash: python -m bench cleanup {prefix}\n"
+        )
         for why in skipped.items():
             sys.stderr.write(f"{scenario.name}: skipping {why[0]}: {why[1]}\n")
         plan = [
