@@ -103,6 +103,71 @@ def check(path: str, role: str | None) -> None:
 
 
 @main.command()
+@click.option("-c", "--config", "path", type=click.Path(dir_okay=False),
+              help="Find the socket from this config (its control_socket or TUN name).")
+@click.option("-i", "--interface", "tun", default="stripe0", show_default=True,
+              help="Find the socket from the TUN name.")
+@click.option("--socket", "socket_path", type=click.Path(), help="The control socket itself.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON.")
+@click.option("--watch", type=float, default=None, metavar="SECONDS",
+              help="Refresh every SECONDS until Ctrl-C.")
+def status(path: str | None, tun: str, socket_path: str | None, as_json: bool,
+           watch: float | None) -> None:
+    """Show links, RTT, loss, rates, reordering and drops of a running stripe."""
+    import json
+    import time
+    from pathlib import Path
+
+    from .io.control_socket import request
+    from .status_view import render
+
+    if socket_path:
+        sockets = [Path(socket_path)]
+    elif path:
+        try:
+            import tomllib
+
+            with open(path, "rb") as f:
+                iface = tomllib.load(f).get("interface", {})
+            name = iface.get("name", "stripe0")
+            role = Role.SERVER if "listen_port" in iface else Role.CLIENT
+            sockets = [Path(iface.get("control_socket") or
+                            config_mod.default_control_socket(name, role))]
+        except (OSError, ValueError, AttributeError) as exc:
+            click.echo(f"stripe: status: cannot read {path}: {exc}", err=True)
+            sys.exit(EXIT_CONFIG)
+    else:
+        candidates = [config_mod.default_control_socket(tun, role) for role in Role]
+        sockets = [p for p in candidates if p.exists()] or candidates[:1]
+    while True:
+        replies = []
+        for sock in sockets:
+            try:
+                reply = request(sock)
+            except (OSError, ValueError) as exc:
+                click.echo(f"stripe: status: no stripe answering on {sock}: {exc}", err=True)
+                sys.exit(EXIT_SETUP)
+            if "error" in reply:
+                click.echo(f"stripe: status: {reply['error']}", err=True)
+                sys.exit(EXIT_SETUP)
+            replies.append(reply)
+        if as_json:
+            text = json.dumps(replies[0] if len(replies) == 1 else replies, indent=2,
+                              sort_keys=True)
+        else:
+            text = "\n\n".join(render(reply) for reply in replies)
+        if watch is None:
+            click.echo(text)
+            return
+        click.clear()
+        click.echo(text)
+        try:
+            time.sleep(max(watch, 0.2))
+        except KeyboardInterrupt:
+            return
+
+
+@main.command()
 def genkey() -> None:
     """Print a new private key (base64)."""
     private, _ = generate_keypair()

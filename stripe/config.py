@@ -35,6 +35,15 @@ DEFAULT_SCHEDULER = "adaptive"
 IFNAMSIZ = 15
 
 
+CONTROL_SOCKET_DIR = Path("/run/stripe")
+
+
+def default_control_socket(tun_name: str, role: Role) -> Path:
+    # The role is in the name so a client and a server on one host (or in two
+    # network namespaces, which share /run) never collide.
+    return CONTROL_SOCKET_DIR / f"{tun_name}-{role.value}.sock"
+
+
 class ConfigError(Exception):
     """Local misuse: the config is wrong.  str() is the whole message."""
 
@@ -64,6 +73,7 @@ class Config:
     reorder_hold_ms: float | None
     listen_port: int | None
     links: tuple[LinkConfig, ...]
+    control_socket: Path
 
     def endpoint_spec(self) -> EndpointSpec:
         links = tuple(
@@ -226,6 +236,8 @@ def _parse(path: str, data: dict[str, Any], role: Role,
                             what="a UDP port number")
     iface.check("listen_port", listen_port is None or 0 < listen_port < 65536,
                 f"expected a UDP port 1..65535, got {listen_port}")
+    control_text = iface.get("control_socket", str, str(default_control_socket(tun_name, role)),
+                             what="a path for the status socket")
     iface.finish()
 
     peer_key = _key_from(peer, "public_key", "public_key_file", True)
@@ -245,7 +257,7 @@ def _parse(path: str, data: dict[str, Any], role: Role,
     if len(set(names)) != len(names):
         raise top.error("link", f"link names must be unique, got {names}")
     return Config(path, role, tun_name, tuple(addresses), mtu, private_key, peer_key, psk,
-                  scheduler, hold, listen_port, links)
+                  scheduler, hold, listen_port, links, Path(control_text))
 
 
 def _parse_link(r: _Reader, role: Role, listen_port: int | None,

@@ -47,6 +47,7 @@ from .handshake import (
 )
 from .links import Link, LinkState
 from .noise import NoiseError, public_from_private
+from .reorder import HOLD_MAX_S
 from .scheduler import Scheduler, make_scheduler, usable_links
 from .session import REKEY_AFTER_S, DecryptError, Session
 
@@ -61,6 +62,7 @@ LINKS_ANNOUNCE_INTERVAL_S = 5.0
 QUEUE_MAX_PACKETS = 256
 PREVIOUS_SESSION_KEEP_S = 10.0
 MASK_LINGER_S = 0.3
+HOLD_UPDATE_INTERVAL_S = 0.01
 
 
 class Role(Enum):
@@ -321,8 +323,10 @@ class Endpoint:
         else:
             self.drops["bad_inner_packet"] += 1
             payload = None  # still fills its slot so reordering does not wait for it
-        if self.spec.reorder_hold_s is None:
-            session.reorder.hold_s = session.skew.hold_s(now)
+        if self.spec.reorder_hold_s is None and now >= session.hold_update_due:
+            session.hold_update_due = now + HOLD_UPDATE_INTERVAL_S
+            reorder = session.reorder
+            reorder.hold_s = min(session.skew.hold_s(now) + reorder.late_bonus(now), HOLD_MAX_S)
         if not session.reorder.push(
             header.counter, payload, header.link_id, now, header.link_mask
         ):

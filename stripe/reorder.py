@@ -41,14 +41,19 @@ from dataclasses import dataclass, field
 
 from .wire import MASKABLE_LINKS
 
-HOLD_MIN_S = 0.005
+HOLD_MIN_S = 0.020
 HOLD_MAX_S = 0.300
-HOLD_MARGIN_S = 0.003
+HOLD_MARGIN_S = 0.005
 # Until two links have reported delays we cannot know the skew; a link we
 # have not heard from yet may be slow.  With one link, FIFO loss inference
 # releases gaps at once anyway, so a generous hold costs nothing there.
 HOLD_UNMEASURED_S = 0.050
 MAX_HELD_PACKETS = 8192
+# A late packet means the hold was too short for the links' actual skew:
+# add this (growing x1.5 per late packet, capped), decaying by half in 5 s.
+LATE_BONUS_STEP_S = 0.005
+LATE_BONUS_MAX_S = 0.200
+LATE_BONUS_HALF_LIFE_S = 5.0
 # A link that carried data within this multiple of the hold time is assumed
 # to still have packets in flight, so loss inference waits for it.
 ACTIVE_HOLD_MULTIPLE = 2.0
@@ -89,6 +94,8 @@ class ReorderBuffer:
     _links: dict[int, _LinkProgress] = field(default_factory=dict)
     _mask: int = 0
     _mask_seq: int = -1
+    _late_bonus_s: float = 0.0
+    _late_bonus_time: float = 0.0
 
     @property
     def held(self) -> int:
@@ -109,8 +116,12 @@ class ReorderBuffer:
             link.last_data_time = now
         if seq < self.next_seq:
             if payload is None:
-                return True  # a control message was already acted on: nothing is lost
+                return True  # an invalid packet: nothing is lost
             self.stats.late += 1
+            # We gave up on it too early: hold longer for a while.
+            bonus = self.late_bonus(now)
+            self._late_bonus_s = min(bonus * 1.5 + LATE_BONUS_STEP_S, LATE_BONUS_MAX_S)
+            self._late_bonus_time = now
             return False
         if seq == self.next_seq and not self._held:
             # Fast path: in order, nothing waiting.
@@ -131,6 +142,13 @@ class ReorderBuffer:
             self.stats.overflow_releases += 1
             self._skip_to_oldest_held(now)
         return True
+
+    def late_bonus(self, now: float) -> float:
+        """Extra hold learnt from late packets, halving every LATE_BONUS_HALF_LIFE_S."""
+        if not self._late_bonus_s:
+            return 0.0
+        age = now - self._late_bonus_time
+        return float(self._late_bonus_s * 0.5 ** (age / LATE_BONUS_HALF_LIFE_S))
 
     def note_progress(self, link_id: int, next_seq: int, now: float) -> None:
         """Everything below `next_seq` sent on `link_id` has arrived or is lost."""
@@ -285,7 +303,10 @@ class DelaySkew:
             return HOLD_UNMEASURED_S
         slowest = max(x.mean_us + 4 * x.dev_us for x in live)
         fastest = min(x.mean_us for x in live)
-        hold = (slowest - fastest) / 1e6 + HOLD_MARGIN_S
+        # 1.5 x: queues move faster than the smoothed means follow them, and a
+        # hold that is too long costs a little latency in rare gaps while one
+        # that is too short costs the inner TCP a retransmission.
+        hold = 1.5 * (slowest - fastest) / 1e6 + HOLD_MARGIN_S
         return min(max(hold, HOLD_MIN_S), HOLD_MAX_S)
 
     def take_owd_us(self, link_id: int) -> tuple[int, int] | None:

@@ -55,6 +55,7 @@ class Session:
     send_counter: int = 0  # next data counter
     control_counter: int = CONTROL_COUNTER_BASE
     last_received: float = float("-inf")
+    hold_update_due: float = 0.0
     replay: ReplayWindow = field(default_factory=ReplayWindow)
     control_replay: ReplayWindow = field(default_factory=ReplayWindow)
     reorder: ReorderBuffer = field(default_factory=ReorderBuffer)

@@ -20,11 +20,13 @@ import signal
 import socket
 import time
 from collections import Counter
+from typing import Any
 
 from ..config import Config
 from ..endpoint import Endpoint
+from .control_socket import ControlServer
 from .sockets import open_sockets
-from .tun import Tun
+from .tun import SetupError, Tun
 
 log = logging.getLogger("stripe")
 
@@ -56,6 +58,7 @@ class Driver:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.stopped = asyncio.Event()
+        self.started = now
 
     # -- lifecycle -------------------------------------------------------
 
@@ -84,10 +87,16 @@ class Driver:
         self.tun.close()
         log.info("stopped; drops %s; io errors %s", dict(self.core.drops), dict(self.io_errors))
 
-    def _log_status(self) -> None:
+    def status(self) -> dict[str, Any]:
         status = self.core.status(time.monotonic())
         status["io_errors"] = dict(self.io_errors)
-        log.info("status %s", json.dumps(status, sort_keys=True))
+        status["tun"] = self.tun.name
+        status["scheduler"] = self.config.scheduler
+        status["uptime_s"] = round(time.monotonic() - self.started, 1)
+        return status
+
+    def _log_status(self) -> None:
+        log.info("status %s", json.dumps(self.status(), sort_keys=True))
 
     # -- inputs ----------------------------------------------------------
 
@@ -170,8 +179,14 @@ class Driver:
 async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     driver = Driver(config, loop)
+    control = ControlServer(config.control_socket, {"status": driver.status})
     try:
+        try:
+            await control.start()
+        except OSError as exc:
+            raise SetupError(f"cannot open control socket {config.control_socket}: {exc}") from None
         driver.start()
         await driver.stopped.wait()
     finally:
+        control.close()
         driver.close()

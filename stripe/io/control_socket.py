@@ -1,0 +1,95 @@
+"""The control socket: a root-only UNIX socket where `stripe status` asks
+the running process for its figures.
+
+Protocol: one request line of JSON, `{"cmd": "status"}`, answered by one
+line of JSON and the connection closed.  Requests are local but still
+untrusted input: anything else gets `{"error": "..."}`, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+MAX_REQUEST_BYTES = 4096
+REQUEST_TIMEOUT_S = 2.0
+
+
+class ControlServer:
+    def __init__(self, path: Path, handlers: dict[str, Callable[[], dict[str, Any]]]) -> None:
+        self.path = path
+        self._handlers = handlers
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.path.exists():
+            if _alive(self.path):
+                raise OSError(f"control socket {self.path} is in use by another stripe process")
+            self.path.unlink()
+        old_umask = os.umask(0o177)  # the socket is created 0600: root only
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        finally:
+            os.umask(old_umask)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
+            reply = self._answer(line)
+        except (TimeoutError, ValueError, ConnectionError):
+            reply = {"error": "no complete request line"}
+        try:
+            writer.write(json.dumps(reply, sort_keys=True).encode() + b"\n")
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    def _answer(self, line: bytes) -> dict[str, Any]:
+        if len(line) > MAX_REQUEST_BYTES:
+            return {"error": "request too long"}
+        try:
+            request = json.loads(line)
+        except ValueError:
+            return {"error": "request is not JSON"}
+        command = request.get("cmd") if isinstance(request, dict) else None
+        handler = self._handlers.get(command) if isinstance(command, str) else None
+        if handler is None:
+            return {"error": f"unknown command {command!r}; known: {sorted(self._handlers)}"}
+        return handler()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def _alive(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def request(path: Path, command: str = "status", timeout_s: float = 3.0) -> dict[str, Any]:
+    """Client side: send one command, return the decoded reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout_s)
+        sock.connect(str(path))
+        sock.sendall(json.dumps({"cmd": command}).encode() + b"\n")
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    reply: dict[str, Any] = json.loads(b"".join(chunks))
+    return reply
