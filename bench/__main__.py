@@ -15,6 +15,7 @@ from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
 
 CC_CHOICES = ("cubic", "bbr")
 QUICK_SECONDS = 4.0
+FLOW_CHOICES = ("tcp", "tcp4", "udp")
 
 
 def _need_root() -> None:
@@ -37,7 +38,7 @@ def print_summary(out: Path) -> None:
         )
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -90,6 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         help="results directory (default bench/results/<UTC timestamp>)",
     )
     run_p.add_argument(
+        "--latest",
+        action="store_true",
+        help="also copy the report (no logs/configs) to bench/results/latest/",
+    )
+    run_p.add_argument(
+        "--topology",
+        default="network",
+        choices=("network", "local"),
+        help="network: links shaped in a middle namespace (default); local: tbf on the "
+        "endpoints' veths, as in the demo",
+    )
+    run_p.add_argument(
         "--impairment",
         default="auto",
         choices=("auto", "netem", "userspace"),
@@ -107,6 +120,40 @@ def main(argv: list[str] | None = None) -> int:
         "run's (only when none is running)",
     )
 
+    return parser
+
+
+def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Options:
+    """Runner options from ``run``'s arguments (exits with usage on bad values)."""
+    try:
+        scenarios = resolve(args.scenarios)
+    except KeyError as exc:
+        parser.error(str(exc.args[0]))
+    quick = args.quick
+    opts = Options(
+        scenarios=scenarios,
+        repeat=args.repeat or (1 if quick else 3),
+        seconds=args.seconds or (QUICK_SECONDS if quick else 20.0),
+        ccs=[c or None for c in args.cc.split(",")] if args.cc else [None],
+        flows=args.flows.split(","),
+        systems=args.systems.split(",") if args.systems else None,
+        schedulers=[s for s in args.schedulers.split(",") if s],
+        out=args.out,
+        log_level=args.log_level,
+        impairment=args.impairment,
+        topology=args.topology,
+    )
+    for cc in opts.ccs:
+        if cc is not None and cc not in CC_CHOICES:
+            parser.error(f"--cc: {cc!r} is not one of {', '.join(CC_CHOICES)}")
+    for flow in opts.flows:
+        if flow not in FLOW_CHOICES:
+            parser.error(f"--flows: {flow!r} is not one of {', '.join(FLOW_CHOICES)}")
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "demo":
         _need_root()
@@ -122,26 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "run":
         _need_root()
-        try:
-            scenarios = resolve(args.scenarios)
-        except KeyError as exc:
-            parser.error(str(exc.args[0]))
-        quick = args.quick
-        opts = Options(
-            scenarios=scenarios,
-            repeat=args.repeat or (1 if quick else 3),
-            seconds=args.seconds or (QUICK_SECONDS if quick else 20.0),
-            ccs=[c or None for c in args.cc.split(",")] if args.cc else [None],
-            flows=args.flows.split(","),
-            systems=args.systems.split(",") if args.systems else None,
-            schedulers=[s for s in args.schedulers.split(",") if s],
-            out=args.out,
-            log_level=args.log_level,
-            impairment=args.impairment,
-        )
-        for cc in opts.ccs:
-            if cc is not None and cc not in CC_CHOICES:
-                parser.error(f"--cc: {cc!r} is not one of {', '.join(CC_CHOICES)}")
+        opts = options_from(args, parser)
         out = run_bench(opts)
         print_summary(out)
         print(f"results: {out / 'results.md'}")

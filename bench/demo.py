@@ -54,7 +54,9 @@ def run_demo(seconds: float, cc: str | None, log_level: str) -> int:
         print(f"demo: missing {missing}; run it from a checkout of the repository", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="stripe-demo-"))
-    lab = Lab(LabNames.classic(), (LinkSpec.symmetric(DEMO_RATE_MBIT),) * 2, workdir)
+    lab = Lab(
+        LabNames.classic(), (LinkSpec.symmetric(DEMO_RATE_MBIT),) * 2, workdir, topology="local"
+    )
     systems: list[System] = [
         PlainLink(0),
         Ecmp(),

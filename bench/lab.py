@@ -2,13 +2,16 @@
 
 Topology per link ``i`` (addresses 10.i.0.1/30 client, 10.i.0.2/30 server):
 
-* direct (no delay/jitter/loss anywhere): one veth pair client <-> server,
-  ``tbf`` on each end's egress; this is the classic two-device lab.
-* emulated (some link needs delay/jitter/loss): client <-> middle <-> server,
-  two veth pairs per link; the middle namespace runs ``bench.emulator``,
-  which bridges each pair at L2 and applies delay/jitter/loss, and ``tbf``
-  sits on the middle's egress veths, so the bottleneck queue is in the
-  network, not in either endpoint (as with a real ISP link).
+* ``local`` topology: one veth pair client <-> server, ``tbf`` on each end's
+  egress; the classic two-device lab of the demo (the bottleneck queue is in
+  the sending endpoint itself).
+* ``network`` topology (and always when a link needs delay/jitter/loss):
+  client <-> middle <-> server, two veth pairs per link, ``tbf`` on the
+  middle's egress veths, so the bottleneck queue is in the network, not in
+  either endpoint (as with a real ISP link). The middle joins each pair with
+  a Linux bridge, or, when a link is impaired, with ``bench.emulator`` (L2
+  bridging in userspace with delay/jitter/loss) or netem where the kernel
+  has it.
 
 Every lab also carries the extras the baselines need: 10.9.0.1/32 and
 10.9.0.2/32 on the endpoints' ``lo`` with ECMP routes across all links, and
@@ -84,7 +87,7 @@ class LinkSpec:
 class LinkNames:
     client_if: str
     server_if: str
-    mid_client_if: str  # middle's end of the client-side pair (emulated only)
+    mid_client_if: str  # middle's end of the client-side pair (network topology)
     mid_server_if: str
     client_addr: str
     server_addr: str
@@ -211,6 +214,8 @@ class Lab:
     # How delay/jitter/loss are made: "auto" (netem where the kernel has it,
     # else the userspace emulator), "netem" or "userspace".
     impairment: str = "auto"
+    # "network": bottleneck in a middle namespace; "local": tbf on the endpoints.
+    topology: str = "network"
     use_netem: bool = field(default=False, init=False)
     emulator: Proc | None = field(default=None, init=False)
     emulator_stats: dict[str, object] = field(default_factory=dict, init=False)
@@ -219,26 +224,43 @@ class Lab:
     def __post_init__(self) -> None:
         if len(self.specs) != len(self.names.links):
             raise ValueError("one LinkSpec per link")
+        if self.topology not in ("network", "local"):
+            raise ValueError(f"topology is network or local, not {self.topology!r}")
+        if self.via_middle and not self.names.mid_ns:
+            raise ValueError("these lab names have no middle namespace: use topology local")
 
     @property
-    def emulated(self) -> bool:
+    def impaired(self) -> bool:
         return any(s.up.impaired or s.down.impaired for s in self.specs)
 
     @property
+    def via_middle(self) -> bool:
+        return self.impaired or self.topology == "network"
+
+    @property
+    def uses_emulator(self) -> bool:
+        return self.impaired and not self.use_netem
+
+    @property
     def impairment_used(self) -> str:
-        if not self.emulated:
-            return "none"
-        return "netem" if self.use_netem else "userspace emulator"
+        """How the links are made, for the report."""
+        if not self.via_middle:
+            return "direct veths, tbf on the endpoints"
+        if not self.impaired:
+            return "bridge in a middle namespace, tbf there"
+        if self.use_netem:
+            return "netem + tbf in a middle namespace"
+        return "userspace emulator + tbf in a middle namespace"
 
     @property
     def namespaces(self) -> list[str]:
         nss = [self.names.client_ns, self.names.server_ns]
-        return [*nss, self.names.mid_ns] if self.emulated else nss
+        return [*nss, self.names.mid_ns] if self.via_middle else nss
 
     # -- building -------------------------------------------------------
 
     def up(self) -> None:
-        tools = ["ip", "tc"] + (["ethtool"] if self.emulated else [])
+        tools = ["ip", "tc"] + (["ethtool"] if self.via_middle else [])
         ensure_tools(tools)
         existing = set(list_namespaces())
         clash = [ns for ns in self.namespaces if ns in existing]
@@ -256,12 +278,13 @@ class Lab:
             self._sysctl(ns, "net.ipv4.conf.default.rp_filter=0")
             # Hash on ports too, so parallel ECMP flows may take different links.
             self._sysctl(ns, "net.ipv4.fib_multipath_hash_policy=1")
-        if self.emulated:
+        if self.impaired:
             self.use_netem = self.impairment == "netem" or (
                 self.impairment == "auto" and netem_works(self.names.mid_ns)
             )
             if self.impairment == "netem" and not netem_works(self.names.mid_ns):
                 raise CommandError("--impairment netem: this kernel has no netem qdisc")
+        if self.via_middle:
             # The middle is a wire: it must not speak on its links itself.
             self._sysctl(self.names.mid_ns, "net.ipv6.conf.all.disable_ipv6=1")
             self._sysctl(self.names.mid_ns, "net.ipv6.conf.default.disable_ipv6=1")
@@ -269,7 +292,7 @@ class Lab:
             self._build_link(i)
         self._ecmp()
         self._mptcp_endpoints()
-        if self.emulated and not self.use_netem:
+        if self.uses_emulator:
             self._start_emulator()
 
     def _sysctl(self, ns: str, setting: str) -> None:
@@ -280,7 +303,7 @@ class Lab:
     def _build_link(self, i: int) -> None:
         n, spec = self.names.links[i], self.specs[i]
         cns, sns = self.names.client_ns, self.names.server_ns
-        if not self.emulated:
+        if not self.via_middle:
             _veth(n.client_if, cns, n.server_if, sns)
             self._shape(cns, n.client_if, spec.up.rate_mbit)
             self._shape(sns, n.server_if, spec.down.rate_mbit)
@@ -296,11 +319,11 @@ class Lab:
             ):
                 # The userspace emulator copies frames as they are: checksums
                 # must be complete and frames MTU-sized, so no offloads on
-                # this path (also with netem, so both paths compare).
+                # this path (also with a bridge or netem, so all compare).
                 run(["ethtool", "-K", dev, *OFFLOADS_OFF], ns=ns, check=False)
             for dev in (n.mid_client_if, n.mid_server_if):
                 run(["ip", "link", "set", dev, "up"], ns=mns)
-            if self.use_netem:
+            if not self.uses_emulator:
                 bridge = f"{self.names.mid_ns[:-3]}b{i}"
                 run(["ip", "link", "add", bridge, "type", "bridge"], ns=mns)
                 for dev in (n.mid_client_if, n.mid_server_if):

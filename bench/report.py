@@ -102,8 +102,8 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
             links = "; ".join(f"link{i}: {describe_link(sp)}" for i, sp in enumerate(scen.links))
             lines += [f"{scen.doc}. {links}.", ""]
         how = meta.get("impairment", {}).get(name)
-        if how and how != "none":
-            lines += [f"Delay/loss made by: {how}.", ""]
+        if how:
+            lines += [f"Links: {how}.", ""]
         skipped = meta.get("skipped", {}).get(name, {})
         for system, why in skipped.items():
             lines.append(f"- not run: {system}: {why}")

@@ -47,6 +47,7 @@ class Options:
     out: Path | None = None
     log_level: str = "info"
     impairment: str = "auto"  # auto | netem | userspace
+    topology: str = "network"  # network | local (see bench.lab)
 
 
 class Progress:
@@ -179,6 +180,7 @@ def run_scenario(
         scenario.links,
         workdir,
         impairment=opts.impairment,
+        topology=scenario.topology or opts.topology,
     )
     seconds = scenario.fixed_seconds or opts.seconds
     try:

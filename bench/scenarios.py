@@ -26,6 +26,7 @@ class Scenario:
     kind: str = "throughput"  # throughput | failover | ceiling | latency
     failover: str | None = None  # "down" | "blackhole"
     fixed_seconds: float | None = None  # a length the scenario itself needs
+    topology: str | None = None  # forces Lab.topology (else the run's --topology)
 
     @property
     def shaped_sum_mbit(self) -> float | None:
@@ -83,12 +84,14 @@ SCENARIOS: dict[str, Scenario] = {
             "1 unshaped veth link: the most stripe carries, and its CPU",
             (_sym(None),),
             kind="ceiling",
+            topology="local",
         ),
         Scenario(
             "ceiling-2",
             "2 unshaped veth links: the most stripe carries, and its CPU",
             (_sym(None), _sym(None)),
             kind="ceiling",
+            topology="local",
         ),
         Scenario(
             "latency",

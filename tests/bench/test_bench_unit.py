@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from bench.__main__ import build_parser, options_from
 from bench.analysis import failover_metrics, summarize
 from bench.demo import format_table
 from bench.iperf import Flow, client_command, parse
@@ -183,3 +184,46 @@ def test_final_sliver_interval_is_dropped() -> None:
         "server_output_json": {"intervals": intervals},
     }
     assert parse(json.dumps(data)).per_second_mbit == [5.0, 5.0, 5.0]
+
+
+def _options(*argv: str) -> Options:
+    parser = build_parser()
+    return options_from(parser.parse_args(["run", *argv]), parser)
+
+
+def test_cli_run_options() -> None:
+    opts = _options(
+        "equal",
+        "failover",
+        "--repeat",
+        "2",
+        "--seconds",
+        "7",
+        "--cc",
+        "cubic,bbr",
+        "--flows",
+        "tcp,tcp4,udp",
+        "--systems",
+        "link0,stripe",
+        "--schedulers",
+        "weighted",
+        "--topology",
+        "local",
+        "--impairment",
+        "userspace",
+        "--latest",
+        "--out",
+        "/tmp/x",
+    )
+    assert [s.name for s in opts.scenarios] == ["equal", "failover-down", "failover-blackhole"]
+    assert (opts.repeat, opts.seconds, opts.ccs) == (2, 7.0, ["cubic", "bbr"])
+    assert opts.flows == ["tcp", "tcp4", "udp"] and opts.systems == ["link0", "stripe"]
+    assert (opts.schedulers, opts.topology, opts.impairment) == (["weighted"], "local", "userspace")
+    quick = _options("equal", "--quick")
+    assert (quick.repeat, quick.seconds, quick.ccs, quick.topology) == (1, 4.0, [None], "network")
+
+
+@pytest.mark.parametrize("argv", [["nope"], ["equal", "--cc", "reno"], ["equal", "--flows", "x"]])
+def test_cli_rejects_bad_values(argv: list[str]) -> None:
+    with pytest.raises(SystemExit):
+        _options(*argv)
