@@ -143,7 +143,7 @@ def measure(
         record.retransmits = result.retransmits
         record.lost_percent = result.lost_percent
         record.per_second_mbit = result.per_second_mbit
-        record.error = result.error or sampler.failure
+        record.error = result.error or sampler.failure or system.problem()
         record.events = sampler.fired
         record.link_bytes = [
             (a.tx_bytes - b.tx_bytes) + (a.rx_bytes - b.rx_bytes)

@@ -38,6 +38,10 @@ class System:
     def cpu_seconds(self) -> dict[str, float]:
         return {}
 
+    def problem(self) -> str | None:
+        """Why the system is broken now (a process died), else None."""
+        return None
+
 
 @dataclass
 class PlainLink(System):
@@ -108,3 +112,13 @@ class Stripe(System):
 
     def cpu_seconds(self) -> dict[str, float]:
         return self.pair.cpu_seconds() if self.pair is not None else {}
+
+    def problem(self) -> str | None:
+        if self.pair is None:
+            return None
+        for proc in (self.pair.server, self.pair.client):
+            if proc is not None and not proc.alive():
+                return (
+                    f"{proc.name} exited ({proc.popen.returncode}) during the run; see {proc.log}"
+                )
+        return None
