@@ -214,8 +214,9 @@ class Lab:
     # How delay/jitter/loss are made: "auto" (netem where the kernel has it,
     # else the userspace emulator), "netem" or "userspace".
     impairment: str = "auto"
-    # "network": bottleneck in a middle namespace; "local": tbf on the endpoints.
-    topology: str = "network"
+    # "local": tbf on the endpoints (the default, which tests/integration
+    # relies on); "network": bottleneck in a middle namespace (the suite's).
+    topology: str = "local"
     use_netem: bool = field(default=False, init=False)
     emulator: Proc | None = field(default=None, init=False)
     emulator_stats: dict[str, object] = field(default_factory=dict, init=False)

@@ -22,10 +22,15 @@ from bench.sh import CommandError, run
 pytestmark = needs_lab
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
+@pytest.fixture(params=["local", "network"])
+def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
     prefix = "hb" + new_prefix()[2:]
-    lab = Lab(LabNames.for_prefix(prefix, 2), (LinkSpec.symmetric(20),) * 2, tmp_path)
+    lab = Lab(
+        LabNames.for_prefix(prefix, 2),
+        (LinkSpec.symmetric(20),) * 2,
+        tmp_path,
+        topology=request.param,
+    )
     try:
         lab.up()
         yield lab
@@ -71,7 +76,7 @@ def test_counters_see_traffic(lab: Lab) -> None:
 
 
 def test_refuses_existing_namespaces(lab: Lab, tmp_path: Path) -> None:
-    twin = Lab(lab.names, lab.specs, tmp_path / "twin")
+    twin = Lab(lab.names, lab.specs, tmp_path / "twin", topology=lab.topology)
     with pytest.raises(CommandError, match="already exist"):
         twin.up()
     twin.down()  # must not delete what it did not create
