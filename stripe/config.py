@@ -33,6 +33,7 @@ MIN_MTU = 576
 MAX_MTU = 9000
 DEFAULT_SCHEDULER = "adaptive"
 IFNAMSIZ = 15
+DEFAULT_ALLOWED_IPS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
 CONTROL_SOCKET_DIR = Path("/run/stripe")
@@ -67,8 +68,7 @@ class Config:
     addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
     mtu: int
     private_key: bytes
-    peer_public_key: bytes
-    preshared_key: bytes | None
+    peers: tuple[PeerSpec, ...]
     scheduler: str
     reorder_hold_ms: float | None
     listen_port: int | None
@@ -83,7 +83,7 @@ class Config:
         hold = None if self.reorder_hold_ms is None else self.reorder_hold_ms / 1000
         return EndpointSpec(
             self.role, self.private_key,
-            (PeerSpec(self.peer_public_key, self.preshared_key),),
+            self.peers,
             links, self.scheduler, hold,
         )
 
@@ -204,7 +204,15 @@ def _parse(path: str, data: dict[str, Any], role: Role,
            interface_exists: Callable[[str], bool]) -> Config:
     top = _Reader(path, "", data)
     iface = _Reader(path, "interface", top.get("interface", dict, what="an [interface] table"))
-    peer = _Reader(path, "peer", top.get("peer", dict, what="a [peer] table"))
+    raw_peers = top.get("peer", object, what="a [peer] table (or [[peer]] tables on a server)")
+    if isinstance(raw_peers, dict):
+        raw_peers = [raw_peers]
+        peer_names = ["peer"]
+    elif isinstance(raw_peers, list) and raw_peers and role is Role.SERVER:
+        peer_names = [f"peer[{i}]" for i in range(len(raw_peers))]
+    else:
+        raise top.error("peer", "expected one [peer] table"
+                        + (" or [[peer]] tables" if role is Role.SERVER else " (the server)"))
     raw_links = top.get("link", list, [], what="[[link]] tables")
     top.finish()
 
@@ -240,10 +248,13 @@ def _parse(path: str, data: dict[str, Any], role: Role,
                              what="a path for the status socket")
     iface.finish()
 
-    peer_key = _key_from(peer, "public_key", "public_key_file", True)
-    assert peer_key is not None
-    psk = _key_from(peer, "preshared_key", "preshared_key_file", False)
-    peer.finish()
+    peers = tuple(
+        _parse_peer(_Reader(path, name, raw), several=len(raw_peers) > 1)
+        for name, raw in zip(peer_names, raw_peers, strict=True)
+    )
+    keys = [peer.public_key for peer in peers]
+    if len(set(keys)) != len(keys):
+        raise top.error("peer", "two peers have the same public_key")
 
     if role is Role.CLIENT and not raw_links:
         raise top.error("link", "a client needs at least one [[link]] with a remote")
@@ -256,8 +267,29 @@ def _parse(path: str, data: dict[str, Any], role: Role,
     names = [link.name for link in links]
     if len(set(names)) != len(names):
         raise top.error("link", f"link names must be unique, got {names}")
-    return Config(path, role, tun_name, tuple(addresses), mtu, private_key, peer_key, psk,
+    return Config(path, role, tun_name, tuple(addresses), mtu, private_key, peers,
                   scheduler, hold, listen_port, links, Path(control_text))
+
+
+def _parse_peer(r: _Reader, several: bool) -> PeerSpec:
+    public_key = _key_from(r, "public_key", "public_key_file", True)
+    assert public_key is not None
+    psk = _key_from(r, "preshared_key", "preshared_key_file", False)
+    what = 'a list of networks like ["10.2.0.1/32", "fd00::1/128"]'
+    raw = r.get("allowed_ips", list, None if not several else ..., what=what)
+    allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = DEFAULT_ALLOWED_IPS
+    if raw is not None:
+        nets = []
+        for text in raw:
+            try:
+                if not isinstance(text, str):
+                    raise ValueError
+                nets.append(ipaddress.ip_network(text, strict=False))
+            except ValueError:
+                raise r.error("allowed_ips", f"expected {what}, got {text!r}") from None
+        allowed = tuple(nets)
+    r.finish()
+    return PeerSpec(public_key, psk, allowed)
 
 
 def _parse_link(r: _Reader, role: Role, listen_port: int | None,

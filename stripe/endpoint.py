@@ -29,6 +29,7 @@ probed every 200 ms; the scheduler stripes data over the links that are up.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from collections import Counter, deque
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from . import control, wire
+from . import control, routing, wire
 from .estimator import FEEDBACK_INTERVAL_S
 from .handshake import (
     AcceptedInitiation,
@@ -52,6 +53,7 @@ from .scheduler import Scheduler, make_scheduler, usable_links
 from .session import REKEY_AFTER_S, DecryptError, Session
 
 Address = tuple[str, int]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Datagram = tuple[int, bytes, Address]
 
 # Implementation constants.
@@ -85,6 +87,9 @@ class LinkSpec:
 class PeerSpec:
     public_key: bytes
     preshared_key: bytes | None = None
+    # Inner addresses this peer may use (cryptokey routing, see `routing`).
+    allowed_ips: tuple[Network, ...] = (
+        ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +149,7 @@ class Endpoint:
         self.peers: list[Peer] = []
         self._peer_by_key: dict[bytes, Peer] = {}
         self._psk_for: dict[bytes, bytes | None] = {}
+        self._routes: routing.AllowedIPs[Peer] = routing.AllowedIPs()
         for peer_spec in spec.peers:
             peer = Peer(peer_spec, make_scheduler(spec.scheduler), handshake_due=now)
             if self.role is Role.CLIENT:
@@ -155,6 +161,8 @@ class Endpoint:
             self.peers.append(peer)
             self._peer_by_key[peer_spec.public_key] = peer
             self._psk_for[peer_spec.public_key] = peer_spec.preshared_key
+            for network in peer_spec.allowed_ips:
+                self._routes.insert(network, peer)
 
     # -- outputs ---------------------------------------------------------
 
@@ -193,10 +201,15 @@ class Endpoint:
 
     def send_packet(self, packet: bytes, now: float) -> None:
         """An IP packet from the TUN device."""
-        if not self.peers:
-            self.drops["no_peer"] += 1
+        if len(packet) < 20 or packet[0] >> 4 not in (4, 6) or (
+            packet[0] >> 4 == 6 and len(packet) < 40
+        ):
+            self.drops["bad_tun_packet"] += 1
             return
-        peer = self.peers[0]  # one peer per endpoint for now
+        peer = self._routes.lookup(routing.destination(packet))
+        if peer is None:
+            self.drops["no_route"] += 1
+            return
         if not self._send_data(peer, packet, now):
             if len(peer.queue) == peer.queue.maxlen:
                 self.drops["queue_full"] += 1
@@ -318,11 +331,13 @@ class Endpoint:
         if not peer.data_since_feedback:
             peer.data_since_feedback = True
             peer.feedback_due = max(peer.feedback_due, now)
-        if wire.inner_packet_valid(plaintext):
-            payload: bytes | None = plaintext
-        else:
+        payload: bytes | None = None  # an invalid packet still fills its reorder slot
+        if not wire.inner_packet_valid(plaintext):
             self.drops["bad_inner_packet"] += 1
-            payload = None  # still fills its slot so reordering does not wait for it
+        elif self._routes.lookup(routing.source(plaintext)) is not peer:
+            self.drops["spoofed_source"] += 1  # not one of this peer's addresses
+        else:
+            payload = plaintext
         if self.spec.reorder_hold_s is None and now >= session.hold_update_due:
             session.hold_update_due = now + HOLD_UPDATE_INTERVAL_S
             reorder = session.reorder

@@ -141,3 +141,30 @@ def test_cli_genkey_pubkey_roundtrip() -> None:
     public = run_cli("pubkey", stdin=private).stdout.strip()
     assert len(config.decode_key(private)) == 32 and len(config.decode_key(public)) == 32
     assert run_cli("pubkey", stdin="nonsense").returncode == 2
+
+
+def test_server_with_several_peers_needs_allowed_ips(tmp_path: Path) -> None:
+    other = config.encode_key(generate_keypair()[1])
+    base = f"""
+[interface]
+address = ["10.2.0.1/24"]
+private_key = "{PRIV}"
+listen_port = 5000
+[[peer]]
+public_key = "{PUB}"
+allowed_ips = ["10.2.0.11/32", "fd00::11/128"]
+[[peer]]
+public_key = "{other}"
+"""
+    with pytest.raises(config.ConfigError, match=r"peer\[1\]\.allowed_ips: missing"):
+        load(tmp_path, base, Role.SERVER)
+    cfg = load(tmp_path, base + 'allowed_ips = ["10.2.0.12/32"]\n', Role.SERVER)
+    assert [len(p.allowed_ips) for p in cfg.peers] == [2, 1]
+    with pytest.raises(config.ConfigError, match=r"peer\[1\]\.allowed_ips: expected"):
+        load(tmp_path, base + 'allowed_ips = ["10.2.0.300/32"]\n', Role.SERVER)
+    with pytest.raises(config.ConfigError, match="same public_key"):
+        load(tmp_path, base.replace(other, PUB) + 'allowed_ips = ["10.2.0.12/32"]\n',
+             Role.SERVER)
+    # A client has exactly one peer: its server.
+    with pytest.raises(config.ConfigError, match="expected one"):
+        load(tmp_path, CLIENT.replace("[peer]", "[[peer]]"))
