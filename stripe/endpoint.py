@@ -39,6 +39,7 @@ from enum import Enum
 from typing import Any
 
 from . import control, routing, wire
+from .cookie import CookieChecker, CookieJar, HandshakeLimiter, reply_receiver_index
 from .estimator import FEEDBACK_INTERVAL_S
 from .handshake import (
     AcceptedInitiation,
@@ -119,6 +120,7 @@ class Peer:
     feedback_due: float = 0.0
     data_since_feedback: bool = False
     links_announce_due: float = float("inf")
+    cookie_jar: CookieJar | None = None
     queue: deque[bytes] = field(default_factory=lambda: deque(maxlen=QUEUE_MAX_PACKETS))
 
     def sessions(self) -> list[Session]:
@@ -132,6 +134,7 @@ class Endpoint:
         now: float,
         wall_offset: float = 0.0,
         random_index: Callable[[], int] = lambda: int.from_bytes(os.urandom(4), "big"),
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         """`wall_offset` turns `now` into wall-clock seconds for the handshake
         timestamp (the driver passes time.time() - loop.time())."""
@@ -150,8 +153,11 @@ class Endpoint:
         self._peer_by_key: dict[bytes, Peer] = {}
         self._psk_for: dict[bytes, bytes | None] = {}
         self._routes: routing.AllowedIPs[Peer] = routing.AllowedIPs()
+        self._limiter = HandshakeLimiter()
+        self._cookies = CookieChecker(self.public_key, random_bytes)
         for peer_spec in spec.peers:
-            peer = Peer(peer_spec, make_scheduler(spec.scheduler), handshake_due=now)
+            peer = Peer(peer_spec, make_scheduler(spec.scheduler), handshake_due=now,
+                        cookie_jar=CookieJar(peer_spec.public_key))
             if self.role is Role.CLIENT:
                 for ls in spec.links:
                     assert ls.remote is not None
@@ -227,6 +233,8 @@ class Endpoint:
                 self._receive_init(sock, data, addr, now)
             elif mtype is wire.MessageType.HANDSHAKE_RESP:
                 self._receive_resp(sock, data, addr, now)
+            elif mtype is wire.MessageType.COOKIE_REPLY:
+                self._receive_cookie_reply(data, now)
             else:
                 self.drops["unexpected_type"] += 1
         except wire.WireError as exc:
@@ -488,9 +496,11 @@ class Endpoint:
         if peer.pending is not None:
             self._sessions.pop(peer.pending.sender_index, None)
         index = self._new_index()
+        jar = peer.cookie_jar
         pending = PendingInitiation(
             self.spec.private_key, peer.spec.public_key, peer.spec.preshared_key, index,
             link.link_id, now + self._wall_offset,
+            mac2=None if jar is None else (lambda covered: jar.mac2(covered, now)),
         )
         pending.sent_at = now
         peer.pending = pending
@@ -536,6 +546,21 @@ class Endpoint:
                                    control.Probe(other.health.start_probe(now)), now)
         self._flush_queue(peer, now)
 
+    def _receive_cookie_reply(self, data: bytes, now: float) -> None:
+        if self.role is not Role.CLIENT:
+            self.drops["unexpected_handshake"] += 1
+            return
+        receiver = reply_receiver_index(data)
+        for peer in self.peers:
+            pending, jar = peer.pending, peer.cookie_jar
+            if pending is not None and jar is not None and pending.sender_index == receiver:
+                if jar.consume_reply(data, pending.mac1, now):
+                    self._event(logging.INFO, "server under load: got a cookie, retrying")
+                else:
+                    self.drops["bad_cookie_reply"] += 1
+                return
+        self.drops["unknown_session"] += 1
+
     def _receive_init(self, sock: int, data: bytes, addr: Address, now: float) -> None:
         if self.role is not Role.SERVER:
             self.drops["unexpected_handshake"] += 1
@@ -543,6 +568,16 @@ class Endpoint:
         init = wire.decode_handshake_init(data)
         if not wire.mac1_valid(data, wire.HANDSHAKE_INIT_MAC1_OFFSET, self._mac1_key):
             self.drops["bad_mac1"] += 1
+            return
+        # From here on every step is cheap until the DH in read_initiation.
+        limiter = self._limiter
+        limiter.note(now)
+        if limiter.under_load() and not self._cookies.mac2_valid(data, addr, now):
+            self.drops["handshake_cookie_sent"] += 1
+            self._datagrams.append((sock, self._cookies.reply(init, addr, now), addr))
+            return
+        if not limiter.allow(addr[0], now):
+            self.drops["handshake_rate_limited"] += 1
             return
         try:
             accepted = read_initiation(init, self.spec.private_key, self._psk_for)

@@ -16,6 +16,7 @@ suite checks it against the ChaChaPoly/BLAKE2s vectors.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import wire
@@ -48,6 +49,7 @@ class PendingInitiation:
     def __init__(
         self, static_private: bytes, server_public: bytes, psk: bytes | None,
         sender_index: int, link_id: int, wall_time: float,
+        mac2: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.sender_index = sender_index
         self.sent_at = 0.0  # the caller's clock, for an RTT sample
@@ -58,8 +60,10 @@ class PendingInitiation:
         )
         noise_message = self._state.write_message(tai64n(wall_time))
         self.datagram = wire.encode_handshake_init(
-            link_id, sender_index, noise_message, wire.mac1_key(server_public)
+            link_id, sender_index, noise_message, wire.mac1_key(server_public), mac2
         )
+        offset = wire.HANDSHAKE_INIT_MAC1_OFFSET
+        self.mac1 = self.datagram[offset : offset + wire.MAC_SIZE]  # a cookie reply's AD
 
     def consume_response(self, resp: wire.HandshakeResp, mac1_key: bytes,
                          datagram: bytes) -> HandshakeResult:

@@ -29,7 +29,8 @@ Handshake initiation (Noise IKpsk2 message 1), 148 bytes::
     40 48  encrypted static (32 + tag)
     88 28  encrypted payload: TAI64N timestamp (12 + tag)
    116 16  mac1 = BLAKE2s-128(key=H("mac1----" || responder static), bytes 0..115)
-   132 16  mac2 (zero in v1; reserved for a cookie reply under load)
+   132 16  mac2 = BLAKE2s-128(key=cookie, bytes 0..131), or zero without a
+           cookie (see `cookie`: demanded only while the server is under load)
 
 Handshake response (Noise IKpsk2 message 2), 92 bytes::
 
@@ -49,6 +50,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -56,7 +58,7 @@ from enum import IntEnum
 class MessageType(IntEnum):
     HANDSHAKE_INIT = 1
     HANDSHAKE_RESP = 2
-    COOKIE_REPLY = 3  # reserved: stateless cookie under handshake load
+    COOKIE_REPLY = 3  # stateless cookie under handshake load (layout in `cookie`)
     DATA = 4
     CONTROL = 5
 
@@ -166,14 +168,17 @@ def compute_mac1(key: bytes, covered: bytes) -> bytes:
 
 
 def encode_handshake_init(
-    link_id: int, sender_index: int, noise_message: bytes, mac1_key_bytes: bytes
+    link_id: int, sender_index: int, noise_message: bytes, mac1_key_bytes: bytes,
+    mac2: Callable[[bytes], bytes] | None = None,
 ) -> bytes:
+    """`mac2` maps the bytes it covers (everything before it) to the mac2."""
     body = HANDSHAKE_INIT.pack(
         MessageType.HANDSHAKE_INIT, link_id, 0, sender_index,
         noise_message[:32], noise_message[32:80], noise_message[80:108], ZERO_MAC, ZERO_MAC,
     )
     covered = body[:HANDSHAKE_INIT_MAC1_OFFSET]
-    return covered + compute_mac1(mac1_key_bytes, covered) + ZERO_MAC
+    with_mac1 = covered + compute_mac1(mac1_key_bytes, covered)
+    return with_mac1 + (mac2(with_mac1) if mac2 is not None else ZERO_MAC)
 
 
 def decode_handshake_init(datagram: bytes) -> HandshakeInit:

@@ -90,6 +90,7 @@ class Sim:
         self._seq = 0
         self.delivered: dict[str, list[bytes]] = {"client": [], "server": []}
         self.wire_log: list[tuple[str, int, bytes]] = []
+        self.stray: list[tuple[tuple[str, int], bytes]] = []
 
     # -- plumbing --------------------------------------------------------
 
@@ -122,8 +123,11 @@ class Sim:
                 self._transmit("up", sock, data)
             for _sock, data, addr in self.server.datagrams_to_send():
                 moved = True
-                index = next(i for i in range(len(self.links)) if client_addr(i) == addr)
-                self._transmit("down", index, data)
+                index = next((i for i in range(len(self.links)) if client_addr(i) == addr), None)
+                if index is None:
+                    self.stray.append((addr, data))  # to an address outside the sim
+                else:
+                    self._transmit("down", index, data)
             self.delivered["client"].extend(self.client.packets_to_deliver())
             self.delivered["server"].extend(self.server.packets_to_deliver())
             if not moved:
