@@ -44,7 +44,7 @@ def test_flood_gets_cookies_and_real_client_still_connects() -> None:
 
 
 def test_cookie_reply_is_bound_to_the_initiation() -> None:
-    server_private, server_public = generate_keypair()
+    _server_private, server_public = generate_keypair()
     checker = cookie.CookieChecker(server_public, lambda n: bytes(n))
     client_private, _ = generate_keypair()
     pending = PendingInitiation(client_private, server_public, None, 7, 0, 1.7e9)
