@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.iperf import Flow
-from bench.lab import Lab, LabNames, new_prefix
+from bench.lab import Lab, LabNames, mptcp_available, new_prefix
 from bench.measure import Event, RunRecord, measure, measure_latency
 from bench.procs import terminating_signals_raise, uninterruptible
 from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, Scenario
-from bench.sh import ensure_tools
+from bench.sh import CommandError, ensure_tools
 from bench.stripe_config import TUNNEL_SERVER_ADDR, Keys, write_configs
 from bench.stripe_run import check_config, stripe_available
 from bench.systems import Ecmp, Mptcp, PlainLink, Stripe, System
@@ -281,6 +281,12 @@ def run(opts: Options) -> Path:
     if any(s.kind == "failover" for s in opts.scenarios):
         tools.append("nft")
     ensure_tools(tools)  # ethtool: the lab asks for it when it emulates
+    if mptcp_available() and _wanted("mptcp", opts):
+        # The MPTCP baseline is optional: try to install it, skip it otherwise.
+        try:
+            ensure_tools(["mptcpize"])
+        except CommandError as exc:
+            sys.stderr.write(f"bench: no MPTCP baseline: {exc}\n")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = opts.out or RESULTS_DIR / stamp
     out.mkdir(parents=True, exist_ok=True)
