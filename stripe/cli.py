@@ -28,13 +28,28 @@ def _version() -> str:
 @click.version_option(_version(), prog_name="stripe")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", show_default=True, help="How much to log (to stderr).")
-def main(log_level: str) -> None:
+@click.option("--log-format", type=click.Choice(["plain", "json"]), default="plain",
+              show_default=True, help="Plain lines, or one JSON object per line.")
+def main(log_level: str, log_format: str) -> None:
     """stripe: one flow over the sum of several uplinks, in order, encrypted."""
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper()),
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, log_level.upper()))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, message (for log shippers)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        return json.dumps({"time": round(record.created, 3), "level": record.levelname.lower(),
+                           "message": record.getMessage()})
 
 
 def _load(path: str, role: Role) -> config_mod.Config:

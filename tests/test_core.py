@@ -182,3 +182,26 @@ def test_replayed_and_forged_datagrams_are_dropped_and_counted() -> None:
     assert sim.server.drops["replay"] >= 19
     assert sim.server.drops["bad_tag"] == 1
     assert sim.server.drops["handshake_replay"] == 1
+
+
+def test_server_follows_client_to_a_new_address_on_a_link() -> None:
+    """NAT rebinding or a DHCP renew: the session survives, replies follow."""
+    import netsim
+
+    sim = Sim([SimLink(), SimLink()])
+    sim.run(1.0)
+    sim.run(0.5, flow(sim.now, 20, 0.01, "down"))
+    old = netsim.client_addr(1)
+    moved = ("10.1.0.77", 41234)
+    original = netsim.client_addr
+    netsim.client_addr = lambda i: moved if i == 1 else original(i)  # type: ignore[assignment]
+    try:
+        sim.run(1.0)  # probes from the new address authenticate it
+        link = sim.server.peers[0].links[1]
+        assert link.path is not None and link.path[1] == moved != old
+        sim.run(1.0, flow(sim.now, 200, 0.002, "down", first=100))
+        got = [packet_seq(p) for p in sim.delivered["client"]]
+        assert got[-200:] == list(range(100, 300))
+        assert sim.client.peers[0].current is not None
+    finally:
+        netsim.client_addr = original  # type: ignore[assignment]
