@@ -18,6 +18,9 @@ field: a buggy peer must not crash us.
     FEEDBACK   {"t": 4, "l": [[id, rx_packets, rx_bytes, highest_link_seq,
                                owd_us, owd_min_us], ...]}
                what the receiver got on each link (see estimator)
+    MARKER     {"t": 5}   sent on a link shortly after its last data packet of
+               a burst: its "d" tells the receiver nothing older is still in
+               flight there, so a gap can be declared lost without waiting
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class ControlType(IntEnum):
     PROBE_ACK = 2
     LINKS = 3
     FEEDBACK = 4
+    MARKER = 5
 
 
 class ControlError(Exception):
@@ -79,7 +83,12 @@ class Feedback:
     reports: tuple[LinkReport, ...]
 
 
-ControlMessage = Probe | ProbeAck | Links | Feedback
+@dataclass(frozen=True, slots=True)
+class Marker:
+    pass
+
+
+ControlMessage = Probe | ProbeAck | Links | Feedback | Marker
 
 
 def encode(message: ControlMessage, next_data_counter: int) -> bytes:
@@ -87,6 +96,8 @@ def encode(message: ControlMessage, next_data_counter: int) -> bytes:
         body: dict[str, object] = {"t": ControlType.PROBE, "i": message.probe_id}
     elif isinstance(message, ProbeAck):
         body = {"t": ControlType.PROBE_ACK, "i": message.probe_id}
+    elif isinstance(message, Marker):
+        body = {"t": ControlType.MARKER}
     elif isinstance(message, Links):
         body = {
             "t": ControlType.LINKS,
@@ -147,6 +158,8 @@ def _message(body: dict[str, object]) -> ControlMessage:
         return Probe(_uint(body.get("i"), 32))
     if kind == ControlType.PROBE_ACK:
         return ProbeAck(_uint(body.get("i"), 32))
+    if kind == ControlType.MARKER:
+        return Marker()
     if kind == ControlType.FEEDBACK:
         return Feedback(tuple(
             LinkReport(_uint(e[0], 8), _uint(e[1], 64), _uint(e[2], 64), _uint(e[3], 32),

@@ -65,6 +65,10 @@ LINKS_ANNOUNCE_INTERVAL_S = 5.0
 QUEUE_MAX_PACKETS = 256
 PREVIOUS_SESSION_KEEP_S = 10.0
 MASK_LINGER_S = 0.3
+# A link that carried data and then went quiet this long gets a MARKER, so
+# the receiver need not wait for the hold deadline to write off a gap that
+# might have been on it (a tail loss).
+TAIL_MARKER_DELAY_S = 0.005
 HOLD_UPDATE_INTERVAL_S = 0.01
 
 
@@ -195,6 +199,9 @@ class Endpoint:
                     due.append(peer.feedback_due)
                 due.extend(link.health.next_check_time() for link in peer.links.values()
                            if link.path is not None)
+                if peer.link_mask & (peer.link_mask - 1):  # two or more links in rotation
+                    due.extend(link.last_data_sent + TAIL_MARKER_DELAY_S
+                               for link in peer.links.values() if link.marker_due)
             for session in peer.sessions():
                 deadline = session.reorder.deadline()
                 if deadline is not None:
@@ -255,9 +262,14 @@ class Endpoint:
             session = peer.current
             if session is not None:
                 self._refresh_mask(peer, now)
+                several = bool(peer.link_mask & (peer.link_mask - 1))
                 for link in list(peer.links.values()):
                     if link.path is None:
                         continue
+                    if link.marker_due and now >= link.last_data_sent + TAIL_MARKER_DELAY_S:
+                        link.marker_due = False
+                        if several and link.up:
+                            self._send_control(peer, session, link, control.Marker(), now)
                     self._link_changed(peer, link, now, link.health.update(now))
                     if link.health.probe_due(now):
                         self._send_control(peer, session, link,
@@ -284,6 +296,7 @@ class Endpoint:
         if link is None:
             return False
         link.last_data_sent = now
+        link.marker_due = True
         if link.link_id < wire.MASKABLE_LINKS:
             peer.link_mask |= 1 << link.link_id
         self._seal_and_send(peer, session, link, wire.MessageType.DATA, packet, now)

@@ -173,6 +173,7 @@ class Link:
     est: LinkEstimator = field(default_factory=LinkEstimator)
     next_link_seq: int = 0
     last_data_sent: float = float("-inf")
+    marker_due: bool = False  # data sent since the last tail marker
     rx_highest_link_seq: int = -1  # 32-bit, from the peer's headers
 
     @property

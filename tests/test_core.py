@@ -205,3 +205,19 @@ def test_server_follows_client_to_a_new_address_on_a_link() -> None:
         assert sim.client.peers[0].current is not None
     finally:
         netsim.client_addr = original  # type: ignore[assignment]
+
+
+def test_tail_loss_released_by_marker_not_by_deadline() -> None:
+    links = [SimLink(delay_s=0.010), SimLink(delay_s=0.010)]
+    sim = Sim(links, scheduler="roundrobin", reorder_hold_s=0.200)
+    sim.run(1.0)
+    sim.run(0.0095, flow(sim.now, 9, 0.001))  # 0..8, alternating links, 8 on link 0
+    links[1].up = False
+    sim.run(0.001, flow(sim.now, 1, 0.001, first=9))  # 9 on link 1: lost
+    links[1].up = True
+    sent_10 = sim.now
+    sim.run(0.030, flow(sim.now, 1, 0.001, first=10))  # 10 on link 0, after the gap
+    assert seqs(sim, "server") == [*range(9), 10]
+    stats = sim.server.peers[0].current.reorder.stats  # type: ignore[union-attr]
+    assert stats.deadline_releases == 0 and stats.inferred_releases == 1
+    assert sim.now - sent_10 <= 0.031  # well before the 200 ms hold
