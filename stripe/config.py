@@ -40,9 +40,21 @@ CONTROL_SOCKET_DIR = Path("/run/stripe")
 
 
 def default_control_socket(tun_name: str, role: Role) -> Path:
-    # The role is in the name so a client and a server on one host (or in two
-    # network namespaces, which share /run) never collide.
-    return CONTROL_SOCKET_DIR / f"{tun_name}-{role.value}.sock"
+    """/run/stripe/<tun>-<role>.sock, plus the name of the `ip netns`
+    namespace we run in, if any: namespaces share /run, and two processes with
+    the same TUN name in two namespaces must not collide."""
+    return CONTROL_SOCKET_DIR / f"{tun_name}-{role.value}{_netns_suffix()}.sock"
+
+
+def _netns_suffix() -> str:
+    try:
+        own = os.stat("/proc/self/ns/net").st_ino
+        for entry in sorted(os.scandir("/run/netns"), key=lambda e: e.name):
+            if entry.stat().st_ino == own:
+                return f"-{entry.name}"
+    except OSError:
+        pass
+    return ""
 
 
 class ConfigError(Exception):

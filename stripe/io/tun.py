@@ -27,6 +27,11 @@ class Tun:
         self.fd: int = self._dev.fileno()
         try:
             self._dev.mtu = mtu
+            if not any(address.version == 6 for address in addresses):
+                # No IPv6 in the tunnel: keep the kernel from sending router
+                # solicitations and multicast reports from a link-local address
+                # through it (the peer would drop them as unroutable).
+                _disable_ipv6(self.name)
             for address in addresses:
                 _ip("addr", "add", str(address), "dev", self.name)
             self._dev.up()
@@ -37,6 +42,14 @@ class Tun:
 
     def close(self) -> None:
         self._dev.close()  # a non-persistent TUN disappears with its last fd
+
+
+def _disable_ipv6(name: str) -> None:
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
+            f.write("1")
+    except OSError:
+        pass  # no IPv6 in this kernel: nothing to disable
 
 
 def _ip(*args: str) -> None:

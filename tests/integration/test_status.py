@@ -14,10 +14,12 @@ pytestmark = pytest.mark.integration
 
 
 def status(tunnel: Tunnel, role: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`stripe status` run where the process runs: inside its namespace."""
     tun = tunnel.lab.names.client_ns[:-3] + "t"
+    ns = tunnel.client_ns if role == "client" else tunnel.server_ns
     return subprocess.run(
-        [sys.executable, "-m", "stripe", "status", "--socket", f"/run/stripe/{tun}-{role}.sock",
-         *extra], capture_output=True, text=True, timeout=10, check=False, cwd=REPO_ROOT)
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "stripe", "status", "-i", tun, *extra],
+        capture_output=True, text=True, timeout=10, check=False, cwd=REPO_ROOT)
 
 
 def test_status_json_agrees_with_interface_counters(make_tunnel: Any) -> None:

@@ -1,0 +1,290 @@
+"""One server, three clients and an attacker, each in its own namespace.
+
+Topology (prefix `sm<hex>`): a server namespace joined by one veth per
+client namespace (and one for the attacker); 10.(60+i).0.1 is client i's
+side, 10.(60+i).0.2 the server's.  Tunnel: server 10.78.0.1, client i
+10.78.0.1(i+1).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, _skip_reason
+
+from bench.procs import Proc
+from bench.sh import run
+from stripe.config import encode_key
+from stripe.handshake import PendingInitiation
+from stripe.noise import generate_keypair
+
+pytestmark = pytest.mark.integration
+
+SERVER_TUN = "10.78.0.1"
+PORT = 5000
+
+
+def client_tun(i: int) -> str:
+    return f"10.78.0.1{i + 1}"
+
+
+@dataclass
+class MultiLab:
+    prefix: str
+    workdir: Path
+    n_clients: int = 3
+    procs: list[Proc] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    server_public: bytes = b""
+
+    @property
+    def server_ns(self) -> str:
+        return f"{self.prefix}srv"
+
+    def ns(self, i: int) -> str:
+        return f"{self.prefix}c{i}"
+
+    @property
+    def attacker_ns(self) -> str:
+        return self.ns(self.n_clients)
+
+    def up(self) -> None:
+        for ns in [self.server_ns] + [self.ns(i) for i in range(self.n_clients + 1)]:
+            run(["ip", "netns", "add", ns])
+            self.namespaces.append(ns)
+            run(["ip", "link", "set", "lo", "up"], ns=ns)
+        run(["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"], ns=self.server_ns)
+        for i in range(self.n_clients + 1):
+            cif, sif = f"{self.prefix}v{i}", f"{self.prefix}w{i}"
+            run(["ip", "link", "add", cif, "netns", self.ns(i), "type", "veth", "peer", "name",
+                 sif, "netns", self.server_ns])
+            run(["ip", "addr", "add", f"10.{60 + i}.0.1/30", "dev", cif], ns=self.ns(i))
+            run(["ip", "addr", "add", f"10.{60 + i}.0.2/30", "dev", sif], ns=self.server_ns)
+            run(["ip", "link", "set", cif, "up"], ns=self.ns(i))
+            run(["ip", "link", "set", sif, "up"], ns=self.server_ns)
+
+    def start(self) -> None:
+        spriv, self.server_public = generate_keypair()
+        keys = [generate_keypair() for _ in range(self.n_clients)]
+        tun = f"{self.prefix}t"
+        server = ["[interface]", f'name = "{tun}"', f'address = ["{SERVER_TUN}/24"]',
+                  f'private_key = "{encode_key(spriv)}"', f"listen_port = {PORT}"]
+        for i, (_, pub) in enumerate(keys):
+            server += ["[[peer]]", f'public_key = "{encode_key(pub)}"',
+                       f'allowed_ips = ["{client_tun(i)}/32"]']
+        self._launch(self.server_ns, "server", server)
+        for i, (priv, _) in enumerate(keys):
+            self._launch(self.ns(i), f"client{i}", [
+                "[interface]", f'name = "{tun}"', f'address = ["{client_tun(i)}/24"]',
+                f'private_key = "{encode_key(priv)}"',
+                "[peer]", f'public_key = "{encode_key(self.server_public)}"',
+                "[[link]]", 'name = "uplink"', f'interface = "{self.prefix}v{i}"',
+                f'remote = "10.{60 + i}.0.2:{PORT}"'])
+        for i in range(self.n_clients):
+            wait_ping(self.ns(i), SERVER_TUN, self)
+
+    def _launch(self, ns: str, name: str, lines: list[str]) -> None:
+        path = self.workdir / f"{name}.toml"
+        path.write_text("\n".join(lines) + "\n")
+        path.chmod(0o600)
+        role = "server" if name == "server" else "client"
+        self.procs.append(Proc(name, [sys.executable, "-m", "stripe", role, "-c", str(path)],
+                               ns, self.workdir / f"{name}.log", cwd=REPO_ROOT))
+
+    def status(self) -> dict[str, object]:
+        out = subprocess.run(
+            ["ip", "netns", "exec", self.server_ns, sys.executable, "-m", "stripe", "status",
+             "--json", "-i", f"{self.prefix}t"],
+            capture_output=True, text=True, timeout=10, check=True, cwd=REPO_ROOT).stdout
+        result: dict[str, object] = json.loads(out)
+        return result
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name} ---\n{p.tail(30)}" for p in self.procs)
+
+    def down(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        for ns in reversed(self.namespaces):
+            for pid in run(["ip", "netns", "pids", ns], check=False).stdout.split():
+                run(["kill", "-KILL", pid], check=False)
+            run(["ip", "netns", "delete", ns], check=False)
+
+
+def wait_ping(ns: str, address: str, lab: MultiLab, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if run(["ping", "-c1", "-W1", address], ns=ns, check=False).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{ns}: no ping to {address}\n{lab.logs()}")
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[MultiLab]:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    made = MultiLab("sm" + secrets.token_hex(2), tmp_path)
+    try:
+        made.up()
+        made.start()
+        yield made
+    finally:
+        made.down()
+
+
+SINK = """
+import hashlib, socket, sys
+srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
+srv.settimeout(60)
+conn, _ = srv.accept()
+h = hashlib.sha256()
+while chunk := conn.recv(1 << 16):
+    h.update(chunk)
+print(h.hexdigest())
+"""
+
+SOURCE = """
+import hashlib, os, socket, sys
+data = os.urandom(int(sys.argv[3]))
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+s.sendall(data)
+s.shutdown(socket.SHUT_WR)
+s.recv(1)
+print(hashlib.sha256(data).hexdigest())
+"""
+
+
+def transfer(src_ns: str, dst_ns: str, dst_addr: str, size: int, port: int = 9100) -> bool:
+    sink = subprocess.Popen(["ip", "netns", "exec", dst_ns, sys.executable, "-c", SINK,
+                             dst_addr, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.4)
+        sent = run([sys.executable, "-c", SOURCE, dst_addr, str(port), str(size)],
+                   ns=src_ns).stdout.strip()
+        received = sink.communicate(timeout=30)[0].strip()
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait()
+    return bool(sent) and sent == received
+
+
+SPOOF = """
+import socket, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+payload = b"spoofed!" * 4
+header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + 8 + len(payload), 1, 0, 64, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+udp = struct.pack("!HHHH", 4444, 4444, 8 + len(payload), 0)
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for _ in range(5):
+    s.sendto(header + udp + payload, (dst, 0))
+"""
+
+
+def test_three_clients_transfer_and_cannot_spoof(lab: MultiLab) -> None:
+    for i in range(lab.n_clients):
+        assert transfer(lab.ns(i), lab.server_ns, SERVER_TUN, 2_000_000, 9100 + i), lab.logs()
+    # Client to client, through the server's TUN and back out to the owner.
+    assert transfer(lab.ns(0), lab.ns(1), client_tun(1), 1_000_000, 9200), lab.logs()
+    out = run(["ping", "-c2", "-W1", client_tun(2)], ns=lab.ns(1)).stdout
+    assert " 0% packet loss" in out
+    # Client 0 claims client 1's tunnel address: the server drops it.
+    run([sys.executable, "-c", SPOOF, client_tun(1), SERVER_TUN], ns=lab.ns(0))
+    time.sleep(0.5)
+    drops = lab.status()["drops"]
+    assert isinstance(drops, dict) and drops.get("spoofed_source", 0) >= 5, drops
+
+
+ATTACK = """
+import json, os, socket, struct, sys, time
+target = (sys.argv[1], int(sys.argv[2]))
+replays = [bytes.fromhex(h) for h in sys.argv[3].split(",") if h]
+inits = [bytes.fromhex(h) for h in sys.argv[4].split(",") if h]
+budget_s = float(sys.argv[5])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sent = {"replay": 0, "forged": 0, "init": 0}
+end = time.monotonic() + budget_s
+while time.monotonic() < end:
+    for data in replays:
+        s.sendto(data, target); sent["replay"] += 1
+    for kind in (1, 2, 3, 4, 5, 9):
+        s.sendto(bytes([kind]) + os.urandom(120), target); sent["forged"] += 1
+    for _ in range(20):
+        for data in inits:
+            s.sendto(data, target); sent["init"] += 1
+    time.sleep(0.002)
+print(json.dumps(sent))
+"""
+
+
+def capture_datagrams(ns: str, iface: str, count: int, seconds: float) -> list[bytes]:
+    """UDP payloads seen on `iface` (AF_PACKET; the server side of a link)."""
+    code = f"""
+import socket, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s.bind(("{iface}", 0))
+s.settimeout(0.2)
+out, end = [], time.monotonic() + {seconds}
+while len(out) < {count} and time.monotonic() < end:
+    try:
+        frame = s.recv(65535)
+    except TimeoutError:
+        continue
+    ip = frame[14:]
+    if ip[9] != 17:
+        continue
+    ihl = (ip[0] & 15) * 4
+    udp = ip[ihl:]
+    if int.from_bytes(udp[2:4], "big") == {PORT}:
+        out.append(udp[8:].hex())
+print(",".join(out))
+"""
+    out = run([sys.executable, "-c", code], ns=ns).stdout.strip()
+    return [bytes.fromhex(h) for h in out.split(",") if h]
+
+
+def test_attacker_replays_forges_and_floods_while_client_transfers(lab: MultiLab) -> None:
+    # Record some of client 0's real datagrams as the attacker would see them.
+    sink = subprocess.Popen(["ip", "netns", "exec", lab.server_ns, sys.executable, "-c", SINK,
+                             SERVER_TUN, "9300"], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.4)
+    source = subprocess.Popen(["ip", "netns", "exec", lab.ns(0), sys.executable, "-c", SOURCE,
+                               SERVER_TUN, "9300", "30000000"], stdout=subprocess.PIPE, text=True)
+    try:
+        captured = capture_datagrams(lab.server_ns, f"{lab.prefix}w0", 40, 5.0)
+        assert len(captured) >= 10
+        attacker_key, _ = generate_keypair()
+        inits = [PendingInitiation(attacker_key, lab.server_public, None, i, 0,
+                                   time.time()).datagram for i in range(5)]
+        before = lab.status()["drops"]
+        assert isinstance(before, dict)
+        attack = run([sys.executable, "-c", ATTACK, f"10.{60 + lab.n_clients}.0.2", str(PORT),
+                      ",".join(d.hex() for d in captured), ",".join(d.hex() for d in inits),
+                      "4"], ns=lab.attacker_ns).stdout
+        sent = source.communicate(timeout=90)[0].strip()
+        received = sink.communicate(timeout=30)[0].strip()
+    finally:
+        for proc in (source, sink):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert sent and sent == received, lab.logs()
+    drops = lab.status()["drops"]
+    assert isinstance(drops, dict)
+    counts = {k: drops.get(k, 0) - before.get(k, 0) for k in drops}
+    attack_sent = json.loads(attack)
+    assert counts.get("replay", 0) >= attack_sent["replay"] * 0.95, (counts, attack_sent)
+    assert counts.get("handshake_cookie_sent", 0) > 0, counts
+    assert all(proc.alive() for proc in lab.procs), lab.logs()
+    print("attack sent", attack_sent, "server drops", counts)
