@@ -16,6 +16,7 @@ import base64
 import binascii
 import ipaddress
 import os
+import pwd
 import socket
 import stat
 import tomllib
@@ -29,6 +30,8 @@ from .scheduler import SCHEDULERS
 from .wire import MAX_LINKS
 
 DEFAULT_MTU = 1400
+# After opening the TUN device and sockets nothing needs root any more.
+DEFAULT_USER = "nobody"
 MIN_MTU = 576
 MAX_MTU = 9000
 DEFAULT_SCHEDULER = "adaptive"
@@ -86,6 +89,7 @@ class Config:
     listen_port: int | None
     links: tuple[LinkConfig, ...]
     control_socket: Path
+    user: str | None  # drop to this user after setup; None: stay as started
 
     def endpoint_spec(self) -> EndpointSpec:
         links = tuple(
@@ -258,6 +262,14 @@ def _parse(path: str, data: dict[str, Any], role: Role,
                 f"expected a UDP port 1..65535, got {listen_port}")
     control_text = iface.get("control_socket", str, str(default_control_socket(tun_name, role)),
                              what="a path for the status socket")
+    user = iface.get("user", str, DEFAULT_USER, what='a user name, or "" to keep root')
+    if user:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            if "user" in iface.table:
+                raise iface.error("user", f"no such user {user!r} on this host") from None
+            user = ""  # the default user is missing (minimal container): keep running as is
     iface.finish()
 
     peers = tuple(
@@ -280,7 +292,7 @@ def _parse(path: str, data: dict[str, Any], role: Role,
     if len(set(names)) != len(names):
         raise top.error("link", f"link names must be unique, got {names}")
     return Config(path, role, tun_name, tuple(addresses), mtu, private_key, peers,
-                  scheduler, hold, listen_port, links, Path(control_text))
+                  scheduler, hold, listen_port, links, Path(control_text), user or None)
 
 
 def _parse_peer(r: _Reader, several: bool) -> PeerSpec:

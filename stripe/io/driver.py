@@ -16,6 +16,7 @@ import errno
 import json
 import logging
 import os
+import pwd
 import signal
 import socket
 import time
@@ -176,6 +177,18 @@ class Driver:
         self._timer = self.loop.call_later(max(at - time.monotonic(), 0.0), self._on_timer)
 
 
+def drop_privileges(user: str) -> None:
+    """Become `user` for good: the TUN fd, the sockets and the control socket
+    are open, and closing them (which removes the TUN) needs no privilege."""
+    if os.geteuid() != 0:
+        return
+    entry = pwd.getpwnam(user)
+    os.setgroups([])
+    os.setgid(entry.pw_gid)
+    os.setuid(entry.pw_uid)  # real, effective and saved: no way back
+    log.info("running as %s (uid %d) from here on", user, entry.pw_uid)
+
+
 async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     driver = Driver(config, loop)
@@ -186,6 +199,8 @@ async def serve(config: Config) -> None:
         except OSError as exc:
             raise SetupError(f"cannot open control socket {config.control_socket}: {exc}") from None
         driver.start()
+        if config.user:
+            drop_privileges(config.user)
         await driver.stopped.wait()
     finally:
         control.close()

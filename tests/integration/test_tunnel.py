@@ -99,3 +99,17 @@ def test_bad_config_exit_2_without_traceback(make_tunnel: Any) -> None:
     assert result.returncode == 2
     assert "link[0].interface: interface 'nosuchif0' does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_runs_unprivileged_and_sigterm_removes_the_tun(make_tunnel: Any) -> None:
+    tunnel: Tunnel = make_tunnel()
+    for proc in tunnel.procs:
+        with open(f"/proc/{proc.pid}/status") as f:
+            uids = next(line for line in f if line.startswith("Uid:")).split()[1:]
+        assert all(uid != "0" for uid in uids), (proc.name, uids)
+    out = run(["ping", "-c2", "-i0.2", "-W1", SERVER_TUN_ADDR], ns=tunnel.client_ns).stdout
+    assert " 0% packet loss" in out  # still works after dropping root
+    tun = tunnel.lab.names.client_ns[:-3] + "t"
+    for proc, ns in zip(tunnel.procs, (tunnel.server_ns, tunnel.client_ns), strict=True):
+        assert proc.stop() == 0, tunnel.logs()
+        assert run(["ip", "link", "show", tun], ns=ns, check=False).returncode != 0
