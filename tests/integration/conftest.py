@@ -178,9 +178,10 @@ def sha256_transfer(tunnel: Tunnel, size_bytes: int, timeout_s: float,
                 proc.wait()
 
 
+# Receives one TCP connection on (argv[1], argv[2] or 9000), prints its SHA-256.
 SINK = """
 import hashlib, socket, sys
-srv = socket.create_server((sys.argv[1], 9000))
+srv = socket.create_server((sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 9000))
 srv.settimeout(60)
 conn, _ = srv.accept()
 h = hashlib.sha256()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, _skip_reason
+from conftest import REPO_ROOT, SINK, _skip_reason
 
 from bench.procs import Proc
 from bench.sh import run
@@ -141,17 +141,6 @@ def lab(tmp_path: Path) -> Iterator[MultiLab]:
     finally:
         made.down()
 
-
-SINK = """
-import hashlib, socket, sys
-srv = socket.create_server((sys.argv[1], int(sys.argv[2])))
-srv.settimeout(60)
-conn, _ = srv.accept()
-h = hashlib.sha256()
-while chunk := conn.recv(1 << 16):
-    h.update(chunk)
-print(h.hexdigest())
-"""
 
 SOURCE = """
 import hashlib, os, socket, sys
