@@ -134,7 +134,7 @@ def status(path: str | None, tun: str, socket_path: str | None, as_json: bool,
     from pathlib import Path
 
     from .io.control_socket import request
-    from .status_view import render
+    from .status import render
 
     if socket_path:
         sockets = [Path(socket_path)]

@@ -36,7 +36,6 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
 
 from . import control, routing, wire
 from .cookie import CookieChecker, CookieJar, HandshakeLimiter, reply_receiver_index
@@ -676,49 +675,3 @@ class Endpoint:
 
     def _event(self, level: int, message: str) -> None:
         self._events.append((level, message))
-
-    # -- status ----------------------------------------------------------
-
-    def status(self, now: float) -> dict[str, Any]:
-        peers = []
-        for peer in self.peers:
-            session = peer.current
-            links = []
-            for link in peer.links.values():
-                h = link.health
-                links.append({
-                    "id": link.link_id, "name": link.name, "state": h.state.value,
-                    "weight": link.weight, "backup": link.backup,
-                    "rtt_ms": None if h.srtt_s is None else round(h.srtt_s * 1000, 2),
-                    "probes_sent": h.probes_sent, "probes_acked": h.probes_acked,
-                    "tx_packets": link.counters.tx_packets, "tx_bytes": link.counters.tx_bytes,
-                    "rx_packets": link.counters.rx_packets, "rx_bytes": link.counters.rx_bytes,
-                    "send_errors": link.counters.send_errors,
-                    "rate_mbps": round(link.est.rate_bps / 1e6, 3),
-                    "delivery_mbps": round(link.est.delivery_bps / 1e6, 3),
-                    "loss": round(link.est.loss, 4),
-                    "qdelay_ms": round(link.est.qdelay_s * 1000, 2),
-                    "owd_min_us": link.est.owd_min_us,
-                    "address": None if link.path is None
-                    else f"{link.path[1][0]}:{link.path[1][1]}",
-                })
-            reorder = None
-            if session is not None:
-                st = session.reorder.stats
-                reorder = {
-                    "held": session.reorder.held,
-                    "hold_ms": round(session.reorder.hold_s * 1000, 2),
-                    "delivered": st.delivered, "lost": st.lost, "late": st.late,
-                    "inferred_releases": st.inferred_releases,
-                    "deadline_releases": st.deadline_releases, "max_held": st.max_held,
-                    "max_wait_ms": round(st.max_wait_s * 1000, 2),
-                }
-            peers.append({
-                "public_key": peer.spec.public_key.hex(),
-                "session": None if session is None else f"{session.local_index:08x}",
-                "last_handshake_s_ago": None if peer.last_handshake is None
-                else round(now - peer.last_handshake, 1),
-                "queued": len(peer.queue), "links": links, "reorder": reorder,
-            })
-        return {"role": self.role.value, "peers": peers, "drops": dict(self.drops)}
-

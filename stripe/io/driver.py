@@ -25,6 +25,7 @@ from typing import Any
 
 from ..config import Config
 from ..endpoint import Endpoint
+from ..status import snapshot
 from .control_socket import ControlServer
 from .sockets import open_sockets
 from .tun import SetupError, Tun
@@ -89,7 +90,7 @@ class Driver:
         log.info("stopped; drops %s; io errors %s", dict(self.core.drops), dict(self.io_errors))
 
     def status(self) -> dict[str, Any]:
-        status = self.core.status(time.monotonic())
+        status = snapshot(self.core, time.monotonic())
         status["io_errors"] = dict(self.io_errors)
         status["tun"] = self.tun.name
         status["scheduler"] = self.config.scheduler
