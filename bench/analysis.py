@@ -19,6 +19,7 @@ Record = dict[str, Any]
 STEADY_FRACTION = 0.8
 BOTH_AGAIN_FRACTION = 0.5
 CONSECUTIVE_S = 2
+SURVIVAL_TAIL_S = 2
 
 
 @dataclass
@@ -150,8 +151,10 @@ def failover_metrics(
     """
     series: list[float] = record.get("per_second_mbit", [])
     cut, restore = int(cut_s), int(restore_s)
-    tail = series[-3:]
-    survived = not record.get("error") and bool(tail) and min(tail) > 0
+    # Survived: the connection lived to the end and was delivering again in
+    # its last seconds (a stall that recovers before the end still counts).
+    tail = series[-SURVIVAL_TAIL_S:]
+    survived = not record.get("error") and bool(tail) and max(tail) > 0
     steady = _first_sustained(series, cut, STEADY_FRACTION * remaining_link_mbit)
     link_tx = [row[cut_link] for row in record.get("link_series_mbit", []) if len(row) > cut_link]
     both = _first_sustained(link_tx, restore, BOTH_AGAIN_FRACTION * cut_link_mbit)

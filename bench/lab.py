@@ -359,13 +359,16 @@ class Lab:
         cns, sns = self.names.client_ns, self.names.server_ns
         run(["ip", "addr", "add", f"{ECMP_CLIENT_ADDR}/32", "dev", "lo"], ns=cns)
         run(["ip", "addr", "add", f"{ECMP_SERVER_ADDR}/32", "dev", "lo"], ns=sns)
+        self._ecmp_routes("add")
+
+    def _ecmp_routes(self, verb: str) -> None:
         to_server: list[str] = []
         to_client: list[str] = []
         for n in self.names.links:
             to_server += ["nexthop", "via", n.server_addr, "dev", n.client_if]
             to_client += ["nexthop", "via", n.client_addr, "dev", n.server_if]
-        run(["ip", "route", "add", f"{ECMP_SERVER_ADDR}/32", *to_server], ns=cns)
-        run(["ip", "route", "add", f"{ECMP_CLIENT_ADDR}/32", *to_client], ns=sns)
+        run(["ip", "route", verb, f"{ECMP_SERVER_ADDR}/32", *to_server], ns=self.names.client_ns)
+        run(["ip", "route", verb, f"{ECMP_CLIENT_ADDR}/32", *to_client], ns=self.names.server_ns)
 
     def _mptcp_endpoints(self) -> None:
         """Let kernel MPTCP open one subflow per link (no-op without MPTCP)."""
@@ -431,18 +434,9 @@ class Lab:
         run(["ip", "link", "set", n.client_if, state], ns=self.names.client_ns)
         run(["ip", "link", "set", n.server_if, state], ns=self.names.server_ns)
         if up:
-            # Taking an interface down flushes its routes: put ECMP back.
-            for ns in (self.names.client_ns, self.names.server_ns):
-                run(["ip", "route", "del", f"{ECMP_SERVER_ADDR}/32"], ns=ns, check=False)
-                run(["ip", "route", "del", f"{ECMP_CLIENT_ADDR}/32"], ns=ns, check=False)
-            for ns in (self.names.client_ns, self.names.server_ns):
-                run(
-                    ["ip", "addr", "del", f"{ECMP_CLIENT_ADDR}/32", "dev", "lo"], ns=ns, check=False
-                )
-                run(
-                    ["ip", "addr", "del", f"{ECMP_SERVER_ADDR}/32", "dev", "lo"], ns=ns, check=False
-                )
-            self._ecmp()
+            # The kernel marked link i's nexthops dead; replace the routes
+            # whole (atomic: the flow never finds itself without a route).
+            self._ecmp_routes("replace")
 
     def set_blackhole(self, i: int, on: bool) -> None:
         """Silently drop everything arriving on link ``i`` at both ends.

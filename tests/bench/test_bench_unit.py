@@ -150,6 +150,14 @@ def test_failover_metrics() -> None:
         _record("link1", 3.0, per_second_mbit=[4.7] * 10 + [0.0] * 20), 10, 20, 4.75, 4.75
     )
     assert dead["survived"] is False and dead["cut_to_steady_s"] is None
+    stalled_then_back = failover_metrics(
+        _record("mptcp", 6.0, per_second_mbit=[9.0] * 25 + [0.0, 0.0, 0.0, 0.5, 9.0]),
+        10,
+        20,
+        4.75,
+        4.75,
+    )
+    assert stalled_then_back["survived"] is True
 
 
 def test_demo_table() -> None:
