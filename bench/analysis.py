@@ -42,6 +42,8 @@ class Summary:
     rtt_idle_ms: float | None = None
     rtt_loaded_ms: float | None = None
     failover: dict[str, Any] = field(default_factory=dict)
+    # stripe's receiving end (server), medians per run: lost, late, ...
+    receiver_reorder: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -95,11 +97,29 @@ def summarize(records: list[Record]) -> list[Summary]:
                 },
                 rtt_idle_ms=_median([r["rtt_idle_ms"] for r in base if r.get("rtt_idle_ms")]),
                 rtt_loaded_ms=_median([r["rtt_loaded_ms"] for r in base if r.get("rtt_loaded_ms")]),
+                receiver_reorder=_reorder_medians(base),
                 errors=sorted({str(r["error"])[:200] for r in rs if r.get("error")}),
             )
         )
     _add_reference(out)
     return out
+
+
+REORDER_KEYS = ("lost", "late", "inferred_releases", "deadline_releases", "max_held")
+
+
+def _reorder_medians(records: list[Record]) -> dict[str, float]:
+    """Medians of the server's reorder counters (``stripe status``), if recorded."""
+    per_key: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        try:
+            reorder = r["system_status"]["server"]["peers"][0]["reorder"]
+        except (KeyError, IndexError, TypeError):
+            continue
+        for key in REORDER_KEYS:
+            if isinstance(reorder.get(key), int | float):
+                per_key[key].append(float(reorder[key]))
+    return {k: statistics.median(v) for k, v in per_key.items()}
 
 
 def _add_reference(summaries: list[Summary]) -> None:

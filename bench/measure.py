@@ -42,6 +42,7 @@ class RunRecord:
     rtt_idle_ms: float | None = None
     rtt_loaded_ms: float | None = None
     events: list[tuple[float, str]] = field(default_factory=list)
+    system_status: dict[str, Any] = field(default_factory=dict)  # e.g. stripe status --json
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -144,6 +145,7 @@ def measure(
         record.lost_percent = result.lost_percent
         record.per_second_mbit = result.per_second_mbit
         record.error = result.error or sampler.failure or system.problem()
+        record.system_status = system.status()
         record.events = sampler.fired
         record.link_bytes = [
             (a.tx_bytes - b.tx_bytes) + (a.rx_bytes - b.rx_bytes)

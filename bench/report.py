@@ -145,6 +145,20 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
                     f"| {_fmt(s.lost_percent_median)} | {_shares(s)} "
                     f"| {s.packets_per_s_median:.0f} | {cpu} | {s.ok_runs}/{s.runs} |"
                 )
+        reorder = [s for s in rows if s.receiver_reorder]
+        if reorder:
+            lines += [
+                "",
+                "stripe's receiving end (server, `stripe status`), median per run: "
+                + "; ".join(
+                    f"{s.system} {s.flow} {s.cc or 'default'}: "
+                    + ", ".join(
+                        f"{k.replace('_', ' ')} {v:g}" for k, v in s.receiver_reorder.items()
+                    )
+                    for s in reorder
+                )
+                + ".",
+            ]
         errors = [(s.system, e) for s in rows for e in s.errors]
         if errors:
             lines += ["", "Errors:"] + [f"- {sys_}: `{e.splitlines()[0]}`" for sys_, e in errors]

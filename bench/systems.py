@@ -6,12 +6,16 @@ Each system is started on a built lab and says where iperf3 must send
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.lab import ECMP_CLIENT_ADDR, ECMP_SERVER_ADDR, Lab, mptcp_available
-from bench.stripe_run import StripePair
+from bench.sh import in_ns
+from bench.stripe_run import REPO_ROOT, StripePair, stripe_cmd
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class System:
     def problem(self) -> str | None:
         """Why the system is broken now (a process died), else None."""
         return None
+
+    def status(self) -> dict[str, Any]:
+        """The system's own view at the end of a run (for the raw record)."""
+        return {}
 
 
 @dataclass
@@ -112,6 +120,30 @@ class Stripe(System):
 
     def cpu_seconds(self) -> dict[str, float]:
         return self.pair.cpu_seconds() if self.pair is not None else {}
+
+    def status(self) -> dict[str, Any]:
+        """``stripe status --json`` of both ends: per-link RTT, loss, drops."""
+        out: dict[str, Any] = {}
+        if self.pair is None:
+            return out
+        # The control socket's name carries the namespace: ask from inside it.
+        for role, config, ns in (
+            ("client", self.client_config, self.pair.client_ns),
+            ("server", self.server_config, self.pair.server_ns),
+        ):
+            proc = subprocess.run(
+                in_ns(ns, stripe_cmd("status", "-c", str(config), "--json")),
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+                cwd=REPO_ROOT,
+            )
+            try:
+                out[role] = json.loads(proc.stdout)
+            except json.JSONDecodeError:
+                out[role] = {"error": (proc.stderr or proc.stdout).strip()[:300]}
+        return out
 
     def problem(self) -> str | None:
         if self.pair is None:
