@@ -50,7 +50,7 @@ IDLE_WAIT_S = 0.5
 
 
 @dataclass
-class Path:
+class Lane:
     """One direction of one link: where frames go and what happens to them."""
 
     name: str
@@ -82,12 +82,30 @@ def open_socket(ifname: str) -> socket.socket:
     return s
 
 
+def _impairment(spec: object) -> tuple[float, float, float]:
+    """(delay_s, jitter_s, loss) from one direction's spec; bad specs fail loudly."""
+    if not isinstance(spec, dict):
+        raise ValueError(f"a direction must be an object, not {spec!r}")
+    delay_s = float(spec.get("delay_ms", 0.0)) / 1000
+    jitter_s = float(spec.get("jitter_ms", 0.0)) / 1000
+    loss = float(spec.get("loss", 0.0))
+    if delay_s < 0 or jitter_s < 0 or not 0.0 <= loss <= 1.0:
+        raise ValueError(f"bad impairment {spec!r}")
+    return delay_s, jitter_s, loss
+
+
 class Emulator:
+    """All links' lanes in one epoll loop; frames wait in one release heap.
+
+    Empty state: no frame held, every lane's ``last_release`` 0. Invariant:
+    within a lane, frames leave in the order they arrived.
+    """
+
     def __init__(self, spec: list[dict[str, object]], seed: int = 1) -> None:
         self.rng = random.Random(seed)
-        self.paths: dict[int, Path] = {}  # input fd -> path
+        self.lanes: dict[int, Lane] = {}  # input fd -> lane
         self.sockets: list[socket.socket] = []
-        self.heap: list[tuple[float, int, Path, bytes]] = []
+        self.heap: list[tuple[float, int, Lane, bytes]] = []
         self.seq = 0
         for link in spec:
             a = open_socket(str(link["a"]))
@@ -97,29 +115,22 @@ class Emulator:
                 (a, b, "a_to_b", f"{link['a']}>"),
                 (b, a, "b_to_a", f"{link['b']}>"),
             ):
-                d = link[key]
-                assert isinstance(d, dict)
-                self.paths[src.fileno()] = Path(
-                    name=label,
-                    out=dst,
-                    delay_s=float(d.get("delay_ms", 0.0)) / 1000,
-                    jitter_s=float(d.get("jitter_ms", 0.0)) / 1000,
-                    loss=float(d.get("loss", 0.0)),
-                )
+                delay_s, jitter_s, loss = _impairment(link[key])
+                self.lanes[src.fileno()] = Lane(label, dst, delay_s, jitter_s, loss)
 
-    def _send(self, path: Path, frame: bytes) -> None:
+    def _send(self, lane: Lane, frame: bytes) -> None:
         try:
-            path.out.send(frame)
-            path.counts["out"] += 1
+            lane.out.send(frame)
+            lane.counts["out"] += 1
         except OSError as exc:
             # ENOBUFS: tbf's queue is full, the frame is tail-dropped like
             # on a real bottleneck. ENETDOWN: link cut on the far side.
             if exc.errno not in (errno.ENOBUFS, errno.EAGAIN, errno.ENETDOWN, errno.ENXIO):
                 raise
-            path.counts["queue_drop"] += 1
+            lane.counts["queue_drop"] += 1
 
     def _receive(self, fd: int, sock: socket.socket, now: float) -> None:
-        path = self.paths[fd]
+        lane = self.lanes[fd]
         while True:
             try:
                 frame, addr = sock.recvfrom(MAX_FRAME_BYTES)
@@ -131,18 +142,18 @@ class Emulator:
                 raise
             if addr[2] == PACKET_OUTGOING:
                 continue
-            path.counts["in"] += 1
-            if path.loss and self.rng.random() < path.loss:
-                path.counts["lost"] += 1
+            lane.counts["in"] += 1
+            if lane.loss and self.rng.random() < lane.loss:
+                lane.counts["lost"] += 1
                 continue
-            jitter = self.rng.uniform(-path.jitter_s, path.jitter_s) if path.jitter_s else 0.0
-            release = max(now + max(0.0, path.delay_s + jitter), path.last_release)
-            path.last_release = release
+            jitter = self.rng.uniform(-lane.jitter_s, lane.jitter_s) if lane.jitter_s else 0.0
+            release = max(now + max(0.0, lane.delay_s + jitter), lane.last_release)
+            lane.last_release = release
             if release <= now:
-                self._send(path, frame)
+                self._send(lane, frame)
             else:
                 self.seq += 1
-                heapq.heappush(self.heap, (release, self.seq, path, frame))
+                heapq.heappush(self.heap, (release, self.seq, lane, frame))
 
     def run(self, stop: list[bool]) -> None:
         poller = select.epoll()
@@ -153,8 +164,8 @@ class Emulator:
         while not stop[0]:
             now = time.monotonic()
             while self.heap and self.heap[0][0] <= now:
-                _, _, path, frame = heapq.heappop(self.heap)
-                self._send(path, frame)
+                _, _, lane, frame = heapq.heappop(self.heap)
+                self._send(lane, frame)
             timeout = self.heap[0][0] - now if self.heap else IDLE_WAIT_S
             try:
                 events = poller.poll(max(0.0, timeout))
@@ -165,7 +176,7 @@ class Emulator:
                 self._receive(fd, by_fd[fd], now)
 
     def stats(self) -> dict[str, object]:
-        return {p.name: p.counts for p in self.paths.values()}
+        return {p.name: p.counts for p in self.lanes.values()}
 
 
 def main(argv: list[str]) -> int:
