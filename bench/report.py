@@ -81,6 +81,43 @@ def failover_table(records: list[Record], summaries: list[Summary]) -> list[str]
     return lines
 
 
+def system_order(system: str) -> tuple[int, str]:
+    """Plain links by index, then ECMP, MPTCP, then stripe's schedulers."""
+    if system.startswith("link") and system[4:].isdigit():
+        return (0, f"{int(system[4:]):03d}")
+    return ({"ecmp": 1, "mptcp": 2}.get(system, 3), system)
+
+
+def overview_table(summaries: list[Summary]) -> list[str]:
+    """Scenario x system: median goodput (share of the reference), one TCP flow."""
+    rows = [s for s in summaries if s.flow == "tcp"]
+    if not rows:
+        return []
+    systems = sorted(dict.fromkeys(s.system for s in rows), key=system_order)
+    ccs = list(dict.fromkeys(s.cc for s in rows))
+    lines = [
+        "## Overview: one TCP flow, median Mbit/s (share of the plain links' sum)",
+        "",
+        "| scenario | cc | " + " | ".join(systems) + " |",
+        "|---|---|" + "---|" * len(systems),
+    ]
+    for scenario in dict.fromkeys(s.scenario for s in rows):
+        for cc in ccs:
+            cells = []
+            for system in systems:
+                hit = [s for s in rows if (s.scenario, s.system, s.cc) == (scenario, system, cc)]
+                if not hit:
+                    cells.append("")
+                    continue
+                share = hit[0].share_of_reference
+                cells.append(
+                    f"{hit[0].goodput_median:.2f}" + ("" if share is None else f" ({share:.2f})")
+                )
+            if any(cells):
+                lines.append(f"| {scenario} | {cc or 'default'} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
     summaries = summarize(records)
     lines = [
@@ -94,6 +131,7 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
         "and cc); link share = bytes each link carried (both directions, client side), %.",
         "",
     ]
+    lines += overview_table(summaries)
     for name in dict.fromkeys(r["scenario"] for r in records):
         scen = SCENARIOS.get(name)
         rows = [s for s in summaries if s.scenario == name]
