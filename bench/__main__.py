@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from bench.lab import cleanup_prefix
+from bench.sh import CommandError
 from bench.runner import DEFAULT_SCHEDULERS, Options, publish_latest
 from bench.runner import run as run_bench
 from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
@@ -191,6 +192,10 @@ def entry() -> int:
         # The labs tear themselves down in their finally blocks.
         print("bench: interrupted; everything it created was removed", file=sys.stderr)
         return 130
+    except CommandError as exc:
+        # A tool or the lab failed (already torn down): one clear message.
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
