@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 from bench.lab import cleanup_prefix
-from bench.sh import CommandError
 from bench.runner import DEFAULT_SCHEDULERS, Options, publish_latest
 from bench.runner import run as run_bench
 from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
+from bench.sh import CommandError
 
 CC_CHOICES = ("cubic", "bbr")
 QUICK_SECONDS = 4.0
