@@ -123,14 +123,13 @@ def build_systems(
                 skipped["mptcp"] = reason
             else:
                 systems.append(Mptcp())
-    if not stripe_available():
+    wanted_schedulers = [sched for sched in opts.schedulers if _wanted(f"stripe-{sched}", opts)]
+    if wanted_schedulers and not stripe_available():
         skipped["stripe"] = "no stripe package with __main__ in this checkout"
-    else:
+    elif wanted_schedulers:
         keys = Keys.generate()
         tun = lab.names.client_ns[:-3] + "tun"
-        for sched in opts.schedulers:
-            if not _wanted(f"stripe-{sched}", opts):
-                continue
+        for sched in wanted_schedulers:
             server_cfg, client_cfg = write_configs(
                 workdir / "configs", lab.names, scenario.links, keys, sched, tun
             )
@@ -192,8 +191,8 @@ def run_scenario(
             f"{scenario.name}: lab {prefix}* ({lab.impairment_used}); "
             f"leftovers after a crash: python -m bench cleanup {prefix}\n"
         )
-        for why in skipped.items():
-            sys.stderr.write(f"{scenario.name}: skipping {why[0]}: {why[1]}\n")
+        for system_name, why in skipped.items():
+            sys.stderr.write(f"{scenario.name}: skipping {system_name}: {why}\n")
         plan = [
             (system, flow, cc)
             for system in systems
