@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 # Debian package that provides each external tool the bench calls.
 TOOL_PACKAGES: dict[str, str] = {
@@ -35,11 +36,14 @@ def run(
     ns: str | None = None,
     check: bool = True,
     timeout_s: float = 30.0,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to completion (bounded in time) and capture its output."""
     full = in_ns(ns, cmd)
     try:
-        proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout_s, check=False)
+        proc = subprocess.run(
+            full, capture_output=True, text=True, timeout=timeout_s, check=False, cwd=cwd
+        )
     except subprocess.TimeoutExpired as exc:
         raise CommandError(f"timed out after {timeout_s}s: {' '.join(full)}") from exc
     if check and proc.returncode != 0:

@@ -24,7 +24,7 @@ def stripe_available() -> bool:
 
 
 def genkey() -> str:
-    return run(stripe_cmd("genkey"), timeout_s=20).stdout.strip()
+    return run(stripe_cmd("genkey"), timeout_s=20, cwd=REPO_ROOT).stdout.strip()
 
 
 def pubkey(private: str) -> str:
