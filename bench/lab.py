@@ -403,6 +403,8 @@ class Lab:
             [sys.executable, "-m", "bench.emulator", json.dumps(spec)],
             self.names.mid_ns,
             self.workdir / "emulator.log",
+            # Where ``bench`` imports from, whatever the caller's directory.
+            cwd=Path(__file__).resolve().parent.parent,
         )
         # The emulator prints "ready" once its sockets are bound.
         deadline = time.monotonic() + 10
