@@ -97,4 +97,9 @@ def run_demo(seconds: float, cc: str | None, log_level: str) -> int:
         f"{DEMO_RATE_MBIT:g} Mbit/s (burst {burst} B, latency {queue}) on every veth egress"
     )
     print(format_table(records, 2))
+    by_name = {r.system: r for r in records if not r.error}
+    if "link0" in by_name and "stripe" in by_name and by_name["link0"].goodput_mbit:
+        # The two links are identical, so twice link 0 stands for their sum.
+        share = by_name["stripe"].goodput_mbit / (2 * by_name["link0"].goodput_mbit)
+        print(f"stripe carried {share:.2f} of the two plain links' sum (2 x link0)")
     return 1 if any(r.error for r in records) else 0
