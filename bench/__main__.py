@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from bench.lab import cleanup_prefix
-from bench.runner import DEFAULT_SCHEDULERS, Options, publish_latest
+from bench.runner import DEFAULT_SCHEDULERS, Options, fit_seconds, publish_latest
 from bench.runner import run as run_bench
 from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
 from bench.sh import CommandError
@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="results directory (default bench/results/<UTC timestamp>)",
     )
     run_p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="pick --seconds so that the whole plan takes about this long",
+    )
+    run_p.add_argument(
         "--latest",
         action="store_true",
         help="also copy the report (no logs/configs) to bench/results/latest/",
@@ -144,6 +150,13 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
         impairment=args.impairment,
         topology=args.topology,
     )
+    if args.minutes:
+        if args.seconds:
+            parser.error("--minutes and --seconds exclude each other")
+        try:
+            opts.seconds = fit_seconds(opts, args.minutes * 60)
+        except ValueError as exc:
+            parser.error(str(exc))
     for cc in opts.ccs:
         if cc is not None and cc not in CC_CHOICES:
             parser.error(f"--cc: {cc!r} is not one of {', '.join(CC_CHOICES)}")

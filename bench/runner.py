@@ -271,6 +271,29 @@ def estimate_seconds(opts: Options) -> float:
     return total
 
 
+MIN_FITTED_SECONDS = 3.0
+
+
+def fit_seconds(opts: Options, budget_s: float) -> float:
+    """The run length that makes ``opts`` take about ``budget_s`` in all.
+
+    The estimate is linear in the run length (failover's is fixed), so solve
+    for it; fail when even short runs would not fit.
+    """
+    fixed = sum(
+        5 + count_runs_for(s, opts) * ((s.fixed_seconds or 0.0) + RUN_OVERHEAD_S)
+        for s in opts.scenarios
+    )
+    scalable = sum(count_runs_for(s, opts) for s in opts.scenarios if s.fixed_seconds is None)
+    seconds = (budget_s - fixed) / scalable if scalable else opts.seconds
+    if seconds < MIN_FITTED_SECONDS:
+        raise ValueError(
+            f"{budget_s / 60:g} min is too short for this plan ({count_runs(opts)} runs): "
+            "fewer repeats, scenarios or schedulers"
+        )
+    return round(min(seconds, 60.0), 1)
+
+
 def count_runs(opts: Options) -> int:
     return sum(count_runs_for(s, opts) for s in opts.scenarios)
 

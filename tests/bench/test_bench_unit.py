@@ -15,7 +15,7 @@ from bench.demo import format_table
 from bench.iperf import Flow, client_command, parse
 from bench.lab import MAX_LINKS, Direction, LabNames, LinkSpec, netem_args, new_prefix, tbf_args
 from bench.measure import RunRecord
-from bench.runner import Options, count_runs, flows_for
+from bench.runner import MIN_FITTED_SECONDS, Options, count_runs, estimate_seconds, flows_for
 from bench.scenarios import ALIASES, SCENARIOS, resolve
 from bench.stripe_config import Keys, client_config, server_config
 
@@ -229,6 +229,14 @@ def test_cli_run_options() -> None:
     assert (opts.schedulers, opts.topology, opts.impairment) == (["weighted"], "local", "userspace")
     quick = _options("equal", "--quick")
     assert (quick.repeat, quick.seconds, quick.ccs, quick.topology) == (1, 4.0, [None], "network")
+
+
+def test_minutes_budget_picks_run_length() -> None:
+    opts = _options("all", "--repeat", "1", "--minutes", "15")
+    assert estimate_seconds(opts) == pytest.approx(15 * 60, rel=0.02)
+    assert MIN_FITTED_SECONDS <= opts.seconds <= 20
+    with pytest.raises(SystemExit):
+        _options("all", "--repeat", "3", "--minutes", "15")  # failover alone nearly fills it
 
 
 @pytest.mark.parametrize("argv", [["nope"], ["equal", "--cc", "reno"], ["equal", "--flows", "x"]])
