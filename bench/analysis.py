@@ -47,6 +47,13 @@ class Summary:
     errors: list[str] = field(default_factory=list)
 
 
+def system_order(system: str) -> tuple[int, str]:
+    """Plain links by index, then ECMP, MPTCP, then stripe's schedulers."""
+    if system.startswith("link") and system[4:].isdigit():
+        return (0, f"{int(system[4:]):03d}")
+    return ({"ecmp": 1, "mptcp": 2}.get(system, 3), system)
+
+
 def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 

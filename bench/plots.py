@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.analysis import Record, Summary
+from bench.analysis import Record, Summary, system_order
 from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, SCENARIOS
 
 
@@ -91,7 +91,8 @@ def make_plots(directory: Path, records: list[Record], summaries: list[Summary])
     for s in summaries:
         if s.flow != "ping":
             by_scenario[s.scenario].append(s)
-    for scenario, rows in by_scenario.items():
+    for scenario, unordered in by_scenario.items():
+        rows = sorted(unordered, key=lambda s: (system_order(s.system), s.flow, s.cc or ""))
         fig, ax = plt.subplots(figsize=(9, 4.5))
         labels = [f"{s.system}\n{s.flow} {s.cc or ''}".strip() for s in rows]
         medians = [s.goodput_median for s in rows]

@@ -9,7 +9,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.analysis import Record, Summary, failover_metrics, single_link_goodput, summarize
+from bench.analysis import (
+    Record,
+    Summary,
+    failover_metrics,
+    single_link_goodput,
+    summarize,
+    system_order,
+)
 from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, SCENARIOS, describe_link
 
 
@@ -81,13 +88,6 @@ def failover_table(records: list[Record], summaries: list[Summary]) -> list[str]
     return lines
 
 
-def system_order(system: str) -> tuple[int, str]:
-    """Plain links by index, then ECMP, MPTCP, then stripe's schedulers."""
-    if system.startswith("link") and system[4:].isdigit():
-        return (0, f"{int(system[4:]):03d}")
-    return ({"ecmp": 1, "mptcp": 2}.get(system, 3), system)
-
-
 def overview_table(summaries: list[Summary]) -> list[str]:
     """Scenario x system: median goodput (share of the reference), one TCP flow."""
     rows = [s for s in summaries if s.flow == "tcp"]
@@ -134,7 +134,10 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
     lines += overview_table(summaries)
     for name in dict.fromkeys(r["scenario"] for r in records):
         scen = SCENARIOS.get(name)
-        rows = [s for s in summaries if s.scenario == name]
+        rows = sorted(
+            (s for s in summaries if s.scenario == name),
+            key=lambda s: (system_order(s.system), s.flow, s.cc or ""),
+        )
         lines += [f"## {name}", ""]
         if scen is not None:
             links = "; ".join(f"link{i}: {describe_link(sp)}" for i, sp in enumerate(scen.links))
