@@ -455,7 +455,7 @@ class Endpoint:
         if new_state is None:
             return
         if new_state is LinkState.UP:
-            link.est.forget_unacked()  # probes sent while down were never reported
+            link.est.restart()  # probes sent while down were never reported; rates are stale
         self._refresh_mask(peer, now)
         rtt = link.health.srtt_s
         detail = f" (rtt {rtt * 1000:.1f} ms)" if rtt is not None else ""

@@ -150,3 +150,14 @@ class LinkEstimator:
 
     def forget_unacked(self) -> None:
         self.unacked.clear()
+
+    def restart(self) -> None:
+        """The link is back after an outage: what we learnt before is stale
+        (a rate measured while it was dying, a queue long drained)."""
+        self.unacked.clear()
+        self.rate_bps = INITIAL_RATE_BPS
+        self.qdelay_s = 0.0
+        self.loss = 0.0
+        self._delivery_samples.clear()
+        self.delivery_max_bps = 0.0
+        self.reports = 0  # the next report only sets the baseline

@@ -52,17 +52,18 @@ def test_blackholed_link_flow_survives_and_link_returns(make_tunnel: Any) -> Non
         tunnel.lab.set_blackhole(1, True)
         time.sleep(4)
         tunnel.lab.set_blackhole(1, False)
-        time.sleep(1)
+        time.sleep(2)  # back after 3 good probes (~0.6 s), then in use again
         samples.append(tunnel.lab.counters()[1].tx_bytes)
-        time.sleep(3)
+        time.sleep(4)
         samples.append(tunnel.lab.counters()[1].tx_bytes)
 
     thread = threading.Thread(target=cut_and_restore, daemon=True)
     thread.start()
-    result = iperf3(tunnel, 13)
+    result = iperf3(tunnel, 15)
     thread.join(timeout=5)
     assert "error" not in result, result.get("error")  # no reset: the flow survived
     logs = tunnel.logs()
     assert "link link1 is down" in logs
     assert "link link1 is up" in logs.split("link link1 is down", 1)[1]
-    assert len(samples) == 2 and samples[1] - samples[0] > 300_000, samples
+    # 4 s on a 5 Mbit/s link is 2.5 MB; a link back in use carries a fair part.
+    assert len(samples) == 2 and samples[1] - samples[0] > 300_000, (samples, logs)
