@@ -416,7 +416,6 @@ class Endpoint:
                 link.health.on_progress(now)  # data gets through: alive, even if probes drown
             link.est.on_report(report.rx_packets, report.rx_bytes, highest, report.owd_us,
                                report.owd_min_us, now)
-        peer.scheduler.on_feedback(list(peer.links.values()), now)
         # The peer is alive (it reports): a link whose data it never saw is dead.
         for link in peer.links.values():
             if link.up and link.est.stalled(now, link.health.min_rtt_s):

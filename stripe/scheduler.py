@@ -32,9 +32,6 @@ class Scheduler:
     def pick(self, links: Sequence[Link], size: int, now: float) -> Link | None:
         raise NotImplementedError
 
-    def on_feedback(self, links: Sequence[Link], now: float) -> None:
-        """The peer reported on the links (estimators are updated); adapt."""
-
 
 class WeightedScheduler(Scheduler):
     """Smooth weighted round robin (as nginx does it): over any window of

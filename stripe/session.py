@@ -74,9 +74,8 @@ class Session:
             self.control_counter = counter + 1
         if counter - (counter & CONTROL_COUNTER_BASE) >= REJECT_AFTER_MESSAGES:
             raise RuntimeError("session exhausted its counters; a rekey is overdue")
-        header = wire.TRANSPORT_HEADER.pack(
-            mtype, link_id, link_mask, self.remote_index, counter, link_seq & 0xFFFFFFFF,
-            int(now * 1e6) & 0xFFFFFFFF,
+        header = wire.encode_transport_header(
+            mtype, link_id, link_mask, self.remote_index, counter, link_seq, int(now * 1e6)
         )
         return header + self.send_key.encrypt_at(counter, header, payload)
 
