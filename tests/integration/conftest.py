@@ -11,8 +11,9 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -146,6 +147,19 @@ def make_tunnel(tmp_path: Path) -> Iterator[object]:
                 tunnel.stop()
             finally:
                 tunnel.lab.down()
+
+
+def later(delay_s: float, action: Callable[[], object]) -> Callable[[], None]:
+    """A `during` hook for `sha256_transfer`: run `action` after `delay_s`."""
+
+    def start() -> None:
+        def run_it() -> None:
+            time.sleep(delay_s)
+            action()
+
+        threading.Thread(target=run_it, daemon=True).start()
+
+    return start
 
 
 def sha256_transfer(tunnel: Tunnel, size_bytes: int, timeout_s: float,

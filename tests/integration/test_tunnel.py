@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
 import pytest
-from conftest import CLIENT_TUN_ADDR, SERVER_TUN_ADDR, Tunnel, sha256_transfer
+from conftest import CLIENT_TUN_ADDR, SERVER_TUN_ADDR, Tunnel, later, sha256_transfer
 
 from bench.sh import run
 
@@ -39,14 +38,9 @@ def test_20mb_file_arrives_intact_and_links_share_by_weight(make_tunnel: Any) ->
 def test_link_cut_mid_transfer_transfer_completes(make_tunnel: Any) -> None:
     tunnel: Tunnel = make_tunnel(rates_mbit=(10.0, 10.0))
 
-    def cut_link_later() -> None:
-        def cut() -> None:
-            time.sleep(1.5)
-            tunnel.lab.set_link_up(1, False)
-        threading.Thread(target=cut, daemon=True).start()
-
     before = tunnel.lab.counters()[0]
-    sent, received = sha256_transfer(tunnel, 6_000_000, timeout_s=90, during=cut_link_later)
+    cut = later(1.5, lambda: tunnel.lab.set_link_up(1, False))
+    sent, received = sha256_transfer(tunnel, 6_000_000, timeout_s=90, during=cut)
     assert sent and sent == received, tunnel.logs()
     # Both processes survive losing a link, and the survivor carried the rest.
     assert all(proc.alive() for proc in tunnel.procs), tunnel.logs()
@@ -61,13 +55,8 @@ def test_link_cut_mid_transfer_transfer_completes(make_tunnel: Any) -> None:
 def test_silent_blackhole_mid_transfer_transfer_completes(make_tunnel: Any) -> None:
     tunnel: Tunnel = make_tunnel(rates_mbit=(10.0, 10.0))
 
-    def blackhole_later() -> None:
-        def cut() -> None:
-            time.sleep(1.5)
-            tunnel.lab.set_blackhole(1, True)
-        threading.Thread(target=cut, daemon=True).start()
-
-    sent, received = sha256_transfer(tunnel, 6_000_000, timeout_s=90, during=blackhole_later)
+    cut = later(1.5, lambda: tunnel.lab.set_blackhole(1, True))
+    sent, received = sha256_transfer(tunnel, 6_000_000, timeout_s=90, during=cut)
     assert sent and sent == received, tunnel.logs()
     assert "link link1 is down" in tunnel.logs()
     tunnel.lab.set_blackhole(1, False)
