@@ -46,17 +46,24 @@ def _counter(name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
     return CounterMetricFamily(f"stripe_{name}", doc, labels=labels)
 
 
-# Per link: (metric, help, status key, scale).  Gauges where the figure can
+# Status figures come in ms and Mbit/s; Prometheus wants base units.
+TO_BASE_UNIT: dict[str, Callable[[float], float]] = {
+    "ms": lambda value: round(value / 1000, 9),  # no 5.9999999999999995e-05
+    "mbps": lambda value: value * 1e6,
+    "": lambda value: value,
+}
+
+# Per link: (metric, help, status key, unit).  Gauges where the figure can
 # go down, counters (exported with _total) where it only grows.
 LINK_GAUGES = (
-    ("link_rtt_seconds", "Smoothed round-trip time of the link's probes.", "rtt_ms", 1e-3),
-    ("link_loss_ratio", "Loss of data packets on the link, as the peer reports it.", "loss", 1),
+    ("link_rtt_seconds", "Smoothed round-trip time of the link's probes.", "rtt_ms", "ms"),
+    ("link_loss_ratio", "Loss of data packets on the link, as the peer reports it.", "loss", ""),
     ("link_delivery_rate_bits_per_second", "Rate the peer reports receiving on the link.",
-     "delivery_mbps", 1e6),
+     "delivery_mbps", "mbps"),
     ("link_rate_estimate_bits_per_second", "The scheduler's estimate of the link's capacity.",
-     "rate_mbps", 1e6),
-    ("link_queue_delay_seconds", "Queueing delay measured on the link.", "qdelay_ms", 1e-3),
-    ("link_weight", "The link's configured weight.", "weight", 1),
+     "rate_mbps", "mbps"),
+    ("link_queue_delay_seconds", "Queueing delay measured on the link.", "qdelay_ms", "ms"),
+    ("link_weight", "The link's configured weight.", "weight", ""),
 )
 LINK_COUNTERS = (
     ("link_sent_bytes", "Bytes of datagrams sent on the link.", "tx_bytes"),
@@ -68,12 +75,12 @@ LINK_COUNTERS = (
     ("link_probes_acked", "Probes answered on the link.", "probes_acked"),
 )
 REORDER_GAUGES = (
-    ("reorder_held_packets", "Packets waiting in the reorder buffer.", "held", 1),
-    ("reorder_hold_seconds", "The reorder buffer's current hold deadline.", "hold_ms", 1e-3),
+    ("reorder_held_packets", "Packets waiting in the reorder buffer.", "held", ""),
+    ("reorder_hold_seconds", "The reorder buffer's current hold deadline.", "hold_ms", "ms"),
     ("reorder_max_held_packets", "Most packets ever waiting in the reorder buffer.",
-     "max_held", 1),
+     "max_held", ""),
     ("reorder_max_wait_seconds", "Longest a packet waited in the reorder buffer.",
-     "max_wait_ms", 1e-3),
+     "max_wait_ms", "ms"),
 )
 REORDER_COUNTERS = (
     ("reorder_delivered_packets", "Packets the reorder buffer released in order.", "delivered"),
@@ -115,14 +122,14 @@ def _peer_families(peers: list[dict[str, Any]]) -> Iterator[Metric]:
                    [*link_labels, "state"])
     share = _gauge("link_share_ratio", "The link's share of the bytes sent to the peer.",
                    link_labels)
-    gauges = [(_gauge(name, doc, link_labels), key, scale)
-              for name, doc, key, scale in LINK_GAUGES]
+    gauges = [(_gauge(name, doc, link_labels), key, TO_BASE_UNIT[unit])
+              for name, doc, key, unit in LINK_GAUGES]
     counters = [(_counter(name, doc, link_labels), key) for name, doc, key in LINK_COUNTERS]
     handshake = _gauge("peer_last_handshake_age_seconds", "Seconds since the last handshake.",
                        ["peer"])
     queued = _gauge("peer_queued_packets", "Packets waiting for a session.", ["peer"])
-    reorder_gauges = [(_gauge(name, doc, ["peer"]), key, scale)
-                      for name, doc, key, scale in REORDER_GAUGES]
+    reorder_gauges = [(_gauge(name, doc, ["peer"]), key, TO_BASE_UNIT[unit])
+                      for name, doc, key, unit in REORDER_GAUGES]
     reorder_counters = [(_counter(name, doc, ["peer"]), key)
                         for name, doc, key in REORDER_COUNTERS]
     for peer in peers:
@@ -137,15 +144,15 @@ def _peer_families(peers: list[dict[str, Any]]) -> Iterator[Metric]:
             for value in LinkState:
                 state.add_metric([*labels, value.value], float(link.get("state") == value.value))
             share.add_metric(labels, link.get("tx_bytes", 0) / total_tx if total_tx else 0.0)
-            for family, key, scale in gauges:
+            for family, key, convert in gauges:
                 if link.get(key) is not None:
-                    family.add_metric(labels, float(link[key]) * scale)
+                    family.add_metric(labels, convert(float(link[key])))
             for counter, key in counters:
                 counter.add_metric(labels, float(link.get(key, 0)))
         reorder = peer.get("reorder")
         if reorder:
-            for family, key, scale in reorder_gauges:
-                family.add_metric([label], float(reorder.get(key, 0)) * scale)
+            for family, key, convert in reorder_gauges:
+                family.add_metric([label], convert(float(reorder.get(key, 0))))
             for counter, key in reorder_counters:
                 counter.add_metric([label], float(reorder.get(key, 0)))
     yield state
