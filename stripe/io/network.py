@@ -94,6 +94,8 @@ def set_up_network(config: Config, tun_name: str, undo: Undo) -> None:
     if not wanted(config):
         return
     try:
+        from pyroute2.netlink.exceptions import NetlinkError
+
         from . import nat, routes  # pyroute2 is only needed when asked for
     except ImportError:
         raise SetupError("route_all, link_routes and masquerade need pyroute2: "
@@ -109,7 +111,7 @@ def set_up_network(config: Config, tun_name: str, undo: Undo) -> None:
         in_thread(work)
     except SetupError:
         raise
-    except OSError as exc:  # pyroute2's NetlinkError is one
+    except (OSError, NetlinkError) as exc:  # a dump or lookup the kernel refused
         raise SetupError(f"network set-up failed: {exc}") from None
 
 

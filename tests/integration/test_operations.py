@@ -248,27 +248,48 @@ def test_masquerade_the_host_behind_sees_the_server_address(make_tunnel: Any,
     assert run(["cat", forwarding], ns=tunnel.server_ns).stdout.strip() == "0"
 
 
-def test_setup_failure_rolls_back_and_says_why_in_one_line(make_tunnel: Any) -> None:
+def failing_client(tunnel: Tunnel, edit: Callable[[str], str]) -> str:
+    """Run the client with an edited config; it must exit 1 without a
+    traceback and without a TUN left.  Returns its stderr."""
+    _, cpath = tunnel.write_configs()
+    cpath.write_text(edit(cpath.read_text()))
+    result = subprocess.run(
+        ["ip", "netns", "exec", tunnel.client_ns, sys.executable, "-m", "stripe", "client", "-c",
+         str(cpath)], capture_output=True, text=True, timeout=30, check=False, cwd=REPO_ROOT)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert run(["ip", "link", "show", tun_name(tunnel)], ns=tunnel.client_ns,
+               check=False).returncode != 0
+    return result.stderr
+
+
+def test_setup_failures_roll_back_and_say_why_in_one_line(make_tunnel: Any) -> None:
     tunnel: Tunnel = make_tunnel(start=False)
     ns = tunnel.client_ns
+    c1 = tunnel.lab.names.links[1].client_if
     default_route_via_link0(tunnel)
+
+    # No gateway given for link 1 and none to be found: refused before any change.
+    def no_gateway(text: str) -> str:
+        text = via_server_lo(text).replace('\ngateway = "10.1.0.2"', "")
+        return text.replace("[peer]", "link_routes = true\n[peer]", 1)
+
+    before = routing_state(ns)
+    last = failing_client(tunnel, no_gateway).strip().splitlines()[-1]
+    assert last == (f"stripe: link[1] (link1): no route to the server {SERVER_LO_ADDR} through "
+                    f"{c1} in the main table; give the uplink's gateway as link[1].gateway")
+    assert routing_state(ns) == before
+
     # Someone else's half-default route: route_all's last step collides
-    # after the per-link tables and rules were added.
+    # after the per-link tables and rules were added, which are undone.
     run(["ip", "route", "add", "0.0.0.0/1", "via", "10.0.0.2"], ns=ns)
     before = routing_state(ns)
-    _, cpath = tunnel.write_configs()
-    cpath.write_text(via_server_lo(cpath.read_text().replace(
-        "[peer]", "route_all = true\n[peer]", 1)))
-    result = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-m", "stripe", "client", "-c", str(cpath)],
-        capture_output=True, text=True, timeout=30, check=False, cwd=REPO_ROOT)
-    assert result.returncode == 1, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
+    stderr = failing_client(tunnel, lambda text: via_server_lo(text).replace(
+        "[peer]", "route_all = true\n[peer]", 1))
+    last = stderr.strip().splitlines()[-1]
     assert last.startswith(f"stripe: ip route add 0.0.0.0/1 dev {tun_name(tunnel)}: EEXIST"), last
-    assert "Traceback" not in result.stderr
-    assert "undone ip rule add from 10.1.0.1 to 10.9.0.2 lookup 5301" in result.stderr
+    assert "undone ip rule add from 10.1.0.1 to 10.9.0.2 lookup 5301" in stderr
     assert routing_state(ns) == before
-    assert run(["ip", "link", "show", tun_name(tunnel)], ns=ns, check=False).returncode != 0
 
 
 # Fetches the metrics page; prints it.
