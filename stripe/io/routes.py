@@ -30,6 +30,7 @@ that interface.  Tables already in use are refused rather than shared.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import socket
@@ -263,8 +264,15 @@ def _main_gateway(ipr: IPRoute, server: str, index: int, device: str, where: str
     return best[2]
 
 
+def _rules(ipr: IPRoute) -> list[Any]:
+    rules = list(ipr.get_rules(family=socket.AF_INET))
+    with contextlib.suppress(NetlinkError):  # a kernel without IPv6 has no IPv6 rules
+        rules += list(ipr.get_rules(family=socket.AF_INET6))
+    return rules
+
+
 def _check_tables_free(ipr: IPRoute, config: Config) -> None:
-    rules = list(ipr.get_rules(family=socket.AF_INET)) + list(ipr.get_rules(family=socket.AF_INET6))
+    rules = _rules(ipr)
     for i, link in enumerate(config.links):
         table = config.link_table(i)
         routes = list(ipr.get_routes(family=socket.AF_UNSPEC, table=table))

@@ -164,13 +164,16 @@ def test_route_all_reaches_behind_the_server_without_a_loop_and_cleans_up(
     behind_ns = behind(tunnel, True)
     run(["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"], ns=tunnel.server_ns)
     before = routing_state(tunnel.client_ns)
-    start(tunnel, client_lines=("route_all = true",), edit_client=via_server_lo)
+    start(tunnel, client_lines=("route_all = true",), edit_client=lambda text: via_server_lo(
+        text.replace('"10.77.0.1/24"', '"10.77.0.1/24", "fd77::1/64"')))
     ns, tun = tunnel.client_ns, tun_name(tunnel)
     c0, c1 = (link.client_if for link in tunnel.lab.names.links)
 
-    # The tunnel is the default route; each link's datagrams to the server
-    # still leave through their own uplink.
+    # The tunnel is the default route (IPv6 too, with an IPv6 tunnel
+    # address); each link's datagrams to the server still leave through
+    # their own uplink.
     assert route_dev(ns, BEHIND_HOST_ADDR) == tun
+    assert route_dev(ns, "2001:db8::1") == tun
     assert route_dev(ns, SERVER_LO_ADDR) == tun  # from the tunnel's address: inside
     assert route_dev(ns, SERVER_LO_ADDR, "from", "10.0.0.1") == c0
     assert route_dev(ns, SERVER_LO_ADDR, "from", "10.1.0.1") == c1
