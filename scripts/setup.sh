@@ -32,9 +32,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.stripe-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "setup: pip install -e '.[dev]' (log: .venv/pip.log)"
+    echo "setup: pip install -e '.[dev,metrics,routing]' (log: .venv/pip.log)"
     if ! { .venv/bin/python -m pip install --upgrade pip &&
-           .venv/bin/python -m pip install -e '.[dev]'; } >.venv/pip.log 2>&1; then
+           .venv/bin/python -m pip install -e '.[dev,metrics,routing]'; } >.venv/pip.log 2>&1; then
         tail -n 30 .venv/pip.log >&2
         echo "setup: pip install failed (full log: .venv/pip.log)" >&2
         exit 1

@@ -37,6 +37,12 @@ MAX_MTU = 9000
 DEFAULT_SCHEDULER = "adaptive"
 IFNAMSIZ = 15
 DEFAULT_ALLOWED_IPS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+# Routing automation: link i gets table LINK_TABLE_BASE + i unless its
+# `table` says otherwise (stripe/io/routes.py picks the rule priorities).
+LINK_TABLE_BASE = 5300
+# Tables the kernel reserves (unspec, default, main, local) and the top of the range.
+RESERVED_TABLES = (0, 253, 254, 255)
+MAX_TABLE = 2**32 - 1
 
 
 CONTROL_SOCKET_DIR = Path("/run/stripe")
@@ -73,6 +79,10 @@ class LinkConfig:
     port: int  # local port to bind (client: 0 = any)
     weight: int
     backup: bool
+    # Routing automation (client, see stripe/io/routes.py): the uplink's
+    # gateway (None: found in the main table) and this link's routing table.
+    gateway: str | None = None
+    table: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +100,17 @@ class Config:
     links: tuple[LinkConfig, ...]
     control_socket: Path
     user: str | None  # drop to this user after setup; None: stay as started
+    # Operations (all off by default): Prometheus endpoint, routing
+    # automation on the client, NAT on the server.
+    metrics: tuple[str, int] | None = None
+    route_all: bool = False
+    link_routes: bool = False
+    masquerade: tuple[str, ...] = ()
+
+    def link_table(self, index: int) -> int:
+        """The routing table of link `index` (routing automation)."""
+        table = self.links[index].table
+        return LINK_TABLE_BASE + index if table is None else table
 
     def endpoint_spec(self) -> EndpointSpec:
         links = tuple(
@@ -270,6 +291,13 @@ def _parse(path: str, data: dict[str, Any], role: Role,
             if "user" in iface.table:
                 raise iface.error("user", f"no such user {user!r} on this host") from None
             user = ""  # the default user is missing (minimal container): keep running as is
+    metrics = _parse_metrics(iface)
+    route_all = iface.get("route_all", bool, False)
+    link_routes = iface.get("link_routes", bool, False)
+    for key in ("route_all", "link_routes"):
+        iface.check(key, role is Role.CLIENT or key not in iface.table,
+                    "only a client routes through its links; remove it from the server config")
+    masquerade = _parse_masquerade(iface, role, interface_exists)
     iface.finish()
 
     peers = tuple(
@@ -291,8 +319,44 @@ def _parse(path: str, data: dict[str, Any], role: Role,
     names = [link.name for link in links]
     if len(set(names)) != len(names):
         raise top.error("link", f"link names must be unique, got {names}")
-    return Config(path, role, tun_name, tuple(addresses), mtu, private_key, peers,
-                  scheduler, hold, listen_port, links, Path(control_text), user or None)
+    if link_routes:
+        for i, link in enumerate(links):
+            if link.source is None and link.interface is None:
+                raise ConfigError(f"{path}: link[{i}]: link_routes needs the link's source or "
+                                  "interface (which socket the link's rule selects)")
+    config = Config(path, role, tun_name, tuple(addresses), mtu, private_key, peers,
+                    scheduler, hold, listen_port, links, Path(control_text), user or None,
+                    metrics, route_all, link_routes, masquerade)
+    tables = [config.link_table(i) for i in range(len(links))]
+    if (route_all or link_routes) and len(set(tables)) != len(tables):
+        raise top.error("link", f"two links use the same routing table: {tables}")
+    return config
+
+
+def _parse_metrics(iface: _Reader) -> tuple[str, int] | None:
+    text = iface.get("metrics", str, None, what='"HOST:PORT" such as "127.0.0.1:9586"')
+    if text is None:
+        return None
+    try:
+        return _parse_host_port(text)
+    except (ValueError, OSError):
+        raise iface.error("metrics", 'expected "HOST:PORT" to serve Prometheus metrics on, '
+                                     f'such as "127.0.0.1:9586", got {text!r}') from None
+
+
+def _parse_masquerade(iface: _Reader, role: Role,
+                      interface_exists: Callable[[str], bool]) -> tuple[str, ...]:
+    what = 'an interface name or a list of them, like "eth0"'
+    raw = iface.get("masquerade", object, [], what=what)
+    names = [raw] if isinstance(raw, str) else raw
+    if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
+        raise iface.error("masquerade", f"expected {what}, got {_kind(raw)}")
+    iface.check("masquerade", role is Role.SERVER or not names,
+                "NAT of the clients' traffic is a server option; remove it from the client")
+    for name in names:
+        iface.check("masquerade", interface_exists(name),
+                    f"interface {name!r} does not exist on this host")
+    return tuple(names)
 
 
 def _parse_peer(r: _Reader, several: bool) -> PeerSpec:
@@ -316,6 +380,16 @@ def _parse_peer(r: _Reader, several: bool) -> PeerSpec:
     return PeerSpec(public_key, psk, allowed)
 
 
+def _optional_address(r: _Reader, key: str, what: str) -> str | None:
+    text: str | None = r.get(key, str, None, what=what)
+    if text is not None:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            raise r.error(key, f"expected an IP address, got {text!r}") from None
+    return text
+
+
 def _parse_link(r: _Reader, role: Role, listen_port: int | None,
                 interface_exists: Callable[[str], bool]) -> LinkConfig:
     name = r.get("name", str, what="a short link name like \"dsl\"")
@@ -323,12 +397,7 @@ def _parse_link(r: _Reader, role: Role, listen_port: int | None,
     interface = r.get("interface", str, None, what="a network interface name")
     if interface is not None and not interface_exists(interface):
         raise r.error("interface", f"interface {interface!r} does not exist on this host")
-    source = r.get("source", str, None, what="a local IP address")
-    if source is not None:
-        try:
-            ipaddress.ip_address(source)
-        except ValueError:
-            raise r.error("source", f"expected an IP address, got {source!r}") from None
+    source = _optional_address(r, "source", "a local IP address")
     remote = None
     remote_text = r.get("remote", str, None if role is Role.SERVER else ...,
                         what='"HOST:PORT" such as "10.0.0.2:5000"')
@@ -344,6 +413,13 @@ def _parse_link(r: _Reader, role: Role, listen_port: int | None,
     weight = r.get("weight", int, 1)
     r.check("weight", 1 <= weight <= 1000, f"expected 1..1000, got {weight}")
     backup = r.get("backup", bool, False)
+    gateway = _optional_address(r, "gateway", "the uplink's gateway address")
+    table = r.get("table", int, None, what="a routing table number")
+    r.check("table", table is None or (0 < table <= MAX_TABLE and table not in RESERVED_TABLES),
+            f"expected a table number 1..{MAX_TABLE} other than 253-255, got {table}")
+    for key in ("gateway", "table"):
+        r.check(key, role is Role.CLIENT or key not in r.table,
+                "routing automation is a client option; remove it from the server config")
     r.finish()
     assert port is not None
-    return LinkConfig(name, interface, source, remote, port, weight, backup)
+    return LinkConfig(name, interface, source, remote, port, weight, backup, gateway, table)

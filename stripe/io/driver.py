@@ -16,19 +16,23 @@ import errno
 import json
 import logging
 import os
-import pwd
 import signal
 import socket
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..endpoint import Endpoint
 from ..status import snapshot
 from .control_socket import ControlServer
+from .network import Undo, set_up_network, tear_down_network
+from .privileges import drop_privileges
 from .sockets import open_sockets
 from .tun import SetupError, Tun
+
+if TYPE_CHECKING:
+    from .metrics import MetricsServer
 
 log = logging.getLogger("stripe")
 
@@ -178,31 +182,32 @@ class Driver:
         self._timer = self.loop.call_later(max(at - time.monotonic(), 0.0), self._on_timer)
 
 
-def drop_privileges(user: str) -> None:
-    """Become `user` for good: the TUN fd, the sockets and the control socket
-    are open, and closing them (which removes the TUN) needs no privilege."""
-    if os.geteuid() != 0:
-        return
-    entry = pwd.getpwnam(user)
-    os.setgroups([])
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)  # real, effective and saved: no way back
-    log.info("running as %s (uid %d) from here on", user, entry.pw_uid)
-
-
 async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     driver = Driver(config, loop)
     control = ControlServer(config.control_socket, {"status": driver.status})
+    network = Undo()  # routes, rules, NAT: put back on the way out
+    metrics: MetricsServer | None = None
     try:
         try:
             await control.start()
         except OSError as exc:
             raise SetupError(f"cannot open control socket {config.control_socket}: {exc}") from None
+        set_up_network(config, driver.tun.name, network)
+        if config.metrics:
+            try:
+                from .metrics import MetricsServer
+            except ImportError:
+                raise SetupError("metrics needs prometheus-client: "
+                                 "pip install 'stripe-vpn[metrics]'") from None
+            metrics = MetricsServer(config.metrics, loop, driver.status)
         driver.start()
         if config.user:
             drop_privileges(config.user)
         await driver.stopped.wait()
     finally:
+        if metrics is not None:
+            metrics.close()
         control.close()
+        tear_down_network(network)
         driver.close()
