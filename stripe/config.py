@@ -111,6 +111,8 @@ class Config:
         """The routing table of link `index` (routing automation)."""
         table = self.links[index].table
         return LINK_TABLE_BASE + index if table is None else table
+    # Kernel offloads on the data path (TUN TSO, UDP GSO/GRO) where available.
+    offload: bool = True
 
     def endpoint_spec(self) -> EndpointSpec:
         links = tuple(
@@ -298,6 +300,7 @@ def _parse(path: str, data: dict[str, Any], role: Role,
         iface.check(key, role is Role.CLIENT or key not in iface.table,
                     "only a client routes through its links; remove it from the server config")
     masquerade = _parse_masquerade(iface, role, interface_exists)
+    offload = iface.get("offload", bool, True)
     iface.finish()
 
     peers = tuple(
@@ -326,7 +329,7 @@ def _parse(path: str, data: dict[str, Any], role: Role,
                                   "interface (which socket the link's rule selects)")
     config = Config(path, role, tun_name, tuple(addresses), mtu, private_key, peers,
                     scheduler, hold, listen_port, links, Path(control_text), user or None,
-                    metrics, route_all, link_routes, masquerade)
+                    metrics, route_all, link_routes, masquerade, offload)
     tables = [config.link_table(i) for i in range(len(links))]
     if (route_all or link_routes) and len(set(tables)) != len(tables):
         raise top.error("link", f"two links use the same routing table: {tables}")

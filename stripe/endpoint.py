@@ -291,7 +291,7 @@ class Endpoint:
         session = peer.current
         if session is None:
             return False
-        link = peer.scheduler.pick(list(peer.links.values()), len(packet), now)
+        link = peer.scheduler.pick(peer.links.values(), len(packet), now)
         if link is None:
             return False
         link.last_data_sent = now

@@ -10,13 +10,13 @@ applies that rule once, for every strategy.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection
 from typing import ClassVar
 
 from .links import Link
 
 
-def usable_links(links: Sequence[Link]) -> list[Link]:
+def usable_links(links: Collection[Link]) -> list[Link]:
     """UP primary links, or UP backup links when no primary is up."""
     primary = [link for link in links if link.up and not link.backup]
     if primary:
@@ -29,7 +29,7 @@ class Scheduler:
 
     name: ClassVar[str] = ""
 
-    def pick(self, links: Sequence[Link], size: int, now: float) -> Link | None:
+    def pick(self, links: Collection[Link], size: int, now: float) -> Link | None:
         raise NotImplementedError
 
 
@@ -50,7 +50,7 @@ class WeightedScheduler(Scheduler):
     def weight_of(self, link: Link) -> float:
         return link.weight
 
-    def pick(self, links: Sequence[Link], size: int, now: float) -> Link | None:
+    def pick(self, links: Collection[Link], size: int, now: float) -> Link | None:
         candidates = usable_links(links)
         if not candidates:
             return None
@@ -126,7 +126,7 @@ class AdaptiveScheduler(Scheduler):
     def __init__(self) -> None:
         self._finish: dict[int, float] = {}
 
-    def pick(self, links: Sequence[Link], size: int, now: float) -> Link | None:
+    def pick(self, links: Collection[Link], size: int, now: float) -> Link | None:
         candidates = usable_links(links)
         if len(candidates) <= 1:
             return candidates[0] if candidates else None

@@ -63,6 +63,10 @@ class MessageType(IntEnum):
     CONTROL = 5
 
 
+# Byte -> member without Enum.__call__ (~0.5 us): it is on every datagram.
+_TYPE_OF_BYTE: dict[int, MessageType] = {member.value: member for member in MessageType}
+
+
 class WireError(Exception):
     """A datagram that does not parse.  `reason` is a short counter name."""
 
@@ -155,7 +159,7 @@ def decode_transport_header(datagram: bytes) -> TransportHeader:
     )
     if mask & ~LINK_MASK_BITS:
         raise WireError("bad_flags")
-    return TransportHeader(MessageType(mtype), link_id, mask, receiver, counter, link_seq, ts)
+    return TransportHeader(_TYPE_OF_BYTE[mtype], link_id, mask, receiver, counter, link_seq, ts)
 
 
 def mac1_key(static_public: bytes) -> bytes:
@@ -224,10 +228,10 @@ def peek_type(datagram: bytes) -> MessageType:
     """The message type of an untrusted datagram, or WireError."""
     if not datagram:
         raise WireError("short")
-    try:
-        return MessageType(datagram[0])
-    except ValueError:
-        raise WireError("unknown_type") from None
+    mtype = _TYPE_OF_BYTE.get(datagram[0])
+    if mtype is None:
+        raise WireError("unknown_type")
+    return mtype
 
 
 def inner_packet_valid(packet: bytes) -> bool:

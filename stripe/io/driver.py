@@ -7,6 +7,14 @@ busy fd cannot starve the others): one wake-up per packet costs ~1.3x.
 
 Sockets are unconnected: with uvloop, `add_reader` on a connected UDP socket
 stops firing after one ICMP port-unreachable.
+
+The kernel crossings are batched where the kernel allows (`offload = true`,
+the default): the TUN hands over TCP super-packets that `offload` cuts into
+independent MSS-sized packets (one counter and one AEAD tag each), each
+link's datagrams leave in UDP GSO trains, arrive in GRO trains, and
+in-order TCP segments are glued back together for one TUN write.  Whatever
+the kernel refuses falls back to one packet per syscall, and `status` says
+which path is in use.
 """
 
 from __future__ import annotations
@@ -18,17 +26,28 @@ import logging
 import os
 import signal
 import socket
+import struct
 import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
-from ..endpoint import Endpoint
+from ..endpoint import Address, Datagram, Endpoint
+from ..offload import VNET_HDR_LEN, OffloadError, coalesce, split_tun_read
 from ..status import snapshot
 from .control_socket import ControlServer
 from .network import Undo, set_up_network, tear_down_network
 from .privileges import drop_privileges
-from .sockets import open_sockets
+from .sockets import (
+    GSO_MAX_BYTES,
+    GSO_MAX_SEGMENTS,
+    SOL_UDP,
+    UDP_GRO,
+    UDP_SEGMENT,
+    enable_gro,
+    gso_supported,
+    open_sockets,
+)
 from .tun import SetupError, Tun
 
 if TYPE_CHECKING:
@@ -36,8 +55,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stripe")
 
+# Per wake-up, stop reading after this many reads or inner packets (a TSO
+# read holds up to ~45), then flush: bounded latency, and one busy fd cannot
+# starve the others.
 READ_BATCH = 64
+PACKET_BATCH = 256
 MAX_DATAGRAM = 65535
+TUN_READ_SIZE = 65535 + VNET_HDR_LEN
+GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+# A GSO send refused with one of these: the path cannot segment (no
+# checksum offload, xfrm, ...): this socket goes back to one datagram per send.
+GSO_REFUSED_ERRNOS = {errno.EIO, errno.EINVAL, errno.EOPNOTSUPP, errno.EMSGSIZE}
 # Errors that mean "this link cannot send right now" (interface down or gone,
 # no route): reported to the core so the link leaves the schedule at once.
 LINK_DOWN_ERRNOS = {
@@ -50,17 +78,21 @@ class Driver:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.loop = loop
-        self.tun = Tun(config.tun_name, config.mtu, config.addresses)
+        self.tun = Tun(config.tun_name, config.mtu, config.addresses, offload=config.offload)
         try:
             self.sockets = open_sockets(config)
         except Exception:
             self.tun.close()
             raise
+        self.gso = [config.offload and gso_supported(sock) for sock in self.sockets]
+        self.gro = [config.offload and enable_gro(sock) for sock in self.sockets]
         # time.monotonic(), not loop.time(): uvloop's clock ticks in whole
         # milliseconds, too coarse for RTTs and delay skew on a LAN.
         now = time.monotonic()
         self.core = Endpoint(config.endpoint_spec(), now, wall_offset=time.time() - now)
         self.io_errors: Counter[str] = Counter()
+        # Syscalls vs packets each way: shows the batching at work in `status`.
+        self.io_counts: Counter[str] = Counter()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.stopped = asyncio.Event()
@@ -78,6 +110,8 @@ class Driver:
         log.info("%s up: tun %s mtu %d, %d link socket(s), scheduler %s",
                  self.config.role.value, self.tun.name, self.config.mtu, len(self.sockets),
                  self.config.scheduler)
+        log.info("data path: tun %s; udp gso %s, gro %s", self.tun.offload,
+                 _on_off(self.gso), _on_off(self.gro))
         self._flush()
 
     def stop(self) -> None:
@@ -99,6 +133,8 @@ class Driver:
         status["tun"] = self.tun.name
         status["scheduler"] = self.config.scheduler
         status["uptime_s"] = round(time.monotonic() - self.started, 1)
+        status["datapath"] = {"tun": self.tun.offload, "udp_gso": _on_off(self.gso),
+                              "udp_gro": _on_off(self.gro), **self.io_counts}
         return status
 
     def _log_status(self) -> None:
@@ -108,31 +144,69 @@ class Driver:
 
     def _on_tun(self) -> None:
         now = time.monotonic()
-        fd, core = self.tun.fd, self.core
+        fd, core, vnet = self.tun.fd, self.core, self.tun.vnet_hdr
+        packets = reads = 0
         for _ in range(READ_BATCH):
             try:
-                packet = os.read(fd, MAX_DATAGRAM)
+                buf = os.read(fd, TUN_READ_SIZE)
             except BlockingIOError:
                 break
             except OSError as exc:
                 self.io_errors[f"tun_read_{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
                 break
-            core.send_packet(packet, now)
+            reads += 1
+            if not vnet:
+                core.send_packet(buf, now)
+                packets += 1
+            else:
+                try:
+                    segments = split_tun_read(buf)
+                except OffloadError:
+                    self.io_errors["tun_read_malformed_offload"] += 1
+                    continue
+                for packet in segments:
+                    core.send_packet(packet, now)
+                packets += len(segments)
+            if packets >= PACKET_BATCH:
+                break
+        counts = self.io_counts
+        counts["tun_reads"] += reads
+        counts["tun_packets_in"] += packets
         self._flush()
 
     def _on_socket(self, index: int, sock: socket.socket) -> None:
         now = time.monotonic()
         core = self.core
+        gro = self.gro[index]
+        datagrams = reads = 0
         for _ in range(READ_BATCH):
             try:
-                data, addr = sock.recvfrom(MAX_DATAGRAM)
+                if gro:
+                    data, ancillary, _flags, addr = sock.recvmsg(MAX_DATAGRAM, GRO_CMSG_SPACE)
+                else:
+                    data, addr = sock.recvfrom(MAX_DATAGRAM)
+                    ancillary = None
             except BlockingIOError:
                 break
             except OSError as exc:
                 # ICMP errors surface here on some kernels; they are not data.
                 self.io_errors[f"recv_{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
                 break
-            core.receive_datagram(index, data, (addr[0], addr[1]), now)
+            reads += 1
+            source = (addr[0], addr[1])
+            segment = _gro_segment_size(ancillary) if ancillary else 0
+            if 0 < segment < len(data):
+                for offset in range(0, len(data), segment):
+                    core.receive_datagram(index, data[offset:offset + segment], source, now)
+                datagrams += (len(data) + segment - 1) // segment
+            else:
+                core.receive_datagram(index, data, source, now)
+                datagrams += 1
+            if datagrams >= PACKET_BATCH:
+                break
+        counts = self.io_counts
+        counts["udp_reads"] += reads
+        counts["udp_datagrams_in"] += datagrams
         self._flush()
 
     def _on_timer(self) -> None:
@@ -145,30 +219,93 @@ class Driver:
 
     def _flush(self) -> None:
         core = self.core
-        sockets = self.sockets
         for _ in range(4):  # a send error can change link state: drain again
             datagrams = core.datagrams_to_send()
             if not datagrams:
                 break
-            for index, data, addr in datagrams:
-                try:
-                    sockets[index].sendto(data, addr)
-                except BlockingIOError:
-                    self.io_errors["send_would_block"] += 1
-                except OSError as exc:
-                    name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-                    self.io_errors[f"send_{name}"] += 1
-                    if exc.errno in LINK_DOWN_ERRNOS:
-                        core.send_failed(index, addr, time.monotonic())
-        fd = self.tun.fd
-        for packet in core.packets_to_deliver():
-            try:
-                os.write(fd, packet)
-            except OSError as exc:
-                self.io_errors[f"tun_write_{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+            self._send(datagrams)
+        packets = core.packets_to_deliver()
+        if packets:
+            self._write_tun(packets)
         for level, message in core.take_events():
             log.log(level, "%s", message)
         self._arm_timer()
+
+    def _send(self, datagrams: list[Datagram]) -> None:
+        """Each (socket, address)'s datagrams in order; trains of equal-sized
+        ones in one GSO send where the socket has it."""
+        if len(datagrams) == 1:
+            index, data, addr = datagrams[0]
+            self._send_one(index, data, addr)
+            return
+        by_path: dict[tuple[int, Address], list[bytes]] = {}
+        for index, data, addr in datagrams:
+            path = (index, addr)
+            train = by_path.get(path)
+            if train is None:
+                by_path[path] = [data]
+            else:
+                train.append(data)
+        for (index, addr), queue in by_path.items():
+            if len(queue) == 1 or not self.gso[index]:
+                for data in queue:
+                    if not self._send_one(index, data, addr):
+                        break
+                continue
+            for train in _gso_trains(queue):
+                if len(train) == 1:
+                    ok = self._send_one(index, train[0], addr)
+                else:
+                    ok = self._send_train(index, train, addr)
+                if not ok:
+                    break
+
+    def _send_one(self, index: int, data: bytes, addr: Address) -> bool:
+        try:
+            self.sockets[index].sendto(data, addr)
+            self.io_counts["udp_sends"] += 1
+            self.io_counts["udp_datagrams_out"] += 1
+            return True
+        except OSError as exc:
+            self._send_error(index, addr, exc, 1)
+            return exc.errno not in LINK_DOWN_ERRNOS
+
+    def _send_train(self, index: int, train: list[bytes], addr: Address) -> bool:
+        segment = struct.pack("=H", len(train[0]))
+        try:
+            self.sockets[index].sendmsg(
+                [b"".join(train)], [(SOL_UDP, UDP_SEGMENT, segment)], 0, addr)
+            self.io_counts["udp_sends"] += 1
+            self.io_counts["udp_datagrams_out"] += len(train)
+            return True
+        except OSError as exc:
+            if exc.errno in GSO_REFUSED_ERRNOS:
+                self.gso[index] = False
+                log.warning("link socket %d: UDP GSO refused (%s); one datagram per send from "
+                            "now on", index, exc.strerror or exc)
+                return all(self._send_one(index, data, addr) for data in train)
+            self._send_error(index, addr, exc, len(train))
+            return exc.errno not in LINK_DOWN_ERRNOS
+
+    def _send_error(self, index: int, addr: Address, exc: OSError, count: int) -> None:
+        if isinstance(exc, BlockingIOError):
+            self.io_errors["send_would_block"] += count
+            return
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        self.io_errors[f"send_{name}"] += count
+        if exc.errno in LINK_DOWN_ERRNOS:
+            self.core.send_failed(index, addr, time.monotonic())
+
+    def _write_tun(self, packets: list[bytes]) -> None:
+        fd = self.tun.fd
+        buffers = coalesce(packets) if self.tun.vnet_hdr else packets
+        self.io_counts["tun_writes"] += len(buffers)
+        self.io_counts["tun_packets_out"] += len(packets)
+        for buf in buffers:
+            try:
+                os.write(fd, buf)
+            except OSError as exc:
+                self.io_errors[f"tun_write_{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
 
     def _arm_timer(self) -> None:
         at = self.core.get_timer()
@@ -180,6 +317,42 @@ class Driver:
             self._timer.cancel()
         self._timer_at = at
         self._timer = self.loop.call_later(max(at - time.monotonic(), 0.0), self._on_timer)
+
+
+def _gso_trains(queue: list[bytes]) -> list[list[bytes]]:
+    """Cut one path's datagrams into GSO trains: all of one size, except a
+    shorter last one, within the kernel's segment and byte limits."""
+    trains: list[list[bytes]] = []
+    train: list[bytes] = []
+    size = total = 0
+    for data in queue:
+        n = len(data)
+        if train and (n > size or len(train) >= GSO_MAX_SEGMENTS or total + n > GSO_MAX_BYTES):
+            trains.append(train)
+            train = []
+        if not train:
+            size, total = n, 0
+        train.append(data)
+        total += n
+        if n < size:  # a short one ends its train
+            trains.append(train)
+            train = []
+    if train:
+        trains.append(train)
+    return trains
+
+
+def _gro_segment_size(ancillary: list[tuple[int, int, bytes]]) -> int:
+    for level, kind, data in ancillary:
+        if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
+            return int(struct.unpack_from("=i", data)[0])
+    return 0
+
+
+def _on_off(flags: list[bool]) -> str:
+    if all(flags):
+        return "on"
+    return "off" if not any(flags) else f"on for {sum(flags)} of {len(flags)} sockets"
 
 
 async def serve(config: Config) -> None:

@@ -1,4 +1,11 @@
-"""One UDP socket per link, bound to its interface and/or source address."""
+"""One UDP socket per link, bound to its interface and/or source address.
+
+Also the UDP offloads: GSO (`UDP_SEGMENT`: one sendmsg carries up to 64
+equal-sized datagrams, the kernel or NIC cuts them) and GRO (`UDP_GRO`: one
+recvmsg returns a train of datagrams from one sender glued together, the
+segment size in a control message).  Each datagram on the wire is still a
+normal UDP datagram: a receiver without GRO sees no difference.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,30 @@ from ..endpoint import Role
 from .tun import SetupError
 
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+# <linux/udp.h>
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+# The kernel takes at most UDP_MAX_SEGMENTS (64 before 6.x, 128 after) per
+# send and 64 KB of payload; stay under both.
+GSO_MAX_SEGMENTS = 64
+GSO_MAX_BYTES = 65000
+
+
+def enable_gro(sock: socket.socket) -> bool:
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        return True
+    except OSError:
+        return False
+
+
+def gso_supported(sock: socket.socket) -> bool:
+    try:
+        sock.getsockopt(SOL_UDP, UDP_SEGMENT)
+        return True
+    except OSError:
+        return False
 
 
 def _family(*hosts: str | None) -> socket.AddressFamily:

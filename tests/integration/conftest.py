@@ -51,6 +51,8 @@ class Tunnel:
     workdir: Path
     weights: tuple[int, ...]
     scheduler: str = "weighted"
+    # Extra `key = value` lines for both ends' [interface] table.
+    interface_extra: tuple[str, ...] = ()
     procs: list[Proc] = field(default_factory=list)
 
     @property
@@ -69,12 +71,13 @@ class Tunnel:
         server = [
             "[interface]", f'name = "{tun}"', f'address = ["{SERVER_TUN_ADDR}/24"]',
             f'private_key = "{encode_key(spriv)}"', f"listen_port = {PORT}",
-            f'scheduler = "{self.scheduler}"',
+            f'scheduler = "{self.scheduler}"', *self.interface_extra,
             "[peer]", f'public_key = "{encode_key(cpub)}"', f'preshared_key = "{encode_key(psk)}"',
         ]
         client = [
             "[interface]", f'name = "{tun}"', f'address = ["{CLIENT_TUN_ADDR}/24"]',
             f'private_key = "{encode_key(cpriv)}"', f'scheduler = "{self.scheduler}"',
+            *self.interface_extra,
             "[peer]", f'public_key = "{encode_key(spub)}"', f'preshared_key = "{encode_key(psk)}"',
         ]
         for i, link in enumerate(self.lab.names.links):
@@ -127,12 +130,13 @@ def make_tunnel(tmp_path: Path) -> Iterator[object]:
 
     def factory(rates_mbit: tuple[float | None, ...] = (None, None),
                 weights: tuple[int, ...] | None = None, scheduler: str = "weighted",
-                start: bool = True) -> Tunnel:
+                start: bool = True, interface_extra: tuple[str, ...] = ()) -> Tunnel:
         prefix = "si" + secrets.token_hex(2)
         names = LabNames.for_prefix(prefix, len(rates_mbit))
         specs = tuple(LinkSpec.symmetric(rate) for rate in rates_mbit)
         lab = Lab(names, specs, tmp_path)
-        tunnel = Tunnel(lab, tmp_path, weights or (1,) * len(rates_mbit), scheduler)
+        tunnel = Tunnel(lab, tmp_path, weights or (1,) * len(rates_mbit), scheduler,
+                        interface_extra)
         made.append(tunnel)
         lab.up()
         if start:

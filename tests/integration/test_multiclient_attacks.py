@@ -70,6 +70,10 @@ class MultiLab:
             run(["ip", "addr", "add", f"10.{60 + i}.0.2/30", "dev", sif], ns=self.server_ns)
             run(["ip", "link", "set", cif, "up"], ns=self.ns(i))
             run(["ip", "link", "set", sif, "up"], ns=self.server_ns)
+            # Like most real NICs: no UDP segmentation offload, so stripe's
+            # GSO trains are cut into datagrams before the wire and a sniffer
+            # (the attacker's capture) sees what a real one would.
+            run(["ethtool", "-K", cif, "tx-udp-segmentation", "off"], ns=self.ns(i))
 
     def start(self) -> None:
         spriv, self.server_public = generate_keypair()
