@@ -183,9 +183,12 @@ class ReorderBuffer:
         window = min(max(self.hold_s * ACTIVE_HOLD_MULTIPLE, ACTIVE_MIN_S), ACTIVE_MAX_S)
         frontier = -1
         mask = self._mask
-        for link_id in range(MASKABLE_LINKS):
-            if mask >> link_id & 1 and link_id not in self._links:
+        pending = mask
+        while pending:  # each announced link (set bit), lowest first
+            bit = pending & -pending
+            if bit.bit_length() - 1 not in self._links:
                 return -1  # announced but never heard from: wait for it
+            pending ^= bit
         for link_id, link in self._links.items():
             active = now - link.last_data_time <= window or (
                 link_id < MASKABLE_LINKS and mask >> link_id & 1

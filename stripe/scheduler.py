@@ -32,6 +32,10 @@ class Scheduler:
     def pick(self, links: Collection[Link], size: int, now: float) -> Link | None:
         raise NotImplementedError
 
+    def charge(self, link: Link, size: int) -> None:
+        """`size` more bytes went to `link`, the last pick, in the same run
+        (see `Endpoint.send_packets`).  Counting strategies count picks."""
+
 
 class WeightedScheduler(Scheduler):
     """Smooth weighted round robin (as nginx does it): over any window of
@@ -125,6 +129,11 @@ class AdaptiveScheduler(Scheduler):
 
     def __init__(self) -> None:
         self._finish: dict[int, float] = {}
+        self._best_loss = 0.0
+
+    def charge(self, link: Link, size: int) -> None:
+        rate = _effective_rate(link, self._best_loss)
+        self._finish[link.link_id] = self._finish.get(link.link_id, 0.0) + size * 8 / rate
 
     def pick(self, links: Collection[Link], size: int, now: float) -> Link | None:
         candidates = usable_links(links)
@@ -152,20 +161,27 @@ class AdaptiveScheduler(Scheduler):
             previous = finish.get(link.link_id, start)
             if previous > start:
                 start = previous
-            rate = est.rate_bps
-            excess = est.loss - best_loss - LOSS_TOLERANCE
-            if excess > 0:
-                rate *= max(1.0 - LOSS_PENALTY_SLOPE * excess, LOSS_PENALTY_FLOOR)
-            done = start + bits / rate
+            done = start + bits / _effective_rate(link, best_loss)
             if done < best_finish:
                 best, best_finish = link, done
         assert best is not None
         finish[best.link_id] = best_finish
+        self._best_loss = best_loss
         ahead = best_finish - now - MAX_LOOKAHEAD_S
         if ahead > 0:
             for link_id in finish:
                 finish[link_id] -= ahead
         return best
+
+
+def _effective_rate(link: Link, best_loss: float) -> float:
+    """The link's estimated rate, discounted for loss well above the best link's."""
+    est = link.est
+    rate = est.rate_bps
+    excess = est.loss - best_loss - LOSS_TOLERANCE
+    if excess > 0:
+        rate *= max(1.0 - LOSS_PENALTY_SLOPE * excess, LOSS_PENALTY_FLOOR)
+    return rate
 
 
 SCHEDULERS: dict[str, type[Scheduler]] = {

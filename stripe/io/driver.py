@@ -144,8 +144,9 @@ class Driver:
 
     def _on_tun(self) -> None:
         now = time.monotonic()
-        fd, core, vnet = self.tun.fd, self.core, self.tun.vnet_hdr
-        packets = reads = 0
+        fd, vnet = self.tun.fd, self.tun.vnet_hdr
+        packets: list[bytes] = []
+        reads = 0
         for _ in range(READ_BATCH):
             try:
                 buf = os.read(fd, TUN_READ_SIZE)
@@ -156,22 +157,19 @@ class Driver:
                 break
             reads += 1
             if not vnet:
-                core.send_packet(buf, now)
-                packets += 1
+                packets.append(buf)
             else:
                 try:
-                    segments = split_tun_read(buf)
+                    packets += split_tun_read(buf)
                 except OffloadError:
                     self.io_errors["tun_read_malformed_offload"] += 1
                     continue
-                for packet in segments:
-                    core.send_packet(packet, now)
-                packets += len(segments)
-            if packets >= PACKET_BATCH:
+            if len(packets) >= PACKET_BATCH:
                 break
         counts = self.io_counts
         counts["tun_reads"] += reads
-        counts["tun_packets_in"] += packets
+        counts["tun_packets_in"] += len(packets)
+        self.core.send_packets(packets, now)
         self._flush()
 
     def _on_socket(self, index: int, sock: socket.socket) -> None:
@@ -196,9 +194,9 @@ class Driver:
             source = (addr[0], addr[1])
             segment = _gro_segment_size(ancillary) if ancillary else 0
             if 0 < segment < len(data):
-                for offset in range(0, len(data), segment):
-                    core.receive_datagram(index, data[offset:offset + segment], source, now)
-                datagrams += (len(data) + segment - 1) // segment
+                train = [data[offset:offset + segment] for offset in range(0, len(data), segment)]
+                core.receive_datagrams(index, train, source, now)
+                datagrams += len(train)
             else:
                 core.receive_datagram(index, data, source, now)
                 datagrams += 1
@@ -280,10 +278,24 @@ class Driver:
             return True
         except OSError as exc:
             if exc.errno in GSO_REFUSED_ERRNOS:
-                self.gso[index] = False
-                log.warning("link socket %d: UDP GSO refused (%s); one datagram per send from "
-                            "now on", index, exc.strerror or exc)
-                return all(self._send_one(index, data, addr) for data in train)
+                # Either GSO itself is refused, or a datagram is (too big for
+                # the path): one at a time tells which.
+                sent = 0
+                for data in train:
+                    try:
+                        self.sockets[index].sendto(data, addr)
+                        sent += 1
+                    except OSError as single:
+                        self._send_error(index, addr, single, 1)
+                        if single.errno in LINK_DOWN_ERRNOS:
+                            return False
+                self.io_counts["udp_sends"] += sent
+                self.io_counts["udp_datagrams_out"] += sent
+                if sent == len(train):
+                    self.gso[index] = False
+                    log.warning("link socket %d: UDP GSO refused (%s); one datagram per send "
+                                "from now on", index, exc.strerror or exc)
+                return True
             self._send_error(index, addr, exc, len(train))
             return exc.errno not in LINK_DOWN_ERRNOS
 
