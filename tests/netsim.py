@@ -166,12 +166,20 @@ class Sim:
                 _, direction, packet = pending.pop()
                 ep = self.client if direction == "up" else self.server
                 ep.send_packet(packet, self.now)
+            # What arrived by now, consecutive datagrams of one link and
+            # direction as one train (as a GRO read hands them over).
+            trains: list[tuple[str, int, list[bytes]]] = []
             while self._events and self._events[0][0] <= self.now:
                 _, _, direction, index, data = heapq.heappop(self._events)
-                if direction == "up":
-                    self.server.receive_datagram(index, data, client_addr(index), self.now)
+                if trains and trains[-1][0] == direction and trains[-1][1] == index:
+                    trains[-1][2].append(data)
                 else:
-                    self.client.receive_datagram(index, data, server_addr(index), self.now)
+                    trains.append((direction, index, [data]))
+            for direction, index, datagrams in trains:
+                if direction == "up":
+                    self.server.receive_datagrams(index, datagrams, client_addr(index), self.now)
+                else:
+                    self.client.receive_datagrams(index, datagrams, server_addr(index), self.now)
             for ep in (self.client, self.server):
                 t = ep.get_timer()
                 if t is not None and t <= self.now:

@@ -36,6 +36,19 @@ def test_random_bytes_never_raise(data: bytes) -> None:
     assert not _sim.server.packets_to_deliver()
 
 
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(st.binary(max_size=1600), st.sampled_from(CAPTURED)), max_size=8))
+def test_trains_of_random_and_replayed_datagrams_never_raise(train: list[bytes]) -> None:
+    """The batched entry (a GRO read) with garbage and replays mixed in."""
+    before = _snapshot(_sim)
+    _sim.server.receive_datagrams(0, train, client_addr(0), _sim.now)
+    _sim.client.receive_datagrams(0, train, server_addr(0), _sim.now)
+    assert _snapshot(_sim) == before
+    assert not _sim.server.packets_to_deliver()
+    _sim.server.datagrams_to_send()
+    _sim.client.datagrams_to_send()
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(CAPTURED), st.lists(st.tuples(st.integers(0, 1600), st.integers(0, 255)),
                                            min_size=1, max_size=4), st.integers(0, 64))
@@ -47,8 +60,8 @@ def test_mutated_real_datagrams_never_raise(base: bytes, flips: list[tuple[int, 
             data[pos] ^= value or 1
     mutated = bytes(data[: len(data) - cut] if cut < len(data) else data)
     before = _snapshot(_sim)
-    _sim.server.receive_datagram(0, mutated, client_addr(0), _sim.now)
-    _sim.client.receive_datagram(0, mutated, server_addr(0), _sim.now)
+    _sim.server.receive_datagrams(0, [mutated], client_addr(0), _sim.now)
+    _sim.client.receive_datagrams(0, [mutated], server_addr(0), _sim.now)
     if mutated != base:
         assert _snapshot(_sim) == before
     assert not _sim.server.packets_to_deliver()
