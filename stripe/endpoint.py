@@ -266,7 +266,8 @@ class Endpoint:
                 self._enqueue(peer, packet, now)
                 continue
             run = [packet]
-            budget = link.est.rate_bps * (RUN_WINDOW_S / 8) - len(packet)
+            budget = peer.scheduler.run_bytes(link, peer.links.values(), RUN_WINDOW_S) - len(
+                packet)
             extra = 0
             while i < count and extra < budget and len(run) < RUN_MAX_PACKETS:
                 following = packets[i]

@@ -36,6 +36,14 @@ class Scheduler:
         """`size` more bytes went to `link`, the last pick, in the same run
         (see `Endpoint.send_packets`).  Counting strategies count picks."""
 
+    def run_bytes(self, link: Link, links: Collection[Link], window_s: float) -> float:
+        """How many bytes a run that starts with a pick of `link` may carry.
+        Counting strategies: the same for every link (what the slowest
+        carries in `window_s`), so shares by pick stay shares by bytes."""
+        slowest = min((other.est.rate_bps for other in usable_links(links)),
+                      default=link.est.rate_bps)
+        return slowest * window_s / 8
+
 
 class WeightedScheduler(Scheduler):
     """Smooth weighted round robin (as nginx does it): over any window of
@@ -130,6 +138,11 @@ class AdaptiveScheduler(Scheduler):
     def __init__(self) -> None:
         self._finish: dict[int, float] = {}
         self._best_loss = 0.0
+
+    def run_bytes(self, link: Link, links: Collection[Link], window_s: float) -> float:
+        """What `link` carries in `window_s` at its estimated rate: the run
+        is charged to its finish time like one big packet."""
+        return link.est.rate_bps * window_s / 8
 
     def charge(self, link: Link, size: int) -> None:
         rate = _effective_rate(link, self._best_loss)
