@@ -157,6 +157,8 @@ def _checksum_field(total: int) -> int:
 
 def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071) of `data`, as stored in a header."""
+    if not any(data):
+        return 0xFFFF  # the one case where the ones'-complement sum is 0, not 0xFFFF
     return _checksum_field(_ones_sum(data))
 
 
