@@ -39,8 +39,12 @@ computed at C speed.  Dividing a 1400-byte integer by 0xFFFF costs a
 hardware division per 30-bit digit, so `_ones_sum` first folds the halves
 together with shifts and masks (2**(16k) = 1 too) and divides what is left.
 
-Measured on the 2-core development machine (CPython 3.11, `python -m
-bench.offload_cost`, best of 5): see `COST_NOTE` below for the figures.
+Cost (`python -m bench.offload_cost`: best of 15, CPython 3.11, the 2-core
+development VM, 64 KB IPv4/IPv6 super-packets with TCP timestamps cut into 48
+segments of 1360 bytes): split_tun_read 2.2-2.4 us per segment, coalesce
+1.6-1.7 us per packet (one flow or two interleaved).  Of that, the checksum
+of a 1360-byte payload is ~1.3 us (int.from_bytes ~0.6, folding ~0.7) and
+the verification in coalesce ~0.65 us; the rest is header work.
 """
 
 from __future__ import annotations
@@ -103,9 +107,7 @@ class VnetHdr:
 
 
 def parse_vnet_hdr(buf: bytes | memoryview) -> VnetHdr:
-    if len(buf) < VNET_HDR_LEN:
-        raise OffloadError("vnet_truncated", f"{len(buf)} bytes, header needs {VNET_HDR_LEN}")
-    return VnetHdr(*VNET_HDR.unpack_from(buf))
+    return VnetHdr(*_unpack_vnet(buf))
 
 
 def pack_vnet_hdr(hdr: VnetHdr) -> bytes:
@@ -117,9 +119,9 @@ def pack_vnet_hdr(hdr: VnetHdr) -> bytes:
 
 # Fold plans by bit-length class c (x < 2**(2**c)): fold at 2**(c-1) bits, then
 # 2**(c-2), ... while the split stays >= _FOLD_STOP_BITS; then one division.
-# Splits are powers of two >= 16, hence multiples of 16 bits.
-# Plans exist for integers below 2**(2**20) bits' worth (128 KB): every IP
-# packet and every run of them; anything larger takes the plain division.
+# Splits are powers of two >= 16, hence multiples of 16 bits.  Plans cover
+# integers under 2**20 bits (128 KB): any IP packet, any run of them; larger
+# ones (only a malformed NEEDS_CSUM read could be) take the plain division.
 _FOLD_STOP_BITS: Final = 1024
 _FOLD_PLANS: Final = tuple(
     tuple((1 << k, (1 << (1 << k)) - 1) for k in range(c - 1, -1, -1)
@@ -212,7 +214,7 @@ def split_tun_read(buf: bytes) -> list[bytes]:
     raise OffloadError("gso_type", f"unsupported gso_type {gso_type:#x}")
 
 
-def _unpack_vnet(buf: bytes) -> tuple[int, int, int, int, int, int]:
+def _unpack_vnet(buf: bytes | memoryview) -> tuple[int, int, int, int, int, int]:
     if len(buf) < VNET_HDR_LEN:
         raise OffloadError("vnet_truncated", f"{len(buf)} bytes, header needs {VNET_HDR_LEN}")
     fields: tuple[int, int, int, int, int, int] = VNET_HDR.unpack_from(buf)
@@ -318,7 +320,7 @@ def _split_tcp(packet: bytes, version: int, ip_len: int, mss: int) -> list[bytes
     # The TCP header words with seq, flags and checksum taken out, plus the
     # pseudo-header's addresses and protocol: each segment adds its own.
     tcp_stripped = (packet[a:a + 4] + bytes(4) + packet[a + 8:a + 13] + b"\0"
-                    + packet[a + 14:a + 16] + bytes(2) + packet[a + 16 + 2:hl])
+                    + packet[a + 14:a + 16] + bytes(2) + packet[a + 18:hl])
     if version == 4:
         addresses = packet[12:20]
         tcp_base = _ones_sum(tcp_stripped) + _ones_sum(addresses) + IPPROTO_TCP

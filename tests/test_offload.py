@@ -292,6 +292,28 @@ def test_split_without_needs_csum_still_computes_checksums() -> None:
     assert split_tun_read(bytes(raw)) == ref_segment(p, 500)
 
 
+def test_split_copies_ipv4_options_to_every_segment() -> None:
+    p = Tcp(payload=bytes(range(256)) * 10, options=TIMESTAMPS, ip_id=41)
+    plain = build(p, "partial")
+    ip_options = bytes([0x94, 4, 0, 0])  # router alert
+    ip = bytearray(plain[:20] + ip_options)
+    ip[0] = 0x46
+    ip[2:4] = (len(plain) + 4).to_bytes(2, "big")
+    ip[10:12] = b"\0\0"
+    ip[10:12] = ref_checksum(bytes(ip)).to_bytes(2, "big")
+    vnet = struct.pack("=BBHHHH", VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4,
+                       56, 1000, 24, 16)
+    segments = split_tun_read(vnet + bytes(ip) + plain[20:])
+    expected = ref_segment(p, 1000)
+    assert len(segments) == len(expected) == 3
+    for got, want in zip(segments, expected, strict=True):
+        assert got[0] == 0x46 and got[20:24] == ip_options
+        assert got[24:] == want[20:]  # TCP identical: IP options are not in the pseudo-header
+        assert int.from_bytes(got[2:4], "big") == len(got)
+        assert got[4:6] == want[4:6]  # ids 41, 42, 43
+        assert checksums_ok(got)
+
+
 def test_split_single_segment_and_empty_payload() -> None:
     p = Tcp(payload=b"x" * 100)
     assert split_tun_read(tso(p, 1448)) == [build(p)]
