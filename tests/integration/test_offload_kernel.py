@@ -204,8 +204,8 @@ class Lab:
         # nsC verifies every checksum instead of trusting the veth.
         run(["ethtool", "-K", vb, "tx", "off", "tso", "off", "gso", "off", "sg", "off"], ns=ns_b)
         run(["ethtool", "-K", vc, "rx", "off", "gro", "off"], ns=ns_c)
-        run(["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"],
-            ns=ns_b)
+        run(["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward && "
+             "echo 1 > /proc/sys/net/ipv6/conf/all/forwarding"], ns=ns_b)
         for dest in ("10.201.2.0/24", "fd00:201:2::/64"):
             run(["ip", "route", "add", dest, "dev", self.prefix + "ta"], ns=ns_a)
         run(["ip", "route", "add", "default", "via", ROUTER_V4], ns=ns_c)
