@@ -8,15 +8,20 @@ import os
 import sys
 from pathlib import Path
 
+from bench.iperf import parse_rate_mbit
 from bench.lab import cleanup_prefix
 from bench.runner import DEFAULT_SCHEDULERS, Options, fit_seconds, publish_latest
 from bench.runner import run as run_bench
 from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
 from bench.sh import CommandError
+from bench.wireguard_go import remove_stale_sockets
 
 CC_CHOICES = ("cubic", "bbr")
 QUICK_SECONDS = 4.0
 FLOW_CHOICES = ("tcp", "tcp4", "udp")
+# iperf3's UDP payload carries its 16-byte header; 65507 is the IPv4 maximum.
+MIN_UDP_LEN = 16
+MAX_UDP_LEN = 65507
 
 
 def _need_root() -> None:
@@ -75,9 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma list of tcp (one flow), tcp4 (4 parallel), udp (fixed rate)",
     )
     run_p.add_argument(
+        "--udp-rate",
+        default=None,
+        help="UDP offered rate on the unshaped (ceiling) scenarios, iperf3 -b syntax, "
+        "e.g. 600M (default 1000M); shaped scenarios offer 90 %% of their links' sum",
+    )
+    run_p.add_argument(
+        "--udp-len",
+        type=int,
+        default=None,
+        help="UDP payload bytes per datagram, iperf3 -l (default: 1372 on unshaped links, "
+        "a full 1400-byte tunnel packet; 1200 on shaped ones)",
+    )
+    run_p.add_argument(
         "--systems",
         default=None,
-        help="comma list of system name prefixes to run, e.g. link0,ecmp,stripe",
+        help="comma list of system name prefixes to run, e.g. link0,ecmp,wireguard-go,stripe",
     )
     run_p.add_argument(
         "--schedulers",
@@ -120,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="list scenario presets")
 
-    clean = sub.add_parser("cleanup", help="delete leftover namespaces with a prefix")
+    clean = sub.add_parser(
+        "cleanup", help="delete leftover namespaces (and wireguard-go sockets) with a prefix"
+    )
     clean.add_argument(
         "prefix",
         help="namespace name prefix: sb1a2b for one run's leftovers, sb for every bench "
@@ -163,6 +183,15 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
     for flow in opts.flows:
         if flow not in FLOW_CHOICES:
             parser.error(f"--flows: {flow!r} is not one of {', '.join(FLOW_CHOICES)}")
+    if args.udp_rate is not None:
+        try:
+            opts.udp_rate_mbit = parse_rate_mbit(args.udp_rate)
+        except ValueError as exc:
+            parser.error(f"--udp-rate: {exc}")
+    if args.udp_len is not None:
+        if not MIN_UDP_LEN <= args.udp_len <= MAX_UDP_LEN:
+            parser.error(f"--udp-len: {args.udp_len} is not in {MIN_UDP_LEN}..{MAX_UDP_LEN}")
+        opts.udp_len = args.udp_len
     return opts
 
 
@@ -192,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "cleanup":
         _need_root()
-        gone = cleanup_prefix(args.prefix)
+        # Namespaces first: that ends their wireguard-go, whose sockets go next.
+        gone = cleanup_prefix(args.prefix) + remove_stale_sockets(args.prefix)
         print("removed: " + (" ".join(gone) if gone else "nothing"))
         return 0
     return 2

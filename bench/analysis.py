@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,9 @@ class Summary:
     link_share: list[float]
     packets_per_s_median: float
     cpu_percent: dict[str, float]
+    # Per process: median Mbit per CPU-second, largest peak RSS of any run (MB).
+    mbit_per_cpu_s: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
     share_of_reference: float | None = None
     rtt_idle_ms: float | None = None
     rtt_loaded_ms: float | None = None
@@ -47,11 +51,19 @@ class Summary:
     errors: list[str] = field(default_factory=list)
 
 
+def mbit_per_cpu_second(megabits: float | None, cpu_seconds: dict[str, float]) -> dict[str, float]:
+    """Per-core efficiency of each process: the megabits the receiver got per
+    CPU-second that process used (= Mbit/s per fully busy core)."""
+    if not megabits:
+        return {}
+    return {name: round(megabits / cpu, 1) for name, cpu in cpu_seconds.items() if cpu > 0}
+
+
 def system_order(system: str) -> tuple[int, str]:
-    """Plain links by index, then ECMP, MPTCP, then stripe's schedulers."""
+    """Plain links by index, then ECMP, MPTCP, wireguard-go, then stripe's schedulers."""
     if system.startswith("link") and system[4:].isdigit():
         return (0, f"{int(system[4:]):03d}")
-    return ({"ecmp": 1, "mptcp": 2}.get(system, 3), system)
+    return ({"ecmp": 1, "mptcp": 2, "wireguard-go": 3}.get(system, 4), system)
 
 
 def _median(values: list[float]) -> float | None:
@@ -102,6 +114,8 @@ def summarize(records: list[Record]) -> list[Summary]:
                     k: statistics.median(r["cpu_percent"].get(k, 0.0) for r in base)
                     for k in sorted(cpu_names)
                 },
+                mbit_per_cpu_s=_per_process(base, "mbit_per_cpu_s", statistics.median),
+                peak_rss_mb=_per_process(base, "peak_rss_mb", max),
                 rtt_idle_ms=_median([r["rtt_idle_ms"] for r in base if r.get("rtt_idle_ms")]),
                 rtt_loaded_ms=_median([r["rtt_loaded_ms"] for r in base if r.get("rtt_loaded_ms")]),
                 receiver_reorder=_reorder_medians(base),
@@ -110,6 +124,17 @@ def summarize(records: list[Record]) -> list[Summary]:
         )
     _add_reference(out)
     return out
+
+
+def _per_process(
+    records: list[Record], key: str, combine: Callable[[list[float]], float]
+) -> dict[str, float]:
+    """One value per process name from each run's ``key`` dict (runs lacking it skipped)."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        for name, value in (r.get(key) or {}).items():
+            values[name].append(float(value))
+    return {name: round(combine(v), 1) for name, v in sorted(values.items())}
 
 
 REORDER_KEYS = ("lost", "late", "inferred_releases", "deadline_releases", "max_held")

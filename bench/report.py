@@ -36,6 +36,52 @@ def _median_or_none(values: list[float | None]) -> float | None:
     return statistics.median(known)
 
 
+def _role(process: str) -> str:
+    """``stripe-server`` / ``wireguard-go-client`` -> ``server`` / ``client``."""
+    for system in ("stripe-", "wireguard-go-"):
+        if process.startswith(system):
+            return process.removeprefix(system)
+    return process
+
+
+def _per_role(values: dict[str, float], digits: int, sep: str = " / ") -> str:
+    return sep.join(f"{_role(k)} {v:.{digits}f}" for k, v in values.items()) or "-"
+
+
+def ratio_to(summaries: list[Summary], s: Summary, system: str) -> float | None:
+    """``s``'s median goodput over ``system``'s in the same scenario, flow and cc."""
+    key = (s.scenario, system, s.flow, s.cc)
+    for other in summaries:
+        if (other.scenario, other.system, other.flow, other.cc) == key and other.goodput_median:
+            return round(s.goodput_median / other.goodput_median, 2)
+    return None
+
+
+def ceiling_table(rows: list[Summary]) -> list[str]:
+    """Unshaped links: goodput against the kernel and wireguard-go, and what each
+    tunnel process spends on it (CPU, Mbit per CPU-second, peak memory)."""
+    lines = [
+        "",
+        "Efficiency: x link0 / x wireguard-go = median goodput over theirs (same flow, cc); "
+        "Mbit per CPU-s = megabits received per CPU-second of that process (utime+stime "
+        "while iperf3 ran: Mbit/s per fully busy core); peak RSS = largest VmHWM of any run, "
+        "MB.",
+        "",
+        "| system | flow | cc | goodput Mbit/s | x link0 | x wireguard-go | UDP loss % "
+        "| CPU % | Mbit per CPU-s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in rows:
+        procs = {k: v for k, v in s.cpu_percent.items() if k != "emulator"}
+        lines.append(
+            f"| {s.system} | {s.flow} | {s.cc or 'default'} | {s.goodput_median:.1f} "
+            f"| {_fmt(ratio_to(rows, s, 'link0'))} | {_fmt(ratio_to(rows, s, 'wireguard-go'))} "
+            f"| {_fmt(s.lost_percent_median)} | {_per_role(procs, 0)} "
+            f"| {_per_role(s.mbit_per_cpu_s, 0)} | {_per_role(s.peak_rss_mb, 1)} |"
+        )
+    return lines
+
+
 def failover_table(records: list[Record], summaries: list[Summary]) -> list[str]:
     lines: list[str] = []
     for name in sorted({r["scenario"] for r in records}):
@@ -173,12 +219,7 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
                 "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for s in rows:
-                cpu = (
-                    ", ".join(
-                        f"{k.removeprefix('stripe-')} {v:.0f}" for k, v in s.cpu_percent.items()
-                    )
-                    or "-"
-                )
+                cpu = _per_role(s.cpu_percent, 0, ", ")
                 lines.append(
                     f"| {s.system} | {s.flow} | {s.cc or 'default'} "
                     f"| {s.goodput_median:.2f} [{s.goodput_min:.2f}-{s.goodput_max:.2f}] "
@@ -186,6 +227,8 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
                     f"| {_fmt(s.lost_percent_median)} | {_shares(s)} "
                     f"| {s.packets_per_s_median:.0f} | {cpu} | {s.ok_runs}/{s.runs} |"
                 )
+        if scen is not None and scen.kind == "ceiling":
+            lines += ceiling_table(rows)
         reorder = [s for s in rows if s.receiver_reorder]
         if reorder:
             lines += [
