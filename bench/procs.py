@@ -67,10 +67,10 @@ class Proc:
         except OSError:
             return None
 
-    def stop(self, grace_s: float = 3.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``grace_s``; returns the exit status."""
+    def stop(self, grace_s: float = 3.0, sig: signal.Signals = signal.SIGTERM) -> int | None:
+        """``sig``, then SIGKILL after ``grace_s``; returns the exit status."""
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+            self.popen.send_signal(sig)
             try:
                 self.popen.wait(grace_s)
             except subprocess.TimeoutExpired:
@@ -80,7 +80,8 @@ class Proc:
         return self.popen.returncode
 
     def tail(self, lines: int = 30) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         try:
             text = self.log.read_text(errors="replace")
         except OSError:

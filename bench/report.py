@@ -177,6 +177,12 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
         "and cc); link share = bytes each link carried (both directions, client side), %.",
         "",
     ]
+    if meta.get("profiled"):
+        lines += [
+            "stripe ran under py-spy (sampling from outside, 100 Hz): its figures here are "
+            "a little below unprofiled runs'. Profiles: see the end.",
+            "",
+        ]
     lines += overview_table(summaries)
     for name in dict.fromkeys(r["scenario"] for r in records):
         scen = SCENARIOS.get(name)
@@ -248,10 +254,28 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
             lines += ["", "Errors:"] + [f"- {sys_}: `{e.splitlines()[0]}`" for sys_, e in errors]
         lines.append("")
     lines += failover_table(records, summaries)
+    lines += profiles_section(meta.get("profiles", []))
     lines += ["## Plots", ""]
     for png in sorted(meta.get("plots", [])):
         lines.append(f"![{png}](plots/{png})")
     return "\n".join(lines) + "\n"
+
+
+def profiles_section(texts: list[str]) -> list[str]:
+    """Links to each profiled process's top functions and flame graph."""
+    if not texts:
+        return []
+    lines = [
+        "## Profiles (py-spy)",
+        "",
+        "Per stripe process: top functions by own time (`.txt`), flame graph (`.svg`), "
+        "raw collapsed stacks (`.collapsed`).",
+        "",
+    ]
+    for txt in texts:
+        stem = txt.removesuffix(".txt")
+        lines.append(f"- `{stem}`: [top functions]({txt}), [flame graph]({stem}.svg)")
+    return [*lines, ""]
 
 
 def write_report(out: Path, records: list[Record], meta: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from bench.iperf import IPV4_UDP_HEADERS, UDP_PAYLOAD_BYTES, Flow
 from bench.lab import Lab, LabNames, mptcp_available, new_prefix
 from bench.measure import Event, RunRecord, measure, measure_latency
 from bench.procs import terminating_signals_raise, uninterruptible
+from bench.profile import PY_SPY_MISSING, Profiled, py_spy_path
 from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, Scenario
 from bench.sh import CommandError, ensure_tools
 from bench.stripe_config import TUNNEL_MTU, TUNNEL_SERVER_ADDR, Keys, write_configs
@@ -29,6 +30,7 @@ from bench.systems import Ecmp, Mptcp, PlainLink, Stripe, System, WireguardGo
 from bench.wireguard_go import WIREGUARD_GO
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PROFILES = "profiles"
 DEFAULT_SCHEDULERS = ("roundrobin", "weighted", "adaptive")
 # UDP offered load: 90 % of the links' sum, so a good bond loses nothing.
 UDP_OFFER_FRACTION = 0.9
@@ -54,6 +56,8 @@ class Options:
     log_level: str = "info"
     impairment: str = "auto"  # auto | netem | userspace
     topology: str = "network"  # network | local (see bench.lab)
+    profile: bool = False  # stripe under py-spy (bench.profile)
+    profile_native: bool = False
 
 
 class Progress:
@@ -226,6 +230,9 @@ def run_scenario(
             for system, flow, cc in plan:
                 label = f"{system.name}-{flow.label}-{cc or 'default'}-r{rep}"
                 progress.show(f"{scenario.name} {label} ({seconds:g} s)")
+                if opts.profile and isinstance(system, Stripe):
+                    where = out / PROFILES / scenario.name / label
+                    system = Profiled(system, where, opts.profile_native)
                 record = _one_run(scenario, lab, system, flow, cc, seconds, workdir / label)
                 data = record.to_json() | {"scenario": scenario.name, "repeat": rep}
                 records.append(data)
@@ -339,6 +346,8 @@ def run(opts: Options) -> Path:
             ensure_tools([WIREGUARD_GO])
         except CommandError as exc:
             sys.stderr.write(f"bench: no wireguard-go baseline: {exc}\n")
+    if opts.profile and py_spy_path() is None:
+        raise CommandError(PY_SPY_MISSING)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = opts.out or RESULTS_DIR / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -353,6 +362,7 @@ def run(opts: Options) -> Path:
         "udp_len": opts.udp_len,
         "schedulers": opts.schedulers,
         "scenarios": [s.name for s in opts.scenarios],
+        "profiled": opts.profile,
     }
     progress = Progress(count_runs(opts))
     minutes = estimate_seconds(opts) / 60
@@ -368,6 +378,9 @@ def run(opts: Options) -> Path:
             from bench.report import write_report
 
             meta["load_average"] = _loadavg()
+            meta["profiles"] = sorted(
+                str(p.relative_to(out)) for p in (out / PROFILES).glob("*/*/*.txt")
+            )
             (out / "meta.json").write_text(json.dumps(meta, indent=1))
             if records:
                 write_report(out, records, meta)
@@ -376,7 +389,7 @@ def run(opts: Options) -> Path:
 
 # What of a results directory is worth keeping in git: no logs, no configs
 # (they hold the run's private keys), no iperf3 dumps.
-PUBLISHED = ("results.md", "summary.json", "meta.json", "raw", "plots")
+PUBLISHED = ("results.md", "summary.json", "meta.json", "raw", "plots", PROFILES)
 
 
 def publish_latest(out: Path, latest: Path = RESULTS_DIR / "latest") -> Path:
