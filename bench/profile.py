@@ -6,8 +6,8 @@ stops it (SIGINT, which makes py-spy write its file) when the flow ends.
 py-spy samples from outside the process 100 times a second, stacks
 aggregated per function (``--function``), with ``--nonblocking`` (it never
 pauses stripe) unless ``--native`` is asked for (C frames: libc's write,
-OpenSSL; py-spy must pause the process to unwind them, which costs stripe
-a third of its throughput). Samples of threads waiting in the kernel (epoll)
+OpenSSL; py-spy must pause the process to unwind them, which lowers
+stripe's throughput a lot). Samples of threads waiting in the kernel (epoll)
 are left out, so the shares are of the time the process was busy. For each
 process the run's ``profiles/<scenario>/<run>/`` gets the raw collapsed
 stacks (``<process>.collapsed``, flamegraph.pl's input format), the top
