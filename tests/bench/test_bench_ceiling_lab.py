@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bench_support import needs_lab
+from bench_support import fresh_names, lab_running, needs_lab
 
 from bench.iperf import Flow, run_client, start_server
-from bench.lab import Direction, Lab, LabNames, LinkSpec, list_namespaces, new_prefix
+from bench.lab import Direction, Lab, LinkSpec
 from bench.measure import measure
 from bench.profile import py_spy_path
 from bench.runner import Options, run
@@ -38,33 +38,27 @@ needs_wireguard_go = pytest.mark.skipif(
 
 @pytest.fixture
 def lossy_lab(tmp_path: Path) -> Iterator[Lab]:
-    prefix = "hb" + new_prefix()[2:]
     specs = (
         LinkSpec.symmetric(None, loss=0.01),
         LinkSpec(up=Direction(loss=0.10), down=Direction()),
     )
-    lab = Lab(
-        LabNames.for_prefix(prefix, 2), specs, tmp_path, impairment="nftables", topology="local"
-    )
-    try:
-        lab.up()
+    lab = Lab(fresh_names(2), specs, tmp_path, impairment="nftables", topology="local")
+    with lab_running(lab):
         yield lab
-    finally:
-        lab.down()
-    assert not [ns for ns in list_namespaces() if ns.startswith(prefix)]
 
 
 def test_nftables_loss_rate(lossy_lab: Lab) -> None:
-    server = start_server(lossy_lab.names.server_ns, 5201, lossy_lab.workdir / "udp.log")
-    try:
-        results = [
-            run_client(lossy_lab.names.client_ns, addr, 5201, 2, Flow("udp", 1, 60, 1372), None)
-            for addr in ("10.0.0.2", "10.1.0.2")
-        ]
-    finally:
-        server.stop()
-    for result, loss in zip(results, (1.0, 10.0), strict=True):
-        assert result.error is None and result.lost_percent is not None
+    ns = lossy_lab.names
+    for i, loss in enumerate((1.0, 10.0)):
+        # A server per link: an iperf3 server may still be busy with the last test.
+        port = 5201 + i
+        server = start_server(ns.server_ns, port, lossy_lab.workdir / f"udp{i}.log")
+        try:
+            addr = ns.links[i].server_addr
+            result = run_client(ns.client_ns, addr, port, 2, Flow("udp", 1, 60, 1372), None)
+        finally:
+            server.stop()
+        assert result.error is None and result.lost_percent is not None, result.error
         assert abs(result.lost_percent - loss) <= (0.5 if loss == 1.0 else 1.5), result
     # Link 1 drops only client -> server: its server end has the rule, the client end not.
     client_rules = sh_run(["nft", "list", "ruleset"], ns=lossy_lab.names.client_ns).stdout
@@ -73,18 +67,15 @@ def test_nftables_loss_rate(lossy_lab: Lab) -> None:
 
 @needs_wireguard_go
 def test_wireguard_go_single_path_and_cleanup(tmp_path: Path) -> None:
-    prefix = "hb" + new_prefix()[2:]
-    names = LabNames.for_prefix(prefix, 2)
+    names = fresh_names(2)
     lab = Lab(names, (LinkSpec.symmetric(None),) * 2, tmp_path, topology="local")
-    try:
-        lab.up()
+    with lab_running(lab):
         record = measure(lab, WireguardGo(), Flow(), 2, None, tmp_path / "wg")
         # Gone after the run: wireguard-go's sockets and interfaces.
-        for ifname, ns in zip(interface_names(names), (names.client_ns, names.server_ns)):
+        ends = (names.client_ns, names.server_ns)
+        for ifname, ns in zip(interface_names(names), ends, strict=True):
             assert not socket_path(ifname).exists()
             assert sh_run(["ip", "link", "show", ifname], ns=ns, check=False).returncode != 0
-    finally:
-        lab.down()
     assert record.error is None, record.error
     assert record.goodput_mbit > 10  # loose: a shared machine; figures are the bench's job
     assert record.link_share[0] > 0.95  # one path, over link 0
