@@ -37,12 +37,12 @@ def print_summary(out: Path) -> None:
         rows = json.loads((out / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
         return
-    print(f"{'scenario':20} {'system':18} {'flow':8} {'cc':8} {'Mbit/s':>8} {'share':>6}")
+    print(f"{'scenario':20} {'system':18} {'flow':14} {'cc':8} {'Mbit/s':>9} {'share':>6}")
     for r in rows:
         share = "-" if r["share_of_reference"] is None else f"{r['share_of_reference']:.2f}"
         print(
-            f"{r['scenario']:20} {r['system']:18} {r['flow']:8} {r['cc'] or 'default':8} "
-            f"{r['goodput_median']:8.2f} {share:>6}"
+            f"{r['scenario']:20} {r['system']:18} {r['flow']:14} {r['cc'] or 'default':8} "
+            f"{r['goodput_median']:9.2f} {share:>6}"
         )
 
 

@@ -42,6 +42,9 @@ class Summary:
     # Per process: median Mbit per CPU-second, largest peak RSS of any run (MB).
     mbit_per_cpu_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    # UDP: medians of the receive-buffer drops as % of datagrams sent, at
+    # iperf3's socket (the measurement's loss) and at the tunnel's sockets.
+    udp_drop_percent: dict[str, float] = field(default_factory=dict)
     share_of_reference: float | None = None
     rtt_idle_ms: float | None = None
     rtt_loaded_ms: float | None = None
@@ -57,6 +60,19 @@ def mbit_per_cpu_second(megabits: float | None, cpu_seconds: dict[str, float]) -
     if not megabits:
         return {}
     return {name: round(megabits / cpu, 1) for name, cpu in cpu_seconds.items() if cpu > 0}
+
+
+def udp_drop_percent(record: Record) -> dict[str, float]:
+    """Receive-buffer drops of a UDP run in % of datagrams sent: at iperf3's
+    socket (``iperf3``) and at the tunnel's own sockets (``tunnel``)."""
+    drops, packets = record.get("udp_drops") or {}, record.get("udp_packets")
+    if not packets or "all" not in drops:
+        return {}
+    tunnel = drops.get("tunnel_sockets", 0)
+    return {
+        "iperf3": round(100 * (drops["all"] - tunnel) / packets, 3),
+        "tunnel": round(100 * tunnel / packets, 3),
+    }
 
 
 def system_order(system: str) -> tuple[int, str]:
@@ -116,6 +132,9 @@ def summarize(records: list[Record]) -> list[Summary]:
                 },
                 mbit_per_cpu_s=_per_process(base, "mbit_per_cpu_s", statistics.median),
                 peak_rss_mb=_per_process(base, "peak_rss_mb", max),
+                udp_drop_percent=_per_process(
+                    [{"drops": udp_drop_percent(r)} for r in base], "drops", statistics.median, 3
+                ),
                 rtt_idle_ms=_median([r["rtt_idle_ms"] for r in base if r.get("rtt_idle_ms")]),
                 rtt_loaded_ms=_median([r["rtt_loaded_ms"] for r in base if r.get("rtt_loaded_ms")]),
                 receiver_reorder=_reorder_medians(base),
@@ -127,14 +146,14 @@ def summarize(records: list[Record]) -> list[Summary]:
 
 
 def _per_process(
-    records: list[Record], key: str, combine: Callable[[list[float]], float]
+    records: list[Record], key: str, combine: Callable[[list[float]], float], digits: int = 1
 ) -> dict[str, float]:
-    """One value per process name from each run's ``key`` dict (runs lacking it skipped)."""
+    """One value per name (a process, a place) from the runs' ``key`` dicts."""
     values: dict[str, list[float]] = defaultdict(list)
     for r in records:
         for name, value in (r.get(key) or {}).items():
             values[name].append(float(value))
-    return {name: round(combine(v), 1) for name, v in sorted(values.items())}
+    return {name: round(combine(v), digits) for name, v in sorted(values.items())}
 
 
 REORDER_KEYS = ("lost", "late", "inferred_releases", "deadline_releases", "max_held")

@@ -64,6 +64,7 @@ class IperfResult:
     lost_percent: float | None = None  # UDP only
     error: str | None = None
     received_mbit: float | None = None  # megabits the receiver got in all
+    udp_packets: int | None = None  # UDP only: datagrams sent
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,10 +148,11 @@ def parse(stdout: str, stderr: str = "") -> IperfResult:
     else:
         goodput = end.get("sum", {}).get("bits_per_second", 0.0) / 1e6
     retransmits = end.get("sum_sent", {}).get("retransmits")
-    lost = None
+    lost = packets = None
     if data.get("start", {}).get("test_start", {}).get("protocol") == "UDP":
         server_end = data.get("server_output_json", {}).get("end", {})
         lost = server_end.get("sum", end.get("sum", {})).get("lost_percent")
+        packets = end.get("sum", {}).get("packets")
     received = end.get("sum_received", {}).get("bytes")
     return IperfResult(
         goodput,
@@ -160,6 +162,7 @@ def parse(stdout: str, stderr: str = "") -> IperfResult:
         data.get("error"),
         raw=data,
         received_mbit=None if received is None else received * 8 / 1e6,
+        udp_packets=packets,
     )
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import udp_drops
 from bench.analysis import mbit_per_cpu_second
 from bench.iperf import Flow, client_command, parse, run_client, start_server
 from bench.lab import Counters, Lab
@@ -46,6 +47,10 @@ class RunRecord:
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     mbit_per_cpu_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    # UDP: receive-buffer drops in the server namespace during the flow, all
+    # and at the tunnel's own sockets (bench.udp_drops); datagrams sent.
+    udp_drops: dict[str, int] = field(default_factory=dict)
+    udp_packets: int | None = None
     rtt_idle_ms: float | None = None
     rtt_loaded_ms: float | None = None
     events: list[tuple[float, str]] = field(default_factory=list)
@@ -127,6 +132,7 @@ def measure(
             target.server_bind,
         )
         before = lab.counters()
+        drops_before = udp_drops.read(lab.names.server_ns) if flow.kind == "udp" else None
         cpu_before = _cpu(lab, system)
         sampler = Sampler(lab, events or [])
         started = time.monotonic()
@@ -146,6 +152,11 @@ def measure(
             sampler.stop()
         wall = time.monotonic() - started
         after = lab.counters()
+        if drops_before is not None:
+            record.udp_drops = udp_drops.between(
+                drops_before, udp_drops.read(lab.names.server_ns)
+            )
+            record.udp_packets = result.udp_packets
         cpu_after = _cpu(lab, system)
         record.goodput_mbit = round(result.goodput_mbit, 3)
         record.retransmits = result.retransmits

@@ -57,18 +57,29 @@ def ratio_to(summaries: list[Summary], s: Summary, system: str) -> float | None:
     return None
 
 
+def _udp_loss(s: Summary) -> str:
+    loss = _fmt(s.lost_percent_median)
+    where = s.udp_drop_percent
+    if not where:
+        return loss
+    return f"{loss} ({where.get('iperf3', 0):.2f} / {where.get('tunnel', 0):.2f})"
+
+
 def ceiling_table(rows: list[Summary]) -> list[str]:
     """Unshaped links: goodput against the kernel and wireguard-go, and what each
     tunnel process spends on it (CPU, Mbit per CPU-second, peak memory)."""
     lines = [
         "",
         "Efficiency: x link0 / x wireguard-go = median goodput over theirs (same flow, cc); "
+        "UDP loss % = iperf3's, then in brackets the receive-buffer overflows in the server "
+        "namespace as % of datagrams sent: at iperf3's own socket (the measurement's loss: "
+        "the receiving iperf3 did not keep up) / at the tunnel's sockets; "
         "Mbit per CPU-s = megabits received per CPU-second of that process (utime+stime "
         "while iperf3 ran: Mbit/s per fully busy core); peak RSS = largest VmHWM of any run, "
         "MB.",
         "",
-        "| system | flow | cc | goodput Mbit/s | x link0 | x wireguard-go | UDP loss % "
-        "| CPU % | Mbit per CPU-s | peak RSS MB |",
+        "| system | flow | cc | goodput Mbit/s | x link0 | x wireguard-go "
+        "| UDP loss % (iperf3 socket / tunnel) | CPU % | Mbit per CPU-s | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in rows:
@@ -76,7 +87,7 @@ def ceiling_table(rows: list[Summary]) -> list[str]:
         lines.append(
             f"| {s.system} | {s.flow} | {s.cc or 'default'} | {s.goodput_median:.1f} "
             f"| {_fmt(ratio_to(rows, s, 'link0'))} | {_fmt(ratio_to(rows, s, 'wireguard-go'))} "
-            f"| {_fmt(s.lost_percent_median)} | {_per_role(procs, 0)} "
+            f"| {_udp_loss(s)} | {_per_role(procs, 0)} "
             f"| {_per_role(s.mbit_per_cpu_s, 0)} | {_per_role(s.peak_rss_mb, 1)} |"
         )
     return lines

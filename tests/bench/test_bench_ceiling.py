@@ -1,6 +1,7 @@
 """Issue-7 bench pieces that need no root: wireguard-go's keys and UAPI text,
-nftables loss rules, UDP rate options, efficiency and memory figures, the
-ceiling table, and the profile's stack parsing and flame graph layout."""
+nftables loss rules, UDP rate options, efficiency and memory figures, where
+UDP loss happened, the ceiling table, and the profile's stack parsing and
+flame graph layout."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from bench.__main__ import build_parser, options_from
-from bench.analysis import mbit_per_cpu_second, summarize, system_order
+from bench.analysis import mbit_per_cpu_second, summarize, system_order, udp_drop_percent
 from bench.iperf import client_command, parse, parse_rate_mbit
 from bench.lab import Direction, Lab, LabNames, LinkSpec, nft_loss_ruleset
 from bench.measure import RunRecord
@@ -26,6 +27,7 @@ from bench.profile import (
 from bench.report import ceiling_table, profiles_section, results_markdown
 from bench.runner import CEILING_UDP_LEN, Options, count_runs, flows_for
 from bench.scenarios import ALIASES, SCENARIOS, resolve
+from bench.udp_drops import UdpDrops, between, parse_snmp_rcvbuf_errors, parse_socket_drops
 from bench.wireguard_go import KeyPair, interface_names, uapi_errno, uapi_set
 
 DATA = Path(__file__).parent / "data"
@@ -331,3 +333,53 @@ def test_flame_svg(tmp_path: Path) -> None:
     write_flame_svg(parse_collapsed(COLLAPSED), path, "stripe-client: 100 samples")
     svg = path.read_text()
     assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+
+
+# -- where UDP loss happened ------------------------------------------------
+
+SNMP = """\
+Ip: Forwarding DefaultTTL
+Ip: 1 64
+Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors
+Udp: 161661 0 2302 1 2302 0 0
+UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors
+UdpLite: 0 0 0 0 0 0 0
+"""
+
+
+def test_parse_udp_stats() -> None:
+    assert parse_snmp_rcvbuf_errors(SNMP) == 2302
+    with pytest.raises(ValueError):
+        parse_snmp_rcvbuf_errors("Ip: a\nIp: 1\n")
+    tables = (DATA / "proc-net-udp.txt").read_text()  # udp, then udp6
+    assert parse_socket_drops(tables) == {41001: 7, 41002: 0, 41003: 3}
+    assert parse_socket_drops("") == {}
+
+
+def test_udp_drops_split_tunnel_sockets_from_iperf3() -> None:
+    # The tunnel's sockets 1 and 2 were open throughout; 3 is gone (iperf3's
+    # test socket would not even be in the first read); 4 is new.
+    before = UdpDrops(100, {1: 5, 2: 0, 3: 9})
+    after = UdpDrops(160, {1: 15, 2: 20, 4: 1})
+    assert between(before, after) == {"all": 60, "tunnel_sockets": 30}
+
+
+def test_udp_drop_percent_and_summary() -> None:
+    runs = [
+        _ceiling_record(
+            "link0",
+            550.0,
+            flow="udp600M-1372B",
+            repeat=i,
+            udp_drops={"all": d, "tunnel_sockets": 0},
+            udp_packets=100_000,
+        )
+        for i, d in enumerate((2000, 3000, 4000))
+    ]
+    assert udp_drop_percent(runs[0]) == {"iperf3": 2.0, "tunnel": 0.0}
+    assert udp_drop_percent(_ceiling_record("link0", 1.0)) == {}
+    (s,) = summarize(runs)
+    assert s.udp_drop_percent == {"iperf3": 3.0, "tunnel": 0.0}
+    s.lost_percent_median = 3.1
+    row = next(r for r in ceiling_table([s]) if r.startswith("| link0"))
+    assert "| 3.10 (3.00 / 0.00) |" in row

@@ -107,6 +107,8 @@ def test_short_profiled_ceiling_run(tmp_path: Path) -> None:
         for flow in ("tcp", "udp100M-1372B")
     }
     assert all(r["error"] is None for r in records), [r["error"] for r in records]
+    for udp in (r for r in records if r["flow"].startswith("udp")):
+        assert set(udp["udp_drops"]) == {"all", "tunnel_sockets"} and udp["udp_packets"] > 0
     stripe_tcp = next(r for r in records if r["system"] == "stripe-adaptive" and r["flow"] == "tcp")
     assert set(stripe_tcp["mbit_per_cpu_s"]) == {"stripe-server", "stripe-client"}
     assert all(0 < v < 200 for v in stripe_tcp["peak_rss_mb"].values())
