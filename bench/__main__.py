@@ -135,7 +135,8 @@ def _add_run_arguments(p: argparse.ArgumentParser, profile: bool) -> None:
         p.add_argument(
             "--profile",
             action="store_true",
-            help="run stripe under py-spy: flame graphs and top functions in profiles/",
+            help="after the repeats, one more run of each stripe system and flow under "
+            "py-spy (kept out of the figures): top functions and flame graphs in profiles/",
         )
     p.add_argument(
         "--native",
@@ -189,11 +190,11 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
     except KeyError as exc:
         parser.error(str(exc.args[0]))
     quick = args.quick
-    profile = args.command == "profile" or args.profile
-    default_seconds = QUICK_SECONDS if quick else PROFILE_SECONDS if profile else 20.0
+    profile = "all" if args.command == "profile" else "extra" if args.profile else "off"
+    default_seconds = QUICK_SECONDS if quick else PROFILE_SECONDS if profile == "all" else 20.0
     opts = Options(
         scenarios=scenarios,
-        repeat=args.repeat or (1 if quick or profile else 3),
+        repeat=args.repeat or (1 if quick or profile == "all" else 3),
         seconds=args.seconds or default_seconds,
         ccs=[c or None for c in args.cc.split(",")] if args.cc else [None],
         flows=args.flows.split(","),
@@ -206,7 +207,7 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
         profile=profile,
         profile_native=args.native,
     )
-    if args.native and not profile:
+    if args.native and profile == "off":
         parser.error("--native goes with profiling (--profile or the profile command)")
     if args.minutes:
         if args.seconds:

@@ -188,7 +188,7 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
         "and cc); link share = bytes each link carried (both directions, client side), %.",
         "",
     ]
-    if meta.get("profiled"):
+    if meta.get("profiled") == "all":
         lines += [
             "stripe ran under py-spy (sampling from outside, 100 Hz): its figures here are "
             "a little below unprofiled runs'. Profiles: see the end.",

@@ -56,7 +56,10 @@ class Options:
     log_level: str = "info"
     impairment: str = "auto"  # auto | netem | userspace
     topology: str = "network"  # network | local (see bench.lab)
-    profile: bool = False  # stripe under py-spy (bench.profile)
+    # stripe under py-spy (bench.profile): "off"; "all" its runs (the profile
+    # command); "extra": one more run per stripe system and flow after the
+    # repeats, profiled and kept out of the figures (run --profile).
+    profile: str = "off"
     profile_native: bool = False
 
 
@@ -225,21 +228,28 @@ def run_scenario(
             if not (isinstance(system, Mptcp) and flow.kind == "udp")
             for cc in (opts.ccs if flow.kind == "tcp" else [None])
         ]
-        progress.total += len(plan) * opts.repeat - count_runs_for(scenario, opts)
-        for rep in range(1, opts.repeat + 1):
-            for system, flow, cc in plan:
-                label = f"{system.name}-{flow.label}-{cc or 'default'}-r{rep}"
-                progress.show(f"{scenario.name} {label} ({seconds:g} s)")
-                if opts.profile and isinstance(system, Stripe):
-                    where = out / PROFILES / scenario.name / label
-                    system = Profiled(system, where, opts.profile_native)
-                record = _one_run(scenario, lab, system, flow, cc, seconds, workdir / label)
-                data = record.to_json() | {"scenario": scenario.name, "repeat": rep}
+        extra = [p for p in plan if isinstance(p[0], Stripe)] if opts.profile == "extra" else []
+        progress.total += len(plan) * opts.repeat + len(extra) - count_runs_for(scenario, opts)
+        runs = [(rep, p) for rep in range(1, opts.repeat + 1) for p in plan]
+        for rep, (system, flow, cc) in runs + [(0, p) for p in extra]:
+            label = f"{system.name}-{flow.label}-{cc or 'default'}-" + (
+                f"r{rep}" if rep else "profile"
+            )
+            progress.show(f"{scenario.name} {label} ({seconds:g} s)")
+            if isinstance(system, Stripe) and (opts.profile == "all" or not rep):
+                where = out / PROFILES / scenario.name / label
+                system = Profiled(system, where, opts.profile_native)
+            record = _one_run(scenario, lab, system, flow, cc, seconds, workdir / label)
+            data = record.to_json() | {"scenario": scenario.name, "repeat": rep}
+            if rep:
                 records.append(data)
                 raw = out / "raw" / scenario.name / f"{label}.json"
-                raw.parent.mkdir(parents=True, exist_ok=True)
-                raw.write_text(json.dumps(data, indent=1))
-                progress.finish_one(_note(record))
+            else:
+                # A profiled extra: its figures are not the scenario's.
+                raw = out / PROFILES / scenario.name / label / "record.json"
+            raw.parent.mkdir(parents=True, exist_ok=True)
+            raw.write_text(json.dumps(data, indent=1))
+            progress.finish_one(_note(record))
     finally:
         with uninterruptible():
             lab.down()
@@ -289,10 +299,12 @@ def count_runs_for(scenario: Scenario, opts: Options) -> int:
     n_plain = {"ceiling": 1, "failover": 0}.get(scenario.kind, len(scenario.links))
     # ceiling: wireguard-go; others: ECMP and MPTCP.
     n_sys = n_plain + (1 if scenario.kind == "ceiling" else 2) + len(opts.schedulers)
+    # Each repeat runs every system; a profiled extra, once per stripe scheduler.
+    per_flow = n_sys * opts.repeat + (len(opts.schedulers) if opts.profile == "extra" else 0)
     total = 0
     for flow in _flows(scenario, opts):
-        total += n_sys * (len(opts.ccs) if flow.kind == "tcp" else 1)
-    return total * opts.repeat
+        total += per_flow * (len(opts.ccs) if flow.kind == "tcp" else 1)
+    return total
 
 
 def estimate_seconds(opts: Options) -> float:
@@ -346,7 +358,7 @@ def run(opts: Options) -> Path:
             ensure_tools([WIREGUARD_GO])
         except CommandError as exc:
             sys.stderr.write(f"bench: no wireguard-go baseline: {exc}\n")
-    if opts.profile and py_spy_path() is None:
+    if opts.profile != "off" and py_spy_path() is None:
         raise CommandError(PY_SPY_MISSING)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = opts.out or RESULTS_DIR / stamp

@@ -166,7 +166,7 @@ def test_cli_issue7_command() -> None:
         "600M",
     )
     assert [s.name for s in opts.scenarios] == list(ALIASES["ceiling"])
-    assert opts.udp_rate_mbit == 600.0 and opts.udp_len is None and not opts.profile
+    assert opts.udp_rate_mbit == 600.0 and opts.udp_len is None and opts.profile == "off"
     assert opts.systems == ["link", "wireguard-go", "stripe"]
     assert _options("run", "ceiling-2", "--udp-len", "1400").udp_len == 1400
 
@@ -186,7 +186,7 @@ def test_cli_rejects(argv: list[str]) -> None:
 
 def test_cli_profile_defaults() -> None:
     opts = _options("profile", "ceiling-2")
-    assert opts.profile and not opts.profile_native
+    assert opts.profile == "all" and not opts.profile_native
     assert (opts.repeat, opts.seconds, opts.systems, opts.schedulers) == (
         1,
         10.0,
@@ -194,13 +194,17 @@ def test_cli_profile_defaults() -> None:
         ["adaptive"],
     )
     assert _options("profile", "ceiling-1", "--seconds", "5", "--native").profile_native
-    assert _options("run", "ceiling-1", "--profile").profile
+    extra = _options("run", "ceiling-1", "--profile")
+    assert (extra.profile, extra.repeat, extra.seconds) == ("extra", 3, 20.0)
 
 
 def test_ceiling_run_count_includes_wireguard_go() -> None:
     opts = Options(resolve(["ceiling-2"]), repeat=3, flows=["tcp", "udp"], schedulers=["adaptive"])
     # link0 + wireguard-go + stripe-adaptive, two flows, three repeats.
     assert count_runs(opts) == 3 * 2 * 3
+    # --profile: one more (profiled) stripe run per flow.
+    opts.profile = "extra"
+    assert count_runs(opts) == 3 * 2 * 3 + 2
 
 
 # -- efficiency, memory, summaries, report ----------------------------------
@@ -270,7 +274,7 @@ def test_ceiling_table_ratios_and_processes() -> None:
     wg = next(line for line in table.splitlines() if line.startswith("| wireguard-go"))
     assert "client 90 / server 80" in wg
     assert system_order("link0") < system_order("wireguard-go") < system_order("stripe-adaptive")
-    md = results_markdown(records, {"command": "x", "profiled": True, "profiles": []})
+    md = results_markdown(records, {"command": "x", "profiled": "all", "profiles": []})
     assert "Mbit per CPU-s" in md and "under py-spy" in md
 
 

@@ -85,9 +85,21 @@ def test_wireguard_go_single_path_and_cleanup(tmp_path: Path) -> None:
     assert set(record.peak_rss_mb) == procs and all(v > 1 for v in record.peak_rss_mb.values())
 
 
+needs_py_spy = pytest.mark.skipif(
+    not stripe_available() or py_spy_path() is None, reason="needs stripe and py-spy"
+)
+
+
+def _profile_files_ok(run_dir: Path) -> None:
+    for process in ("stripe-server", "stripe-client"):
+        top = (run_dir / f"{process}.txt").read_text()
+        assert top.startswith(f"{process}: ") and "stripe/" in top, top
+        assert (run_dir / f"{process}.svg").stat().st_size > 1000
+
+
 @needs_wireguard_go
-@pytest.mark.skipif(not stripe_available() or py_spy_path() is None, reason="needs py-spy")
-def test_short_profiled_ceiling_run(tmp_path: Path) -> None:
+@needs_py_spy
+def test_short_ceiling_run_with_profiled_extra(tmp_path: Path) -> None:
     opts = Options(
         resolve(["ceiling-2"]),
         repeat=1,
@@ -97,7 +109,7 @@ def test_short_profiled_ceiling_run(tmp_path: Path) -> None:
         systems=["wireguard-go", "stripe"],
         schedulers=["adaptive"],
         out=tmp_path,
-        profile=True,
+        profile="extra",
     )
     out = run(opts)
     records = [json.loads(p.read_text()) for p in sorted((out / "raw" / "ceiling-2").glob("*"))]
@@ -114,11 +126,31 @@ def test_short_profiled_ceiling_run(tmp_path: Path) -> None:
     assert all(0 < v < 200 for v in stripe_tcp["peak_rss_mb"].values())
     results = (out / "results.md").read_text()
     assert "Mbit per CPU-s" in results and "x wireguard-go" in results
-    profile_dir = out / "profiles" / "ceiling-2" / "stripe-adaptive-tcp-default-r1"
-    for process in ("stripe-server", "stripe-client"):
-        top = (profile_dir / f"{process}.txt").read_text()
-        assert top.startswith(f"{process}: ") and "stripe/" in top
-        assert (profile_dir / f"{process}.svg").stat().st_size > 1000
-    # Only stripe is profiled.
-    assert not (out / "profiles" / "ceiling-2" / "wireguard-go-tcp-default-r1").exists()
-    assert json.loads((out / "meta.json").read_text())["profiles"]
+    assert "under py-spy" not in results  # the figures' runs were not profiled
+    # The extra runs: one per stripe flow, profiled, their records beside the profiles.
+    profiles = out / "profiles" / "ceiling-2"
+    assert sorted(p.name for p in profiles.iterdir()) == [
+        "stripe-adaptive-tcp-default-profile",
+        "stripe-adaptive-udp100M-1372B-default-profile",
+    ]
+    tcp_profile = profiles / "stripe-adaptive-tcp-default-profile"
+    _profile_files_ok(tcp_profile)
+    extra = json.loads((tcp_profile / "record.json").read_text())
+    assert extra["repeat"] == 0 and extra["error"] is None
+    assert len(json.loads((out / "meta.json").read_text())["profiles"]) == 4
+
+
+@needs_py_spy
+def test_profile_command_profiles_its_runs(tmp_path: Path) -> None:
+    opts = Options(
+        resolve(["ceiling-1"]),
+        repeat=1,
+        seconds=2,
+        systems=["stripe"],
+        schedulers=["adaptive"],
+        out=tmp_path,
+        profile="all",
+    )
+    out = run(opts)
+    _profile_files_ok(out / "profiles" / "ceiling-1" / "stripe-adaptive-tcp-default-r1")
+    assert "under py-spy" in (out / "results.md").read_text()
