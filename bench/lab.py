@@ -14,8 +14,8 @@ Topology per link ``i`` (addresses 10.i.0.1/30 client, 10.i.0.2/30 server):
   has it.
 * impairment ``nftables``: random loss only, at kernel speed (the emulator
   carries tens of Mbit/s, not Gbit/s): nftables drop rules on each link's
-  receiving endpoint, offloads off so a drop takes one packet, either
-  topology.
+  receiving endpoint, segmentation offloads off so a drop takes one
+  packet, either topology.
 
 Every lab also carries the extras the baselines need: 10.9.0.1/32 and
 10.9.0.2/32 on the endpoints' ``lo`` with ECMP routes across all links, and
@@ -167,6 +167,11 @@ def cleanup_prefix(prefix: str) -> list[str]:
 
 
 OFFLOADS_OFF = ("tx", "off", "tso", "off", "gso", "off", "gro", "off")
+# No segmentation offloads (every frame on the veth is one packet) but
+# checksum offload kept, so the tunnels' UDP GSO sends still work: the
+# kernel segments them in software before the veth, as a NIC without UDP
+# segmentation offload would.
+SEGMENTATION_OFF = ("tso", "off", "gso", "off", "gro", "off", "tx-udp-segmentation", "off")
 
 
 def _veth(a: str, ns_a: str, b: str, ns_b: str) -> None:
@@ -265,8 +270,8 @@ class Lab:
         if self.nft_loss:
             where = "bridge in a middle namespace" if self.via_middle else "direct veths"
             return (
-                f"{where}, no offloads, random loss by nftables drop rules at each "
-                "receiving endpoint"
+                f"{where}, no segmentation offloads, random loss by nftables drop rules at "
+                "each receiving endpoint"
             )
         if not self.via_middle:
             return "direct veths, tbf on the endpoints"
@@ -335,9 +340,10 @@ class Lab:
             if self.nft_loss:
                 # A veth hands a TSO/GSO super-packet to its peer whole; one
                 # random drop would then take dozens of packets at once.
-                # Without offloads every frame is one packet, as on a wire.
+                # Without segmentation offloads every frame is one packet,
+                # as on a wire.
                 for ns, dev in ((cns, n.client_if), (sns, n.server_if)):
-                    run(["ethtool", "-K", dev, *OFFLOADS_OFF], ns=ns, check=False)
+                    run(["ethtool", "-K", dev, *SEGMENTATION_OFF], ns=ns)
             self._shape(cns, n.client_if, spec.up.rate_mbit)
             self._shape(sns, n.server_if, spec.down.rate_mbit)
         else:

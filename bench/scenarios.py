@@ -105,7 +105,7 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "ceiling-lossy",
             "2 unshaped veth links, each dropping 1 % of packets each way at random "
-            "(nftables, offloads off); the plain link 0 has the same loss: no loss "
+            "(nftables, segmentation offloads off); the plain link 0 has the same loss: no loss "
             "amplification through the tunnel",
             (_sym(None, loss=0.01), _sym(None, loss=0.01)),
             kind="ceiling",
