@@ -141,7 +141,8 @@ def _add_run_arguments(p: argparse.ArgumentParser, profile: bool) -> None:
     p.add_argument(
         "--native",
         action="store_true",
-        help="with profiling: also sample C frames (py-spy --native; slower to write)",
+        help="with profiling: also sample C frames (py-spy --native, which pauses stripe "
+        "at every sample: much lower throughput while profiled)",
     )
 
 
