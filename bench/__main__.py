@@ -8,15 +8,22 @@ import os
 import sys
 from pathlib import Path
 
+from bench.iperf import parse_rate_mbit
 from bench.lab import cleanup_prefix
 from bench.runner import DEFAULT_SCHEDULERS, Options, fit_seconds, publish_latest
 from bench.runner import run as run_bench
 from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
 from bench.sh import CommandError
+from bench.wireguard_go import remove_stale_sockets
 
 CC_CHOICES = ("cubic", "bbr")
 QUICK_SECONDS = 4.0
+PROFILE_SECONDS = 10.0
+PROFILE_SCHEDULER = "adaptive"
 FLOW_CHOICES = ("tcp", "tcp4", "udp")
+# iperf3's UDP payload carries its 16-byte header; 65507 is the IPv4 maximum.
+MIN_UDP_LEN = 16
+MAX_UDP_LEN = 65507
 
 
 def _need_root() -> None:
@@ -30,13 +37,113 @@ def print_summary(out: Path) -> None:
         rows = json.loads((out / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
         return
-    print(f"{'scenario':20} {'system':18} {'flow':8} {'cc':8} {'Mbit/s':>8} {'share':>6}")
+    print(f"{'scenario':20} {'system':18} {'flow':14} {'cc':8} {'Mbit/s':>9} {'share':>6}")
     for r in rows:
         share = "-" if r["share_of_reference"] is None else f"{r['share_of_reference']:.2f}"
         print(
-            f"{r['scenario']:20} {r['system']:18} {r['flow']:8} {r['cc'] or 'default':8} "
-            f"{r['goodput_median']:8.2f} {share:>6}"
+            f"{r['scenario']:20} {r['system']:18} {r['flow']:14} {r['cc'] or 'default':8} "
+            f"{r['goodput_median']:9.2f} {share:>6}"
         )
+
+
+def _add_run_arguments(p: argparse.ArgumentParser, profile: bool) -> None:
+    """``run``'s options; ``profile`` takes the same ones with its own defaults."""
+    p.add_argument(
+        "scenarios", nargs="+", metavar="SCENARIO", help="preset names or aliases (see `list`)"
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help=f"runs per system (default {1 if profile else 3})",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help=f"length of each run (default {PROFILE_SECONDS if profile else 20:g}; "
+        "failover is always 30)",
+    )
+    p.add_argument(
+        "--cc",
+        default=None,
+        help="comma list of TCP congestion controls, e.g. cubic,bbr (default: the system's)",
+    )
+    p.add_argument(
+        "--flows",
+        default="tcp",
+        help="comma list of tcp (one flow), tcp4 (4 parallel), udp (fixed rate)",
+    )
+    p.add_argument(
+        "--udp-rate",
+        default=None,
+        help="UDP offered rate on the unshaped (ceiling) scenarios, iperf3 -b syntax, "
+        "e.g. 600M (default 1000M); shaped scenarios offer 90 %% of their links' sum",
+    )
+    p.add_argument(
+        "--udp-len",
+        type=int,
+        default=None,
+        help="UDP payload bytes per datagram, iperf3 -l (default: 1372 on unshaped links, "
+        "a full 1400-byte tunnel packet; 1200 on shaped ones)",
+    )
+    p.add_argument(
+        "--systems",
+        default="stripe" if profile else None,
+        help="comma list of system name prefixes to run, e.g. link0,ecmp,wireguard-go,stripe",
+    )
+    p.add_argument(
+        "--schedulers",
+        default=PROFILE_SCHEDULER if profile else ",".join(DEFAULT_SCHEDULERS),
+        help="stripe schedulers to try; those `stripe check` rejects are skipped",
+    )
+    p.add_argument("--quick", action="store_true", help="smoke mode: 4 s per system, 1 repeat")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results directory (default bench/results/<UTC timestamp>)",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="pick --seconds so that the whole plan takes about this long",
+    )
+    p.add_argument(
+        "--latest",
+        action="store_true",
+        help="also copy the report (no logs/configs) to bench/results/latest/",
+    )
+    p.add_argument(
+        "--topology",
+        default="network",
+        choices=("network", "local"),
+        help="network: links shaped in a middle namespace (default); local: tbf on the "
+        "endpoints' veths, as in the demo",
+    )
+    p.add_argument(
+        "--impairment",
+        default="auto",
+        choices=("auto", "netem", "userspace"),
+        help="delay/jitter/loss by netem (where the kernel has it) or by "
+        "the userspace emulator (default: auto)",
+    )
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+
+    if not profile:
+        p.add_argument(
+            "--profile",
+            action="store_true",
+            help="after the repeats, one more run of each stripe system and flow under "
+            "py-spy (kept out of the figures): top functions and flame graphs in profiles/",
+        )
+    p.add_argument(
+        "--native",
+        action="store_true",
+        help="with profiling: also sample C frames (py-spy --native, which pauses stripe "
+        "at every sample: much lower throughput while profiled)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,74 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
 
-    run_p = sub.add_parser("run", help="run benchmark scenarios (issue 3)")
-    run_p.add_argument(
-        "scenarios", nargs="+", metavar="SCENARIO", help="preset names or aliases (see `list`)"
+    _add_run_arguments(sub.add_parser("run", help="run benchmark scenarios (issue 3)"), False)
+    _add_run_arguments(
+        sub.add_parser(
+            "profile",
+            help="where stripe's time goes: a short run under py-spy (issue 7); "
+            "same options as run",
+        ),
+        True,
     )
-    run_p.add_argument("--repeat", type=int, default=None, help="runs per system (default 3)")
-    run_p.add_argument(
-        "--seconds",
-        type=float,
-        default=None,
-        help="length of each run (default 20; failover is always 30)",
-    )
-    run_p.add_argument(
-        "--cc",
-        default=None,
-        help="comma list of TCP congestion controls, e.g. cubic,bbr (default: the system's)",
-    )
-    run_p.add_argument(
-        "--flows",
-        default="tcp",
-        help="comma list of tcp (one flow), tcp4 (4 parallel), udp (fixed rate)",
-    )
-    run_p.add_argument(
-        "--systems",
-        default=None,
-        help="comma list of system name prefixes to run, e.g. link0,ecmp,stripe",
-    )
-    run_p.add_argument(
-        "--schedulers",
-        default=",".join(DEFAULT_SCHEDULERS),
-        help="stripe schedulers to try; those `stripe check` rejects are skipped",
-    )
-    run_p.add_argument("--quick", action="store_true", help="smoke mode: 4 s per system, 1 repeat")
-    run_p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="results directory (default bench/results/<UTC timestamp>)",
-    )
-    run_p.add_argument(
-        "--minutes",
-        type=float,
-        default=None,
-        help="pick --seconds so that the whole plan takes about this long",
-    )
-    run_p.add_argument(
-        "--latest",
-        action="store_true",
-        help="also copy the report (no logs/configs) to bench/results/latest/",
-    )
-    run_p.add_argument(
-        "--topology",
-        default="network",
-        choices=("network", "local"),
-        help="network: links shaped in a middle namespace (default); local: tbf on the "
-        "endpoints' veths, as in the demo",
-    )
-    run_p.add_argument(
-        "--impairment",
-        default="auto",
-        choices=("auto", "netem", "userspace"),
-        help="delay/jitter/loss by netem (where the kernel has it) or by "
-        "the userspace emulator (default: auto)",
-    )
-    run_p.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
 
     sub.add_parser("list", help="list scenario presets")
 
-    clean = sub.add_parser("cleanup", help="delete leftover namespaces with a prefix")
+    clean = sub.add_parser(
+        "cleanup", help="delete leftover namespaces (and wireguard-go sockets) with a prefix"
+    )
     clean.add_argument(
         "prefix",
         help="namespace name prefix: sb1a2b for one run's leftovers, sb for every bench "
@@ -137,10 +191,12 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
     except KeyError as exc:
         parser.error(str(exc.args[0]))
     quick = args.quick
+    profile = "all" if args.command == "profile" else "extra" if args.profile else "off"
+    default_seconds = QUICK_SECONDS if quick else PROFILE_SECONDS if profile == "all" else 20.0
     opts = Options(
         scenarios=scenarios,
-        repeat=args.repeat or (1 if quick else 3),
-        seconds=args.seconds or (QUICK_SECONDS if quick else 20.0),
+        repeat=args.repeat or (1 if quick or profile == "all" else 3),
+        seconds=args.seconds or default_seconds,
         ccs=[c or None for c in args.cc.split(",")] if args.cc else [None],
         flows=args.flows.split(","),
         systems=args.systems.split(",") if args.systems else None,
@@ -149,7 +205,11 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
         log_level=args.log_level,
         impairment=args.impairment,
         topology=args.topology,
+        profile=profile,
+        profile_native=args.native,
     )
+    if args.native and profile == "off":
+        parser.error("--native goes with profiling (--profile or the profile command)")
     if args.minutes:
         if args.seconds:
             parser.error("--minutes and --seconds exclude each other")
@@ -163,6 +223,15 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
     for flow in opts.flows:
         if flow not in FLOW_CHOICES:
             parser.error(f"--flows: {flow!r} is not one of {', '.join(FLOW_CHOICES)}")
+    if args.udp_rate is not None:
+        try:
+            opts.udp_rate_mbit = parse_rate_mbit(args.udp_rate)
+        except ValueError as exc:
+            parser.error(f"--udp-rate: {exc}")
+    if args.udp_len is not None:
+        if not MIN_UDP_LEN <= args.udp_len <= MAX_UDP_LEN:
+            parser.error(f"--udp-len: {args.udp_len} is not in {MIN_UDP_LEN}..{MAX_UDP_LEN}")
+        opts.udp_len = args.udp_len
     return opts
 
 
@@ -181,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'':20} {'':10}   link{i}: {describe_link(spec)}")
         print("aliases: " + "; ".join(f"{k} = {' '.join(v)}" for k, v in ALIASES.items()))
         return 0
-    if args.command == "run":
+    if args.command in ("run", "profile"):
         _need_root()
         opts = options_from(args, parser)
         out = run_bench(opts)
@@ -192,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "cleanup":
         _need_root()
-        gone = cleanup_prefix(args.prefix)
+        # Namespaces first: that ends their wireguard-go, whose sockets go next.
+        gone = cleanup_prefix(args.prefix) + remove_stale_sockets(args.prefix)
         print("removed: " + (" ".join(gone) if gone else "nothing"))
         return 0
     return 2

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,12 @@ class Summary:
     link_share: list[float]
     packets_per_s_median: float
     cpu_percent: dict[str, float]
+    # Per process: median Mbit per CPU-second, largest peak RSS of any run (MB).
+    mbit_per_cpu_s: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    # UDP: medians of the receive-buffer drops as % of datagrams sent, at
+    # iperf3's socket (the measurement's loss) and at the tunnel's sockets.
+    udp_drop_percent: dict[str, float] = field(default_factory=dict)
     share_of_reference: float | None = None
     rtt_idle_ms: float | None = None
     rtt_loaded_ms: float | None = None
@@ -47,11 +54,32 @@ class Summary:
     errors: list[str] = field(default_factory=list)
 
 
+def mbit_per_cpu_second(megabits: float | None, cpu_seconds: dict[str, float]) -> dict[str, float]:
+    """Per-core efficiency of each process: the megabits the receiver got per
+    CPU-second that process used (= Mbit/s per fully busy core)."""
+    if not megabits:
+        return {}
+    return {name: round(megabits / cpu, 1) for name, cpu in cpu_seconds.items() if cpu > 0}
+
+
+def udp_drop_percent(record: Record) -> dict[str, float]:
+    """Receive-buffer drops of a UDP run in % of datagrams sent: at iperf3's
+    socket (``iperf3``) and at the tunnel's own sockets (``tunnel``)."""
+    drops, packets = record.get("udp_drops") or {}, record.get("udp_packets")
+    if not packets or "all" not in drops:
+        return {}
+    tunnel = drops.get("tunnel_sockets", 0)
+    return {
+        "iperf3": round(100 * (drops["all"] - tunnel) / packets, 3),
+        "tunnel": round(100 * tunnel / packets, 3),
+    }
+
+
 def system_order(system: str) -> tuple[int, str]:
-    """Plain links by index, then ECMP, MPTCP, then stripe's schedulers."""
+    """Plain links by index, then ECMP, MPTCP, wireguard-go, then stripe's schedulers."""
     if system.startswith("link") and system[4:].isdigit():
         return (0, f"{int(system[4:]):03d}")
-    return ({"ecmp": 1, "mptcp": 2}.get(system, 3), system)
+    return ({"ecmp": 1, "mptcp": 2, "wireguard-go": 3}.get(system, 4), system)
 
 
 def _median(values: list[float]) -> float | None:
@@ -102,6 +130,11 @@ def summarize(records: list[Record]) -> list[Summary]:
                     k: statistics.median(r["cpu_percent"].get(k, 0.0) for r in base)
                     for k in sorted(cpu_names)
                 },
+                mbit_per_cpu_s=_per_process(base, "mbit_per_cpu_s", statistics.median),
+                peak_rss_mb=_per_process(base, "peak_rss_mb", max),
+                udp_drop_percent=_per_process(
+                    [{"drops": udp_drop_percent(r)} for r in base], "drops", statistics.median, 3
+                ),
                 rtt_idle_ms=_median([r["rtt_idle_ms"] for r in base if r.get("rtt_idle_ms")]),
                 rtt_loaded_ms=_median([r["rtt_loaded_ms"] for r in base if r.get("rtt_loaded_ms")]),
                 receiver_reorder=_reorder_medians(base),
@@ -110,6 +143,17 @@ def summarize(records: list[Record]) -> list[Summary]:
         )
     _add_reference(out)
     return out
+
+
+def _per_process(
+    records: list[Record], key: str, combine: Callable[[list[float]], float], digits: int = 1
+) -> dict[str, float]:
+    """One value per name (a process, a place) from the runs' ``key`` dicts."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        for name, value in (r.get(key) or {}).items():
+            values[name].append(float(value))
+    return {name: round(combine(v), digits) for name, v in sorted(values.items())}
 
 
 REORDER_KEYS = ("lost", "late", "inferred_releases", "deadline_releases", "max_held")

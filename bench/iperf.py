@@ -16,6 +16,7 @@ from bench.sh import in_ns
 # UDP payload that fits a 1400-byte tunnel MTU with IPv4+UDP headers, so the
 # UDP test never measures IP fragmentation.
 UDP_PAYLOAD_BYTES = 1200
+IPV4_UDP_HEADERS = 28
 # Beyond the test itself: connection set-up and result exchange.
 CLIENT_SLACK_S = 25.0
 MIN_INTERVAL_S = 0.5
@@ -28,12 +29,31 @@ class Flow:
     kind: str = "tcp"  # "tcp" | "udp"
     parallel: int = 1
     udp_rate_mbit: float = 0.0
+    udp_len: int = UDP_PAYLOAD_BYTES  # iperf3 -l: UDP payload bytes per datagram
 
     @property
     def label(self) -> str:
         if self.kind == "udp":
-            return f"udp{self.udp_rate_mbit:g}M"
+            size = "" if self.udp_len == UDP_PAYLOAD_BYTES else f"-{self.udp_len}B"
+            return f"udp{self.udp_rate_mbit:g}M{size}"
         return "tcp" if self.parallel == 1 else f"tcp-x{self.parallel}"
+
+
+RATE_SUFFIXES = {"": 1e-6, "K": 1e-3, "M": 1.0, "G": 1e3}
+
+
+def parse_rate_mbit(text: str) -> float:
+    """A rate as iperf3 -b takes it (bits/s, suffix K, M or G: ``600M``,
+    ``1.5G``), in Mbit/s; ValueError with the reason otherwise."""
+    value = text.strip().upper().removesuffix("BIT/S").removesuffix("BPS")
+    suffix = value[-1:] if value[-1:] in ("K", "M", "G") else ""
+    try:
+        number = float(value.removesuffix(suffix))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a rate like 600M or 1.5G") from None
+    if not 0 < number < float("inf"):
+        raise ValueError(f"{text!r}: the rate must be positive")
+    return number * RATE_SUFFIXES[suffix]
 
 
 @dataclass
@@ -43,6 +63,8 @@ class IperfResult:
     per_second_mbit: list[float]  # receiver side, one value per interval
     lost_percent: float | None = None  # UDP only
     error: str | None = None
+    received_mbit: float | None = None  # megabits the receiver got in all
+    udp_packets: int | None = None  # UDP only: datagrams sent
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,7 +99,7 @@ def client_command(
         "--get-server-output",
     ]
     if flow.kind == "udp":
-        cmd += ["-u", "-b", f"{flow.udp_rate_mbit}M", "-l", str(UDP_PAYLOAD_BYTES)]
+        cmd += ["-u", "-b", f"{flow.udp_rate_mbit}M", "-l", str(flow.udp_len)]
     elif cc:
         cmd += ["-C", cc]
     if flow.parallel > 1:
@@ -126,11 +148,22 @@ def parse(stdout: str, stderr: str = "") -> IperfResult:
     else:
         goodput = end.get("sum", {}).get("bits_per_second", 0.0) / 1e6
     retransmits = end.get("sum_sent", {}).get("retransmits")
-    lost = None
+    lost = packets = None
     if data.get("start", {}).get("test_start", {}).get("protocol") == "UDP":
         server_end = data.get("server_output_json", {}).get("end", {})
         lost = server_end.get("sum", end.get("sum", {})).get("lost_percent")
-    return IperfResult(goodput, retransmits, per_second, lost, data.get("error"), data)
+        packets = end.get("sum", {}).get("packets")
+    received = end.get("sum_received", {}).get("bytes")
+    return IperfResult(
+        goodput,
+        retransmits,
+        per_second,
+        lost,
+        data.get("error"),
+        raw=data,
+        received_mbit=None if received is None else received * 8 / 1e6,
+        udp_packets=packets,
+    )
 
 
 def _server_intervals(data: dict[str, Any]) -> list[float]:

@@ -12,6 +12,10 @@ Topology per link ``i`` (addresses 10.i.0.1/30 client, 10.i.0.2/30 server):
   a Linux bridge, or, when a link is impaired, with ``bench.emulator`` (L2
   bridging in userspace with delay/jitter/loss) or netem where the kernel
   has it.
+* impairment ``nftables``: random loss only, at kernel speed (the emulator
+  carries tens of Mbit/s, not Gbit/s): nftables drop rules on each link's
+  receiving endpoint, segmentation offloads off so a drop takes one
+  packet, either topology.
 
 Every lab also carries the extras the baselines need: 10.9.0.1/32 and
 10.9.0.2/32 on the endpoints' ``lo`` with ECMP routes across all links, and
@@ -163,6 +167,11 @@ def cleanup_prefix(prefix: str) -> list[str]:
 
 
 OFFLOADS_OFF = ("tx", "off", "tso", "off", "gso", "off", "gro", "off")
+# No segmentation offloads (every frame on the veth is one packet) but
+# checksum offload kept, so the tunnels' UDP GSO sends still work: the
+# kernel segments them in software before the veth, as a NIC without UDP
+# segmentation offload would.
+SEGMENTATION_OFF = ("tso", "off", "gso", "off", "gro", "off", "tx-udp-segmentation", "off")
 
 
 def _veth(a: str, ns_a: str, b: str, ns_b: str) -> None:
@@ -212,7 +221,8 @@ class Lab:
     workdir: Path
     queue_ms: float = DEFAULT_QUEUE_MS
     # How delay/jitter/loss are made: "auto" (netem where the kernel has it,
-    # else the userspace emulator), "netem" or "userspace".
+    # else the userspace emulator), "netem", "userspace", or "nftables"
+    # (random loss only, at kernel speed: drop rules at each receiving end).
     impairment: str = "auto"
     # "local": tbf on the endpoints (the default, which tests/integration
     # relies on); "network": bottleneck in a middle namespace (the suite's).
@@ -229,9 +239,21 @@ class Lab:
             raise ValueError(f"topology is network or local, not {self.topology!r}")
         if self.via_middle and not self.names.mid_ns:
             raise ValueError("these lab names have no middle namespace: use topology local")
+        if self.nft_loss and any(
+            d.delay_ms or d.jitter_ms for s in self.specs for d in (s.up, s.down)
+        ):
+            raise ValueError("impairment nftables makes random loss only, no delay or jitter")
+
+    @property
+    def nft_loss(self) -> bool:
+        """Loss by nftables rules on the endpoints, not by a middle namespace."""
+        return self.impairment == "nftables"
 
     @property
     def impaired(self) -> bool:
+        """Do the links need a middle that delays or drops (emulator or netem)?"""
+        if self.nft_loss:
+            return False
         return any(s.up.impaired or s.down.impaired for s in self.specs)
 
     @property
@@ -245,6 +267,12 @@ class Lab:
     @property
     def impairment_used(self) -> str:
         """How the links are made, for the report."""
+        if self.nft_loss:
+            where = "bridge in a middle namespace" if self.via_middle else "direct veths"
+            return (
+                f"{where}, no segmentation offloads, random loss by nftables drop rules at "
+                "each receiving endpoint"
+            )
         if not self.via_middle:
             return "direct veths, tbf on the endpoints"
         if not self.impaired:
@@ -261,7 +289,8 @@ class Lab:
     # -- building -------------------------------------------------------
 
     def up(self) -> None:
-        tools = ["ip", "tc"] + (["ethtool"] if self.via_middle else [])
+        tools = ["ip", "tc"] + (["ethtool"] if self.via_middle or self.nft_loss else [])
+        tools += ["nft"] if self.nft_loss else []
         ensure_tools(tools)
         existing = set(list_namespaces())
         clash = [ns for ns in self.namespaces if ns in existing]
@@ -291,6 +320,8 @@ class Lab:
             self._sysctl(self.names.mid_ns, "net.ipv6.conf.default.disable_ipv6=1")
         for i in range(len(self.specs)):
             self._build_link(i)
+            if self.nft_loss:
+                self._drop_at_random(i)
         self._ecmp()
         self._mptcp_endpoints()
         if self.uses_emulator:
@@ -306,6 +337,13 @@ class Lab:
         cns, sns = self.names.client_ns, self.names.server_ns
         if not self.via_middle:
             _veth(n.client_if, cns, n.server_if, sns)
+            if self.nft_loss:
+                # A veth hands a TSO/GSO super-packet to its peer whole; one
+                # random drop would then take dozens of packets at once.
+                # Without segmentation offloads every frame is one packet,
+                # as on a wire.
+                for ns, dev in ((cns, n.client_if), (sns, n.server_if)):
+                    run(["ethtool", "-K", dev, *SEGMENTATION_OFF], ns=ns)
             self._shape(cns, n.client_if, spec.up.rate_mbit)
             self._shape(sns, n.server_if, spec.down.rate_mbit)
         else:
@@ -440,6 +478,16 @@ class Lab:
             # whole (atomic: the flow never finds itself without a route).
             self._ecmp_routes("replace")
 
+    def _drop_at_random(self, i: int) -> None:
+        """Link ``i``'s loss, per direction, as drop rules at the receiving end."""
+        n, spec = self.names.links[i], self.specs[i]
+        for ns, dev, loss in (
+            (self.names.server_ns, n.server_if, spec.up.loss),
+            (self.names.client_ns, n.client_if, spec.down.loss),
+        ):
+            if loss:
+                run(["nft", nft_loss_ruleset(f"loss{i}", dev, loss)], ns=ns)
+
     def set_blackhole(self, i: int, on: bool) -> None:
         """Silently drop everything arriving on link ``i`` at both ends.
 
@@ -467,6 +515,23 @@ class Lab:
         for ns in reversed(self._created):
             delete_namespace(ns)
         self._created.clear()
+
+
+LOSS_RESOLUTION = 1_000_000  # loss is drawn in parts per million
+
+
+def nft_loss_ruleset(table: str, dev: str, loss: float) -> str:
+    """An nftables netdev table dropping a random ``loss`` fraction of the IPv4
+    packets arriving on ``dev`` (ARP passes: a lost ARP reply would stall the
+    link for a second, which random packet loss on a real link does not)."""
+    if not 0 < loss < 1:
+        raise ValueError(f"loss is a fraction in (0, 1), not {loss!r}")
+    threshold = round(loss * LOSS_RESOLUTION)
+    return (
+        f"table netdev {table} {{ chain loss {{ type filter hook ingress "
+        f'device "{dev}" priority -400; meta protocol ip '
+        f"numgen random mod {LOSS_RESOLUTION} < {threshold} counter drop; }}; }}"
+    )
 
 
 def _last_json_line(path: Path) -> dict[str, object]:

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import udp_drops
+from bench.analysis import mbit_per_cpu_second
 from bench.iperf import Flow, client_command, parse, run_client, start_server
 from bench.lab import Counters, Lab
 from bench.procs import Proc
@@ -18,6 +20,7 @@ from bench.sh import run
 from bench.systems import System
 
 IPERF_PORT = 5201
+EMULATOR = "emulator"
 SAMPLE_INTERVAL_S = 1.0
 
 # (seconds after the flow starts, description, action)
@@ -39,6 +42,15 @@ class RunRecord:
     link_share: list[float] = field(default_factory=list)
     link_series_mbit: list[list[float]] = field(default_factory=list)  # [second][link], tx
     cpu_percent: dict[str, float] = field(default_factory=dict)
+    # Per process of the system: CPU seconds over the flow, megabits the
+    # receiver got per CPU-second of that process, peak RSS (VmHWM) in MB.
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    mbit_per_cpu_s: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    # UDP: receive-buffer drops in the server namespace during the flow, all
+    # and at the tunnel's own sockets (bench.udp_drops); datagrams sent.
+    udp_drops: dict[str, int] = field(default_factory=dict)
+    udp_packets: int | None = None
     rtt_idle_ms: float | None = None
     rtt_loaded_ms: float | None = None
     events: list[tuple[float, str]] = field(default_factory=list)
@@ -93,7 +105,7 @@ def _cpu(lab: Lab, system: System) -> dict[str, float]:
     stay far from 100 % or it, not the system, would be the bottleneck."""
     cpu = system.cpu_seconds()
     if lab.emulator is not None:
-        cpu["emulator"] = lab.emulator.cpu_seconds()
+        cpu[EMULATOR] = lab.emulator.cpu_seconds()
     return cpu
 
 
@@ -120,6 +132,7 @@ def measure(
             target.server_bind,
         )
         before = lab.counters()
+        drops_before = udp_drops.read(lab.names.server_ns) if flow.kind == "udp" else None
         cpu_before = _cpu(lab, system)
         sampler = Sampler(lab, events or [])
         started = time.monotonic()
@@ -139,6 +152,11 @@ def measure(
             sampler.stop()
         wall = time.monotonic() - started
         after = lab.counters()
+        if drops_before is not None:
+            record.udp_drops = udp_drops.between(
+                drops_before, udp_drops.read(lab.names.server_ns)
+            )
+            record.udp_packets = result.udp_packets
         cpu_after = _cpu(lab, system)
         record.goodput_mbit = round(result.goodput_mbit, 3)
         record.retransmits = result.retransmits
@@ -163,9 +181,14 @@ def measure(
         record.packets_per_s = round(
             sum(a.tx_packets - b.tx_packets for a, b in zip(after, before, strict=True)) / wall
         )
-        record.cpu_percent = {
-            k: round(100 * (cpu_after.get(k, 0.0) - v) / wall, 1) for k, v in cpu_before.items()
-        }
+        used = {k: cpu_after.get(k, 0.0) - v for k, v in cpu_before.items()}
+        record.cpu_percent = {k: round(100 * v / wall, 1) for k, v in used.items()}
+        record.cpu_seconds = {k: round(v, 3) for k, v in used.items()}
+        record.mbit_per_cpu_s = mbit_per_cpu_second(
+            result.received_mbit, {k: v for k, v in used.items() if k != EMULATOR}
+        )
+        # Before stop(): VmHWM is gone with the process.
+        record.peak_rss_mb = system.peak_rss_mb()
         (workdir / "iperf3.json").write_text(json.dumps(result.raw, indent=1))
     except Exception as exc:
         record.error = str(exc)

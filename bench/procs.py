@@ -60,10 +60,17 @@ class Proc:
         # Fields 14 and 15 of stat (utime, stime), counted after the comm field.
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def stop(self, grace_s: float = 3.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``grace_s``; returns the exit status."""
+    def peak_rss_mb(self) -> float | None:
+        """The process's peak resident set so far (VmHWM), None once it is gone."""
+        try:
+            return vm_hwm_mb(Path(f"/proc/{self.pid}/status").read_text())
+        except OSError:
+            return None
+
+    def stop(self, grace_s: float = 3.0, sig: signal.Signals = signal.SIGTERM) -> int | None:
+        """``sig``, then SIGKILL after ``grace_s``; returns the exit status."""
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+            self.popen.send_signal(sig)
             try:
                 self.popen.wait(grace_s)
             except subprocess.TimeoutExpired:
@@ -73,12 +80,23 @@ class Proc:
         return self.popen.returncode
 
     def tail(self, lines: int = 30) -> str:
-        self._log_file.flush()
+        if not self._log_file.closed:
+            self._log_file.flush()
         try:
             text = self.log.read_text(errors="replace")
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def vm_hwm_mb(status: str) -> float | None:
+    """VmHWM (peak RSS) from the text of /proc/PID/status, in MB (10^6 bytes)."""
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            value, unit = line.split()[1:3]
+            if unit == "kB":
+                return round(int(value) * 1024 / 1e6, 1)
+    return None
 
 
 def _raise_exit(signum: int, _frame: FrameType | None) -> None:

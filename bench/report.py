@@ -36,6 +36,63 @@ def _median_or_none(values: list[float | None]) -> float | None:
     return statistics.median(known)
 
 
+def _role(process: str) -> str:
+    """``stripe-server`` / ``wireguard-go-client`` -> ``server`` / ``client``."""
+    for system in ("stripe-", "wireguard-go-"):
+        if process.startswith(system):
+            return process.removeprefix(system)
+    return process
+
+
+def _per_role(values: dict[str, float], digits: int, sep: str = " / ") -> str:
+    return sep.join(f"{_role(k)} {v:.{digits}f}" for k, v in values.items()) or "-"
+
+
+def ratio_to(summaries: list[Summary], s: Summary, system: str) -> float | None:
+    """``s``'s median goodput over ``system``'s in the same scenario, flow and cc."""
+    key = (s.scenario, system, s.flow, s.cc)
+    for other in summaries:
+        if (other.scenario, other.system, other.flow, other.cc) == key and other.goodput_median:
+            return round(s.goodput_median / other.goodput_median, 2)
+    return None
+
+
+def _udp_loss(s: Summary) -> str:
+    loss = _fmt(s.lost_percent_median)
+    where = s.udp_drop_percent
+    if not where:
+        return loss
+    return f"{loss} ({where.get('iperf3', 0):.2f} / {where.get('tunnel', 0):.2f})"
+
+
+def ceiling_table(rows: list[Summary]) -> list[str]:
+    """Unshaped links: goodput against the kernel and wireguard-go, and what each
+    tunnel process spends on it (CPU, Mbit per CPU-second, peak memory)."""
+    lines = [
+        "",
+        "Efficiency: x link0 / x wireguard-go = median goodput over theirs (same flow, cc); "
+        "UDP loss % = iperf3's, then in brackets the receive-buffer overflows in the server "
+        "namespace as % of datagrams sent: at iperf3's own socket (the measurement's loss: "
+        "the receiving iperf3 did not keep up) / at the tunnel's sockets; "
+        "Mbit per CPU-s = megabits received per CPU-second of that process (utime+stime "
+        "while iperf3 ran: Mbit/s per fully busy core); peak RSS = largest VmHWM of any run, "
+        "MB.",
+        "",
+        "| system | flow | cc | goodput Mbit/s | x link0 | x wireguard-go "
+        "| UDP loss % (iperf3 socket / tunnel) | CPU % | Mbit per CPU-s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in rows:
+        procs = {k: v for k, v in s.cpu_percent.items() if k != "emulator"}
+        lines.append(
+            f"| {s.system} | {s.flow} | {s.cc or 'default'} | {s.goodput_median:.1f} "
+            f"| {_fmt(ratio_to(rows, s, 'link0'))} | {_fmt(ratio_to(rows, s, 'wireguard-go'))} "
+            f"| {_udp_loss(s)} | {_per_role(procs, 0)} "
+            f"| {_per_role(s.mbit_per_cpu_s, 0)} | {_per_role(s.peak_rss_mb, 1)} |"
+        )
+    return lines
+
+
 def failover_table(records: list[Record], summaries: list[Summary]) -> list[str]:
     lines: list[str] = []
     for name in sorted({r["scenario"] for r in records}):
@@ -131,6 +188,12 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
         "and cc); link share = bytes each link carried (both directions, client side), %.",
         "",
     ]
+    if meta.get("profiled") == "all":
+        lines += [
+            "stripe ran under py-spy (sampling from outside, 100 Hz): its figures here are "
+            "a little below unprofiled runs'. Profiles: see the end.",
+            "",
+        ]
     lines += overview_table(summaries)
     for name in dict.fromkeys(r["scenario"] for r in records):
         scen = SCENARIOS.get(name)
@@ -173,12 +236,7 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
                 "|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for s in rows:
-                cpu = (
-                    ", ".join(
-                        f"{k.removeprefix('stripe-')} {v:.0f}" for k, v in s.cpu_percent.items()
-                    )
-                    or "-"
-                )
+                cpu = _per_role(s.cpu_percent, 0, ", ")
                 lines.append(
                     f"| {s.system} | {s.flow} | {s.cc or 'default'} "
                     f"| {s.goodput_median:.2f} [{s.goodput_min:.2f}-{s.goodput_max:.2f}] "
@@ -186,6 +244,8 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
                     f"| {_fmt(s.lost_percent_median)} | {_shares(s)} "
                     f"| {s.packets_per_s_median:.0f} | {cpu} | {s.ok_runs}/{s.runs} |"
                 )
+        if scen is not None and scen.kind == "ceiling":
+            lines += ceiling_table(rows)
         reorder = [s for s in rows if s.receiver_reorder]
         if reorder:
             lines += [
@@ -205,10 +265,28 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
             lines += ["", "Errors:"] + [f"- {sys_}: `{e.splitlines()[0]}`" for sys_, e in errors]
         lines.append("")
     lines += failover_table(records, summaries)
+    lines += profiles_section(meta.get("profiles", []))
     lines += ["## Plots", ""]
     for png in sorted(meta.get("plots", [])):
         lines.append(f"![{png}](plots/{png})")
     return "\n".join(lines) + "\n"
+
+
+def profiles_section(texts: list[str]) -> list[str]:
+    """Links to each profiled process's top functions and flame graph."""
+    if not texts:
+        return []
+    lines = [
+        "## Profiles (py-spy)",
+        "",
+        "Per stripe process: top functions by own time (`.txt`), flame graph (`.svg`), "
+        "raw collapsed stacks (`.collapsed`).",
+        "",
+    ]
+    for txt in texts:
+        stem = txt.removesuffix(".txt")
+        lines.append(f"- `{stem}`: [top functions]({txt}), [flame graph]({stem}.svg)")
+    return [*lines, ""]
 
 
 def write_report(out: Path, records: list[Record], meta: dict[str, Any]) -> None:

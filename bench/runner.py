@@ -17,21 +17,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.iperf import Flow
+from bench.iperf import IPV4_UDP_HEADERS, UDP_PAYLOAD_BYTES, Flow
 from bench.lab import Lab, LabNames, mptcp_available, new_prefix
 from bench.measure import Event, RunRecord, measure, measure_latency
 from bench.procs import terminating_signals_raise, uninterruptible
+from bench.profile import PY_SPY_MISSING, Profiled, py_spy_path
 from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, Scenario
 from bench.sh import CommandError, ensure_tools
-from bench.stripe_config import TUNNEL_SERVER_ADDR, Keys, write_configs
+from bench.stripe_config import TUNNEL_MTU, TUNNEL_SERVER_ADDR, Keys, write_configs
 from bench.stripe_run import check_config, stripe_available
-from bench.systems import Ecmp, Mptcp, PlainLink, Stripe, System
+from bench.systems import Ecmp, Mptcp, PlainLink, Stripe, System, WireguardGo
+from bench.wireguard_go import WIREGUARD_GO
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PROFILES = "profiles"
 DEFAULT_SCHEDULERS = ("roundrobin", "weighted", "adaptive")
 # UDP offered load: 90 % of the links' sum, so a good bond loses nothing.
 UDP_OFFER_FRACTION = 0.9
-CEILING_UDP_MBIT = 1000.0  # above what a Python tunnel carries: finds its ceiling
+# Unshaped links: offered at a fixed rate (--udp-rate; issue 7 asks for 600M)
+# in datagrams that fill the tunnel's MTU exactly (a 1400-byte inner IP packet).
+CEILING_UDP_MBIT = 1000.0
+CEILING_UDP_LEN = TUNNEL_MTU - IPV4_UDP_HEADERS
 RUN_OVERHEAD_S = 2.5  # measured: iperf3 server start, stripe handshake, teardown
 
 
@@ -42,12 +48,19 @@ class Options:
     seconds: float = 20.0
     ccs: list[str | None] = field(default_factory=lambda: [None])
     flows: list[str] = field(default_factory=lambda: ["tcp"])  # tcp | udp | tcp4
+    udp_rate_mbit: float = CEILING_UDP_MBIT  # UDP offer on unshaped (ceiling) links
+    udp_len: int | None = None  # iperf3 -l; None: 1200 shaped, CEILING_UDP_LEN unshaped
     systems: list[str] | None = None  # name prefixes to keep; None: all
     schedulers: list[str] = field(default_factory=lambda: list(DEFAULT_SCHEDULERS))
     out: Path | None = None
     log_level: str = "info"
     impairment: str = "auto"  # auto | netem | userspace
     topology: str = "network"  # network | local (see bench.lab)
+    # stripe under py-spy (bench.profile): "off"; "all" its runs (the profile
+    # command); "extra": one more run per stripe system and flow after the
+    # repeats, profiled and kept out of the figures (run --profile).
+    profile: str = "off"
+    profile_native: bool = False
 
 
 class Progress:
@@ -84,7 +97,14 @@ def _mmss(seconds: float) -> str:
     return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 
-def flows_for(scenario: Scenario, names: list[str]) -> list[Flow]:
+def flows_for(
+    scenario: Scenario,
+    names: list[str],
+    udp_rate_mbit: float = CEILING_UDP_MBIT,
+    udp_len: int | None = None,
+) -> list[Flow]:
+    """The flows a scenario runs; UDP's rate: 90 % of the links' sum if they
+    are shaped, else ``udp_rate_mbit``."""
     if scenario.kind in ("latency", "failover"):
         return [Flow()]
     out = []
@@ -95,8 +115,9 @@ def flows_for(scenario: Scenario, names: list[str]) -> list[Flow]:
             out.append(Flow(parallel=4))
         elif name == "udp":
             total = scenario.shaped_sum_mbit
-            rate = UDP_OFFER_FRACTION * total if total else CEILING_UDP_MBIT
-            out.append(Flow("udp", 1, round(rate, 1)))
+            rate = UDP_OFFER_FRACTION * total if total else udp_rate_mbit
+            length = udp_len or (UDP_PAYLOAD_BYTES if total else CEILING_UDP_LEN)
+            out.append(Flow("udp", 1, round(rate, 1), length))
         else:
             raise ValueError(f"unknown flow {name!r}: tcp, tcp4 or udp")
     return out
@@ -115,6 +136,12 @@ def build_systems(
         # A plain link alone says nothing about failover; the failover
         # report uses each link's nominal rate as its reference.
         systems = []
+    if scenario.kind == "ceiling" and _wanted(WireguardGo.name, opts):
+        reason = WireguardGo.unavailable_reason()
+        if reason:
+            skipped[WireguardGo.name] = reason
+        else:
+            systems.append(WireguardGo())
     if scenario.kind != "ceiling":
         systems.append(Ecmp())
         if scenario.kind != "latency":
@@ -178,7 +205,7 @@ def run_scenario(
         LabNames.for_prefix(prefix, len(scenario.links)),
         scenario.links,
         workdir,
-        impairment=opts.impairment,
+        impairment=scenario.impairment or opts.impairment,
         topology=scenario.topology or opts.topology,
     )
     seconds = scenario.fixed_seconds or opts.seconds
@@ -196,23 +223,33 @@ def run_scenario(
         plan = [
             (system, flow, cc)
             for system in systems
-            for flow in flows_for(scenario, opts.flows)
+            for flow in _flows(scenario, opts)
             # mptcpize changes only TCP sockets: its UDP run would be link0's.
             if not (isinstance(system, Mptcp) and flow.kind == "udp")
             for cc in (opts.ccs if flow.kind == "tcp" else [None])
         ]
-        progress.total += len(plan) * opts.repeat - count_runs_for(scenario, opts)
-        for rep in range(1, opts.repeat + 1):
-            for system, flow, cc in plan:
-                label = f"{system.name}-{flow.label}-{cc or 'default'}-r{rep}"
-                progress.show(f"{scenario.name} {label} ({seconds:g} s)")
-                record = _one_run(scenario, lab, system, flow, cc, seconds, workdir / label)
-                data = record.to_json() | {"scenario": scenario.name, "repeat": rep}
+        extra = [p for p in plan if isinstance(p[0], Stripe)] if opts.profile == "extra" else []
+        progress.total += len(plan) * opts.repeat + len(extra) - count_runs_for(scenario, opts)
+        runs = [(rep, p) for rep in range(1, opts.repeat + 1) for p in plan]
+        for rep, (system, flow, cc) in runs + [(0, p) for p in extra]:
+            label = f"{system.name}-{flow.label}-{cc or 'default'}-" + (
+                f"r{rep}" if rep else "profile"
+            )
+            progress.show(f"{scenario.name} {label} ({seconds:g} s)")
+            if isinstance(system, Stripe) and (opts.profile == "all" or not rep):
+                where = out / PROFILES / scenario.name / label
+                system = Profiled(system, where, opts.profile_native)
+            record = _one_run(scenario, lab, system, flow, cc, seconds, workdir / label)
+            data = record.to_json() | {"scenario": scenario.name, "repeat": rep}
+            if rep:
                 records.append(data)
                 raw = out / "raw" / scenario.name / f"{label}.json"
-                raw.parent.mkdir(parents=True, exist_ok=True)
-                raw.write_text(json.dumps(data, indent=1))
-                progress.finish_one(_note(record))
+            else:
+                # A profiled extra: its figures are not the scenario's.
+                raw = out / PROFILES / scenario.name / label / "record.json"
+            raw.parent.mkdir(parents=True, exist_ok=True)
+            raw.write_text(json.dumps(data, indent=1))
+            progress.finish_one(_note(record))
     finally:
         with uninterruptible():
             lab.down()
@@ -253,14 +290,21 @@ def _restore_links(lab: Lab) -> None:
     lab.set_link_up(1, True)
 
 
+def _flows(scenario: Scenario, opts: Options) -> list[Flow]:
+    return flows_for(scenario, opts.flows, opts.udp_rate_mbit, opts.udp_len)
+
+
 def count_runs_for(scenario: Scenario, opts: Options) -> int:
     """Runs expected before the lab says which systems are available."""
     n_plain = {"ceiling": 1, "failover": 0}.get(scenario.kind, len(scenario.links))
-    n_sys = n_plain + (0 if scenario.kind == "ceiling" else 2) + len(opts.schedulers)
+    # ceiling: wireguard-go; others: ECMP and MPTCP.
+    n_sys = n_plain + (1 if scenario.kind == "ceiling" else 2) + len(opts.schedulers)
+    # Each repeat runs every system; a profiled extra, once per stripe scheduler.
+    per_flow = n_sys * opts.repeat + (len(opts.schedulers) if opts.profile == "extra" else 0)
     total = 0
-    for flow in flows_for(scenario, opts.flows):
-        total += n_sys * (len(opts.ccs) if flow.kind == "tcp" else 1)
-    return total * opts.repeat
+    for flow in _flows(scenario, opts):
+        total += per_flow * (len(opts.ccs) if flow.kind == "tcp" else 1)
+    return total
 
 
 def estimate_seconds(opts: Options) -> float:
@@ -309,6 +353,13 @@ def run(opts: Options) -> Path:
             ensure_tools(["mptcpize"])
         except CommandError as exc:
             sys.stderr.write(f"bench: no MPTCP baseline: {exc}\n")
+    if any(s.kind == "ceiling" for s in opts.scenarios) and _wanted(WireguardGo.name, opts):
+        try:
+            ensure_tools([WIREGUARD_GO])
+        except CommandError as exc:
+            sys.stderr.write(f"bench: no wireguard-go baseline: {exc}\n")
+    if opts.profile != "off" and py_spy_path() is None:
+        raise CommandError(PY_SPY_MISSING)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = opts.out or RESULTS_DIR / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -319,8 +370,11 @@ def run(opts: Options) -> Path:
         "seconds": opts.seconds,
         "ccs": opts.ccs,
         "flows": opts.flows,
+        "udp_rate_mbit": opts.udp_rate_mbit,
+        "udp_len": opts.udp_len,
         "schedulers": opts.schedulers,
         "scenarios": [s.name for s in opts.scenarios],
+        "profiled": opts.profile,
     }
     progress = Progress(count_runs(opts))
     minutes = estimate_seconds(opts) / 60
@@ -336,6 +390,9 @@ def run(opts: Options) -> Path:
             from bench.report import write_report
 
             meta["load_average"] = _loadavg()
+            meta["profiles"] = sorted(
+                str(p.relative_to(out)) for p in (out / PROFILES).glob("*/*/*.txt")
+            )
             (out / "meta.json").write_text(json.dumps(meta, indent=1))
             if records:
                 write_report(out, records, meta)
@@ -344,7 +401,7 @@ def run(opts: Options) -> Path:
 
 # What of a results directory is worth keeping in git: no logs, no configs
 # (they hold the run's private keys), no iperf3 dumps.
-PUBLISHED = ("results.md", "summary.json", "meta.json", "raw", "plots")
+PUBLISHED = ("results.md", "summary.json", "meta.json", "raw", "plots", PROFILES)
 
 
 def publish_latest(out: Path, latest: Path = RESULTS_DIR / "latest") -> Path:

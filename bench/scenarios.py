@@ -3,8 +3,8 @@
 Each scenario fixes a lab (links with per-direction rate, delay, jitter,
 loss), a test length, and its kind: ``throughput`` (goodput vs baselines),
 ``failover`` (link 1 cut mid-run, restored later), ``ceiling`` (unshaped,
-the most stripe carries and its CPU) or ``latency`` (ping RTT idle and under
-load). ``python -m bench list`` prints them.
+the most stripe carries, its CPU and memory, against wireguard-go) or
+``latency`` (ping RTT idle and under load). ``python -m bench list`` prints them.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class Scenario:
     failover: str | None = None  # "down" | "blackhole"
     fixed_seconds: float | None = None  # a length the scenario itself needs
     topology: str | None = None  # forces Lab.topology (else the run's --topology)
+    impairment: str | None = None  # forces Lab.impairment (else the run's --impairment)
 
     @property
     def shaped_sum_mbit(self) -> float | None:
@@ -94,6 +95,24 @@ SCENARIOS: dict[str, Scenario] = {
             topology="local",
         ),
         Scenario(
+            "ceiling-8",
+            "8 unshaped veth links: the most stripe carries over many links, its CPU and "
+            "peak memory (issue 7: RSS under 80 MB per process)",
+            (_sym(None),) * 8,
+            kind="ceiling",
+            topology="local",
+        ),
+        Scenario(
+            "ceiling-lossy",
+            "2 unshaped veth links, each dropping 1 % of packets each way at random "
+            "(nftables, segmentation offloads off); the plain link 0 has the same loss: no loss "
+            "amplification through the tunnel",
+            (_sym(None, loss=0.01), _sym(None, loss=0.01)),
+            kind="ceiling",
+            topology="local",
+            impairment="nftables",
+        ),
+        Scenario(
             "latency",
             "2 x 5 Mbit/s: ping RTT idle and under one saturating TCP flow",
             (_sym(5), _sym(5)),
@@ -105,7 +124,7 @@ SCENARIOS: dict[str, Scenario] = {
 # Names that expand to several presets.
 ALIASES: dict[str, tuple[str, ...]] = {
     "failover": ("failover-down", "failover-blackhole"),
-    "ceiling": ("ceiling-1", "ceiling-2"),
+    "ceiling": ("ceiling-1", "ceiling-2", "ceiling-8", "ceiling-lossy"),
     "all": tuple(SCENARIOS),
 }
 

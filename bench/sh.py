@@ -17,6 +17,7 @@ TOOL_PACKAGES: dict[str, str] = {
     "ethtool": "ethtool",
     "nft": "nftables",
     "mptcpize": "mptcpd",
+    "wireguard-go": "wireguard-go",
 }
 
 

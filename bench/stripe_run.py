@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procs import Proc
 from bench.sh import CommandError, in_ns, run
+from bench.tunnel import TunnelPair
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-READY_TIMEOUT_S = 15.0
 
 
 def stripe_cmd(*args: str) -> list[str]:
@@ -57,17 +56,12 @@ def check_config(path: Path, ns: str) -> tuple[bool, str]:
 
 
 @dataclass
-class StripePair:
+class StripePair(TunnelPair):
     """A stripe server in ``server_ns`` and client in ``client_ns``."""
 
-    client_ns: str
-    server_ns: str
-    server_config: Path
-    client_config: Path
-    workdir: Path
+    server_config: Path = Path()
+    client_config: Path = Path()
     log_level: str = "info"
-    server: Proc | None = None
-    client: Proc | None = None
 
     def start(self) -> None:
         self.server = Proc(
@@ -84,34 +78,3 @@ class StripePair:
             self.workdir / "stripe-client.log",
             cwd=REPO_ROOT,
         )
-
-    def wait_ready(self, peer_addr: str, timeout_s: float = READY_TIMEOUT_S) -> None:
-        """Ping the server's tunnel address until it answers, else fail with the logs."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for proc in (self.server, self.client):
-                if proc is not None and not proc.alive():
-                    raise CommandError(f"{proc.name} exited early:\n{self.logs()}")
-            ping = run(["ping", "-c1", "-W1", peer_addr], ns=self.client_ns, check=False)
-            if ping.returncode == 0:
-                return
-            time.sleep(0.2)
-        raise CommandError(
-            f"no ping reply from {peer_addr} through the tunnel within {timeout_s:g}s\n"
-            + self.logs()
-        )
-
-    def logs(self) -> str:
-        parts = []
-        for proc in (self.server, self.client):
-            if proc is not None:
-                parts.append(f"--- {proc.name} log ({proc.log}) ---\n{proc.tail(40)}")
-        return "\n".join(parts)
-
-    def cpu_seconds(self) -> dict[str, float]:
-        return {p.name: p.cpu_seconds() for p in (self.server, self.client) if p is not None}
-
-    def stop(self) -> None:
-        for proc in (self.client, self.server):
-            if proc is not None:
-                proc.stop()

@@ -1,4 +1,4 @@
-"""The systems compared: plain links, ECMP, kernel MPTCP, and stripe.
+"""The systems compared: plain links, ECMP, kernel MPTCP, wireguard-go, and stripe.
 
 Each system is started on a built lab and says where iperf3 must send
 (address, source address, a wrapper such as ``mptcpize run``).
@@ -16,6 +16,9 @@ from typing import Any
 from bench.lab import ECMP_CLIENT_ADDR, ECMP_SERVER_ADDR, Lab, mptcp_available
 from bench.sh import in_ns
 from bench.stripe_run import REPO_ROOT, StripePair, stripe_cmd
+from bench.tunnel import TunnelPair
+from bench.wireguard_go import TUNNEL_SERVER_ADDR as WG_SERVER_ADDR
+from bench.wireguard_go import WIREGUARD_GO, WireguardGoPair
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class System:
         """Undo :meth:`start`; the lab itself stays up."""
 
     def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds so far of each of the system's own processes, by name."""
+        return {}
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        """Peak resident memory (VmHWM) of each of the system's processes, MB."""
         return {}
 
     def problem(self) -> str | None:
@@ -85,8 +93,31 @@ class Mptcp(System):
         return Target(lab.names.links[0].server_addr, wrapper=("mptcpize", "run"))
 
 
+class TunnelSystem(System):
+    """A tunnel run as a server and a client process (stripe, wireguard-go)."""
+
+    pair: TunnelPair | None = None
+
+    def stop(self) -> None:
+        if self.pair is not None:
+            self.pair.stop()
+            self.pair = None
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return self.pair.cpu_seconds() if self.pair is not None else {}
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        return self.pair.peak_rss_mb() if self.pair is not None else {}
+
+    def problem(self) -> str | None:
+        if self.pair is None:
+            return None
+        dead = self.pair.dead()
+        return f"{dead} during the run" if dead else None
+
+
 @dataclass
-class Stripe(System):
+class Stripe(TunnelSystem):
     """The tunnel, from ready-made config files (demo) or generated ones (suite)."""
 
     label: str
@@ -104,22 +135,14 @@ class Stripe(System):
         self.pair = StripePair(
             lab.names.client_ns,
             lab.names.server_ns,
-            self.server_config,
-            self.client_config,
             workdir,
-            self.log_level,
+            server_config=self.server_config,
+            client_config=self.client_config,
+            log_level=self.log_level,
         )
         self.pair.start()
         self.pair.wait_ready(self.tunnel_server_addr)
         return Target(self.tunnel_server_addr)
-
-    def stop(self) -> None:
-        if self.pair is not None:
-            self.pair.stop()
-            self.pair = None
-
-    def cpu_seconds(self) -> dict[str, float]:
-        return self.pair.cpu_seconds() if self.pair is not None else {}
 
     def status(self) -> dict[str, Any]:
         """``stripe status --json`` of both ends: per-link RTT, loss, drops."""
@@ -145,12 +168,23 @@ class Stripe(System):
                 out[role] = {"error": (proc.stderr or proc.stdout).strip()[:300]}
         return out
 
-    def problem(self) -> str | None:
-        if self.pair is None:
-            return None
-        for proc in (self.pair.server, self.pair.client):
-            if proc is not None and not proc.alive():
-                return (
-                    f"{proc.name} exited ({proc.popen.returncode}) during the run; see {proc.log}"
-                )
+
+class WireguardGo(TunnelSystem):
+    """Userspace WireGuard (Debian's wireguard-go), single path over link 0."""
+
+    name = "wireguard-go"
+    pair: WireguardGoPair | None = None
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        if shutil.which(WIREGUARD_GO) is None:
+            return "wireguard-go not installed (Debian package wireguard-go)"
         return None
+
+    def start(self, lab: Lab, workdir: Path) -> Target:
+        self.pair = WireguardGoPair(
+            lab.names.client_ns, lab.names.server_ns, workdir, names=lab.names
+        )
+        self.pair.start()
+        self.pair.wait_ready(WG_SERVER_ADDR)
+        return Target(WG_SERVER_ADDR)

@@ -14,6 +14,7 @@ have nft || need_pkgs+=(nftables)
 have ethtool || need_pkgs+=(ethtool)
 have tcpdump || need_pkgs+=(tcpdump)
 have mptcpize || need_pkgs+=(mptcpd)  # the benchmark's MPTCP baseline
+have wireguard-go || need_pkgs+=(wireguard-go)  # the benchmark's userspace WireGuard baseline
 if [ ${#need_pkgs[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "setup: missing ${need_pkgs[*]}; run as root or: apt-get install ${need_pkgs[*]}" >&2

@@ -19,10 +19,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bench_support import needs_lab
+from bench_support import fresh_names, lab_running, needs_lab
 
 from bench.iperf import Flow, run_client, start_server
-from bench.lab import Direction, Lab, LabNames, LinkSpec, list_namespaces, new_prefix
+from bench.lab import Direction, Lab, LinkSpec
 from bench.sh import run
 
 pytestmark = needs_lab
@@ -36,7 +36,6 @@ JITTER_MS = 5.0
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    prefix = "hb" + new_prefix()[2:]
     specs = (
         LinkSpec.symmetric(RATE_MBIT, delay_ms=DELAY_MS),
         LinkSpec(up=Direction(loss=LOSS), down=Direction()),
@@ -44,13 +43,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         LinkSpec.symmetric(None, delay_ms=0.001),
         LinkSpec.symmetric(None, delay_ms=DELAY_MS, jitter_ms=JITTER_MS),
     )
-    lab = Lab(LabNames.for_prefix(prefix, 4), specs, Path(tmp_path_factory.mktemp("lab")))
-    try:
-        lab.up()
+    with lab_running(Lab(fresh_names(4), specs, Path(tmp_path_factory.mktemp("lab")))) as lab:
         yield lab
-    finally:
-        lab.down()
-    assert not [ns for ns in list_namespaces() if ns.startswith(prefix)]
 
 
 def _ping(lab: Lab, addr: str, count: int, interval: str) -> str:

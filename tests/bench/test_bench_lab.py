@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bench_support import needs_lab
+from bench_support import fresh_names, lab_running, needs_lab
 
 from bench.lab import (
     ECMP_SERVER_ADDR,
@@ -24,19 +24,9 @@ pytestmark = needs_lab
 
 @pytest.fixture(params=["local", "network"])
 def lab(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
-    prefix = "hb" + new_prefix()[2:]
-    lab = Lab(
-        LabNames.for_prefix(prefix, 2),
-        (LinkSpec.symmetric(20),) * 2,
-        tmp_path,
-        topology=request.param,
-    )
-    try:
-        lab.up()
+    lab = Lab(fresh_names(2), (LinkSpec.symmetric(20),) * 2, tmp_path, topology=request.param)
+    with lab_running(lab):
         yield lab
-    finally:
-        lab.down()
-    assert not [ns for ns in list_namespaces() if ns.startswith(prefix)]
 
 
 def _pings(lab: Lab, addr: str) -> bool:
