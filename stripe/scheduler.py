@@ -32,6 +32,10 @@ class Scheduler:
     def pick(self, links: Collection[Link], size: int, now: float) -> Link | None:
         raise NotImplementedError
 
+    def forget(self, link_id: int) -> None:
+        """The link was removed (reload): drop what the strategy kept about it,
+        so an id used again later starts afresh."""
+
 
 class WeightedScheduler(Scheduler):
     """Smooth weighted round robin (as nginx does it): over any window of
@@ -46,6 +50,9 @@ class WeightedScheduler(Scheduler):
 
     def __init__(self) -> None:
         self._credit: dict[int, float] = {}
+
+    def forget(self, link_id: int) -> None:
+        self._credit.pop(link_id, None)
 
     def weight_of(self, link: Link) -> float:
         return link.weight
@@ -125,6 +132,9 @@ class AdaptiveScheduler(Scheduler):
 
     def __init__(self) -> None:
         self._finish: dict[int, float] = {}
+
+    def forget(self, link_id: int) -> None:
+        self._finish.pop(link_id, None)
 
     def pick(self, links: Collection[Link], size: int, now: float) -> Link | None:
         candidates = usable_links(links)
