@@ -84,6 +84,14 @@ class LinkConfig:
     gateway: str | None = None
     table: int | None = None
 
+    @property
+    def binding(self) -> str:
+        """Where the link's socket is bound, e.g. "dev veth0 from 10.0.0.1:0"."""
+        parts = [f"dev {self.interface}"] if self.interface else []
+        if self.source or self.port:
+            parts.append(f"from {self.source or '*'}:{self.port}")
+        return " ".join(parts)
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -116,7 +124,7 @@ class Config:
 
     def endpoint_spec(self) -> EndpointSpec:
         links = tuple(
-            LinkSpec(i, link.name, link.weight, link.backup, link.remote)
+            LinkSpec(i, link.name, link.weight, link.backup, link.remote, link.binding)
             for i, link in enumerate(self.links)
         ) if self.role is Role.CLIENT else ()
         hold = None if self.reorder_hold_ms is None else self.reorder_hold_ms / 1000
@@ -125,6 +133,39 @@ class Config:
             self.peers,
             links, self.scheduler, hold,
         )
+
+
+# What a running process cannot take from a reload, by Config field, with the
+# key to name: the TUN device, the sockets and privileges set up at start.
+# Every other field changes live (see `reconfig`, and the shell for the
+# server's sockets); test_config checks each field is in one list or the other.
+RESTART_KEYS = {
+    "role": "role", "tun_name": "interface.name", "addresses": "interface.address",
+    "mtu": "interface.mtu", "private_key": "interface.private_key",
+    "listen_port": "interface.listen_port", "control_socket": "interface.control_socket",
+    "user": "interface.user",
+}
+LIVE_FIELDS = frozenset({"path", "peers", "scheduler", "reorder_hold_ms", "links"})
+SECRET_FIELDS = frozenset({"private_key"})
+
+
+def restart_needed(old: Config, new: Config) -> str | None:
+    """Why `new` cannot replace the running `old` by a reload (one line naming
+    the file and the key), or None if it can."""
+    for field_name, key in RESTART_KEYS.items():
+        was, now = getattr(old, field_name), getattr(new, field_name)
+        if was != now:
+            values = "" if field_name in SECRET_FIELDS else f" ({_show(was)} -> {_show(now)})"
+            return f"{new.path}: {key} changed{values}: needs a restart"
+    return None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(x) for x in value) + "]"
+    if isinstance(value, Role):
+        return value.value
+    return '""' if value is None else str(value)
 
 
 def decode_key(text: str) -> bytes:

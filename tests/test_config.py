@@ -168,3 +168,34 @@ public_key = "{other}"
     # A client has exactly one peer: its server.
     with pytest.raises(config.ConfigError, match="expected one"):
         load(tmp_path, CLIENT.replace("[peer]", "[[peer]]"))
+
+
+def test_every_config_field_is_either_live_or_needs_a_restart() -> None:
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(config.Config)}
+    assert fields == set(config.RESTART_KEYS) | config.LIVE_FIELDS
+    assert not set(config.RESTART_KEYS) & config.LIVE_FIELDS
+
+
+def test_restart_needed_names_the_key(tmp_path: Path) -> None:
+    old = load(tmp_path, CLIENT)
+    assert config.restart_needed(old, load(tmp_path, CLIENT.replace("weight = 2", "weight = 3")
+                                           .replace('name = "lte"', 'name = "5g"'))) is None
+    new = load(tmp_path, CLIENT.replace('name = "st0"', 'name = "st0"\nmtu = 1300'))
+    assert config.restart_needed(old, new) == (
+        f"{tmp_path / 'c.toml'}: interface.mtu changed (1400 -> 1300): needs a restart")
+    new = load(tmp_path, CLIENT.replace('"10.2.0.1/24", ', ""))
+    assert "interface.address changed ([10.2.0.1/24, fd00::1/64] -> [fd00::1/64])" in str(
+        config.restart_needed(old, new))
+    new = load(tmp_path, CLIENT.replace(PRIV, config.encode_key(generate_keypair()[0])))
+    message = str(config.restart_needed(old, new))
+    assert message.endswith("interface.private_key changed: needs a restart")
+    assert PRIV not in message
+
+
+def test_link_binding_describes_the_socket(tmp_path: Path) -> None:
+    dsl, lte = load(tmp_path, CLIENT).links
+    assert dsl.binding == "dev eth0"
+    assert lte.binding == "from 10.1.0.1:0"
+    assert load(tmp_path, CLIENT).endpoint_spec().links[0].binding == "dev eth0"
