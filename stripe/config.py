@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import ipaddress
 import os
 import pwd
@@ -183,11 +184,52 @@ def encode_key(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
+# Reads one file: (st_mode, content), OSError if it cannot.  Injected so a
+# process that dropped root can be handed files root read for it (reload).
+ReadFile = Callable[[Path], tuple[int, bytes]]
+
+
+def read_local_file(path: Path) -> tuple[int, bytes]:
+    with open(path, "rb") as f:
+        return os.fstat(f.fileno()).st_mode, f.read()
+
+
+def recording_reader(into: dict[str, Any]) -> ReadFile:
+    """Reads like read_local_file and keeps a JSON-able copy of every file in
+    `into`, for `shipped_reader` at the other end of the control socket."""
+
+    def read(path: Path) -> tuple[int, bytes]:
+        mode, data = read_local_file(path)
+        into[str(path)] = {"mode": mode, "data": base64.b64encode(data).decode()}
+        return mode, data
+
+    return read
+
+
+def shipped_reader(files: object) -> ReadFile:
+    """Serves the files `recording_reader` kept; a file that is absent or
+    malformed in `files` reads as missing (an OSError, so a config error)."""
+
+    def read(path: Path) -> tuple[int, bytes]:
+        entry = files.get(str(path)) if isinstance(files, dict) else None
+        if isinstance(entry, dict):
+            mode, data = entry.get("mode"), entry.get("data")
+            if type(mode) is int and isinstance(data, str):
+                try:
+                    return mode, base64.b64decode(data, validate=True)
+                except (binascii.Error, ValueError):
+                    pass
+        raise FileNotFoundError(errno.ENOENT, "not among the files sent with the request")
+
+    return read
+
+
 class _Reader:
     """Typed access to one TOML table, with errors that name file and key."""
 
-    def __init__(self, path: str, where: str, table: Any) -> None:
-        self.path, self.where = path, where
+    def __init__(self, path: str, where: str, table: Any,
+                 read_file: ReadFile = read_local_file) -> None:
+        self.path, self.where, self.read_file = path, where, read_file
         if not isinstance(table, dict):
             raise self.error("", f"expected a table, got {_kind(table)}")
         self.table: dict[str, Any] = table
@@ -237,8 +279,8 @@ def _key_from(reader: _Reader, inline: str, file_key: str, required: bool) -> by
         key = file_key
         path = Path(reader.path).parent / file_name
         try:
-            mode = path.stat().st_mode
-            text = path.read_text()
+            mode, raw = reader.read_file(path)
+            text = raw.decode(errors="replace")  # not base64 either way: reported below
         except OSError as exc:
             raise reader.error(file_key, f"cannot read {path}: {exc.strerror}") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -266,24 +308,25 @@ def _parse_host_port(text: str) -> tuple[str, int]:
 
 
 def load(path: str | os.PathLike[str], role: Role,
-         interface_exists: Callable[[str], bool] | None = None) -> Config:
+         interface_exists: Callable[[str], bool] | None = None,
+         read_file: ReadFile = read_local_file) -> Config:
     """Read, parse and validate; raises ConfigError with a one-line reason."""
     name = str(path)
     try:
-        with open(name, "rb") as f:
-            data = tomllib.load(f)
+        data = tomllib.loads(read_file(Path(name))[1].decode())
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{name}: not valid TOML: {exc}") from None
     exists = interface_exists or (lambda ifname: os.path.exists(f"/sys/class/net/{ifname}"))
-    return _parse(name, data, role, exists)
+    return _parse(name, data, role, exists, read_file)
 
 
 def _parse(path: str, data: dict[str, Any], role: Role,
-           interface_exists: Callable[[str], bool]) -> Config:
+           interface_exists: Callable[[str], bool], read_file: ReadFile) -> Config:
     top = _Reader(path, "", data)
-    iface = _Reader(path, "interface", top.get("interface", dict, what="an [interface] table"))
+    iface = _Reader(path, "interface", top.get("interface", dict, what="an [interface] table"),
+                    read_file)
     raw_peers = top.get("peer", object, what="a [peer] table (or [[peer]] tables on a server)")
     if isinstance(raw_peers, dict):
         raw_peers = [raw_peers]
@@ -345,7 +388,7 @@ def _parse(path: str, data: dict[str, Any], role: Role,
     iface.finish()
 
     peers = tuple(
-        _parse_peer(_Reader(path, name, raw), several=len(raw_peers) > 1)
+        _parse_peer(_Reader(path, name, raw, read_file), several=len(raw_peers) > 1)
         for name, raw in zip(peer_names, raw_peers, strict=True)
     )
     keys = [peer.public_key for peer in peers]

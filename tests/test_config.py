@@ -199,3 +199,33 @@ def test_link_binding_describes_the_socket(tmp_path: Path) -> None:
     assert dsl.binding == "dev eth0"
     assert lte.binding == "from 10.1.0.1:0"
     assert load(tmp_path, CLIENT).endpoint_spec().links[0].binding == "dev eth0"
+
+
+def test_files_root_read_can_be_shipped_to_the_running_process(tmp_path: Path) -> None:
+    """`stripe reload` reads the config as root and sends it over the control
+    socket to a process that may no longer be allowed to read it."""
+    import json
+
+    text = CLIENT.replace(f'private_key = "{PRIV}"', 'private_key_file = "client.key"')
+    key = tmp_path / "client.key"
+    key.write_text(PRIV + "\n")
+    key.chmod(0o600)
+    files: dict[str, object] = {}
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    def exists(name: str) -> bool:
+        return name == "eth0"
+
+    read = config.load(path, Role.CLIENT, exists, config.recording_reader(files))
+    assert sorted(files) == [str(path), str(key)]
+    path.unlink()
+    key.unlink()
+    shipped = config.shipped_reader(json.loads(json.dumps(files)))
+    assert config.load(path, Role.CLIENT, exists, shipped) == read
+    for bad in ({}, {str(path): {"mode": "x", "data": ""}}, {str(path): {"mode": 1, "data": "!"}},
+                "not a dict"):
+        with pytest.raises(config.ConfigError, match=r"c\.toml: cannot read"):
+            config.load(path, Role.CLIENT, exists, config.shipped_reader(bad))
+    files[str(key)] = {"mode": 0o600, "data": "/w=="}  # not UTF-8, not a key
+    with pytest.raises(config.ConfigError, match="private_key_file: expected a base64"):
+        config.load(path, Role.CLIENT, exists, config.shipped_reader(files))
