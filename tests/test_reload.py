@@ -9,7 +9,7 @@ from collections import Counter
 
 import msgpack
 import pytest
-from netsim import Sim, SimLink, ip_packet, packet_seq
+from netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
 from test_multipeer import Net, ipv4
 
 from stripe import control
@@ -177,13 +177,16 @@ def test_removed_id_is_used_again_after_the_drain() -> None:
         sim.client.spec, links=(sim.link_spec(0), sim.link_spec(2, "lte"))))
     assert [x.link_id for x in early.added_links] == [2]
     sim.run(LINK_DRAIN_S)
-    # Drained: its id is free again; the server starts that id afresh.
-    reused = LinkSpec(0, "dsl", remote=sim.link_spec(1).remote)
+    assert sim.closed_sockets == [1]
+    # Drained: its id is free again; the server starts that id afresh, at the
+    # address the new link comes from (another path: sim link 2).
+    reused = LinkSpec(0, "dsl", remote=sim.link_spec(2).remote)
     assert reload(sim, sim.link_spec(0), reused) == ("link dsl added",)
     sim.run(0.5)
     assert sim.client.peers[0].links[1].name == "dsl"
     server_link = sim.server.peers[0].links[1]
     assert server_link.name == "dsl" and server_link.up
+    assert server_link.path == (2, client_addr(2))
     sim.run(1.0, both_ways(sim, 1.0, 0, 400))
     assert server_link.counters.tx_packets > 150
     assert seqs(sim, "server") == list(range(400))
