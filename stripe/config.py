@@ -137,14 +137,17 @@ class Config:
 
 
 # What a running process cannot take from a reload, by Config field, with the
-# key to name: the TUN device, the sockets and privileges set up at start.
-# Every other field changes live (see `reconfig`, and the shell for the
-# server's sockets); test_config checks each field is in one list or the other.
+# key to name: the TUN device, sockets, privileges, routes and metrics server
+# set up at start.  Every other field changes live (see `reconfig`, and the
+# shell for the server's sockets); test_config checks each field is in one
+# list or the other.
 RESTART_KEYS = {
     "role": "role", "tun_name": "interface.name", "addresses": "interface.address",
     "mtu": "interface.mtu", "private_key": "interface.private_key",
     "listen_port": "interface.listen_port", "control_socket": "interface.control_socket",
-    "user": "interface.user",
+    "user": "interface.user", "metrics": "interface.metrics",
+    "route_all": "interface.route_all", "link_routes": "interface.link_routes",
+    "masquerade": "interface.masquerade",
 }
 LIVE_FIELDS = frozenset({"path", "peers", "scheduler", "reorder_hold_ms", "links"})
 SECRET_FIELDS = frozenset({"private_key"})
@@ -158,7 +161,17 @@ def restart_needed(old: Config, new: Config) -> str | None:
         if was != now:
             values = "" if field_name in SECRET_FIELDS else f" ({_show(was)} -> {_show(now)})"
             return f"{new.path}: {key} changed{values}: needs a restart"
+    if (old.route_all or old.link_routes) and _routed(old) != _routed(new):
+        return (f"{new.path}: link: with route_all or link_routes, links added, removed, "
+                "moved or given another gateway or table change the routes set up at "
+                "start: needs a restart")
     return None
+
+
+def _routed(cfg: Config) -> list[tuple[object, ...]]:
+    """What the routing automation made of each link (see stripe/io/routes.py)."""
+    return [(link.interface, link.source, link.remote, link.gateway, cfg.link_table(i))
+            for i, link in enumerate(cfg.links)]
 
 
 def _show(value: Any) -> str:

@@ -229,3 +229,15 @@ def test_files_root_read_can_be_shipped_to_the_running_process(tmp_path: Path) -
     files[str(key)] = {"mode": 0o600, "data": "/w=="}  # not UTF-8, not a key
     with pytest.raises(config.ConfigError, match="private_key_file: expected a base64"):
         config.load(path, Role.CLIENT, exists, config.shipped_reader(files))
+
+
+def test_with_routing_automation_link_changes_need_a_restart(tmp_path: Path) -> None:
+    routed = CLIENT.replace('name = "st0"', 'name = "st0"\nroute_all = true')
+    old = load(tmp_path, routed)
+    assert config.restart_needed(old, load(tmp_path, routed.replace("weight = 2", "weight = 5"))
+                                 ) is None
+    dropped = routed[:routed.rindex("[[link]]")]
+    message = str(config.restart_needed(old, load(tmp_path, dropped)))
+    assert "link: with route_all or link_routes" in message and "needs a restart" in message
+    assert config.restart_needed(load(tmp_path, CLIENT), load(tmp_path, CLIENT[
+        :CLIENT.rindex("[[link]]")])) is None  # without it, links come and go live
