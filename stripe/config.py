@@ -147,7 +147,7 @@ RESTART_KEYS = {
     "listen_port": "interface.listen_port", "control_socket": "interface.control_socket",
     "user": "interface.user", "metrics": "interface.metrics",
     "route_all": "interface.route_all", "link_routes": "interface.link_routes",
-    "masquerade": "interface.masquerade",
+    "masquerade": "interface.masquerade", "offload": "interface.offload",
 }
 LIVE_FIELDS = frozenset({"path", "peers", "scheduler", "reorder_hold_ms", "links"})
 SECRET_FIELDS = frozenset({"private_key"})
