@@ -5,6 +5,8 @@ the driver's event loop is left out."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -143,3 +145,22 @@ def test_restart_keys_and_bad_requests_are_refused(server: Any, tmp_path: Path) 
     path.write_text("not toml [")
     reply = reloader.handle_request({"cmd": "reload", "config": str(path), "files": files})
     assert reply["ok"] and reply["changes"] == [f"peer {KEYS[3][:8]} added"]
+
+
+def test_cli_reload_errors_are_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(server_config(free_ports(1)[0], []))
+    nobody_there = tmp_path / "none.sock"
+
+    def cli() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "stripe", "reload", "-c", str(path),
+                               "--socket", str(nobody_there)], capture_output=True, text=True,
+                              timeout=30, check=False, cwd=Path(__file__).parents[1])
+
+    result = cli()
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"stripe: reload: no stripe answering on {nobody_there}")
+    path.write_text(path.read_text().replace("[interface]", "[interface]\nmtu = 1"))
+    result = cli()
+    assert result.returncode == 2 and "interface.mtu: expected 576..9000, got 1" in result.stderr
+    assert "Traceback" not in result.stderr
