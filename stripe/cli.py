@@ -52,9 +52,10 @@ class JsonFormatter(logging.Formatter):
                            "message": record.getMessage()})
 
 
-def _load(path: str, role: Role) -> config_mod.Config:
+def _load(path: str, role: Role,
+          read_file: config_mod.ReadFile = config_mod.read_local_file) -> config_mod.Config:
     try:
-        return config_mod.load(path, role)
+        return config_mod.load(path, role, read_file=read_file)
     except config_mod.ConfigError as exc:
         click.echo(f"stripe: config error: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
@@ -102,19 +103,53 @@ def client(path: str) -> None:
               help="Validate as this role (default: server if listen_port is set).")
 def check(path: str, role: str | None) -> None:
     """Validate a config file; exit 2 with the reason if it is wrong."""
-    if role is None:
-        try:
-            import tomllib
-
-            with open(path, "rb") as f:
-                raw = tomllib.load(f)
-            iface = raw.get("interface", {})
-            role = "server" if isinstance(iface, dict) and "listen_port" in iface else "client"
-        except (OSError, ValueError):
-            role = "client"  # load() below reports the real problem
-    cfg = _load(path, Role(role))
+    cfg = _load(path, _role_of(path) if role is None else Role(role))
     links = ", ".join(link.name for link in cfg.links) or "(learned from the client)"
-    click.echo(f"{path}: ok ({role}, tun {cfg.tun_name}, links: {links})")
+    click.echo(f"{path}: ok ({cfg.role.value}, tun {cfg.tun_name}, links: {links})")
+
+
+def _role_of(path: str) -> Role:
+    """A server's config has a listen_port."""
+    try:
+        import tomllib
+
+        with open(path, "rb") as f:
+            iface = tomllib.load(f).get("interface", {})
+        return Role.SERVER if isinstance(iface, dict) and "listen_port" in iface else Role.CLIENT
+    except (OSError, ValueError):
+        return Role.CLIENT  # load() reports the real problem
+
+
+@main.command()
+@config_option
+@click.option("--socket", "socket_path", type=click.Path(),
+              help="The control socket (default: the one the config names).")
+def reload(path: str, socket_path: str | None) -> None:
+    """Apply a changed config to the running stripe without dropping the
+    session: links added, removed or re-weighted, peers, scheduler.  Prints
+    what changed; exits nonzero with the reason if the change was refused
+    (the old config keeps running).  SIGHUP does the same, but then the
+    process must be able to read the files itself (it may have dropped root)."""
+    import os
+    from pathlib import Path
+
+    from .io.control_socket import request
+
+    path = os.path.abspath(path)  # the process may run in another directory
+    files: dict[str, object] = {}
+    cfg = _load(path, _role_of(path), config_mod.recording_reader(files))
+    sock = Path(socket_path) if socket_path else cfg.control_socket
+    try:
+        reply = request(sock, "reload", timeout_s=10.0, config=path, files=files)
+    except (OSError, ValueError) as exc:
+        click.echo(f"stripe: reload: no stripe answering on {sock}: {exc}", err=True)
+        sys.exit(EXIT_SETUP)
+    if not reply.get("ok"):
+        click.echo(f"stripe: reload refused, the old config keeps running: "
+                   f"{reply.get('error', reply)}", err=True)
+        sys.exit(EXIT_SETUP)
+    changes = reply.get("changes") or ["no changes"]
+    click.echo("reload: " + ", ".join(str(change) for change in changes))
 
 
 @main.command()

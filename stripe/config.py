@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import ipaddress
 import os
 import pwd
@@ -84,6 +85,14 @@ class LinkConfig:
     gateway: str | None = None
     table: int | None = None
 
+    @property
+    def binding(self) -> str:
+        """Where the link's socket is bound, e.g. "dev veth0 from 10.0.0.1:0"."""
+        parts = [f"dev {self.interface}"] if self.interface else []
+        if self.source or self.port:
+            parts.append(f"from {self.source or '*'}:{self.port}")
+        return " ".join(parts)
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
@@ -116,7 +125,7 @@ class Config:
 
     def endpoint_spec(self) -> EndpointSpec:
         links = tuple(
-            LinkSpec(i, link.name, link.weight, link.backup, link.remote)
+            LinkSpec(i, link.name, link.weight, link.backup, link.remote, link.binding)
             for i, link in enumerate(self.links)
         ) if self.role is Role.CLIENT else ()
         hold = None if self.reorder_hold_ms is None else self.reorder_hold_ms / 1000
@@ -125,6 +134,52 @@ class Config:
             self.peers,
             links, self.scheduler, hold,
         )
+
+
+# What a running process cannot take from a reload, by Config field, with the
+# key to name: the TUN device, sockets, privileges, routes and metrics server
+# set up at start.  Every other field changes live (see `reconfig`, and the
+# shell for the server's sockets); test_config checks each field is in one
+# list or the other.
+RESTART_KEYS = {
+    "role": "role", "tun_name": "interface.name", "addresses": "interface.address",
+    "mtu": "interface.mtu", "private_key": "interface.private_key",
+    "listen_port": "interface.listen_port", "control_socket": "interface.control_socket",
+    "user": "interface.user", "metrics": "interface.metrics",
+    "route_all": "interface.route_all", "link_routes": "interface.link_routes",
+    "masquerade": "interface.masquerade", "offload": "interface.offload",
+}
+LIVE_FIELDS = frozenset({"path", "peers", "scheduler", "reorder_hold_ms", "links"})
+SECRET_FIELDS = frozenset({"private_key"})
+
+
+def restart_needed(old: Config, new: Config) -> str | None:
+    """Why `new` cannot replace the running `old` by a reload (one line naming
+    the file and the key), or None if it can."""
+    for field_name, key in RESTART_KEYS.items():
+        was, now = getattr(old, field_name), getattr(new, field_name)
+        if was != now:
+            values = "" if field_name in SECRET_FIELDS else f" ({_show(was)} -> {_show(now)})"
+            return f"{new.path}: {key} changed{values}: needs a restart"
+    if (old.route_all or old.link_routes) and _routed(old) != _routed(new):
+        return (f"{new.path}: link: with route_all or link_routes, links added, removed, "
+                "moved or given another gateway or table change the routes set up at "
+                "start: needs a restart")
+    return None
+
+
+def _routed(cfg: Config) -> list[tuple[object, ...]]:
+    """What the routing automation made of each link (see stripe/io/routes.py)."""
+    return [(link.interface, link.source, link.remote, link.gateway, cfg.link_table(i))
+            for i, link in enumerate(cfg.links)]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ", ".join(str(x) for x in value) + "]"
+    if isinstance(value, Role):
+        return value.value
+    return '""' if value is None else str(value)
 
 
 def decode_key(text: str) -> bytes:
@@ -142,11 +197,52 @@ def encode_key(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
+# Reads one file: (st_mode, content), OSError if it cannot.  Injected so a
+# process that dropped root can be handed files root read for it (reload).
+ReadFile = Callable[[Path], tuple[int, bytes]]
+
+
+def read_local_file(path: Path) -> tuple[int, bytes]:
+    with open(path, "rb") as f:
+        return os.fstat(f.fileno()).st_mode, f.read()
+
+
+def recording_reader(into: dict[str, Any]) -> ReadFile:
+    """Reads like read_local_file and keeps a JSON-able copy of every file in
+    `into`, for `shipped_reader` at the other end of the control socket."""
+
+    def read(path: Path) -> tuple[int, bytes]:
+        mode, data = read_local_file(path)
+        into[str(path)] = {"mode": mode, "data": base64.b64encode(data).decode()}
+        return mode, data
+
+    return read
+
+
+def shipped_reader(files: object) -> ReadFile:
+    """Serves the files `recording_reader` kept; a file that is absent or
+    malformed in `files` reads as missing (an OSError, so a config error)."""
+
+    def read(path: Path) -> tuple[int, bytes]:
+        entry = files.get(str(path)) if isinstance(files, dict) else None
+        if isinstance(entry, dict):
+            mode, data = entry.get("mode"), entry.get("data")
+            if type(mode) is int and isinstance(data, str):
+                try:
+                    return mode, base64.b64decode(data, validate=True)
+                except (binascii.Error, ValueError):
+                    pass
+        raise FileNotFoundError(errno.ENOENT, "not among the files sent with the request")
+
+    return read
+
+
 class _Reader:
     """Typed access to one TOML table, with errors that name file and key."""
 
-    def __init__(self, path: str, where: str, table: Any) -> None:
-        self.path, self.where = path, where
+    def __init__(self, path: str, where: str, table: Any,
+                 read_file: ReadFile = read_local_file) -> None:
+        self.path, self.where, self.read_file = path, where, read_file
         if not isinstance(table, dict):
             raise self.error("", f"expected a table, got {_kind(table)}")
         self.table: dict[str, Any] = table
@@ -196,8 +292,8 @@ def _key_from(reader: _Reader, inline: str, file_key: str, required: bool) -> by
         key = file_key
         path = Path(reader.path).parent / file_name
         try:
-            mode = path.stat().st_mode
-            text = path.read_text()
+            mode, raw = reader.read_file(path)
+            text = raw.decode(errors="replace")  # not base64 either way: reported below
         except OSError as exc:
             raise reader.error(file_key, f"cannot read {path}: {exc.strerror}") from None
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -225,24 +321,25 @@ def _parse_host_port(text: str) -> tuple[str, int]:
 
 
 def load(path: str | os.PathLike[str], role: Role,
-         interface_exists: Callable[[str], bool] | None = None) -> Config:
+         interface_exists: Callable[[str], bool] | None = None,
+         read_file: ReadFile = read_local_file) -> Config:
     """Read, parse and validate; raises ConfigError with a one-line reason."""
     name = str(path)
     try:
-        with open(name, "rb") as f:
-            data = tomllib.load(f)
+        data = tomllib.loads(read_file(Path(name))[1].decode())
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{name}: not valid TOML: {exc}") from None
     exists = interface_exists or (lambda ifname: os.path.exists(f"/sys/class/net/{ifname}"))
-    return _parse(name, data, role, exists)
+    return _parse(name, data, role, exists, read_file)
 
 
 def _parse(path: str, data: dict[str, Any], role: Role,
-           interface_exists: Callable[[str], bool]) -> Config:
+           interface_exists: Callable[[str], bool], read_file: ReadFile) -> Config:
     top = _Reader(path, "", data)
-    iface = _Reader(path, "interface", top.get("interface", dict, what="an [interface] table"))
+    iface = _Reader(path, "interface", top.get("interface", dict, what="an [interface] table"),
+                    read_file)
     raw_peers = top.get("peer", object, what="a [peer] table (or [[peer]] tables on a server)")
     if isinstance(raw_peers, dict):
         raw_peers = [raw_peers]
@@ -304,7 +401,7 @@ def _parse(path: str, data: dict[str, Any], role: Role,
     iface.finish()
 
     peers = tuple(
-        _parse_peer(_Reader(path, name, raw), several=len(raw_peers) > 1)
+        _parse_peer(_Reader(path, name, raw, read_file), several=len(raw_peers) > 1)
         for name, raw in zip(peer_names, raw_peers, strict=True)
     )
     keys = [peer.public_key for peer in peers]

@@ -21,6 +21,8 @@ field: a buggy peer must not crash us.
     MARKER     {"t": 5}   sent on a link shortly after its last data packet of
                a burst: its "d" tells the receiver nothing older is still in
                flight there, so a gap can be declared lost without waiting
+               {"t": 5, "f": true}  the last message on a link that leaves
+               (reload): the receiver stops waiting on that link at all
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class Feedback:
 
 @dataclass(frozen=True, slots=True)
 class Marker:
-    pass
+    final: bool = False  # the link leaves: nothing will follow on it
 
 
 ControlMessage = Probe | ProbeAck | Links | Feedback | Marker
@@ -98,6 +100,8 @@ def encode(message: ControlMessage, next_data_counter: int) -> bytes:
         body = {"t": ControlType.PROBE_ACK, "i": message.probe_id}
     elif isinstance(message, Marker):
         body = {"t": ControlType.MARKER}
+        if message.final:
+            body["f"] = True
     elif isinstance(message, Links):
         body = {
             "t": ControlType.LINKS,
@@ -159,7 +163,10 @@ def _message(body: dict[str, object]) -> ControlMessage:
     if kind == ControlType.PROBE_ACK:
         return ProbeAck(_uint(body.get("i"), 32))
     if kind == ControlType.MARKER:
-        return Marker()
+        final = body.get("f", False)
+        if not isinstance(final, bool):
+            raise ControlError("bad_marker")
+        return Marker(final)
     if kind == ControlType.FEEDBACK:
         return Feedback(tuple(
             LinkReport(_uint(e[0], 8), _uint(e[1], 64), _uint(e[2], 64), _uint(e[3], 32),

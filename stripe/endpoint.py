@@ -7,10 +7,13 @@ The driver feeds three kinds of input, each with the current monotonic time:
 - `receive_datagram(sock, data, addr, now)`: a UDP datagram from a link socket;
 - `send_packet(packet, now)`: an IP packet read from the TUN device;
 - `handle_timer(now)`: the time returned by `get_timer()` has come;
-- `send_failed(sock, addr, now)`: the OS refused a send (interface down).
+- `send_failed(sock, addr, now)`: the OS refused a send (interface down);
+- `reconfigure(plan, now)`: a reload (see `reconfig`), planned beforehand by
+  `plan_reconfigure(spec)` so the shell can open new links' sockets first.
 
 After any input it drains the outputs: `datagrams_to_send()` (socket index,
-bytes, address), `packets_to_deliver()` (in-order IP packets for the TUN) and
+bytes, address), `packets_to_deliver()` (in-order IP packets for the TUN),
+`sockets_to_close()` (removed links' sockets, once drained) and
 `take_events()` (log lines), then re-arms one timer from `get_timer()`.
 Nothing here reads a clock, touches a socket or imports asyncio, so the tests
 drive two endpoints through an in-memory network with a fake clock.
@@ -37,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from . import control, routing, wire
+from . import control, reconfig, routing, wire
 from .cookie import CookieChecker, CookieJar, HandshakeLimiter, reply_receiver_index
 from .estimator import FEEDBACK_INTERVAL_S
 from .handshake import (
@@ -69,6 +72,10 @@ MASK_LINGER_S = 0.3
 # might have been on it (a tail loss).
 TAIL_MARKER_DELAY_S = 0.005
 HOLD_UPDATE_INTERVAL_S = 0.01
+# A link removed by a reload (or, on the server, by the client's link table)
+# keeps its socket this long: packets already in flight on it, and those the
+# peer sends before it hears of the removal, still arrive and are delivered.
+LINK_DRAIN_S = 2.0
 
 
 _DATA_TYPE = wire.MessageType.DATA.value
@@ -101,6 +108,9 @@ class LinkSpec:
     weight: int = 1
     backup: bool = False
     remote: Address | None = None
+    # Where the shell binds the link's socket (interface, source, port).
+    # Opaque here; on reload a change means a new socket, so a new link.
+    binding: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +149,11 @@ class Peer:
     feedback_due: float = 0.0
     data_since_feedback: bool = False
     links_announce_due: float = float("inf")
+    # Server: control counter of the newest LINKS applied in the current
+    # session (an older one overtaken on a faster link must not undo it).
+    links_seen: int = -1
+    # Links removed by a reload, still draining: link id -> (link, until).
+    retired: dict[int, tuple[Link, float]] = field(default_factory=dict)
     cookie_jar: CookieJar | None = None
     queue: deque[bytes] = field(default_factory=lambda: deque(maxlen=QUEUE_MAX_PACKETS))
     # The inner source address last found in this peer's allowed_ips.
@@ -167,6 +182,7 @@ class Endpoint:
         self._random_index = random_index
         self.drops: Counter[str] = Counter()
         self._datagrams: list[Datagram] = []
+        self._closed_sockets: list[int] = []
         self._deliver: list[bytes] = []
         self._events: list[tuple[int, str]] = []
         self._sessions: dict[int, tuple[Peer, Session]] = {}
@@ -177,19 +193,26 @@ class Endpoint:
         self._limiter = HandshakeLimiter()
         self._cookies = CookieChecker(self.public_key, random_bytes)
         for peer_spec in spec.peers:
-            peer = Peer(peer_spec, make_scheduler(spec.scheduler), handshake_due=now,
-                        cookie_jar=CookieJar(peer_spec.public_key))
+            peer = self._add_peer(peer_spec, now)
             if self.role is Role.CLIENT:
-                for ls in spec.links:
-                    assert ls.remote is not None
-                    peer.links[ls.link_id] = Link(
-                        ls.link_id, ls.name, ls.weight, ls.backup, path=(ls.link_id, ls.remote)
-                    )
-            self.peers.append(peer)
-            self._peer_by_key[peer_spec.public_key] = peer
-            self._psk_for[peer_spec.public_key] = peer_spec.preshared_key
-            for network in peer_spec.allowed_ips:
-                self._routes.insert(network, peer)
+                peer.links = {ls.link_id: _client_link(ls) for ls in spec.links}
+        self._rebuild_routes()
+
+    def _add_peer(self, peer_spec: PeerSpec, now: float) -> Peer:
+        peer = Peer(peer_spec, make_scheduler(self.spec.scheduler), handshake_due=now,
+                    cookie_jar=CookieJar(peer_spec.public_key))
+        self.peers.append(peer)
+        self._peer_by_key[peer_spec.public_key] = peer
+        self._psk_for[peer_spec.public_key] = peer_spec.preshared_key
+        return peer
+
+    def _rebuild_routes(self) -> None:
+        routes: routing.AllowedIPs[Peer] = routing.AllowedIPs()
+        for peer in self.peers:
+            for network in peer.spec.allowed_ips:
+                routes.insert(network, peer)
+            peer.last_good_source = b""  # the cached check is void with new networks
+        self._routes = routes
 
     # -- outputs ---------------------------------------------------------
 
@@ -203,6 +226,11 @@ class Endpoint:
 
     def take_events(self) -> list[tuple[int, str]]:
         out, self._events = self._events, []
+        return out
+
+    def sockets_to_close(self) -> list[int]:
+        """Client: sockets of removed links whose drain time is over."""
+        out, self._closed_sockets = self._closed_sockets, []
         return out
 
     def get_timer(self) -> float | None:
@@ -225,6 +253,7 @@ class Endpoint:
                     due.append(deadline)
             if peer.previous is not None:
                 due.append(peer.previous.last_received + PREVIOUS_SESSION_KEEP_S)
+            due.extend(until for _link, until in peer.retired.values())
         return min(due) if due else None
 
     # -- inputs ----------------------------------------------------------
@@ -374,6 +403,7 @@ class Endpoint:
             if self.role is Role.CLIENT:
                 self._client_timers(peer, now)
             self._expire_sessions(peer, now)
+            self._expire_retired(peer, now)
             session = peer.current
             if session is not None:
                 self._refresh_mask(peer, now)
@@ -400,6 +430,87 @@ class Endpoint:
             for s in peer.sessions():
                 s.reorder.poll(now)
                 self._collect(s)
+
+    # -- reload ----------------------------------------------------------
+
+    def plan_reconfigure(self, spec: EndpointSpec) -> reconfig.Reconfiguration:
+        """What running `spec` instead would change, changing nothing yet.
+        Raises reconfig.ReconfigError if it needs a restart."""
+        draining = {link_id for peer in self.peers for link_id in peer.retired}
+        return reconfig.plan(self.spec, spec, draining)
+
+    def reconfigure(self, change: reconfig.Reconfiguration, now: float) -> None:
+        """Apply a plan from `plan_reconfigure` (the shell has opened the added
+        links' sockets).  Sessions, keys and unchanged links carry on; removed
+        links leave the schedule at once (their queued data goes out on the
+        others, as when a link dies) and drain for LINK_DRAIN_S; the server
+        hears of added, removed and re-weighted links from a LINKS now."""
+        old, self.spec = self.spec, change.spec
+        for peer_spec in change.removed_peers:
+            self._drop_peer(self._peer_by_key[peer_spec.public_key])
+        for peer_spec in change.added_peers:
+            self._add_peer(peer_spec, now)
+        removed = {ls.link_id for ls in change.removed_links}
+        for peer in self.peers:
+            peer.spec = next(p for p in self.spec.peers if p.public_key == peer.spec.public_key)
+            self._psk_for[peer.spec.public_key] = peer.spec.preshared_key
+            if self.spec.scheduler != old.scheduler:
+                peer.scheduler = make_scheduler(self.spec.scheduler)
+            if self.role is Role.CLIENT:
+                self._relink(peer, removed, now)
+            for session in peer.sessions():
+                if self.spec.reorder_hold_s is not None:
+                    session.reorder.hold_s = self.spec.reorder_hold_s
+                else:
+                    session.hold_update_due = now  # derive it again from the next packet
+        self._rebuild_routes()
+
+    def _relink(self, peer: Peer, removed: set[int], now: float) -> None:
+        """Client: make the peer's links those of the new spec."""
+        for link_id in removed:
+            self._retire(peer, peer.links.pop(link_id), now)
+        session = peer.current
+        links: dict[int, Link] = {}
+        for ls in self.spec.links:
+            link = peer.links.get(ls.link_id)
+            if link is None:
+                link = _client_link(ls)
+                if session is not None:  # first contact now, not at the next probe round
+                    self._send_control(peer, session, link,
+                                       control.Probe(link.health.start_probe(now)), now)
+            link.weight, link.backup = ls.weight, ls.backup
+            links[ls.link_id] = link
+        peer.links = links
+        self._refresh_mask(peer, now)
+        if session is not None:
+            self._announce_links(peer, session, now)
+            peer.links_announce_due = now + LINKS_ANNOUNCE_INTERVAL_S
+
+    def _retire(self, peer: Peer, link: Link, now: float) -> None:
+        """`link` (already out of `peer.links`) leaves for good.  Its last
+        message is a final MARKER: once the peer has it, nothing older is in
+        flight there and its reorder buffer stops waiting on the link."""
+        peer.scheduler.forget(link.link_id)
+        session = peer.current
+        if session is not None and link.path is not None:
+            self._send_control(peer, session, link, control.Marker(final=True), now)
+        peer.retired[link.link_id] = (link, now + LINK_DRAIN_S)
+        self._refresh_mask(peer, now)
+
+    def _expire_retired(self, peer: Peer, now: float) -> None:
+        for link_id, (link, until) in list(peer.retired.items()):
+            if now >= until:
+                del peer.retired[link_id]
+                if self.role is Role.CLIENT and link.path is not None:
+                    self._closed_sockets.append(link.path[0])
+
+    def _drop_peer(self, peer: Peer) -> None:
+        """Server: a peer removed by a reload; its sessions end now."""
+        for session in peer.sessions():
+            self._sessions.pop(session.local_index, None)
+        self.peers.remove(peer)
+        del self._peer_by_key[peer.spec.public_key]
+        del self._psk_for[peer.spec.public_key]
 
     # -- transport -------------------------------------------------------
 
@@ -480,7 +591,7 @@ class Endpoint:
         ):
             link.rx_highest_link_seq = header.link_seq
         if header.type is wire.MessageType.CONTROL:
-            self._handle_control(peer, session, link, plaintext, now)
+            self._handle_control(peer, session, link, header.counter, plaintext, now)
             return
         self._accept_data(peer, session, header.link_id, header.link_mask, header.counter,
                           plaintext, now)
@@ -516,7 +627,8 @@ class Endpoint:
             ready.clear()
 
     def _handle_control(
-        self, peer: Peer, session: Session, link: Link, plaintext: bytes, now: float
+        self, peer: Peer, session: Session, link: Link, counter: int, plaintext: bytes,
+        now: float,
     ) -> None:
         try:
             message, next_data_counter = control.decode(plaintext)
@@ -524,7 +636,13 @@ class Endpoint:
             self.drops[f"control_{exc}"] += 1
             return
         session.reorder.note_progress(link.link_id, next_data_counter, now)
+        if isinstance(message, control.Marker) and message.final:
+            session.reorder.forget_link(link.link_id, now)
         self._collect(session)
+        if peer.links.get(link.link_id) is not link and isinstance(
+            message, control.Probe | control.ProbeAck
+        ):
+            return  # a removed link, draining: its health no longer matters
         if isinstance(message, control.Probe):
             self._send_control(peer, session, link, control.ProbeAck(message.probe_id), now)
             if link.health.state is LinkState.UNKNOWN and not link.health.outstanding:
@@ -537,13 +655,31 @@ class Endpoint:
                 self._flush_queue(peer, now)
         elif isinstance(message, control.Feedback):
             self._on_feedback(peer, message, now)
-        elif isinstance(message, control.Links) and self.role is Role.SERVER:
-            for info in message.links:
-                known = peer.links.get(info.link_id)
-                if known is None:
-                    known = peer.links[info.link_id] = Link(info.link_id, info.name)
-                known.name, known.weight, known.backup = info.name, info.weight, info.backup
-            self._refresh_mask(peer, now)
+        elif (isinstance(message, control.Links) and self.role is Role.SERVER
+              and session is peer.current and counter > peer.links_seen):
+            peer.links_seen = counter
+            self._apply_link_table(peer, message.links, now)
+
+    def _apply_link_table(
+        self, peer: Peer, infos: tuple[control.LinkInfo, ...], now: float
+    ) -> None:
+        """Server: the client's link table.  A link it no longer lists was
+        removed by a reload there: it leaves our schedule too."""
+        listed = {info.link_id for info in infos}
+        for link_id in [x for x in peer.links if x not in listed]:
+            link = peer.links.pop(link_id)
+            self._event(logging.INFO, f"link {link.name} removed by the client")
+            self._retire(peer, link, now)
+        for info in infos:
+            known = peer.links.get(info.link_id)
+            if known is None:
+                # New, or an id used again after a removal: start afresh,
+                # keeping the return address its probes may have taught us.
+                draining = peer.retired.pop(info.link_id, None)
+                known = peer.links[info.link_id] = Link(
+                    info.link_id, info.name, path=None if draining is None else draining[0].path)
+            known.name, known.weight, known.backup = info.name, info.weight, info.backup
+        self._refresh_mask(peer, now)
 
     def _on_feedback(self, peer: Peer, feedback: control.Feedback, now: float) -> None:
         for report in feedback.reports:
@@ -582,6 +718,9 @@ class Endpoint:
     def _learn_path(self, peer: Peer, link_id: int, sock: int, addr: Address, now: float) -> Link:
         link = peer.links.get(link_id)
         if link is None:
+            draining = peer.retired.get(link_id)
+            if draining is not None:
+                return draining[0]  # a removed link's packets in flight
             link = peer.links[link_id] = Link(link_id, f"link{link_id}")
         if self.role is Role.SERVER and link.path != (sock, addr):
             if link.path is not None:
@@ -778,6 +917,7 @@ class Endpoint:
         peer.previous = peer.current
         peer.current = session
         peer.last_handshake = now
+        peer.links_seen = -1
         self._sessions[session.local_index] = (peer, session)
         if self.spec.reorder_hold_s is not None:
             session.reorder.hold_s = self.spec.reorder_hold_s
@@ -815,3 +955,10 @@ class Endpoint:
 
     def _event(self, level: int, message: str) -> None:
         self._events.append((level, message))
+
+
+def _client_link(spec: LinkSpec) -> Link:
+    """A client link: its socket index is its link id."""
+    assert spec.remote is not None
+    return Link(spec.link_id, spec.name, spec.weight, spec.backup,
+                path=(spec.link_id, spec.remote))

@@ -160,6 +160,17 @@ class ReorderBuffer:
             if self._held:
                 self._release(now)
 
+    def forget_link(self, link_id: int, now: float) -> None:
+        """`link_id` left the sender's links and everything it carried has
+        arrived or is lost (its final MARKER came, after its last data: links
+        are FIFO), so loss inference stops waiting on it at once instead of
+        for the activity window."""
+        self._links.pop(link_id, None)
+        if link_id < MASKABLE_LINKS:
+            self._mask &= ~(1 << link_id)
+        if self._held:
+            self._release(now)
+
     def deadline(self) -> float | None:
         """When the oldest held packet has waited `hold_s`, or None."""
         if not self._held:

@@ -44,6 +44,10 @@ class Scheduler:
                       default=link.est.rate_bps)
         return slowest * window_s / 8
 
+    def forget(self, link_id: int) -> None:
+        """The link was removed (reload): drop what the strategy kept about it,
+        so an id used again later starts afresh."""
+
 
 class WeightedScheduler(Scheduler):
     """Smooth weighted round robin (as nginx does it): over any window of
@@ -58,6 +62,9 @@ class WeightedScheduler(Scheduler):
 
     def __init__(self) -> None:
         self._credit: dict[int, float] = {}
+
+    def forget(self, link_id: int) -> None:
+        self._credit.pop(link_id, None)
 
     def weight_of(self, link: Link) -> float:
         return link.weight
@@ -147,6 +154,9 @@ class AdaptiveScheduler(Scheduler):
     def charge(self, link: Link, size: int) -> None:
         rate = _effective_rate(link, self._best_loss)
         self._finish[link.link_id] = self._finish.get(link.link_id, 0.0) + size * 8 / rate
+
+    def forget(self, link_id: int) -> None:
+        self._finish.pop(link_id, None)
 
     def pick(self, links: Collection[Link], size: int, now: float) -> Link | None:
         candidates = usable_links(links)

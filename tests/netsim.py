@@ -65,7 +65,10 @@ class Sim:
         scheduler: str = "weighted",
         start: float = 1000.0,
         reorder_hold_s: float | None = None,
+        configured: int | None = None,
     ) -> None:
+        """`configured`: the client starts with only the first N links (the
+        others are there for a reload to add)."""
         self.rng = random.Random(seed)
         self.links = links
         self.now = start
@@ -75,8 +78,7 @@ class Sim:
         self.client = Endpoint(
             EndpointSpec(
                 Role.CLIENT, client_priv, (PeerSpec(server_pub, psk),),
-                tuple(LinkSpec(i, f"l{i}", link.weight, link.backup, server_addr(i))
-                      for i, link in enumerate(links)),
+                tuple(self.link_spec(i) for i in range(len(links))[:configured]),
                 scheduler=scheduler, reorder_hold_s=reorder_hold_s,
             ),
             self.now, wall_offset=1.7e9, random_index=lambda: self.rng.getrandbits(32),
@@ -91,6 +93,12 @@ class Sim:
         self.delivered: dict[str, list[bytes]] = {"client": [], "server": []}
         self.wire_log: list[tuple[str, int, bytes]] = []
         self.stray: list[tuple[tuple[str, int], bytes]] = []
+        self.closed_sockets: list[int] = []
+
+    def link_spec(self, i: int, name: str | None = None) -> LinkSpec:
+        """The client's spec for sim link `i` (its remote picks the sim link)."""
+        link = self.links[i]
+        return LinkSpec(i, name or f"l{i}", link.weight, link.backup, server_addr(i))
 
     # -- plumbing --------------------------------------------------------
 
@@ -118,9 +126,9 @@ class Sim:
     def _drain(self) -> None:
         for _ in range(100):
             moved = False
-            for sock, data, _addr in self.client.datagrams_to_send():
+            for _sock, data, addr in self.client.datagrams_to_send():
                 moved = True
-                self._transmit("up", sock, data)
+                self._transmit("up", self._server_index(addr), data)
             for _sock, data, addr in self.server.datagrams_to_send():
                 moved = True
                 index = next((i for i in range(len(self.links)) if client_addr(i) == addr), None)
@@ -130,8 +138,12 @@ class Sim:
                     self._transmit("down", index, data)
             self.delivered["client"].extend(self.client.packets_to_deliver())
             self.delivered["server"].extend(self.server.packets_to_deliver())
+            self.closed_sockets.extend(self.client.sockets_to_close())
             if not moved:
                 return
+
+    def _server_index(self, addr: tuple[str, int]) -> int:
+        return next(i for i in range(len(self.links)) if server_addr(i) == addr)
 
     def inject(self, direction: str, link_index: int, data: bytes) -> None:
         """Deliver raw bytes as if they came over a link (attacks, replays)."""

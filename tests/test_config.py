@@ -168,3 +168,76 @@ public_key = "{other}"
     # A client has exactly one peer: its server.
     with pytest.raises(config.ConfigError, match="expected one"):
         load(tmp_path, CLIENT.replace("[peer]", "[[peer]]"))
+
+
+def test_every_config_field_is_either_live_or_needs_a_restart() -> None:
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(config.Config)}
+    assert fields == set(config.RESTART_KEYS) | config.LIVE_FIELDS
+    assert not set(config.RESTART_KEYS) & config.LIVE_FIELDS
+
+
+def test_restart_needed_names_the_key(tmp_path: Path) -> None:
+    old = load(tmp_path, CLIENT)
+    assert config.restart_needed(old, load(tmp_path, CLIENT.replace("weight = 2", "weight = 3")
+                                           .replace('name = "lte"', 'name = "5g"'))) is None
+    new = load(tmp_path, CLIENT.replace('name = "st0"', 'name = "st0"\nmtu = 1300'))
+    assert config.restart_needed(old, new) == (
+        f"{tmp_path / 'c.toml'}: interface.mtu changed (1400 -> 1300): needs a restart")
+    new = load(tmp_path, CLIENT.replace('"10.2.0.1/24", ', ""))
+    assert "interface.address changed ([10.2.0.1/24, fd00::1/64] -> [fd00::1/64])" in str(
+        config.restart_needed(old, new))
+    new = load(tmp_path, CLIENT.replace(PRIV, config.encode_key(generate_keypair()[0])))
+    message = str(config.restart_needed(old, new))
+    assert message.endswith("interface.private_key changed: needs a restart")
+    assert PRIV not in message
+
+
+def test_link_binding_describes_the_socket(tmp_path: Path) -> None:
+    dsl, lte = load(tmp_path, CLIENT).links
+    assert dsl.binding == "dev eth0"
+    assert lte.binding == "from 10.1.0.1:0"
+    assert load(tmp_path, CLIENT).endpoint_spec().links[0].binding == "dev eth0"
+
+
+def test_files_root_read_can_be_shipped_to_the_running_process(tmp_path: Path) -> None:
+    """`stripe reload` reads the config as root and sends it over the control
+    socket to a process that may no longer be allowed to read it."""
+    import json
+
+    text = CLIENT.replace(f'private_key = "{PRIV}"', 'private_key_file = "client.key"')
+    key = tmp_path / "client.key"
+    key.write_text(PRIV + "\n")
+    key.chmod(0o600)
+    files: dict[str, object] = {}
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    def exists(name: str) -> bool:
+        return name == "eth0"
+
+    read = config.load(path, Role.CLIENT, exists, config.recording_reader(files))
+    assert sorted(files) == [str(path), str(key)]
+    path.unlink()
+    key.unlink()
+    shipped = config.shipped_reader(json.loads(json.dumps(files)))
+    assert config.load(path, Role.CLIENT, exists, shipped) == read
+    for bad in ({}, {str(path): {"mode": "x", "data": ""}}, {str(path): {"mode": 1, "data": "!"}},
+                "not a dict"):
+        with pytest.raises(config.ConfigError, match=r"c\.toml: cannot read"):
+            config.load(path, Role.CLIENT, exists, config.shipped_reader(bad))
+    files[str(key)] = {"mode": 0o600, "data": "/w=="}  # not UTF-8, not a key
+    with pytest.raises(config.ConfigError, match="private_key_file: expected a base64"):
+        config.load(path, Role.CLIENT, exists, config.shipped_reader(files))
+
+
+def test_with_routing_automation_link_changes_need_a_restart(tmp_path: Path) -> None:
+    routed = CLIENT.replace('name = "st0"', 'name = "st0"\nroute_all = true')
+    old = load(tmp_path, routed)
+    assert config.restart_needed(old, load(tmp_path, routed.replace("weight = 2", "weight = 5"))
+                                 ) is None
+    dropped = routed[:routed.rindex("[[link]]")]
+    message = str(config.restart_needed(old, load(tmp_path, dropped)))
+    assert "link: with route_all or link_routes" in message and "needs a restart" in message
+    assert config.restart_needed(load(tmp_path, CLIENT), load(tmp_path, CLIENT[
+        :CLIENT.rindex("[[link]]")])) is None  # without it, links come and go live

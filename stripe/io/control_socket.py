@@ -2,8 +2,10 @@
 the running process for its figures.
 
 Protocol: one request line of JSON, `{"cmd": "status"}`, answered by one
-line of JSON and the connection closed.  Requests are local but still
-untrusted input: anything else gets `{"error": "..."}`, never a traceback.
+line of JSON and the connection closed.  A request may carry more fields for
+its handler (`reload` carries the config files, read by root).  Requests are
+local but still untrusted input: anything else gets `{"error": "..."}`,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-MAX_REQUEST_BYTES = 4096
+MAX_REQUEST_BYTES = 1 << 20  # a reload request carries the config and key files
 REQUEST_TIMEOUT_S = 2.0
 
 
+Handler = Callable[[dict[str, Any]], dict[str, Any]]  # the request -> the reply
+
+
 class ControlServer:
-    def __init__(self, path: Path, handlers: dict[str, Callable[[], dict[str, Any]]]) -> None:
+    def __init__(self, path: Path, handlers: dict[str, Handler]) -> None:
         self.path = path
         self._handlers = handlers
         self._server: asyncio.AbstractServer | None = None
@@ -35,7 +40,8 @@ class ControlServer:
             self.path.unlink()
         old_umask = os.umask(0o177)  # the socket is created 0600: root only
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=MAX_REQUEST_BYTES + 1)
         finally:
             os.umask(old_umask)
 
@@ -64,7 +70,8 @@ class ControlServer:
         handler = self._handlers.get(command) if isinstance(command, str) else None
         if handler is None:
             return {"error": f"unknown command {command!r}; known: {sorted(self._handlers)}"}
-        return handler()
+        assert isinstance(request, dict)
+        return handler(request)
 
     def close(self) -> None:
         if self._server is not None:
@@ -82,12 +89,13 @@ def _alive(path: Path) -> bool:
     return True
 
 
-def request(path: Path, command: str = "status", timeout_s: float = 3.0) -> dict[str, Any]:
-    """Client side: send one command, return the decoded reply."""
+def request(path: Path, command: str = "status", timeout_s: float = 3.0,
+            **fields: Any) -> dict[str, Any]:
+    """Client side: send one command (and its fields), return the decoded reply."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         sock.connect(str(path))
-        sock.sendall(json.dumps({"cmd": command}).encode() + b"\n")
+        sock.sendall(json.dumps({"cmd": command, **fields}).encode() + b"\n")
         chunks = []
         while chunk := sock.recv(65536):
             chunks.append(chunk)

@@ -15,6 +15,10 @@ link's datagrams leave in UDP GSO trains, arrive in GRO trains, and
 in-order TCP segments are glued back together for one TUN write.  Whatever
 the kernel refuses falls back to one packet per syscall, and `status` says
 which path is in use.
+
+Sockets are kept by socket id (the index the core puts in its datagrams),
+not in a list, so a reload can add and remove sockets without renumbering
+the others (see `reload`).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import socket
 import struct
 import time
 from collections import Counter
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
@@ -38,6 +43,7 @@ from ..status import snapshot
 from .control_socket import ControlServer
 from .network import Undo, set_up_network, tear_down_network
 from .privileges import drop_privileges
+from .reload import Reloader
 from .sockets import (
     GSO_MAX_BYTES,
     GSO_MAX_SEGMENTS,
@@ -84,8 +90,8 @@ class Driver:
         except Exception:
             self.tun.close()
             raise
-        self.gso = [config.offload and gso_supported(sock) for sock in self.sockets]
-        self.gro = [config.offload and enable_gro(sock) for sock in self.sockets]
+        self.gso = {i: config.offload and gso_supported(s) for i, s in self.sockets.items()}
+        self.gro = {i: config.offload and enable_gro(s) for i, s in self.sockets.items()}
         # time.monotonic(), not loop.time(): uvloop's clock ticks in whole
         # milliseconds, too coarse for RTTs and delay skew on a LAN.
         now = time.monotonic()
@@ -97,21 +103,23 @@ class Driver:
         self._timer_at: float | None = None
         self.stopped = asyncio.Event()
         self.started = now
+        self.reloader = Reloader(self)
 
     # -- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
         self.loop.add_reader(self.tun.fd, self._on_tun)
-        for index, sock in enumerate(self.sockets):
+        for index, sock in self.sockets.items():
             self.loop.add_reader(sock.fileno(), self._on_socket, index, sock)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop)
         self.loop.add_signal_handler(signal.SIGUSR1, self._log_status)
+        self.loop.add_signal_handler(signal.SIGHUP, self.reloader.reload)
         log.info("%s up: tun %s mtu %d, %d link socket(s), scheduler %s",
                  self.config.role.value, self.tun.name, self.config.mtu, len(self.sockets),
                  self.config.scheduler)
         log.info("data path: tun %s; udp gso %s, gro %s", self.tun.offload,
-                 _on_off(self.gso), _on_off(self.gro))
+                 _on_off(self.gso.values()), _on_off(self.gro.values()))
         self._flush()
 
     def stop(self) -> None:
@@ -121,9 +129,8 @@ class Driver:
         if self._timer is not None:
             self._timer.cancel()
         self.loop.remove_reader(self.tun.fd)
-        for sock in self.sockets:
-            self.loop.remove_reader(sock.fileno())
-            sock.close()
+        for index in list(self.sockets):
+            self.close_socket(index)
         self.tun.close()
         log.info("stopped; drops %s; io errors %s", dict(self.core.drops), dict(self.io_errors))
 
@@ -133,9 +140,24 @@ class Driver:
         status["tun"] = self.tun.name
         status["scheduler"] = self.config.scheduler
         status["uptime_s"] = round(time.monotonic() - self.started, 1)
-        status["datapath"] = {"tun": self.tun.offload, "udp_gso": _on_off(self.gso),
-                              "udp_gro": _on_off(self.gro), **self.io_counts}
+        status["datapath"] = {"tun": self.tun.offload, "udp_gso": _on_off(self.gso.values()),
+                              "udp_gro": _on_off(self.gro.values()), **self.io_counts}
         return status
+
+    def add_socket(self, index: int, sock: socket.socket) -> None:
+        if index in self.sockets:
+            self.close_socket(index)
+        self.sockets[index] = sock
+        self.gso[index] = self.config.offload and gso_supported(sock)
+        self.gro[index] = self.config.offload and enable_gro(sock)
+        self.loop.add_reader(sock.fileno(), self._on_socket, index, sock)
+
+    def close_socket(self, index: int) -> None:
+        sock = self.sockets.pop(index, None)
+        if sock is not None:
+            self.loop.remove_reader(sock.fileno())
+            sock.close()
+            del self.gso[index], self.gro[index]
 
     def _log_status(self) -> None:
         log.info("status %s", json.dumps(self.status(), sort_keys=True))
@@ -207,6 +229,10 @@ class Driver:
         counts["udp_datagrams_in"] += datagrams
         self._flush()
 
+    def flush(self) -> None:
+        """Drain the core's outputs after an input from outside (a reload)."""
+        self._flush()
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
@@ -225,6 +251,8 @@ class Driver:
         packets = core.packets_to_deliver()
         if packets:
             self._write_tun(packets)
+        for index in core.sockets_to_close():
+            self.close_socket(index)
         for level, message in core.take_events():
             log.log(level, "%s", message)
         self._arm_timer()
@@ -234,7 +262,10 @@ class Driver:
         ones in one GSO send where the socket has it."""
         if len(datagrams) == 1:
             index, data, addr = datagrams[0]
-            self._send_one(index, data, addr)
+            if index in self.sockets:
+                self._send_one(index, data, addr)
+            else:
+                self._no_socket(index, addr, 1)
             return
         by_path: dict[tuple[int, Address], list[bytes]] = {}
         for index, data, addr in datagrams:
@@ -245,7 +276,11 @@ class Driver:
             else:
                 train.append(data)
         for (index, addr), queue in by_path.items():
-            if len(queue) == 1 or not self.gso[index]:
+            gso = self.gso.get(index)
+            if gso is None:
+                self._no_socket(index, addr, len(queue))
+                continue
+            if len(queue) == 1 or not gso:
                 for data in queue:
                     if not self._send_one(index, data, addr):
                         break
@@ -298,6 +333,12 @@ class Driver:
                 return True
             self._send_error(index, addr, exc, len(train))
             return exc.errno not in LINK_DOWN_ERRNOS
+
+    def _no_socket(self, index: int, addr: Address, count: int) -> None:
+        """A server socket a reload closed: the link whose return path used
+        it fails now, until the client's packets arrive on another one."""
+        self.io_errors["send_no_socket"] += count
+        self.core.send_failed(index, addr, time.monotonic())
 
     def _send_error(self, index: int, addr: Address, exc: OSError, count: int) -> None:
         if isinstance(exc, BlockingIOError):
@@ -363,7 +404,7 @@ def _gro_segment_size(ancillary: list[tuple[int, int, bytes]]) -> int:
     return 0
 
 
-def _on_off(flags: list[bool]) -> str:
+def _on_off(flags: Collection[bool]) -> str:
     if all(flags):
         return "on"
     return "off" if not any(flags) else f"on for {sum(flags)} of {len(flags)} sockets"
@@ -372,7 +413,10 @@ def _on_off(flags: list[bool]) -> str:
 async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     driver = Driver(config, loop)
-    control = ControlServer(config.control_socket, {"status": driver.status})
+    control = ControlServer(config.control_socket, {
+        "status": lambda _request: driver.status(),
+        "reload": driver.reloader.handle_request,
+    })
     network = Undo()  # routes, rules, NAT: put back on the way out
     metrics: MetricsServer | None = None
     try:

@@ -72,19 +72,30 @@ def open_link_socket(link: LinkConfig) -> socket.socket:
     return sock
 
 
-def open_sockets(config: Config) -> list[socket.socket]:
-    """Client: socket i serves link i.  Server: one per configured link, or
-    one wildcard socket on listen_port when no links are configured."""
-    links = list(config.links)
-    if config.role is Role.SERVER and not links:
-        assert config.listen_port is not None
-        links = [LinkConfig("any", None, None, None, config.listen_port, 1, False)]
-    sockets: list[socket.socket] = []
+def listen_links(config: Config) -> list[LinkConfig]:
+    """Server: the sockets to listen on, one per configured link, or one
+    wildcard socket on listen_port when no links are configured."""
+    if config.links:
+        return list(config.links)
+    assert config.listen_port is not None
+    return [LinkConfig("any", None, None, None, config.listen_port, 1, False)]
+
+
+def open_sockets(config: Config) -> dict[int, socket.socket]:
+    """By socket id.  Client: socket i serves link i (link ids of the spec
+    the config makes).  Server: socket i listens for `listen_links` [i]."""
+    links = config.links if config.role is Role.CLIENT else listen_links(config)
+    return open_link_sockets(dict(enumerate(links)))
+
+
+def open_link_sockets(links: dict[int, LinkConfig]) -> dict[int, socket.socket]:
+    """All of them or none (SetupError naming the link that failed)."""
+    sockets: dict[int, socket.socket] = {}
     try:
-        for link in links:
-            sockets.append(open_link_socket(link))
+        for sock_id, link in links.items():
+            sockets[sock_id] = open_link_socket(link)
     except SetupError:
-        for sock in sockets:
+        for sock in sockets.values():
             sock.close()
         raise
     return sockets

@@ -1,0 +1,122 @@
+"""Hot reload in the shell: re-read the config, open the sockets of added
+links, hand the core the new spec, close the sockets that went away.
+
+Triggered by SIGHUP (the process reads the file itself) or by `stripe
+reload -c FILE`, whose "reload" request on the control socket carries the
+files as root read them: after dropping to `user`, the process may no longer
+be allowed to read a root-only config or key file.
+
+Every step that can fail comes before anything changes, so a failed reload
+leaves the old config running untouched and says why in one line:
+
+1. load and validate the config (ConfigError);
+2. refuse keys that only a restart can change (`config.restart_needed`);
+3. plan in the core (ReconfigError, e.g. the server's key changed);
+4. open every new socket, all or none (SetupError, e.g. a port in use).
+
+Then the core is reconfigured, new sockets are watched and, on a server,
+listening sockets no longer configured are closed (a link whose return path
+used one fails its next send and leaves the schedule; the client's packets
+on another socket bring it back).  A client's removed links keep their
+sockets until the core says they drained (`Endpoint.sockets_to_close`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import config as config_mod
+from ..config import Config, ConfigError, LinkConfig, ReadFile
+from ..endpoint import Role
+from ..reconfig import ReconfigError, Reconfiguration
+from .sockets import listen_links, open_link_sockets
+from .tun import SetupError
+
+if TYPE_CHECKING:
+    from .driver import Driver
+
+log = logging.getLogger("stripe")
+
+
+class Reloader:
+    """Applies a changed config to a running driver."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        # Server: what each listening socket was opened for, by socket id.
+        self._listening: dict[int, LinkConfig] = (
+            dict(enumerate(listen_links(driver.config)))
+            if driver.config.role is Role.SERVER else {})
+
+    def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The control socket's "reload": {"config": PATH, "files": {...}} from
+        `stripe reload` (files as root read them), or nothing: read from disk."""
+        path, files = request.get("config"), request.get("files")
+        if path is not None and not isinstance(path, str):
+            return {"ok": False, "error": "reload: config must be a path"}
+        if files is None:
+            return self.reload(path)
+        return self.reload(path, config_mod.shipped_reader(files))
+
+    def reload(self, path: str | None = None,
+               read_file: ReadFile = config_mod.read_local_file) -> dict[str, Any]:
+        """Re-read the config (`path`, or the running one's) and apply it.
+        Returns {"ok": True, "changes": [...]} or {"ok": False, "error": "..."}."""
+        driver = self.driver
+        old = driver.config
+        try:
+            new = config_mod.load(path or old.path, old.role, read_file=read_file)
+            reason = config_mod.restart_needed(old, new)
+            if reason is not None:
+                raise ReconfigError(reason)
+            change = driver.core.plan_reconfigure(new.endpoint_spec())
+            listening, to_open, to_close, socket_changes = self._plan_sockets(new, change)
+            opened = open_link_sockets(to_open)
+        except (ConfigError, ReconfigError, SetupError) as exc:
+            message = str(exc)
+            if "cannot read" in message and os.geteuid() != 0:
+                message += " (this process dropped root: `stripe reload -c FILE` reads as root)"
+            log.error("reload failed, still running the previous config: %s", message)
+            return {"ok": False, "error": message}
+        driver.core.reconfigure(change, time.monotonic())
+        for index, sock in opened.items():
+            driver.add_socket(index, sock)
+        for index in to_close:
+            driver.close_socket(index)
+        self._listening = listening
+        driver.config = new
+        changes = [*change.changes, *socket_changes]
+        log.info("reload: %s", ", ".join(changes) or "no changes")
+        driver.flush()
+        return {"ok": True, "changes": changes}
+
+    def _plan_sockets(self, new: Config, change: Reconfiguration) -> tuple[
+            dict[int, LinkConfig], dict[int, LinkConfig], list[int], list[str]]:
+        """Server: the listening sockets afterwards, those to open and to close
+        (by socket id), and what that changes.  Client: the added links'
+        sockets (socket id == link id)."""
+        if new.role is Role.CLIENT:
+            by_name = {link.name: link for link in new.links}
+            return {}, {ls.link_id: by_name[ls.name] for ls in change.added_links}, [], []
+        after: dict[int, LinkConfig] = {}
+        to_open: dict[int, LinkConfig] = {}
+        next_id = max(self.driver.sockets, default=-1) + 1
+        for link in listen_links(new):
+            index = next((i for i, was in self._listening.items()
+                          if i not in after and _bound_alike(was, link)), None)
+            if index is None:
+                index, next_id = next_id, next_id + 1
+                to_open[index] = link
+            after[index] = link
+        to_close = [i for i in self._listening if i not in after]
+        changes = [f"socket {link.name} ({link.binding}) added" for link in to_open.values()]
+        changes += [f"socket {self._listening[i].name} ({self._listening[i].binding}) removed"
+                    for i in to_close]
+        return after, to_open, to_close, changes
+
+
+def _bound_alike(a: LinkConfig, b: LinkConfig) -> bool:
+    return (a.interface, a.source, a.port) == (b.interface, b.source, b.port)
