@@ -96,6 +96,12 @@ class ReorderBuffer:
     _mask_seq: int = -1
     _late_bonus_s: float = 0.0
     _late_bonus_time: float = 0.0
+    # Why the last release attempt stopped: (next_seq, the link holding the
+    # frontier back, now, mask, hold_s).  While all of it is unchanged, a
+    # packet from another link cannot move the frontier (a minimum over
+    # links), so the search is skipped: it ran once per held packet.
+    _stuck: tuple[int, int, float, int, float] | None = None
+    _blocking: int = -1
 
     @property
     def held(self) -> int:
@@ -137,7 +143,9 @@ class ReorderBuffer:
         self._arrivals.append((now, seq))
         if len(self._held) > self.stats.max_held:
             self.stats.max_held = len(self._held)
-        self._release(now)
+        if self._stuck != (self.next_seq, self._blocking, now, self._mask, self.hold_s) or (
+                link_id == self._blocking or seq == self.next_seq):
+            self._release(now)
         while len(self._held) > self.max_held:
             self.stats.overflow_releases += 1
             self._skip_to_oldest_held(now)
@@ -198,6 +206,7 @@ class ReorderBuffer:
         while pending:  # each announced link (set bit), lowest first
             bit = pending & -pending
             if bit.bit_length() - 1 not in self._links:
+                self._blocking = bit.bit_length() - 1
                 return -1  # announced but never heard from: wait for it
             pending ^= bit
         for link_id, link in self._links.items():
@@ -206,6 +215,7 @@ class ReorderBuffer:
             )
             if active and (frontier < 0 or link.highest < frontier):
                 frontier = link.highest
+                self._blocking = link_id
         return frontier
 
     def _release(self, now: float) -> None:
@@ -215,8 +225,10 @@ class ReorderBuffer:
             if payload is not _MISSING:
                 self._deliver(payload, now)  # type: ignore[arg-type]
                 continue
+            self._blocking = -1
             frontier = self._frontier(now)
             if frontier <= self.next_seq:
+                self._stuck = (self.next_seq, self._blocking, now, self._mask, self.hold_s)
                 return
             target = min(frontier, self._smallest_held())
             self.stats.lost += target - self.next_seq
