@@ -105,10 +105,12 @@ class Derivation:
 
 def derive_tunnel_mtu(paths: Sequence[LinkPath], ipv6_inside: bool) -> Derivation:
     """The TUN MTU for `mtu = "auto"`: the smallest link allowance, clamped."""
-    if not paths:
-        paths = [LinkPath("(none known)", FALLBACK_PATH_MTU, 4, "fallback: Ethernet")]
-    tightest = min(paths, key=lambda p: p.allows)
     floor = min_tunnel_mtu(ipv6_inside)
+    if not paths:
+        mtu = max(FALLBACK_PATH_MTU - WIRE_OVERHEAD_IPV4, floor)
+        return Derivation(mtu, f"mtu {mtu} = {FALLBACK_PATH_MTU} (no link interface known: "
+                               f"assuming Ethernet) - {WIRE_OVERHEAD_IPV4}")
+    tightest = min(paths, key=lambda p: p.allows)
     mtu = min(max(tightest.allows, floor), MAX_MTU)
     text = (f"mtu {mtu} = link {tightest.name} {tightest.path_mtu} ({tightest.source}) - "
             f"{overhead(tightest.family)}")
@@ -317,7 +319,8 @@ def effective_mtu(tunnel_mtu: int, allowances: Sequence[int]) -> int:
 
 @dataclass(slots=True)
 class Oversize:
-    """What to do with inner packets above the effective MTU.
+    """What to do with inner packets above the effective MTU (the caller
+    counts the ones dropped).
 
     Empty state: a full token bucket, zero counters.
     """
@@ -335,7 +338,6 @@ class Oversize:
                 self.counters["fragmented"] += 1
                 self.counters["fragments"] += len(fragments)
                 return fragments, None
-        self.counters["too_big"] += 1
         answer = (icmp.frag_needed(packet, mtu) if packet[0] >> 4 == 4
                   else icmp.packet_too_big(packet, max(mtu, MIN_MTU_IPV6)))
         if answer is None:

@@ -27,6 +27,7 @@ from ..config import Config
 from ..endpoint import Endpoint
 from ..status import snapshot
 from .control_socket import ControlServer
+from .path_mtu import resolve_tunnel_mtu
 from .sockets import open_sockets
 from .tun import SetupError, Tun
 
@@ -46,7 +47,11 @@ class Driver:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.loop = loop
-        self.tun = Tun(config.tun_name, config.mtu, config.addresses)
+        self.mtu = resolve_tunnel_mtu(config)
+        log.info("%s", self.mtu.explanation)
+        for warning in self.mtu.warnings:
+            log.warning("%s", warning)
+        self.tun = Tun(config.tun_name, self.mtu.mtu, config.addresses)
         try:
             self.sockets = open_sockets(config)
         except Exception:
@@ -55,7 +60,8 @@ class Driver:
         # time.monotonic(), not loop.time(): uvloop's clock ticks in whole
         # milliseconds, too coarse for RTTs and delay skew on a LAN.
         now = time.monotonic()
-        self.core = Endpoint(config.endpoint_spec(), now, wall_offset=time.time() - now)
+        self.core = Endpoint(config.endpoint_spec(self.mtu.mtu), now,
+                             wall_offset=time.time() - now)
         self.io_errors: Counter[str] = Counter()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -72,7 +78,7 @@ class Driver:
             self.loop.add_signal_handler(sig, self.stop)
         self.loop.add_signal_handler(signal.SIGUSR1, self._log_status)
         log.info("%s up: tun %s mtu %d, %d link socket(s), scheduler %s",
-                 self.config.role.value, self.tun.name, self.config.mtu, len(self.sockets),
+                 self.config.role.value, self.tun.name, self.mtu.mtu, len(self.sockets),
                  self.config.scheduler)
         self._flush()
 
@@ -95,6 +101,7 @@ class Driver:
         status["tun"] = self.tun.name
         status["scheduler"] = self.config.scheduler
         status["uptime_s"] = round(time.monotonic() - self.started, 1)
+        status["mtu"]["derivation"] = self.mtu.explanation
         return status
 
     def _log_status(self) -> None:
@@ -156,6 +163,8 @@ class Driver:
                     self.io_errors[f"send_{name}"] += 1
                     if exc.errno in LINK_DOWN_ERRNOS:
                         core.send_failed(index, addr, time.monotonic())
+                    elif exc.errno == errno.EMSGSIZE:
+                        core.datagram_too_big(index, addr, len(data), time.monotonic())
         fd = self.tun.fd
         for packet in core.packets_to_deliver():
             try:

@@ -10,6 +10,13 @@ from ..endpoint import Role
 from .tun import SetupError
 
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
+# <linux/in.h>, <linux/in6.h> (not in Python's socket module): "probe" sets
+# DF and ignores both the kernel's fragmentation and the path MTU it learnt
+# from ICMP, so stripe's own probing (stripe.pmtu) sees the real path and
+# no datagram is cut in pieces behind its back.
+IP_MTU_DISCOVER = 10
+IPV6_MTU_DISCOVER = 23
+PMTUDISC_PROBE = 3
 
 
 def _family(*hosts: str | None) -> socket.AddressFamily:
@@ -19,7 +26,7 @@ def _family(*hosts: str | None) -> socket.AddressFamily:
     return socket.AF_INET
 
 
-def open_link_socket(link: LinkConfig) -> socket.socket:
+def open_link_socket(link: LinkConfig, probe_pmtu: bool = False) -> socket.socket:
     remote_host = link.remote[0] if link.remote else None
     family = _family(link.source, remote_host)
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -29,6 +36,11 @@ def open_link_socket(link: LinkConfig) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if link.interface:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, link.interface.encode())
+        if probe_pmtu:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, PMTUDISC_PROBE)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, PMTUDISC_PROBE)
         host = link.source or ("::" if family == socket.AF_INET6 else "0.0.0.0")
         sock.bind((host, link.port))
         sock.setblocking(False)
@@ -51,7 +63,7 @@ def open_sockets(config: Config) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     try:
         for link in links:
-            sockets.append(open_link_socket(link))
+            sockets.append(open_link_socket(link, config.pmtu_probe))
     except SetupError:
         for sock in sockets:
             sock.close()
