@@ -261,6 +261,7 @@ class Endpoint:
             for link in peer.links.values():
                 if link.path == (sock, addr) and link.pmtu is not None:
                     link.pmtu.on_too_big(size + _udp_ip_header_size(link), now)
+                    self._pmtu_published(peer, link)
 
     def send_failed(self, sock: int, addr: Address, now: float) -> None:
         for peer in self.peers:
@@ -418,9 +419,8 @@ class Endpoint:
             self._send_control(peer, session, link, control.PmtuAck(message.probe_id), now)
         elif isinstance(message, control.PmtuAck):
             if link.pmtu is not None:
-                before = link.pmtu.path_mtu
                 link.pmtu.on_ack(message.probe_id, now)
-                self._pmtu_published(peer, link, before)
+                self._pmtu_published(peer, link)
         elif isinstance(message, control.Links) and self.role is Role.SERVER:
             for info in message.links:
                 known = peer.links.get(info.link_id)
@@ -534,7 +534,6 @@ class Endpoint:
             family = _family(link)
             search = link.pmtu = pmtu.PmtuSearch(
                 pmtu.BASE_PMTU[family], self.spec.tunnel_mtu + pmtu.overhead(family))
-        before = search.path_mtu
         probe = search.poll(now, pmtu.probe_timeout_s(link.health.srtt_s),
                             link.health.last_acked_sent)
         if probe is not None:
@@ -542,7 +541,7 @@ class Endpoint:
             self._send_pmtu_probe(peer, session, link, probe_id, size, now)
         elif link.est.loss > pmtu.LOSS_SIGNAL:
             search.confirm_soon(now)
-        self._pmtu_published(peer, link, before)
+        self._pmtu_published(peer, link)
 
     def _send_pmtu_probe(self, peer: Peer, session: Session, link: Link, probe_id: int,
                          size: int, now: float) -> None:
@@ -561,9 +560,9 @@ class Endpoint:
         link.counters.tx_bytes += len(datagram)
         self._datagrams.append((path[0], datagram, path[1]))
 
-    def _pmtu_published(self, peer: Peer, link: Link, before: int | None) -> None:
+    def _pmtu_published(self, peer: Peer, link: Link) -> None:
         search = link.pmtu
-        if search is None or search.path_mtu is None or search.path_mtu == before:
+        if search is None or not search.take_change() or search.path_mtu is None:
             return
         self._event(logging.INFO, f"link {link.name}: path mtu {search.path_mtu} (carries "
                     f"{search.path_mtu - pmtu.overhead(_family(link))} inside the tunnel)")

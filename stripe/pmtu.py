@@ -172,10 +172,16 @@ class PmtuSearch:
     raise_due: float = float("inf")
     searches: int = 0
     black_holes: int = 0
+    changed: bool = False  # path_mtu changed since `take_change`
 
     def __post_init__(self) -> None:
         self.max_size = max(self.max_size, self.base)
         self.lo, self.hi = self.base - 1, self.max_size + 1
+
+    def take_change(self) -> bool:
+        """True once after each change of `path_mtu`."""
+        changed, self.changed = self.changed, False
+        return changed
 
     def next_timer(self) -> float:
         if self.size is None and self.state is SearchState.COMPLETE:
@@ -226,9 +232,7 @@ class PmtuSearch:
         size = self.probe_ids.pop(probe_id, None)
         if size is None:
             return  # unknown, or a try of a size already written off
-        self.size, self.tries = None, 0
-        self.probe_ids.clear()
-        self.wake_at = now
+        self._forget_probe(now)
         if self.state is SearchState.BASE:
             self._search(size, self.hi, now)
         elif self.state is SearchState.SEARCHING:
@@ -238,14 +242,19 @@ class PmtuSearch:
     def on_too_big(self, size: int, now: float) -> None:
         """The OS refused to send `size` bytes on this link (EMSGSIZE: the
         local interface or route got smaller than that)."""
-        if self.state in (SearchState.BASE, SearchState.SEARCHING):
-            self.hi = max(min(self.hi, size), self.lo + 1)
-        elif self.state is SearchState.COMPLETE and self.path_mtu is not None and (
+        if self.state is SearchState.COMPLETE and self.path_mtu is not None and (
             size <= self.path_mtu
         ):
             self.black_holes += 1
             self._restart(now)
-            self.hi = max(size, self.lo + 1)
+        if self.state in (SearchState.BASE, SearchState.SEARCHING):
+            self.hi = max(min(self.hi, size), self.lo + 1)
+            if self.size is not None and self.size >= self.hi:
+                self._forget_probe(now)  # that one never left: no need to wait for it
+            if self.hi <= self.base:  # not even the base size leaves this host
+                self.state = SearchState.ERROR
+                self.wake_at = now + ERROR_RETRY_S
+            self._maybe_complete(now)
 
     def confirm_soon(self, now: float) -> None:
         """The link lost data or came back: confirm the size soon (if large
@@ -268,10 +277,13 @@ class PmtuSearch:
         self.last_probe = now
         return probe_id, size
 
-    def _failed(self, size: int, now: float) -> None:
+    def _forget_probe(self, now: float) -> None:
         self.size, self.tries = None, 0
         self.probe_ids.clear()
         self.wake_at = now
+
+    def _failed(self, size: int, now: float) -> None:
+        self._forget_probe(now)
         if self.state is SearchState.BASE:
             self.state = SearchState.ERROR
             self.wake_at = now + ERROR_RETRY_S
@@ -283,9 +295,9 @@ class PmtuSearch:
             self._restart(now)
 
     def _restart(self, now: float) -> None:
+        self._forget_probe(now)
         self.state = SearchState.BASE
         self.lo, self.hi = self.base - 1, self.max_size + 1
-        self.wake_at = now
 
     def _search(self, lo: int, hi: int, now: float) -> None:
         self.state = SearchState.SEARCHING
@@ -297,6 +309,7 @@ class PmtuSearch:
         if self.state is not SearchState.SEARCHING or self.hi - self.lo > 1:
             return
         self.state = SearchState.COMPLETE
+        self.changed = self.changed or self.lo != self.path_mtu
         self.path_mtu = self.lo
         self.confirm_due = now + CONFIRM_INTERVAL_S
         self.raise_due = now + RAISE_INTERVAL_S

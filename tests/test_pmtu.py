@@ -55,6 +55,7 @@ class FakePath:
 
     def __init__(self, mtu: int, rtt_s: float = 0.02, max_size: int = 1500) -> None:
         self.mtu = mtu
+        self.local_mtu = 65535  # above it the OS refuses to send (EMSGSIZE)
         self.rtt_s = rtt_s
         self.search = PmtuSearch(576, max_size)
         self.now = 0.0
@@ -75,7 +76,9 @@ class FakePath:
             if probe is not None:
                 probe_id, size = probe
                 self.probes.append((self.now, size))
-                if self.up and size <= self.mtu:
+                if size > self.local_mtu:
+                    self.search.on_too_big(size, self.now)
+                elif self.up and size <= self.mtu:
                     self._acks.append((self.now + self.rtt_s, probe_id))
 
 
@@ -135,6 +138,26 @@ def test_local_too_big_restarts_at_once_below_that_size() -> None:
     path.run(5.0)
     assert path.search.path_mtu == 1300
     assert 1500 not in [size for at, size in path.probes if at > 1.0]
+
+
+def test_local_interface_shrinking_is_found_without_timeouts() -> None:
+    path = FakePath(1500)
+    path.run(1.0)
+    path.mtu = path.local_mtu = 1300
+    path.run(pmtu.CONFIRM_INTERVAL_S)  # the next confirmation fails at once
+    assert path.search.path_mtu == 1300 and path.search.state is SearchState.COMPLETE
+    # Sizes the OS refuses are never retried: no probe waited for a timeout
+    # above 1300, so the search took a few round trips only.
+    big = [size for at, size in path.probes if at > 1.0 and size > 1300]
+    assert len(big) == len(set(big))
+
+
+def test_interface_below_the_base_size_is_an_error_not_a_busy_loop() -> None:
+    path = FakePath(1500)
+    path.local_mtu = 500
+    path.run(5.0)
+    assert path.search.state is SearchState.ERROR
+    assert len(path.probes) == 1
 
 
 def test_a_false_alarm_costs_nothing() -> None:
