@@ -532,8 +532,9 @@ class Endpoint:
             if self.spec.tunnel_mtu is None:
                 return
             family = _family(link)
+            overhead = pmtu.overhead(family)
             search = link.pmtu = pmtu.PmtuSearch(
-                pmtu.BASE_PMTU[family], self.spec.tunnel_mtu + pmtu.overhead(family))
+                pmtu.BASE_PMTU[family], self.spec.tunnel_mtu + overhead, overhead)
         probe = search.poll(now, pmtu.probe_timeout_s(link.health.srtt_s),
                             link.health.last_acked_sent)
         if probe is not None:
@@ -561,12 +562,11 @@ class Endpoint:
         self._datagrams.append((path[0], datagram, path[1]))
 
     def _pmtu_published(self, peer: Peer, link: Link) -> None:
-        search = link.pmtu
-        if search is None or not search.take_change() or search.path_mtu is None:
-            return
-        self._event(logging.INFO, f"link {link.name}: path mtu {search.path_mtu} (carries "
-                    f"{search.path_mtu - pmtu.overhead(_family(link))} inside the tunnel)")
-        self._refresh_mtu(peer)
+        notes = [] if link.pmtu is None else link.pmtu.take_notes()
+        for note in notes:
+            self._event(logging.INFO, f"link {link.name}: {note}")
+        if notes:
+            self._refresh_mtu(peer)
 
     def _refresh_mtu(self, peer: Peer) -> None:
         """The peer's MTU: the smallest any link that is up carries now."""

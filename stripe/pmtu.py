@@ -16,8 +16,9 @@ IPv4, 88 over IPv6).
    control messages, sent with DF and without the kernel's fragmentation
    or ICMP-learned PMTU (the driver sets IP_PMTUDISC_PROBE on the link
    sockets), so nothing depends on ICMP reaching us.  A size passes when
-   the peer acknowledges it; it fails after `MAX_PROBES` unanswered tries
-   while the link is up.  The search confirms the base size, tries the
+   the peer acknowledges it; it fails after `MAX_PROBES` unanswered tries,
+   each one followed by a small (health) probe that did come back, so an
+   outage is never taken for "too big".  The search confirms the base size, tries the
    largest useful size (the TUN MTU + overhead) first, then halves the
    interval down to the byte.  A confirmed path MTU is re-confirmed every
    `CONFIRM_INTERVAL_S` and sooner after the link lost data; a failed
@@ -149,7 +150,8 @@ class SearchState(Enum):
 class PmtuSearch:
     """The probing state of one link in our sending direction.
 
-    Empty state: BASE, nothing confirmed (`path_mtu` None), no probe out.
+    Empty state: BASE, nothing confirmed (`path_mtu` None), no probe out,
+    no notes.
     Invariants: `lo` < `hi`; in a search every size <= `lo` was acknowledged
     and `hi` (when <= `max_size`) failed; at most one size is being probed
     (`size`), and `probe_ids` maps the ids of its tries to it.  `wake_at` is
@@ -158,6 +160,7 @@ class PmtuSearch:
 
     base: int
     max_size: int
+    overhead: int = WIRE_OVERHEAD_IPV4  # for the notes: what the tunnel carries
     state: SearchState = SearchState.BASE
     path_mtu: int | None = None
     lo: int = 0
@@ -172,16 +175,17 @@ class PmtuSearch:
     raise_due: float = float("inf")
     searches: int = 0
     black_holes: int = 0
-    changed: bool = False  # path_mtu changed since `take_change`
+    notes: list[str] = field(default_factory=list)  # for the log, see take_notes
 
     def __post_init__(self) -> None:
         self.max_size = max(self.max_size, self.base)
         self.lo, self.hi = self.base - 1, self.max_size + 1
 
-    def take_change(self) -> bool:
-        """True once after each change of `path_mtu`."""
-        changed, self.changed = self.changed, False
-        return changed
+    def take_notes(self) -> list[str]:
+        """What happened since the last call, in words (a new `path_mtu`, a
+        black hole, no answers): the caller logs them and re-reads `path_mtu`."""
+        notes, self.notes = self.notes, []
+        return notes
 
     def next_timer(self) -> float:
         if self.size is None and self.state is SearchState.COMPLETE:
@@ -242,18 +246,16 @@ class PmtuSearch:
     def on_too_big(self, size: int, now: float) -> None:
         """The OS refused to send `size` bytes on this link (EMSGSIZE: the
         local interface or route got smaller than that)."""
-        if self.state is SearchState.COMPLETE and self.path_mtu is not None and (
-            size <= self.path_mtu
-        ):
-            self.black_holes += 1
-            self._restart(now)
+        confirmed = self.path_mtu if self.state is SearchState.COMPLETE else (
+            self.lo if self.state is SearchState.SEARCHING else None)
+        if confirmed is not None and size <= confirmed:
+            self._black_hole(f"the system refuses {size}-byte datagrams", now)
         if self.state in (SearchState.BASE, SearchState.SEARCHING):
             self.hi = max(min(self.hi, size), self.lo + 1)
             if self.size is not None and self.size >= self.hi:
                 self._forget_probe(now)  # that one never left: no need to wait for it
             if self.hi <= self.base:  # not even the base size leaves this host
-                self.state = SearchState.ERROR
-                self.wake_at = now + ERROR_RETRY_S
+                self._error(f"the system refuses even {size}-byte datagrams", now)
             self._maybe_complete(now)
 
     def confirm_soon(self, now: float) -> None:
@@ -285,14 +287,22 @@ class PmtuSearch:
     def _failed(self, size: int, now: float) -> None:
         self._forget_probe(now)
         if self.state is SearchState.BASE:
-            self.state = SearchState.ERROR
-            self.wake_at = now + ERROR_RETRY_S
+            self._error(f"no answer to {size}-byte probes (does the peer probe?)", now)
         elif self.state is SearchState.SEARCHING:
             self.hi = size
             self._maybe_complete(now)
-        elif size == self.path_mtu:  # COMPLETE, a confirmation failed: black hole
-            self.black_holes += 1
-            self._restart(now)
+        elif size == self.path_mtu:  # COMPLETE, a confirmation failed
+            self._black_hole(f"{size}-byte probes vanish", now)
+
+    def _black_hole(self, why: str, now: float) -> None:
+        self.black_holes += 1
+        self.notes.append(f"{why}: searching the path mtu again")
+        self._restart(now)
+
+    def _error(self, why: str, now: float) -> None:
+        self.notes.append(f"{why}; path mtu unknown, retrying in {ERROR_RETRY_S:.0f} s")
+        self.state = SearchState.ERROR
+        self.wake_at = now + ERROR_RETRY_S
 
     def _restart(self, now: float) -> None:
         self._forget_probe(now)
@@ -309,7 +319,9 @@ class PmtuSearch:
         if self.state is not SearchState.SEARCHING or self.hi - self.lo > 1:
             return
         self.state = SearchState.COMPLETE
-        self.changed = self.changed or self.lo != self.path_mtu
+        if self.lo != self.path_mtu:
+            self.notes.append(f"path mtu {self.lo} (carries {self.lo - self.overhead} inside "
+                              "the tunnel)")
         self.path_mtu = self.lo
         self.confirm_due = now + CONFIRM_INTERVAL_S
         self.raise_due = now + RAISE_INTERVAL_S

@@ -120,6 +120,30 @@ def test_black_hole_is_found_by_the_confirmation() -> None:
     assert path.search.black_holes == 1
 
 
+def test_notes_say_what_happened() -> None:
+    path = FakePath(1500)
+    path.run(1.0)
+    assert path.search.take_notes() == ["path mtu 1500 (carries 1432 inside the tunnel)"]
+    path.mtu = 1300
+    path.run(pmtu.CONFIRM_INTERVAL_S + 8.0)
+    assert path.search.take_notes() == [
+        "1500-byte probes vanish: searching the path mtu again",
+        "path mtu 1300 (carries 1232 inside the tunnel)"]
+    assert path.search.take_notes() == []
+
+
+def test_shrinking_below_the_confirmed_size_during_a_raise_restarts() -> None:
+    path = FakePath(1300)
+    path.run(10.0)
+    path.run(pmtu.RAISE_INTERVAL_S, step_s=0.5)  # now searching upwards from 1300
+    assert path.search.state is SearchState.SEARCHING and path.search.lo == 1300
+    path.mtu = path.local_mtu = 1200
+    path.search.on_too_big(1250, path.now)  # a data packet of the old size
+    assert path.search.state is SearchState.BASE
+    path.run(5.0)
+    assert path.search.path_mtu == 1200
+
+
 def test_loss_brings_the_confirmation_forward() -> None:
     path = FakePath(1500)
     path.run(1.0)
