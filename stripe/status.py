@@ -27,7 +27,7 @@ def render(status: dict[str, Any]) -> str:
     mtu = status.get("mtu") or {}
     if mtu:
         extra = {k: v for k, v in mtu.items() if k not in ("tun", "probing", "derivation")}
-        lines.append(f"mtu {mtu.get('tun')} ({mtu.get('derivation', '?')})  path probing "
+        lines.append(f"{mtu.get('derivation') or 'mtu ' + str(mtu.get('tun'))}  path probing "
                      f"{'on' if mtu.get('probing') else 'off'}" +
                      "".join(f"  {k.replace('_', ' ')} {v}" for k, v in sorted(extra.items())))
     for peer in status.get("peers", []):

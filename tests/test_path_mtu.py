@@ -354,3 +354,18 @@ def test_black_hole_mid_run_lowers_the_mtu() -> None:
     firsts = {int.from_bytes(p[20:28], "big") for p in sim.delivered["server"]
               if struct.unpack_from("!H", p, 6)[0] & 0x1FFF == 0}
     assert set(range(500, 1000)) <= firsts
+
+
+def test_emsgsize_from_the_driver_starts_a_search_at_once() -> None:
+    from netsim import server_addr
+
+    sim = sim_with_mtus(None, None)
+    sim.run(3.0)
+    sim.links[1].mtu = 1300
+    sim.client.datagram_too_big(1, server_addr(1), 1500 - 28, sim.now)
+    sim.run(6.0)  # well before the next confirmation would have noticed
+    assert path_mtus(sim.client) == [1500, 1300]
+    assert sim.client.peers[0].links[1].pmtu.black_holes == 1  # type: ignore[union-attr]
+    # Some other path (an unknown address) is ignored.
+    sim.client.datagram_too_big(1, ("192.0.2.1", 9), 1000, sim.now)
+    assert path_mtus(sim.client) == [1500, 1300]
