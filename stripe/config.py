@@ -27,14 +27,20 @@ from pathlib import Path
 from typing import Any
 
 from .endpoint import EndpointSpec, LinkSpec, PeerSpec, Role
+from .pmtu import MAX_MTU, MIN_MTU_IPV4, MIN_MTU_IPV6
 from .scheduler import SCHEDULERS
 from .wire import MAX_LINKS
 
-DEFAULT_MTU = 1400
+# The TUN MTU by default: derived at start from the links' interfaces and
+# routes (see stripe.pmtu and stripe.io.path_mtu).
+AUTO_MTU = "auto"
+# Probing each link's path (DPLPMTUD) is on by default: it costs a handful
+# of padded probes per link at start and one every 10 s, and it finds what
+# interface MTUs do not show (PPPoE, LTE, tunnels on the way) on paths that
+# drop ICMP, which is where a tunnel otherwise stalls without a word.
+DEFAULT_PMTU_PROBE = True
 # After opening the TUN device and sockets nothing needs root any more.
 DEFAULT_USER = "nobody"
-MIN_MTU = 576
-MAX_MTU = 9000
 DEFAULT_SCHEDULER = "adaptive"
 IFNAMSIZ = 15
 DEFAULT_ALLOWED_IPS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
@@ -100,7 +106,7 @@ class Config:
     role: Role
     tun_name: str
     addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]
-    mtu: int
+    mtu: int | None  # None: "auto", derived from the links at start
     private_key: bytes
     peers: tuple[PeerSpec, ...]
     scheduler: str
@@ -122,8 +128,10 @@ class Config:
         return LINK_TABLE_BASE + index if table is None else table
     # Kernel offloads on the data path (TUN TSO, UDP GSO/GRO) where available.
     offload: bool = True
+    pmtu_probe: bool = DEFAULT_PMTU_PROBE
 
-    def endpoint_spec(self) -> EndpointSpec:
+    def endpoint_spec(self, tunnel_mtu: int | None = None) -> EndpointSpec:
+        """`tunnel_mtu`: the TUN's MTU as set up (needed when `mtu` is auto)."""
         links = tuple(
             LinkSpec(i, link.name, link.weight, link.backup, link.remote, link.binding)
             for i, link in enumerate(self.links)
@@ -133,6 +141,8 @@ class Config:
             self.role, self.private_key,
             self.peers,
             links, self.scheduler, hold,
+            tunnel_mtu=tunnel_mtu if tunnel_mtu is not None else self.mtu,
+            pmtu_probe=self.pmtu_probe,
         )
 
 
@@ -148,6 +158,7 @@ RESTART_KEYS = {
     "user": "interface.user", "metrics": "interface.metrics",
     "route_all": "interface.route_all", "link_routes": "interface.link_routes",
     "masquerade": "interface.masquerade", "offload": "interface.offload",
+    "pmtu_probe": "interface.pmtu_probe",
 }
 LIVE_FIELDS = frozenset({"path", "peers", "scheduler", "reorder_hold_ms", "links"})
 SECRET_FIELDS = frozenset({"private_key"})
@@ -159,7 +170,9 @@ def restart_needed(old: Config, new: Config) -> str | None:
     for field_name, key in RESTART_KEYS.items():
         was, now = getattr(old, field_name), getattr(new, field_name)
         if was != now:
-            values = "" if field_name in SECRET_FIELDS else f" ({_show(was)} -> {_show(now)})"
+            shown = [AUTO_MTU if field_name == "mtu" and v is None else _show(v)
+                     for v in (was, now)]
+            values = "" if field_name in SECRET_FIELDS else f" ({shown[0]} -> {shown[1]})"
             return f"{new.path}: {key} changed{values}: needs a restart"
     if (old.route_all or old.link_routes) and _routed(old) != _routed(new):
         return (f"{new.path}: link: with route_all or link_routes, links added, removed, "
@@ -366,8 +379,8 @@ def _parse(path: str, data: dict[str, Any], role: Role,
             raise iface.error(
                 "address", f'expected addresses like "10.2.0.1/24" or "fd00::1/64", got {text!r}'
             ) from None
-    mtu = iface.get("mtu", int, DEFAULT_MTU)
-    iface.check("mtu", MIN_MTU <= mtu <= MAX_MTU, f"expected {MIN_MTU}..{MAX_MTU}, got {mtu}")
+    mtu = _parse_mtu(iface, any(address.version == 6 for address in addresses))
+    pmtu_probe = iface.get("pmtu_probe", bool, DEFAULT_PMTU_PROBE)
     private_key = _key_from(iface, "private_key", "private_key_file", True)
     assert private_key is not None
     scheduler = iface.get("scheduler", str, DEFAULT_SCHEDULER)
@@ -426,7 +439,7 @@ def _parse(path: str, data: dict[str, Any], role: Role,
                                   "interface (which socket the link's rule selects)")
     config = Config(path, role, tun_name, tuple(addresses), mtu, private_key, peers,
                     scheduler, hold, listen_port, links, Path(control_text), user or None,
-                    metrics, route_all, link_routes, masquerade, offload)
+                    metrics, route_all, link_routes, masquerade, offload, pmtu_probe)
     tables = [config.link_table(i) for i in range(len(links))]
     if (route_all or link_routes) and len(set(tables)) != len(tables):
         raise top.error("link", f"two links use the same routing table: {tables}")
@@ -457,6 +470,21 @@ def _parse_masquerade(iface: _Reader, role: Role,
         iface.check("masquerade", interface_exists(name),
                     f"interface {name!r} does not exist on this host")
     return tuple(names)
+
+
+def _parse_mtu(iface: _Reader, ipv6_inside: bool) -> int | None:
+    """An integer MTU, or None for "auto"."""
+    floor = MIN_MTU_IPV6 if ipv6_inside else MIN_MTU_IPV4
+    what = f'expected "{AUTO_MTU}" or an MTU {floor}..{MAX_MTU}'
+    value = iface.get("mtu", object, AUTO_MTU)
+    if value == AUTO_MTU:
+        return None
+    if type(value) is not int:
+        raise iface.error("mtu", f"{what}, got {value!r}")
+    if not floor <= value <= MAX_MTU:
+        why = " (IPv6 in the tunnel needs 1280)" if ipv6_inside and value < floor else ""
+        raise iface.error("mtu", f"{what}{why}, got {value}")
+    return value
 
 
 def _parse_peer(r: _Reader, several: bool) -> PeerSpec:

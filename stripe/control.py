@@ -23,6 +23,9 @@ field: a buggy peer must not crash us.
                flight there, so a gap can be declared lost without waiting
                {"t": 5, "f": true}  the last message on a link that leaves
                (reload): the receiver stops waiting on that link at all
+    PMTU_PROBE {"t": 6, "i": probe_id, "p": padding (bin)}
+               padded to the datagram size being probed (see pmtu)
+    PMTU_ACK   {"t": 7, "i": probe_id}   answered at once on the same link
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class ControlType(IntEnum):
     LINKS = 3
     FEEDBACK = 4
     MARKER = 5
+    PMTU_PROBE = 6
+    PMTU_ACK = 7
 
 
 class ControlError(Exception):
@@ -90,7 +95,18 @@ class Marker:
     final: bool = False  # the link leaves: nothing will follow on it
 
 
-ControlMessage = Probe | ProbeAck | Links | Feedback | Marker
+@dataclass(frozen=True, slots=True)
+class PmtuProbe:
+    probe_id: int
+    padding: int  # bytes of padding
+
+
+@dataclass(frozen=True, slots=True)
+class PmtuAck:
+    probe_id: int
+
+
+ControlMessage = Probe | ProbeAck | Links | Feedback | Marker | PmtuProbe | PmtuAck
 
 
 def encode(message: ControlMessage, next_data_counter: int) -> bytes:
@@ -102,6 +118,10 @@ def encode(message: ControlMessage, next_data_counter: int) -> bytes:
         body = {"t": ControlType.MARKER}
         if message.final:
             body["f"] = True
+    elif isinstance(message, PmtuProbe):
+        body = {"t": ControlType.PMTU_PROBE, "i": message.probe_id, "p": bytes(message.padding)}
+    elif isinstance(message, PmtuAck):
+        body = {"t": ControlType.PMTU_ACK, "i": message.probe_id}
     elif isinstance(message, Links):
         body = {
             "t": ControlType.LINKS,
@@ -115,6 +135,17 @@ def encode(message: ControlMessage, next_data_counter: int) -> bytes:
         }
     body["d"] = next_data_counter
     data: bytes = msgpack.packb(body)
+    return data
+
+
+def encode_pmtu_probe(probe_id: int, size: int, next_data_counter: int) -> bytes:
+    """A PMTU_PROBE of exactly `size` bytes (or the smallest one possible)."""
+    padding = 0
+    for _ in range(4):  # msgpack's bin header grows with the length: converge
+        data = encode(PmtuProbe(probe_id, padding), next_data_counter)
+        if len(data) == size or (padding == 0 and len(data) > size):
+            break
+        padding = max(padding + size - len(data), 0)
     return data
 
 
@@ -167,6 +198,13 @@ def _message(body: dict[str, object]) -> ControlMessage:
         if not isinstance(final, bool):
             raise ControlError("bad_marker")
         return Marker(final)
+    if kind == ControlType.PMTU_PROBE:
+        padding = body.get("p")
+        if not isinstance(padding, bytes):
+            raise ControlError("bad_padding")
+        return PmtuProbe(_uint(body.get("i"), 32), len(padding))
+    if kind == ControlType.PMTU_ACK:
+        return PmtuAck(_uint(body.get("i"), 32))
     if kind == ControlType.FEEDBACK:
         return Feedback(tuple(
             LinkReport(_uint(e[0], 8), _uint(e[1], 64), _uint(e[2], 64), _uint(e[3], 32),

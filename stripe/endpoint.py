@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from . import control, reconfig, routing, wire
+from . import control, pmtu, reconfig, routing, wire
 from .cookie import CookieChecker, CookieJar, HandshakeLimiter, reply_receiver_index
 from .estimator import FEEDBACK_INTERVAL_S
 from .handshake import (
@@ -130,6 +130,8 @@ class EndpointSpec:
     links: tuple[LinkSpec, ...] = ()
     scheduler: str = "adaptive"
     reorder_hold_s: float | None = None  # None: derived from measured skew
+    tunnel_mtu: int | None = None  # the TUN's MTU; None: no limit (see pmtu)
+    pmtu_probe: bool = False  # probe each link's path MTU (needs tunnel_mtu)
 
 
 @dataclass(slots=True)
@@ -158,6 +160,7 @@ class Peer:
     queue: deque[bytes] = field(default_factory=lambda: deque(maxlen=QUEUE_MAX_PACKETS))
     # The inner source address last found in this peer's allowed_ips.
     last_good_source: bytes = b""
+    mtu: int | None = None  # largest inner packet the links that are up carry now
 
     def sessions(self) -> list[Session]:
         return [s for s in (self.current, self.previous, self.next_session) if s is not None]
@@ -192,6 +195,7 @@ class Endpoint:
         self._routes: routing.AllowedIPs[Peer] = routing.AllowedIPs()
         self._limiter = HandshakeLimiter()
         self._cookies = CookieChecker(self.public_key, random_bytes)
+        self.oversize = pmtu.Oversize()
         for peer_spec in spec.peers:
             peer = self._add_peer(peer_spec, now)
             if self.role is Role.CLIENT:
@@ -200,7 +204,7 @@ class Endpoint:
 
     def _add_peer(self, peer_spec: PeerSpec, now: float) -> Peer:
         peer = Peer(peer_spec, make_scheduler(self.spec.scheduler), handshake_due=now,
-                    cookie_jar=CookieJar(peer_spec.public_key))
+                    cookie_jar=CookieJar(peer_spec.public_key), mtu=self.spec.tunnel_mtu)
         self.peers.append(peer)
         self._peer_by_key[peer_spec.public_key] = peer
         self._psk_for[peer_spec.public_key] = peer_spec.preshared_key
@@ -244,6 +248,8 @@ class Endpoint:
                     due.append(peer.feedback_due)
                 due.extend(link.health.next_check_time() for link in peer.links.values()
                            if link.path is not None)
+                due.extend(link.pmtu.next_timer() for link in peer.links.values()
+                           if link.pmtu is not None and link.path is not None)
                 if peer.link_mask & (peer.link_mask - 1):  # two or more links in rotation
                     due.extend(link.last_data_sent + TAIL_MARKER_DELAY_S
                                for link in peer.links.values() if link.marker_due)
@@ -288,6 +294,9 @@ class Endpoint:
             if peer is None:
                 drops["no_route"] += 1
                 continue
+            mtu = peer.mtu
+            if mtu is not None and len(packet) > mtu and self._oversized(peer, packet, now):
+                continue
             session = peer.current
             link = None if session is None else peer.scheduler.pick(
                 peer.links.values(), len(packet), now)
@@ -300,7 +309,8 @@ class Endpoint:
             extra = 0
             while i < count and extra < budget and len(run) < RUN_MAX_PACKETS:
                 following = packets[i]
-                if not _tun_packet_ok(following) or destination(following) != dest:
+                if (not _tun_packet_ok(following) or destination(following) != dest
+                        or (mtu is not None and len(following) > mtu)):
                     break
                 run.append(following)
                 extra += len(following)
@@ -391,6 +401,15 @@ class Endpoint:
         except wire.WireError as exc:
             self.drops[exc.reason] += 1
 
+    def datagram_too_big(self, sock: int, addr: Address, size: int, now: float) -> None:
+        """The OS refused to send a `size`-byte datagram: larger than the
+        local interface or route allows (EMSGSIZE)."""
+        for peer in self.peers:
+            for link in peer.links.values():
+                if link.path == (sock, addr) and link.pmtu is not None:
+                    link.pmtu.on_too_big(size + _udp_ip_header_size(link), now)
+                    self._pmtu_published(peer, link)
+
     def send_failed(self, sock: int, addr: Address, now: float) -> None:
         for peer in self.peers:
             for link in peer.links.values():
@@ -419,6 +438,8 @@ class Endpoint:
                     if link.health.probe_due(now):
                         self._send_control(peer, session, link,
                                            control.Probe(link.health.start_probe(now)), now)
+                    if self.spec.pmtu_probe:
+                        self._pmtu_poll(peer, session, link, now)
                 if peer.data_since_feedback and now >= peer.feedback_due:
                     peer.data_since_feedback = False
                     peer.feedback_due = now + FEEDBACK_INTERVAL_S
@@ -496,6 +517,7 @@ class Endpoint:
             self._send_control(peer, session, link, control.Marker(final=True), now)
         peer.retired[link.link_id] = (link, now + LINK_DRAIN_S)
         self._refresh_mask(peer, now)
+        self._refresh_mtu(peer)  # the link may have been the narrowest
 
     def _expire_retired(self, peer: Peer, now: float) -> None:
         for link_id, (link, until) in list(peer.retired.items()):
@@ -655,6 +677,12 @@ class Endpoint:
                 self._flush_queue(peer, now)
         elif isinstance(message, control.Feedback):
             self._on_feedback(peer, message, now)
+        elif isinstance(message, control.PmtuProbe):
+            self._send_control(peer, session, link, control.PmtuAck(message.probe_id), now)
+        elif isinstance(message, control.PmtuAck):
+            if link.pmtu is not None:
+                link.pmtu.on_ack(message.probe_id, now)
+                self._pmtu_published(peer, link)
         elif (isinstance(message, control.Links) and self.role is Role.SERVER
               and session is peer.current and counter > peer.links_seen):
             peer.links_seen = counter
@@ -726,6 +754,7 @@ class Endpoint:
             if link.path is not None:
                 self._event(logging.INFO, f"link {link.name}: peer moved to {addr[0]}:{addr[1]}")
             link.path = (sock, addr)
+            link.pmtu = None  # a new path: its MTU is to be found again
         return link
 
     def _link_changed(
@@ -735,7 +764,10 @@ class Endpoint:
             return
         if new_state is LinkState.UP:
             link.est.restart()  # probes sent while down were never reported; rates are stale
+            if link.pmtu is not None:
+                link.pmtu.confirm_soon(now)  # the path may have changed while down
         self._refresh_mask(peer, now)
+        self._refresh_mtu(peer)
         rtt = link.health.srtt_s
         detail = f" (rtt {rtt * 1000:.1f} ms)" if rtt is not None else ""
         level = logging.WARNING if new_state is LinkState.DOWN else logging.INFO
@@ -757,6 +789,83 @@ class Endpoint:
             if not self._send_data(peer, peer.queue[0], now):
                 return
             peer.queue.popleft()
+
+    # -- path MTU (see pmtu) ----------------------------------------------
+
+    def _oversized(self, peer: Peer, packet: bytes, now: float) -> bool:
+        """A packet above the peer's MTU: fragment it, or drop it and answer
+        ICMP "too big" on the TUN.  False when it goes as it is (IPv6 up to
+        1280 bytes: every IPv6 path must carry that much)."""
+        mtu = peer.mtu
+        assert mtu is not None
+        if packet[0] >> 4 == 6 and len(packet) <= pmtu.MIN_MTU_IPV6:
+            return False
+        fragments, answer = self.oversize.handle(packet, mtu, now)
+        if answer is not None:
+            self._deliver.append(answer)
+        if not fragments:
+            self.drops["too_big"] += 1
+        for fragment in fragments:
+            self.send_packet(fragment, now)
+        return True
+
+    def _pmtu_poll(self, peer: Peer, session: Session, link: Link, now: float) -> None:
+        search = link.pmtu
+        if search is None:
+            if self.spec.tunnel_mtu is None:
+                return
+            family = _family(link)
+            overhead = pmtu.overhead(family)
+            search = link.pmtu = pmtu.PmtuSearch(
+                pmtu.BASE_PMTU[family], self.spec.tunnel_mtu + overhead, overhead)
+        probe = search.poll(now, pmtu.probe_timeout_s(link.health.srtt_s),
+                            link.health.last_acked_sent)
+        if probe is not None:
+            probe_id, size = probe
+            self._send_pmtu_probe(peer, session, link, probe_id, size, now)
+        elif link.est.loss > pmtu.LOSS_SIGNAL:
+            search.confirm_soon(now)
+        self._pmtu_published(peer, link)
+
+    def _send_pmtu_probe(self, peer: Peer, session: Session, link: Link, probe_id: int,
+                         size: int, now: float) -> None:
+        """A probe padded to `size` bytes on the wire (IP packet).  It reuses
+        the link's last sequence number: it is meant to get lost now and
+        then, and a gap in the sequence would count as data loss (and a
+        stall) in the per-link estimates."""
+        path = link.path
+        assert path is not None
+        payload = control.encode_pmtu_probe(
+            probe_id, size - _udp_ip_header_size(link) - wire.TRANSPORT_OVERHEAD,
+            session.send_counter)
+        datagram = session.seal(wire.MessageType.CONTROL, link.link_id, peer.link_mask,
+                                link.next_link_seq - 1, payload, now)
+        link.counters.tx_packets += 1
+        link.counters.tx_bytes += len(datagram)
+        self._datagrams.append((path[0], datagram, path[1]))
+
+    def _pmtu_published(self, peer: Peer, link: Link) -> None:
+        notes = [] if link.pmtu is None else link.pmtu.take_notes()
+        for note in notes:
+            self._event(logging.INFO, f"link {link.name}: {note}")
+        if notes:
+            self._refresh_mtu(peer)
+
+    def _refresh_mtu(self, peer: Peer) -> None:
+        """The peer's MTU: the smallest any link that is up carries now."""
+        tunnel_mtu = self.spec.tunnel_mtu
+        if tunnel_mtu is None:
+            return
+        allowances = [link.pmtu.path_mtu - pmtu.overhead(_family(link))
+                      for link in peer.links.values()
+                      if link.up and link.pmtu is not None and link.pmtu.path_mtu is not None]
+        mtu = pmtu.effective_mtu(tunnel_mtu, allowances)
+        if mtu != peer.mtu:
+            peer.mtu = mtu
+            self._event(logging.INFO if mtu == tunnel_mtu else logging.WARNING,
+                        f"tunnel mtu {mtu} (TUN {tunnel_mtu})" + (
+                            "" if mtu == tunnel_mtu else
+                            ": larger packets get ICMP too big or are fragmented"))
 
     # -- handshake -------------------------------------------------------
 
@@ -962,3 +1071,15 @@ def _client_link(spec: LinkSpec) -> Link:
     assert spec.remote is not None
     return Link(spec.link_id, spec.name, spec.weight, spec.backup,
                 path=(spec.link_id, spec.remote))
+
+
+def _family(link: Link) -> int:
+    """The outer IP version of a link's path (4 when not known yet)."""
+    if link.path is None:
+        return 4
+    host = link.path[1][0]
+    return 6 if ":" in host and not host.startswith("::ffff:") else 4
+
+
+def _udp_ip_header_size(link: Link) -> int:
+    return 8 + (40 if _family(link) == 6 else 20)

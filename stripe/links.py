@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from .estimator import LinkEstimator
+from .pmtu import PmtuSearch
 
 PROBE_INTERVAL_S = 0.2
 LINK_DEAD_AFTER_MIN_S = 0.45
@@ -62,6 +63,7 @@ class LinkHealth:
     min_rtt_s: float | None = None
     rttvar_s: float = 0.0
     last_ack_time: float = float("-inf")
+    last_acked_sent: float = float("-inf")  # send time of the newest probe acked
     next_probe_time: float = 0.0
     next_probe_id: int = 0
     outstanding: dict[int, float] = field(default_factory=dict)
@@ -99,6 +101,7 @@ class LinkHealth:
         for stale in [k for k, t in self.outstanding.items() if t < sent]:
             del self.outstanding[stale]
         self.probes_acked += 1
+        self.last_acked_sent = max(self.last_acked_sent, sent)
         rtt = max(now - sent, 0.0)
         if self.min_rtt_s is None or rtt < self.min_rtt_s:
             self.min_rtt_s = rtt
@@ -175,6 +178,7 @@ class Link:
     last_data_sent: float = float("-inf")
     marker_due: bool = False  # data sent since the last tail marker
     rx_highest_link_seq: int = -1  # 32-bit, from the peer's headers
+    pmtu: PmtuSearch | None = None  # path MTU probing, when enabled (see pmtu)
 
     @property
     def up(self) -> bool:

@@ -24,16 +24,22 @@ def _cell(value: Any, fmt: str = "{}") -> str:
 def render(status: dict[str, Any]) -> str:
     lines = [f"stripe {status.get('role', '?')}  tun {status.get('tun', '?')}  "
              f"scheduler {status.get('scheduler', '?')}  up {status.get('uptime_s', '?')} s"]
+    mtu = status.get("mtu") or {}
+    if mtu:
+        extra = {k: v for k, v in mtu.items() if k not in ("tun", "probing", "derivation")}
+        lines.append(f"{mtu.get('derivation') or 'mtu ' + str(mtu.get('tun'))}  path probing "
+                     f"{'on' if mtu.get('probing') else 'off'}" +
+                     "".join(f"  {k.replace('_', ' ')} {v}" for k, v in sorted(extra.items())))
     for peer in status.get("peers", []):
         key = peer.get("public_key", "")
         lines.append("")
         lines.append(f"peer {key[:16]}…  session {_cell(peer.get('session'))}  "
                      f"last handshake {_cell(peer.get('last_handshake_s_ago'), '{} s ago')}  "
-                     f"queued {peer.get('queued', 0)}")
+                     f"queued {peer.get('queued', 0)}  mtu {_cell(peer.get('mtu'))}")
         links = peer.get("links", [])
         total_tx = sum(link.get("tx_bytes", 0) for link in links) or 1
         header = ("link", "state", "rtt ms", "loss %", "rate Mb/s", "deliv Mb/s", "queue ms",
-                  "tx", "rx", "share %", "address")
+                  "tx", "rx", "share %", "pmtu", "address")
         rows = [header]
         for link in links:
             loss = link.get("loss")
@@ -45,6 +51,7 @@ def render(status: dict[str, Any]) -> str:
                 f"{link.get('tx_packets', 0)} pkt / {_fmt_bytes(link.get('tx_bytes', 0))}",
                 f"{link.get('rx_packets', 0)} pkt / {_fmt_bytes(link.get('rx_bytes', 0))}",
                 f"{100 * link.get('tx_bytes', 0) / total_tx:.0f}",
+                _cell(link.get("path_mtu")),
                 _cell(link.get("address")),
             ))
         widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -86,6 +93,8 @@ def snapshot(endpoint: Endpoint, now: float) -> dict[str, Any]:
                 "owd_min_us": link.est.owd_min_us,
                 "address": None if link.path is None
                 else f"{link.path[1][0]}:{link.path[1][1]}",
+                "path_mtu": None if link.pmtu is None else link.pmtu.path_mtu,
+                "pmtu_state": None if link.pmtu is None else link.pmtu.state.value,
             })
         reorder = None
         if session is not None:
@@ -103,6 +112,9 @@ def snapshot(endpoint: Endpoint, now: float) -> dict[str, Any]:
             "session": None if session is None else f"{session.local_index:08x}",
             "last_handshake_s_ago": None if peer.last_handshake is None
             else round(now - peer.last_handshake, 1),
-            "queued": len(peer.queue), "links": links, "reorder": reorder,
+            "queued": len(peer.queue), "links": links, "reorder": reorder, "mtu": peer.mtu,
         })
-    return {"role": endpoint.role.value, "peers": peers, "drops": dict(endpoint.drops)}
+    mtu = {"tun": endpoint.spec.tunnel_mtu, "probing": endpoint.spec.pmtu_probe,
+           **endpoint.oversize.counters}
+    return {"role": endpoint.role.value, "peers": peers, "drops": dict(endpoint.drops),
+            "mtu": mtu}

@@ -1,8 +1,9 @@
 """An in-memory network with a fake clock for driving two stripe endpoints.
 
-Each simulated link has a one-way delay, jitter, loss, duplication and an
-up/down switch, and is FIFO unless `reorder` is set (then jitter may reorder
-packets within the link too).  All randomness comes from one seeded RNG, so a
+Each simulated link has a one-way delay, jitter, loss, duplication, an
+up/down switch and optionally a path MTU (larger datagrams vanish, as in an
+ICMP black hole), and is FIFO unless `reorder` is set (then jitter may
+reorder packets within the link too).  All randomness comes from one seeded RNG, so a
 failing run replays exactly.
 """
 
@@ -29,6 +30,7 @@ class SimLink:
     queue_limit_s: float = 0.1  # drop-tail: at most this much waiting (with rate_bps)
     weight: int = 1
     backup: bool = False
+    mtu: int | None = None  # largest IPv4 packet carried (UDP payload + 28); None: any
     # Per direction: when the link is free again, and the last arrival (FIFO).
     _free_at: dict[str, float] = field(default_factory=dict)
     _last_arrival: dict[str, float] = field(default_factory=dict)
@@ -66,6 +68,8 @@ class Sim:
         start: float = 1000.0,
         reorder_hold_s: float | None = None,
         configured: int | None = None,
+        tunnel_mtu: int | None = None,
+        pmtu_probe: bool = False,
     ) -> None:
         """`configured`: the client starts with only the first N links (the
         others are there for a reload to add)."""
@@ -80,12 +84,14 @@ class Sim:
                 Role.CLIENT, client_priv, (PeerSpec(server_pub, psk),),
                 tuple(self.link_spec(i) for i in range(len(links))[:configured]),
                 scheduler=scheduler, reorder_hold_s=reorder_hold_s,
+                tunnel_mtu=tunnel_mtu, pmtu_probe=pmtu_probe,
             ),
             self.now, wall_offset=1.7e9, random_index=lambda: self.rng.getrandbits(32),
         )
         self.server = Endpoint(
             EndpointSpec(Role.SERVER, server_priv, (PeerSpec(client_pub, psk),),
-                         scheduler=scheduler, reorder_hold_s=reorder_hold_s),
+                         scheduler=scheduler, reorder_hold_s=reorder_hold_s,
+                         tunnel_mtu=tunnel_mtu, pmtu_probe=pmtu_probe),
             self.now, wall_offset=1.7e9, random_index=lambda: self.rng.getrandbits(32),
         )
         self._events: list[tuple[float, int, str, int, bytes]] = []
@@ -106,6 +112,8 @@ class Sim:
         link = self.links[link_index]
         self.wire_log.append((direction, link_index, data))
         if not link.up or self.rng.random() < link.loss:
+            return
+        if link.mtu is not None and len(data) + 28 > link.mtu:
             return
         copies = 2 if self.rng.random() < link.duplicate else 1
         for _ in range(copies):

@@ -45,7 +45,8 @@ def load(tmp_path: Path, text: str, role: Role = Role.CLIENT) -> config.Config:
 
 def test_valid_client(tmp_path: Path) -> None:
     cfg = load(tmp_path, CLIENT)
-    assert cfg.mtu == config.DEFAULT_MTU
+    assert cfg.mtu is None  # "auto": derived from the links at start
+    assert cfg.pmtu_probe is config.DEFAULT_PMTU_PROBE
     assert [link.name for link in cfg.links] == ["dsl", "lte"]
     assert cfg.links[0].remote == ("10.0.0.2", 5000)
     assert cfg.links[1].remote == ("fd00::2", 5000)
@@ -88,6 +89,15 @@ public_key = "{PUB}"
         (('source = "10.1.0.1"', 'source = "me"'), "link[1].source: expected an IP address"),
         (("backup = true", 'backup = "yes"'), "link[1].backup: expected bool"),
         (('[peer]', '[peers]'), "peer: missing; expected a [peer] table"),
+        (('scheduler = "roundrobin"', 'mtu = "big"'),
+         'interface.mtu: expected "auto" or an MTU 1280..9000, got \'big\''),
+        (('scheduler = "roundrobin"', "mtu = 1000"),
+         "interface.mtu: expected \"auto\" or an MTU 1280..9000 (IPv6 in the tunnel needs "
+         "1280), got 1000"),
+        (('scheduler = "roundrobin"', "mtu = 9001"), "interface.mtu: expected"),
+        (('scheduler = "roundrobin"', "mtu = true"), "interface.mtu: expected"),
+        (('scheduler = "roundrobin"', 'pmtu_probe = "yes"'),
+         "interface.pmtu_probe: expected bool"),
     ],
 )
 def test_errors_name_file_key_and_fix(tmp_path: Path, change: tuple[str, str],
@@ -100,6 +110,20 @@ def test_errors_name_file_key_and_fix(tmp_path: Path, change: tuple[str, str],
     assert message.startswith(str(tmp_path / "c.toml") + ": ")
     assert expected in message
     assert "\n" not in message
+
+
+def test_mtu_auto_or_a_number(tmp_path: Path) -> None:
+    assert load(tmp_path, CLIENT.replace('scheduler = "roundrobin"', 'mtu = "auto"')).mtu is None
+    fixed = load(tmp_path, CLIENT.replace('scheduler = "roundrobin"',
+                                          "mtu = 1380\npmtu_probe = false"))
+    assert fixed.mtu == 1380 and not fixed.pmtu_probe
+    spec = fixed.endpoint_spec()
+    assert spec.tunnel_mtu == 1380 and not spec.pmtu_probe
+    # "auto": the driver passes the MTU it derived.
+    assert load(tmp_path, CLIENT).endpoint_spec(1432).tunnel_mtu == 1432
+    v4_only = CLIENT.replace(', "fd00::1/64"', "").replace('scheduler = "roundrobin"',
+                                                            "mtu = 576")
+    assert load(tmp_path, v4_only).mtu == 576
 
 
 def test_key_file_unreadable_and_too_open(tmp_path: Path) -> None:
@@ -184,7 +208,7 @@ def test_restart_needed_names_the_key(tmp_path: Path) -> None:
                                            .replace('name = "lte"', 'name = "5g"'))) is None
     new = load(tmp_path, CLIENT.replace('name = "st0"', 'name = "st0"\nmtu = 1300'))
     assert config.restart_needed(old, new) == (
-        f"{tmp_path / 'c.toml'}: interface.mtu changed (1400 -> 1300): needs a restart")
+        f"{tmp_path / 'c.toml'}: interface.mtu changed (auto -> 1300): needs a restart")
     new = load(tmp_path, CLIENT.replace('"10.2.0.1/24", ', ""))
     assert "interface.address changed ([10.2.0.1/24, fd00::1/64] -> [fd00::1/64])" in str(
         config.restart_needed(old, new))

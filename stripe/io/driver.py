@@ -42,6 +42,7 @@ from ..offload import VNET_HDR_LEN, OffloadError, coalesce, split_tun_read
 from ..status import snapshot
 from .control_socket import ControlServer
 from .network import Undo, set_up_network, tear_down_network
+from .path_mtu import resolve_tunnel_mtu
 from .privileges import drop_privileges
 from .reload import Reloader
 from .sockets import (
@@ -84,7 +85,11 @@ class Driver:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
         self.config = config
         self.loop = loop
-        self.tun = Tun(config.tun_name, config.mtu, config.addresses, offload=config.offload)
+        self.mtu = resolve_tunnel_mtu(config)
+        log.info("%s", self.mtu.explanation)
+        for warning in self.mtu.warnings:
+            log.warning("%s", warning)
+        self.tun = Tun(config.tun_name, self.mtu.mtu, config.addresses, offload=config.offload)
         try:
             self.sockets = open_sockets(config)
         except Exception:
@@ -95,7 +100,8 @@ class Driver:
         # time.monotonic(), not loop.time(): uvloop's clock ticks in whole
         # milliseconds, too coarse for RTTs and delay skew on a LAN.
         now = time.monotonic()
-        self.core = Endpoint(config.endpoint_spec(), now, wall_offset=time.time() - now)
+        self.core = Endpoint(config.endpoint_spec(self.mtu.mtu), now,
+                             wall_offset=time.time() - now)
         self.io_errors: Counter[str] = Counter()
         # Syscalls vs packets each way: shows the batching at work in `status`.
         self.io_counts: Counter[str] = Counter()
@@ -116,7 +122,7 @@ class Driver:
         self.loop.add_signal_handler(signal.SIGUSR1, self._log_status)
         self.loop.add_signal_handler(signal.SIGHUP, self.reloader.reload)
         log.info("%s up: tun %s mtu %d, %d link socket(s), scheduler %s",
-                 self.config.role.value, self.tun.name, self.config.mtu, len(self.sockets),
+                 self.config.role.value, self.tun.name, self.mtu.mtu, len(self.sockets),
                  self.config.scheduler)
         log.info("data path: tun %s; udp gso %s, gro %s", self.tun.offload,
                  _on_off(self.gso.values()), _on_off(self.gro.values()))
@@ -142,6 +148,7 @@ class Driver:
         status["uptime_s"] = round(time.monotonic() - self.started, 1)
         status["datapath"] = {"tun": self.tun.offload, "udp_gso": _on_off(self.gso.values()),
                               "udp_gro": _on_off(self.gro.values()), **self.io_counts}
+        status["mtu"]["derivation"] = self.mtu.explanation
         return status
 
     def add_socket(self, index: int, sock: socket.socket) -> None:
@@ -300,7 +307,7 @@ class Driver:
             self.io_counts["udp_datagrams_out"] += 1
             return True
         except OSError as exc:
-            self._send_error(index, addr, exc, 1)
+            self._send_error(index, addr, exc, 1, len(data))
             return exc.errno not in LINK_DOWN_ERRNOS
 
     def _send_train(self, index: int, train: list[bytes], addr: Address) -> bool:
@@ -321,7 +328,7 @@ class Driver:
                         self.sockets[index].sendto(data, addr)
                         sent += 1
                     except OSError as single:
-                        self._send_error(index, addr, single, 1)
+                        self._send_error(index, addr, single, 1, len(data))
                         if single.errno in LINK_DOWN_ERRNOS:
                             return False
                 self.io_counts["udp_sends"] += sent
@@ -331,7 +338,7 @@ class Driver:
                     log.warning("link socket %d: UDP GSO refused (%s); one datagram per send "
                                 "from now on", index, exc.strerror or exc)
                 return True
-            self._send_error(index, addr, exc, len(train))
+            self._send_error(index, addr, exc, len(train), len(train[0]))
             return exc.errno not in LINK_DOWN_ERRNOS
 
     def _no_socket(self, index: int, addr: Address, count: int) -> None:
@@ -340,7 +347,8 @@ class Driver:
         self.io_errors["send_no_socket"] += count
         self.core.send_failed(index, addr, time.monotonic())
 
-    def _send_error(self, index: int, addr: Address, exc: OSError, count: int) -> None:
+    def _send_error(self, index: int, addr: Address, exc: OSError, count: int,
+                    size: int) -> None:
         if isinstance(exc, BlockingIOError):
             self.io_errors["send_would_block"] += count
             return
@@ -348,6 +356,10 @@ class Driver:
         self.io_errors[f"send_{name}"] += count
         if exc.errno in LINK_DOWN_ERRNOS:
             self.core.send_failed(index, addr, time.monotonic())
+        elif exc.errno == errno.EMSGSIZE:
+            # Bigger than the path (probing sockets never fragment): the
+            # link's PMTU search learns of it (see `pmtu`).
+            self.core.datagram_too_big(index, addr, size, time.monotonic())
 
     def _write_tun(self, packets: list[bytes]) -> None:
         fd = self.tun.fd

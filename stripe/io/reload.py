@@ -74,7 +74,7 @@ class Reloader:
                 raise ReconfigError(reason)
             change = driver.core.plan_reconfigure(new.endpoint_spec())
             listening, to_open, to_close, socket_changes = self._plan_sockets(new, change)
-            opened = open_link_sockets(to_open)
+            opened = open_link_sockets(to_open, old.pmtu_probe)
         except (ConfigError, ReconfigError, SetupError) as exc:
             message = str(exc)
             if "cannot read" in message and os.geteuid() != 0:

@@ -42,6 +42,14 @@ def gso_supported(sock: socket.socket) -> bool:
     except OSError:
         return False
 
+# <linux/in.h>, <linux/in6.h> (not in Python's socket module): "probe" sets
+# DF and ignores both the kernel's fragmentation and the path MTU it learnt
+# from ICMP, so stripe's own probing (stripe.pmtu) sees the real path and
+# no datagram is cut in pieces behind its back.
+IP_MTU_DISCOVER = 10
+IPV6_MTU_DISCOVER = 23
+PMTUDISC_PROBE = 3
+
 
 def _family(*hosts: str | None) -> socket.AddressFamily:
     for host in hosts:
@@ -50,7 +58,7 @@ def _family(*hosts: str | None) -> socket.AddressFamily:
     return socket.AF_INET
 
 
-def open_link_socket(link: LinkConfig) -> socket.socket:
+def open_link_socket(link: LinkConfig, probe_pmtu: bool = False) -> socket.socket:
     remote_host = link.remote[0] if link.remote else None
     family = _family(link.source, remote_host)
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -60,6 +68,11 @@ def open_link_socket(link: LinkConfig) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if link.interface:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, link.interface.encode())
+        if probe_pmtu:
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, PMTUDISC_PROBE)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, PMTUDISC_PROBE)
         host = link.source or ("::" if family == socket.AF_INET6 else "0.0.0.0")
         sock.bind((host, link.port))
         sock.setblocking(False)
@@ -85,15 +98,16 @@ def open_sockets(config: Config) -> dict[int, socket.socket]:
     """By socket id.  Client: socket i serves link i (link ids of the spec
     the config makes).  Server: socket i listens for `listen_links` [i]."""
     links = config.links if config.role is Role.CLIENT else listen_links(config)
-    return open_link_sockets(dict(enumerate(links)))
+    return open_link_sockets(dict(enumerate(links)), config.pmtu_probe)
 
 
-def open_link_sockets(links: dict[int, LinkConfig]) -> dict[int, socket.socket]:
+def open_link_sockets(links: dict[int, LinkConfig],
+                      probe_pmtu: bool) -> dict[int, socket.socket]:
     """All of them or none (SetupError naming the link that failed)."""
     sockets: dict[int, socket.socket] = {}
     try:
         for sock_id, link in links.items():
-            sockets[sock_id] = open_link_socket(link)
+            sockets[sock_id] = open_link_socket(link, probe_pmtu)
     except SetupError:
         for sock in sockets.values():
             sock.close()
