@@ -60,6 +60,9 @@ ACTIVE_HOLD_MULTIPLE = 2.0
 ACTIVE_MIN_S = 0.050
 ACTIVE_MAX_S = 0.500
 
+# Stale heap entries tolerated beyond twice the held packets (see `push`).
+HEAP_SLACK = 1024
+
 _MISSING = object()
 
 
@@ -139,7 +142,13 @@ class ReorderBuffer:
         if seq in self._held:
             return True  # duplicate of a held packet (the replay window normally stops these)
         self._held[seq] = payload
-        heapq.heappush(self._held_heap, seq)
+        heap = self._held_heap
+        if len(heap) > 2 * len(self._held) + HEAP_SLACK:
+            # Packets released in order leave their heap entries behind (only
+            # the smallest is ever looked at): compact, or it grows forever.
+            heap[:] = sorted(self._held)  # a sorted list is a heap
+        else:
+            heapq.heappush(heap, seq)
         self._arrivals.append((now, seq))
         if len(self._held) > self.stats.max_held:
             self.stats.max_held = len(self._held)
@@ -234,6 +243,8 @@ class ReorderBuffer:
             self.stats.lost += target - self.next_seq
             self.stats.inferred_releases += 1
             self.next_seq = target
+        self._held_heap.clear()  # all released: what is left there is stale
+        self._arrivals.clear()
 
     def _deliver(self, payload: bytes | None, now: float) -> None:
         self.next_seq += 1
