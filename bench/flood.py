@@ -103,7 +103,13 @@ def forge(captured: bytes, rng: random.Random) -> bytes | None:
     )
     ahead = rng.randrange(*FORGED_COUNTER_AHEAD)
     header = TRANSPORT_HEADER.pack(
-        mtype, link_id, mask, receiver, counter + ahead, link_seq + ahead, sent_us
+        mtype,
+        link_id,
+        mask,
+        receiver,
+        (counter + ahead) & 0xFFFF_FFFF_FFFF_FFFF,
+        (link_seq + ahead) & 0xFFFF_FFFF,
+        sent_us,
     )
     return header + rng.randbytes(len(captured) - TRANSPORT_HEADER.size)
 
