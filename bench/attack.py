@@ -270,17 +270,12 @@ class Bench:
             self.workdir / "iperf3-warmup.log",
         )
         try:
-            out = run(
-                [sys.executable, "-m", "bench.flood", "capture", "--port", str(BASE_PORT),
-                 "--count", str(self.opts.capture), "--seconds", str(CAPTURE_FLOW_S)],
-                ns=names.server_ns,
-                timeout_s=CAPTURE_FLOW_S + 20,
-                cwd=REPO_ROOT,
-            ).stdout.strip()  # fmt: skip
+            captured = capture_datagrams(
+                names.server_ns, BASE_PORT, self.opts.capture, CAPTURE_FLOW_S
+            )
             warmup.popen.wait(CAPTURE_FLOW_S + 25)
         finally:
             warmup.stop()
-        captured = [bytes.fromhex(h) for h in out.split(",") if h]
         if not captured:
             raise CommandError("captured no datagrams of the client's during the warm-up flow")
         return captured
@@ -386,6 +381,19 @@ class Bench:
             self.iperf_server.stop()
         if self.stripe is not None:
             self.stripe.stop()
+
+
+def capture_datagrams(
+    ns: str, port: int, count: int, seconds: float, iface: str | None = None
+) -> list[bytes]:
+    """UDP payloads of up to ``count`` datagrams arriving at ``port`` in ``ns``
+    (on ``iface``, or any interface) within ``seconds``: ``bench.flood capture``."""
+    cmd = [sys.executable, "-m", "bench.flood", "capture", "--port", str(port),
+           "--count", str(count), "--seconds", str(seconds)]  # fmt: skip
+    if iface:
+        cmd += ["--iface", iface]
+    out = run(cmd, ns=ns, timeout_s=seconds + 20, cwd=REPO_ROOT).stdout.strip()
+    return [bytes.fromhex(h) for h in out.split(",") if h]
 
 
 def initiations(server_public: str, count: int) -> list[bytes]:
