@@ -182,7 +182,7 @@ def plan(mix: dict[str, int], material: dict[str, list[bytes]]) -> Plan:
 @dataclass
 class FloodResult:
     sent: dict[str, int] = field(default_factory=dict)  # datagrams the kernel accepted
-    bytes: dict[str, int] = field(default_factory=dict)  # their UDP payload bytes
+    payload_bytes: dict[str, int] = field(default_factory=dict)  # UDP payload bytes of those
     errors: dict[str, int] = field(default_factory=dict)  # sendto refused (ENOBUFS, ...)
     elapsed_s: float = 0.0  # first send to last
     stopped_by: str = ""  # "time" | "packets" | "signal"
@@ -190,7 +190,7 @@ class FloodResult:
     def to_json(self) -> dict[str, object]:
         return {
             "sent": self.sent,
-            "bytes": self.bytes,
+            "bytes": self.payload_bytes,
             "errors": self.errors,
             "elapsed_s": round(self.elapsed_s, 3),
             "stopped_by": self.stopped_by,
@@ -253,17 +253,17 @@ def send(
                 errors[kind] += 1
         for name, count in flood.per_round.items():
             result.sent[name] += count
-            result.bytes[name] += flood.round_bytes[i][name]
+            result.payload_bytes[name] += flood.round_bytes[i][name]
         done += 1
     result.elapsed_s = time.monotonic() - start
     for name, per in flood.per_round.items():
         failed = errors[KINDS.index(name)]
         # A refused datagram's bytes: the kind's mean size (the loop does not
         # track which datagram failed; refusals are rare).
-        mean_bytes = result.bytes[name] // max(1, done * per)
+        mean_bytes = result.payload_bytes[name] // max(1, done * per)
         result.errors[name] = failed
         result.sent[name] -= failed
-        result.bytes[name] -= failed * mean_bytes
+        result.payload_bytes[name] -= failed * mean_bytes
     return result
 
 

@@ -161,7 +161,7 @@ def test_send_stops_at_its_packet_budget(sink: socket.socket) -> None:
     assert result.stopped_by == "packets"
     assert result.sent == {k: 10 * n for k, n in p.per_round.items()}
     assert result.errors == dict.fromkeys(p.per_round, 0)
-    assert sum(result.bytes.values()) == sum(sum(r.values()) for r in p.round_bytes[:10])
+    assert sum(result.payload_bytes.values()) == sum(sum(r.values()) for r in p.round_bytes[:10])
     assert _drain(sink) == 10 * p.round_len
 
 
