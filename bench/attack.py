@@ -51,6 +51,7 @@ from bench.flood import DEFAULT_MIX, Spec
 from bench.iperf import Flow, client_command, run_client, start_server
 from bench.lab import Lab, LabNames, LinkSpec, delete_namespace, last_json_line, list_namespaces
 from bench.procs import Proc, terminating_signals_raise, uninterruptible
+from bench.runner import load_average
 from bench.sh import CommandError, ensure_tools, run
 from bench.stripe_config import BASE_PORT, TUNNEL_SERVER_ADDR, Keys, write_configs
 from bench.stripe_run import REPO_ROOT
@@ -273,7 +274,10 @@ class Bench:
             captured = capture_datagrams(
                 names.server_ns, BASE_PORT, self.opts.capture, CAPTURE_FLOW_S
             )
-            warmup.popen.wait(CAPTURE_FLOW_S + 25)
+            try:
+                warmup.popen.wait(CAPTURE_FLOW_S + 25)
+            except subprocess.TimeoutExpired:
+                raise CommandError("the warm-up iperf3 flow did not end") from None
         finally:
             warmup.stop()
         if not captured:
@@ -412,13 +416,6 @@ def initiations(server_public: str, count: int) -> list[bytes]:
     ]
 
 
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def _note(record: PhaseRecord) -> str:
     cpu = record.cpu_percent.get("stripe-server")
     note = f"{record.goodput_mbit:.2f} Mbit/s, server CPU {cpu if cpu is not None else '-'} %"
@@ -474,7 +471,7 @@ def run_attack(opts: AttackOptions) -> Path:
             with uninterruptible():
                 bench.stop()
                 alab.down()
-            meta["load_average"] = _loadavg()
+            meta["load_average"] = load_average()
             (out / "meta.json").write_text(json.dumps(meta, indent=1))
             if records:
                 write_report(out, records, meta)
