@@ -179,7 +179,8 @@ def verdict(records: list[dict[str, Any]], summaries: list[PhaseSummary]) -> Ver
         all(accounting(r)["authenticated_ok"] for r in records),
         min(percents) if percents else None,
     )
-    if any(r.get("socket_drops") for r in records if r["phase"] == "attacked"):
+    socket_drops = any(r.get("socket_drops") for r in records if r["phase"] == "attacked")
+    if socket_drops and v.accounted is False:
         v.notes.append(
             "the server's socket overflowed during the attack: those drops are counted per "
             "socket buffer entry, which with UDP GRO may be a train of datagrams, so the "

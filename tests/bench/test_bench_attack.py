@@ -350,7 +350,11 @@ def test_summaries_ratio_and_verdict() -> None:
     assert goodput_ratio(summaries) == round(88 / 96, 3)
     v = verdict(records, summaries)
     assert v.ratio_met and v.accounted and v.authenticated_ok
-    assert v.notes  # socket drops: the GRO caveat is stated
+    assert not v.notes  # socket drops, but every datagram accounted for
+    short = [r | {"drops": {"replay": 100}} if r["phase"] == "attacked" else r for r in records]
+    v = verdict(short, summarize(short))
+    assert v.accounted is False and v.worst_accounted_percent is not None
+    assert v.notes  # socket drops and a shortfall: the GRO caveat is stated
     failed = [r | {"goodput_mbit": 50.0} if r["phase"] == "attacked" else r for r in records]
     assert not verdict(failed, summarize(failed)).ratio_met
 
