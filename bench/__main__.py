@@ -1,4 +1,4 @@
-"""Command line: ``python -m bench {demo,run,list,cleanup}``."""
+"""Command line: ``python -m bench {demo,run,profile,attack,list,cleanup}``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import os
 import sys
 from pathlib import Path
 
+from bench.attack import MAX_FLOOD_PACKETS, AttackOptions
+from bench.flood import DEFAULT_MIX, KINDS, parse_mix
 from bench.iperf import parse_rate_mbit
-from bench.lab import cleanup_prefix
+from bench.lab import MAX_LINKS, cleanup_prefix
 from bench.runner import DEFAULT_SCHEDULERS, Options, fit_seconds, publish_latest
 from bench.runner import run as run_bench
 from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
@@ -146,6 +148,79 @@ def _add_run_arguments(p: argparse.ArgumentParser, profile: bool) -> None:
     )
 
 
+def _add_attack_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repeat", type=int, default=3, help="unattacked + attacked pairs (default 3)")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each flow (default 10)")
+    p.add_argument("--links", type=int, default=2, help="client-server links (default 2)")
+    p.add_argument(
+        "--rate", type=float, default=50.0, help="tbf rate of each link, Mbit/s (default 50)"
+    )
+    p.add_argument(
+        "--flood-pps",
+        type=float,
+        default=0.0,
+        help="attacker datagrams per second (default 0: as fast as one Python process sends)",
+    )
+    p.add_argument(
+        "--flood-mix",
+        default=",".join(f"{k}:{w}" for k, w in DEFAULT_MIX.items()),
+        help=f"weights of the attacker's kinds ({', '.join(KINDS)}); default %(default)s",
+    )
+    p.add_argument(
+        "--flood-max-packets",
+        type=int,
+        default=None,
+        help="the attacker's packet budget per flow (default: its rate x its time "
+        f"budget, or {MAX_FLOOD_PACKETS:,} unpaced)",
+    )
+    p.add_argument(
+        "--capture",
+        type=int,
+        default=300,
+        help="client datagrams captured for replaying (default 300)",
+    )
+    p.add_argument("--scheduler", default="adaptive", help="stripe scheduler (default adaptive)")
+    p.add_argument("--cc", choices=CC_CHOICES, default=None, help="iperf3 -C (default: system's)")
+    p.add_argument("--out", type=Path, default=None, help="results directory "
+                   "(default bench/results/attack-<UTC timestamp>)")  # fmt: skip
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+
+
+def attack_options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> AttackOptions:
+    """``attack``'s options (exits with usage on bad values)."""
+    try:
+        mix = parse_mix(args.flood_mix)
+    except ValueError as exc:
+        parser.error(f"--flood-mix: {exc}")
+    checks = [
+        (args.repeat >= 1, "--repeat: at least 1"),
+        (args.seconds >= 1, "--seconds: at least 1"),
+        (1 <= args.links <= MAX_LINKS, f"--links: 1..{MAX_LINKS}"),
+        (args.rate > 0, "--rate: a positive rate in Mbit/s"),
+        (args.flood_pps >= 0, "--flood-pps: 0 (unpaced) or a positive rate"),
+        (args.flood_max_packets is None or args.flood_max_packets >= 1,
+         "--flood-max-packets: at least 1"),
+        (args.capture >= 1, "--capture: at least 1"),
+    ]  # fmt: skip
+    for ok, message in checks:
+        if not ok:
+            parser.error(message)
+    return AttackOptions(
+        repeat=args.repeat,
+        seconds=args.seconds,
+        links=args.links,
+        rate_mbit=args.rate,
+        flood_pps=args.flood_pps,
+        mix=mix,
+        max_packets=args.flood_max_packets,
+        capture=args.capture,
+        scheduler=args.scheduler,
+        cc=args.cc,
+        out=args.out,
+        log_level=args.log_level,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -170,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
         True,
     )
 
+    _add_attack_arguments(
+        sub.add_parser(
+            "attack",
+            help="issue 5: goodput and server CPU while an attacker replays, forges and "
+            "floods handshakes",
+        )
+    )
+
     sub.add_parser("list", help="list scenario presets")
 
     clean = sub.add_parser(
@@ -178,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     clean.add_argument(
         "prefix",
         help="namespace name prefix: sb1a2b for one run's leftovers, sb for every bench "
-        "run's (only when none is running)",
+        "run's, sa for every attack bench's (only when none is running)",
     )
 
     return parser
@@ -258,6 +341,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"results: {out / 'results.md'}")
         if args.latest:
             print(f"published: {publish_latest(out) / 'results.md'}")
+        return 0
+    if args.command == "attack":
+        _need_root()
+        from bench.attack import run_attack
+        from bench.attack_report import summary_line
+
+        out = run_attack(attack_options_from(args, parser))
+        records = sorted((out / "raw").glob("r*-*.json"))
+        print(summary_line([json.loads(p.read_text()) for p in records], out))
         return 0
     if args.command == "cleanup":
         _need_root()

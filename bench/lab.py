@@ -510,7 +510,7 @@ class Lab:
     def down(self) -> None:
         if self.emulator is not None:
             self.emulator.stop()
-            self.emulator_stats = _last_json_line(self.emulator.log)
+            self.emulator_stats = last_json_line(self.emulator.log)
             self.emulator = None
         for ns in reversed(self._created):
             delete_namespace(ns)
@@ -534,7 +534,7 @@ def nft_loss_ruleset(table: str, dev: str, loss: float) -> str:
     )
 
 
-def _last_json_line(path: Path) -> dict[str, object]:
+def last_json_line(path: Path) -> dict[str, object]:
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:

@@ -389,7 +389,7 @@ def run(opts: Options) -> Path:
         finally:
             from bench.report import write_report
 
-            meta["load_average"] = _loadavg()
+            meta["load_average"] = load_average()
             meta["profiles"] = sorted(
                 str(p.relative_to(out)) for p in (out / PROFILES).glob("*/*/*.txt")
             )
@@ -418,7 +418,8 @@ def publish_latest(out: Path, latest: Path = RESULTS_DIR / "latest") -> Path:
     return latest
 
 
-def _loadavg() -> str:
+def load_average() -> str:
+    """/proc/loadavg as it reads (1, 5, 15 min, running/total, last PID)."""
     try:
         return Path("/proc/loadavg").read_text().strip()
     except OSError:

@@ -38,7 +38,13 @@ def _q(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def server_config(names: LabNames, keys: Keys, scheduler: str, tun: str) -> str:
+def server_config(
+    names: LabNames, keys: Keys, scheduler: str, tun: str, one_port: bool = False
+) -> str:
+    """The server's config: one socket per link (port 5000+i, bound to the
+    link's address), or with ``one_port`` a single wildcard socket on port
+    5000 and no [[link]], so anything sent to that port from anywhere reaches
+    it (the attack bench's server)."""
     lines = [
         "[interface]",
         f"name = {_q(tun)}",
@@ -51,6 +57,8 @@ def server_config(names: LabNames, keys: Keys, scheduler: str, tun: str) -> str:
         "[peer]",
         f"public_key = {_q(keys.client_public)}",
     ]
+    if one_port:
+        return "\n".join(lines) + "\n"
     for i, n in enumerate(names.links):
         lines += [
             "",
@@ -64,8 +72,15 @@ def server_config(names: LabNames, keys: Keys, scheduler: str, tun: str) -> str:
 
 
 def client_config(
-    names: LabNames, specs: tuple[LinkSpec, ...], keys: Keys, scheduler: str, tun: str
+    names: LabNames,
+    specs: tuple[LinkSpec, ...],
+    keys: Keys,
+    scheduler: str,
+    tun: str,
+    one_port: bool = False,
 ) -> str:
+    """The client's config: link i sends to the server's link-i address, on
+    port 5000+i, or 5000 for every link with ``one_port``."""
     lines = [
         "[interface]",
         f"name = {_q(tun)}",
@@ -84,7 +99,7 @@ def client_config(
             f'name = "link{i}"',
             f"interface = {_q(n.client_if)}",
             f"source = {_q(n.client_addr)}",
-            f'remote = "{n.server_addr}:{BASE_PORT + i}"',
+            f'remote = "{n.server_addr}:{BASE_PORT + (0 if one_port else i)}"',
             f"weight = {link_weight(spec)}",
             "backup = false",
         ]
@@ -98,13 +113,14 @@ def write_configs(
     keys: Keys,
     scheduler: str,
     tun: str,
+    one_port: bool = False,
 ) -> tuple[Path, Path]:
     """Write server and client configs for ``scheduler``; returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)
     server = directory / f"server-{scheduler}.toml"
     client = directory / f"client-{scheduler}.toml"
-    server.write_text(server_config(names, keys, scheduler, tun))
-    client.write_text(client_config(names, specs, keys, scheduler, tun))
+    server.write_text(server_config(names, keys, scheduler, tun, one_port))
+    client.write_text(client_config(names, specs, keys, scheduler, tun, one_port))
     # They hold private keys.
     server.chmod(0o600)
     client.chmod(0o600)

@@ -144,16 +144,20 @@ class Stripe(TunnelSystem):
         self.pair.wait_ready(self.tunnel_server_addr)
         return Target(self.tunnel_server_addr)
 
-    def status(self) -> dict[str, Any]:
-        """``stripe status --json`` of both ends: per-link RTT, loss, drops."""
+    def status(self, server_first: bool = False) -> dict[str, Any]:
+        """``stripe status --json`` of both ends: per-link RTT, loss, drops.
+
+        The two are read one after the other, the client first unless
+        ``server_first`` (the order matters when comparing their counters)."""
         out: dict[str, Any] = {}
         if self.pair is None:
             return out
-        # The control socket's name carries the namespace: ask from inside it.
-        for role, config, ns in (
+        ends = [
             ("client", self.client_config, self.pair.client_ns),
             ("server", self.server_config, self.pair.server_ns),
-        ):
+        ]
+        # The control socket's name carries the namespace: ask from inside it.
+        for role, config, ns in reversed(ends) if server_first else ends:
             proc = subprocess.run(
                 in_ns(ns, stripe_cmd("status", "-c", str(config), "--json")),
                 capture_output=True,

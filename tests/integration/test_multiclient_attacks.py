@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, SINK, _skip_reason
 
+from bench.attack import capture_datagrams
 from bench.procs import Proc
 from bench.sh import run
 from stripe.config import encode_key
@@ -221,32 +222,6 @@ print(json.dumps(sent))
 """
 
 
-def capture_datagrams(ns: str, iface: str, count: int, seconds: float) -> list[bytes]:
-    """UDP payloads seen on `iface` (AF_PACKET; the server side of a link)."""
-    code = f"""
-import socket, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
-s.bind(("{iface}", 0))
-s.settimeout(0.2)
-out, end = [], time.monotonic() + {seconds}
-while len(out) < {count} and time.monotonic() < end:
-    try:
-        frame = s.recv(65535)
-    except TimeoutError:
-        continue
-    ip = frame[14:]
-    if ip[9] != 17:
-        continue
-    ihl = (ip[0] & 15) * 4
-    udp = ip[ihl:]
-    if int.from_bytes(udp[2:4], "big") == {PORT}:
-        out.append(udp[8:].hex())
-print(",".join(out))
-"""
-    out = run([sys.executable, "-c", code], ns=ns).stdout.strip()
-    return [bytes.fromhex(h) for h in out.split(",") if h]
-
-
 def test_attacker_replays_forges_and_floods_while_client_transfers(lab: MultiLab) -> None:
     # Record some of client 0's real datagrams as the attacker would see them.
     sink = subprocess.Popen(["ip", "netns", "exec", lab.server_ns, sys.executable, "-c", SINK,
@@ -255,7 +230,8 @@ def test_attacker_replays_forges_and_floods_while_client_transfers(lab: MultiLab
     source = subprocess.Popen(["ip", "netns", "exec", lab.ns(0), sys.executable, "-c", SOURCE,
                                SERVER_TUN, "9300", "30000000"], stdout=subprocess.PIPE, text=True)
     try:
-        captured = capture_datagrams(lab.server_ns, f"{lab.prefix}w0", 40, 5.0)
+        # What arrives on the server's side of client 0's link (AF_PACKET).
+        captured = capture_datagrams(lab.server_ns, PORT, 40, 5.0, f"{lab.prefix}w0")
         assert len(captured) >= 10
         attacker_key, _ = generate_keypair()
         inits = [PendingInitiation(attacker_key, lab.server_public, None, i, 0,
