@@ -46,6 +46,8 @@ UNDER_LOAD_INITS_PER_S = 50
 INITS_PER_SOURCE_PER_S = 10.0
 INITS_PER_SOURCE_BURST = 5.0
 MAX_TRACKED_SOURCES = 4096
+# One cookie reply per source address per this long (see `CookieChecker.may_reply`).
+COOKIE_REPLY_INTERVAL_S = 0.1
 COOKIE_LABEL = b"cookie--"
 
 COOKIE_REPLY = struct.Struct("!B3xI12s32s")  # type, receiver index, nonce, enc. cookie
@@ -116,6 +118,7 @@ class CookieChecker:
         self._aead = _cookie_aead(server_public)
         self._secret = random_bytes(32)
         self._secret_time = float("-inf")
+        self._replied: dict[str, float] = {}
 
     def _cookie(self, addr: tuple[str, int], now: float) -> bytes:
         if now - self._secret_time >= COOKIE_SECRET_LIFETIME_S:
@@ -128,6 +131,22 @@ class CookieChecker:
         expected = hashlib.blake2s(datagram[:HANDSHAKE_INIT_MAC2_OFFSET], key=cookie,
                                    digest_size=wire.MAC_SIZE).digest()
         return hmac.compare_digest(expected, datagram[HANDSHAKE_INIT_MAC2_OFFSET:])
+
+    def may_reply(self, host: str, now: float) -> bool:
+        """At most one cookie reply per source address per
+        COOKIE_REPLY_INTERVAL_S: a real client needs one (its next
+        initiation carries mac2); a flood from one address gets no more,
+        and costs no reply and no send."""
+        last = self._replied.get(host)
+        if last is not None and now - last < COOKIE_REPLY_INTERVAL_S:
+            return False
+        if len(self._replied) >= MAX_TRACKED_SOURCES:
+            self._replied = {h: t for h, t in self._replied.items()
+                             if now - t < COOKIE_REPLY_INTERVAL_S}
+            if len(self._replied) >= MAX_TRACKED_SOURCES:
+                return False
+        self._replied[host] = now
+        return True
 
     def reply(self, init: wire.HandshakeInit, addr: tuple[str, int], now: float) -> bytes:
         nonce = self._random(12)

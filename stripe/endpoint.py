@@ -43,6 +43,7 @@ from enum import Enum
 from . import control, pmtu, reconfig, routing, wire
 from .cookie import CookieChecker, CookieJar, HandshakeLimiter, reply_receiver_index
 from .estimator import FEEDBACK_INTERVAL_S
+from .guard import SourceGuard
 from .handshake import (
     AcceptedInitiation,
     PendingInitiation,
@@ -79,6 +80,9 @@ LINK_DRAIN_S = 2.0
 
 
 _DATA_TYPE = wire.MessageType.DATA.value
+_HANDSHAKE_TYPES = frozenset(t.value for t in (
+    wire.MessageType.HANDSHAKE_INIT, wire.MessageType.HANDSHAKE_RESP,
+    wire.MessageType.COOKIE_REPLY))
 # A run of packets to one link (see `send_packets`): what the link carries in
 # this long at its estimated rate, at most this many packets.  2 ms: one
 # packet on a 5 Mbit/s link, ~9 at 50 Mbit/s, the cap at gigabit rates
@@ -197,6 +201,11 @@ class Endpoint:
         self._psk_for: dict[bytes, bytes | None] = {}
         self._routes: routing.AllowedIPs[Peer] = routing.AllowedIPs()
         self._limiter = HandshakeLimiter()
+        self.guard = SourceGuard()
+        # Per `receive_datagrams` call: datagrams that failed to parse or
+        # authenticate, and whether one authenticated (for the guard).
+        self._junk = 0
+        self._authenticated = False
         self._cookies = CookieChecker(self.public_key, random_bytes)
         self.oversize = pmtu.Oversize()
         for peer_spec in spec.peers:
@@ -338,33 +347,47 @@ class Endpoint:
         (same checks, same order as `receive_datagram`); anything else takes
         the general path.  One delay sample per link per train: its
         datagrams arrived together, so the newest one carries the news."""
+        host = addr[0]
+        guard, drops = self.guard, self.drops
+        if guard.blocked(host, now):
+            for data in datagrams:
+                if data and data[0] in _HANDSHAKE_TYPES:
+                    self._receive_one(sock, data, addr, now)  # never blocked (see guard)
+                else:
+                    drops["blocked_source"] += 1
+            return
+        junk_before = self._junk
+        self._authenticated = False
         unpack = wire.TRANSPORT_HEADER.unpack_from
-        sessions, drops = self._sessions, self.drops
+        sessions = self._sessions
         samples: dict[int, tuple[Session, int]] = {}
         links: dict[tuple[int, int], Link] = {}
         collect: list[Session] = []
         for data in datagrams:
             if len(data) < wire.TRANSPORT_OVERHEAD or data[0] != _DATA_TYPE:
-                self.receive_datagram(sock, data, addr, now)
+                self._receive_one(sock, data, addr, now)
                 continue
             _type, link_id, link_mask, receiver, counter, link_seq, sent_us = unpack(data)
             found = sessions.get(receiver)
             if (found is None or found[1] is found[0].next_session
                     or link_mask & ~wire.LINK_MASK_BITS or counter >= CONTROL_COUNTER_BASE):
-                self.receive_datagram(sock, data, addr, now)  # rare: counts and promotes
+                self._receive_one(sock, data, addr, now)  # rare: counts and promotes
                 continue
             peer, session = found
             replay = session.replay
             if not replay.check(counter):
                 drops["replay"] += 1
+                self._junk += 1
                 continue
             try:
                 plaintext = session.recv_key.decrypt_at(
                     counter, data[:wire.TRANSPORT_HEADER_SIZE], data[wire.TRANSPORT_HEADER_SIZE:])
             except NoiseError:
                 drops["bad_tag"] += 1
+                self._junk += 1
                 continue
             # Authenticated from here on.
+            self._authenticated = True
             replay.accept(counter)
             session.last_received = now
             session.confirmed = True
@@ -386,9 +409,17 @@ class Endpoint:
             session.skew.sample(link_id, sent_us, now)
         for session in collect:
             self._collect(session)
+        if self._authenticated:
+            guard.succeeded(host, now)
+        if self._junk != junk_before:
+            guard.failed(host, now, self._junk - junk_before)
 
     def receive_datagram(self, sock: int, data: bytes, addr: Address, now: float) -> None:
         """The one parsing boundary for untrusted network input."""
+        self.receive_datagrams(sock, (data,), addr, now)
+
+    def _receive_one(self, sock: int, data: bytes, addr: Address, now: float) -> None:
+        """Any datagram (see `receive_datagrams` for the guard around it)."""
         try:
             mtype = wire.peek_type(data)
             if mtype is wire.MessageType.DATA or mtype is wire.MessageType.CONTROL:
@@ -403,6 +434,7 @@ class Endpoint:
                 self.drops["unexpected_type"] += 1
         except wire.WireError as exc:
             self.drops[exc.reason] += 1
+            self._junk += 1
 
     def datagram_too_big(self, sock: int, addr: Address, size: int, now: float) -> None:
         """The OS refused to send a `size`-byte datagram: larger than the
@@ -604,8 +636,10 @@ class Endpoint:
             plaintext = session.open(header, data, now)
         except DecryptError as exc:
             self.drops[exc.reason] += 1
+            self._junk += 1
             return
         # Authenticated from here on.
+        self._authenticated = True
         if session is peer.next_session:
             self._promote(peer, session, now)
         link = self._learn_path(peer, header.link_id, sock, addr, now)
@@ -935,6 +969,7 @@ class Endpoint:
         peer.pending = None
         peer.handshake_attempts = 0
         peer.handshake_due = now + REKEY_AFTER_S
+        self._authenticated = True
         self._install(peer, session, now)
         link = peer.links.get(resp.link_id)
         if link is not None:
@@ -976,6 +1011,9 @@ class Endpoint:
         limiter = self._limiter
         limiter.note(now)
         if limiter.under_load() and not self._cookies.mac2_valid(data, addr, now):
+            if not self._cookies.may_reply(addr[0], now):
+                self.drops["handshake_cookie_limited"] += 1
+                return
             self.drops["handshake_cookie_sent"] += 1
             self._datagrams.append((sock, self._cookies.reply(init, addr, now), addr))
             return
@@ -998,6 +1036,7 @@ class Endpoint:
 
     def _respond(self, peer: Peer, accepted: AcceptedInitiation, init: wire.HandshakeInit,
                  sock: int, addr: Address, now: float) -> None:
+        self._authenticated = True  # the initiation proved the peer's key
         index = self._new_index()
         try:
             datagram, result = write_response(accepted, init.link_id, index, init.sender_index)
