@@ -44,10 +44,11 @@ class _Source:
 
 
 class SourceGuard:
-    __slots__ = ("_sources", "blocks")
+    __slots__ = ("_blocked", "_sources", "blocks")
 
     def __init__(self) -> None:
         self._sources: dict[str, _Source] = {}
+        self._blocked: dict[str, float] = {}  # host -> blocked until
         self.blocks = 0  # times a source was blocked (status)
 
     def blocked(self, host: str, now: float) -> bool:
@@ -62,7 +63,7 @@ class SourceGuard:
         source.score = source.score * 0.5 ** ((now - source.scored_at) / FAIL_HALF_LIFE_S) + count
         source.scored_at = now
         if source.score >= FAIL_LIMIT:
-            source.blocked_until = now + BLOCK_S
+            source.blocked_until = self._blocked[host] = now + BLOCK_S
             source.score = 0.0
             self.blocks += 1
 
@@ -72,9 +73,16 @@ class SourceGuard:
         source.trusted_until = now + TRUSTED_S
         source.blocked_until = float("-inf")
         source.score = 0.0
+        self._blocked.pop(host, None)
 
-    def blocked_now(self, now: float) -> int:
-        return sum(1 for source in self._sources.values() if now < source.blocked_until)
+    def blocked_hosts(self, now: float) -> tuple[str, ...]:
+        """The addresses blocked now, newest block last (for a kernel filter:
+        see stripe/io/source_filter.py)."""
+        blocked = self._blocked
+        if blocked:
+            for host in [h for h, until in blocked.items() if now >= until]:
+                del blocked[host]
+        return tuple(blocked)
 
     def _entry(self, host: str, now: float) -> _Source:
         source = self._sources.get(host)

@@ -38,8 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..endpoint import Address, Datagram, Endpoint
+from ..guard import BLOCK_S
 from ..offload import VNET_HDR_LEN, OffloadError, coalesce, split_tun_read
 from ..status import snapshot
+from . import source_filter
 from .control_socket import ControlServer
 from .network import Undo, set_up_network, tear_down_network
 from .path_mtu import resolve_tunnel_mtu
@@ -105,6 +107,9 @@ class Driver:
         self.io_errors: Counter[str] = Counter()
         # Syscalls vs packets each way: shows the batching at work in `status`.
         self.io_counts: Counter[str] = Counter()
+        # Sources whose datagrams the kernel drops for us now (see guard).
+        self._filtered: tuple[str, ...] = ()
+        self._filter_works = True
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self.stopped = asyncio.Event()
@@ -262,7 +267,31 @@ class Driver:
             self.close_socket(index)
         for level, message in core.take_events():
             log.log(level, "%s", message)
+        if core.guard.blocked_hosts(time.monotonic()) != self._filtered:
+            self._update_source_filters()
         self._arm_timer()
+
+    def _update_source_filters(self) -> None:
+        """Mirror the guard's blocked sources into each IPv4 socket's kernel
+        filter (see source_filter): their junk then costs us nothing."""
+        hosts = self.core.guard.blocked_hosts(time.monotonic())
+        for host in set(hosts) - set(self._filtered):
+            log.warning("source %s blocked for %.0f s: nothing but junk from it "
+                        "(dropped in the kernel meanwhile)", host, BLOCK_S)
+        self._filtered = hosts
+        if not self._filter_works:
+            return
+        ipv4 = source_filter.ipv4_hosts(hosts)
+        try:
+            for sock in self.sockets.values():
+                if sock.family == socket.AF_INET:
+                    source_filter.apply(sock, ipv4)
+        except OSError as exc:
+            self._filter_works = False
+            log.warning("cannot attach socket filters (%s): blocked sources are dropped "
+                        "after reading instead", exc.strerror or exc)
+            return
+        self.io_counts["source_filter_updates"] += 1
 
     def _send(self, datagrams: list[Datagram]) -> None:
         """Each (socket, address)'s datagrams in order; trains of equal-sized
