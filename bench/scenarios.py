@@ -113,6 +113,15 @@ SCENARIOS: dict[str, Scenario] = {
             impairment="nftables",
         ),
         Scenario(
+            "lossy-fast",
+            "2 x 200 Mbit/s, each dropping 1 % of packets each way at random (nftables, "
+            "segmentation offloads off): loss amplification at rates a plain link is limited by "
+            "its rate, not by a CPU (each plain link alone has the same loss)",
+            (_sym(200, loss=0.01), _sym(200, loss=0.01)),
+            topology="local",
+            impairment="nftables",
+        ),
+        Scenario(
             "latency",
             "2 x 5 Mbit/s: ping RTT idle and under one saturating TCP flow",
             (_sym(5), _sym(5)),
