@@ -60,14 +60,7 @@ def server_config(
     if one_port:
         return "\n".join(lines) + "\n"
     for i, n in enumerate(names.links):
-        lines += [
-            "",
-            "[[link]]",
-            f'name = "link{i}"',
-            f"interface = {_q(n.server_if)}",
-            f"source = {_q(n.server_addr)}",
-            f"port = {BASE_PORT + i}",
-        ]
+        lines += _link_lines(i, n.server_if, n.server_addr, f"port = {BASE_PORT + i}")
     return "\n".join(lines) + "\n"
 
 
@@ -93,17 +86,17 @@ def client_config(
         f"public_key = {_q(keys.server_public)}",
     ]
     for i, (n, spec) in enumerate(zip(names.links, specs, strict=True)):
-        lines += [
-            "",
-            "[[link]]",
-            f'name = "link{i}"',
-            f"interface = {_q(n.client_if)}",
-            f"source = {_q(n.client_addr)}",
+        lines += _link_lines(
+            i, n.client_if, n.client_addr,
             f'remote = "{n.server_addr}:{BASE_PORT + (0 if one_port else i)}"',
-            f"weight = {link_weight(spec)}",
-            "backup = false",
-        ]
+            f"weight = {link_weight(spec)}", "backup = false")
     return "\n".join(lines) + "\n"
+
+
+def _link_lines(index: int, interface: str, source: str, *rest: str) -> list[str]:
+    """A `[[link]]` table bound to `interface` and `source`, then `rest`."""
+    return ["", "[[link]]", f'name = "link{index}"', f"interface = {_q(interface)}",
+            f"source = {_q(source)}", *rest]
 
 
 def write_configs(

@@ -389,7 +389,7 @@ class Endpoint:
                 continue
             # Authenticated from here on.
             self._authenticated = True
-            replay.accept(counter)
+            replay.mark(counter)  # checked above
             session.last_received = now
             session.confirmed = True
             samples[link_id] = (session, sent_us)
@@ -397,12 +397,7 @@ class Endpoint:
             if link is None:
                 link = links[(receiver, link_id)] = self._learn_path(
                     peer, link_id, sock, addr, now)
-            counters = link.counters
-            counters.rx_packets += 1
-            counters.rx_bytes += len(data)
-            highest = link.rx_highest_link_seq
-            if ((link_seq - highest) & 0xFFFFFFFF) < 2**31 or highest < 0:
-                link.rx_highest_link_seq = link_seq
+            link.note_received(len(data), link_seq)
             self._accept_data(peer, session, link_id, link_mask, counter, plaintext, now)
             if not collect or collect[-1] is not session:
                 collect.append(session)
@@ -644,12 +639,7 @@ class Endpoint:
         if session is peer.next_session:
             self._promote(peer, session, now)
         link = self._learn_path(peer, header.link_id, sock, addr, now)
-        link.counters.rx_packets += 1
-        link.counters.rx_bytes += len(data)
-        if ((header.link_seq - link.rx_highest_link_seq) & 0xFFFFFFFF) < 2**31 or (
-            link.rx_highest_link_seq < 0
-        ):
-            link.rx_highest_link_seq = header.link_seq
+        link.note_received(len(data), header.link_seq)
         if header.type is wire.MessageType.CONTROL:
             self._handle_control(peer, session, link, header.counter, plaintext, now)
             return

@@ -178,6 +178,15 @@ class Link:
     last_data_sent: float = float("-inf")
     marker_due: bool = False  # data sent since the last tail marker
     rx_highest_link_seq: int = -1  # 32-bit, from the peer's headers
+
+    def note_received(self, size: int, link_seq: int) -> None:
+        """An authenticated datagram of `size` bytes arrived on this link."""
+        counters = self.counters
+        counters.rx_packets += 1
+        counters.rx_bytes += size
+        highest = self.rx_highest_link_seq
+        if ((link_seq - highest) & 0xFFFFFFFF) < 2**31 or highest < 0:  # newer, mod 2**32
+            self.rx_highest_link_seq = link_seq
     pmtu: PmtuSearch | None = None  # path MTU probing, when enabled (see pmtu)
 
     @property

@@ -47,6 +47,12 @@ class ReplayWindow:
         """Record `counter`; False (and no change) when it is a replay or too old."""
         if not self.check(counter):
             return False
+        self.mark(counter)
+        return True
+
+    def mark(self, counter: int) -> None:
+        """Record `counter`, which `check` just passed (the receive path checks
+        before the AEAD and records after it, with nothing in between)."""
         blocks = self._blocks
         if counter > self.highest:
             # Clear the blocks we slide over (at most all of them).
@@ -57,4 +63,3 @@ class ReplayWindow:
             self.highest = counter
         block = (counter >> 6) & _BLOCK_MASK
         blocks[block] |= 1 << (counter & _BIT_MASK)
-        return True

@@ -88,10 +88,8 @@ class Session:
         if first + len(payloads) >= REJECT_AFTER_MESSAGES:
             raise RuntimeError("session exhausted its counters; a rekey is overdue")
         self.send_counter = first + len(payloads)
-        pack = wire.TRANSPORT_HEADER.pack
-        mtype, remote, stamp = wire.MessageType.DATA, self.remote_index, int(now * 1e6) & 0xFFFFFFFF
-        headers = [pack(mtype, link_id, link_mask, remote, first + i,
-                        (first_link_seq + i) & 0xFFFFFFFF, stamp) for i in range(len(payloads))]
+        headers = wire.encode_data_headers(link_id, link_mask, self.remote_index, first,
+                                           first_link_seq, len(payloads), int(now * 1e6))
         return self.send_key.encrypt_run(first, headers, payloads)
 
     def open(self, header: wire.TransportHeader, datagram: bytes, now: float) -> bytes:
@@ -111,7 +109,7 @@ class Session:
             )
         except NoiseError:
             raise DecryptError("bad_tag") from None
-        replay.accept(counter)
+        replay.mark(counter)  # checked above, before the AEAD
         self.last_received = now
         self.confirmed = True
         self.skew.sample(header.link_id, header.send_time_us, now)

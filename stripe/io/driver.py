@@ -267,14 +267,14 @@ class Driver:
             self.close_socket(index)
         for level, message in core.take_events():
             log.log(level, "%s", message)
-        if core.guard.blocked_hosts(time.monotonic()) != self._filtered:
-            self._update_source_filters()
+        blocked = core.guard.blocked_hosts(time.monotonic())
+        if blocked != self._filtered:
+            self._update_source_filters(blocked)
         self._arm_timer()
 
-    def _update_source_filters(self) -> None:
+    def _update_source_filters(self, hosts: tuple[str, ...]) -> None:
         """Mirror the guard's blocked sources into each IPv4 socket's kernel
         filter (see source_filter): their junk then costs us nothing."""
-        hosts = self.core.guard.blocked_hosts(time.monotonic())
         for host in set(hosts) - set(self._filtered):
             log.warning("source %s blocked for %.0f s: nothing but junk from it "
                         "(dropped in the kernel meanwhile)", host, BLOCK_S)
@@ -296,13 +296,6 @@ class Driver:
     def _send(self, datagrams: list[Datagram]) -> None:
         """Each (socket, address)'s datagrams in order; trains of equal-sized
         ones in one GSO send where the socket has it."""
-        if len(datagrams) == 1:
-            index, data, addr = datagrams[0]
-            if index in self.sockets:
-                self._send_one(index, data, addr)
-            else:
-                self._no_socket(index, addr, 1)
-            return
         by_path: dict[tuple[int, Address], list[bytes]] = {}
         for index, data, addr in datagrams:
             path = (index, addr)
@@ -316,59 +309,50 @@ class Driver:
             if gso is None:
                 self._no_socket(index, addr, len(queue))
                 continue
-            if len(queue) == 1 or not gso:
-                for data in queue:
-                    if not self._send_one(index, data, addr):
-                        break
-                continue
-            for train in _gso_trains(queue):
-                if len(train) == 1:
-                    ok = self._send_one(index, train[0], addr)
-                else:
-                    ok = self._send_train(index, train, addr)
-                if not ok:
-                    break
+            trains = _gso_trains(queue) if gso and len(queue) > 1 else [[data] for data in queue]
+            for train in trains:
+                error = (self._send_one(index, train[0], addr) if len(train) == 1
+                         else self._send_train(index, train, addr))
+                if error in LINK_DOWN_ERRNOS:
+                    break  # the rest of this path's datagrams would fail alike
 
-    def _send_one(self, index: int, data: bytes, addr: Address) -> bool:
+    def _send_one(self, index: int, data: bytes, addr: Address) -> int:
+        """0 when sent, else the errno (counted and reported)."""
         try:
             self.sockets[index].sendto(data, addr)
-            self.io_counts["udp_sends"] += 1
-            self.io_counts["udp_datagrams_out"] += 1
-            return True
         except OSError as exc:
             self._send_error(index, addr, exc, 1, len(data))
-            return exc.errno not in LINK_DOWN_ERRNOS
+            return exc.errno or -1
+        self.io_counts["udp_sends"] += 1
+        self.io_counts["udp_datagrams_out"] += 1
+        return 0
 
-    def _send_train(self, index: int, train: list[bytes], addr: Address) -> bool:
+    def _send_train(self, index: int, train: list[bytes], addr: Address) -> int:
+        """One GSO send; 0 when sent, else the errno."""
         segment = struct.pack("=H", len(train[0]))
         try:
             self.sockets[index].sendmsg(
                 [b"".join(train)], [(SOL_UDP, UDP_SEGMENT, segment)], 0, addr)
-            self.io_counts["udp_sends"] += 1
-            self.io_counts["udp_datagrams_out"] += len(train)
-            return True
         except OSError as exc:
-            if exc.errno in GSO_REFUSED_ERRNOS:
-                # Either GSO itself is refused, or a datagram is (too big for
-                # the path): one at a time tells which.
-                sent = 0
-                for data in train:
-                    try:
-                        self.sockets[index].sendto(data, addr)
-                        sent += 1
-                    except OSError as single:
-                        self._send_error(index, addr, single, 1, len(data))
-                        if single.errno in LINK_DOWN_ERRNOS:
-                            return False
-                self.io_counts["udp_sends"] += sent
-                self.io_counts["udp_datagrams_out"] += sent
-                if sent == len(train):
-                    self.gso[index] = False
-                    log.warning("link socket %d: UDP GSO refused (%s); one datagram per send "
-                                "from now on", index, exc.strerror or exc)
-                return True
-            self._send_error(index, addr, exc, len(train), len(train[0]))
-            return exc.errno not in LINK_DOWN_ERRNOS
+            if exc.errno not in GSO_REFUSED_ERRNOS:
+                self._send_error(index, addr, exc, len(train), len(train[0]))
+                return exc.errno or -1
+            # Either GSO itself is refused, or a datagram is (too big for the
+            # path): one at a time tells which.
+            errors = []
+            for data in train:
+                error = self._send_one(index, data, addr)
+                if error in LINK_DOWN_ERRNOS:
+                    return error
+                errors.append(error)
+            if not any(errors):
+                self.gso[index] = False
+                log.warning("link socket %d: UDP GSO refused (%s); one datagram per send "
+                            "from now on", index, exc.strerror or exc)
+            return 0
+        self.io_counts["udp_sends"] += 1
+        self.io_counts["udp_datagrams_out"] += len(train)
+        return 0
 
     def _no_socket(self, index: int, addr: Address, count: int) -> None:
         """A server socket a reload closed: the link whose return path used

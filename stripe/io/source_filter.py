@@ -20,6 +20,8 @@ import ipaddress
 import socket
 import struct
 
+from ..wire import MessageType
+
 SO_ATTACH_FILTER = 26
 SO_DETACH_FILTER = 27
 SKF_NET_OFF = -0x100000  # loads relative to the IP header
@@ -31,6 +33,12 @@ _LD_B_ABS, _LD_W_ABS = 0x30, 0x20
 _JGT_K, _JGE_K, _JEQ_K = 0x25, 0x35, 0x15
 _RET_K = 0x06
 _ACCEPT, _DROP = 0xFFFFFFFF, 0
+# The handshake message types, which always pass (see guard): a range.
+_HANDSHAKE_FIRST = MessageType.HANDSHAKE_INIT.value
+_HANDSHAKE_LAST = MessageType.COOKIE_REPLY.value
+assert {t.value for t in (MessageType.HANDSHAKE_INIT, MessageType.HANDSHAKE_RESP,
+                          MessageType.COOKIE_REPLY)} == set(range(_HANDSHAKE_FIRST,
+                                                                  _HANDSHAKE_LAST + 1))
 
 
 def program(hosts: list[str]) -> list[tuple[int, int, int, int]]:
@@ -38,8 +46,8 @@ def program(hosts: list[str]) -> list[tuple[int, int, int, int]]:
     n = len(hosts)
     insns = [
         (_LD_B_ABS, 0, 0, 8),  # first UDP payload byte: the stripe message type
-        (_JGT_K, 1, 0, 3),  # > 3: not a handshake, check the source
-        (_JGE_K, n + 1, 0, 1),  # 1..3: handshake messages always pass
+        (_JGT_K, 1, 0, _HANDSHAKE_LAST),  # above: not a handshake, check the source
+        (_JGE_K, n + 1, 0, _HANDSHAKE_FIRST),  # handshake messages always pass
         (_LD_W_ABS, 0, 0, (SKF_NET_OFF + 12) & 0xFFFFFFFF),  # IPv4 source address
     ]
     for j, host in enumerate(hosts):
