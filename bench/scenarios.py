@@ -122,6 +122,15 @@ SCENARIOS: dict[str, Scenario] = {
             impairment="nftables",
         ),
         Scenario(
+            "lossy-one",
+            "1 x 200 Mbit/s dropping 1 % of packets each way at random (nftables, segmentation "
+            "offloads off): the same link with and without the tunnel, the direct test of loss "
+            "amplification (issue 7)",
+            (_sym(200, loss=0.01),),
+            topology="local",
+            impairment="nftables",
+        ),
+        Scenario(
             "latency",
             "2 x 5 Mbit/s: ping RTT idle and under one saturating TCP flow",
             (_sym(5), _sym(5)),

@@ -766,7 +766,14 @@ class Endpoint:
             reports.append(control.LinkReport(
                 link.link_id, link.counters.rx_packets, link.counters.rx_bytes,
                 link.rx_highest_link_seq, owd[0], owd[1]))
-        target = min((x for x in peer.links.values() if x.up),
+        # Over a link that just delivered data to us: the fastest link by
+        # probes may be the one that has just been blackholed, and feedback
+        # lost there would also hide that link's stall from the peer.
+        up = [x for x in peer.links.values() if x.up]
+        delivering = [x for x in up if x.counters.rx_packets > x.rx_packets_at_feedback]
+        for link in peer.links.values():
+            link.rx_packets_at_feedback = link.counters.rx_packets
+        target = min(delivering or up,
                      key=lambda x: x.health.srtt_s or 0.0, default=None)
         if reports and target is not None:
             self._send_control(peer, session, target, control.Feedback(tuple(reports)), now)

@@ -10,7 +10,9 @@ unknown offset is the same for every link, so links compare fairly).
 
 From two successive reports of a link the sender derives:
 
-- delivery rate: bytes that arrived / time between reports;
+- delivery rate: bytes that arrived / time between reports (the busy
+  check), and over at least `DELIVERY_SPAN_S` (the capacity samples: a
+  single report interval holds too few packets of a slow link);
 - loss: 1 - packets received / packets sent up to the reported sequence
   (a link is FIFO, so everything below the highest seen either arrived or
   is lost);
@@ -23,8 +25,11 @@ From two successive reports of a link the sender derives:
 While the link shows a standing queue it is saturated, so what arrives is
 its capacity: `rate_bps` becomes a little less than the best delivery rate
 of the last second (a little less, so the queue drains).  While the link
-is busy and shows no queue, `rate_bps` grows by `PROBE_GAIN` per report
-(probing for more).  Only ratios between links and the time a packet takes
+is busy and shows no queue, and has not been saturated for
+`SATURATED_MEMORY_S`, `rate_bps` grows by `PROBE_GAIN` per report (probing
+for more).  Without that memory the rate swung by a third several times a
+second: every pause of the inner TCP looked like spare capacity, the probe
+overfilled the link, and its tail drops cost the flow a window cut each.  Only ratios between links and the time a packet takes
 to go through matter to the scheduler; the inner TCP decides how much
 traffic there is.
 
@@ -41,9 +46,14 @@ INITIAL_RATE_BPS = 10e6
 MIN_RATE_BPS = 64e3
 MAX_RATE_BPS = 40e9
 PROBE_GAIN = 1.15
-DRAIN_FACTOR = 0.95
+DRAIN_FACTOR = 0.98
 BUSY_FRACTION = 0.8  # delivering >= 80 % of the assumed rate: the link is in use
 DELIVERY_WINDOW_S = 1.0  # capacity = best delivery sample over this window
+DELIVERY_SPAN_S = 0.25  # each delivery sample spans at least this long
+# A link seen saturated this recently has a measured capacity: a moment
+# without a queue (the inner TCP paused) is no reason to probe above it.
+SATURATED_MEMORY_S = 1.0
+SATURATED_CUT = 0.7
 # Queueing delay thresholds, never below what a few full-size packets take
 # to serialize at the link's rate (5.6 ms each at 2 Mbit/s): data packets
 # always look that much "queued" next to the small probes that set the
@@ -69,6 +79,7 @@ class LinkEstimator:
     delivery_max_bps: float = 0.0
     loss: float = 0.0
     qdelay_s: float = 0.0
+    qdelay_at: float = 0.0  # when qdelay_s was reported
     owd_min_us: int | None = None  # receiver frame; compare between links only
     reports: int = 0
     last_progress: float = 0.0  # when a report last showed new packets arriving
@@ -78,6 +89,8 @@ class LinkEstimator:
     _highest_seq: int = -1
     _report_time: float = 0.0
     _delivery_samples: deque[tuple[float, float]] = field(default_factory=deque)
+    _saturated_at: float = -1e9  # when a report last showed a standing queue
+    _history: deque[tuple[float, int]] = field(default_factory=deque)  # (report time, rx_bytes)
     # Send times of data packets not yet covered by a report (stall detection).
     unacked: deque[tuple[int, float]] = field(default_factory=deque)
 
@@ -96,7 +109,10 @@ class LinkEstimator:
             self.last_progress = now
         self.owd_min_us = owd_min_us
         self.qdelay_s = max(owd_us - owd_min_us, 0) / 1e6
+        self.qdelay_at = now
         if self.reports == 0 or rx_packets < self._rx_packets or highest_seq < self._highest_seq:
+            self._history.clear()
+            self._history.append((now, rx_bytes))
             self._remember(rx_packets, rx_bytes, highest_seq, now)
             self.reports += 1
             return
@@ -108,10 +124,25 @@ class LinkEstimator:
         if sent > 0:
             sample = min(max(1.0 - received / sent, 0.0), 1.0)
             self.loss += LOSS_GAIN * (sample - self.loss)
-        delivery = (rx_bytes - self._rx_bytes) * 8 / dt
-        self.delivery_bps += DELIVERY_GAIN * (delivery - self.delivery_bps)
+        # The smoothed rate (is the link busy?) follows every report, so
+        # probing is not held back by a long sample's lag.
+        recent = (rx_bytes - self._rx_bytes) * 8 / dt
+        self.delivery_bps += DELIVERY_GAIN * (recent - self.delivery_bps)
         self._remember(rx_packets, rx_bytes, highest_seq, now)
         self.reports += 1
+        # Capacity: delivery over the last DELIVERY_SPAN_S or more, not since the last
+        # report: one report interval holds a handful of packets on a slow
+        # link (8 at 2 Mbit/s), so its sample is off by a packet in either
+        # direction, and the max over a window of such samples overestimates
+        # the link by 10-15 %, which is a standing queue.
+        history = self._history
+        history.append((now, rx_bytes))
+        while len(history) > 2 and now - history[1][0] >= DELIVERY_SPAN_S:
+            history.popleft()
+        then, bytes_then = history[0]
+        if now - then < DELIVERY_SPAN_S * 0.5:
+            return
+        delivery = (rx_bytes - bytes_then) * 8 / (now - then)
         samples = self._delivery_samples  # decreasing values: the front is the max
         while samples and samples[-1][1] <= delivery:
             samples.pop()
@@ -119,16 +150,29 @@ class LinkEstimator:
         while now - samples[0][0] > DELIVERY_WINDOW_S:
             samples.popleft()
         self.delivery_max_bps = samples[0][1]
-        self._adapt_rate()
+        self._adapt_rate(now)
 
-    def _adapt_rate(self) -> None:
+    def _adapt_rate(self, now: float) -> None:
         packet_s = FULL_PACKET_BITS / self.rate_bps
         high = max(QDELAY_HIGH_S, QDELAY_HIGH_PACKETS * packet_s)
         low = max(QDELAY_LOW_S, QDELAY_LOW_PACKETS * packet_s)
         if self.qdelay_s > high and self.delivery_max_bps > MIN_RATE_BPS:
-            self.rate_bps = max(self.delivery_max_bps * DRAIN_FACTOR, MIN_RATE_BPS)
-        elif self.qdelay_s < low and self.delivery_bps >= BUSY_FRACTION * self.rate_bps:
+            # Never below SATURATED_CUT of the old rate in one report: a
+            # queue in the first moments of a flow meets delivery samples
+            # that still include the idle time before it.
+            self.rate_bps = max(self.delivery_max_bps * DRAIN_FACTOR,
+                                self.rate_bps * SATURATED_CUT, MIN_RATE_BPS)
+            self._saturated_at = now
+        elif (self.qdelay_s < low and self.delivery_bps >= BUSY_FRACTION * self.rate_bps
+              and now - self._saturated_at > SATURATED_MEMORY_S):
             self.rate_bps = min(self.rate_bps * PROBE_GAIN, MAX_RATE_BPS)
+
+    def queue_left_s(self, now: float) -> float:
+        """What is left at `now` of the queue last reported: it drains at the
+        link's pace, and what we sent since is the scheduler's own account.
+        Without this a link that once showed a queue and then got nothing
+        would keep looking queued (no data, no new report) and stay unused."""
+        return max(self.qdelay_s - (now - self.qdelay_at), 0.0)
 
     @property
     def highest_reported(self) -> int:
@@ -159,5 +203,7 @@ class LinkEstimator:
         self.qdelay_s = 0.0
         self.loss = 0.0
         self._delivery_samples.clear()
+        self._history.clear()
         self.delivery_max_bps = 0.0
+        self._saturated_at = -1e9
         self.reports = 0  # the next report only sets the baseline

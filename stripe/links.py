@@ -178,6 +178,7 @@ class Link:
     last_data_sent: float = float("-inf")
     marker_due: bool = False  # data sent since the last tail marker
     rx_highest_link_seq: int = -1  # 32-bit, from the peer's headers
+    rx_packets_at_feedback: int = 0  # rx_packets when we last sent feedback
 
     def note_received(self, size: int, link_seq: int) -> None:
         """An authenticated datagram of `size` bytes arrived on this link."""

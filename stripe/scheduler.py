@@ -178,7 +178,7 @@ class AdaptiveScheduler(Scheduler):
             # Earliest start: after the link's extra base delay and the queue
             # the peer last measured on it (a standing queue our own model of
             # what we sent does not know about).
-            start = now + est.qdelay_s
+            start = now + est.queue_left_s(now)
             if base is not None and est.owd_min_us is not None:
                 start += SKEW_WEIGHT * (est.owd_min_us - base) / 1e6
             previous = finish.get(link.link_id, start)

@@ -81,4 +81,6 @@ def test_blackholed_link_leaves_schedule_fast_under_load() -> None:
         if sim.client.peers[0].links[1].health.state is LinkState.DOWN:
             down_at = sim.now
             break
-    assert down_at is not None and down_at - cut < 0.45, down_at and down_at - cut
+    # 0.22 s in this simulation: feedback keeps arriving over the live link
+    # (sent over the blackholed one, as by lowest RTT, it hid the stall: 0.47 s).
+    assert down_at is not None and down_at - cut < 0.3, down_at and down_at - cut

@@ -1,0 +1,83 @@
+"""The link estimator alone, fed synthetic peer reports on a fake clock:
+capacity from delivery samples, when it probes, how a reported queue ages."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from stripe.estimator import (
+    FEEDBACK_INTERVAL_S,
+    SATURATED_CUT,
+    SATURATED_MEMORY_S,
+    LinkEstimator,
+)
+
+DATAGRAM = 1442  # a full tunnel datagram
+OWD_MIN_US = 50_000
+
+
+class Reporter:
+    """The receiving end of one saturated link: whole datagrams arrive at
+    `rate_bps`; reports leave every FEEDBACK_INTERVAL_S and reach the sender
+    with `jitter_s` of random delay (as feedback does over a real link)."""
+
+    def __init__(self, est: LinkEstimator, rate_bps: float, jitter_s: float, seed: int = 7):
+        self.est, self.rate_bps, self.jitter_s = est, rate_bps, jitter_s
+        self.rng = random.Random(seed)
+        self.t = 0.0
+        self.seq = 0
+
+    def run(self, seconds: float, qdelay_s: float) -> None:
+        for _ in range(round(seconds / FEEDBACK_INTERVAL_S)):
+            self.t += FEEDBACK_INTERVAL_S
+            packets = int(self.t * self.rate_bps / 8 / DATAGRAM)  # whole datagrams only
+            arrival = self.t + self.rng.uniform(0, self.jitter_s)
+            self.est.on_report(packets, packets * DATAGRAM, packets - 1,
+                               OWD_MIN_US + int(qdelay_s * 1e6), OWD_MIN_US, arrival)
+
+
+@pytest.mark.parametrize("rate_bps", [2e6, 10e6, 100e6])
+def test_saturated_link_capacity_within_a_few_percent(rate_bps: float) -> None:
+    # Per-report samples at 2 Mbit/s hold 8 or 9 datagrams over 45-55 ms:
+    # their maximum overestimates the link by >10 %, and a scheduler that
+    # believes it keeps a standing queue on the slow link and overflows it.
+    est = LinkEstimator(rate_bps=rate_bps)
+    reporter = Reporter(est, rate_bps, jitter_s=0.005)
+    reporter.run(3.0, qdelay_s=0.030)
+    assert 0.93 * rate_bps <= est.rate_bps <= 1.0 * rate_bps, est.rate_bps / rate_bps
+
+
+def test_no_probing_soon_after_a_standing_queue() -> None:
+    est = LinkEstimator(rate_bps=5e6)
+    reporter = Reporter(est, 5e6, jitter_s=0.0)
+    reporter.run(2.0, qdelay_s=0.030)
+    measured = est.rate_bps
+    # The inner TCP pauses for a moment: no queue, the link still busy.
+    reporter.run(SATURATED_MEMORY_S * 0.8, qdelay_s=0.0)
+    assert est.rate_bps == measured
+    # Busy without a queue for longer: the link may have grown, probe.
+    reporter.run(SATURATED_MEMORY_S, qdelay_s=0.0)
+    assert est.rate_bps > measured
+
+
+def test_first_queue_does_not_collapse_the_rate() -> None:
+    # The first report with a queue comes while the delivery window still
+    # holds the idle start of the flow.
+    est = LinkEstimator(rate_bps=10e6)
+    reporter = Reporter(est, 1e6, jitter_s=0.0)  # only 1 Mbit/s arrived so far
+    reporter.run(0.3, qdelay_s=0.0)
+    before = est.rate_bps
+    reporter.run(FEEDBACK_INTERVAL_S, qdelay_s=0.050)
+    assert est.rate_bps == pytest.approx(before * SATURATED_CUT)
+
+
+def test_reported_queue_drains_while_nothing_is_sent() -> None:
+    est = LinkEstimator()
+    reporter = Reporter(est, 2e6, jitter_s=0.0)
+    reporter.run(0.5, qdelay_s=0.030)
+    at = reporter.t
+    assert est.queue_left_s(at) == pytest.approx(0.030, abs=1e-4)
+    assert est.queue_left_s(at + 0.020) == pytest.approx(0.010, abs=1e-4)
+    assert est.queue_left_s(at + 0.100) == 0.0
