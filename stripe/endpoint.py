@@ -608,7 +608,7 @@ class Endpoint:
         seq = link.next_link_seq
         datagram = session.seal(mtype, link.link_id, peer.link_mask, seq, payload, now)
         link.next_link_seq = seq + 1
-        link.est.on_send(seq, now)
+        link.est.on_send(seq, now, data=mtype is wire.MessageType.DATA)
         counters = link.counters
         counters.tx_packets += 1
         counters.tx_bytes += len(datagram)

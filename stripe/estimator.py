@@ -87,6 +87,7 @@ class LinkEstimator:
     _rx_packets: int = 0
     _rx_bytes: int = 0
     _highest_seq: int = -1
+    _data_seq: int = -1  # link sequence of the newest data packet sent
     _report_time: float = 0.0
     _delivery_samples: deque[tuple[float, float]] = field(default_factory=deque)
     _saturated_at: float = -1e9  # when a report last showed a standing queue
@@ -94,7 +95,9 @@ class LinkEstimator:
     # Send times of data packets not yet covered by a report (stall detection).
     unacked: deque[tuple[int, float]] = field(default_factory=deque)
 
-    def on_send(self, link_seq: int, now: float) -> None:
+    def on_send(self, link_seq: int, now: float, data: bool = True) -> None:
+        if data:
+            self._data_seq = link_seq
         unacked = self.unacked
         unacked.append((link_seq, now))
         if len(unacked) > MAX_TRACKED_SENDS:
@@ -173,6 +176,13 @@ class LinkEstimator:
         Without this a link that once showed a queue and then got nothing
         would keep looking queued (no data, no new report) and stay unused."""
         return max(self.qdelay_s - (now - self.qdelay_at), 0.0)
+
+    @property
+    def in_flight_packets(self) -> int:
+        """Packets sent on the link up to the newest data packet that the
+        peer has not reported yet (control messages in between count too;
+        none once all data is reported, whatever probes went after it)."""
+        return max(self._data_seq - self._highest_seq, 0)
 
     @property
     def highest_reported(self) -> int:

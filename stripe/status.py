@@ -39,7 +39,7 @@ def render(status: dict[str, Any]) -> str:
         links = peer.get("links", [])
         total_tx = sum(link.get("tx_bytes", 0) for link in links) or 1
         header = ("link", "state", "rtt ms", "loss %", "rate Mb/s", "deliv Mb/s", "queue ms",
-                  "tx", "rx", "share %", "pmtu", "address")
+                  "in flight", "tx", "rx", "share %", "pmtu", "address")
         rows = [header]
         for link in links:
             loss = link.get("loss")
@@ -47,7 +47,7 @@ def render(status: dict[str, Any]) -> str:
                 str(link.get("name")), str(link.get("state")), _cell(link.get("rtt_ms")),
                 _cell(None if loss is None else round(loss * 100, 2)),
                 _cell(link.get("rate_mbps")), _cell(link.get("delivery_mbps")),
-                _cell(link.get("qdelay_ms")),
+                _cell(link.get("qdelay_ms")), _cell(link.get("in_flight_packets")),
                 f"{link.get('tx_packets', 0)} pkt / {_fmt_bytes(link.get('tx_bytes', 0))}",
                 f"{link.get('rx_packets', 0)} pkt / {_fmt_bytes(link.get('rx_bytes', 0))}",
                 f"{100 * link.get('tx_bytes', 0) / total_tx:.0f}",
@@ -82,6 +82,7 @@ def snapshot(endpoint: Endpoint, now: float) -> dict[str, Any]:
                 "id": link.link_id, "name": link.name, "state": h.state.value,
                 "weight": link.weight, "backup": link.backup,
                 "rtt_ms": None if h.srtt_s is None else round(h.srtt_s * 1000, 2),
+                "rttvar_ms": None if h.srtt_s is None else round(h.rttvar_s * 1000, 2),
                 "probes_sent": h.probes_sent, "probes_acked": h.probes_acked,
                 "tx_packets": link.counters.tx_packets, "tx_bytes": link.counters.tx_bytes,
                 "rx_packets": link.counters.rx_packets, "rx_bytes": link.counters.rx_bytes,
@@ -90,6 +91,7 @@ def snapshot(endpoint: Endpoint, now: float) -> dict[str, Any]:
                 "delivery_mbps": round(link.est.delivery_bps / 1e6, 3),
                 "loss": round(link.est.loss, 4),
                 "qdelay_ms": round(link.est.qdelay_s * 1000, 2),
+                "in_flight_packets": link.est.in_flight_packets,
                 "owd_min_us": link.est.owd_min_us,
                 "address": None if link.path is None
                 else f"{link.path[1][0]}:{link.path[1][1]}",

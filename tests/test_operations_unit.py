@@ -18,7 +18,7 @@ from stripe import config
 from stripe.endpoint import Role
 from stripe.io.network import Undo, in_thread
 from stripe.noise import generate_keypair
-from stripe.status import snapshot
+from stripe.status import render, snapshot
 
 PRIV = config.encode_key(generate_keypair()[0])
 PUB = config.encode_key(generate_keypair()[1])
@@ -286,3 +286,18 @@ def test_drop_privileges_keeps_exactly_the_network_capabilities() -> None:
         assert int(fields[key], 16) == mask(KEPT_CAPABILITIES), (key, fields[key])
     assert int(fields["CapInh"], 16) == 0 and int(fields["CapAmb"], 16) == 0
     assert fields["NoNewPrivs"].strip() == "1"
+
+
+def test_status_shows_packets_in_flight_per_link() -> None:
+    sim = Sim([SimLink(delay_s=0.040), SimLink(delay_s=0.040)])
+    sim.run(1.0)
+    # 2 ms apart for 0.5 s: while it flows, ~20 packets are on their way
+    # (40 ms of delay) plus up to a report interval not yet reported.
+    sim.run(0.25, [(sim.now + i * 0.002, "up", ip_packet(i, 1000)) for i in range(250)])
+    flowing = snapshot(sim.client, sim.now)["peers"][0]["links"]  # type: ignore[index]
+    assert sum(link["in_flight_packets"] for link in flowing) >= 15, flowing
+    sim.run(1.0)  # the rest sent and reported
+    settled = snapshot(sim.client, sim.now)["peers"][0]["links"]  # type: ignore[index]
+    assert all(link["in_flight_packets"] == 0 for link in settled), settled
+    assert all(link["rttvar_ms"] is not None for link in settled)
+    assert "in flight" in render(snapshot(sim.client, sim.now))
