@@ -39,6 +39,8 @@ AUTO_MTU = "auto"
 # interface MTUs do not show (PPPoE, LTE, tunnels on the way) on paths that
 # drop ICMP, which is where a tunnel otherwise stalls without a word.
 DEFAULT_PMTU_PROBE = True
+# Redundancy copies packets up to this size; a full-size one doubles a bulk flow.
+MAX_DUPLICATE_BELOW = 9000
 # After opening the TUN device and sockets nothing needs root any more.
 DEFAULT_USER = "nobody"
 DEFAULT_SCHEDULER = "adaptive"
@@ -129,6 +131,9 @@ class Config:
     # Kernel offloads on the data path (TUN TSO, UDP GSO/GRO) where available.
     offload: bool = True
     pmtu_probe: bool = DEFAULT_PMTU_PROBE
+    # Redundancy (off by default): copies of small or chosen-DSCP packets.
+    duplicate_below: int = 0
+    duplicate_dscp: tuple[int, ...] = ()
 
     def endpoint_spec(self, tunnel_mtu: int | None = None) -> EndpointSpec:
         """`tunnel_mtu`: the TUN's MTU as set up (needed when `mtu` is auto)."""
@@ -143,6 +148,8 @@ class Config:
             links, self.scheduler, hold,
             tunnel_mtu=tunnel_mtu if tunnel_mtu is not None else self.mtu,
             pmtu_probe=self.pmtu_probe,
+            duplicate_below=self.duplicate_below,
+            duplicate_dscp=frozenset(self.duplicate_dscp),
         )
 
 
@@ -160,7 +167,8 @@ RESTART_KEYS = {
     "masquerade": "interface.masquerade", "offload": "interface.offload",
     "pmtu_probe": "interface.pmtu_probe",
 }
-LIVE_FIELDS = frozenset({"path", "peers", "scheduler", "reorder_hold_ms", "links"})
+LIVE_FIELDS = frozenset({"path", "peers", "scheduler", "reorder_hold_ms", "links",
+                         "duplicate_below", "duplicate_dscp"})
 SECRET_FIELDS = frozenset({"private_key"})
 
 
@@ -411,6 +419,14 @@ def _parse(path: str, data: dict[str, Any], role: Role,
                     "only a client routes through its links; remove it from the server config")
     masquerade = _parse_masquerade(iface, role, interface_exists)
     offload = iface.get("offload", bool, True)
+    duplicate_below = iface.get("duplicate_below", int, 0, what="a packet size in bytes")
+    iface.check("duplicate_below", 0 <= duplicate_below <= MAX_DUPLICATE_BELOW,
+                f"expected 0 (off) .. {MAX_DUPLICATE_BELOW} bytes, got {duplicate_below}")
+    dscp = iface.get("duplicate_dscp", list, [], what="a list of DSCP values like [46]")
+    iface.check("duplicate_dscp",
+                all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 63
+                    for v in dscp),
+                f"expected DSCP values 0..63 such as [46] (EF), got {dscp!r}")
     iface.finish()
 
     peers = tuple(
@@ -439,7 +455,8 @@ def _parse(path: str, data: dict[str, Any], role: Role,
                                   "interface (which socket the link's rule selects)")
     config = Config(path, role, tun_name, tuple(addresses), mtu, private_key, peers,
                     scheduler, hold, listen_port, links, Path(control_text), user or None,
-                    metrics, route_all, link_routes, masquerade, offload, pmtu_probe)
+                    metrics, route_all, link_routes, masquerade, offload, pmtu_probe,
+                    duplicate_below, tuple(sorted(set(dscp))))
     tables = [config.link_table(i) for i in range(len(links))]
     if (route_all or link_routes) and len(set(tables)) != len(tables):
         raise top.error("link", f"two links use the same routing table: {tables}")

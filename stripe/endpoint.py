@@ -80,6 +80,8 @@ LINK_DRAIN_S = 2.0
 
 
 _DATA_TYPE = wire.MessageType.DATA.value
+_TRANSPORT_TYPES = frozenset((wire.MessageType.DATA, wire.MessageType.CONTROL,
+                              wire.MessageType.DATA_COPY))
 _HANDSHAKE_TYPES = frozenset(t.value for t in (
     wire.MessageType.HANDSHAKE_INIT, wire.MessageType.HANDSHAKE_RESP,
     wire.MessageType.COOKIE_REPLY))
@@ -91,6 +93,17 @@ _HANDSHAKE_TYPES = frozenset(t.value for t in (
 # and longer GRO trains; a GSO send still carries at most 64).
 RUN_WINDOW_S = 0.002
 RUN_MAX_PACKETS = 128
+
+
+def _wants_copy(packet: bytes, below: int, dscp: frozenset[int]) -> bool:
+    """Redundancy: is this (valid) IP packet small or in a chosen DSCP class?"""
+    if len(packet) <= below:
+        return True
+    if not dscp:
+        return False
+    if packet[0] >> 4 == 4:
+        return packet[1] >> 2 in dscp
+    return ((packet[0] & 0x0F) << 2 | packet[1] >> 6) in dscp
 
 
 def _tun_packet_ok(packet: bytes) -> bool:
@@ -140,6 +153,10 @@ class EndpointSpec:
     reorder_hold_s: float | None = None  # None: derived from measured skew
     tunnel_mtu: int | None = None  # the TUN's MTU; None: no limit (see pmtu)
     pmtu_probe: bool = False  # probe each link's path MTU (needs tunnel_mtu)
+    # Redundancy: data packets of at most this many bytes, or with one of
+    # these DSCP values, also go out as a DATA_COPY on a second link.
+    duplicate_below: int = 0
+    duplicate_dscp: frozenset[int] = frozenset()
 
 
 @dataclass(slots=True)
@@ -159,6 +176,11 @@ class Peer:
     feedback_due: float = 0.0
     data_since_feedback: bool = False
     links_announce_due: float = float("inf")
+    # Redundancy: copies we sent (and their bytes); copies that arrived
+    # before their original (the copy was worth it).
+    copies_sent: int = 0
+    copy_bytes: int = 0
+    copies_first: int = 0
     # Server: control counter of the newest LINKS applied in the current
     # session (an older one overtaken on a faster link must not undo it).
     links_seen: int = -1
@@ -291,6 +313,8 @@ class Endpoint:
         """
         routes, drops = self._routes, self.drops
         destination = routing.destination
+        below, dscp = self.spec.duplicate_below, self.spec.duplicate_dscp
+        copies = bool(below or dscp)
         count = len(packets)
         i = 0
         last_dest: bytes = b""
@@ -316,6 +340,10 @@ class Endpoint:
             if session is None or link is None:
                 self._enqueue(peer, packet, now)
                 continue
+            if copies and _wants_copy(packet, below, dscp):
+                self._send_run(peer, session, link, [packet], now)
+                self._send_copy(peer, session, link, packet, now)
+                continue
             run = [packet]
             budget = peer.scheduler.run_bytes(link, peer.links.values(), RUN_WINDOW_S) - len(
                 packet)
@@ -323,7 +351,8 @@ class Endpoint:
             while i < count and extra < budget and len(run) < RUN_MAX_PACKETS:
                 following = packets[i]
                 if (not _tun_packet_ok(following) or destination(following) != dest
-                        or (mtu is not None and len(following) > mtu)):
+                        or (mtu is not None and len(following) > mtu)
+                        or (copies and _wants_copy(following, below, dscp))):
                     break
                 run.append(following)
                 extra += len(following)
@@ -377,8 +406,11 @@ class Endpoint:
             peer, session = found
             replay = session.replay
             if not replay.check(counter):
-                drops["replay"] += 1
-                self._junk += 1
+                if counter in session.copied:  # its copy came first
+                    drops["duplicate"] += 1
+                else:
+                    drops["replay"] += 1
+                    self._junk += 1
                 continue
             try:
                 plaintext = session.recv_key.decrypt_at(
@@ -418,7 +450,7 @@ class Endpoint:
         """Any datagram (see `receive_datagrams` for the guard around it)."""
         try:
             mtype = wire.peek_type(data)
-            if mtype is wire.MessageType.DATA or mtype is wire.MessageType.CONTROL:
+            if mtype in _TRANSPORT_TYPES:
                 self._receive_transport(sock, data, addr, now)
             elif mtype is wire.MessageType.HANDSHAKE_INIT:
                 self._receive_init(sock, data, addr, now)
@@ -599,6 +631,33 @@ class Endpoint:
             counters.tx_bytes += len(datagram)
             out.append((sock, datagram, addr))
 
+    def _send_copy(self, peer: Peer, session: Session, first: Link, packet: bytes,
+                   now: float) -> None:
+        """The data message just sent on `first`, again on the usable link
+        with the lowest RTT among the others (none: no copy)."""
+        others = [link for link in usable_links(peer.links.values()) if link is not first]
+        if not others:
+            return
+        link = min(others, key=lambda x: x.health.srtt_s or float("inf"))
+        path = link.path
+        assert path is not None
+        link.last_data_sent = now
+        link.marker_due = True
+        if link.link_id < wire.MASKABLE_LINKS:
+            peer.link_mask |= 1 << link.link_id
+        seq = link.next_link_seq
+        datagram = session.seal_copy(session.send_counter - 1, link.link_id, peer.link_mask,
+                                     seq, packet, now)
+        link.next_link_seq = seq + 1
+        link.est.on_send(seq, now)
+        peer.scheduler.charge(link, len(packet))
+        counters = link.counters
+        counters.tx_packets += 1
+        counters.tx_bytes += len(datagram)
+        peer.copies_sent += 1
+        peer.copy_bytes += len(datagram)
+        self._datagrams.append((path[0], datagram, path[1]))
+
     def _seal_and_send(
         self, peer: Peer, session: Session, link: Link, mtype: wire.MessageType,
         payload: bytes, now: float,
@@ -632,10 +691,13 @@ class Endpoint:
             plaintext = session.open(header, data, now)
         except DecryptError as exc:
             self.drops[exc.reason] += 1
-            self._junk += 1
+            if exc.reason != "duplicate":  # a redundant copy is no attack
+                self._junk += 1
             return
         # Authenticated from here on.
         self._authenticated = True
+        if header.type is wire.MessageType.DATA_COPY:
+            peer.copies_first += 1
         if session is peer.next_session:
             self._promote(peer, session, now)
         link = self._learn_path(peer, header.link_id, sock, addr, now)

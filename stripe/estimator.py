@@ -29,9 +29,9 @@ is busy and shows no queue, and has not been saturated for
 `SATURATED_MEMORY_S`, `rate_bps` grows by `PROBE_GAIN` per report (probing
 for more).  Without that memory the rate swung by a third several times a
 second: every pause of the inner TCP looked like spare capacity, the probe
-overfilled the link, and its tail drops cost the flow a window cut each.  Only ratios between links and the time a packet takes
-to go through matter to the scheduler; the inner TCP decides how much
-traffic there is.
+overfilled the link, and its tail drops cost the flow a window cut each.
+Only ratios between links and the time a packet takes to go through matter
+to the scheduler; the inner TCP decides how much traffic there is.
 
 Empty state: no report, no loss, no queue, `rate_bps = INITIAL_RATE_BPS`.
 """

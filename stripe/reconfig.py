@@ -74,6 +74,8 @@ def plan(old: EndpointSpec, new: EndpointSpec, draining_ids: Set[int]) -> Reconf
     links, added_links, removed_links = _plan_links(old.links, new.links, draining_ids, changes)
     if new.scheduler != old.scheduler:
         changes.append(f"scheduler {old.scheduler} -> {new.scheduler}")
+    if (new.duplicate_below, new.duplicate_dscp) != (old.duplicate_below, old.duplicate_dscp):
+        changes.append(f"redundancy {_redundancy(old)} -> {_redundancy(new)}")
     if new.reorder_hold_s != old.reorder_hold_s:
         changes.append(f"reorder hold {_hold(old.reorder_hold_s)} -> {_hold(new.reorder_hold_s)}")
     return Reconfiguration(replace(new, links=links), added_links, removed_links,
@@ -162,3 +164,10 @@ def _nets(peer: PeerSpec) -> str:
 
 def _hold(hold_s: float | None) -> str:
     return "measured" if hold_s is None else f"{hold_s * 1000:g} ms"
+
+
+def _redundancy(spec: EndpointSpec) -> str:
+    parts = [f"<= {spec.duplicate_below} B"] if spec.duplicate_below else []
+    if spec.duplicate_dscp:
+        parts.append("dscp " + ",".join(str(v) for v in sorted(spec.duplicate_dscp)))
+    return " or ".join(parts) or "off"

@@ -9,7 +9,12 @@ Data and control messages use two disjoint counter ranges under the same
 key: data counts up from 0 and is what the receiver reorders by; control
 (probes, feedback) counts up from `CONTROL_COUNTER_BASE` = 2**63 and is
 acted on as it arrives, so a probe crossing a slow link never holds up data
-behind it.  Each range has its own replay window.
+behind it.  Each range has its own replay window.  A redundant copy of data
+message n (DATA_COPY) carries counter n but is sealed at nonce
+n + `COPY_NONCE_OFFSET` = 2**62: data counters stay below 2**62, so the
+three nonce ranges never meet.  Whichever of a message and its copy
+arrives second fails the replay window and is counted as a `duplicate`,
+not as a replay.
 
 Empty state (just after the handshake): both counters at their base, empty
 replay windows and reorder buffer, not yet `confirmed` unless we initiated.
@@ -20,6 +25,7 @@ and passed the replay window.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from . import wire
@@ -29,8 +35,12 @@ from .replay import ReplayWindow
 
 # Protocol constants (as WireGuard's, scaled for our message rates).
 CONTROL_COUNTER_BASE = 2**63
+COPY_NONCE_OFFSET = 2**62
 REKEY_AFTER_MESSAGES = 2**60
-REJECT_AFTER_MESSAGES = CONTROL_COUNTER_BASE - 2**13  # per range
+REJECT_AFTER_MESSAGES = COPY_NONCE_OFFSET - 2**13  # per range
+# Counters that arrived as a copy first: when the original comes after, it
+# is a duplicate, not a replay (bounded; an older one is counted as replay).
+COPIES_REMEMBERED = 4096
 REKEY_AFTER_S = 120.0
 REJECT_AFTER_S = 180.0
 
@@ -60,6 +70,8 @@ class Session:
     control_replay: ReplayWindow = field(default_factory=ReplayWindow)
     reorder: ReorderBuffer = field(default_factory=ReorderBuffer)
     skew: DelaySkew = field(default_factory=DelaySkew)
+    copied: set[int] = field(default_factory=set)  # see COPIES_REMEMBERED
+    _copied_order: deque[int] = field(default_factory=deque)
 
     def seal(
         self, mtype: wire.MessageType, link_id: int, link_mask: int, link_seq: int,
@@ -92,28 +104,50 @@ class Session:
                                            first_link_seq, len(payloads), int(now * 1e6))
         return self.send_key.encrypt_run(first, headers, payloads)
 
+    def seal_copy(self, counter: int, link_id: int, link_mask: int, link_seq: int,
+                  payload: bytes, now: float) -> bytes:
+        """A DATA_COPY of the data message already sealed at `counter`."""
+        if not 0 <= counter < self.send_counter:
+            raise ValueError(f"no data message {counter} to copy")
+        header = wire.encode_transport_header(
+            wire.MessageType.DATA_COPY, link_id, link_mask, self.remote_index, counter,
+            link_seq, int(now * 1e6))
+        return header + self.send_key.encrypt_at(counter + COPY_NONCE_OFFSET, header, payload)
+
     def open(self, header: wire.TransportHeader, datagram: bytes, now: float) -> bytes:
         """Authenticate and decrypt; raises DecryptError with a counter name."""
         counter = header.counter
         is_control = counter >= CONTROL_COUNTER_BASE
         if is_control != (header.type is wire.MessageType.CONTROL):
             raise DecryptError("bad_counter")
+        is_copy = header.type is wire.MessageType.DATA_COPY
+        if is_copy and counter >= COPY_NONCE_OFFSET:
+            raise DecryptError("bad_counter")
         replay = self.control_replay if is_control else self.replay
         if not replay.check(counter):
-            raise DecryptError("replay")
+            raise DecryptError("duplicate" if is_copy or counter in self.copied else "replay")
         try:
             plaintext = self.recv_key.decrypt_at(
-                counter,
+                counter + COPY_NONCE_OFFSET if is_copy else counter,
                 datagram[: wire.TRANSPORT_HEADER_SIZE],
                 datagram[wire.TRANSPORT_HEADER_SIZE :],
             )
         except NoiseError:
             raise DecryptError("bad_tag") from None
         replay.mark(counter)  # checked above, before the AEAD
+        if is_copy:
+            self._remember_copy(counter)
         self.last_received = now
         self.confirmed = True
         self.skew.sample(header.link_id, header.send_time_us, now)
         return plaintext
+
+    def _remember_copy(self, counter: int) -> None:
+        order = self._copied_order
+        if len(order) >= COPIES_REMEMBERED:
+            self.copied.discard(order.popleft())
+        order.append(counter)
+        self.copied.add(counter)
 
     def needs_rekey(self, now: float) -> bool:
         return self.initiator and (

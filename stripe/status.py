@@ -61,6 +61,10 @@ def render(status: dict[str, Any]) -> str:
         reorder = peer.get("reorder")
         if reorder:
             lines.append("  reorder: " + ", ".join(f"{k} {v}" for k, v in sorted(reorder.items())))
+        redundancy = peer.get("redundancy")
+        if redundancy and (redundancy["copies_sent"] or redundancy["copies_first"]):
+            lines.append("  redundancy: " + ", ".join(
+                f"{k.replace('_', ' ')} {v}" for k, v in sorted(redundancy.items())))
     drops = status.get("drops") or {}
     lines.append("")
     lines.append("drops: " + (", ".join(f"{k} {v}" for k, v in sorted(drops.items())) or "none"))
@@ -115,8 +119,19 @@ def snapshot(endpoint: Endpoint, now: float) -> dict[str, Any]:
             "last_handshake_s_ago": None if peer.last_handshake is None
             else round(now - peer.last_handshake, 1),
             "queued": len(peer.queue), "links": links, "reorder": reorder, "mtu": peer.mtu,
+            "redundancy": _redundancy(peer, links),
         })
     mtu = {"tun": endpoint.spec.tunnel_mtu, "probing": endpoint.spec.pmtu_probe,
            **endpoint.oversize.counters}
     return {"role": endpoint.role.value, "peers": peers, "drops": dict(endpoint.drops),
             "mtu": mtu}
+
+
+def _redundancy(peer: Any, links: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the copies cost (sent) and bought (copies that came first)."""
+    sent = sum(link["tx_bytes"] for link in links) - peer.copy_bytes
+    return {
+        "copies_sent": peer.copies_sent, "copy_bytes": peer.copy_bytes,
+        "overhead_percent": round(100 * peer.copy_bytes / sent, 2) if sent > 0 else 0.0,
+        "copies_first": peer.copies_first,
+    }

@@ -3,11 +3,11 @@
 All multi-byte integers are big-endian (network order).  Each layout is a
 `struct.Struct`; sizes are derived from the structs, never typed by hand.
 
-Transport header (DATA and CONTROL), 24 bytes, sent in clear and used as the
-AEAD associated data, so every field is authenticated::
+Transport header (DATA, CONTROL and DATA_COPY), 24 bytes, sent in clear and
+used as the AEAD associated data, so every field is authenticated::
 
     offset size field
-     0      1   type            MessageType.DATA or MessageType.CONTROL
+     0      1   type            MessageType.DATA, CONTROL or DATA_COPY
      1      1   link_id         sender's link index (0..255)
      2      2   link_mask       bit i set: link i (i < 12) is in the sender's
                                 data rotation now, so the receiver's loss
@@ -21,6 +21,12 @@ AEAD associated data, so every field is authenticated::
                                 (one-way delay skew and jitter estimates)
     24      n   ciphertext      inner IP packet (DATA) or msgpack (CONTROL)
     24+n   16   tag             AEAD tag
+
+DATA_COPY is a second copy of a DATA message, sent on another link (see
+`redundancy` in the config): same counter (the receiver keeps whichever
+arrives first and drops the other as a duplicate), its own link id and
+link_seq, and sealed at nonce counter + COPY_NONCE_OFFSET (`session`), so a
+key never seals two messages at one nonce.
 
 Handshake initiation (Noise IKpsk2 message 1), 148 bytes::
 
@@ -61,6 +67,7 @@ class MessageType(IntEnum):
     COOKIE_REPLY = 3  # stateless cookie under handshake load (layout in `cookie`)
     DATA = 4
     CONTROL = 5
+    DATA_COPY = 6  # a redundant copy of a DATA message (see above)
 
 
 # Byte -> member without Enum.__call__ (~0.5 us): it is on every datagram.

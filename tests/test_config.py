@@ -98,6 +98,14 @@ public_key = "{PUB}"
         (('scheduler = "roundrobin"', "mtu = true"), "interface.mtu: expected"),
         (('scheduler = "roundrobin"', 'pmtu_probe = "yes"'),
          "interface.pmtu_probe: expected bool"),
+        (('scheduler = "roundrobin"', "duplicate_below = -1"),
+         "interface.duplicate_below: expected 0 (off) .. 9000 bytes, got -1"),
+        (('scheduler = "roundrobin"', 'duplicate_below = "small"'),
+         "interface.duplicate_below: expected a packet size in bytes"),
+        (('scheduler = "roundrobin"', "duplicate_dscp = [46, 64]"),
+         "interface.duplicate_dscp: expected DSCP values 0..63 such as [46] (EF), got [46, 64]"),
+        (('scheduler = "roundrobin"', "duplicate_dscp = 46"),
+         "interface.duplicate_dscp: expected a list of DSCP values like [46], got an integer"),
     ],
 )
 def test_errors_name_file_key_and_fix(tmp_path: Path, change: tuple[str, str],
@@ -265,3 +273,13 @@ def test_with_routing_automation_link_changes_need_a_restart(tmp_path: Path) -> 
     assert "link: with route_all or link_routes" in message and "needs a restart" in message
     assert config.restart_needed(load(tmp_path, CLIENT), load(tmp_path, CLIENT[
         :CLIENT.rindex("[[link]]")])) is None  # without it, links come and go live
+
+
+def test_redundancy_keys(tmp_path: Path) -> None:
+    off = load(tmp_path, CLIENT).endpoint_spec()
+    assert off.duplicate_below == 0 and off.duplicate_dscp == frozenset()
+    on = load(tmp_path, CLIENT.replace('scheduler = "roundrobin"',
+                                       "duplicate_below = 200\nduplicate_dscp = [46, 34, 46]"))
+    assert on.duplicate_dscp == (34, 46)
+    spec = on.endpoint_spec()
+    assert spec.duplicate_below == 200 and spec.duplicate_dscp == frozenset({34, 46})

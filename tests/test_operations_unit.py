@@ -225,6 +225,13 @@ def test_metric_families_carry_the_status_figures() -> None:
     assert got[("stripe_peer_last_handshake_age_seconds", peer_key)] == \
         peer["last_handshake_s_ago"]
     assert got[("stripe_reorder_held_packets", peer_key)] == peer["reorder"]["held"]
+    assert got[("stripe_redundancy_copies_sent_total", peer_key)] == \
+        peer["redundancy"]["copies_sent"]
+    first = peer["links"][0]
+    key = frozenset({("peer", label), ("link", first["name"])})
+    assert got[("stripe_link_in_flight_packets", key)] == first["in_flight_packets"]
+    assert got[("stripe_link_rtt_variance_seconds", key)] == \
+        pytest.approx(first["rttvar_ms"] / 1000)
     assert got[("stripe_io_errors_total", frozenset({("kind", "send_EPERM")}))] == 2
     assert got[("stripe_info", frozenset({("role", "client"), ("tun", "stripe0"),
                                           ("scheduler", "adaptive")}))] == 1

@@ -63,6 +63,10 @@ LINK_GAUGES = (
     ("link_rate_estimate_bits_per_second", "The scheduler's estimate of the link's capacity.",
      "rate_mbps", "mbps"),
     ("link_queue_delay_seconds", "Queueing delay measured on the link.", "qdelay_ms", "ms"),
+    ("link_rtt_variance_seconds", "Mean deviation of the link's probe round-trip times.",
+     "rttvar_ms", "ms"),
+    ("link_in_flight_packets", "Packets sent on the link that the peer has not reported yet.",
+     "in_flight_packets", ""),
     ("link_weight", "The link's configured weight.", "weight", ""),
 )
 LINK_COUNTERS = (
@@ -81,6 +85,13 @@ REORDER_GAUGES = (
      "max_held", ""),
     ("reorder_max_wait_seconds", "Longest a packet waited in the reorder buffer.",
      "max_wait_ms", "ms"),
+)
+REDUNDANCY_COUNTERS = (
+    ("redundancy_copies_sent", "Redundant copies of data packets sent to the peer.",
+     "copies_sent"),
+    ("redundancy_copy_bytes", "Bytes of those copies (the cost).", "copy_bytes"),
+    ("redundancy_copies_first", "Copies from the peer that arrived before their original.",
+     "copies_first"),
 )
 REORDER_COUNTERS = (
     ("reorder_delivered_packets", "Packets the reorder buffer released in order.", "delivered"),
@@ -132,6 +143,8 @@ def _peer_families(peers: list[dict[str, Any]]) -> Iterator[Metric]:
                       for name, doc, key, unit in REORDER_GAUGES]
     reorder_counters = [(_counter(name, doc, ["peer"]), key)
                         for name, doc, key in REORDER_COUNTERS]
+    redundancy_counters = [(_counter(name, doc, ["peer"]), key)
+                           for name, doc, key in REDUNDANCY_COUNTERS]
     for peer in peers:
         label = peer_label(str(peer.get("public_key", "")))
         if peer.get("last_handshake_s_ago") is not None:
@@ -155,6 +168,9 @@ def _peer_families(peers: list[dict[str, Any]]) -> Iterator[Metric]:
                 family.add_metric([label], convert(float(reorder.get(key, 0))))
             for counter, key in reorder_counters:
                 counter.add_metric([label], float(reorder.get(key, 0)))
+        redundancy = peer.get("redundancy") or {}
+        for counter, key in redundancy_counters:
+            counter.add_metric([label], float(redundancy.get(key, 0)))
     yield state
     yield share
     yield from (family for family, *_ in gauges)
@@ -163,6 +179,7 @@ def _peer_families(peers: list[dict[str, Any]]) -> Iterator[Metric]:
     yield queued
     yield from (family for family, *_ in reorder_gauges)
     yield from (family for family, *_ in reorder_counters)
+    yield from (family for family, *_ in redundancy_counters)
 
 
 class StatusCollector(Collector):
