@@ -4,17 +4,21 @@ unauthenticated input changes no session state."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from netsim import Sim, SimLink, client_addr, ip_packet, server_addr
 
-from stripe import control
+from stripe import control, wire
 
 _sim = Sim([SimLink(), SimLink()], seed=11)
+# Redundancy on for small packets, so redundant copies (DATA_COPY) are captured too.
+_sim.client.spec = dataclasses.replace(_sim.client.spec, duplicate_below=100)
 _sim.run(1.0)
-_sim.run(0.5, [(_sim.now, "up", ip_packet(i)) for i in range(20)])
+_sim.run(0.5, [(_sim.now, "up", ip_packet(i, 200 if i % 2 else 60)) for i in range(20)])
 CAPTURED = [d for _, _, d in _sim.wire_log]
+assert any(d[0] == wire.MessageType.DATA_COPY for d in CAPTURED)
 
 
 def _snapshot(sim: Sim) -> tuple[object, ...]:
