@@ -50,7 +50,7 @@ from .handshake import (
     read_initiation,
     write_response,
 )
-from .links import Link, LinkState
+from .links import RESEND_WINDOW_S, Link, LinkState, RecentRun
 from .noise import NoiseError, public_from_private
 from .reorder import HOLD_MAX_S
 from .scheduler import Scheduler, make_scheduler, usable_links
@@ -181,6 +181,10 @@ class Peer:
     copies_sent: int = 0
     copy_bytes: int = 0
     copies_first: int = 0
+    # Data re-sent, as copies, because the link that had it went down before
+    # the peer reported it; those that found no other usable link.
+    resent: int = 0
+    resend_failed: int = 0
     # Server: control counter of the newest LINKS applied in the current
     # session (an older one overtaken on a faster link must not undo it).
     links_seen: int = -1
@@ -619,6 +623,7 @@ class Endpoint:
         if link.link_id < wire.MASKABLE_LINKS:
             peer.link_mask |= 1 << link.link_id
         seq = link.next_link_seq
+        link.recent.add(RecentRun(now, session, session.send_counter, seq, packets))
         datagrams = session.seal_data_run(link.link_id, peer.link_mask, seq, packets, now)
         link.next_link_seq = seq + len(datagrams)
         # All sent at `now`: the newest stands for the run in stall detection.
@@ -639,6 +644,13 @@ class Endpoint:
         if not others:
             return
         link = min(others, key=lambda x: x.health.srtt_s or float("inf"))
+        datagram = self._seal_copy(peer, session, link, session.send_counter - 1, packet, now)
+        peer.copies_sent += 1
+        peer.copy_bytes += len(datagram)
+
+    def _seal_copy(self, peer: Peer, session: Session, link: Link, counter: int,
+                   packet: bytes, now: float) -> bytes:
+        """Send data message `counter` (`packet`) again, as a DATA_COPY on `link`."""
         path = link.path
         assert path is not None
         link.last_data_sent = now
@@ -646,17 +658,42 @@ class Endpoint:
         if link.link_id < wire.MASKABLE_LINKS:
             peer.link_mask |= 1 << link.link_id
         seq = link.next_link_seq
-        datagram = session.seal_copy(session.send_counter - 1, link.link_id, peer.link_mask,
-                                     seq, packet, now)
+        datagram = session.seal_copy(counter, link.link_id, peer.link_mask, seq, packet, now)
         link.next_link_seq = seq + 1
         link.est.on_send(seq, now)
         peer.scheduler.charge(link, len(packet))
         counters = link.counters
         counters.tx_packets += 1
         counters.tx_bytes += len(datagram)
-        peer.copies_sent += 1
-        peer.copy_bytes += len(datagram)
         self._datagrams.append((path[0], datagram, path[1]))
+        return datagram
+
+    def _resend_recent(self, peer: Peer, dead: Link, now: float) -> None:
+        """`dead` just went down: what it carried lately that the peer has
+        not reported goes out again, each as a DATA_COPY (same counter, so
+        the receiver slots it where the original belonged) on the link the
+        scheduler picks.  Not re-sent: data of an older session (its counters
+        mean nothing in the current one), messages that have their one copy
+        already (a redundant copy is on its way), anything older than
+        RESEND_WINDOW_S (see `links`)."""
+        runs = dead.recent.take()
+        session = peer.current
+        if session is None:
+            return
+        reported = dead.est.highest_reported
+        for run in runs:
+            if run.session is not session or now - run.sent > RESEND_WINDOW_S:
+                continue
+            for i, packet in enumerate(run.packets):
+                counter = run.first_counter + i
+                if run.first_link_seq + i <= reported or not session.can_copy(counter):
+                    continue
+                link = peer.scheduler.pick(peer.links.values(), len(packet), now)
+                if link is None:
+                    peer.resend_failed += 1
+                    continue
+                self._seal_copy(peer, session, link, counter, packet, now)
+                peer.resent += 1
 
     def _seal_and_send(
         self, peer: Peer, session: Session, link: Link, mtype: wire.MessageType,
@@ -696,8 +733,6 @@ class Endpoint:
             return
         # Authenticated from here on.
         self._authenticated = True
-        if header.type is wire.MessageType.DATA_COPY:
-            peer.copies_first += 1
         if session is peer.next_session:
             self._promote(peer, session, now)
         link = self._learn_path(peer, header.link_id, sock, addr, now)
@@ -706,12 +741,13 @@ class Endpoint:
             self._handle_control(peer, session, link, header.counter, plaintext, now)
             return
         self._accept_data(peer, session, header.link_id, header.link_mask, header.counter,
-                          plaintext, now)
+                          plaintext, now, copy=header.type is wire.MessageType.DATA_COPY)
         self._collect(session)
 
     def _accept_data(self, peer: Peer, session: Session, link_id: int, link_mask: int,
-                     counter: int, plaintext: bytes, now: float) -> None:
-        """An authenticated data message: check the inner packet, reorder it."""
+                     counter: int, plaintext: bytes, now: float, copy: bool = False) -> None:
+        """An authenticated data message (`copy`: a DATA_COPY, which came
+        before its original): check the inner packet, reorder it."""
         if not peer.data_since_feedback:
             peer.data_since_feedback = True
             peer.feedback_due = max(peer.feedback_due, now)
@@ -729,8 +765,10 @@ class Endpoint:
             session.hold_update_due = now + HOLD_UPDATE_INTERVAL_S
             reorder = session.reorder
             reorder.hold_s = min(session.skew.hold_s(now) + reorder.late_bonus(now), HOLD_MAX_S)
-        if not session.reorder.push(counter, payload, link_id, now, link_mask):
+        if not session.reorder.push(counter, payload, link_id, now, link_mask, copy=copy):
             self.drops["late"] += 1
+        elif copy:
+            peer.copies_first += 1
 
     def _collect(self, session: Session) -> None:
         ready = session.reorder.ready
@@ -864,6 +902,8 @@ class Endpoint:
             if link.pmtu is not None:
                 link.pmtu.confirm_soon(now)  # the path may have changed while down
         self._refresh_mask(peer, now)
+        if new_state is LinkState.DOWN:
+            self._resend_recent(peer, link, now)
         self._refresh_mtu(peer)
         rtt = link.health.srtt_s
         detail = f" (rtt {rtt * 1000:.1f} ms)" if rtt is not None else ""

@@ -21,11 +21,16 @@ second.  Only UP links carry data; the scheduler decides which of them.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from .estimator import LinkEstimator
 from .pmtu import PmtuSearch
+
+if TYPE_CHECKING:
+    from .session import Session
 
 PROBE_INTERVAL_S = 0.2
 LINK_DEAD_AFTER_MIN_S = 0.45
@@ -158,6 +163,49 @@ class LinkHealth:
         return self.next_probe_time
 
 
+# Data a link took and the peer has not reported when the link goes down is
+# sent again on the others (see `Endpoint._resend_recent`).  Only recent
+# packets are worth it: the receiver holds a gap for tens of milliseconds
+# (see `reorder`); a copy later than that is dropped as late, and the inner
+# transport recovers such losses itself.  Bounded in packets too, so memory
+# stays flat at any rate (at most ~0.7 MB of packets per link).
+RESEND_WINDOW_S = 0.1
+RESEND_MAX_PACKETS = 512
+
+
+@dataclass(slots=True)
+class RecentRun:
+    sent: float
+    session: Session
+    first_counter: int
+    first_link_seq: int
+    packets: list[bytes]
+
+
+@dataclass(slots=True)
+class RecentSends:
+    """The runs of data packets a link carried lately (within
+    RESEND_WINDOW_S, at most RESEND_MAX_PACKETS), oldest first."""
+
+    runs: deque[RecentRun] = field(default_factory=deque)
+    packets: int = 0
+
+    def add(self, run: RecentRun) -> None:
+        runs = self.runs
+        runs.append(run)
+        self.packets += len(run.packets)
+        horizon = run.sent - RESEND_WINDOW_S
+        while len(runs) > 1 and (self.packets > RESEND_MAX_PACKETS or runs[0].sent < horizon):
+            self.packets -= len(runs.popleft().packets)
+
+    def take(self) -> list[RecentRun]:
+        """All of them, forgotten here."""
+        runs = list(self.runs)
+        self.runs.clear()
+        self.packets = 0
+        return runs
+
+
 @dataclass(slots=True)
 class Link:
     """A link of a session: identity, where to send, health and counters.
@@ -179,6 +227,7 @@ class Link:
     marker_due: bool = False  # data sent since the last tail marker
     rx_highest_link_seq: int = -1  # 32-bit, from the peer's headers
     rx_packets_at_feedback: int = 0  # rx_packets when we last sent feedback
+    recent: RecentSends = field(default_factory=RecentSends)
 
     def note_received(self, size: int, link_seq: int) -> None:
         """An authenticated datagram of `size` bytes arrived on this link."""

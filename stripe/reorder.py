@@ -111,9 +111,12 @@ class ReorderBuffer:
         return len(self._held)
 
     def push(
-        self, seq: int, payload: bytes | None, link_id: int, now: float, link_mask: int = 0
+        self, seq: int, payload: bytes | None, link_id: int, now: float, link_mask: int = 0,
+        copy: bool = False,
     ) -> bool:
-        """Accept an authenticated, non-replayed message.  False if it is late."""
+        """Accept an authenticated, non-replayed message.  False if it is late.
+        A late `copy` (a second try, re-sent after its link died) says
+        nothing about the links' skew, so it does not lengthen the hold."""
         if seq > self._mask_seq:
             self._mask, self._mask_seq = link_mask, seq
         link = self._links.get(link_id)
@@ -127,6 +130,8 @@ class ReorderBuffer:
             if payload is None:
                 return True  # an invalid packet: nothing is lost
             self.stats.late += 1
+            if copy:
+                return False
             # We gave up on it too early: hold longer for a while.
             bonus = self.late_bonus(now)
             self._late_bonus_s = min(bonus * 1.5 + LATE_BONUS_STEP_S, LATE_BONUS_MAX_S)

@@ -14,7 +14,9 @@ message n (DATA_COPY) carries counter n but is sealed at nonce
 n + `COPY_NONCE_OFFSET` = 2**62: data counters stay below 2**62, so the
 three nonce ranges never meet.  Whichever of a message and its copy
 arrives second fails the replay window and is counted as a `duplicate`,
-not as a replay.
+not as a replay.  A message gets at most one copy (a redundant one, or the
+re-send of a message whose link went down under it: see `can_copy`), since
+a second would reuse the copy nonce under another header.
 
 Empty state (just after the handshake): both counters at their base, empty
 replay windows and reorder buffer, not yet `confirmed` unless we initiated.
@@ -41,6 +43,9 @@ REJECT_AFTER_MESSAGES = COPY_NONCE_OFFSET - 2**13  # per range
 # Counters that arrived as a copy first: when the original comes after, it
 # is a duplicate, not a replay (bounded; an older one is counted as replay).
 COPIES_REMEMBERED = 4096
+# Counters whose copy nonce we used (sending side), remembered up to this many;
+# older ones count as used: a message is never copied twice.
+COPIES_SEALED_REMEMBERED = 4096
 REKEY_AFTER_S = 120.0
 REJECT_AFTER_S = 180.0
 
@@ -72,6 +77,9 @@ class Session:
     skew: DelaySkew = field(default_factory=DelaySkew)
     copied: set[int] = field(default_factory=set)  # see COPIES_REMEMBERED
     _copied_order: deque[int] = field(default_factory=deque)
+    _copy_sealed: set[int] = field(default_factory=set)  # see COPIES_SEALED_REMEMBERED
+    _copy_sealed_order: deque[int] = field(default_factory=deque)
+    _copy_floor: int = -1  # counters up to this one may have been copied
 
     def seal(
         self, mtype: wire.MessageType, link_id: int, link_mask: int, link_seq: int,
@@ -109,10 +117,23 @@ class Session:
         """A DATA_COPY of the data message already sealed at `counter`."""
         if not 0 <= counter < self.send_counter:
             raise ValueError(f"no data message {counter} to copy")
+        if not self.can_copy(counter):
+            raise ValueError(f"data message {counter} was copied already (nonce reuse)")
+        order = self._copy_sealed_order
+        if len(order) >= COPIES_SEALED_REMEMBERED:
+            oldest = order.popleft()
+            self._copy_sealed.discard(oldest)
+            self._copy_floor = max(self._copy_floor, oldest)
+        order.append(counter)
+        self._copy_sealed.add(counter)
         header = wire.encode_transport_header(
             wire.MessageType.DATA_COPY, link_id, link_mask, self.remote_index, counter,
             link_seq, int(now * 1e6))
         return header + self.send_key.encrypt_at(counter + COPY_NONCE_OFFSET, header, payload)
+
+    def can_copy(self, counter: int) -> bool:
+        """True if data message `counter` may still get its one DATA_COPY."""
+        return counter > self._copy_floor and counter not in self._copy_sealed
 
     def open(self, header: wire.TransportHeader, datagram: bytes, now: float) -> bytes:
         """Authenticate and decrypt; raises DecryptError with a counter name."""

@@ -61,6 +61,9 @@ def render(status: dict[str, Any]) -> str:
         reorder = peer.get("reorder")
         if reorder:
             lines.append("  reorder: " + ", ".join(f"{k} {v}" for k, v in sorted(reorder.items())))
+        if peer.get("resent_packets") or peer.get("resend_failed"):
+            lines.append(f"  re-sent when their link went down: {peer.get('resent_packets', 0)}, "
+                         f"no other link for: {peer.get('resend_failed', 0)}")
         redundancy = peer.get("redundancy")
         if redundancy and (redundancy["copies_sent"] or redundancy["copies_first"]):
             lines.append("  redundancy: " + ", ".join(
@@ -120,6 +123,7 @@ def snapshot(endpoint: Endpoint, now: float) -> dict[str, Any]:
             else round(now - peer.last_handshake, 1),
             "queued": len(peer.queue), "links": links, "reorder": reorder, "mtu": peer.mtu,
             "redundancy": _redundancy(peer, links),
+            "resent_packets": peer.resent, "resend_failed": peer.resend_failed,
         })
     mtu = {"tun": endpoint.spec.tunnel_mtu, "probing": endpoint.spec.pmtu_probe,
            **endpoint.oversize.counters}

@@ -1,7 +1,8 @@
 """An in-memory network with a fake clock for driving two stripe endpoints.
 
 Each simulated link has a one-way delay, jitter, loss, duplication, an
-up/down switch and optionally a path MTU (larger datagrams vanish, as in an
+up/down switch, a failing-send switch (the client's interface is down) and
+optionally a path MTU (larger datagrams vanish, as in an
 ICMP black hole), and is FIFO unless `reorder` is set (then jitter may
 reorder packets within the link too).  All randomness comes from one seeded RNG, so a
 failing run replays exactly.
@@ -31,6 +32,9 @@ class SimLink:
     weight: int = 1
     backup: bool = False
     mtu: int | None = None  # largest IPv4 packet carried (UDP payload + 28); None: any
+    # The client's interface is down: its sends fail (ENETDOWN) and the
+    # client is told, as the shell tells it.
+    send_fails: bool = False
     # Per direction: when the link is free again, and the last arrival (FIFO).
     _free_at: dict[str, float] = field(default_factory=dict)
     _last_arrival: dict[str, float] = field(default_factory=dict)
@@ -100,6 +104,7 @@ class Sim:
         self.wire_log: list[tuple[str, int, bytes]] = []
         self.stray: list[tuple[tuple[str, int], bytes]] = []
         self.closed_sockets: list[int] = []
+        self.send_errors = 0
 
     def link_spec(self, i: int, name: str | None = None) -> LinkSpec:
         """The client's spec for sim link `i` (its remote picks the sim link)."""
@@ -134,9 +139,14 @@ class Sim:
     def _drain(self) -> None:
         for _ in range(100):
             moved = False
-            for _sock, data, addr in self.client.datagrams_to_send():
+            for sock, data, addr in self.client.datagrams_to_send():
                 moved = True
-                self._transmit("up", self._server_index(addr), data)
+                index = self._server_index(addr)
+                if self.links[index].send_fails:
+                    self.send_errors += 1
+                    self.client.send_failed(sock, addr, self.now)
+                else:
+                    self._transmit("up", index, data)
             for _sock, data, addr in self.server.datagrams_to_send():
                 moved = True
                 index = next((i for i in range(len(self.links)) if client_addr(i) == addr), None)

@@ -93,6 +93,12 @@ REDUNDANCY_COUNTERS = (
     ("redundancy_copies_first", "Copies from the peer that arrived before their original.",
      "copies_first"),
 )
+PEER_COUNTERS = (
+    ("peer_resent_packets", "Data packets a failed send left behind, re-sent on another link.",
+     "resent_packets"),
+    ("peer_resend_failed_packets", "Of those, packets no other usable link could take.",
+     "resend_failed"),
+)
 REORDER_COUNTERS = (
     ("reorder_delivered_packets", "Packets the reorder buffer released in order.", "delivered"),
     ("reorder_lost_packets", "Counters given up as lost.", "lost"),
@@ -145,8 +151,11 @@ def _peer_families(peers: list[dict[str, Any]]) -> Iterator[Metric]:
                         for name, doc, key in REORDER_COUNTERS]
     redundancy_counters = [(_counter(name, doc, ["peer"]), key)
                            for name, doc, key in REDUNDANCY_COUNTERS]
+    peer_counters = [(_counter(name, doc, ["peer"]), key) for name, doc, key in PEER_COUNTERS]
     for peer in peers:
         label = peer_label(str(peer.get("public_key", "")))
+        for counter, key in peer_counters:
+            counter.add_metric([label], float(peer.get(key, 0)))
         if peer.get("last_handshake_s_ago") is not None:
             handshake.add_metric([label], float(peer["last_handshake_s_ago"]))
         queued.add_metric([label], float(peer.get("queued", 0)))
@@ -177,6 +186,7 @@ def _peer_families(peers: list[dict[str, Any]]) -> Iterator[Metric]:
     yield from (family for family, *_ in counters)
     yield handshake
     yield queued
+    yield from (family for family, *_ in peer_counters)
     yield from (family for family, *_ in reorder_gauges)
     yield from (family for family, *_ in reorder_counters)
     yield from (family for family, *_ in redundancy_counters)

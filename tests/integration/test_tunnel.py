@@ -9,7 +9,14 @@ import time
 from typing import Any
 
 import pytest
-from conftest import CLIENT_TUN_ADDR, SERVER_TUN_ADDR, Tunnel, later, sha256_transfer
+from conftest import (
+    CLIENT_TUN_ADDR,
+    REPO_ROOT,
+    SERVER_TUN_ADDR,
+    Tunnel,
+    later,
+    sha256_transfer,
+)
 
 from bench.sh import run
 
@@ -47,6 +54,12 @@ def test_link_cut_mid_transfer_transfer_completes(make_tunnel: Any) -> None:
     assert all(proc.alive() for proc in tunnel.procs), tunnel.logs()
     assert tunnel.lab.counters()[0].tx_bytes - before.tx_bytes > 3_000_000
     assert "link link1 is down" in tunnel.logs()
+    # What link 1 carried last, unreported when it went down, went out again.
+    tun = tunnel.lab.names.client_ns[:-3] + "t"
+    out = run([sys.executable, "-m", "stripe", "status", "-i", tun, "--json"],
+              ns=tunnel.client_ns, cwd=REPO_ROOT).stdout
+    peer = json.loads(out)["peers"][0]
+    assert peer["resent_packets"] >= 1, peer
     # Restore: the link comes back into use.
     tunnel.lab.set_link_up(1, True)
     time.sleep(3)
