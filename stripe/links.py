@@ -165,11 +165,12 @@ class LinkHealth:
 
 # Data a link took and the peer has not reported when the link goes down is
 # sent again on the others (see `Endpoint._resend_recent`).  Only recent
-# packets are worth it: the receiver holds a gap for tens of milliseconds
-# (see `reorder`); a copy later than that is dropped as late, and the inner
-# transport recovers such losses itself.  Bounded in packets too, so memory
-# stays flat at any rate (at most ~0.7 MB of packets per link).
-RESEND_WINDOW_S = 0.1
+# packets are worth it: the receiver holds a gap for 20 ms or the links'
+# skew plus jitter (see `reorder`); a copy later than that is dropped as late
+# (the inner transport recovers such losses itself) and, on a full link,
+# takes a newer packet's place in its queue.  Bounded in packets too, so
+# memory stays flat at any rate (at most ~0.7 MB of packets per link).
+RESEND_WINDOW_S = 0.05
 RESEND_MAX_PACKETS = 512
 
 
