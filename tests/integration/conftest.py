@@ -53,6 +53,9 @@ class Tunnel:
     scheduler: str = "weighted"
     # Extra `key = value` lines for both ends' [interface] table.
     interface_extra: tuple[str, ...] = ()
+    # False: client links name only their interface, so the kernel picks
+    # the source address (what a link whose address changes needs).
+    bind_source: bool = True
     procs: list[Proc] = field(default_factory=list)
 
     @property
@@ -83,8 +86,8 @@ class Tunnel:
         for i, link in enumerate(self.lab.names.links):
             client += [
                 "[[link]]", f'name = "link{i}"', f'interface = "{link.client_if}"',
-                f'source = "{link.client_addr}"', f'remote = "{link.server_addr}:{PORT}"',
-                f"weight = {self.weights[i]}",
+                *([f'source = "{link.client_addr}"'] if self.bind_source else []),
+                f'remote = "{link.server_addr}:{PORT}"', f"weight = {self.weights[i]}",
             ]
         spath, cpath = self.workdir / "server.toml", self.workdir / "client.toml"
         spath.write_text("\n".join(server) + "\n")
@@ -130,13 +133,14 @@ def make_tunnel(tmp_path: Path) -> Iterator[object]:
 
     def factory(rates_mbit: tuple[float | None, ...] = (None, None),
                 weights: tuple[int, ...] | None = None, scheduler: str = "weighted",
-                start: bool = True, interface_extra: tuple[str, ...] = ()) -> Tunnel:
+                start: bool = True, interface_extra: tuple[str, ...] = (),
+                bind_source: bool = True) -> Tunnel:
         prefix = "si" + secrets.token_hex(2)
         names = LabNames.for_prefix(prefix, len(rates_mbit))
         specs = tuple(LinkSpec.symmetric(rate) for rate in rates_mbit)
         lab = Lab(names, specs, tmp_path)
         tunnel = Tunnel(lab, tmp_path, weights or (1,) * len(rates_mbit), scheduler,
-                        interface_extra)
+                        interface_extra, bind_source)
         made.append(tunnel)
         lab.up()
         if start:

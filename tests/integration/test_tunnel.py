@@ -66,6 +66,35 @@ def test_link_cut_mid_transfer_transfer_completes(make_tunnel: Any) -> None:
     assert "link link1 is up" in tunnel.logs()
 
 
+def test_link_address_change_mid_transfer_is_followed(make_tunnel: Any) -> None:
+    """A new DHCP lease on link 1: the client's socket, bound to the interface
+    only, sends from the new address; the server answers there; no restart."""
+    tunnel: Tunnel = make_tunnel(rates_mbit=(10.0, 10.0), scheduler="roundrobin",
+                                 bind_source=False)
+    link = tunnel.lab.names.links[1]
+    new_addr = "10.1.0.6"
+
+    def readdress() -> None:
+        run(["ip", "addr", "add", f"{new_addr}/29", "dev", link.client_if], ns=tunnel.client_ns)
+        run(["ip", "addr", "del", f"{link.client_addr}/30", "dev", link.client_if],
+            ns=tunnel.client_ns)
+        run(["ip", "route", "add", f"{new_addr}/32", "dev", link.server_if], ns=tunnel.server_ns)
+
+    before = tunnel.lab.counters()[1]
+    sent, received = sha256_transfer(tunnel, 6_000_000, timeout_s=90,
+                                     during=later(1.0, readdress))
+    assert sent and sent == received, tunnel.logs()
+    tun = tunnel.lab.names.client_ns[:-3] + "t"
+    out = run([sys.executable, "-m", "stripe", "status", "-i", tun, "--json"],
+              ns=tunnel.server_ns, cwd=REPO_ROOT).stdout
+    server_link = json.loads(out)["peers"][0]["links"][1]
+    assert server_link["address"].startswith(f"{new_addr}:"), server_link
+    assert server_link["state"] == "up", server_link
+    # Link 1 kept carrying its half after the change (round robin).
+    assert tunnel.lab.counters()[1].tx_bytes - before.tx_bytes > 2_000_000
+    assert all(proc.alive() for proc in tunnel.procs), tunnel.logs()
+
+
 def test_silent_blackhole_mid_transfer_transfer_completes(make_tunnel: Any) -> None:
     tunnel: Tunnel = make_tunnel(rates_mbit=(10.0, 10.0))
 
