@@ -94,7 +94,8 @@ REDUNDANCY_COUNTERS = (
      "copies_first"),
 )
 PEER_COUNTERS = (
-    ("peer_resent_packets", "Data packets a failed send left behind, re-sent on another link.",
+    ("peer_resent_packets",
+     "Data packets re-sent on another link: theirs went down before the peer reported them.",
      "resent_packets"),
     ("peer_resend_failed_packets", "Of those, packets no other usable link could take.",
      "resend_failed"),
