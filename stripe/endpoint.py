@@ -50,7 +50,7 @@ from .handshake import (
     read_initiation,
     write_response,
 )
-from .links import RESEND_WINDOW_S, Link, LinkState, RecentRun
+from .links import Link, LinkState, RecentRun
 from .noise import NoiseError, public_from_private
 from .reorder import HOLD_MAX_S
 from .scheduler import Scheduler, make_scheduler, usable_links
@@ -675,14 +675,14 @@ class Endpoint:
         scheduler picks.  Not re-sent: data of an older session (its counters
         mean nothing in the current one), messages that have their one copy
         already (a redundant copy is on its way), anything older than
-        RESEND_WINDOW_S (see `links`)."""
-        runs = dead.recent.take()
+        `links.RESEND_WINDOW_S`."""
+        runs = dead.recent.take(now)
         session = peer.current
         if session is None:
             return
         reported = dead.est.highest_reported
         for run in runs:
-            if run.session is not session or now - run.sent > RESEND_WINDOW_S:
+            if run.session is not session:
                 continue
             for i, packet in enumerate(run.packets):
                 counter = run.first_counter + i

@@ -199,9 +199,10 @@ class RecentSends:
         while len(runs) > 1 and (self.packets > RESEND_MAX_PACKETS or runs[0].sent < horizon):
             self.packets -= len(runs.popleft().packets)
 
-    def take(self) -> list[RecentRun]:
-        """All of them, forgotten here."""
-        runs = list(self.runs)
+    def take(self, now: float) -> list[RecentRun]:
+        """Those sent within RESEND_WINDOW_S of `now`; all are forgotten here."""
+        horizon = now - RESEND_WINDOW_S
+        runs = [run for run in self.runs if run.sent >= horizon]
         self.runs.clear()
         self.packets = 0
         return runs

@@ -50,6 +50,28 @@ REKEY_AFTER_S = 120.0
 REJECT_AFTER_S = 180.0
 
 
+@dataclass(slots=True)
+class RecentCounters:
+    """The last `limit` counters added, as a set; `forgotten_up_to`: the
+    highest counter it had to let go of (-1: none)."""
+
+    limit: int
+    _members: set[int] = field(default_factory=set)
+    _order: deque[int] = field(default_factory=deque)
+    forgotten_up_to: int = -1
+
+    def add(self, counter: int) -> None:
+        if len(self._order) >= self.limit:
+            oldest = self._order.popleft()
+            self._members.discard(oldest)
+            self.forgotten_up_to = max(self.forgotten_up_to, oldest)
+        self._order.append(counter)
+        self._members.add(counter)
+
+    def __contains__(self, counter: int) -> bool:
+        return counter in self._members
+
+
 class DecryptError(Exception):
     """A transport packet that failed authentication or the replay check."""
 
@@ -75,11 +97,11 @@ class Session:
     control_replay: ReplayWindow = field(default_factory=ReplayWindow)
     reorder: ReorderBuffer = field(default_factory=ReorderBuffer)
     skew: DelaySkew = field(default_factory=DelaySkew)
-    copied: set[int] = field(default_factory=set)  # see COPIES_REMEMBERED
-    _copied_order: deque[int] = field(default_factory=deque)
-    _copy_sealed: set[int] = field(default_factory=set)  # see COPIES_SEALED_REMEMBERED
-    _copy_sealed_order: deque[int] = field(default_factory=deque)
-    _copy_floor: int = -1  # counters up to this one may have been copied
+    # Received: counters that came as a copy first.  Sent: counters whose
+    # copy nonce we used (one forgotten counts as used).
+    copied: RecentCounters = field(default_factory=lambda: RecentCounters(COPIES_REMEMBERED))
+    _copies_sealed: RecentCounters = field(
+        default_factory=lambda: RecentCounters(COPIES_SEALED_REMEMBERED))
 
     def seal(
         self, mtype: wire.MessageType, link_id: int, link_mask: int, link_seq: int,
@@ -119,13 +141,7 @@ class Session:
             raise ValueError(f"no data message {counter} to copy")
         if not self.can_copy(counter):
             raise ValueError(f"data message {counter} was copied already (nonce reuse)")
-        order = self._copy_sealed_order
-        if len(order) >= COPIES_SEALED_REMEMBERED:
-            oldest = order.popleft()
-            self._copy_sealed.discard(oldest)
-            self._copy_floor = max(self._copy_floor, oldest)
-        order.append(counter)
-        self._copy_sealed.add(counter)
+        self._copies_sealed.add(counter)
         header = wire.encode_transport_header(
             wire.MessageType.DATA_COPY, link_id, link_mask, self.remote_index, counter,
             link_seq, int(now * 1e6))
@@ -133,7 +149,8 @@ class Session:
 
     def can_copy(self, counter: int) -> bool:
         """True if data message `counter` may still get its one DATA_COPY."""
-        return counter > self._copy_floor and counter not in self._copy_sealed
+        sealed = self._copies_sealed
+        return counter > sealed.forgotten_up_to and counter not in sealed
 
     def open(self, header: wire.TransportHeader, datagram: bytes, now: float) -> bytes:
         """Authenticate and decrypt; raises DecryptError with a counter name."""
@@ -157,18 +174,11 @@ class Session:
             raise DecryptError("bad_tag") from None
         replay.mark(counter)  # checked above, before the AEAD
         if is_copy:
-            self._remember_copy(counter)
+            self.copied.add(counter)
         self.last_received = now
         self.confirmed = True
         self.skew.sample(header.link_id, header.send_time_us, now)
         return plaintext
-
-    def _remember_copy(self, counter: int) -> None:
-        order = self._copied_order
-        if len(order) >= COPIES_REMEMBERED:
-            self.copied.discard(order.popleft())
-        order.append(counter)
-        self.copied.add(counter)
 
     def needs_rekey(self, now: float) -> bool:
         return self.initiator and (

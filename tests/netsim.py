@@ -104,7 +104,6 @@ class Sim:
         self.wire_log: list[tuple[str, int, bytes]] = []
         self.stray: list[tuple[tuple[str, int], bytes]] = []
         self.closed_sockets: list[int] = []
-        self.send_errors = 0
 
     def link_spec(self, i: int, name: str | None = None) -> LinkSpec:
         """The client's spec for sim link `i` (its remote picks the sim link)."""
@@ -143,7 +142,6 @@ class Sim:
                 moved = True
                 index = self._server_index(addr)
                 if self.links[index].send_fails:
-                    self.send_errors += 1
                     self.client.send_failed(sock, addr, self.now)
                 else:
                     self._transmit("up", index, data)

@@ -27,10 +27,10 @@ def two_links(**spec: object) -> Sim:
     return sim
 
 
-def bursts(sim: Sim, count: int, first: int = 0) -> list[tuple[float, str, bytes]]:
+def bursts(sim: Sim, count: int) -> list[tuple[float, str, bytes]]:
     """`count` bursts of BURST packets, 20 ms apart (a burst is scheduled
     whole before the first of its sends fails)."""
-    return [(sim.now + (i // BURST) * 0.020, "up", ip_packet(first + i, 1000))
+    return [(sim.now + (i // BURST) * 0.020, "up", ip_packet(i, 1000))
             for i in range(count * BURST)]
 
 

@@ -6,6 +6,7 @@ also when the test fails or is interrupted.  These tests need root.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -16,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,11 +68,27 @@ class Tunnel:
     def server_ns(self) -> str:
         return self.lab.names.server_ns
 
+    @property
+    def tun_name(self) -> str:
+        """Both ends' TUN device (named after the lab, so unique per test)."""
+        return self.lab.names.client_ns[:-3] + "t"
+
+    def status(self, role: str) -> dict[str, Any]:
+        """`stripe status --json` of one end ("client" or "server"), run
+        where that process runs: inside its namespace."""
+        ns = self.client_ns if role == "client" else self.server_ns
+        out = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "stripe", "status", "-i",
+             self.tun_name, "--json"],
+            capture_output=True, text=True, timeout=10, check=True, cwd=REPO_ROOT).stdout
+        result: dict[str, Any] = json.loads(out)
+        return result
+
     def write_configs(self) -> tuple[Path, Path]:
         cpriv, cpub = generate_keypair()
         spriv, spub = generate_keypair()
         psk = generate_keypair()[0]
-        tun = self.lab.names.client_ns[:-3] + "t"
+        tun = self.tun_name
         server = [
             "[interface]", f'name = "{tun}"', f'address = ["{SERVER_TUN_ADDR}/24"]',
             f'private_key = "{encode_key(spriv)}"', f"listen_port = {PORT}",

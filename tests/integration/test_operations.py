@@ -16,7 +16,6 @@ the server that the client reaches through the tunnel.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -41,10 +40,6 @@ METRICS_ADDR = "127.0.0.1:9586"
 NOBODY_UID = "65534"
 # CAP_NET_BIND_SERVICE (10), CAP_NET_ADMIN (12), CAP_NET_RAW (13).
 KEPT_CAPS = (1 << 10) | (1 << 12) | (1 << 13)
-
-
-def tun_name(tunnel: Tunnel) -> str:
-    return tunnel.lab.names.client_ns[:-3] + "t"
 
 
 def start(tunnel: Tunnel, server_lines: tuple[str, ...] = (),
@@ -166,7 +161,7 @@ def test_route_all_reaches_behind_the_server_without_a_loop_and_cleans_up(
     before = routing_state(tunnel.client_ns)
     start(tunnel, client_lines=("route_all = true",), edit_client=lambda text: via_server_lo(
         text.replace('"10.77.0.1/24"', '"10.77.0.1/24", "fd77::1/64"')))
-    ns, tun = tunnel.client_ns, tun_name(tunnel)
+    ns, tun = tunnel.client_ns, tunnel.tun_name
     c0, c1 = (link.client_if for link in tunnel.lab.names.links)
 
     # The tunnel is the default route (IPv6 too, with an IPv6 tunnel
@@ -234,7 +229,7 @@ def test_masquerade_the_host_behind_sees_the_server_address(make_tunnel: Any,
     forwarding = "/proc/sys/net/ipv4/ip_forward"
     assert run(["cat", forwarding], ns=tunnel.server_ns).stdout.strip() == "0"
     start(tunnel, server_lines=(f'masquerade = "{near}"',))
-    tun = tun_name(tunnel)
+    tun = tunnel.tun_name
     table = "stripe_" + tun
     assert run(["cat", forwarding], ns=tunnel.server_ns).stdout.strip() == "1"
     assert table in run(["nft", "list", "tables"], ns=tunnel.server_ns).stdout
@@ -261,7 +256,7 @@ def failing_client(tunnel: Tunnel, edit: Callable[[str], str]) -> str:
          str(cpath)], capture_output=True, text=True, timeout=30, check=False, cwd=REPO_ROOT)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
-    assert run(["ip", "link", "show", tun_name(tunnel)], ns=tunnel.client_ns,
+    assert run(["ip", "link", "show", tunnel.tun_name], ns=tunnel.client_ns,
                check=False).returncode != 0
     return result.stderr
 
@@ -290,7 +285,7 @@ def test_setup_failures_roll_back_and_say_why_in_one_line(make_tunnel: Any) -> N
     stderr = failing_client(tunnel, lambda text: via_server_lo(text).replace(
         "[peer]", "route_all = true\n[peer]", 1))
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith(f"stripe: ip route add 0.0.0.0/1 dev {tun_name(tunnel)}: EEXIST"), last
+    assert last.startswith(f"stripe: ip route add 0.0.0.0/1 dev {tunnel.tun_name}: EEXIST"), last
     assert "undone ip rule add from 10.1.0.1 to 10.9.0.2 lookup 5301" in stderr
     assert routing_state(ns) == before
 
@@ -313,15 +308,6 @@ def scrape(tunnel: Tunnel) -> dict[tuple[str, frozenset[tuple[str, str]]], float
     return samples
 
 
-def status_json(tunnel: Tunnel) -> dict[str, Any]:
-    out = subprocess.run(
-        ["ip", "netns", "exec", tunnel.client_ns, sys.executable, "-m", "stripe", "status",
-         "-i", tun_name(tunnel), "--json"],
-        capture_output=True, text=True, timeout=10, check=True, cwd=REPO_ROOT).stdout
-    status: dict[str, Any] = json.loads(out)
-    return status
-
-
 def test_metrics_agree_with_status_and_capabilities_are_kept(make_tunnel: Any) -> None:
     pytest.importorskip("prometheus_client")
     tunnel: Tunnel = make_tunnel(rates_mbit=(20.0, 20.0), start=False)
@@ -330,7 +316,7 @@ def test_metrics_agree_with_status_and_capabilities_are_kept(make_tunnel: Any) -
               ns=tunnel.client_ns).stdout
     assert " 0% packet loss" in out
 
-    status = status_json(tunnel)
+    status = tunnel.status("client")
     samples = scrape(tunnel)
     peer = status["peers"][0]
     label = peer["public_key"][:16]

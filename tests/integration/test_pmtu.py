@@ -4,16 +4,13 @@ link whose MTU shrank while nobody sends ICMP about it."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import REPO_ROOT, SERVER_TUN_ADDR, Tunnel, sha256_transfer
+from conftest import SERVER_TUN_ADDR, Tunnel, sha256_transfer
 
 from bench.sh import run
 from stripe.pmtu import CONFIRM_INTERVAL_S
@@ -22,20 +19,6 @@ pytestmark = pytest.mark.integration
 
 HOST_ADDR = "10.78.0.2"
 HOST_GATEWAY = "10.78.0.1"
-
-
-def tun_name(tunnel: Tunnel) -> str:
-    return tunnel.lab.names.client_ns[:-3] + "t"
-
-
-def status(tunnel: Tunnel, role: str) -> dict[str, Any]:
-    ns = tunnel.client_ns if role == "client" else tunnel.server_ns
-    out = subprocess.run(
-        ["ip", "netns", "exec", ns, sys.executable, "-m", "stripe", "status", "-i",
-         tun_name(tunnel), "--json"],
-        capture_output=True, text=True, timeout=10, check=True, cwd=REPO_ROOT).stdout
-    result: dict[str, Any] = json.loads(out)
-    return result
 
 
 def set_mtu(tunnel: Tunnel, side: str, link: int, mtu: int) -> None:
@@ -68,7 +51,7 @@ def host_behind_client(tunnel: Tunnel) -> Iterator[str]:
         run(["ip", "addr", "add", f"{HOST_GATEWAY}/24", "dev", gw_if], ns=tunnel.client_ns)
         run(["ip", "link", "set", gw_if, "up"], ns=tunnel.client_ns)
         run(["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"], ns=tunnel.client_ns)
-        run(["ip", "route", "add", "10.78.0.0/24", "dev", tun_name(tunnel)], ns=tunnel.server_ns)
+        run(["ip", "route", "add", "10.78.0.0/24", "dev", tunnel.tun_name], ns=tunnel.server_ns)
         yield host_ns
     finally:
         run(["ip", "netns", "delete", host_ns], check=False)
@@ -78,7 +61,7 @@ def wait_for(condition: Any, timeout_s: float, what: str, tunnel: Tunnel) -> Non
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
-            states = {role: status(tunnel, role) for role in ("client", "server")}
+            states = {role: tunnel.status(role) for role in ("client", "server")}
             raise AssertionError(f"{what} within {timeout_s} s\n{states}\n{tunnel.logs()}")
         time.sleep(0.25)
 
@@ -88,7 +71,7 @@ def test_mtu_derived_from_the_veths_and_frag_needed_names_it(make_tunnel: Any) -
     for side in ("client", "server"):
         set_mtu(tunnel, side, 1, 1400)
     tunnel.start()
-    client = status(tunnel, "client")
+    client = tunnel.status("client")
     assert client["mtu"]["tun"] == 1332, client["mtu"]
     link1 = tunnel.lab.names.links[1].client_if
     assert client["mtu"]["derivation"] == (
@@ -96,9 +79,9 @@ def test_mtu_derived_from_the_veths_and_frag_needed_names_it(make_tunnel: Any) -
     assert "mtu 1332 = link link1 1400" in tunnel.logs()
     # The server has no [[link]] and no default route: it assumes Ethernet,
     # then its own probes find link1's 1400 bytes.
-    server = status(tunnel, "server")
+    server = tunnel.status("server")
     assert server["mtu"]["tun"] == 1432 and "assuming Ethernet" in server["mtu"]["derivation"]
-    wait_for(lambda: status(tunnel, "server")["peers"][0]["mtu"] == 1332, 10,
+    wait_for(lambda: tunnel.status("server")["peers"][0]["mtu"] == 1332, 10,
              "the server's probes find link1", tunnel)
     with host_behind_client(tunnel) as host_ns:
         # A 1500-byte ping with DF from a host behind the client: the
@@ -113,12 +96,12 @@ def test_mtu_derived_from_the_veths_and_frag_needed_names_it(make_tunnel: Any) -
     # itself answers for what the TUN let through.
     out = ping(tunnel.server_ns, 1432 - 28, target="10.77.0.1")
     assert "Frag needed and DF set (mtu = 1332)" in out, out
-    assert status(tunnel, "server")["mtu"]["icmp_sent"] >= 1
+    assert tunnel.status("server")["mtu"]["icmp_sent"] >= 1
 
 
 def test_probing_finds_a_shrunken_link_and_tcp_adapts(make_tunnel: Any) -> None:
     tunnel: Tunnel = make_tunnel(rates_mbit=(50.0, 50.0))
-    client = status(tunnel, "client")
+    client = tunnel.status("client")
     assert client["mtu"]["tun"] == 1432 and client["mtu"]["probing"]
     assert [link["path_mtu"] for link in client["peers"][0]["links"]] == [1500, 1500]
     with host_behind_client(tunnel) as host_ns:
@@ -130,20 +113,20 @@ def test_probing_finds_a_shrunken_link_and_tcp_adapts(make_tunnel: Any) -> None:
         # A veth takes frames up to its MTU plus a VLAN tag (4 bytes) from
         # its peer, so the path really is 1304 bytes: probing finds that
         # (the transfer may end first: the stalled link left the schedule).
-        wait_for(lambda: [link["path_mtu"] for link in status(tunnel, "client")["peers"][0][
+        wait_for(lambda: [link["path_mtu"] for link in tunnel.status("client")["peers"][0][
             "links"]] == [1500, 1304], 15, "the client's probes find link1's 1304", tunnel)
         # A new connection starts with the TUN's MSS: stripe tells it the
         # smaller size (ICMP), and it adapts.
         sent, received = sha256_transfer(tunnel, 4_000_000, timeout_s=120)
         assert sent and sent == received, tunnel.logs()
-        client = status(tunnel, "client")
+        client = tunnel.status("client")
         assert client["peers"][0]["mtu"] == 1236
         assert client["mtu"]["icmp_sent"] >= 1  # the inner TCP was told
         assert "link link1: path mtu 1304 (carries 1236 inside the tunnel)" in tunnel.logs()
         # The server's larger sends on link1 fail locally (EMSGSIZE) since the
         # change: at its next confirmation (or its first large reply) it
         # searches too, and finds 1300 at once.
-        wait_for(lambda: status(tunnel, "server")["peers"][0]["mtu"] == 1232,
+        wait_for(lambda: tunnel.status("server")["peers"][0]["mtu"] == 1232,
                  CONFIRM_INTERVAL_S + 5, "the server finds link1's 1300 bytes", tunnel)
         assert "link link1: path mtu 1300 (carries 1232 inside the tunnel)" in tunnel.logs()
         # A host behind the client gets stripe's answer (its kernel only

@@ -170,7 +170,7 @@ def test_refused_reloads_keep_the_tunnel_as_it_was(make_tunnel: Any) -> None:
     assert "not valid TOML" in logs and "Traceback" not in logs
     out = run(["ping", "-c3", "-i0.2", "-W1", SERVER_TUN_ADDR], ns=tunnel.client_ns).stdout
     assert " 0% packet loss" in out
-    tun = tunnel.lab.names.client_ns[:-3] + "t"
+    tun = tunnel.tun_name
     status = subprocess.run(
         ["ip", "netns", "exec", tunnel.client_ns, sys.executable, "-m", "stripe", "status",
          "-i", tun, "--json"], capture_output=True, text=True, timeout=10, check=True,

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 def status(tunnel: Tunnel, role: str, *extra: str) -> subprocess.CompletedProcess[str]:
     """`stripe status` run where the process runs: inside its namespace."""
-    tun = tunnel.lab.names.client_ns[:-3] + "t"
+    tun = tunnel.tun_name
     ns = tunnel.client_ns if role == "client" else tunnel.server_ns
     return subprocess.run(
         ["ip", "netns", "exec", ns, sys.executable, "-m", "stripe", "status", "-i", tun, *extra],

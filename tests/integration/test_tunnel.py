@@ -9,14 +9,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import (
-    CLIENT_TUN_ADDR,
-    REPO_ROOT,
-    SERVER_TUN_ADDR,
-    Tunnel,
-    later,
-    sha256_transfer,
-)
+from conftest import CLIENT_TUN_ADDR, SERVER_TUN_ADDR, Tunnel, later, sha256_transfer
 
 from bench.sh import run
 
@@ -55,10 +48,7 @@ def test_link_cut_mid_transfer_transfer_completes(make_tunnel: Any) -> None:
     assert tunnel.lab.counters()[0].tx_bytes - before.tx_bytes > 3_000_000
     assert "link link1 is down" in tunnel.logs()
     # What link 1 carried last, unreported when it went down, went out again.
-    tun = tunnel.lab.names.client_ns[:-3] + "t"
-    out = run([sys.executable, "-m", "stripe", "status", "-i", tun, "--json"],
-              ns=tunnel.client_ns, cwd=REPO_ROOT).stdout
-    peer = json.loads(out)["peers"][0]
+    peer = tunnel.status("client")["peers"][0]
     assert peer["resent_packets"] >= 1, peer
     # Restore: the link comes back into use.
     tunnel.lab.set_link_up(1, True)
@@ -84,10 +74,7 @@ def test_link_address_change_mid_transfer_is_followed(make_tunnel: Any) -> None:
     sent, received = sha256_transfer(tunnel, 6_000_000, timeout_s=90,
                                      during=later(1.0, readdress))
     assert sent and sent == received, tunnel.logs()
-    tun = tunnel.lab.names.client_ns[:-3] + "t"
-    out = run([sys.executable, "-m", "stripe", "status", "-i", tun, "--json"],
-              ns=tunnel.server_ns, cwd=REPO_ROOT).stdout
-    server_link = json.loads(out)["peers"][0]["links"][1]
+    server_link = tunnel.status("server")["peers"][0]["links"][1]
     assert server_link["address"].startswith(f"{new_addr}:"), server_link
     assert server_link["state"] == "up", server_link
     # Link 1 kept carrying its half after the change (round robin).
@@ -141,7 +128,7 @@ def test_runs_unprivileged_and_sigterm_removes_the_tun(make_tunnel: Any) -> None
         assert all(uid != "0" for uid in uids), (proc.name, uids)
     out = run(["ping", "-c2", "-i0.2", "-W1", SERVER_TUN_ADDR], ns=tunnel.client_ns).stdout
     assert " 0% packet loss" in out  # still works after dropping root
-    tun = tunnel.lab.names.client_ns[:-3] + "t"
+    tun = tunnel.tun_name
     for proc, ns in zip(tunnel.procs, (tunnel.server_ns, tunnel.client_ns), strict=True):
         assert proc.stop() == 0, tunnel.logs()
         assert run(["ip", "link", "show", tun], ns=ns, check=False).returncode != 0
