@@ -848,7 +848,7 @@ class Endpoint:
             if highest > link.est.highest_reported:
                 link.health.on_progress(now)  # data gets through: alive, even if probes drown
             link.est.on_report(report.rx_packets, report.rx_bytes, highest, report.owd_us,
-                               report.owd_min_us, now)
+                               report.owd_min_us, now, link.health.srtt_s)
         # The peer is alive (it reports): a link whose data it never saw is dead.
         for link in peer.links.values():
             if link.up and link.est.stalled(now, link.health.min_rtt_s):

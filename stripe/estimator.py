@@ -26,10 +26,15 @@ While the link shows a standing queue it is saturated, so what arrives is
 its capacity: `rate_bps` becomes a little less than the best delivery rate
 of the last second (a little less, so the queue drains).  While the link
 is busy and shows no queue, and has not been saturated for
-`SATURATED_MEMORY_S`, `rate_bps` grows by `PROBE_GAIN` per report (probing
-for more).  Without that memory the rate swung by a third several times a
+`SATURATED_MEMORY_S`, `rate_bps` grows by `PROBE_GAIN` (probing for
+more).  Without that memory the rate swung by a third several times a
 second: every pause of the inner TCP looked like spare capacity, the probe
 overfilled the link, and its tail drops cost the flow a window cut each.
+Either step is taken at most once per feedback loop (the link's RTT plus a
+report interval): reports in between describe packets sent before the step.
+A report that shows no new packet on the link carries no new delay either
+(the peer repeats its smoothed value): the queue last heard of keeps
+draining instead of being renewed.
 Only ratios between links and the time a packet takes to go through matter
 to the scheduler; the inner TCP decides how much traffic there is.
 
@@ -91,6 +96,7 @@ class LinkEstimator:
     _report_time: float = 0.0
     _delivery_samples: deque[tuple[float, float]] = field(default_factory=deque)
     _saturated_at: float = -1e9  # when a report last showed a standing queue
+    _stepped_at: float = -1e9  # when rate_bps last changed
     _history: deque[tuple[float, int]] = field(default_factory=deque)  # (report time, rx_bytes)
     # Send times of data packets not yet covered by a report (stall detection).
     unacked: deque[tuple[int, float]] = field(default_factory=deque)
@@ -104,15 +110,19 @@ class LinkEstimator:
             unacked.popleft()
 
     def on_report(self, rx_packets: int, rx_bytes: int, highest_seq: int, owd_us: int,
-                  owd_min_us: int, now: float) -> None:
+                  owd_min_us: int, now: float, rtt_s: float | None = None) -> None:
         unacked = self.unacked
         while unacked and unacked[0][0] <= highest_seq:
             unacked.popleft()
+        self.owd_min_us = owd_min_us
         if highest_seq > self._highest_seq or self.reports == 0:
             self.last_progress = now
-        self.owd_min_us = owd_min_us
-        self.qdelay_s = max(owd_us - owd_min_us, 0) / 1e6
-        self.qdelay_at = now
+            self.qdelay_s = max(owd_us - owd_min_us, 0) / 1e6
+            self.qdelay_at = now
+        # else: nothing arrived on the link since the last report, so its
+        # delay is the peer's old smoothed value, not news: the queue we
+        # last heard of keeps draining (`queue_left_s`).  Taken as news, one
+        # delayed early probe kept an idle link "queued" for over a second.
         if self.reports == 0 or rx_packets < self._rx_packets or highest_seq < self._highest_seq:
             self._history.clear()
             self._history.append((now, rx_bytes))
@@ -153,22 +163,31 @@ class LinkEstimator:
         while now - samples[0][0] > DELIVERY_WINDOW_S:
             samples.popleft()
         self.delivery_max_bps = samples[0][1]
-        self._adapt_rate(now)
+        self._adapt_rate(now, rtt_s or 0.0)
 
-    def _adapt_rate(self, now: float) -> None:
+    def _adapt_rate(self, now: float, rtt_s: float) -> None:
         packet_s = FULL_PACKET_BITS / self.rate_bps
         high = max(QDELAY_HIGH_S, QDELAY_HIGH_PACKETS * packet_s)
         low = max(QDELAY_LOW_S, QDELAY_LOW_PACKETS * packet_s)
+        # One step per feedback loop: the reports that follow a change still
+        # describe packets sent before it.  Stepping on each of them made two
+        # or three cuts (or probes) where one was due: a link cut to 0.7^3 of
+        # its rate, or probed 30 % past it, then frozen there for a second.
+        settled = now - self._stepped_at >= rtt_s + FEEDBACK_INTERVAL_S
         if self.qdelay_s > high and self.delivery_max_bps > MIN_RATE_BPS:
-            # Never below SATURATED_CUT of the old rate in one report: a
-            # queue in the first moments of a flow meets delivery samples
-            # that still include the idle time before it.
-            self.rate_bps = max(self.delivery_max_bps * DRAIN_FACTOR,
-                                self.rate_bps * SATURATED_CUT, MIN_RATE_BPS)
+            if settled:
+                # Never below SATURATED_CUT of the old rate in one step: a
+                # queue in the first moments of a flow meets delivery samples
+                # that still include the idle time before it.
+                self.rate_bps = max(self.delivery_max_bps * DRAIN_FACTOR,
+                                    self.rate_bps * SATURATED_CUT, MIN_RATE_BPS)
+                self._stepped_at = now
             self._saturated_at = now
-        elif (self.qdelay_s < low and self.delivery_bps >= BUSY_FRACTION * self.rate_bps
+        elif (settled and self.qdelay_s < low
+              and self.delivery_bps >= BUSY_FRACTION * self.rate_bps
               and now - self._saturated_at > SATURATED_MEMORY_S):
             self.rate_bps = min(self.rate_bps * PROBE_GAIN, MAX_RATE_BPS)
+            self._stepped_at = now
 
     def queue_left_s(self, now: float) -> float:
         """What is left at `now` of the queue last reported: it drains at the
@@ -215,5 +234,5 @@ class LinkEstimator:
         self._delivery_samples.clear()
         self._history.clear()
         self.delivery_max_bps = 0.0
-        self._saturated_at = -1e9
+        self._saturated_at = self._stepped_at = -1e9
         self.reports = 0  # the next report only sets the baseline

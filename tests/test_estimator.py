@@ -3,6 +3,7 @@ capacity from delivery samples, when it probes, how a reported queue ages."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -81,3 +82,43 @@ def test_reported_queue_drains_while_nothing_is_sent() -> None:
     assert est.queue_left_s(at) == pytest.approx(0.030, abs=1e-4)
     assert est.queue_left_s(at + 0.020) == pytest.approx(0.010, abs=1e-4)
     assert est.queue_left_s(at + 0.100) == 0.0
+
+
+def test_a_report_without_new_packets_does_not_renew_the_queue() -> None:
+    # An idle link hears one probe a while; between probes the peer repeats
+    # its old smoothed delay.  That is no news: the queue it once showed
+    # must drain on schedule, not be renewed by each repeat.
+    est = LinkEstimator()
+    est.on_report(1, 100, 0, OWD_MIN_US, OWD_MIN_US, 0.0)
+    est.on_report(2, 200, 1, OWD_MIN_US + 60_000, OWD_MIN_US, 0.05)  # a delayed probe
+    assert est.queue_left_s(0.05) == pytest.approx(0.060)
+    for i in range(2, 6):  # no packet since: the same highest sequence
+        est.on_report(2, 200, 1, OWD_MIN_US + 60_000, OWD_MIN_US, 0.05 * i)
+    assert est.queue_left_s(0.25) == 0.0
+    # A new packet brings news again.
+    est.on_report(3, 300, 2, OWD_MIN_US + 20_000, OWD_MIN_US, 0.30)
+    assert est.queue_left_s(0.30) == pytest.approx(0.020)
+
+
+@pytest.mark.parametrize("rtt_s", [0.0, 0.1, 0.3])
+def test_one_rate_step_per_feedback_loop(rtt_s: float) -> None:
+    # Reports within a round trip of a cut still describe packets sent at
+    # the old rate: cutting again on each compounds 0.7 x 0.7 x ... far below
+    # the link.  One step per round trip plus a report interval.
+    est = LinkEstimator(rate_bps=10e6)
+    reporter = Reporter(est, 1e6, jitter_s=0.0)
+    reporter.run(0.3, qdelay_s=0.0)
+    steps = []
+    rate = est.rate_bps
+    for _ in range(round(1.0 / FEEDBACK_INTERVAL_S)):  # a second of standing queue
+        reporter.t += FEEDBACK_INTERVAL_S
+        packets = int(reporter.t * 1e6 / 8 / DATAGRAM)
+        est.on_report(packets, packets * DATAGRAM, packets - 1, OWD_MIN_US + 50_000,
+                      OWD_MIN_US, reporter.t, rtt_s)
+        if est.rate_bps != rate:
+            steps.append(reporter.t)
+            rate = est.rate_bps
+    loop = rtt_s + FEEDBACK_INTERVAL_S
+    assert steps, "a standing queue must cut the rate"
+    assert all(b - a >= loop - 1e-9 for a, b in itertools.pairwise(steps)), steps
+    assert len(steps) >= min(3, int(1.0 / loop) - 1), steps  # and it does keep cutting
