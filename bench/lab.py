@@ -45,6 +45,14 @@ TBF_MIN_BURST_BYTES = 2 * 1514
 # tbf queue: how long a packet may wait; 50 ms is a modest modem buffer,
 # larger than the BDP of the zero-delay scenarios so TCP can fill the link.
 DEFAULT_QUEUE_MS = 50.0
+# Before each run the links must be idle: a TCP socket closed with data in
+# its send buffer keeps sending after its iperf3 client exits (an MPTCP bbr
+# run went on at full rate for ~1 s), and the next system's run would start
+# against it.  Idle = less than this many bytes in a window (ARP, neighbour
+# probes, a lone retransmission are far below it), two windows in a row.
+QUIET_WINDOW_S = 0.2
+QUIET_BYTES = 2000
+QUIET_MAX_WAIT_S = 15.0
 
 
 class Counters(NamedTuple):
@@ -466,6 +474,25 @@ class Lab:
         values = [int(v) for v in run(["cat", *files], ns=self.names.client_ns).stdout.split()]
         k = len(Counters._fields)
         return [Counters(*values[k * i : k * (i + 1)]) for i in range(len(self.names.links))]
+
+    def wait_quiet(self) -> float:
+        """Wait until the links carry (next to) nothing, at most
+        QUIET_MAX_WAIT_S; returns how long it waited.  Raises CommandError if
+        they are still busy then: a run would not measure what it says."""
+        start = time.monotonic()
+        before = self.counters()
+        quiet = 0
+        while quiet < 2:
+            if time.monotonic() - start > QUIET_MAX_WAIT_S:
+                raise CommandError(f"the lab's links were still busy after {QUIET_MAX_WAIT_S:g} s "
+                                   "(a previous run's traffic?)")
+            time.sleep(QUIET_WINDOW_S)
+            after = self.counters()
+            moved = sum(a.tx_bytes - b.tx_bytes + a.rx_bytes - b.rx_bytes
+                        for a, b in zip(after, before, strict=True))
+            quiet = quiet + 1 if moved < QUIET_BYTES else 0
+            before = after
+        return time.monotonic() - start
 
     def set_link_up(self, i: int, up: bool) -> None:
         """Cut or restore link ``i`` by its endpoint interfaces' state."""

@@ -54,6 +54,7 @@ class RunRecord:
     rtt_idle_ms: float | None = None
     rtt_loaded_ms: float | None = None
     events: list[tuple[float, str]] = field(default_factory=list)
+    quiet_wait_s: float = 0.0  # waited before the run for the links to go idle (Lab.wait_quiet)
     system_status: dict[str, Any] = field(default_factory=dict)  # e.g. stripe status --json
     error: str | None = None
 

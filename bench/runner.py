@@ -266,12 +266,20 @@ def _one_run(
     seconds: float,
     run_dir: Path,
 ) -> RunRecord:
+    try:
+        waited = lab.wait_quiet()
+    except CommandError as exc:
+        record = RunRecord(system.name, flow.label, cc, seconds)
+        record.error = str(exc)
+        return record
     if scenario.kind == "latency":
-        return measure_latency(lab, system, seconds, cc, run_dir)
-    events = failover_events(scenario, lab)
-    record = measure(lab, system, flow, seconds, cc, run_dir, events)
-    if events:
-        _restore_links(lab)
+        record = measure_latency(lab, system, seconds, cc, run_dir)
+    else:
+        events = failover_events(scenario, lab)
+        record = measure(lab, system, flow, seconds, cc, run_dir, events)
+        if events:
+            _restore_links(lab)
+    record.quiet_wait_s = round(waited, 1)
     return record
 
 
@@ -279,6 +287,8 @@ def _note(record: RunRecord) -> str:
     note = f"{record.goodput_mbit:.2f} Mbit/s"
     if record.rtt_idle_ms is not None:
         note += f", rtt idle {record.rtt_idle_ms} ms loaded {record.rtt_loaded_ms} ms"
+    if record.quiet_wait_s >= 1.0:
+        note += f" (waited {record.quiet_wait_s:g} s for the links to go idle first)"
     if record.error:
         note += f"  ERROR: {record.error.splitlines()[0][:120]}"
     return note

@@ -31,7 +31,8 @@ more).  Without that memory the rate swung by a third several times a
 second: every pause of the inner TCP looked like spare capacity, the probe
 overfilled the link, and its tail drops cost the flow a window cut each.
 Either step is taken at most once per feedback loop (the link's RTT plus a
-report interval): reports in between describe packets sent before the step.
+report interval): reports in between describe packets sent before the step
+(a cut may follow sooner if the queue is still growing).
 A report that shows no new packet on the link carries no new delay either
 (the peer repeats its smoothed value): the queue last heard of keeps
 draining instead of being renewed.
@@ -97,6 +98,7 @@ class LinkEstimator:
     _delivery_samples: deque[tuple[float, float]] = field(default_factory=deque)
     _saturated_at: float = -1e9  # when a report last showed a standing queue
     _stepped_at: float = -1e9  # when rate_bps last changed
+    _cut_qdelay_s: float = 0.0  # the queue that made the last cut
     _history: deque[tuple[float, int]] = field(default_factory=deque)  # (report time, rx_bytes)
     # Send times of data packets not yet covered by a report (stall detection).
     unacked: deque[tuple[int, float]] = field(default_factory=deque)
@@ -169,19 +171,23 @@ class LinkEstimator:
         packet_s = FULL_PACKET_BITS / self.rate_bps
         high = max(QDELAY_HIGH_S, QDELAY_HIGH_PACKETS * packet_s)
         low = max(QDELAY_LOW_S, QDELAY_LOW_PACKETS * packet_s)
-        # One step per feedback loop: the reports that follow a change still
-        # describe packets sent before it.  Stepping on each of them made two
-        # or three cuts (or probes) where one was due: a link cut to 0.7^3 of
-        # its rate, or probed 30 % past it, then frozen there for a second.
+        # One step per feedback loop (the link's RTT plus a report interval):
+        # the reports that follow a change still describe packets sent
+        # before it.  Probing on each of them went 30 % past the link in two
+        # reports; cutting on each cut a draining link to 0.7^3 of its rate
+        # and froze it there for a second.  A queue still growing is the
+        # exception: the last cut was not enough (a new link assumed at
+        # INITIAL_RATE_BPS, ten times too fast, must come down at once).
         settled = now - self._stepped_at >= rtt_s + FEEDBACK_INTERVAL_S
         if self.qdelay_s > high and self.delivery_max_bps > MIN_RATE_BPS:
-            if settled:
+            if settled or self.qdelay_s > self._cut_qdelay_s:
                 # Never below SATURATED_CUT of the old rate in one step: a
                 # queue in the first moments of a flow meets delivery samples
                 # that still include the idle time before it.
                 self.rate_bps = max(self.delivery_max_bps * DRAIN_FACTOR,
                                     self.rate_bps * SATURATED_CUT, MIN_RATE_BPS)
                 self._stepped_at = now
+                self._cut_qdelay_s = self.qdelay_s
             self._saturated_at = now
         elif (settled and self.qdelay_s < low
               and self.delivery_bps >= BUSY_FRACTION * self.rate_bps
@@ -235,4 +241,5 @@ class LinkEstimator:
         self._history.clear()
         self.delivery_max_bps = 0.0
         self._saturated_at = self._stepped_at = -1e9
+        self._cut_qdelay_s = 0.0
         self.reports = 0  # the next report only sets the baseline

@@ -122,3 +122,19 @@ def test_one_rate_step_per_feedback_loop(rtt_s: float) -> None:
     assert steps, "a standing queue must cut the rate"
     assert all(b - a >= loop - 1e-9 for a, b in itertools.pairwise(steps)), steps
     assert len(steps) >= min(3, int(1.0 / loop) - 1), steps  # and it does keep cutting
+
+
+def test_a_growing_queue_cuts_again_at_once() -> None:
+    # A link assumed ten times faster than it is: its queue grows report
+    # after report, and each one cuts without waiting out the loop.
+    est = LinkEstimator(rate_bps=10e6)
+    reporter = Reporter(est, 1e6, jitter_s=0.0)
+    reporter.run(0.3, qdelay_s=0.0)
+    rates = []
+    for i in range(1, 5):
+        reporter.t += FEEDBACK_INTERVAL_S
+        packets = int(reporter.t * 1e6 / 8 / DATAGRAM)
+        est.on_report(packets, packets * DATAGRAM, packets - 1, OWD_MIN_US + i * 20_000,
+                      OWD_MIN_US, reporter.t, rtt_s=0.2)
+        rates.append(est.rate_bps)
+    assert rates == pytest.approx([10e6 * SATURATED_CUT ** k for k in range(1, 5)])

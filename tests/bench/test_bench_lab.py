@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from bench_support import fresh_names, lab_running, needs_lab
 
+import bench.lab
 from bench.lab import (
     ECMP_SERVER_ADDR,
     Lab,
@@ -63,6 +65,35 @@ def test_counters_see_traffic(lab: Lab) -> None:
     after = lab.counters()
     assert after[0].tx_bytes > before[0].tx_bytes
     assert after[1].tx_bytes - before[1].tx_bytes < 1000  # only stray IPv6 chatter
+
+
+def _background_pings(lab: Lab, count: int) -> subprocess.Popen[bytes]:
+    """`count` 1000-byte pings 10 ms apart over link 0: a bounded flow."""
+    cmd = ["ip", "netns", "exec", lab.names.client_ns,
+           "ping", "-q", "-i", "0.01", "-s", "1000", "-c", str(count), "10.0.0.2"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_wait_quiet_waits_out_traffic_left_by_a_previous_run(lab: Lab) -> None:
+    assert lab.wait_quiet() < 1.0  # idle: two quiet windows
+    pings = _background_pings(lab, 150)  # ~1.5 s of traffic
+    try:
+        waited = lab.wait_quiet()
+    finally:
+        pings.wait(10)
+    assert waited >= 1.0
+
+
+def test_wait_quiet_gives_up_on_links_that_stay_busy(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench.lab, "QUIET_MAX_WAIT_S", 0.6)
+    pings = _background_pings(lab, 200)
+    try:
+        with pytest.raises(CommandError, match="still busy"):
+            lab.wait_quiet()
+    finally:
+        pings.wait(10)
 
 
 def test_refuses_existing_namespaces(lab: Lab, tmp_path: Path) -> None:
