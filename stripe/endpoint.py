@@ -616,18 +616,27 @@ class Endpoint:
     def _send_run(
         self, peer: Peer, session: Session, link: Link, packets: list[bytes], now: float
     ) -> None:
-        path = link.path
-        assert path is not None
+        seq = self._data_seq(peer, link, now)
+        link.recent.add(RecentRun(now, session, session.send_counter, seq, packets))
+        self._emit(link, session.seal_data_run(link.link_id, peer.link_mask, seq, packets, now),
+                   now)
+
+    def _data_seq(self, peer: Peer, link: Link, now: float) -> int:
+        """`link` carries data from `now` (a tail marker is due, it is in the
+        peer's link mask): the link sequence of its next datagram."""
         link.last_data_sent = now
         link.marker_due = True
         if link.link_id < wire.MASKABLE_LINKS:
             peer.link_mask |= 1 << link.link_id
-        seq = link.next_link_seq
-        link.recent.add(RecentRun(now, session, session.send_counter, seq, packets))
-        datagrams = session.seal_data_run(link.link_id, peer.link_mask, seq, packets, now)
-        link.next_link_seq = seq + len(datagrams)
+        return link.next_link_seq
+
+    def _emit(self, link: Link, datagrams: list[bytes], now: float) -> None:
+        """Data datagrams sealed at `link`'s next sequences go out on it."""
+        path = link.path
+        assert path is not None
+        link.next_link_seq += len(datagrams)
         # All sent at `now`: the newest stands for the run in stall detection.
-        link.est.on_send(seq + len(datagrams) - 1, now)
+        link.est.on_send(link.next_link_seq - 1, now)
         counters = link.counters
         counters.tx_packets += len(datagrams)
         sock, addr = path
@@ -651,21 +660,10 @@ class Endpoint:
     def _seal_copy(self, peer: Peer, session: Session, link: Link, counter: int,
                    packet: bytes, now: float) -> bytes:
         """Send data message `counter` (`packet`) again, as a DATA_COPY on `link`."""
-        path = link.path
-        assert path is not None
-        link.last_data_sent = now
-        link.marker_due = True
-        if link.link_id < wire.MASKABLE_LINKS:
-            peer.link_mask |= 1 << link.link_id
-        seq = link.next_link_seq
+        seq = self._data_seq(peer, link, now)
         datagram = session.seal_copy(counter, link.link_id, peer.link_mask, seq, packet, now)
-        link.next_link_seq = seq + 1
-        link.est.on_send(seq, now)
+        self._emit(link, [datagram], now)
         peer.scheduler.charge(link, len(packet))
-        counters = link.counters
-        counters.tx_packets += 1
-        counters.tx_bytes += len(datagram)
-        self._datagrams.append((path[0], datagram, path[1]))
         return datagram
 
     def _resend_recent(self, peer: Peer, dead: Link, now: float) -> None:

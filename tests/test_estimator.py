@@ -22,21 +22,27 @@ OWD_MIN_US = 50_000
 class Reporter:
     """The receiving end of one saturated link: whole datagrams arrive at
     `rate_bps`; reports leave every FEEDBACK_INTERVAL_S and reach the sender
-    with `jitter_s` of random delay (as feedback does over a real link)."""
+    with `jitter_s` of random delay (as feedback does over a real link).
+    `rtt_s`: the link RTT the sender knows (None: unknown)."""
 
     def __init__(self, est: LinkEstimator, rate_bps: float, jitter_s: float, seed: int = 7):
         self.est, self.rate_bps, self.jitter_s = est, rate_bps, jitter_s
         self.rng = random.Random(seed)
         self.t = 0.0
         self.seq = 0
+        self.rtt_s: float | None = None
 
     def run(self, seconds: float, qdelay_s: float) -> None:
         for _ in range(round(seconds / FEEDBACK_INTERVAL_S)):
-            self.t += FEEDBACK_INTERVAL_S
-            packets = int(self.t * self.rate_bps / 8 / DATAGRAM)  # whole datagrams only
-            arrival = self.t + self.rng.uniform(0, self.jitter_s)
-            self.est.on_report(packets, packets * DATAGRAM, packets - 1,
-                               OWD_MIN_US + int(qdelay_s * 1e6), OWD_MIN_US, arrival)
+            self.report(qdelay_s)
+
+    def report(self, qdelay_s: float) -> None:
+        """One report interval later, the link showing `qdelay_s` of queue."""
+        self.t += FEEDBACK_INTERVAL_S
+        packets = int(self.t * self.rate_bps / 8 / DATAGRAM)  # whole datagrams only
+        arrival = self.t + self.rng.uniform(0, self.jitter_s)
+        self.est.on_report(packets, packets * DATAGRAM, packets - 1,
+                           OWD_MIN_US + int(qdelay_s * 1e6), OWD_MIN_US, arrival, self.rtt_s)
 
 
 @pytest.mark.parametrize("rate_bps", [2e6, 10e6, 100e6])
@@ -108,13 +114,11 @@ def test_one_rate_step_per_feedback_loop(rtt_s: float) -> None:
     est = LinkEstimator(rate_bps=10e6)
     reporter = Reporter(est, 1e6, jitter_s=0.0)
     reporter.run(0.3, qdelay_s=0.0)
+    reporter.rtt_s = rtt_s
     steps = []
     rate = est.rate_bps
     for _ in range(round(1.0 / FEEDBACK_INTERVAL_S)):  # a second of standing queue
-        reporter.t += FEEDBACK_INTERVAL_S
-        packets = int(reporter.t * 1e6 / 8 / DATAGRAM)
-        est.on_report(packets, packets * DATAGRAM, packets - 1, OWD_MIN_US + 50_000,
-                      OWD_MIN_US, reporter.t, rtt_s)
+        reporter.report(0.050)
         if est.rate_bps != rate:
             steps.append(reporter.t)
             rate = est.rate_bps
@@ -130,11 +134,9 @@ def test_a_growing_queue_cuts_again_at_once() -> None:
     est = LinkEstimator(rate_bps=10e6)
     reporter = Reporter(est, 1e6, jitter_s=0.0)
     reporter.run(0.3, qdelay_s=0.0)
+    reporter.rtt_s = 0.2
     rates = []
     for i in range(1, 5):
-        reporter.t += FEEDBACK_INTERVAL_S
-        packets = int(reporter.t * 1e6 / 8 / DATAGRAM)
-        est.on_report(packets, packets * DATAGRAM, packets - 1, OWD_MIN_US + i * 20_000,
-                      OWD_MIN_US, reporter.t, rtt_s=0.2)
+        reporter.report(i * 0.020)
         rates.append(est.rate_bps)
     assert rates == pytest.approx([10e6 * SATURATED_CUT ** k for k in range(1, 5)])
