@@ -73,6 +73,12 @@ MASK_LINGER_S = 0.3
 # might have been on it (a tail loss).
 TAIL_MARKER_DELAY_S = 0.005
 HOLD_UPDATE_INTERVAL_S = 0.01
+# The first feedback after a pause in the data waits this long: the answer
+# to that data (an ICMP echo reply, a TCP ACK) is usually ready within a
+# millisecond, and a feedback due at once would leave ahead of it (the driver
+# runs due timers before it reads the TUN again) and be handled ahead of it
+# at the far end. Measured: idle ping through the tunnel 1.02 -> 0.75 ms.
+FIRST_FEEDBACK_DELAY_S = 0.002
 # A link removed by a reload (or, on the server, by the client's link table)
 # keeps its socket this long: packets already in flight on it, and those the
 # peer sends before it hears of the removal, still arrive and are delivered.
@@ -748,7 +754,7 @@ class Endpoint:
         before its original): check the inner packet, reorder it."""
         if not peer.data_since_feedback:
             peer.data_since_feedback = True
-            peer.feedback_due = max(peer.feedback_due, now)
+            peer.feedback_due = max(peer.feedback_due, now + FIRST_FEEDBACK_DELAY_S)
         payload: bytes | None = None  # an invalid packet still fills its reorder slot
         if not wire.inner_packet_valid(plaintext):
             self.drops["bad_inner_packet"] += 1

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from netsim import Sim, SimLink, ip_packet, packet_seq
+from netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
 
+from stripe import wire
+from stripe.endpoint import FIRST_FEEDBACK_DELAY_S
 from stripe.links import PROBE_INTERVAL_S, LinkState
 
 
@@ -223,3 +225,39 @@ def test_tail_loss_released_by_marker_not_by_deadline() -> None:
     stats = sim.server.peers[0].current.reorder.stats  # type: ignore[union-attr]
     assert stats.deadline_releases == 0 and stats.inferred_releases == 1
     assert sim.now - sent_10 <= 0.017
+
+
+def test_the_answer_to_data_after_a_pause_leaves_before_the_feedback() -> None:
+    """The first data after a pause makes a feedback due, but not at once:
+    the answer to that data (here the server's reply, handed over as the
+    driver does right after delivering) must not queue behind a control
+    message; the feedback follows FIRST_FEEDBACK_DELAY_S later."""
+    sim = Sim([SimLink(), SimLink()], scheduler="adaptive")
+    sim.run(1.0, [(sim.now + 0.01, "up", ip_packet(0))])
+    sim.run(1.0)  # a pause: the feedback for packet 0 went long ago
+    client, server = sim.client, sim.server
+    feedback_at: list[float] = []
+    send_feedback = server._send_feedback
+
+    def spy(peer, session, now):  # type: ignore[no-untyped-def]
+        feedback_at.append(now)
+        send_feedback(peer, session, now)
+
+    server._send_feedback = spy  # type: ignore[method-assign]
+    client.send_packet(ip_packet(1), sim.now)
+    arrival = sim.now + 0.010
+    for sock, data, _addr in client.datagrams_to_send():
+        server.receive_datagram(sock, data, client_addr(sock), arrival)
+    assert [packet_seq(p) for p in server.packets_to_deliver()] == [1]
+    if (timer := server.get_timer()) is not None and timer <= arrival:
+        server.handle_timer(arrival)
+    server.send_packets([ip_packet(2)], arrival)
+    sent = server.datagrams_to_send()
+    assert [wire.peek_type(data) for _sock, data, _addr in sent] == [wire.MessageType.DATA]
+    assert feedback_at == []
+    timer = server.get_timer()
+    assert timer is not None and timer <= arrival + FIRST_FEEDBACK_DELAY_S
+    server.handle_timer(arrival + FIRST_FEEDBACK_DELAY_S)
+    assert feedback_at == [arrival + FIRST_FEEDBACK_DELAY_S]
+    later = server.datagrams_to_send()
+    assert wire.MessageType.CONTROL in [wire.peek_type(data) for _sock, data, _addr in later]
