@@ -4,10 +4,11 @@ Theory of operation
 -------------------
 The receiver of a data stream reports, every `FEEDBACK_INTERVAL_S` while
 data flows (the first report 2 ms after data starts or resumes, see
-`endpoint.FIRST_FEEDBACK_DELAY_S`), for each link: packets and bytes received so far, the highest
-per-link sequence seen, and the link's one-way delay (smoothed and its
-windowed minimum), both in the receiver's frame (its clock minus ours: the
-unknown offset is the same for every link, so links compare fairly).
+`endpoint.FIRST_FEEDBACK_DELAY_S`), for each link: packets and bytes
+received so far, the highest per-link sequence seen, and the link's one-way
+delay (smoothed and its windowed minimum), both in the receiver's frame (its
+clock minus ours: the unknown offset is the same for every link, so links
+compare fairly).
 
 From two successive reports of a link the sender derives:
 
