@@ -6,8 +6,9 @@ import pytest
 from netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
 
 from stripe import wire
-from stripe.endpoint import FIRST_FEEDBACK_DELAY_S
+from stripe.endpoint import FIRST_FEEDBACK_DELAY_S, Peer
 from stripe.links import PROBE_INTERVAL_S, LinkState
+from stripe.session import Session
 
 
 def flow(start: float, count: int, interval: float, direction: str = "up",
@@ -239,7 +240,7 @@ def test_the_answer_to_data_after_a_pause_leaves_before_the_feedback() -> None:
     feedback_at: list[float] = []
     send_feedback = server._send_feedback
 
-    def spy(peer, session, now):  # type: ignore[no-untyped-def]
+    def spy(peer: Peer, session: Session, now: float) -> None:
         feedback_at.append(now)
         send_feedback(peer, session, now)
 
