@@ -48,6 +48,7 @@ class Summary:
     share_of_reference: float | None = None
     rtt_idle_ms: float | None = None
     rtt_loaded_ms: float | None = None
+    rtt_loaded_p95_ms: float | None = None
     failover: dict[str, Any] = field(default_factory=dict)
     # stripe's receiving end (server), medians per run: lost, late, ...
     receiver_reorder: dict[str, float] = field(default_factory=dict)
@@ -137,6 +138,8 @@ def summarize(records: list[Record]) -> list[Summary]:
                 ),
                 rtt_idle_ms=_median([r["rtt_idle_ms"] for r in base if r.get("rtt_idle_ms")]),
                 rtt_loaded_ms=_median([r["rtt_loaded_ms"] for r in base if r.get("rtt_loaded_ms")]),
+                rtt_loaded_p95_ms=_median(
+                    [r["rtt_loaded_p95_ms"] for r in base if r.get("rtt_loaded_p95_ms")]),
                 receiver_reorder=_reorder_medians(base),
                 errors=sorted({str(r["error"])[:200] for r in rs if r.get("error")}),
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import time
@@ -51,8 +52,10 @@ class RunRecord:
     # and at the tunnel's own sockets (bench.udp_drops); datagrams sent.
     udp_drops: dict[str, int] = field(default_factory=dict)
     udp_packets: int | None = None
-    rtt_idle_ms: float | None = None
+    rtt_idle_ms: float | None = None  # ping averages
     rtt_loaded_ms: float | None = None
+    rtt_idle_p95_ms: float | None = None  # and 95th percentiles
+    rtt_loaded_p95_ms: float | None = None
     events: list[tuple[float, str]] = field(default_factory=list)
     quiet_wait_s: float = 0.0  # waited before the run for the links to go idle (Lab.wait_quiet)
     system_status: dict[str, Any] = field(default_factory=dict)  # e.g. stripe status --json
@@ -204,15 +207,32 @@ PING_INTERVAL_S = 0.2
 LOAD_SETTLE_S = 2.0
 
 
-def _ping_avg_ms(ns: str, addr: str, count: int) -> float | None:
+@dataclass(frozen=True)
+class PingStats:
+    avg_ms: float
+    p95_ms: float
+    replies: int
+
+
+def parse_ping(out: str) -> PingStats | None:
+    """Average (ping's own summary) and 95th percentile (nearest rank, over
+    the replies' `time=` values) of a `ping -n` output; None without replies."""
+    times = sorted(float(t) for t in re.findall(r"time=([\d.]+) ms", out))
+    match = re.search(r"= [\d.]+/([\d.]+)/", out)
+    if not times or match is None:
+        return None
+    p95 = times[max(math.ceil(0.95 * len(times)) - 1, 0)]
+    return PingStats(float(match.group(1)), p95, len(times))
+
+
+def _ping_stats(ns: str, addr: str, count: int) -> PingStats | None:
     out = run(
-        ["ping", "-q", "-n", "-c", str(count), "-i", str(PING_INTERVAL_S), "-W", "2", addr],
+        ["ping", "-n", "-c", str(count), "-i", str(PING_INTERVAL_S), "-W", "2", addr],
         ns=ns,
         check=False,
         timeout_s=count * PING_INTERVAL_S + 10,
     ).stdout
-    match = re.search(r"= [\d.]+/([\d.]+)/", out)
-    return float(match.group(1)) if match else None
+    return parse_ping(out)
 
 
 def measure_latency(
@@ -226,9 +246,11 @@ def measure_latency(
     try:
         target = system.start(lab, workdir)
         # Warm up (ARP, stripe handshake), then the idle measurement.
-        _ping_avg_ms(ns, target.address, 2)
+        _ping_stats(ns, target.address, 2)
         count = max(5, int((seconds - LOAD_SETTLE_S) / PING_INTERVAL_S))
-        record.rtt_idle_ms = _ping_avg_ms(ns, target.address, count)
+        idle = _ping_stats(ns, target.address, count)
+        if idle is not None:
+            record.rtt_idle_ms, record.rtt_idle_p95_ms = idle.avg_ms, idle.p95_ms
         server = start_server(
             lab.names.server_ns, IPERF_PORT, workdir / "iperf3-server.log", bind=target.server_bind
         )
@@ -239,7 +261,9 @@ def measure_latency(
             workdir / "iperf3-client.log",
         )
         time.sleep(LOAD_SETTLE_S)
-        record.rtt_loaded_ms = _ping_avg_ms(ns, target.address, count)
+        loaded = _ping_stats(ns, target.address, count)
+        if loaded is not None:
+            record.rtt_loaded_ms, record.rtt_loaded_p95_ms = loaded.avg_ms, loaded.p95_ms
         client.popen.wait(seconds + 20)
         result = parse(client.log.read_text(errors="replace"))
         record.goodput_mbit = round(result.goodput_mbit, 3)

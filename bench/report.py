@@ -215,16 +215,20 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
             lines.append("")
         if scen is not None and scen.kind == "latency":
             lines += [
-                "| system | cc | RTT idle (ms) | RTT under load (ms) | goodput (Mbit/s) |",
-                "|---|---|---|---|---|",
+                "| system | cc | RTT idle (ms) | RTT under load (ms) | under load, p95 (ms) "
+                "| goodput (Mbit/s) |",
+                "|---|---|---|---|---|---|",
             ]
             for s in rows:
                 lines.append(
                     f"| {s.system} | {s.cc or 'default'} | {_fmt(s.rtt_idle_ms)} "
-                    f"| {_fmt(s.rtt_loaded_ms)} | {_fmt(s.goodput_median)} |"
+                    f"| {_fmt(s.rtt_loaded_ms)} | {_fmt(s.rtt_loaded_p95_ms)} "
+                    f"| {_fmt(s.goodput_median)} |"
                 )
             lines += [
                 "",
+                "RTTs are ping averages (and the 95th percentile of the replies under "
+                "load), medians over the repeats. "
                 "Ping runs 2 s after the flow starts, every 0.2 s, to the address the flow "
                 "uses. ECMP hashes the ping apart from the TCP flow, so it may take the idle "
                 "link.",

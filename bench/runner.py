@@ -286,7 +286,8 @@ def _one_run(
 def _note(record: RunRecord) -> str:
     note = f"{record.goodput_mbit:.2f} Mbit/s"
     if record.rtt_idle_ms is not None:
-        note += f", rtt idle {record.rtt_idle_ms} ms loaded {record.rtt_loaded_ms} ms"
+        note += (f", rtt idle {record.rtt_idle_ms} ms loaded {record.rtt_loaded_ms} ms"
+                 f" (p95 {record.rtt_loaded_p95_ms})")
     if record.quiet_wait_s >= 1.0:
         note += f" (waited {record.quiet_wait_s:g} s for the links to go idle first)"
     if record.error:

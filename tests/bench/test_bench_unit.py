@@ -14,7 +14,7 @@ from bench.analysis import failover_metrics, summarize
 from bench.demo import format_table
 from bench.iperf import Flow, client_command, parse
 from bench.lab import MAX_LINKS, Direction, LabNames, LinkSpec, netem_args, new_prefix, tbf_args
-from bench.measure import RunRecord
+from bench.measure import RunRecord, parse_ping
 from bench.runner import MIN_FITTED_SECONDS, Options, count_runs, estimate_seconds, flows_for
 from bench.scenarios import ALIASES, SCENARIOS, resolve
 from bench.stripe_config import Keys, client_config, server_config
@@ -243,3 +243,17 @@ def test_minutes_budget_picks_run_length() -> None:
 def test_cli_rejects_bad_values(argv: list[str]) -> None:
     with pytest.raises(SystemExit):
         _options(*argv)
+
+
+def test_parse_ping_average_and_p95() -> None:
+    replies = "".join(f"64 bytes from 10.200.0.2: icmp_seq={i} ttl=64 time={t} ms\n"
+                      for i, t in enumerate([1.0] * 18 + [40.0, 90.0], start=1))
+    out = ("PING 10.200.0.2 (10.200.0.2) 56(84) bytes of data.\n" + replies
+           + "\n--- 10.200.0.2 ping statistics ---\n"
+           "20 packets transmitted, 20 received, 0% packet loss, time 3800ms\n"
+           "rtt min/avg/max/mdev = 1.000/7.400/90.000/20.000 ms\n")
+    stats = parse_ping(out)
+    assert stats is not None
+    # ping's own average; the 19th of 20 sorted replies (nearest rank)
+    assert (stats.avg_ms, stats.p95_ms, stats.replies) == (7.4, 40.0, 20)
+    assert parse_ping("2 packets transmitted, 0 received, 100% packet loss\n") is None
