@@ -19,7 +19,7 @@ from bench.lab import (
     list_namespaces,
     new_prefix,
 )
-from bench.sh import CommandError, run
+from bench.sh import CommandError, in_ns, run
 
 pytestmark = needs_lab
 
@@ -69,8 +69,8 @@ def test_counters_see_traffic(lab: Lab) -> None:
 
 def _background_pings(lab: Lab, count: int) -> subprocess.Popen[bytes]:
     """`count` 1000-byte pings 10 ms apart over link 0: a bounded flow."""
-    cmd = ["ip", "netns", "exec", lab.names.client_ns,
-           "ping", "-q", "-i", "0.01", "-s", "1000", "-c", str(count), "10.0.0.2"]
+    cmd = in_ns(lab.names.client_ns,
+                ["ping", "-q", "-i", "0.01", "-s", "1000", "-c", str(count), "10.0.0.2"])
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
