@@ -16,6 +16,7 @@ from bench.runner import DEFAULT_SCHEDULERS, Options, fit_seconds, publish_lates
 from bench.runner import run as run_bench
 from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
 from bench.sh import CommandError
+from bench.stripe_config import split_variant
 from bench.wireguard_go import remove_stale_sockets
 
 CC_CHOICES = ("cubic", "bbr")
@@ -97,7 +98,9 @@ def _add_run_arguments(p: argparse.ArgumentParser, profile: bool) -> None:
     p.add_argument(
         "--schedulers",
         default=PROFILE_SCHEDULER if profile else ",".join(DEFAULT_SCHEDULERS),
-        help="stripe schedulers to try; those `stripe check` rejects are skipped",
+        help="stripe schedulers to try, each optionally with [interface] settings "
+        "(adaptive:queue_target_ms=0 is the adaptive scheduler with queue management off); "
+        "those `stripe check` rejects are skipped",
     )
     p.add_argument("--quick", action="store_true", help="smoke mode: 4 s per system, 1 repeat")
     p.add_argument(
@@ -291,6 +294,11 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
         profile=profile,
         profile_native=args.native,
     )
+    for variant in opts.schedulers:
+        try:
+            split_variant(variant)
+        except ValueError as exc:
+            parser.error(f"--schedulers: {exc}")
     if args.native and profile == "off":
         parser.error("--native goes with profiling (--profile or the profile command)")
     if args.minutes:

@@ -38,6 +38,21 @@ def _q(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def split_variant(variant: str) -> tuple[str, list[str]]:
+    """A bench "scheduler" is a stripe scheduler, optionally with [interface]
+    settings after a colon, joined by "+": "adaptive:queue_target_ms=0"
+    runs the adaptive scheduler with queue management off (an A/B of one
+    setting in one run).  Returns the scheduler and the settings as TOML lines."""
+    scheduler, _, rest = variant.partition(":")
+    settings = [item for item in rest.split("+") if item]
+    for item in settings:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise ValueError(f"{variant!r}: expected SCHEDULER[:KEY=VALUE[+KEY=VALUE...]]")
+    return scheduler, [f"{k.strip()} = {v.strip()}" for k, _, v in
+                       (item.partition("=") for item in settings)]
+
+
 def server_config(
     names: LabNames, keys: Keys, scheduler: str, tun: str, one_port: bool = False
 ) -> str:
@@ -45,6 +60,7 @@ def server_config(
     link's address), or with ``one_port`` a single wildcard socket on port
     5000 and no [[link]], so anything sent to that port from anywhere reaches
     it (the attack bench's server)."""
+    scheduler, settings = split_variant(scheduler)
     lines = [
         "[interface]",
         f"name = {_q(tun)}",
@@ -53,6 +69,7 @@ def server_config(
         f"private_key = {_q(keys.server_private)}",
         f"scheduler = {_q(scheduler)}",
         f"listen_port = {BASE_PORT}",
+        *settings,
         "",
         "[peer]",
         f"public_key = {_q(keys.client_public)}",
@@ -74,6 +91,7 @@ def client_config(
 ) -> str:
     """The client's config: link i sends to the server's link-i address, on
     port 5000+i, or 5000 for every link with ``one_port``."""
+    scheduler, settings = split_variant(scheduler)
     lines = [
         "[interface]",
         f"name = {_q(tun)}",
@@ -81,6 +99,7 @@ def client_config(
         f"mtu = {TUNNEL_MTU}",
         f"private_key = {_q(keys.client_private)}",
         f"scheduler = {_q(scheduler)}",
+        *settings,
         "",
         "[peer]",
         f"public_key = {_q(keys.server_public)}",
@@ -108,7 +127,8 @@ def write_configs(
     tun: str,
     one_port: bool = False,
 ) -> tuple[Path, Path]:
-    """Write server and client configs for ``scheduler``; returns their paths."""
+    """Write server and client configs for ``scheduler`` (a variant, see
+    `split_variant`); returns their paths."""
     directory.mkdir(parents=True, exist_ok=True)
     server = directory / f"server-{scheduler}.toml"
     client = directory / f"client-{scheduler}.toml"

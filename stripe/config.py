@@ -41,6 +41,11 @@ AUTO_MTU = "auto"
 DEFAULT_PMTU_PROBE = True
 # Redundancy copies packets up to this size; a full-size one doubles a bulk flow.
 MAX_DUPLICATE_BELOW = 9000
+# Queue management (see `aqm`): CoDel's target, the standing queue the bond
+# may keep before inner packets are dropped or ECN-marked.  Above a second
+# it would manage nothing.
+DEFAULT_QUEUE_TARGET_MS = 5.0
+MAX_QUEUE_TARGET_MS = 1000.0
 # After opening the TUN device and sockets nothing needs root any more.
 DEFAULT_USER = "nobody"
 DEFAULT_SCHEDULER = "adaptive"
@@ -134,6 +139,8 @@ class Config:
     # Redundancy (off by default): copies of small or chosen-DSCP packets.
     duplicate_below: int = 0
     duplicate_dscp: tuple[int, ...] = ()
+    # Queue management (see `aqm`): None turns it off.
+    queue_target_ms: float | None = DEFAULT_QUEUE_TARGET_MS
 
     def endpoint_spec(self, tunnel_mtu: int | None = None) -> EndpointSpec:
         """`tunnel_mtu`: the TUN's MTU as set up (needed when `mtu` is auto)."""
@@ -150,6 +157,7 @@ class Config:
             pmtu_probe=self.pmtu_probe,
             duplicate_below=self.duplicate_below,
             duplicate_dscp=frozenset(self.duplicate_dscp),
+            queue_target_s=None if self.queue_target_ms is None else self.queue_target_ms / 1000,
         )
 
 
@@ -168,7 +176,7 @@ RESTART_KEYS = {
     "pmtu_probe": "interface.pmtu_probe",
 }
 LIVE_FIELDS = frozenset({"path", "peers", "scheduler", "reorder_hold_ms", "links",
-                         "duplicate_below", "duplicate_dscp"})
+                         "duplicate_below", "duplicate_dscp", "queue_target_ms"})
 SECRET_FIELDS = frozenset({"private_key"})
 
 
@@ -427,6 +435,10 @@ def _parse(path: str, data: dict[str, Any], role: Role,
                 all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 63
                     for v in dscp),
                 f"expected DSCP values 0..63 such as [46] (EF), got {dscp!r}")
+    queue_target = iface.get("queue_target_ms", float, DEFAULT_QUEUE_TARGET_MS,
+                             what="a queueing delay in ms, or 0 (off)")
+    iface.check("queue_target_ms", 0 <= queue_target <= MAX_QUEUE_TARGET_MS,
+                f"expected 0 (off) .. {MAX_QUEUE_TARGET_MS:g} ms, got {queue_target:g}")
     iface.finish()
 
     peers = tuple(
@@ -456,7 +468,7 @@ def _parse(path: str, data: dict[str, Any], role: Role,
     config = Config(path, role, tun_name, tuple(addresses), mtu, private_key, peers,
                     scheduler, hold, listen_port, links, Path(control_text), user or None,
                     metrics, route_all, link_routes, masquerade, offload, pmtu_probe,
-                    duplicate_below, tuple(sorted(set(dscp))))
+                    duplicate_below, tuple(sorted(set(dscp))), queue_target or None)
     tables = [config.link_table(i) for i in range(len(links))]
     if (route_all or link_routes) and len(set(tables)) != len(tables):
         raise top.error("link", f"two links use the same routing table: {tables}")

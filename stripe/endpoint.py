@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from . import control, pmtu, reconfig, routing, wire
+from .aqm import DEFAULT_TARGET_S, CoDel, mark_ce, measure_bond
 from .cookie import CookieChecker, CookieJar, HandshakeLimiter, reply_receiver_index
 from .estimator import FEEDBACK_INTERVAL_S
 from .guard import SourceGuard
@@ -164,6 +165,9 @@ class EndpointSpec:
     # these DSCP values, also go out as a DATA_COPY on a second link.
     duplicate_below: int = 0
     duplicate_dscp: frozenset[int] = frozenset()
+    # Queue management (see `aqm`): the standing queue the bond may keep
+    # before inner packets are dropped or ECN-marked; None: off.
+    queue_target_s: float | None = DEFAULT_TARGET_S
 
 
 @dataclass(slots=True)
@@ -202,6 +206,7 @@ class Peer:
     # The inner source address last found in this peer's allowed_ips.
     last_good_source: bytes = b""
     mtu: int | None = None  # largest inner packet the links that are up carry now
+    aqm: CoDel | None = None  # None: queue management off
 
     def sessions(self) -> list[Session]:
         return [s for s in (self.current, self.previous, self.next_session) if s is not None]
@@ -251,6 +256,7 @@ class Endpoint:
     def _add_peer(self, peer_spec: PeerSpec, now: float) -> Peer:
         peer = Peer(peer_spec, make_scheduler(self.spec.scheduler), handshake_due=now,
                     cookie_jar=CookieJar(peer_spec.public_key), mtu=self.spec.tunnel_mtu)
+        _set_aqm(peer, self.spec.queue_target_s)
         self.peers.append(peer)
         self._peer_by_key[peer_spec.public_key] = peer
         self._psk_for[peer_spec.public_key] = peer_spec.preshared_key
@@ -346,9 +352,20 @@ class Endpoint:
             if mtu is not None and len(packet) > mtu and self._oversized(peer, packet, now):
                 continue
             session = peer.current
-            link = None if session is None else peer.scheduler.pick(
-                peer.links.values(), len(packet), now)
-            if session is None or link is None:
+            if session is None:
+                self._enqueue(peer, packet, now)
+                continue
+            aqm = peer.aqm
+            if aqm is not None and aqm.should_signal(
+                    measure_bond(usable_links(peer.links.values()), now), now):
+                marked = mark_ce(packet)
+                if marked is None:
+                    aqm.drops += 1
+                    continue
+                aqm.marks += 1
+                packet = marked
+            link = peer.scheduler.pick(peer.links.values(), len(packet), now)
+            if link is None:
                 self._enqueue(peer, packet, now)
                 continue
             if copies and _wants_copy(packet, below, dscp):
@@ -551,6 +568,8 @@ class Endpoint:
             self._psk_for[peer.spec.public_key] = peer.spec.preshared_key
             if self.spec.scheduler != old.scheduler:
                 peer.scheduler = make_scheduler(self.spec.scheduler)
+            if self.spec.queue_target_s != old.queue_target_s:
+                _set_aqm(peer, self.spec.queue_target_s)
             if self.role is Role.CLIENT:
                 self._relink(peer, removed, now)
             for session in peer.sessions():
@@ -1211,6 +1230,17 @@ class Endpoint:
 
     def _event(self, level: int, message: str) -> None:
         self._events.append((level, message))
+
+
+def _set_aqm(peer: Peer, target_s: float | None) -> None:
+    """Queue management for `peer` at `target_s` (None: off); a new target
+    keeps the counters."""
+    if target_s is None:
+        peer.aqm = None
+    elif peer.aqm is None:
+        peer.aqm = CoDel(target_s)
+    else:
+        peer.aqm.target_s = target_s
 
 
 def _client_link(spec: LinkSpec) -> Link:

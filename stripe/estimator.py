@@ -78,6 +78,8 @@ DELIVERY_GAIN = 0.5
 STALL_MIN_S = 0.10
 STALL_RTT_MULTIPLE = 2.0  # of the link's minimum RTT, plus two report intervals
 MAX_TRACKED_SENDS = 65536
+# A queue reported this recently (with new packets behind it) still stands.
+QUEUE_FRESH_S = 3 * FEEDBACK_INTERVAL_S
 
 
 @dataclass(slots=True)
@@ -203,6 +205,17 @@ class LinkEstimator:
         Without this a link that once showed a queue and then got nothing
         would keep looking queued (no data, no new report) and stay unused."""
         return max(self.qdelay_s - (now - self.qdelay_at), 0.0)
+
+    def standing_queue_s(self, now: float) -> float:
+        """The queue the link holds, for queue management (`aqm`): the one
+        last reported while reports keep showing new packets (we keep
+        refilling it, so it is not draining), else what is left of it.
+        `queue_left_s` alone drops by up to a report interval between two
+        reports of a saturated link, and a 50 ms queue looked like nothing
+        half the time."""
+        if now - self.qdelay_at <= QUEUE_FRESH_S:
+            return self.qdelay_s
+        return self.queue_left_s(now)
 
     @property
     def in_flight_packets(self) -> int:

@@ -76,6 +76,9 @@ def plan(old: EndpointSpec, new: EndpointSpec, draining_ids: Set[int]) -> Reconf
         changes.append(f"scheduler {old.scheduler} -> {new.scheduler}")
     if (new.duplicate_below, new.duplicate_dscp) != (old.duplicate_below, old.duplicate_dscp):
         changes.append(f"redundancy {_redundancy(old)} -> {_redundancy(new)}")
+    if new.queue_target_s != old.queue_target_s:
+        changes.append(f"queue target {_target(old.queue_target_s)} -> "
+                       f"{_target(new.queue_target_s)}")
     if new.reorder_hold_s != old.reorder_hold_s:
         changes.append(f"reorder hold {_hold(old.reorder_hold_s)} -> {_hold(new.reorder_hold_s)}")
     return Reconfiguration(replace(new, links=links), added_links, removed_links,
@@ -164,6 +167,10 @@ def _nets(peer: PeerSpec) -> str:
 
 def _hold(hold_s: float | None) -> str:
     return "measured" if hold_s is None else f"{hold_s * 1000:g} ms"
+
+
+def _target(target_s: float | None) -> str:
+    return "off" if target_s is None else f"{target_s * 1000:g} ms"
 
 
 def _redundancy(spec: EndpointSpec) -> str:

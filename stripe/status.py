@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .aqm import measure_bond
 from .endpoint import Endpoint
+from .scheduler import usable_links
 
 
 def _fmt_bytes(n: int) -> str:
@@ -64,6 +66,14 @@ def render(status: dict[str, Any]) -> str:
         if peer.get("resent_packets") or peer.get("resend_failed"):
             lines.append(f"  re-sent when their link went down: {peer.get('resent_packets', 0)}, "
                          f"no other link for: {peer.get('resend_failed', 0)}")
+        queue = peer.get("queue")
+        if queue:
+            lines.append(f"  queue management: target {queue['effective_target_ms']:g} ms "
+                         f"(configured {queue['target_ms']:g}), bond queue "
+                         f"{queue['bond_queue_ms']:g} ms, dropped {queue['dropped']}, "
+                         f"marked {queue['marked']}")
+        elif "queue" in peer:
+            lines.append("  queue management: off")
         redundancy = peer.get("redundancy")
         if redundancy and (redundancy["copies_sent"] or redundancy["copies_first"]):
             lines.append("  redundancy: " + ", ".join(
@@ -124,11 +134,27 @@ def snapshot(endpoint: Endpoint, now: float) -> dict[str, Any]:
             "queued": len(peer.queue), "links": links, "reorder": reorder, "mtu": peer.mtu,
             "redundancy": _redundancy(peer, links),
             "resent_packets": peer.resent, "resend_failed": peer.resend_failed,
+            "queue": _queue(peer, now),
         })
     mtu = {"tun": endpoint.spec.tunnel_mtu, "probing": endpoint.spec.pmtu_probe,
            **endpoint.oversize.counters}
     return {"role": endpoint.role.value, "peers": peers, "drops": dict(endpoint.drops),
             "mtu": mtu}
+
+
+def _queue(peer: Any, now: float) -> dict[str, Any] | None:
+    """Queue management (see `aqm`): its target, the bond's standing queue
+    as measured now, and the inner packets it dropped or marked."""
+    aqm = peer.aqm
+    if aqm is None:
+        return None
+    bond = measure_bond(usable_links(peer.links.values()), now)
+    return {
+        "target_ms": round(aqm.target_s * 1000, 2),
+        "effective_target_ms": round(aqm.target_for(bond.base_rtt_s) * 1000, 2),
+        "bond_queue_ms": round(bond.queue_s * 1000, 2),
+        "dropped": aqm.drops, "marked": aqm.marks,
+    }
 
 
 def _redundancy(peer: Any, links: list[dict[str, Any]]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import random
 import struct
 from dataclasses import dataclass, field
 
+from stripe.aqm import DEFAULT_TARGET_S
 from stripe.endpoint import Endpoint, EndpointSpec, LinkSpec, PeerSpec, Role
 from stripe.noise import generate_keypair
 
@@ -39,6 +40,10 @@ class SimLink:
     _free_at: dict[str, float] = field(default_factory=dict)
     _last_arrival: dict[str, float] = field(default_factory=dict)
     carried: dict[str, int] = field(default_factory=lambda: {"up": 0, "down": 0})
+
+    def queued_s(self, direction: str, now: float) -> float:
+        """How long a datagram sent now would wait for the link (its buffer)."""
+        return max(self._free_at.get(direction, 0.0) - now, 0.0)
 
 
 def server_addr(i: int) -> tuple[str, int]:
@@ -74,6 +79,7 @@ class Sim:
         configured: int | None = None,
         tunnel_mtu: int | None = None,
         pmtu_probe: bool = False,
+        queue_target_s: float | None = DEFAULT_TARGET_S,
     ) -> None:
         """`configured`: the client starts with only the first N links (the
         others are there for a reload to add)."""
@@ -88,14 +94,15 @@ class Sim:
                 Role.CLIENT, client_priv, (PeerSpec(server_pub, psk),),
                 tuple(self.link_spec(i) for i in range(len(links))[:configured]),
                 scheduler=scheduler, reorder_hold_s=reorder_hold_s,
-                tunnel_mtu=tunnel_mtu, pmtu_probe=pmtu_probe,
+                tunnel_mtu=tunnel_mtu, pmtu_probe=pmtu_probe, queue_target_s=queue_target_s,
             ),
             self.now, wall_offset=1.7e9, random_index=lambda: self.rng.getrandbits(32),
         )
         self.server = Endpoint(
             EndpointSpec(Role.SERVER, server_priv, (PeerSpec(client_pub, psk),),
                          scheduler=scheduler, reorder_hold_s=reorder_hold_s,
-                         tunnel_mtu=tunnel_mtu, pmtu_probe=pmtu_probe),
+                         tunnel_mtu=tunnel_mtu, pmtu_probe=pmtu_probe,
+                         queue_target_s=queue_target_s),
             self.now, wall_offset=1.7e9, random_index=lambda: self.rng.getrandbits(32),
         )
         self._events: list[tuple[float, int, str, int, bytes]] = []

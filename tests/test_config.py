@@ -102,6 +102,10 @@ public_key = "{PUB}"
          "interface.duplicate_below: expected 0 (off) .. 9000 bytes, got -1"),
         (('scheduler = "roundrobin"', 'duplicate_below = "small"'),
          "interface.duplicate_below: expected a packet size in bytes"),
+        (('scheduler = "roundrobin"', "queue_target_ms = -1"),
+         "interface.queue_target_ms: expected 0 (off) .. 1000 ms, got -1"),
+        (('scheduler = "roundrobin"', 'queue_target_ms = "low"'),
+         "interface.queue_target_ms: expected a queueing delay in ms, or 0 (off)"),
         (('scheduler = "roundrobin"', "duplicate_dscp = [46, 64]"),
          "interface.duplicate_dscp: expected DSCP values 0..63 such as [46] (EF), got [46, 64]"),
         (('scheduler = "roundrobin"', "duplicate_dscp = 46"),
@@ -273,6 +277,14 @@ def test_with_routing_automation_link_changes_need_a_restart(tmp_path: Path) -> 
     assert "link: with route_all or link_routes" in message and "needs a restart" in message
     assert config.restart_needed(load(tmp_path, CLIENT), load(tmp_path, CLIENT[
         :CLIENT.rindex("[[link]]")])) is None  # without it, links come and go live
+
+
+def test_queue_target_key(tmp_path: Path) -> None:
+    assert load(tmp_path, CLIENT).endpoint_spec().queue_target_s == 0.005  # on by default
+    tuned = load(tmp_path, CLIENT.replace('scheduler = "roundrobin"', "queue_target_ms = 12.5"))
+    assert tuned.endpoint_spec().queue_target_s == 0.0125
+    off = load(tmp_path, CLIENT.replace('scheduler = "roundrobin"', "queue_target_ms = 0"))
+    assert off.queue_target_ms is None and off.endpoint_spec().queue_target_s is None
 
 
 def test_redundancy_keys(tmp_path: Path) -> None:

@@ -227,6 +227,8 @@ def test_metric_families_carry_the_status_figures() -> None:
     assert got[("stripe_reorder_held_packets", peer_key)] == peer["reorder"]["held"]
     assert got[("stripe_redundancy_copies_sent_total", peer_key)] == \
         peer["redundancy"]["copies_sent"]
+    assert got[("stripe_queue_dropped_packets_total", peer_key)] == peer["queue"]["dropped"]
+    assert got[("stripe_queue_marked_packets_total", peer_key)] == peer["queue"]["marked"]
     first = peer["links"][0]
     key = frozenset({("peer", label), ("link", first["name"])})
     assert got[("stripe_link_in_flight_packets", key)] == first["in_flight_packets"]
@@ -308,3 +310,18 @@ def test_status_shows_packets_in_flight_per_link() -> None:
     assert all(link["in_flight_packets"] == 0 for link in settled), settled
     assert all(link["rttvar_ms"] is not None for link in settled)
     assert "in flight" in render(snapshot(sim.client, sim.now))
+
+
+def test_status_shows_queue_management() -> None:
+    sim = Sim([SimLink(delay_s=0.040), SimLink(delay_s=0.040)])
+    sim.run(1.0)
+    queue = snapshot(sim.client, sim.now)["peers"][0]["queue"]  # type: ignore[index]
+    # The 80 ms round trip raises the 5 ms target to 40 ms (one flow keeps
+    # the links busy through a window cut).
+    assert queue["target_ms"] == 5.0 and queue["effective_target_ms"] == pytest.approx(40, abs=1)
+    assert queue["dropped"] == queue["marked"] == 0 and queue["bond_queue_ms"] == 0.0
+    assert "queue management: target 40" in render(snapshot(sim.client, sim.now))
+    off = Sim([SimLink()], queue_target_s=None)
+    off.run(1.0)
+    assert snapshot(off.client, off.now)["peers"][0]["queue"] is None  # type: ignore[index]
+    assert "queue management: off" in render(snapshot(off.client, off.now))

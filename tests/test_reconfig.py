@@ -166,6 +166,20 @@ def test_backup_flag_and_scheduler_and_hold_change_live() -> None:
     assert sim.client.peers[0].current is session
 
 
+def test_queue_target_changes_live_and_keeps_the_counts() -> None:
+    sim = Sim([SimLink(), SimLink()])
+    sim.run(1.0)
+    peer = sim.client.peers[0]
+    assert peer.aqm is not None
+    peer.aqm.drops = 3
+    changes = reload(sim, sim.link_spec(0), sim.link_spec(1), queue_target_s=0.02)
+    assert changes == ("queue target 5 ms -> 20 ms",)
+    assert peer.aqm.target_s == 0.02 and peer.aqm.drops == 3
+    assert reload(sim, sim.link_spec(0), sim.link_spec(1), queue_target_s=None) == (
+        "queue target 20 ms -> off",)
+    assert peer.aqm is None
+
+
 def test_removed_id_is_used_again_after_the_drain() -> None:
     links = [SimLink(), SimLink(), SimLink()]
     sim = Sim(links, configured=2)

@@ -93,6 +93,11 @@ REDUNDANCY_COUNTERS = (
     ("redundancy_copies_first", "Copies from the peer that arrived before their original.",
      "copies_first"),
 )
+QUEUE_COUNTERS = (
+    ("queue_dropped_packets", "Inner packets dropped by queue management (see queue_target_ms).",
+     "dropped"),
+    ("queue_marked_packets", "ECN-capable inner packets marked CE instead.", "marked"),
+)
 PEER_COUNTERS = (
     ("peer_resent_packets",
      "Data packets re-sent on another link: theirs went down before the peer reported them.",
@@ -153,6 +158,7 @@ def _peer_families(peers: list[dict[str, Any]]) -> Iterator[Metric]:
     redundancy_counters = [(_counter(name, doc, ["peer"]), key)
                            for name, doc, key in REDUNDANCY_COUNTERS]
     peer_counters = [(_counter(name, doc, ["peer"]), key) for name, doc, key in PEER_COUNTERS]
+    queue_counters = [(_counter(name, doc, ["peer"]), key) for name, doc, key in QUEUE_COUNTERS]
     for peer in peers:
         label = peer_label(str(peer.get("public_key", "")))
         for counter, key in peer_counters:
@@ -181,6 +187,9 @@ def _peer_families(peers: list[dict[str, Any]]) -> Iterator[Metric]:
         redundancy = peer.get("redundancy") or {}
         for counter, key in redundancy_counters:
             counter.add_metric([label], float(redundancy.get(key, 0)))
+        queue = peer.get("queue") or {}
+        for counter, key in queue_counters:
+            counter.add_metric([label], float(queue.get(key, 0)))
     yield state
     yield share
     yield from (family for family, *_ in gauges)
@@ -191,6 +200,7 @@ def _peer_families(peers: list[dict[str, Any]]) -> Iterator[Metric]:
     yield from (family for family, *_ in reorder_gauges)
     yield from (family for family, *_ in reorder_counters)
     yield from (family for family, *_ in redundancy_counters)
+    yield from (family for family, *_ in queue_counters)
 
 
 class StatusCollector(Collector):

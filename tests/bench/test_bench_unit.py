@@ -17,7 +17,7 @@ from bench.lab import MAX_LINKS, Direction, LabNames, LinkSpec, netem_args, new_
 from bench.measure import RunRecord, parse_ping
 from bench.runner import MIN_FITTED_SECONDS, Options, count_runs, estimate_seconds, flows_for
 from bench.scenarios import ALIASES, SCENARIOS, resolve
-from bench.stripe_config import Keys, client_config, server_config
+from bench.stripe_config import Keys, client_config, server_config, split_variant
 
 DATA = Path(__file__).parent / "data"
 
@@ -181,6 +181,23 @@ def test_generated_stripe_configs_parse() -> None:
     assert client["peer"]["public_key"] == "spub"
     assert server["peer"]["public_key"] == "cpub"
     assert [link["port"] for link in server["link"]] == [5000, 5001]
+
+
+def test_scheduler_variants_carry_interface_settings() -> None:
+    names = LabNames.for_prefix("sb0000", 2)
+    specs = (LinkSpec.symmetric(5), LinkSpec.symmetric(5))
+    keys = Keys("cpriv", "cpub", "spriv", "spub")
+    variant = "adaptive:queue_target_ms=0+reorder_hold_ms=50"
+    for text in (client_config(names, specs, keys, variant, "t"),
+                 server_config(names, keys, variant, "t")):
+        interface = tomllib.loads(text)["interface"]
+        assert interface["scheduler"] == "adaptive"
+        assert interface["queue_target_ms"] == 0 and interface["reorder_hold_ms"] == 50
+    assert split_variant("weighted") == ("weighted", [])
+    with pytest.raises(ValueError, match="SCHEDULER"):
+        split_variant("adaptive:queue_target_ms")
+    with pytest.raises(SystemExit):
+        _options("equal", "--schedulers", "adaptive,adaptive:=3")
 
 
 def test_final_sliver_interval_is_dropped() -> None:
