@@ -19,11 +19,14 @@ idle has room to grow into.  So a queue the scheduler needs to use every link
 never counts, a standing queue on all of them does.
 
 The control law is CoDel's (RFC 8289): nothing until the queue has stayed
-above `target` for a whole `interval`; then one drop, and the next ones at
+above the target for a whole interval; then one drop, and the next ones at
 interval / sqrt(count) while it stays above.  The sojourn times are the
 peer's measurements, older by a report interval and a one-way delay than
-CoDel's own would be; the interval (100 ms) is longer than that lag, and the
-inner TCP needs a round trip to answer a drop anyway.
+CoDel's own would be; the interval (100 ms, or the slowest link's round trip
+plus a report interval) is longer than that lag, and the inner TCP needs a
+round trip to answer a drop anyway.  The target is the configured one (5 ms)
+or half the slowest link's round trip, whichever is more
+(`SINGLE_FLOW_QUEUE_RTTS`).
 
 Empty state: not dropping, no queue seen above target, count 0.
 """
