@@ -16,8 +16,10 @@ field: a buggy peer must not crash us.
                the client's link table, so the server can schedule its
                direction by the same weights without configuring them
     FEEDBACK   {"t": 4, "l": [[id, rx_packets, rx_bytes, highest_link_seq,
-                               owd_us, owd_min_us], ...]}
-               what the receiver got on each link (see estimator)
+                               owd_us, owd_min_us, owd_low_us], ...]}
+               what the receiver got on each link (see estimator);
+               owd_low_us (the lowest delay of the interval, for queue
+               management) may be missing: a peer from before it was added
     MARKER     {"t": 5}   sent on a link shortly after its last data packet of
                a burst: its "d" tells the receiver nothing older is still in
                flight there, so a gap can be declared lost without waiting
@@ -83,6 +85,7 @@ class LinkReport:
     highest_link_seq: int  # 32-bit, as on the wire
     owd_us: int  # receiver clock minus sender clock: compare between links only
     owd_min_us: int
+    owd_low_us: int | None = None  # the lowest of the interval; None: not sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +134,8 @@ def encode(message: ControlMessage, next_data_counter: int) -> bytes:
         body = {
             "t": ControlType.FEEDBACK,
             "l": [[r.link_id, r.rx_packets, r.rx_bytes, r.highest_link_seq, r.owd_us,
-                   r.owd_min_us] for r in message.reports],
+                   r.owd_min_us, r.owd_us if r.owd_low_us is None else r.owd_low_us]
+                  for r in message.reports],
         }
     body["d"] = next_data_counter
     data: bytes = msgpack.packb(body)
@@ -161,12 +165,12 @@ def _sint(value: object, bits: int) -> int:
     return value
 
 
-def _entries(body: dict[str, object], width: int) -> list[list[object]]:
+def _entries(body: dict[str, object], *widths: int) -> list[list[object]]:
     entries = body.get("l")
     if not isinstance(entries, list) or len(entries) > 256:
         raise ControlError("bad_list")
     for entry in entries:
-        if not isinstance(entry, list) or len(entry) != width:
+        if not isinstance(entry, list) or len(entry) not in widths:
             raise ControlError("bad_list")
     return entries
 
@@ -208,8 +212,9 @@ def _message(body: dict[str, object]) -> ControlMessage:
     if kind == ControlType.FEEDBACK:
         return Feedback(tuple(
             LinkReport(_uint(e[0], 8), _uint(e[1], 64), _uint(e[2], 64), _uint(e[3], 32),
-                       _sint(e[4], 64), _sint(e[5], 64))
-            for e in _entries(body, 6)
+                       _sint(e[4], 64), _sint(e[5], 64),
+                       _sint(e[6], 64) if len(e) > 6 else None)
+            for e in _entries(body, 6, 7)
         ))
     if kind == ControlType.LINKS:
         infos = []

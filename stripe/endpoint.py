@@ -872,7 +872,7 @@ class Endpoint:
             if highest > link.est.highest_reported:
                 link.health.on_progress(now)  # data gets through: alive, even if probes drown
             link.est.on_report(report.rx_packets, report.rx_bytes, highest, report.owd_us,
-                               report.owd_min_us, now, link.health.srtt_s)
+                               report.owd_min_us, now, link.health.srtt_s, report.owd_low_us)
         # The peer is alive (it reports): a link whose data it never saw is dead.
         for link in peer.links.values():
             if link.up and link.est.stalled(now, link.health.min_rtt_s):
@@ -889,7 +889,7 @@ class Endpoint:
                 continue
             reports.append(control.LinkReport(
                 link.link_id, link.counters.rx_packets, link.counters.rx_bytes,
-                link.rx_highest_link_seq, owd[0], owd[1]))
+                link.rx_highest_link_seq, owd[0], owd[1], owd[2]))
         # Over a link that just delivered data to us: the fastest link by
         # probes may be the one that has just been blackholed, and feedback
         # lost there would also hide that link's stall from the peer.

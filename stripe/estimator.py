@@ -90,6 +90,9 @@ class LinkEstimator:
     loss: float = 0.0
     qdelay_s: float = 0.0
     qdelay_at: float = 0.0  # when qdelay_s was reported
+    # The lowest queueing delay of the report interval: the queue no packet
+    # escaped (`qdelay_s`, a mean, also carries the link's jitter).
+    standing_qdelay_s: float = 0.0
     owd_min_us: int | None = None  # receiver frame; compare between links only
     reports: int = 0
     last_progress: float = 0.0  # when a report last showed new packets arriving
@@ -116,7 +119,8 @@ class LinkEstimator:
             unacked.popleft()
 
     def on_report(self, rx_packets: int, rx_bytes: int, highest_seq: int, owd_us: int,
-                  owd_min_us: int, now: float, rtt_s: float | None = None) -> None:
+                  owd_min_us: int, now: float, rtt_s: float | None = None,
+                  owd_low_us: int | None = None) -> None:
         unacked = self.unacked
         while unacked and unacked[0][0] <= highest_seq:
             unacked.popleft()
@@ -124,6 +128,8 @@ class LinkEstimator:
         if highest_seq > self._highest_seq or self.reports == 0:
             self.last_progress = now
             self.qdelay_s = max(owd_us - owd_min_us, 0) / 1e6
+            low = owd_us if owd_low_us is None else owd_low_us
+            self.standing_qdelay_s = max(low - owd_min_us, 0) / 1e6
             self.qdelay_at = now
         # else: nothing arrived on the link since the last report, so its
         # delay is the peer's old smoothed value, not news: the queue we
@@ -207,15 +213,17 @@ class LinkEstimator:
         return max(self.qdelay_s - (now - self.qdelay_at), 0.0)
 
     def standing_queue_s(self, now: float) -> float:
-        """The queue the link holds, for queue management (`aqm`): the one
-        last reported while reports keep showing new packets (we keep
-        refilling it, so it is not draining), else what is left of it.
-        `queue_left_s` alone drops by up to a report interval between two
-        reports of a saturated link, and a 50 ms queue looked like nothing
-        half the time."""
+        """The queue the link holds, for queue management (`aqm`): the
+        lowest delay above the minimum that every packet of the last report
+        interval met, while reports keep showing new packets (we keep
+        refilling it, so it is not draining), else what is left of it.  The
+        lowest, not the mean: on a link with 20 ms of jitter the mean sits
+        10 ms above the minimum with no queue at all.  Nor `queue_left_s`:
+        it drops by up to a report interval between two reports of a
+        saturated link, and a 50 ms queue looked like nothing half the time."""
         if now - self.qdelay_at <= QUEUE_FRESH_S:
-            return self.qdelay_s
-        return self.queue_left_s(now)
+            return self.standing_qdelay_s
+        return max(self.standing_qdelay_s - (now - self.qdelay_at), 0.0)
 
     @property
     def in_flight_packets(self) -> int:
@@ -250,7 +258,7 @@ class LinkEstimator:
         (a rate measured while it was dying, a queue long drained)."""
         self.unacked.clear()
         self.rate_bps = INITIAL_RATE_BPS
-        self.qdelay_s = 0.0
+        self.qdelay_s = self.standing_qdelay_s = 0.0
         self.loss = 0.0
         self._delivery_samples.clear()
         self._history.clear()

@@ -291,6 +291,7 @@ class _LinkDelay:
     last_time: float
     interval_sum_us: float = 0.0  # since the last feedback report
     interval_count: int = 0
+    interval_low_us: float = float("inf")  # the lowest since the last report
     min_us: float = float("inf")  # over the current window
     prev_min_us: float = float("inf")  # over the window before
     window_start: float = 0.0
@@ -334,6 +335,8 @@ class DelaySkew:
             link.min_us = float(d)
         link.interval_sum_us += d
         link.interval_count += 1
+        if d < link.interval_low_us:
+            link.interval_low_us = float(d)
         err = d - link.mean_us
         link.mean_us += self.gain * err
         link.dev_us += self.gain * (abs(err) - link.dev_us)
@@ -351,19 +354,23 @@ class DelaySkew:
         hold = 1.5 * (slowest - fastest) / 1e6 + HOLD_MARGIN_S
         return min(max(hold, HOLD_MIN_S), HOLD_MAX_S)
 
-    def take_owd_us(self, link_id: int) -> tuple[int, int] | None:
-        """(mean since the last call, windowed minimum) one-way delay of a link
-        in our relative frame, for a feedback report; the smoothed mean when no
-        packet came since the last call."""
+    def take_owd_us(self, link_id: int) -> tuple[int, int, int] | None:
+        """(mean, lowest) one-way delay since the last call and the windowed
+        minimum, of a link in our relative frame, for a feedback report; the
+        smoothed mean for both when no packet came since the last call.  The
+        lowest is what no packet of the interval escaped: a standing queue,
+        where the mean also carries the link's jitter."""
         link = self._links.get(link_id)
         if link is None:
             return None
         if link.interval_count:
             mean = link.interval_sum_us / link.interval_count
+            low = link.interval_low_us
             link.interval_sum_us, link.interval_count = 0.0, 0
+            link.interval_low_us = float("inf")
         else:
-            mean = link.mean_us
-        return round(mean), round(link.floor_us())
+            mean = low = link.mean_us
+        return round(mean), round(link.floor_us()), round(low)
 
     def skew_ms(self, now: float) -> dict[int, float]:
         """Each live link's mean delay above the fastest one, in ms (for status)."""

@@ -8,9 +8,11 @@ import itertools
 import math
 import struct
 
+import msgpack
 import pytest
 from netsim import Sim, SimLink, ip_packet, packet_seq
 
+from stripe import control
 from stripe.aqm import (
     INTERVAL_S,
     SINGLE_FLOW_QUEUE_RTTS,
@@ -147,7 +149,8 @@ def test_mark_ce_on_ipv6() -> None:
 def _link(link_id: int, qdelay_s: float, at: float, rate_bps: float = 10e6,
           min_rtt_s: float | None = None) -> Link:
     link = Link(link_id, f"l{link_id}")
-    link.est.qdelay_s, link.est.qdelay_at, link.est.rate_bps = qdelay_s, at, rate_bps
+    est = link.est
+    est.standing_qdelay_s, est.qdelay_at, est.rate_bps = qdelay_s, at, rate_bps
     link.health.min_rtt_s = min_rtt_s
     return link
 
@@ -174,6 +177,21 @@ def test_bond_queue_follows_fresh_reports_and_drains_stale_ones() -> None:
     later = 10.0 + QUEUE_FRESH_S + 0.01
     assert measure_bond([link], later).queue_s == pytest.approx(
         max(0.050 - (later - 10.0) - one_packet, 0.0))
+
+
+def test_feedback_carries_the_interval_low_and_reads_a_report_without_it() -> None:
+    report = control.LinkReport(1, 10, 12_000, 9, 5_300, 5_000, 5_100)
+    message, _ = control.decode(control.encode(control.Feedback((report,)), 7))
+    assert message == control.Feedback((report,))
+    # A peer from before the field: six entries, read as "not sent".
+    old = msgpack.packb({"t": 4, "l": [[1, 10, 12_000, 9, 5_300, 5_000]], "d": 7})
+    message, _ = control.decode(old)
+    assert isinstance(message, control.Feedback)
+    assert message.reports[0].owd_low_us is None
+    for bad in ([[1, 10, 12_000, 9, 5_300, 5_000, "low"]],
+                [[1, 10, 12_000, 9, 5_300, 5_000, 5_100, 0]]):
+        with pytest.raises(control.ControlError):
+            control.decode(msgpack.packb({"t": 4, "l": bad, "d": 7}))
 
 
 # -- closed loop: a loss-based sender through the tunnel ------------------
@@ -256,6 +274,24 @@ def test_ecn_capable_packets_are_marked_not_dropped() -> None:
     sim.run(0.5)  # what is still on its way
     assert len(sim.delivered["server"]) == sent  # nothing dropped
     assert _p90(queues[len(queues) // 3:]) < 0.040
+
+
+def test_jitter_is_not_a_queue() -> None:
+    # 20 ms of jitter on both links, each packet on its own (as over an
+    # ISP's parallel paths), half the bond's capacity spread over both: the
+    # mean delay sits ~10 ms above the minimum, but no queue stands, so
+    # nothing may be dropped.  (Judged on the mean, 600 of 3000 were.)
+    links = [SimLink(delay_s=0.002, jitter_s=0.020, reorder=True, rate_bps=5e6,
+                     queue_limit_s=0.5) for _ in range(2)]
+    sim = Sim(links, scheduler="roundrobin")
+    sim.run(1.0)
+    interval = PACKET_BYTES * 8 / 5e6
+    sim.run(6.0, [(sim.now + i * interval, "up", ip_packet(i, PACKET_BYTES))
+                  for i in range(int(6.0 / interval))])
+    ests = [link.est for link in sim.client.peers[0].links.values()]
+    assert all(est.qdelay_s > 0.008 for est in ests), [est.qdelay_s for est in ests]
+    aqm = sim.client.peers[0].aqm
+    assert aqm is not None and aqm.drops == 0
 
 
 def test_light_load_is_never_signalled() -> None:
