@@ -44,10 +44,11 @@ DEFAULT_TARGET_S = 0.005
 INTERVAL_S = 0.100
 # A loss-based TCP halves (reno) or cuts by 30 % (cubic) its window at a
 # drop; the links stay busy through that only if the queue it drops from
-# holds that much of a round trip: (1 - 0.7) / 0.7 = 0.43 for cubic.  A
-# fixed 5 ms target cost a single cubic flow over a 10 ms + 40 ms bond
-# 10 % of its goodput (bench `unequal-delay`); the latency win is on links
-# whose buffers are deep next to their delay, where this changes nothing.
+# holds that much of a round trip: (1 - 0.7) / 0.7 = 0.43 for cubic.  With
+# a fixed 5 ms target one cubic flow over the bench's 10 ms + 40 ms bond
+# (`unequal-delay` lab, 15 s) got 15.6-16.7 Mbit/s instead of 18.1; the
+# latency win is on links whose buffers are deep next to their delay, where
+# this changes nothing.
 SINGLE_FLOW_QUEUE_RTTS = 0.5
 # CoDel's memory: a new dropping state within this many intervals of the
 # last one resumes near the drop rate the last one ended at.

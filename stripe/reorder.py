@@ -355,11 +355,11 @@ class DelaySkew:
         return min(max(hold, HOLD_MIN_S), HOLD_MAX_S)
 
     def take_owd_us(self, link_id: int) -> tuple[int, int, int] | None:
-        """(mean, lowest) one-way delay since the last call and the windowed
-        minimum, of a link in our relative frame, for a feedback report; the
-        smoothed mean for both when no packet came since the last call.  The
-        lowest is what no packet of the interval escaped: a standing queue,
-        where the mean also carries the link's jitter."""
+        """(mean since the last call, windowed minimum, lowest since the last
+        call) one-way delay of a link in our relative frame, for a feedback
+        report; the smoothed mean for mean and lowest when no packet came
+        since the last call.  The lowest is what no packet of the interval
+        escaped, a standing queue; the mean also carries the link's jitter."""
         link = self._links.get(link_id)
         if link is None:
             return None
