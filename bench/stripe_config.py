@@ -44,13 +44,13 @@ def split_variant(variant: str) -> tuple[str, list[str]]:
     runs the adaptive scheduler with queue management off (an A/B of one
     setting in one run).  Returns the scheduler and the settings as TOML lines."""
     scheduler, _, rest = variant.partition(":")
-    settings = [item for item in rest.split("+") if item]
-    for item in settings:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip() or not value.strip():
+    lines = []
+    for item in (item for item in rest.split("+") if item):
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not eq or not key or not value:
             raise ValueError(f"{variant!r}: expected SCHEDULER[:KEY=VALUE[+KEY=VALUE...]]")
-    return scheduler, [f"{k.strip()} = {v.strip()}" for k, _, v in
-                       (item.partition("=") for item in settings)]
+        lines.append(f"{key} = {value}")
+    return scheduler, lines
 
 
 def server_config(

@@ -88,7 +88,6 @@ class CoDel:
     """CoDel's state machine over measured sojourn times (see module doc)."""
 
     target_s: float = DEFAULT_TARGET_S  # the configured floor (see `target_for`)
-    interval_s: float = INTERVAL_S  # the last one used (see `interval_for`)
     dropping: bool = False
     first_above: float | None = None  # when the queue may start to be dropped from
     drop_next: float = 0.0
@@ -111,8 +110,9 @@ class CoDel:
     def should_signal(self, bond: BondQueue, now: float) -> bool:
         """A packet leaves now with the bond as measured: drop (or mark) it?
         The caller counts what it did in `drops` or `marks`."""
-        self.interval_s = self.interval_for(bond.base_rtt_s)
-        above = self._above_long_enough(bond.queue_s, self.target_for(bond.base_rtt_s), now)
+        interval = self.interval_for(bond.base_rtt_s)
+        above = self._above_long_enough(bond.queue_s, self.target_for(bond.base_rtt_s),
+                                        interval, now)
         if self.dropping:
             if not above:
                 self.dropping = False
@@ -120,7 +120,7 @@ class CoDel:
             if now < self.drop_next:
                 return False
             self.count += 1
-            self.drop_next = self._next_drop(self.drop_next)
+            self.drop_next = self._next_drop(self.drop_next, interval)
             return True
         if not above:
             return False
@@ -128,23 +128,24 @@ class CoDel:
         # Back into dropping soon after the last episode: resume close to the
         # rate that episode ended at rather than from one drop an interval.
         delta = self.count - self.last_count
-        recent = now - self.drop_next < COUNT_MEMORY_INTERVALS * self.interval_s
+        recent = now - self.drop_next < COUNT_MEMORY_INTERVALS * interval
         self.count = delta if delta > 1 and recent else 1
         self.last_count = self.count
-        self.drop_next = self._next_drop(now)
+        self.drop_next = self._next_drop(now, interval)
         return True
 
-    def _above_long_enough(self, queue_s: float, target_s: float, now: float) -> bool:
+    def _above_long_enough(self, queue_s: float, target_s: float, interval_s: float,
+                           now: float) -> bool:
         if queue_s < target_s:
             self.first_above = None
             return False
         if self.first_above is None:
-            self.first_above = now + self.interval_s
+            self.first_above = now + interval_s
             return False
         return now >= self.first_above
 
-    def _next_drop(self, since: float) -> float:
-        return since + self.interval_s / math.sqrt(self.count)
+    def _next_drop(self, since: float, interval_s: float) -> float:
+        return since + interval_s / math.sqrt(self.count)
 
 
 def mark_ce(packet: bytes) -> bytes | None:
@@ -160,7 +161,9 @@ def mark_ce(packet: bytes) -> bytes | None:
         if tos & _ECN_MASK == 0:
             return None
         new_tos = tos | _ECN_CE
-        # The checksum covers 16-bit words; byte 1 is the low byte of word 0.
+        # Updated, not recomputed (`offload.checksum`): a header that arrived
+        # corrupt must stay detectably corrupt.  The checksum covers 16-bit
+        # words; byte 1 is the low byte of word 0.
         old_word = (packet[0] << 8) | tos
         new_word = (packet[0] << 8) | new_tos
         checksum = (packet[10] << 8) | packet[11]

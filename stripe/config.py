@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .aqm import DEFAULT_TARGET_S
 from .endpoint import EndpointSpec, LinkSpec, PeerSpec, Role
 from .pmtu import MAX_MTU, MIN_MTU_IPV4, MIN_MTU_IPV6
 from .scheduler import SCHEDULERS
@@ -44,7 +45,7 @@ MAX_DUPLICATE_BELOW = 9000
 # Queue management (see `aqm`): CoDel's target, the standing queue the bond
 # may keep before inner packets are dropped or ECN-marked.  Above a second
 # it would manage nothing.
-DEFAULT_QUEUE_TARGET_MS = 5.0
+DEFAULT_QUEUE_TARGET_MS = DEFAULT_TARGET_S * 1000
 MAX_QUEUE_TARGET_MS = 1000.0
 # After opening the TUN device and sockets nothing needs root any more.
 DEFAULT_USER = "nobody"

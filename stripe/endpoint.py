@@ -336,6 +336,7 @@ class Endpoint:
         i = 0
         last_dest: bytes = b""
         peer: Peer | None = None
+        aqm_quiet: Peer | None = None  # queue management said no to it at `now`
         while i < count:
             packet = packets[i]
             i += 1
@@ -356,14 +357,18 @@ class Endpoint:
                 self._enqueue(peer, packet, now)
                 continue
             aqm = peer.aqm
-            if aqm is not None and aqm.should_signal(
-                    measure_bond(usable_links(peer.links.values()), now), now):
-                marked = mark_ce(packet)
-                if marked is None:
-                    aqm.drops += 1
-                    continue
-                aqm.marks += 1
-                packet = marked
+            if aqm is not None and peer is not aqm_quiet:
+                # The bond's queue and `now` stay put for the whole call: once
+                # CoDel says no, it says no to the rest of this peer's packets.
+                if aqm.should_signal(measure_bond(usable_links(peer.links.values()), now), now):
+                    marked = mark_ce(packet)
+                    if marked is None:
+                        aqm.drops += 1
+                        continue
+                    aqm.marks += 1
+                    packet = marked
+                else:
+                    aqm_quiet = peer
             link = peer.scheduler.pick(peer.links.values(), len(packet), now)
             if link is None:
                 self._enqueue(peer, packet, now)

@@ -210,7 +210,12 @@ class LinkEstimator:
         link's pace, and what we sent since is the scheduler's own account.
         Without this a link that once showed a queue and then got nothing
         would keep looking queued (no data, no new report) and stay unused."""
-        return max(self.qdelay_s - (now - self.qdelay_at), 0.0)
+        return self._drained(self.qdelay_s, now)
+
+    def _drained(self, queue_s: float, now: float) -> float:
+        """What is left of a queue of `queue_s` reported at `qdelay_at`,
+        drained at the link's pace since."""
+        return max(queue_s - (now - self.qdelay_at), 0.0)
 
     def standing_queue_s(self, now: float) -> float:
         """The queue the link holds, for queue management (`aqm`): the
@@ -223,7 +228,7 @@ class LinkEstimator:
         saturated link, and a 50 ms queue looked like nothing half the time."""
         if now - self.qdelay_at <= QUEUE_FRESH_S:
             return self.standing_qdelay_s
-        return max(self.standing_qdelay_s - (now - self.qdelay_at), 0.0)
+        return self._drained(self.standing_qdelay_s, now)
 
     @property
     def in_flight_packets(self) -> int:

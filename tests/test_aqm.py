@@ -23,6 +23,7 @@ from stripe.aqm import (
 )
 from stripe.estimator import FEEDBACK_INTERVAL_S, QUEUE_FRESH_S
 from stripe.links import Link
+from stripe.offload import checksum
 
 TARGET = 0.005
 
@@ -105,15 +106,8 @@ def _ipv4(tos: int, payload: bytes = b"x" * 12) -> bytes:
     struct.pack_into("!H", header, 2, 20 + len(payload))
     header[8], header[9] = 64, 6
     header[12:16], header[16:20] = bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2))
-    struct.pack_into("!H", header, 10, _checksum(bytes(header)))
+    struct.pack_into("!H", header, 10, checksum(bytes(header)))
     return bytes(header) + payload
-
-
-def _checksum(header: bytes) -> int:
-    total = sum(struct.unpack(f"!{len(header) // 2}H", header))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
 
 
 @pytest.mark.parametrize("tos", [0x01, 0x02, 0xB8 | 0x02, 0xFE, 0x03])
@@ -122,7 +116,7 @@ def test_mark_ce_on_ecn_capable_ipv4_keeps_the_checksum_valid(tos: int) -> None:
     marked = mark_ce(packet)
     assert marked is not None
     assert marked[1] == tos | 0x03  # DSCP kept, ECN = CE
-    assert _checksum(marked[:20]) == 0  # a valid header sums to 0xFFFF
+    assert checksum(marked[:20]) == 0  # a valid header sums to 0xFFFF
     assert marked[2:10] == packet[2:10] and marked[12:] == packet[12:]
 
 
@@ -215,7 +209,7 @@ def aimd_flow(sim: Sim, seconds: float, tos: int = 0) -> tuple[list[float], int,
         for i in range(count):
             packet = bytearray(ip_packet(seq, PACKET_BYTES))
             packet[1] = tos
-            struct.pack_into("!H", packet, 10, _checksum(bytes(packet[:20])))
+            struct.pack_into("!H", packet, 10, checksum(bytes(packet[:20])))
             traffic.append((sim.now + i * STEP_S / count, "up", bytes(packet)))
             seq += 1
         sent += count
@@ -270,7 +264,7 @@ def test_ecn_capable_packets_are_marked_not_dropped() -> None:
     assert aqm is not None and aqm.marks > 0 and aqm.drops == 0
     marked = [p for p in sim.delivered["server"] if p[1] & 0x03 == 0x03]
     assert len(marked) == aqm.marks
-    assert all(_checksum(p[:20]) == 0 for p in marked)
+    assert all(checksum(p[:20]) == 0 for p in marked)
     sim.run(0.5)  # what is still on its way
     assert len(sim.delivered["server"]) == sent  # nothing dropped
     assert _p90(queues[len(queues) // 3:]) < 0.040
