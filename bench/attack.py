@@ -412,9 +412,8 @@ def capture_datagrams(
 def initiations(server_public: str, count: int) -> list[bytes]:
     """Handshake initiations to the server from a key it does not know:
     valid mac1 (anyone who knows the server's public key can make one)."""
-    from stripe.config import decode_key
     from stripe.handshake import PendingInitiation
-    from stripe.noise import generate_keypair
+    from stripe.noise import decode_key, generate_keypair
 
     attacker_private, _ = generate_keypair()
     public = decode_key(server_public)

@@ -39,7 +39,7 @@ def state() -> tuple[object, ...]:
         session = peer.current
         assert session is not None
         out += [session.replay.highest, session.control_replay.highest,
-                session.reorder.next_seq, session.local_index, peer.last_init_timestamp,
+                session.reorder.next_seq, session.local_index, peer.handshake.last_init_timestamp,
                 tuple(link.path for link in peer.links.values())]
     return tuple(out)
 

@@ -2,9 +2,9 @@
 
 A loss-based inner TCP (cubic, reno) grows its window until a buffer
 overflows.  The buffers that overflow are the links' own (a modem's, an
-ISP's shaper), seconds deep on some uplinks, out of our reach: on the bench's
-50 ms buffers a cubic flow kept every packet of the bond, ping included,
-~50 ms late.  stripe cannot manage those queues, but it measures them: every
+ISP's shaper), seconds deep on some uplinks, out of our reach: a standing
+queue there delays every packet of the bond, a ping's or a game's too.
+stripe cannot manage those queues, but it measures them: every
 link's queueing delay comes back in the peer's feedback (`estimator`).  When
 the bond has held a standing queue for a while, stripe drops (or, for an
 ECN-capable packet, marks CE) one inner packet before sending it, and the
@@ -44,11 +44,10 @@ DEFAULT_TARGET_S = 0.005
 INTERVAL_S = 0.100
 # A loss-based TCP halves (reno) or cuts by 30 % (cubic) its window at a
 # drop; the links stay busy through that only if the queue it drops from
-# holds that much of a round trip: (1 - 0.7) / 0.7 = 0.43 for cubic.  With
-# a fixed 5 ms target one cubic flow over the bench's 10 ms + 40 ms bond
-# (`unequal-delay` lab, 15 s) got 15.6-16.7 Mbit/s instead of 18.1; the
-# latency win is on links whose buffers are deep next to their delay, where
-# this changes nothing.
+# holds that much of a round trip: (1 - 0.7) / 0.7 = 0.43 for cubic.  A
+# fixed few-ms target starves a long-delay bond (docs/design.md has the
+# measurement); the latency win is on links whose buffers are deep next to
+# their delay, where this changes nothing.
 SINGLE_FLOW_QUEUE_RTTS = 0.5
 # CoDel's memory: a new dropping state within this many intervals of the
 # last one resumes near the drop rate the last one ended at.

@@ -10,8 +10,8 @@ from importlib.metadata import PackageNotFoundError, version
 import click
 
 from . import config as config_mod
-from .endpoint import Role
-from .noise import generate_keypair, public_from_private
+from .noise import decode_key, encode_key, generate_keypair, public_from_private
+from .spec import Role
 
 EXIT_CONFIG = 2
 EXIT_SETUP = 1
@@ -221,15 +221,15 @@ def status(path: str | None, tun: str, socket_path: str | None, as_json: bool,
 def genkey() -> None:
     """Print a new private key (base64)."""
     private, _ = generate_keypair()
-    click.echo(config_mod.encode_key(private))
+    click.echo(encode_key(private))
 
 
 @main.command()
 def pubkey() -> None:
     """Read a private key on stdin, print its public key."""
     try:
-        private = config_mod.decode_key(sys.stdin.read())
+        private = decode_key(sys.stdin.read())
     except ValueError as exc:
         click.echo(f"stripe: pubkey: stdin is not a private key: {exc}", err=True)
         sys.exit(EXIT_CONFIG)
-    click.echo(config_mod.encode_key(public_from_private(private)))
+    click.echo(encode_key(public_from_private(private)))

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 The receiver of a data stream reports, every `FEEDBACK_INTERVAL_S` while
 data flows (the first report 2 ms after data starts or resumes, see
-`endpoint.FIRST_FEEDBACK_DELAY_S`), for each link: packets and bytes
+`FIRST_FEEDBACK_DELAY_S`), for each link: packets and bytes
 received so far, the highest per-link sequence seen, and the link's one-way
 delay (smoothed and its windowed minimum), both in the receiver's frame (its
 clock minus ours: the unknown offset is the same for every link, so links
@@ -29,9 +29,9 @@ its capacity: `rate_bps` becomes a little less than the best delivery rate
 of the last second (a little less, so the queue drains).  While the link
 is busy and shows no queue, and has not been saturated for
 `SATURATED_MEMORY_S`, `rate_bps` grows by `PROBE_GAIN` (probing for
-more).  Without that memory the rate swung by a third several times a
-second: every pause of the inner TCP looked like spare capacity, the probe
-overfilled the link, and its tail drops cost the flow a window cut each.
+more).  Without that memory every pause of the inner TCP would look like
+spare capacity, the probe would overfill the link, and its tail drops
+would cost the flow a window cut each.
 Either step is taken at most once per feedback loop (the link's RTT plus a
 report interval): reports in between describe packets sent before the step
 (a cut may follow sooner if the queue is still growing).
@@ -50,6 +50,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 FEEDBACK_INTERVAL_S = 0.05
+# The first report after a pause in the data waits this long: the answer to
+# that data (an ICMP echo reply, a TCP ACK) is usually ready within a
+# millisecond, and a report due at once would leave ahead of it (the shell
+# runs due timers before it reads the TUN again) and be handled ahead of it
+# at the far end, delaying it.
+FIRST_FEEDBACK_DELAY_S = 0.002
 INITIAL_RATE_BPS = 10e6
 MIN_RATE_BPS = 64e3
 MAX_RATE_BPS = 40e9
@@ -183,9 +189,8 @@ class LinkEstimator:
         low = max(QDELAY_LOW_S, QDELAY_LOW_PACKETS * packet_s)
         # One step per feedback loop (the link's RTT plus a report interval):
         # the reports that follow a change still describe packets sent
-        # before it.  Probing on each of them went 30 % past the link in two
-        # reports; cutting on each cut a draining link to 0.7^3 of its rate
-        # and froze it there for a second.  A queue still growing is the
+        # before it: probing on each of them overshoots the link, cutting on
+        # each cuts a draining link several times over.  A queue still growing is the
         # exception: the last cut was not enough (a new link assumed at
         # INITIAL_RATE_BPS, ten times too fast, must come down at once).
         settled = now - self._stepped_at >= rtt_s + FEEDBACK_INTERVAL_S
@@ -222,10 +227,10 @@ class LinkEstimator:
         lowest delay above the minimum that every packet of the last report
         interval met, while reports keep showing new packets (we keep
         refilling it, so it is not draining), else what is left of it.  The
-        lowest, not the mean: on a link with 20 ms of jitter the mean sits
-        10 ms above the minimum with no queue at all.  Nor `queue_left_s`:
-        it drops by up to a report interval between two reports of a
-        saturated link, and a 50 ms queue looked like nothing half the time."""
+        lowest, not the mean: jitter alone lifts the mean above the minimum
+        with no queue at all.  Nor `queue_left_s`: it drops by up to a report
+        interval between two reports of a saturated link, so a standing
+        queue would come and go between reports."""
         if now - self.qdelay_at <= QUEUE_FRESH_S:
             return self.standing_qdelay_s
         return self._drained(self.standing_qdelay_s, now)

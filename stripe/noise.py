@@ -34,6 +34,8 @@ poison a pending handshake: the caller may keep waiting for the genuine one.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import hashlib
 import hmac
@@ -126,6 +128,22 @@ def generate_keypair() -> tuple[bytes, bytes]:
 def public_from_private(private: bytes) -> bytes:
     """Return the raw X25519 public key for a raw 32-byte private key."""
     return X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+
+
+def decode_key(text: str) -> bytes:
+    """A base64 32-byte key, as `stripe genkey` prints it.  ValueError if not."""
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"decodes to {len(raw)} bytes, a key has 32")
+    return raw
+
+
+def encode_key(raw: bytes) -> str:
+    """A 32-byte key as base64, the form configs and `stripe genkey` use."""
+    return base64.b64encode(raw).decode()
 
 
 def _dh(private: bytes, public: bytes) -> bytes:

@@ -1,6 +1,6 @@
 """TUN offload: split the kernel's super-packets, merge runs back into them.
 
-Pure functions, bytes in and bytes out (issue 7).  The I/O shell opens the TUN
+Pure functions, bytes in and bytes out.  The I/O shell opens the TUN
 with IFF_VNET_HDR and TUNSETOFFLOAD (CSUM | TSO4 | TSO6); every read() and
 write() then carries a `struct virtio_net_hdr` in front of the IP packet::
 
@@ -39,12 +39,8 @@ computed at C speed.  Dividing a 1400-byte integer by 0xFFFF costs a
 hardware division per 30-bit digit, so `_ones_sum` first folds the halves
 together with shifts and masks (2**(16k) = 1 too) and divides what is left.
 
-Cost (`python -m bench.offload_cost`: best of 15, CPython 3.11, the 2-core
-development VM, 64 KB IPv4/IPv6 super-packets with TCP timestamps cut into 48
-segments of 1360 bytes): split_tun_read 2.2-2.4 us per segment, coalesce
-1.6-1.7 us per packet (one flow or two interleaved).  Of that, the checksum
-of a 1360-byte payload is ~1.3 us (int.from_bytes ~0.6, folding ~0.7) and
-the verification in coalesce ~0.65 us; the rest is header work.
+What each function costs per segment is measured by `python -m
+bench.offload_cost` (figures in docs/design.md).
 """
 
 from __future__ import annotations

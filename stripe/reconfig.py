@@ -35,12 +35,9 @@ from __future__ import annotations
 import base64
 from collections.abc import Set
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
+from .spec import EndpointSpec, LinkSpec, PeerSpec, Role
 from .wire import MAX_LINKS
-
-if TYPE_CHECKING:
-    from .endpoint import EndpointSpec, LinkSpec, PeerSpec
 
 
 class ReconfigError(Exception):
@@ -87,7 +84,6 @@ def plan(old: EndpointSpec, new: EndpointSpec, draining_ids: Set[int]) -> Reconf
 
 def _plan_peers(old: EndpointSpec, new: EndpointSpec, changes: list[str]
                 ) -> tuple[tuple[PeerSpec, ...], tuple[PeerSpec, ...]]:
-    from .endpoint import Role  # at call time: endpoint imports this module
 
     before = {peer.public_key: peer for peer in old.peers}
     after = {peer.public_key: peer for peer in new.peers}

@@ -49,6 +49,9 @@ COPIES_SEALED_REMEMBERED = 4096
 REKEY_AFTER_S = 120.0
 REJECT_AFTER_S = 180.0
 
+_DATA, _COPY = wire.MessageType.DATA, wire.MessageType.DATA_COPY
+_DATA_BYTE, _COPY_BYTE = _DATA.value, _COPY.value
+
 
 @dataclass(slots=True)
 class RecentCounters:
@@ -104,80 +107,81 @@ class Session:
         default_factory=lambda: RecentCounters(COPIES_SEALED_REMEMBERED))
 
     def seal(
-        self, mtype: wire.MessageType, link_id: int, link_mask: int, link_seq: int,
-        payload: bytes, now: float,
-    ) -> bytes:
-        """Encrypt one message at the next counter of its range; returns the datagram."""
-        if mtype is wire.MessageType.DATA:
-            counter = self.send_counter
-            self.send_counter = counter + 1
-        else:
-            counter = self.control_counter
-            self.control_counter = counter + 1
-        if counter - (counter & CONTROL_COUNTER_BASE) >= REJECT_AFTER_MESSAGES:
-            raise RuntimeError("session exhausted its counters; a rekey is overdue")
-        header = wire.encode_transport_header(
-            mtype, link_id, link_mask, self.remote_index, counter, link_seq, int(now * 1e6)
-        )
-        return header + self.send_key.encrypt_at(counter, header, payload)
-
-    def seal_data_run(
-        self, link_id: int, link_mask: int, first_link_seq: int, payloads: list[bytes],
-        now: float,
+        self, mtype: wire.MessageType, link_id: int, link_mask: int, first_link_seq: int,
+        payloads: list[bytes], now: float, copy_of: int = -1,
     ) -> list[bytes]:
-        """`seal` for several data messages to one link at once."""
-        first = self.send_counter
-        if first + len(payloads) >= REJECT_AFTER_MESSAGES:
-            raise RuntimeError("session exhausted its counters; a rekey is overdue")
-        self.send_counter = first + len(payloads)
-        headers = wire.encode_data_headers(link_id, link_mask, self.remote_index, first,
-                                           first_link_seq, len(payloads), int(now * 1e6))
-        return self.send_key.encrypt_run(first, headers, payloads)
+        """Encrypt messages of one type for one link; returns the datagrams.
 
-    def seal_copy(self, counter: int, link_id: int, link_mask: int, link_seq: int,
-                  payload: bytes, now: float) -> bytes:
-        """A DATA_COPY of the data message already sealed at `counter`."""
-        if not 0 <= counter < self.send_counter:
-            raise ValueError(f"no data message {counter} to copy")
-        if not self.can_copy(counter):
-            raise ValueError(f"data message {counter} was copied already (nonce reuse)")
-        self._copies_sealed.add(counter)
+        DATA: each payload at the next data counter, at link sequences
+        counting up from `first_link_seq` (a run: one header pack and one
+        bounds check for all).  CONTROL: one payload at the next control
+        counter.  DATA_COPY: one payload, the copy of data message `copy_of`,
+        at its copy nonce (once per message: see `can_copy`)."""
+        stamp = int(now * 1e6)
+        if mtype is _DATA:
+            first = self.send_counter
+            if first + len(payloads) >= REJECT_AFTER_MESSAGES:
+                raise RuntimeError("session exhausted its counters; a rekey is overdue")
+            self.send_counter = first + len(payloads)
+            headers = wire.encode_transport_headers(
+                mtype, link_id, link_mask, self.remote_index, first, first_link_seq,
+                len(payloads), stamp)
+            return self.send_key.encrypt_run(first, headers, payloads)
+        if len(payloads) != 1:
+            raise ValueError(f"one {mtype.name} message at a time, got {len(payloads)}")
+        if mtype is _COPY:
+            counter = copy_of
+            if not 0 <= counter < self.send_counter:
+                raise ValueError(f"no data message {counter} to copy")
+            if not self.can_copy(counter):
+                raise ValueError(f"data message {counter} was copied already (nonce reuse)")
+            self._copies_sealed.add(counter)
+            nonce = counter + COPY_NONCE_OFFSET
+        else:
+            counter = nonce = self.control_counter
+            if counter - CONTROL_COUNTER_BASE >= REJECT_AFTER_MESSAGES:
+                raise RuntimeError("session exhausted its counters; a rekey is overdue")
+            self.control_counter = counter + 1
         header = wire.encode_transport_header(
-            wire.MessageType.DATA_COPY, link_id, link_mask, self.remote_index, counter,
-            link_seq, int(now * 1e6))
-        return header + self.send_key.encrypt_at(counter + COPY_NONCE_OFFSET, header, payload)
+            mtype, link_id, link_mask, self.remote_index, counter, first_link_seq, stamp)
+        return [header + self.send_key.encrypt_at(nonce, header, payloads[0])]
 
     def can_copy(self, counter: int) -> bool:
         """True if data message `counter` may still get its one DATA_COPY."""
         sealed = self._copies_sealed
         return counter > sealed.forgotten_up_to and counter not in sealed
 
-    def open(self, header: wire.TransportHeader, datagram: bytes, now: float) -> bytes:
-        """Authenticate and decrypt; raises DecryptError with a counter name."""
-        counter = header.counter
-        is_control = counter >= CONTROL_COUNTER_BASE
-        if is_control != (header.type is wire.MessageType.CONTROL):
-            raise DecryptError("bad_counter")
-        is_copy = header.type is wire.MessageType.DATA_COPY
-        if is_copy and counter >= COPY_NONCE_OFFSET:
-            raise DecryptError("bad_counter")
-        replay = self.control_replay if is_control else self.replay
+    def open(self, mtype: int, counter: int, datagram: bytes, now: float) -> bytes:
+        """Authenticate and decrypt a transport datagram whose header says
+        `mtype` (DATA, CONTROL or DATA_COPY) and `counter`: the range check,
+        the replay window, the AEAD, then the bookkeeping of a message that
+        authenticated.  Raises DecryptError with a counter name."""
+        if mtype == _DATA_BYTE:
+            if counter >= CONTROL_COUNTER_BASE:
+                raise DecryptError("bad_counter")
+            replay, nonce = self.replay, counter
+        elif mtype == _COPY_BYTE:
+            if counter >= COPY_NONCE_OFFSET:
+                raise DecryptError("bad_counter")
+            replay, nonce = self.replay, counter + COPY_NONCE_OFFSET
+        else:
+            if counter < CONTROL_COUNTER_BASE:
+                raise DecryptError("bad_counter")
+            replay, nonce = self.control_replay, counter
         if not replay.check(counter):
-            raise DecryptError("duplicate" if is_copy or counter in self.copied else "replay")
+            raise DecryptError("duplicate" if mtype == _COPY_BYTE or counter in self.copied
+                               else "replay")
         try:
             plaintext = self.recv_key.decrypt_at(
-                counter + COPY_NONCE_OFFSET if is_copy else counter,
-                datagram[: wire.TRANSPORT_HEADER_SIZE],
-                datagram[wire.TRANSPORT_HEADER_SIZE :],
-            )
+                nonce, datagram[:wire.TRANSPORT_HEADER_SIZE],
+                datagram[wire.TRANSPORT_HEADER_SIZE:])
         except NoiseError:
             raise DecryptError("bad_tag") from None
         replay.mark(counter)  # checked above, before the AEAD
-        if is_copy:
+        if mtype == _COPY_BYTE:
             self.copied.add(counter)
         self.last_received = now
         self.confirmed = True
-        self.skew.sample(header.link_id, header.send_time_us, now)
         return plaintext
 
     def needs_rekey(self, now: float) -> bool:

@@ -3,11 +3,13 @@ and that snapshot rendered as a readable table."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from .aqm import measure_bond
-from .endpoint import Endpoint
+from .peer import Peer
 from .scheduler import usable_links
+from .spec import EndpointSpec
 
 
 def _fmt_bytes(n: int) -> str:
@@ -87,10 +89,12 @@ def render(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def snapshot(endpoint: Endpoint, now: float) -> dict[str, Any]:
-    """The figures `stripe status` shows, as plain JSON-able data."""
+def snapshot(spec: EndpointSpec, peers_state: list[Peer], drops: Mapping[str, int],
+             mtu_counters: Mapping[str, int], now: float) -> dict[str, Any]:
+    """The figures `stripe status` shows, as plain JSON-able data (see
+    `Endpoint.status`)."""
     peers = []
-    for peer in endpoint.peers:
+    for peer in peers_state:
         session = peer.current
         links = []
         for link in peer.links.values():
@@ -129,20 +133,19 @@ def snapshot(endpoint: Endpoint, now: float) -> dict[str, Any]:
         peers.append({
             "public_key": peer.spec.public_key.hex(),
             "session": None if session is None else f"{session.local_index:08x}",
-            "last_handshake_s_ago": None if peer.last_handshake is None
-            else round(now - peer.last_handshake, 1),
+            "last_handshake_s_ago": None if peer.handshake.last_completed is None
+            else round(now - peer.handshake.last_completed, 1),
             "queued": len(peer.queue), "links": links, "reorder": reorder, "mtu": peer.mtu,
             "redundancy": _redundancy(peer, links),
-            "resent_packets": peer.resent, "resend_failed": peer.resend_failed,
+            "resent_packets": peer.copies.resent, "resend_failed": peer.copies.resend_failed,
             "queue": _queue(peer, now),
         })
-    mtu = {"tun": endpoint.spec.tunnel_mtu, "probing": endpoint.spec.pmtu_probe,
-           **endpoint.oversize.counters}
-    return {"role": endpoint.role.value, "peers": peers, "drops": dict(endpoint.drops),
+    mtu = {"tun": spec.tunnel_mtu, "probing": spec.pmtu_probe, **mtu_counters}
+    return {"role": spec.role.value, "peers": peers, "drops": dict(drops),
             "mtu": mtu}
 
 
-def _queue(peer: Any, now: float) -> dict[str, Any] | None:
+def _queue(peer: Peer, now: float) -> dict[str, Any] | None:
     """Queue management (see `aqm`): its target, the bond's standing queue
     as measured now, and the inner packets it dropped or marked."""
     aqm = peer.aqm
@@ -157,11 +160,12 @@ def _queue(peer: Any, now: float) -> dict[str, Any] | None:
     }
 
 
-def _redundancy(peer: Any, links: list[dict[str, Any]]) -> dict[str, Any]:
+def _redundancy(peer: Peer, links: list[dict[str, Any]]) -> dict[str, Any]:
     """What the copies cost (sent) and bought (copies that came first)."""
-    sent = sum(link["tx_bytes"] for link in links) - peer.copy_bytes
+    copies = peer.copies
+    sent = sum(link["tx_bytes"] for link in links) - copies.copy_bytes
     return {
-        "copies_sent": peer.copies_sent, "copy_bytes": peer.copy_bytes,
-        "overhead_percent": round(100 * peer.copy_bytes / sent, 2) if sent > 0 else 0.0,
-        "copies_first": peer.copies_first,
+        "copies_sent": copies.copies_sent, "copy_bytes": copies.copy_bytes,
+        "overhead_percent": round(100 * copies.copy_bytes / sent, 2) if sent > 0 else 0.0,
+        "copies_first": copies.copies_first,
     }

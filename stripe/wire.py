@@ -158,14 +158,14 @@ def encode_transport_header(
     )
 
 
-def encode_data_headers(
-    link_id: int, link_mask: int, receiver_index: int, first_counter: int,
+def encode_transport_headers(
+    mtype: MessageType, link_id: int, link_mask: int, receiver_index: int, first_counter: int,
     first_link_seq: int, count: int, send_time_us: int,
 ) -> list[bytes]:
-    """`encode_transport_header` for `count` consecutive data messages to
-    one link (counters and link sequence numbers counting up from the firsts)."""
-    pack, data, stamp = TRANSPORT_HEADER.pack, MessageType.DATA, send_time_us & 0xFFFFFFFF
-    return [pack(data, link_id, link_mask, receiver_index, first_counter + i,
+    """`encode_transport_header` for `count` consecutive messages to one
+    link (counters and link sequence numbers counting up from the firsts)."""
+    pack, stamp = TRANSPORT_HEADER.pack, send_time_us & 0xFFFFFFFF
+    return [pack(mtype, link_id, link_mask, receiver_index, first_counter + i,
                  (first_link_seq + i) & 0xFFFFFFFF, stamp) for i in range(count)]
 
 

@@ -16,8 +16,9 @@ import struct
 from dataclasses import dataclass, field
 
 from stripe.aqm import DEFAULT_TARGET_S
-from stripe.endpoint import Endpoint, EndpointSpec, LinkSpec, PeerSpec, Role
+from stripe.endpoint import Endpoint
 from stripe.noise import generate_keypair
+from stripe.spec import EndpointSpec, LinkSpec, PeerSpec, Role
 
 
 @dataclass
@@ -80,6 +81,7 @@ class Sim:
         tunnel_mtu: int | None = None,
         pmtu_probe: bool = False,
         queue_target_s: float | None = DEFAULT_TARGET_S,
+        duplicate_below: int = 0,
     ) -> None:
         """`configured`: the client starts with only the first N links (the
         others are there for a reload to add)."""
@@ -95,6 +97,7 @@ class Sim:
                 tuple(self.link_spec(i) for i in range(len(links))[:configured]),
                 scheduler=scheduler, reorder_hold_s=reorder_hold_s,
                 tunnel_mtu=tunnel_mtu, pmtu_probe=pmtu_probe, queue_target_s=queue_target_s,
+                duplicate_below=duplicate_below,
             ),
             self.now, wall_offset=1.7e9, random_index=lambda: self.rng.getrandbits(32),
         )

@@ -18,7 +18,7 @@ from bench import flood
 from bench.attack import initiations
 from bench.attack_report import AUTHENTICATED_DROPS
 from stripe import guard, wire
-from stripe.config import encode_key
+from stripe.noise import encode_key
 
 ATTACKER = ("10.99.0.1", 40000)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from stripe import config
-from stripe.endpoint import Role
-from stripe.noise import generate_keypair
+from stripe.noise import decode_key, encode_key, generate_keypair
+from stripe.spec import Role
 
-PRIV = config.encode_key(generate_keypair()[0])
-PUB = config.encode_key(generate_keypair()[1])
+PRIV = encode_key(generate_keypair()[0])
+PUB = encode_key(generate_keypair()[1])
 
 CLIENT = f"""
 [interface]
@@ -148,7 +148,7 @@ def test_key_file_unreadable_and_too_open(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="chmod 600"):
         load(tmp_path, text)
     key.chmod(0o600)
-    assert load(tmp_path, text).private_key == config.decode_key(PRIV)
+    assert load(tmp_path, text).private_key == decode_key(PRIV)
 
 
 def test_not_toml(tmp_path: Path) -> None:
@@ -175,12 +175,12 @@ def test_cli_check_exit_2_one_line_no_traceback(tmp_path: Path) -> None:
 def test_cli_genkey_pubkey_roundtrip() -> None:
     private = run_cli("genkey").stdout.strip()
     public = run_cli("pubkey", stdin=private).stdout.strip()
-    assert len(config.decode_key(private)) == 32 and len(config.decode_key(public)) == 32
+    assert len(decode_key(private)) == 32 and len(decode_key(public)) == 32
     assert run_cli("pubkey", stdin="nonsense").returncode == 2
 
 
 def test_server_with_several_peers_needs_allowed_ips(tmp_path: Path) -> None:
-    other = config.encode_key(generate_keypair()[1])
+    other = encode_key(generate_keypair()[1])
     base = f"""
 [interface]
 address = ["10.2.0.1/24"]
@@ -224,7 +224,7 @@ def test_restart_needed_names_the_key(tmp_path: Path) -> None:
     new = load(tmp_path, CLIENT.replace('"10.2.0.1/24", ', ""))
     assert "interface.address changed ([10.2.0.1/24, fd00::1/64] -> [fd00::1/64])" in str(
         config.restart_needed(old, new))
-    new = load(tmp_path, CLIENT.replace(PRIV, config.encode_key(generate_keypair()[0])))
+    new = load(tmp_path, CLIENT.replace(PRIV, encode_key(generate_keypair()[0])))
     message = str(config.restart_needed(old, new))
     assert message.endswith("interface.private_key changed: needs a restart")
     assert PRIV not in message

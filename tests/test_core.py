@@ -6,8 +6,9 @@ import pytest
 from netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
 
 from stripe import wire
-from stripe.endpoint import FIRST_FEEDBACK_DELAY_S, Peer
+from stripe.estimator import FIRST_FEEDBACK_DELAY_S
 from stripe.links import PROBE_INTERVAL_S, LinkState
+from stripe.peer import Peer
 from stripe.session import Session
 
 
@@ -148,7 +149,7 @@ def test_server_restart_triggers_a_new_handshake() -> None:
     old = sim.client.peers[0].current
     # The server forgets every session (as after a restart).
     server_peer = sim.server.peers[0]
-    sim.server._sessions.clear()
+    sim.server._sessions.table.clear()
     server_peer.current = server_peer.previous = server_peer.next_session = None
     sim.run(6.0)
     assert sim.client.peers[0].current is not old
@@ -238,13 +239,13 @@ def test_the_answer_to_data_after_a_pause_leaves_before_the_feedback() -> None:
     sim.run(1.0)  # a pause: the feedback for packet 0 went long ago
     client, server = sim.client, sim.server
     feedback_at: list[float] = []
-    send_feedback = server._send_feedback
+    send_feedback = server._links._send_feedback
 
     def spy(peer: Peer, session: Session, now: float) -> None:
         feedback_at.append(now)
         send_feedback(peer, session, now)
 
-    server._send_feedback = spy  # type: ignore[method-assign]
+    server._links._send_feedback = spy  # type: ignore[method-assign]
     client.send_packet(ip_packet(1), sim.now)
     arrival = sim.now + 0.010
     for sock, data, _addr in client.datagrams_to_send():

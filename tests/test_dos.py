@@ -23,7 +23,7 @@ def test_flood_gets_cookies_and_real_client_still_connects() -> None:
     # The client loses its session (as after a restart) while the flood runs.
     client_peer = sim.client.peers[0]
     client_peer.current = None
-    client_peer.handshake_due = sim.now
+    client_peer.handshake.due = sim.now
     attacker = ("203.0.113.9", 666)
     for i, data in enumerate(flood):
         sim.server.receive_datagram(0, data, attacker, sim.now + i * 0.003)

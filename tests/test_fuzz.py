@@ -4,7 +4,6 @@ unauthenticated input changes no session state."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,9 +11,8 @@ from netsim import Sim, SimLink, client_addr, ip_packet, server_addr
 
 from stripe import control, wire
 
-_sim = Sim([SimLink(), SimLink()], seed=11)
 # Redundancy on for small packets, so redundant copies (DATA_COPY) are captured too.
-_sim.client.spec = dataclasses.replace(_sim.client.spec, duplicate_below=100)
+_sim = Sim([SimLink(), SimLink()], seed=11, duplicate_below=100)
 _sim.run(1.0)
 _sim.run(0.5, [(_sim.now, "up", ip_packet(i, 200 if i % 2 else 60)) for i in range(20)])
 CAPTURED = [d for _, _, d in _sim.wire_log]
@@ -26,7 +24,7 @@ def _snapshot(sim: Sim) -> tuple[object, ...]:
     session = peer.current
     assert session is not None
     return (session.replay.highest, session.reorder.next_seq, session.send_counter,
-            peer.last_init_timestamp, tuple(sorted(sim.server._sessions)),
+            peer.handshake.last_init_timestamp, tuple(sorted(sim.server._sessions.table)),
             tuple(link.path for link in peer.links.values()))
 
 

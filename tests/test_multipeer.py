@@ -5,9 +5,10 @@ from __future__ import annotations
 import ipaddress
 import struct
 
-from stripe.endpoint import Endpoint, EndpointSpec, LinkSpec, PeerSpec, Role
+from stripe.endpoint import Endpoint
 from stripe.noise import generate_keypair
 from stripe.routing import AllowedIPs
+from stripe.spec import EndpointSpec, LinkSpec, PeerSpec, Role
 
 SERVER_ADDR = ("192.0.2.1", 5000)
 

@@ -15,13 +15,14 @@ import pytest
 from netsim import Sim, SimLink, ip_packet
 
 from stripe import config
-from stripe.endpoint import Role
-from stripe.io.network import Undo, in_thread
-from stripe.noise import generate_keypair
-from stripe.status import render, snapshot
+from stripe.io.network import in_thread
+from stripe.io.undo import Undo
+from stripe.noise import encode_key, generate_keypair
+from stripe.spec import Role
+from stripe.status import render
 
-PRIV = config.encode_key(generate_keypair()[0])
-PUB = config.encode_key(generate_keypair()[1])
+PRIV = encode_key(generate_keypair()[0])
+PUB = encode_key(generate_keypair()[1])
 
 
 def client_text(interface: str = "", links: str = "") -> str:
@@ -205,7 +206,7 @@ def samples(status: dict[str, object]) -> dict[tuple[str, frozenset[tuple[str, s
 
 def test_metric_families_carry_the_status_figures() -> None:
     sim = running_sim()
-    status = snapshot(sim.client, sim.now)
+    status = sim.client.status(sim.now)
     status.update(io_errors={"send_EPERM": 2}, tun="stripe0", scheduler="adaptive",
                   uptime_s=2.0)
     got = samples(status)
@@ -303,25 +304,25 @@ def test_status_shows_packets_in_flight_per_link() -> None:
     # 2 ms apart for 0.5 s: while it flows, ~20 packets are on their way
     # (40 ms of delay) plus up to a report interval not yet reported.
     sim.run(0.25, [(sim.now + i * 0.002, "up", ip_packet(i, 1000)) for i in range(250)])
-    flowing = snapshot(sim.client, sim.now)["peers"][0]["links"]  # type: ignore[index]
+    flowing = sim.client.status(sim.now)["peers"][0]["links"]  # type: ignore[index]
     assert sum(link["in_flight_packets"] for link in flowing) >= 15, flowing
     sim.run(1.0)  # the rest sent and reported
-    settled = snapshot(sim.client, sim.now)["peers"][0]["links"]  # type: ignore[index]
+    settled = sim.client.status(sim.now)["peers"][0]["links"]  # type: ignore[index]
     assert all(link["in_flight_packets"] == 0 for link in settled), settled
     assert all(link["rttvar_ms"] is not None for link in settled)
-    assert "in flight" in render(snapshot(sim.client, sim.now))
+    assert "in flight" in render(sim.client.status(sim.now))
 
 
 def test_status_shows_queue_management() -> None:
     sim = Sim([SimLink(delay_s=0.040), SimLink(delay_s=0.040)])
     sim.run(1.0)
-    queue = snapshot(sim.client, sim.now)["peers"][0]["queue"]  # type: ignore[index]
+    queue = sim.client.status(sim.now)["peers"][0]["queue"]  # type: ignore[index]
     # The 80 ms round trip raises the 5 ms target to 40 ms (one flow keeps
     # the links busy through a window cut).
     assert queue["target_ms"] == 5.0 and queue["effective_target_ms"] == pytest.approx(40, abs=1)
     assert queue["dropped"] == queue["marked"] == 0 and queue["bond_queue_ms"] == 0.0
-    assert "queue management: target 40" in render(snapshot(sim.client, sim.now))
+    assert "queue management: target 40" in render(sim.client.status(sim.now))
     off = Sim([SimLink()], queue_target_s=None)
     off.run(1.0)
-    assert snapshot(off.client, off.now)["peers"][0]["queue"] is None  # type: ignore[index]
-    assert "queue management: off" in render(snapshot(off.client, off.now))
+    assert off.client.status(off.now)["peers"][0]["queue"] is None  # type: ignore[index]
+    assert "queue management: off" in render(off.client.status(off.now))

@@ -324,7 +324,7 @@ def test_oversized_packet_gets_icmp_answer_back_on_the_tun() -> None:
     assert struct.unpack_from("!H", answer, 26)[0] == 1232
     assert reference_checksum(answer[20:]) == 0
     assert sim.server.drops["too_big"] == 0 and sim.client.drops["too_big"] == 1
-    assert sim.client.oversize.counters["icmp_sent"] == 1
+    assert sim.client.status(sim.now)["mtu"].get("icmp_sent", 0) == 1
     assert sim.delivered["server"] == []
 
 
@@ -350,7 +350,7 @@ def test_black_hole_mid_run_lowers_the_mtu() -> None:
     # Large packets on link 1 vanished until the search finished (data loss
     # brings the confirmation forward); the later ones (no DF) went as
     # fragments, and all of them arrived.
-    assert sim.client.oversize.counters["fragmented"] > 0
+    assert sim.client.status(sim.now)["mtu"].get("fragmented", 0) > 0
     firsts = {int.from_bytes(p[20:28], "big") for p in sim.delivered["server"]
               if struct.unpack_from("!H", p, 6)[0] & 0x1FFF == 0}
     assert set(range(500, 1000)) <= firsts

@@ -13,10 +13,11 @@ from netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
 from test_multipeer import Net, ipv4
 
 from stripe import control
-from stripe.endpoint import LINK_DRAIN_S, EndpointSpec, LinkSpec, PeerSpec, Role
+from stripe.linkctl import LINK_DRAIN_S
 from stripe.links import LinkState
 from stripe.noise import generate_keypair
 from stripe.reconfig import ReconfigError, plan
+from stripe.spec import EndpointSpec, LinkSpec, PeerSpec, Role
 from stripe.wire import MessageType
 
 

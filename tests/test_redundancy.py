@@ -9,10 +9,10 @@ import pytest
 from netsim import Sim, SimLink, ip_packet, packet_seq
 
 from stripe import wire
-from stripe.endpoint import EndpointSpec, Role
 from stripe.noise import NoiseError, TransportKey
 from stripe.reconfig import plan
 from stripe.session import COPY_NONCE_OFFSET, DecryptError, Session
+from stripe.spec import EndpointSpec, Role
 
 SMALL, LARGE = 120, 1000
 EF = 46  # DSCP "expedited forwarding" (voice)
@@ -46,10 +46,10 @@ def test_small_packets_cross_a_lossy_link_exactly_once() -> None:
     assert len(got) == len(set(got)) and got == sorted(got)  # once, in order
     assert len(got) < 400  # large ones still die on the lossy link: not copied
     peer = sim.client.peers[0]
-    assert peer.copies_sent == len(small)
+    assert peer.copies.copies_sent == len(small)
     drops = sim.server.drops
     assert drops["duplicate"] > 0 and drops["replay"] == 0
-    assert sim.server.peers[0].copies_first > 0  # copies that replaced a lost original
+    assert sim.server.peers[0].copies.copies_first > 0  # copies that replaced a lost original
     redundancy = _status_redundancy(sim)
     assert redundancy["copies_sent"] == len(small)
     assert 0 < redundancy["overhead_percent"] < 100
@@ -60,7 +60,7 @@ def test_without_redundancy_the_same_traffic_loses_small_packets() -> None:
     sim.run(3.0, mixed_traffic(sim, 400))
     got = set(delivered(sim))
     assert any(i not in got for i in range(400) if i % 4 != 3)
-    assert sim.client.peers[0].copies_sent == 0
+    assert sim.client.peers[0].copies.copies_sent == 0
 
 
 def test_a_dscp_class_is_copied_and_nothing_else() -> None:
@@ -76,7 +76,7 @@ def test_a_dscp_class_is_copied_and_nothing_else() -> None:
     sim.run(1.0)
     got = delivered(sim)
     assert set(voice) <= set(got) and len(got) == len(set(got))
-    assert sim.client.peers[0].copies_sent == len(voice)
+    assert sim.client.peers[0].copies.copies_sent == len(voice)
 
 
 def test_a_single_link_sends_no_copies() -> None:
@@ -84,7 +84,7 @@ def test_a_single_link_sends_no_copies() -> None:
     sim.client.spec = dataclasses.replace(sim.client.spec, duplicate_below=200)
     sim.run(1.0)
     sim.run(1.0, mixed_traffic(sim, 40))
-    assert sim.client.peers[0].copies_sent == 0
+    assert sim.client.peers[0].copies.copies_sent == 0
     assert delivered(sim) == list(range(40))
 
 
@@ -98,8 +98,8 @@ def _sessions() -> tuple[Session, Session]:
 def test_a_copy_is_sealed_at_its_own_nonce() -> None:
     a, b = _sessions()
     packet = ip_packet(7, SMALL)
-    original = a.seal(wire.MessageType.DATA, 0, 0b11, 5, packet, 1.0)
-    copy = a.seal_copy(0, 1, 0b11, 9, packet, 1.0)
+    (original,) = a.seal(wire.MessageType.DATA, 0, 0b11, 5, [packet], 1.0)
+    (copy,) = a.seal(wire.MessageType.DATA_COPY, 1, 0b11, 9, [packet], 1.0, copy_of=0)
     header = wire.decode_transport_header(copy)
     assert header.type is wire.MessageType.DATA_COPY and header.counter == 0
     # Not the original's nonce: decrypting the copy there fails.
@@ -111,16 +111,16 @@ def test_a_copy_is_sealed_at_its_own_nonce() -> None:
     # A copy relabelled as plain data does not authenticate (the type is AD).
     forged = bytes([wire.MessageType.DATA]) + copy[1:]
     with pytest.raises(DecryptError, match="bad_tag"):
-        b.open(wire.decode_transport_header(forged), forged, 1.0)
+        b.open(forged[0], 0, forged, 1.0)
     # The copy first, then the original: the original is a duplicate, not a replay.
-    assert b.open(header, copy, 1.0) == packet
+    assert b.open(copy[0], 0, copy, 1.0) == packet
     with pytest.raises(DecryptError, match="duplicate"):
-        b.open(wire.decode_transport_header(original), original, 1.0)
+        b.open(original[0], 0, original, 1.0)
     # And a replayed copy is a duplicate as well.
     with pytest.raises(DecryptError, match="duplicate"):
-        b.open(header, copy, 1.0)
-    with pytest.raises(ValueError):
-        a.seal_copy(1, 1, 0b11, 10, packet, 1.0)  # nothing sealed at counter 1 yet
+        b.open(copy[0], 0, copy, 1.0)
+    with pytest.raises(ValueError):  # nothing sealed at counter 1 yet
+        a.seal(wire.MessageType.DATA_COPY, 1, 0b11, 10, [packet], 1.0, copy_of=1)
 
 
 def test_redundancy_changes_live_on_reload() -> None:
@@ -130,5 +130,4 @@ def test_redundancy_changes_live_on_reload() -> None:
 
 
 def _status_redundancy(sim: Sim) -> dict[str, float]:
-    from stripe.status import snapshot
-    return snapshot(sim.client, sim.now)["peers"][0]["redundancy"]  # type: ignore[no-any-return]
+    return sim.client.status(sim.now)["peers"][0]["redundancy"]  # type: ignore[no-any-return]

@@ -4,6 +4,7 @@ the driver's event loop is left out."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -14,12 +15,13 @@ from typing import Any
 import pytest
 
 from stripe import config
-from stripe.endpoint import Endpoint, Role
+from stripe.endpoint import Endpoint
 from stripe.io.reload import Reloader
 from stripe.io.sockets import open_sockets
-from stripe.noise import generate_keypair
+from stripe.noise import encode_key, generate_keypair
+from stripe.spec import Role
 
-KEYS = [config.encode_key(k) for k in (*generate_keypair(), *generate_keypair())]
+KEYS = [encode_key(k) for k in (*generate_keypair(), *generate_keypair())]
 
 
 class FakeDriver:
@@ -38,7 +40,7 @@ class FakeDriver:
     def close_socket(self, index: int) -> None:
         self.sockets.pop(index).close()
 
-    def flush(self) -> None:
+    def flush(self, now: float) -> None:
         self.flushes += 1
 
     def close(self) -> None:
@@ -93,16 +95,16 @@ def test_server_sockets_open_and_close_by_binding(server: Any) -> None:
     driver, reloader, write, ports = server
     first = driver.sockets[0]
     write([("a", "127.0.0.1", ports[1]), ("b", "127.0.0.1", ports[2])])
-    reply = reloader.reload()
+    reply = asyncio.run(reloader.reload())
     assert reply == {"ok": True,
                      "changes": [f"socket b (from 127.0.0.1:{ports[2]}) added"]}
     assert driver.sockets[0] is first and driver.sockets[1].getsockname()[1] == ports[2]
     write([("b-renamed", "127.0.0.1", ports[2])])
-    reply = reloader.reload()
+    reply = asyncio.run(reloader.reload())
     assert reply["changes"] == [f"socket a (from 127.0.0.1:{ports[1]}) removed"]
     assert list(driver.sockets) == [1] and first.fileno() == -1
     write([])  # no [[link]]: the wildcard socket on listen_port
-    reply = reloader.reload()
+    reply = asyncio.run(reloader.reload())
     assert reply["changes"] == [f"socket any (from *:{ports[0]}) added",
                                 f"socket b-renamed (from 127.0.0.1:{ports[2]}) removed"]
     assert list(driver.sockets) == [2] and driver.sockets[2].getsockname() == (
@@ -115,14 +117,14 @@ def test_a_socket_that_cannot_be_bound_changes_nothing(server: Any) -> None:
     old_config, old_sockets = driver.config, dict(driver.sockets)
     write([("a", "127.0.0.1", ports[1]), ("b", "127.0.0.1", ports[2]),
            ("c", "192.0.2.1", ports[2])], peers=2)
-    reply = reloader.reload()
+    reply = asyncio.run(reloader.reload())
     assert not reply["ok"]
     assert reply["error"].startswith(f"link c: cannot bind UDP socket to 192.0.2.1:{ports[2]}")
     assert driver.config is old_config and driver.sockets == old_sockets
     assert len(driver.core.peers) == 1 and driver.flushes == 0
     # Fixed: the same reload goes through (the socket for b was not leaked).
     write([("a", "127.0.0.1", ports[1]), ("b", "127.0.0.1", ports[2])], peers=2)
-    reply = reloader.reload()
+    reply = asyncio.run(reloader.reload())
     assert reply["ok"] and len(reply["changes"]) == 2 and len(driver.core.peers) == 2
 
 
@@ -130,20 +132,21 @@ def test_restart_keys_and_bad_requests_are_refused(server: Any, tmp_path: Path) 
     driver, reloader, write, ports = server
     path = Path(driver.config.path)
     path.write_text(path.read_text().replace(f"listen_port = {ports[0]}", "listen_port = 1"))
-    reply = reloader.reload()
+    reply = asyncio.run(reloader.reload())
     assert reply == {"ok": False, "error": f"{path}: interface.listen_port changed "
                                            f"({ports[0]} -> 1): needs a restart"}
-    assert reloader.handle_request({"cmd": "reload", "config": 5}) == {
+    assert asyncio.run(reloader.handle_request({"cmd": "reload", "config": 5})) == {
         "ok": False, "error": "reload: config must be a path"}
-    reply = reloader.handle_request({"cmd": "reload", "config": str(tmp_path / "x.toml"),
-                                     "files": {"nope": 1}})
+    reply = asyncio.run(reloader.handle_request(
+        {"cmd": "reload", "config": str(tmp_path / "x.toml"), "files": {"nope": 1}}))
     assert not reply["ok"] and "x.toml: cannot read" in reply["error"]
     # Files shipped by `stripe reload` are used instead of the disk.
     write([("a", "127.0.0.1", ports[1])], peers=2)
     files: dict[str, Any] = {}
     config.load(path, Role.SERVER, read_file=config.recording_reader(files))
     path.write_text("not toml [")
-    reply = reloader.handle_request({"cmd": "reload", "config": str(path), "files": files})
+    reply = asyncio.run(reloader.handle_request(
+        {"cmd": "reload", "config": str(path), "files": files}))
     assert reply["ok"] and reply["changes"] == [f"peer {KEYS[3][:8]} added"]
 
 

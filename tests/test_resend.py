@@ -13,7 +13,7 @@ from stripe.io.metrics import families
 from stripe.links import RESEND_MAX_PACKETS, RESEND_WINDOW_S
 from stripe.noise import TransportKey
 from stripe.session import COPIES_SEALED_REMEMBERED, Session
-from stripe.status import render, snapshot
+from stripe.status import render
 
 BURST = 40
 
@@ -43,7 +43,7 @@ def delivered(sim: Sim) -> list[int]:
 
 
 def no_resend(sim: Sim, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(type(sim.client), "_resend_recent", lambda *args: None)
+    monkeypatch.setattr(sim.client._egress, "resend_recent", lambda *args: None)
 
 
 # -- interface down: the sends fail ------------------------------------------
@@ -56,10 +56,10 @@ def test_packets_of_a_failed_send_arrive_once_and_in_order() -> None:
     assert delivered(sim) == list(range(5 * BURST))
     peer = sim.client.peers[0]
     assert not peer.links[1].up
-    assert peer.resent == BURST // 2  # link 1's half of the first burst
-    assert peer.resend_failed == 0
+    assert peer.copies.resent == BURST // 2  # link 1's half of the first burst
+    assert peer.copies.resend_failed == 0
     assert sim.server.drops["duplicate"] == 0 and sim.server.drops["replay"] == 0
-    assert sim.server.peers[0].copies_first == BURST // 2
+    assert sim.server.peers[0].copies.copies_first == BURST // 2
 
 
 def test_without_the_resend_those_packets_are_lost(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,7 +77,7 @@ def test_with_no_other_link_the_loss_is_counted() -> None:
     sim.links[1].send_fails = True
     sim.run(1.0, bursts(sim, 1))
     peer = sim.client.peers[0]
-    assert peer.resent == 0 and peer.resend_failed == BURST
+    assert peer.copies.resent == 0 and peer.copies.resend_failed == BURST
     assert delivered(sim) == []
 
 
@@ -90,7 +90,7 @@ def test_a_packet_with_a_redundant_copy_is_not_sent_a_second_copy() -> None:
     sim.run(1.0, bursts(sim, 3))
     assert delivered(sim) == list(range(3 * BURST))
     peer = sim.client.peers[0]
-    assert peer.resent == 0 and peer.copies_sent > 0
+    assert peer.copies.resent == 0 and peer.copies.copies_sent > 0
 
 
 # -- silent blackhole: found dead later --------------------------------------
@@ -112,13 +112,13 @@ def test_a_blackholed_link_loses_fewer_packets_with_the_resend(
         lost[resend] = 1000 - len(got)
         peer = sim.client.peers[0]
         assert not peer.links[1].up
-        assert (peer.resent > 0) == resend
+        assert (peer.copies.resent > 0) == resend
     # Without: link 1's share of the ~0.2 s until it is declared dead.  With:
     # the newest of them, whose gaps the receiver still held, get through;
     # the older copies come too late (its hold here: 20 ms).
     assert lost[False] > 30
     assert lost[True] < lost[False], lost
-    assert sim.server.peers[0].copies_first == 0  # the last run: without
+    assert sim.server.peers[0].copies.copies_first == 0  # the last run: without
     assert sim.server.drops["replay"] == 0
 
 
@@ -153,7 +153,7 @@ def test_the_status_and_metrics_report_resent_packets() -> None:
     sim = two_links()
     sim.links[1].send_fails = True
     sim.run(1.0, bursts(sim, 1))
-    status = snapshot(sim.client, sim.now)
+    status = sim.client.status(sim.now)
     assert status["peers"][0]["resent_packets"] == BURST // 2
     assert f"re-sent when their link went down: {BURST // 2}" in render(status)
     metrics = {m.name: m for m in families(status)}
@@ -163,6 +163,9 @@ def test_the_status_and_metrics_report_resent_packets() -> None:
 # -- the session's side: one copy per message ---------------------------------
 
 
+DATA, COPY = wire.MessageType.DATA, wire.MessageType.DATA_COPY
+
+
 def _session() -> Session:
     return Session(1, 2, TransportKey("AESGCM", bytes(range(32))),
                    TransportKey("AESGCM", bytes(32)), 0.0, True)
@@ -170,20 +173,20 @@ def _session() -> Session:
 
 def test_a_message_gets_one_copy_only() -> None:
     session = _session()
-    session.seal(wire.MessageType.DATA, 0, 1, 0, b"x" * 40, 0.0)
+    session.seal(DATA, 0, 1, 0, [b"x" * 40], 0.0)
     assert session.can_copy(0)
-    session.seal_copy(0, 1, 3, 0, b"x" * 40, 0.0)
+    session.seal(COPY, 1, 3, 0, [b"x" * 40], 0.0, copy_of=0)
     assert not session.can_copy(0)
     with pytest.raises(ValueError, match="copied already"):
-        session.seal_copy(0, 0, 3, 1, b"x" * 40, 0.0)
+        session.seal(COPY, 0, 3, 1, [b"x" * 40], 0.0, copy_of=0)
 
 
 def test_copies_beyond_memory_are_assumed_made() -> None:
     session = _session()
     count = COPIES_SEALED_REMEMBERED + 10
-    session.seal_data_run(0, 1, 0, [b"p"] * count, 0.0)
+    session.seal(DATA, 0, 1, 0, [b"p"] * count, 0.0)
     for counter in range(count):
-        session.seal_copy(counter, 1, 3, counter, b"p", 0.0)
+        session.seal(COPY, 1, 3, counter, [b"p"], 0.0, copy_of=counter)
     assert not any(session.can_copy(counter) for counter in range(count))
-    session.seal(wire.MessageType.DATA, 0, 1, 0, b"q", 0.0)
+    session.seal(DATA, 0, 1, 0, [b"q"], 0.0)
     assert session.can_copy(count)

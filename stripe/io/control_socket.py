@@ -15,7 +15,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ MAX_REQUEST_BYTES = 1 << 20  # a reload request carries the config and key files
 REQUEST_TIMEOUT_S = 2.0
 
 
-Handler = Callable[[dict[str, Any]], dict[str, Any]]  # the request -> the reply
+# The request -> the reply (a coroutine for work that waits, such as a reload).
+Handler = Callable[[dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
 
 
 class ControlServer:
@@ -48,7 +49,8 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
-            reply = self._answer(line)
+            answer = self._answer(line)
+            reply = answer if isinstance(answer, dict) else await answer
         except (TimeoutError, ValueError, ConnectionError):
             reply = {"error": "no complete request line"}
         try:
@@ -59,7 +61,7 @@ class ControlServer:
         finally:
             writer.close()
 
-    def _answer(self, line: bytes) -> dict[str, Any]:
+    def _answer(self, line: bytes) -> dict[str, Any] | Awaitable[dict[str, Any]]:
         if len(line) > MAX_REQUEST_BYTES:
             return {"error": "request too long"}
         try:

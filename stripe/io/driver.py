@@ -19,6 +19,13 @@ which path is in use.
 Sockets are kept by socket id (the index the core puts in its datagrams),
 not in a list, so a reload can add and remove sockets without renumbering
 the others (see `reload`).
+
+Each wake-up reads the clock once and hands that `now` to every core call
+it makes; the only other clock read is how far away the next timer is.
+An exception out of the core is a bug, but not a reason to stop the
+tunnel: the driver counts it (`core_exceptions` in the I/O errors), logs
+the first of each kind with its traceback, and carries on with the next
+input.
 """
 
 from __future__ import annotations
@@ -37,13 +44,14 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
-from ..endpoint import Address, Datagram, Endpoint
+from ..endpoint import Endpoint
 from ..guard import BLOCK_S
 from ..offload import VNET_HDR_LEN, OffloadError, coalesce, split_tun_read
-from ..status import snapshot
+from ..outbox import Datagram
+from ..spec import Address
 from . import source_filter
 from .control_socket import ControlServer
-from .network import Undo, set_up_network, tear_down_network
+from .network import set_up_network, tear_down_network
 from .path_mtu import resolve_tunnel_mtu
 from .privileges import drop_privileges
 from .reload import Reloader
@@ -58,6 +66,7 @@ from .sockets import (
     open_sockets,
 )
 from .tun import SetupError, Tun
+from .undo import Undo
 
 if TYPE_CHECKING:
     from .metrics import MetricsServer
@@ -112,9 +121,11 @@ class Driver:
         self._filter_works = True
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._core_errors_seen: set[str] = set()
         self.stopped = asyncio.Event()
         self.started = now
         self.reloader = Reloader(self)
+        self._reloads: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -------------------------------------------------------
 
@@ -125,13 +136,13 @@ class Driver:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop)
         self.loop.add_signal_handler(signal.SIGUSR1, self._log_status)
-        self.loop.add_signal_handler(signal.SIGHUP, self.reloader.reload)
+        self.loop.add_signal_handler(signal.SIGHUP, self._reload_from_signal)
         log.info("%s up: tun %s mtu %d, %d link socket(s), scheduler %s",
                  self.config.role.value, self.tun.name, self.mtu.mtu, len(self.sockets),
                  self.config.scheduler)
         log.info("data path: tun %s; udp gso %s, gro %s", self.tun.offload,
                  _on_off(self.gso.values()), _on_off(self.gro.values()))
-        self._flush()
+        self._flush(time.monotonic())
 
     def stop(self) -> None:
         self.stopped.set()
@@ -146,11 +157,12 @@ class Driver:
         log.info("stopped; drops %s; io errors %s", dict(self.core.drops), dict(self.io_errors))
 
     def status(self) -> dict[str, Any]:
-        status = snapshot(self.core, time.monotonic())
+        now = time.monotonic()
+        status = self.core.status(now)
         status["io_errors"] = dict(self.io_errors)
         status["tun"] = self.tun.name
         status["scheduler"] = self.config.scheduler
-        status["uptime_s"] = round(time.monotonic() - self.started, 1)
+        status["uptime_s"] = round(now - self.started, 1)
         status["datapath"] = {"tun": self.tun.offload, "udp_gso": _on_off(self.gso.values()),
                               "udp_gro": _on_off(self.gro.values()), **self.io_counts}
         status["mtu"]["derivation"] = self.mtu.explanation
@@ -174,6 +186,22 @@ class Driver:
     def _log_status(self) -> None:
         log.info("status %s", json.dumps(self.status(), sort_keys=True))
 
+    def _reload_from_signal(self) -> None:
+        """SIGHUP: reload from the file, as a task (loading waits off the loop)."""
+        task = self.loop.create_task(self.reloader.reload())
+        self._reloads.add(task)  # a reference, until it is done
+        task.add_done_callback(self._reloads.discard)
+
+    def _core_failed(self, where: str, exc: Exception) -> None:
+        """The core raised (a bug): count it, log each kind once with its
+        traceback, keep running."""
+        self.io_errors["core_exceptions"] += 1
+        kind = f"{where}: {type(exc).__name__}"
+        if kind not in self._core_errors_seen:
+            self._core_errors_seen.add(kind)
+            log.error("internal error in %s (counted as core_exceptions; the tunnel carries "
+                      "on, later ones of this kind are only counted)", where, exc_info=exc)
+
     # -- inputs ----------------------------------------------------------
 
     def _on_tun(self) -> None:
@@ -187,7 +215,7 @@ class Driver:
             except BlockingIOError:
                 break
             except OSError as exc:
-                self.io_errors[f"tun_read_{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+                self.io_errors[f"tun_read_{_errno_name(exc)}"] += 1
                 break
             reads += 1
             if not vnet:
@@ -203,8 +231,11 @@ class Driver:
         counts = self.io_counts
         counts["tun_reads"] += reads
         counts["tun_packets_in"] += len(packets)
-        self.core.send_packets(packets, now)
-        self._flush()
+        try:
+            self.core.send_packets(packets, now)
+        except Exception as exc:
+            self._core_failed("send_packets", exc)
+        self._flush(now)
 
     def _on_socket(self, index: int, sock: socket.socket) -> None:
         now = time.monotonic()
@@ -222,44 +253,50 @@ class Driver:
                 break
             except OSError as exc:
                 # ICMP errors surface here on some kernels; they are not data.
-                self.io_errors[f"recv_{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+                self.io_errors[f"recv_{_errno_name(exc)}"] += 1
                 break
             reads += 1
             source = (addr[0], addr[1])
             segment = _gro_segment_size(ancillary) if ancillary else 0
             if 0 < segment < len(data):
                 train = [data[offset:offset + segment] for offset in range(0, len(data), segment)]
-                core.receive_datagrams(index, train, source, now)
-                datagrams += len(train)
             else:
-                core.receive_datagram(index, data, source, now)
-                datagrams += 1
+                train = [data]
+            try:
+                core.receive_datagrams(index, train, source, now)
+            except Exception as exc:
+                self._core_failed("receive_datagrams", exc)
+            datagrams += len(train)
             if datagrams >= PACKET_BATCH:
                 break
         counts = self.io_counts
         counts["udp_reads"] += reads
         counts["udp_datagrams_in"] += datagrams
-        self._flush()
+        self._flush(now)
 
-    def flush(self) -> None:
+    def flush(self, now: float) -> None:
         """Drain the core's outputs after an input from outside (a reload)."""
-        self._flush()
+        self._flush(now)
 
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self.core.handle_timer(time.monotonic())
-        self._flush()
+        now = time.monotonic()
+        try:
+            self.core.handle_timer(now)
+        except Exception as exc:
+            self._core_failed("handle_timer", exc)
+        self._flush(now)
 
     # -- the choke point -------------------------------------------------
 
-    def _flush(self) -> None:
+    def _flush(self, now: float) -> None:
         core = self.core
         for _ in range(4):  # a send error can change link state: drain again
             datagrams = core.datagrams_to_send()
             if not datagrams:
                 break
-            self._send(datagrams)
+            self._send(datagrams, now)
         packets = core.packets_to_deliver()
         if packets:
             self._write_tun(packets)
@@ -267,8 +304,8 @@ class Driver:
             self.close_socket(index)
         for level, message in core.take_events():
             log.log(level, "%s", message)
-        blocked = core.guard.blocked_hosts(time.monotonic())
-        if blocked != self._filtered:
+        blocked = core.sources_to_block(now)
+        if blocked is not None:
             self._update_source_filters(blocked)
         self._arm_timer()
 
@@ -293,7 +330,7 @@ class Driver:
             return
         self.io_counts["source_filter_updates"] += 1
 
-    def _send(self, datagrams: list[Datagram]) -> None:
+    def _send(self, datagrams: list[Datagram], now: float) -> None:
         """Each (socket, address)'s datagrams in order; trains of equal-sized
         ones in one GSO send where the socket has it."""
         by_path: dict[tuple[int, Address], list[bytes]] = {}
@@ -307,27 +344,27 @@ class Driver:
         for (index, addr), queue in by_path.items():
             gso = self.gso.get(index)
             if gso is None:
-                self._no_socket(index, addr, len(queue))
+                self._no_socket(index, addr, len(queue), now)
                 continue
             trains = _gso_trains(queue) if gso and len(queue) > 1 else [[data] for data in queue]
             for train in trains:
-                error = (self._send_one(index, train[0], addr) if len(train) == 1
-                         else self._send_train(index, train, addr))
+                error = (self._send_one(index, train[0], addr, now) if len(train) == 1
+                         else self._send_train(index, train, addr, now))
                 if error in LINK_DOWN_ERRNOS:
                     break  # the rest of this path's datagrams would fail alike
 
-    def _send_one(self, index: int, data: bytes, addr: Address) -> int:
+    def _send_one(self, index: int, data: bytes, addr: Address, now: float) -> int:
         """0 when sent, else the errno (counted and reported)."""
         try:
             self.sockets[index].sendto(data, addr)
         except OSError as exc:
-            self._send_error(index, addr, exc, 1, len(data))
+            self._send_error(index, addr, exc, 1, len(data), now)
             return exc.errno or -1
         self.io_counts["udp_sends"] += 1
         self.io_counts["udp_datagrams_out"] += 1
         return 0
 
-    def _send_train(self, index: int, train: list[bytes], addr: Address) -> int:
+    def _send_train(self, index: int, train: list[bytes], addr: Address, now: float) -> int:
         """One GSO send; 0 when sent, else the errno."""
         segment = struct.pack("=H", len(train[0]))
         try:
@@ -335,13 +372,13 @@ class Driver:
                 [b"".join(train)], [(SOL_UDP, UDP_SEGMENT, segment)], 0, addr)
         except OSError as exc:
             if exc.errno not in GSO_REFUSED_ERRNOS:
-                self._send_error(index, addr, exc, len(train), len(train[0]))
+                self._send_error(index, addr, exc, len(train), len(train[0]), now)
                 return exc.errno or -1
             # Either GSO itself is refused, or a datagram is (too big for the
             # path): one at a time tells which.
             errors = []
             for data in train:
-                error = self._send_one(index, data, addr)
+                error = self._send_one(index, data, addr, now)
                 if error in LINK_DOWN_ERRNOS:
                     return error
                 errors.append(error)
@@ -354,25 +391,31 @@ class Driver:
         self.io_counts["udp_datagrams_out"] += len(train)
         return 0
 
-    def _no_socket(self, index: int, addr: Address, count: int) -> None:
+    def _no_socket(self, index: int, addr: Address, count: int, now: float) -> None:
         """A server socket a reload closed: the link whose return path used
         it fails now, until the client's packets arrive on another one."""
         self.io_errors["send_no_socket"] += count
-        self.core.send_failed(index, addr, time.monotonic())
+        self._tell_core(self.core.send_failed, index, addr, now)
+
+    def _tell_core(self, call: Any, *args: Any) -> None:
+        """A send error, reported to the core (which may queue more)."""
+        try:
+            call(*args)
+        except Exception as exc:
+            self._core_failed(call.__name__, exc)
 
     def _send_error(self, index: int, addr: Address, exc: OSError, count: int,
-                    size: int) -> None:
+                    size: int, now: float) -> None:
         if isinstance(exc, BlockingIOError):
             self.io_errors["send_would_block"] += count
             return
-        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-        self.io_errors[f"send_{name}"] += count
+        self.io_errors[f"send_{_errno_name(exc)}"] += count
         if exc.errno in LINK_DOWN_ERRNOS:
-            self.core.send_failed(index, addr, time.monotonic())
+            self._tell_core(self.core.send_failed, index, addr, now)
         elif exc.errno == errno.EMSGSIZE:
             # Bigger than the path (probing sockets never fragment): the
             # link's PMTU search learns of it (see `pmtu`).
-            self.core.datagram_too_big(index, addr, size, time.monotonic())
+            self._tell_core(self.core.datagram_too_big, index, addr, size, now)
 
     def _write_tun(self, packets: list[bytes]) -> None:
         fd = self.tun.fd
@@ -385,7 +428,7 @@ class Driver:
             try:
                 os.write(fd, buf)
             except OSError as exc:
-                self.io_errors[f"tun_write_{errno.errorcode.get(exc.errno or 0, exc.errno)}"] += 1
+                self.io_errors[f"tun_write_{_errno_name(exc)}"] += 1
 
     def _arm_timer(self) -> None:
         at = self.core.get_timer()
@@ -396,6 +439,8 @@ class Driver:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = at
+        # The clock again, not the wake-up's `now`: the delay counts from the
+        # moment the timer is armed, after this wake-up's work.
         self._timer = self.loop.call_later(max(at - time.monotonic(), 0.0), self._on_timer)
 
 
@@ -427,6 +472,11 @@ def _gro_segment_size(ancillary: list[tuple[int, int, bytes]]) -> int:
         if level == SOL_UDP and kind == UDP_GRO and len(data) >= 4:
             return int(struct.unpack_from("=i", data)[0])
     return 0
+
+
+def _errno_name(exc: OSError) -> str:
+    """ENETDOWN, ... (the number if the name is unknown): an I/O error counter's suffix."""
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
 
 
 def _on_off(flags: Collection[bool]) -> str:

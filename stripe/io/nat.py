@@ -25,8 +25,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.nftables.main import NFTables
 
 from ..config import Config
-from .network import Undo
 from .tun import SetupError
+from .undo import Undo
 
 NFPROTO_INET = 1
 FORWARDING = {

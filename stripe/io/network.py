@@ -1,8 +1,8 @@
 """Changes stripe makes to the host's network besides its TUN and sockets:
 routing automation (`routes`) and NAT (`nat`), all optional, all undone.
 
-Every change is recorded in an `Undo` right after it succeeded, together
-with the action that reverts it.  On exit (SIGTERM, SIGINT) and when a later
+Every change is recorded in an `Undo` (see `undo`) right after it
+succeeded, together with the action that reverts it.  On exit (SIGTERM, SIGINT) and when a later
 step of the set-up fails, the record is played back newest first, so what
 is left of the host is what was there before stripe started.
 
@@ -23,45 +23,11 @@ from typing import TypeVar
 
 from ..config import Config
 from .tun import SetupError
+from .undo import Undo
 
 log = logging.getLogger("stripe")
 
 T = TypeVar("T")
-
-
-class Undo:
-    """What stripe changed on the host, and how to put each change back.
-
-    Empty state: nothing recorded; `rollback` does nothing.
-    Invariant: entries are in the order the changes were made; `rollback`
-    empties the record whatever happens, so nothing is reverted twice.
-    """
-
-    def __init__(self) -> None:
-        self._entries: list[tuple[str, Callable[[], None]]] = []
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def record(self, what: str, revert: Callable[[], None]) -> None:
-        """`what` was just done (a command line a user would recognise)."""
-        log.info("network: %s", what)
-        self._entries.append((what, revert))
-
-    def rollback(self) -> list[str]:
-        """Revert everything, newest first; a failure is logged and the rest
-        still reverted.  Returns the changes that could not be reverted."""
-        failed = []
-        while self._entries:
-            what, revert = self._entries.pop()
-            try:
-                revert()
-            except Exception as exc:  # keep undoing the others
-                log.warning("network: could not undo %r: %s", what, exc)
-                failed.append(what)
-            else:
-                log.info("network: undone %s", what)
-        return failed
 
 
 def in_thread(work: Callable[[], T]) -> T:

@@ -17,8 +17,8 @@ import subprocess
 from typing import Any
 
 from ..config import Config, LinkConfig
-from ..endpoint import Role
 from ..pmtu import Derivation, LinkPath, check_configured_mtu, derive_tunnel_mtu
+from ..spec import Role
 
 IP_TIMEOUT_S = 5.0
 

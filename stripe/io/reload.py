@@ -9,7 +9,9 @@ be allowed to read a root-only config or key file.
 Every step that can fail comes before anything changes, so a failed reload
 leaves the old config running untouched and says why in one line:
 
-1. load and validate the config (ConfigError);
+1. load and validate the config (ConfigError), in a worker thread: it
+   resolves host names and looks up users, which may wait on the network,
+   and the tunnel must not stop while it does;
 2. refuse keys that only a restart can change (`config.restart_needed`);
 3. plan in the core (ReconfigError, e.g. the server's key changed);
 4. open every new socket, all or none (SetupError, e.g. a port in use).
@@ -23,65 +25,94 @@ sockets until the core says they drained (`Endpoint.sockets_to_close`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import socket
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from functools import partial
+from typing import Any, Protocol
 
 from .. import config as config_mod
 from ..config import Config, ConfigError, LinkConfig, ReadFile
-from ..endpoint import Role
+from ..endpoint import Endpoint
 from ..reconfig import ReconfigError, Reconfiguration
+from ..spec import Role
 from .sockets import listen_links, open_link_sockets
 from .tun import SetupError
-
-if TYPE_CHECKING:
-    from .driver import Driver
 
 log = logging.getLogger("stripe")
 
 
-class Reloader:
-    """Applies a changed config to a running driver."""
+class Reloadable(Protocol):
+    """What a reload needs of the running process (the driver)."""
 
-    def __init__(self, driver: Driver) -> None:
+    config: Config
+
+    @property
+    def core(self) -> Endpoint: ...
+
+    @property
+    def sockets(self) -> Mapping[int, socket.socket]: ...
+
+    def add_socket(self, index: int, sock: socket.socket) -> None: ...
+
+    def close_socket(self, index: int) -> None: ...
+
+    def flush(self, now: float) -> None:
+        """Drain the core's outputs (the reconfiguration may send)."""
+
+
+class Reloader:
+    """Applies a changed config to a running driver, one reload at a time."""
+
+    def __init__(self, driver: Reloadable) -> None:
         self.driver = driver
+        self._lock = asyncio.Lock()
         # Server: what each listening socket was opened for, by socket id.
         self._listening: dict[int, LinkConfig] = (
             dict(enumerate(listen_links(driver.config)))
             if driver.config.role is Role.SERVER else {})
 
-    def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
         """The control socket's "reload": {"config": PATH, "files": {...}} from
         `stripe reload` (files as root read them), or nothing: read from disk."""
         path, files = request.get("config"), request.get("files")
         if path is not None and not isinstance(path, str):
             return {"ok": False, "error": "reload: config must be a path"}
         if files is None:
-            return self.reload(path)
-        return self.reload(path, config_mod.shipped_reader(files))
+            return await self.reload(path)
+        return await self.reload(path, config_mod.shipped_reader(files))
 
-    def reload(self, path: str | None = None,
-               read_file: ReadFile = config_mod.read_local_file) -> dict[str, Any]:
+    async def reload(self, path: str | None = None,
+                     read_file: ReadFile = config_mod.read_local_file) -> dict[str, Any]:
         """Re-read the config (`path`, or the running one's) and apply it.
         Returns {"ok": True, "changes": [...]} or {"ok": False, "error": "..."}."""
+        async with self._lock:
+            old = self.driver.config
+            load = partial(config_mod.load, path or old.path, old.role, read_file=read_file)
+            try:
+                new = await asyncio.get_running_loop().run_in_executor(None, load)
+            except ConfigError as exc:
+                return self._failed(str(exc))
+            return self.apply(new)
+
+    def apply(self, new: Config) -> dict[str, Any]:
+        """Apply a loaded config (on the event loop: nothing here waits)."""
         driver = self.driver
         old = driver.config
         try:
-            new = config_mod.load(path or old.path, old.role, read_file=read_file)
             reason = config_mod.restart_needed(old, new)
             if reason is not None:
                 raise ReconfigError(reason)
             change = driver.core.plan_reconfigure(new.endpoint_spec())
             listening, to_open, to_close, socket_changes = self._plan_sockets(new, change)
             opened = open_link_sockets(to_open, old.pmtu_probe)
-        except (ConfigError, ReconfigError, SetupError) as exc:
-            message = str(exc)
-            if "cannot read" in message and os.geteuid() != 0:
-                message += " (this process dropped root: `stripe reload -c FILE` reads as root)"
-            log.error("reload failed, still running the previous config: %s", message)
-            return {"ok": False, "error": message}
-        driver.core.reconfigure(change, time.monotonic())
+        except (ReconfigError, SetupError) as exc:
+            return self._failed(str(exc))
+        now = time.monotonic()
+        driver.core.reconfigure(change, now)
         for index, sock in opened.items():
             driver.add_socket(index, sock)
         for index in to_close:
@@ -90,8 +121,14 @@ class Reloader:
         driver.config = new
         changes = [*change.changes, *socket_changes]
         log.info("reload: %s", ", ".join(changes) or "no changes")
-        driver.flush()
+        driver.flush(now)
         return {"ok": True, "changes": changes}
+
+    def _failed(self, message: str) -> dict[str, Any]:
+        if "cannot read" in message and os.geteuid() != 0:
+            message += " (this process dropped root: `stripe reload -c FILE` reads as root)"
+        log.error("reload failed, still running the previous config: %s", message)
+        return {"ok": False, "error": message}
 
     def _plan_sockets(self, new: Config, change: Reconfiguration) -> tuple[
             dict[int, LinkConfig], dict[int, LinkConfig], list[int], list[str]]:

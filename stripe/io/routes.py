@@ -42,8 +42,8 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ..config import Config
-from .network import Undo
 from .tun import SetupError
+from .undo import Undo
 
 MAIN_TABLE = 254
 RULE_PRIORITY_BASE = 5300

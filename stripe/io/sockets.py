@@ -13,7 +13,7 @@ import ipaddress
 import socket
 
 from ..config import Config, LinkConfig
-from ..endpoint import Role
+from ..spec import Role
 from .tun import SetupError
 
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024

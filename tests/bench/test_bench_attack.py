@@ -42,8 +42,7 @@ from bench.attack_report import (
 from bench.lab import list_namespaces
 from bench.stripe_config import Keys, client_config, server_config
 from stripe import wire
-from stripe.config import encode_key
-from stripe.noise import generate_keypair
+from stripe.noise import encode_key, generate_keypair
 
 # -- the attacker (bench.flood) ------------------------------------------------
 

@@ -24,8 +24,7 @@ import pytest
 from bench.lab import Lab, LabNames, LinkSpec
 from bench.procs import Proc
 from bench.sh import run
-from stripe.config import encode_key
-from stripe.noise import generate_keypair
+from stripe.noise import encode_key, generate_keypair
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -23,9 +23,8 @@ from conftest import REPO_ROOT, SINK, _skip_reason
 from bench.attack import capture_datagrams
 from bench.procs import Proc
 from bench.sh import run
-from stripe.config import encode_key
 from stripe.handshake import PendingInitiation
-from stripe.noise import generate_keypair
+from stripe.noise import encode_key, generate_keypair
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,239 @@
+"""From the TUN to the links: inner packets become sealed datagrams.
+
+Each packet read from the TUN is checked (long enough to route), routed to
+the peer that owns its destination (`routing`), fitted to the peer's MTU
+(`pmtu.Oversize`: fragmented, or answered with ICMP "too big"), offered to
+queue management (`aqm`: dropped or ECN-marked while the links hold a
+standing queue), and given to the link the peer's scheduler picks.
+
+Consecutive packets to one peer go to the picked link as a run: as many as
+that link carries in RUN_WINDOW_S at its estimated rate (one packet on a
+slow link, dozens on a fast one), so the per-packet work is sealing alone
+and the shell gets a GSO train.  A packet wanted twice (redundancy: small,
+or of a chosen DSCP class) goes alone, and again as a DATA_COPY on a second
+link.  Without a session or a usable link, packets wait in the peer's
+bounded queue until one comes up.
+
+When a link dies under data it carried lately and the peer has not
+reported, that data goes out again as copies on the other links (see
+`resend_recent`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from . import pmtu, routing, wire
+from .aqm import mark_ce, measure_bond
+from .links import Link
+from .outbox import Outbox
+from .peer import Peer
+from .scheduler import usable_links
+from .session import Session
+from .spec import EndpointSpec
+from .transmit import Transmitter
+
+# How long a run of packets to one link lasts at the link's estimated rate,
+# and its most packets: long enough for GRO trains and few switches between
+# links at gigabit rates (a GSO send carries at most 64 of them), short
+# enough that a slow link's run is one packet.
+RUN_WINDOW_S = 0.002
+RUN_MAX_PACKETS = 128
+
+_DATA = wire.MessageType.DATA
+_COPY = wire.MessageType.DATA_COPY
+
+
+def wants_copy(packet: bytes, below: int, dscp: frozenset[int]) -> bool:
+    """Redundancy: is this (valid) IP packet small or in a chosen DSCP class?"""
+    if len(packet) <= below:
+        return True
+    if not dscp:
+        return False
+    if packet[0] >> 4 == 4:
+        return packet[1] >> 2 in dscp
+    return ((packet[0] & 0x0F) << 2 | packet[1] >> 6) in dscp
+
+
+def tun_packet_ok(packet: bytes) -> bool:
+    """Long enough to route: an IPv4 header, or an IPv6 one."""
+    n = len(packet)
+    if n < 20:
+        return False
+    version = packet[0] >> 4
+    return version == 4 or (version == 6 and n >= 40)
+
+
+class Egress:
+    """TUN packets to sealed datagrams, for every peer.
+
+    `routes` maps inner destinations to peers (rebuilt by the endpoint when
+    peers or their allowed_ips change); `wake_handshake(peer, now)` is
+    called when a packet waits for a session that nobody is setting up."""
+
+    def __init__(self, spec: EndpointSpec, outbox: Outbox, transmit: Transmitter,
+                 routes: routing.AllowedIPs[Peer]) -> None:
+        self.spec = spec
+        self.routes = routes
+        self.oversize = pmtu.Oversize()
+        self._outbox = outbox
+        self._transmit = transmit
+        self.wake_handshake = _no_wake
+
+    def send_packets(self, packets: Sequence[bytes], now: float) -> None:
+        """IP packets from the TUN device, in order."""
+        routes, drops = self.routes, self._outbox.drops
+        destination = routing.destination
+        below, dscp = self.spec.duplicate_below, self.spec.duplicate_dscp
+        copies = bool(below or dscp)
+        count = len(packets)
+        i = 0
+        last_dest: bytes = b""
+        peer: Peer | None = None
+        aqm_quiet: Peer | None = None  # queue management said no to it at `now`
+        while i < count:
+            packet = packets[i]
+            i += 1
+            if not tun_packet_ok(packet):
+                drops["bad_tun_packet"] += 1
+                continue
+            dest = destination(packet)
+            if dest != last_dest:
+                peer, last_dest = routes.lookup(dest), dest
+            if peer is None:
+                drops["no_route"] += 1
+                continue
+            mtu = peer.mtu
+            if mtu is not None and len(packet) > mtu and self._oversized(peer, packet, now):
+                continue
+            session = peer.current
+            if session is None:
+                self._enqueue(peer, packet, now)
+                continue
+            aqm = peer.aqm
+            if aqm is not None and peer is not aqm_quiet:
+                # The bond's queue and `now` stay put for the whole call: once
+                # CoDel says no, it says no to the rest of this peer's packets.
+                if aqm.should_signal(measure_bond(usable_links(peer.links.values()), now), now):
+                    marked = mark_ce(packet)
+                    if marked is None:
+                        aqm.drops += 1
+                        continue
+                    aqm.marks += 1
+                    packet = marked
+                else:
+                    aqm_quiet = peer
+            link = peer.scheduler.pick(peer.links.values(), len(packet), now)
+            if link is None:
+                self._enqueue(peer, packet, now)
+                continue
+            if copies and wants_copy(packet, below, dscp):
+                self._transmit.send(peer, session, link, _DATA, [packet], now)
+                self._send_copy(peer, session, link, packet, now)
+                continue
+            run = [packet]
+            budget = peer.scheduler.run_bytes(link, peer.links.values(), RUN_WINDOW_S) - len(
+                packet)
+            extra = 0
+            while i < count and extra < budget and len(run) < RUN_MAX_PACKETS:
+                following = packets[i]
+                if (not tun_packet_ok(following) or destination(following) != dest
+                        or (mtu is not None and len(following) > mtu)
+                        or (copies and wants_copy(following, below, dscp))):
+                    break
+                run.append(following)
+                extra += len(following)
+                i += 1
+            if extra:
+                peer.scheduler.charge(link, extra)
+            self._transmit.send(peer, session, link, _DATA, run, now)
+
+    def flush_queue(self, peer: Peer, now: float) -> None:
+        """Send what waited for a session or a usable link, while one takes it."""
+        session = peer.current
+        queue = peer.queue
+        while queue and session is not None:
+            packet = queue[0]
+            link = peer.scheduler.pick(peer.links.values(), len(packet), now)
+            if link is None:
+                return
+            self._transmit.send(peer, session, link, _DATA, [packet], now)
+            queue.popleft()
+
+    def resend_recent(self, peer: Peer, dead: Link, now: float) -> None:
+        """`dead` just went down: what it carried lately that the peer has
+        not reported goes out again, each as a DATA_COPY (same counter, so
+        the receiver slots it where the original belonged) on the link the
+        scheduler picks.  Not re-sent: data of an older session (its counters
+        mean nothing in the current one), messages that have their one copy
+        already (a redundant copy is on its way), anything older than
+        `links.RESEND_WINDOW_S`."""
+        runs = dead.recent.take(now)
+        session = peer.current
+        if session is None:
+            return
+        reported = dead.est.highest_reported
+        counts = peer.copies
+        for run in runs:
+            if run.session is not session:
+                continue
+            for i, packet in enumerate(run.packets):
+                counter = run.first_counter + i
+                if run.first_link_seq + i <= reported or not session.can_copy(counter):
+                    continue
+                link = peer.scheduler.pick(peer.links.values(), len(packet), now)
+                if link is None:
+                    counts.resend_failed += 1
+                    continue
+                self._send_copy_on(peer, session, link, counter, packet, now)
+                counts.resent += 1
+
+    def _enqueue(self, peer: Peer, packet: bytes, now: float) -> None:
+        """No session or no usable link yet: hold the packet (bounded)."""
+        if len(peer.queue) == peer.queue.maxlen:
+            self._outbox.drops["queue_full"] += 1
+        peer.queue.append(packet)
+        if peer.current is None:
+            self.wake_handshake(peer, now)
+
+    def _send_copy(self, peer: Peer, session: Session, first: Link, packet: bytes,
+                   now: float) -> None:
+        """The data message just sent on `first`, again on the usable link
+        with the lowest RTT among the others (none: no copy)."""
+        others = [link for link in usable_links(peer.links.values()) if link is not first]
+        if not others:
+            return
+        link = min(others, key=lambda x: x.health.srtt_s or float("inf"))
+        datagram = self._send_copy_on(peer, session, link, session.send_counter - 1, packet,
+                                      now)
+        peer.copies.copies_sent += 1
+        peer.copies.copy_bytes += len(datagram)
+
+    def _send_copy_on(self, peer: Peer, session: Session, link: Link, counter: int,
+                      packet: bytes, now: float) -> bytes:
+        """Data message `counter` (`packet`) again, as a DATA_COPY on `link`."""
+        datagram = self._transmit.send(peer, session, link, _COPY, [packet], now,
+                                       copy_of=counter)[0]
+        peer.scheduler.charge(link, len(packet))
+        return datagram
+
+    def _oversized(self, peer: Peer, packet: bytes, now: float) -> bool:
+        """A packet above the peer's MTU: fragment it, or drop it and answer
+        ICMP "too big" on the TUN.  False when it goes as it is (IPv6 up to
+        1280 bytes: every IPv6 path must carry that much)."""
+        mtu = peer.mtu
+        assert mtu is not None
+        if packet[0] >> 4 == 6 and len(packet) <= pmtu.MIN_MTU_IPV6:
+            return False
+        fragments, answer = self.oversize.handle(packet, mtu, now)
+        if answer is not None:
+            self._outbox.deliveries.append(answer)
+        if not fragments:
+            self._outbox.drops["too_big"] += 1
+        for fragment in fragments:
+            self.send_packets((fragment,), now)
+        return True
+
+
+def _no_wake(peer: Peer, now: float) -> None:
+    """A server does not initiate handshakes."""

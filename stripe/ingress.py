@@ -1,0 +1,175 @@
+"""From the links to the TUN: the one parsing boundary for untrusted datagrams.
+
+Every datagram from the network enters here, alone or in a train read at
+once from one source (a GRO train), and takes the same path:
+
+1. the source guard (`guard`): a source that sent nothing but junk lately
+   is blocked, its transport datagrams dropped unread;
+2. the type byte: handshake messages go to `sessions`; anything that is
+   not a transport message (DATA, CONTROL, DATA_COPY) is dropped;
+3. the transport header (fixed layout, see `wire`): reserved mask bits
+   must be zero, the receiver index must name a live session;
+4. `Session.open`: counter range, replay window, AEAD; only now is the
+   datagram trusted;
+5. the link it came on (the server learns or follows the return path),
+   its per-link counters; a NEXT session becomes CURRENT on its first
+   packet;
+6. CONTROL to `linkctl`; DATA and DATA_COPY: the inner packet is checked
+   (a whole IPv4/IPv6 packet, its source among the peer's allowed_ips)
+   and pushed into the session's reorder buffer, which releases packets in
+   counter order to the outbox.
+
+Each failure drops the datagram and counts a reason in `Outbox.drops`; no
+state changes before step 4.  One delay sample per link per train: its
+datagrams arrived together, so the newest one carries the news.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from . import routing, wire
+from .estimator import FIRST_FEEDBACK_DELAY_S
+from .guard import SourceGuard
+from .linkctl import LinkControl
+from .links import Link
+from .outbox import Address, Outbox
+from .peer import Peer
+from .reorder import HOLD_MAX_S
+from .session import DecryptError, Session
+from .sessions import HANDSHAKE_TYPES, Sessions
+from .spec import EndpointSpec
+
+# The reorder hold is derived again from the measured skew at most this often.
+HOLD_UPDATE_INTERVAL_S = 0.01
+
+_CONTROL = wire.MessageType.CONTROL.value
+_COPY = wire.MessageType.DATA_COPY.value
+_TRANSPORT_TYPES = frozenset((wire.MessageType.DATA.value, _CONTROL, _COPY))
+
+
+class Ingress:
+    """Datagrams to TUN packets, for every peer.  `routes` maps inner
+    addresses to peers (the spoofed-source check); the endpoint replaces it
+    when peers or their allowed_ips change."""
+
+    def __init__(self, spec: EndpointSpec, outbox: Outbox, sessions: Sessions,
+                 links: LinkControl, routes: routing.AllowedIPs[Peer]) -> None:
+        self.spec = spec
+        self.routes = routes
+        self.guard = SourceGuard()
+        self._outbox = outbox
+        self._sessions = sessions
+        self._links = links
+
+    def receive_datagrams(self, sock: int, datagrams: Sequence[bytes], addr: Address,
+                          now: float) -> None:
+        """Datagrams from one source, read at once on socket `sock`."""
+        host = addr[0]
+        guard, drops = self.guard, self._outbox.drops
+        if guard.blocked(host, now):
+            for data in datagrams:
+                if data and data[0] in HANDSHAKE_TYPES:
+                    self._receive_handshake(sock, data, addr, now)  # never blocked (see guard)
+                else:
+                    drops["blocked_source"] += 1
+            return
+        junk = 0
+        authenticated = False
+        unpack = wire.TRANSPORT_HEADER.unpack_from
+        table = self._sessions.table
+        samples: dict[tuple[int, int], tuple[Session, int, int]] = {}
+        links: dict[tuple[int, int], Link] = {}
+        touched: list[Session] = []
+        for data in datagrams:
+            if len(data) < wire.TRANSPORT_OVERHEAD or data[0] not in _TRANSPORT_TYPES:
+                outcome = self._receive_handshake(sock, data, addr, now)
+                if outcome is None:
+                    junk += 1
+                authenticated = authenticated or bool(outcome)
+                continue
+            mtype, link_id, link_mask, receiver, counter, link_seq, sent_us = unpack(data)
+            if link_mask & ~wire.LINK_MASK_BITS:
+                drops["bad_flags"] += 1
+                junk += 1
+                continue
+            found = table.get(receiver)
+            if found is None:
+                drops["unknown_session"] += 1
+                continue
+            peer, session = found
+            try:
+                plaintext = session.open(mtype, counter, data, now)
+            except DecryptError as exc:
+                drops[exc.reason] += 1
+                if exc.reason != "duplicate":  # a redundant copy is no attack
+                    junk += 1
+                continue
+            # Authenticated from here on.
+            authenticated = True
+            if session is peer.next_session:
+                self._sessions.promote(peer, session, now)
+            key = (receiver, link_id)
+            link = links.get(key)
+            if link is None:
+                link = links[key] = self._links.learn_path(peer, link_id, sock, addr, now)
+            link.note_received(len(data), link_seq)
+            samples[key] = (session, link_id, sent_us)
+            if mtype == _CONTROL:
+                self._links.handle_control(peer, session, link, counter, plaintext, now)
+            else:
+                self._accept_data(peer, session, link_id, link_mask, counter, plaintext, now,
+                                  mtype == _COPY)
+            if not touched or touched[-1] is not session:
+                touched.append(session)
+        for session, link_id, sent_us in samples.values():
+            session.skew.sample(link_id, sent_us, now)
+        deliveries = self._outbox.deliveries
+        for session in touched:
+            ready = session.reorder.ready
+            if ready:
+                deliveries.extend(ready)
+                ready.clear()
+        if authenticated:
+            guard.succeeded(host, now)
+        if junk:
+            guard.failed(host, now, junk)
+
+    def _receive_handshake(self, sock: int, data: bytes, addr: Address,
+                           now: float) -> bool | None:
+        """A datagram that is not a well-formed transport message: a
+        handshake message (True if it authenticated) or junk (None, counted)."""
+        try:
+            if wire.peek_type(data).value not in HANDSHAKE_TYPES:
+                raise wire.WireError("short")  # a transport type without room for its header
+            return self._sessions.receive(sock, data, addr, now)
+        except wire.WireError as exc:
+            self._outbox.drops[exc.reason] += 1
+            return None
+
+    def _accept_data(self, peer: Peer, session: Session, link_id: int, link_mask: int,
+                     counter: int, plaintext: bytes, now: float, copy: bool) -> None:
+        """An authenticated data message (`copy`: a DATA_COPY, which came
+        before its original): check the inner packet, reorder it."""
+        feedback = peer.feedback
+        if not feedback.data_since:
+            feedback.data_since = True
+            feedback.due = max(feedback.due, now + FIRST_FEEDBACK_DELAY_S)
+        payload: bytes | None = None  # an invalid packet still fills its reorder slot
+        if not wire.inner_packet_valid(plaintext):
+            self._outbox.drops["bad_inner_packet"] += 1
+        else:
+            source = routing.source(plaintext)
+            if source == peer.last_good_source or self.routes.lookup(source) is peer:
+                peer.last_good_source = source  # most packets: same source as the last one
+                payload = plaintext
+            else:
+                self._outbox.drops["spoofed_source"] += 1  # not one of this peer's addresses
+        reorder = session.reorder
+        if self.spec.reorder_hold_s is None and now >= session.hold_update_due:
+            session.hold_update_due = now + HOLD_UPDATE_INTERVAL_S
+            reorder.hold_s = min(session.skew.hold_s(now) + reorder.late_bonus(now), HOLD_MAX_S)
+        if not reorder.push(counter, payload, link_id, now, link_mask, copy=copy):
+            self._outbox.drops["late"] += 1
+        elif copy:
+            peer.copies.copies_first += 1

@@ -1,0 +1,432 @@
+"""The links of each peer: health, feedback, control messages, paths, reloads.
+
+Theory of operation
+-------------------
+A peer's links live in `Peer.links` (link id -> `links.Link`).  A client's
+come from its spec; a server learns each link from the first authenticated
+packet on it (`learn_path`), and follows it to a new return address when
+the client's NAT or address changes (roaming).  The client tells the server
+its link table (names, weights, backup flags) in a LINKS control message
+after each handshake, every LINKS_ANNOUNCE_INTERVAL_S and after a reload;
+a link missing from it was removed there and is retired here too.
+
+Health (see `links`): each link with a path is probed every
+PROBE_INTERVAL_S; acks, send errors and the peer's feedback move it between
+UNKNOWN, UP and DOWN.  When a link goes down, the data it carried lately is
+re-sent on the others (`egress.resend_recent`); when it comes back, its
+estimates start afresh.
+
+Feedback (see `estimator`): while data arrives, every FEEDBACK_INTERVAL_S
+the receiver reports per link what it got; the sender's estimates, and the
+stall check that takes a silently dead link out of the schedule, run on it.
+
+The link mask: every transport header announces the links that carried
+data lately, so the receiver's loss inference waits for them; a link that
+goes quiet after data sends a MARKER, so a gap it might hold is settled
+without waiting for the hold deadline.
+
+Retired links (removed by a reload, or by the client's link table) keep
+their socket and path for LINK_DRAIN_S so packets in flight still land;
+their last message is a final MARKER.
+
+Path MTU (see `pmtu`): with probing on, each link searches its path MTU
+with padded probes; the peer's MTU is the smallest any up link carries.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import control, pmtu, wire
+from .egress import Egress
+from .estimator import FEEDBACK_INTERVAL_S
+from .links import Link, LinkState
+from .outbox import Address, Outbox
+from .peer import Peer
+from .scheduler import usable_links
+from .session import Session
+from .spec import EndpointSpec, LinkSpec, Role
+from .transmit import Transmitter
+
+LINKS_ANNOUNCE_INTERVAL_S = 5.0
+# A link that left the rotation stays in the mask this long: longer than any
+# delay skew between links, so a packet still in flight on it is waited for,
+# not written off.
+MASK_LINGER_S = 0.3
+# A link that carried data and then went quiet this long gets a MARKER, so
+# the receiver need not wait for the hold deadline to write off a gap that
+# might have been on it (a tail loss).
+TAIL_MARKER_DELAY_S = 0.005
+# A link removed by a reload (or, on the server, by the client's link table)
+# keeps its socket this long: packets already in flight on it, and those the
+# peer sends before it hears of the removal, still arrive and are delivered.
+LINK_DRAIN_S = 2.0
+
+
+class LinkControl:
+    """Link lifecycle and control messages, for every peer.
+
+    `egress` is used for what a link's state change means for data: queued
+    packets flushed when a link comes up, recent data re-sent when one dies."""
+
+    def __init__(self, spec: EndpointSpec, outbox: Outbox, transmit: Transmitter,
+                 egress: Egress) -> None:
+        self.spec = spec
+        self._outbox = outbox
+        self._transmit = transmit
+        self._egress = egress
+
+    # -- timers ------------------------------------------------------------
+
+    def next_timer(self, peer: Peer) -> float | None:
+        """The earliest time `on_timer` has work for `peer`."""
+        due: list[float] = [until for _link, until in peer.retired.values()]
+        if peer.current is not None:
+            due.append(peer.links_announce_due)
+            if peer.feedback.data_since:
+                due.append(peer.feedback.due)
+            for link in peer.links.values():
+                if link.path is None:
+                    continue
+                due.append(link.health.next_check_time())
+                if link.pmtu is not None:
+                    due.append(link.pmtu.next_timer())
+            if peer.link_mask & (peer.link_mask - 1):  # two or more links in rotation
+                due.extend(link.last_data_sent + TAIL_MARKER_DELAY_S
+                           for link in peer.links.values() if link.marker_due)
+        return min(due, default=None)
+
+    def on_timer(self, peer: Peer, now: float) -> None:
+        self._expire_retired(peer, now)
+        session = peer.current
+        if session is None:
+            return
+        self.refresh_mask(peer, now)
+        several = bool(peer.link_mask & (peer.link_mask - 1))
+        send_control = self._transmit.send_control
+        for link in list(peer.links.values()):
+            if link.path is None:
+                continue
+            if link.marker_due and now >= link.last_data_sent + TAIL_MARKER_DELAY_S:
+                link.marker_due = False
+                if several and link.up:
+                    send_control(peer, session, link, control.Marker(), now)
+            self._link_changed(peer, link, now, link.health.update(now))
+            if link.health.probe_due(now):
+                send_control(peer, session, link, control.Probe(link.health.start_probe(now)),
+                             now)
+            if self.spec.pmtu_probe:
+                self._pmtu_poll(peer, session, link, now)
+        feedback = peer.feedback
+        if feedback.data_since and now >= feedback.due:
+            feedback.data_since = False
+            feedback.due = now + FEEDBACK_INTERVAL_S
+            self._send_feedback(peer, session, now)
+        if now >= peer.links_announce_due:
+            peer.links_announce_due = now + LINKS_ANNOUNCE_INTERVAL_S
+            if self.spec.role is Role.CLIENT:
+                self.announce_links(peer, session, now)
+
+    # -- paths and the link table -----------------------------------------
+
+    def learn_path(self, peer: Peer, link_id: int, sock: int, addr: Address, now: float) -> Link:
+        """The link an authenticated datagram came on (created on a server's
+        first packet of it); a server follows the client to `addr`."""
+        link = peer.links.get(link_id)
+        if link is None:
+            draining = peer.retired.get(link_id)
+            if draining is not None:
+                return draining[0]  # a removed link's packets in flight
+            link = peer.links[link_id] = Link(link_id, f"link{link_id}")
+        if self.spec.role is Role.SERVER and link.path != (sock, addr):
+            if link.path is not None:
+                self._outbox.event(logging.INFO,
+                                   f"link {link.name}: peer moved to {addr[0]}:{addr[1]}")
+            link.path = (sock, addr)
+            link.pmtu = None  # a new path: its MTU is to be found again
+        return link
+
+    def on_established(self, peer: Peer, session: Session, link_id: int, sent_at: float,
+                       now: float) -> None:
+        """Client: a handshake response came on `link_id` for an initiation
+        sent at `sent_at`.  It proves the link works both ways (an RTT
+        sample); the server hears our link table, and every other link is
+        probed now rather than at the next probe round."""
+        link = peer.links.get(link_id)
+        if link is not None:
+            probe_id = link.health.start_probe(sent_at)
+            self._link_changed(peer, link, now, link.health.on_ack(probe_id, now))
+        self.announce_links(peer, session, now)
+        peer.links_announce_due = now + LINKS_ANNOUNCE_INTERVAL_S
+        for other in peer.links.values():
+            if other.health.state is not LinkState.UP and other.path is not None:
+                self._transmit.send_control(peer, session, other,
+                                            control.Probe(other.health.start_probe(now)), now)
+
+    def announce_links(self, peer: Peer, session: Session, now: float) -> None:
+        """Client: our link table, to the server, on a link that is up."""
+        infos = tuple(control.LinkInfo(x.link_id, x.name, x.weight, x.backup)
+                      for x in peer.links.values())
+        target = next((x for x in peer.links.values() if x.up), None)
+        if target is None:
+            target = next(iter(peer.links.values()), None)
+        if target is not None and target.path is not None:
+            self._transmit.send_control(peer, session, target, control.Links(infos), now)
+
+    def relink(self, peer: Peer, links: tuple[LinkSpec, ...], removed: set[int],
+               now: float) -> None:
+        """Client, on reload: make the peer's links those of `links`."""
+        for link_id in removed:
+            self._retire(peer, peer.links.pop(link_id), now)
+        session = peer.current
+        table: dict[int, Link] = {}
+        for ls in links:
+            link = peer.links.get(ls.link_id)
+            if link is None:
+                link = client_link(ls)
+                if session is not None:  # first contact now, not at the next probe round
+                    self._transmit.send_control(peer, session, link,
+                                                control.Probe(link.health.start_probe(now)), now)
+            link.weight, link.backup = ls.weight, ls.backup
+            table[ls.link_id] = link
+        peer.links = table
+        self.refresh_mask(peer, now)
+        if session is not None:
+            self.announce_links(peer, session, now)
+            peer.links_announce_due = now + LINKS_ANNOUNCE_INTERVAL_S
+
+    def refresh_mask(self, peer: Peer, now: float) -> None:
+        """The link mask announced in every packet (see reorder): the usable
+        links that carried data within MASK_LINGER_S."""
+        mask = 0
+        for link in usable_links(list(peer.links.values())):
+            if link.link_id < wire.MASKABLE_LINKS and now - link.last_data_sent < MASK_LINGER_S:
+                mask |= 1 << link.link_id
+        peer.link_mask = mask
+
+    def _apply_link_table(
+        self, peer: Peer, infos: tuple[control.LinkInfo, ...], now: float
+    ) -> None:
+        """Server: the client's link table.  A link it no longer lists was
+        removed by a reload there: it leaves our schedule too."""
+        listed = {info.link_id for info in infos}
+        for link_id in [x for x in peer.links if x not in listed]:
+            link = peer.links.pop(link_id)
+            self._outbox.event(logging.INFO, f"link {link.name} removed by the client")
+            self._retire(peer, link, now)
+        for info in infos:
+            known = peer.links.get(info.link_id)
+            if known is None:
+                # New, or an id used again after a removal: start afresh,
+                # keeping the return address its probes may have taught us.
+                draining = peer.retired.pop(info.link_id, None)
+                known = peer.links[info.link_id] = Link(
+                    info.link_id, info.name, path=None if draining is None else draining[0].path)
+            known.name, known.weight, known.backup = info.name, info.weight, info.backup
+        self.refresh_mask(peer, now)
+
+    def _retire(self, peer: Peer, link: Link, now: float) -> None:
+        """`link` (already out of `peer.links`) leaves for good.  Its last
+        message is a final MARKER: once the peer has it, nothing older is in
+        flight there and its reorder buffer stops waiting on the link."""
+        peer.scheduler.forget(link.link_id)
+        session = peer.current
+        if session is not None and link.path is not None:
+            self._transmit.send_control(peer, session, link, control.Marker(final=True), now)
+        peer.retired[link.link_id] = (link, now + LINK_DRAIN_S)
+        self.refresh_mask(peer, now)
+        self.refresh_mtu(peer)  # the link may have been the narrowest
+
+    def _expire_retired(self, peer: Peer, now: float) -> None:
+        for link_id, (link, until) in list(peer.retired.items()):
+            if now >= until:
+                del peer.retired[link_id]
+                if self.spec.role is Role.CLIENT and link.path is not None:
+                    self._outbox.closed_sockets.append(link.path[0])
+
+    # -- control messages ---------------------------------------------------
+
+    def handle_control(self, peer: Peer, session: Session, link: Link, counter: int,
+                       plaintext: bytes, now: float) -> None:
+        """An authenticated CONTROL message on `link` (control counter `counter`)."""
+        try:
+            message, next_data_counter = control.decode(plaintext)
+        except control.ControlError as exc:
+            self._outbox.drops[f"control_{exc}"] += 1
+            return
+        session.reorder.note_progress(link.link_id, next_data_counter, now)
+        if isinstance(message, control.Marker) and message.final:
+            session.reorder.forget_link(link.link_id, now)
+        if peer.links.get(link.link_id) is not link and isinstance(
+            message, control.Probe | control.ProbeAck
+        ):
+            return  # a removed link, draining: its health no longer matters
+        send_control = self._transmit.send_control
+        if isinstance(message, control.Probe):
+            send_control(peer, session, link, control.ProbeAck(message.probe_id), now)
+            if link.health.state is LinkState.UNKNOWN and not link.health.outstanding:
+                # First contact on this link: probe back now rather than in 200 ms.
+                send_control(peer, session, link, control.Probe(link.health.start_probe(now)),
+                             now)
+        elif isinstance(message, control.ProbeAck):
+            self._link_changed(peer, link, now, link.health.on_ack(message.probe_id, now))
+            if link.up:
+                self._egress.flush_queue(peer, now)
+        elif isinstance(message, control.Feedback):
+            self._on_feedback(peer, message, now)
+        elif isinstance(message, control.PmtuProbe):
+            send_control(peer, session, link, control.PmtuAck(message.probe_id), now)
+        elif isinstance(message, control.PmtuAck):
+            if link.pmtu is not None:
+                link.pmtu.on_ack(message.probe_id, now)
+                self._pmtu_published(peer, link)
+        elif (isinstance(message, control.Links) and self.spec.role is Role.SERVER
+              and session is peer.current and counter > peer.links_seen):
+            peer.links_seen = counter
+            self._apply_link_table(peer, message.links, now)
+
+    def _on_feedback(self, peer: Peer, feedback: control.Feedback, now: float) -> None:
+        for report in feedback.reports:
+            link = peer.links.get(report.link_id)
+            if link is None:
+                continue
+            # Widen the 32-bit sequence to our unbounded per-link counter.
+            last = link.next_link_seq - 1
+            highest = last - ((last - report.highest_link_seq) & 0xFFFFFFFF)
+            if highest > link.est.highest_reported:
+                link.health.on_progress(now)  # data gets through: alive, even if probes drown
+            link.est.on_report(report.rx_packets, report.rx_bytes, highest, report.owd_us,
+                               report.owd_min_us, now, link.health.srtt_s, report.owd_low_us)
+        # The peer is alive (it reports): a link whose data it never saw is dead.
+        for link in peer.links.values():
+            if link.up and link.est.stalled(now, link.health.min_rtt_s):
+                link.est.forget_unacked()
+                self._outbox.event(logging.WARNING, f"link {link.name}: data unacknowledged, "
+                                   "taking it out of the schedule")
+                self._link_changed(peer, link, now, link.health.on_stall(now))
+
+    def _send_feedback(self, peer: Peer, session: Session, now: float) -> None:
+        reports = []
+        for link in peer.links.values():
+            owd = session.skew.take_owd_us(link.link_id)
+            if owd is None or link.rx_highest_link_seq < 0:
+                continue
+            reports.append(control.LinkReport(
+                link.link_id, link.counters.rx_packets, link.counters.rx_bytes,
+                link.rx_highest_link_seq, owd[0], owd[1], owd[2]))
+        # Over a link that just delivered data to us: the fastest link by
+        # probes may be the one that has just been blackholed, and feedback
+        # lost there would also hide that link's stall from the peer.
+        up = [x for x in peer.links.values() if x.up]
+        delivering = [x for x in up if x.counters.rx_packets > x.rx_packets_at_feedback]
+        for link in peer.links.values():
+            link.rx_packets_at_feedback = link.counters.rx_packets
+        target = min(delivering or up,
+                     key=lambda x: x.health.srtt_s or 0.0, default=None)
+        if reports and target is not None:
+            self._transmit.send_control(peer, session, target, control.Feedback(tuple(reports)),
+                                        now)
+
+    # -- health -------------------------------------------------------------
+
+    def send_failed(self, peers: list[Peer], sock: int, addr: Address, now: float) -> None:
+        """The OS refused a send on (sock, addr): its link is down now."""
+        for peer in peers:
+            for link in peer.links.values():
+                if link.path == (sock, addr):
+                    link.counters.send_errors += 1
+                    self._link_changed(peer, link, now, link.health.on_send_error(now))
+
+    def _link_changed(
+        self, peer: Peer, link: Link, now: float, new_state: LinkState | None
+    ) -> None:
+        if new_state is None:
+            return
+        if new_state is LinkState.UP:
+            link.est.restart()  # probes sent while down were never reported; rates are stale
+            if link.pmtu is not None:
+                link.pmtu.confirm_soon(now)  # the path may have changed while down
+        self.refresh_mask(peer, now)
+        if new_state is LinkState.DOWN:
+            self._egress.resend_recent(peer, link, now)
+        self.refresh_mtu(peer)
+        rtt = link.health.srtt_s
+        detail = f" (rtt {rtt * 1000:.1f} ms)" if rtt is not None else ""
+        level = logging.WARNING if new_state is LinkState.DOWN else logging.INFO
+        self._outbox.event(level, f"link {link.name} is {new_state.value}{detail}")
+
+    # -- path MTU (see pmtu) --------------------------------------------------
+
+    def datagram_too_big(self, peers: list[Peer], sock: int, addr: Address, size: int,
+                         now: float) -> None:
+        """The OS refused to send a `size`-byte datagram on (sock, addr)."""
+        for peer in peers:
+            for link in peer.links.values():
+                if link.path == (sock, addr) and link.pmtu is not None:
+                    link.pmtu.on_too_big(size + _udp_ip_header_size(link), now)
+                    self._pmtu_published(peer, link)
+
+    def _pmtu_poll(self, peer: Peer, session: Session, link: Link, now: float) -> None:
+        search = link.pmtu
+        if search is None:
+            if self.spec.tunnel_mtu is None:
+                return
+            family = _family(link)
+            overhead = pmtu.overhead(family)
+            search = link.pmtu = pmtu.PmtuSearch(
+                pmtu.BASE_PMTU[family], self.spec.tunnel_mtu + overhead, overhead)
+        probe = search.poll(now, pmtu.probe_timeout_s(link.health.srtt_s),
+                            link.health.last_acked_sent)
+        if probe is not None:
+            probe_id, size = probe
+            payload = control.encode_pmtu_probe(
+                probe_id, size - _udp_ip_header_size(link) - wire.TRANSPORT_OVERHEAD,
+                session.send_counter)
+            self._transmit.send(peer, session, link, wire.MessageType.CONTROL, [payload], now,
+                                reuse_seq=True)
+        elif link.est.loss > pmtu.LOSS_SIGNAL:
+            search.confirm_soon(now)
+        self._pmtu_published(peer, link)
+
+    def _pmtu_published(self, peer: Peer, link: Link) -> None:
+        notes = [] if link.pmtu is None else link.pmtu.take_notes()
+        for note in notes:
+            self._outbox.event(logging.INFO, f"link {link.name}: {note}")
+        if notes:
+            self.refresh_mtu(peer)
+
+    def refresh_mtu(self, peer: Peer) -> None:
+        """The peer's MTU: the smallest any link that is up carries now."""
+        tunnel_mtu = self.spec.tunnel_mtu
+        if tunnel_mtu is None:
+            return
+        allowances = [link.pmtu.path_mtu - pmtu.overhead(_family(link))
+                      for link in peer.links.values()
+                      if link.up and link.pmtu is not None and link.pmtu.path_mtu is not None]
+        mtu = pmtu.effective_mtu(tunnel_mtu, allowances)
+        if mtu != peer.mtu:
+            peer.mtu = mtu
+            self._outbox.event(
+                logging.INFO if mtu == tunnel_mtu else logging.WARNING,
+                f"tunnel mtu {mtu} (TUN {tunnel_mtu})" + (
+                    "" if mtu == tunnel_mtu else
+                    ": larger packets get ICMP too big or are fragmented"))
+
+
+def client_link(spec: LinkSpec) -> Link:
+    """A client link: its socket index is its link id."""
+    assert spec.remote is not None
+    return Link(spec.link_id, spec.name, spec.weight, spec.backup,
+                path=(spec.link_id, spec.remote))
+
+
+def _family(link: Link) -> int:
+    """The outer IP version of a link's path (4 when not known yet)."""
+    if link.path is None:
+        return 4
+    host = link.path[1][0]
+    return 6 if ":" in host and not host.startswith("::ffff:") else 4
+
+
+def _udp_ip_header_size(link: Link) -> int:
+    return 8 + (40 if _family(link) == 6 else 20)

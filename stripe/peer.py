@@ -1,0 +1,106 @@
+"""Everything an endpoint keeps about one peer, in parts named for their job.
+
+A peer is the other end of the tunnel: the server for a client, one client
+for a server.  Its state outlives sessions (a rekey changes keys, not
+links): the links and their estimates, the scheduler, the packets waiting
+for a session or a usable link, queue management, and the parts below.
+Each part belongs to one module of the core, which is the only one that
+writes it:
+
+- `sessions` (and `handshake` progress in `PeerHandshake`): current,
+  previous and next session, the pending initiation, retry timing;
+- `linkctl`: the links, the link mask, the link table exchange, retired
+  links, feedback timing (`FeedbackClock`);
+- `egress`: the queue, redundancy and re-send counters (`CopyCounters`),
+  the peer's MTU;
+- `ingress`: the cached good inner source address.
+
+Empty state (a configured peer before any handshake): no session, no
+pending initiation, handshake due at creation, no links on a server (the
+client's come from its spec), an empty queue.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .aqm import CoDel
+from .cookie import CookieJar
+from .handshake import PendingInitiation
+from .links import Link
+from .scheduler import Scheduler
+from .session import Session
+from .spec import PeerSpec
+
+# Packets held while there is no session or no usable link, at most.
+QUEUE_MAX_PACKETS = 256
+
+
+@dataclass(slots=True)
+class PeerHandshake:
+    """Where the handshake with this peer stands.
+
+    Client: the initiation in flight, when the next one is due and how many
+    went unanswered (the retry backoff).  Server: the newest initiation
+    timestamp accepted (an older or equal one is a replay).  Both: when the
+    last handshake completed (status)."""
+
+    due: float = 0.0
+    attempts: int = 0
+    pending: PendingInitiation | None = None
+    last_completed: float | None = None
+    last_init_timestamp: bytes = b""
+    cookie_jar: CookieJar | None = None
+
+
+@dataclass(slots=True)
+class FeedbackClock:
+    """When this end next reports to the peer what it received (see
+    `estimator`): only while data arrives, every FEEDBACK_INTERVAL_S."""
+
+    due: float = 0.0
+    data_since: bool = False  # data arrived since the last report
+
+
+@dataclass(slots=True)
+class CopyCounters:
+    """Redundancy and re-sends, for status: copies sent (and their bytes),
+    copies that arrived before their original (the copy was worth it), data
+    re-sent because its link went down before the peer reported it, and
+    re-sends that found no other usable link."""
+
+    copies_sent: int = 0
+    copy_bytes: int = 0
+    copies_first: int = 0
+    resent: int = 0
+    resend_failed: int = 0
+
+
+@dataclass(slots=True)
+class Peer:
+    spec: PeerSpec
+    scheduler: Scheduler
+    handshake: PeerHandshake
+    links: dict[int, Link] = field(default_factory=dict)
+    current: Session | None = None
+    previous: Session | None = None
+    next_session: Session | None = None
+    # The links announced in every packet's link mask (see `reorder`).
+    link_mask: int = 0
+    feedback: FeedbackClock = field(default_factory=FeedbackClock)
+    links_announce_due: float = float("inf")
+    # Server: control counter of the newest LINKS applied in the current
+    # session (an older one overtaken on a faster link must not undo it).
+    links_seen: int = -1
+    # Links removed by a reload, still draining: link id -> (link, until).
+    retired: dict[int, tuple[Link, float]] = field(default_factory=dict)
+    copies: CopyCounters = field(default_factory=CopyCounters)
+    queue: deque[bytes] = field(default_factory=lambda: deque(maxlen=QUEUE_MAX_PACKETS))
+    # The inner source address last found in this peer's allowed_ips.
+    last_good_source: bytes = b""
+    mtu: int | None = None  # largest inner packet the links that are up carry now
+    aqm: CoDel | None = None  # None: queue management off
+
+    def sessions(self) -> list[Session]:
+        return [s for s in (self.current, self.previous, self.next_session) if s is not None]

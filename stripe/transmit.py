@@ -1,0 +1,75 @@
+"""The seal seam: every transport datagram leaves the core through `Transmitter.send`.
+
+Data runs, redundant and re-sent copies, probes, feedback, markers, link
+tables and path MTU probes are all sealed by the peer's current session and
+queued here, so what sending means for a link is written once:
+
+- the link's sequence numbers advance (one per datagram), which the peer's
+  feedback reports back, and the estimator learns what was sent when;
+- a link that carries data joins the peer's link mask before the header is
+  sealed (the receiver's loss inference must wait for it) and owes a tail
+  marker once it goes quiet;
+- data runs are remembered for a short while, to be re-sent if the link
+  dies under them (`links.RecentSends`);
+- the link's byte and packet counters, then the outbox.
+
+Handshake messages are not sealed by a session; `sessions` queues them on
+the outbox directly.
+"""
+
+from __future__ import annotations
+
+from . import control, wire
+from .links import Link, RecentRun
+from .outbox import Outbox
+from .peer import Peer
+from .session import Session
+
+_DATA = wire.MessageType.DATA
+_CONTROL = wire.MessageType.CONTROL
+
+
+class Transmitter:
+    __slots__ = ("_outbox",)
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+
+    def send(
+        self, peer: Peer, session: Session, link: Link, mtype: wire.MessageType,
+        payloads: list[bytes], now: float, copy_of: int = -1, reuse_seq: bool = False,
+    ) -> list[bytes]:
+        """Seal `payloads` as `mtype` messages on `link` (see `Session.seal`)
+        and queue them.  `reuse_seq`: the datagram takes the link's last
+        sequence number again and is not tracked (a path MTU probe: it is
+        meant to get lost now and then, and a gap in the sequence would count
+        as data loss, and a stall, in the link's estimates)."""
+        path = link.path
+        assert path is not None
+        if mtype is not _CONTROL:
+            link.last_data_sent = now
+            link.marker_due = True
+            if link.link_id < wire.MASKABLE_LINKS:
+                peer.link_mask |= 1 << link.link_id
+        seq = link.next_link_seq - 1 if reuse_seq else link.next_link_seq
+        if mtype is _DATA:
+            link.recent.add(RecentRun(now, session, session.send_counter, seq, payloads))
+        datagrams = session.seal(mtype, link.link_id, peer.link_mask, seq, payloads, now,
+                                 copy_of)
+        if not reuse_seq:
+            link.next_link_seq = seq + len(datagrams)
+            # All sent at `now`: the newest stands for the run in stall detection.
+            link.est.on_send(link.next_link_seq - 1, now, data=mtype is not _CONTROL)
+        counters = link.counters
+        counters.tx_packets += len(datagrams)
+        sock, addr = path
+        out = self._outbox.datagrams
+        for datagram in datagrams:
+            counters.tx_bytes += len(datagram)
+            out.append((sock, datagram, addr))
+        return datagrams
+
+    def send_control(self, peer: Peer, session: Session, link: Link,
+                     message: control.ControlMessage, now: float) -> None:
+        payload = control.encode(message, session.send_counter)
+        self.send(peer, session, link, _CONTROL, [payload], now)
