@@ -4,7 +4,9 @@ Each simulated link has a one-way delay, jitter, loss, duplication, an
 up/down switch, a failing-send switch (the client's interface is down) and
 optionally a path MTU (larger datagrams vanish, as in an
 ICMP black hole), and is FIFO unless `reorder` is set (then jitter may
-reorder packets within the link too).  All randomness comes from one seeded RNG, so a
+reorder packets within the link too).  Its rate is unlimited, a fixed
+`rate_bps`, or a delivery trace per direction (`Trace`: mahimahi's
+semantics, 1500 bytes per opportunity, a drop-tail queue of `queue_bytes`).  All randomness comes from one seeded RNG, so a
 failing run replays exactly.
 """
 
@@ -21,6 +23,70 @@ from stripe.noise import generate_keypair
 from stripe.spec import EndpointSpec, LinkSpec, PeerSpec, Role
 
 
+MAHIMAHI_OPPORTUNITY_BYTES = 1500
+
+
+@dataclass
+class Trace:
+    """Delivery opportunities of one direction of a link, mahimahi style:
+    `times_ms` are the milliseconds (from the start, looping every
+    `period_ms`) at which 1500 bytes may leave the queue; bytes an
+    opportunity finds no packet for are lost.  `queue_bytes` bounds what
+    waits (drop-tail)."""
+
+    times_ms: list[int]
+    period_ms: int
+    queue_bytes: int = 300_000
+    start_s: float = 0.0  # the sim time at which the trace's millisecond 0 falls
+    _index: int = 0  # the opportunity being used: times_ms[_index % n] + loop * period
+    _loop: int = 0
+    _left: int = 0  # bytes left in that opportunity
+    _departures: list[tuple[float, int]] = field(default_factory=list)
+
+    @classmethod
+    def constant(cls, rate_bps: float, period_ms: int = 1000, **kwargs: float) -> Trace:
+        """Opportunities spread evenly for `rate_bps` (whole packets per ms on average)."""
+        per_ms = rate_bps / 8 / MAHIMAHI_OPPORTUNITY_BYTES / 1000
+        count = max(round(per_ms * period_ms), 1)
+        times = [int(i * period_ms / count) + 1 for i in range(count)]
+        return cls(times, period_ms, **kwargs)  # type: ignore[arg-type]
+
+    def _time_s(self) -> float:
+        return self.start_s + (self.times_ms[self._index] + self._loop * self.period_ms) / 1000
+
+    def _advance(self) -> None:
+        self._index += 1
+        if self._index == len(self.times_ms):
+            self._index, self._loop = 0, self._loop + 1
+        self._left = MAHIMAHI_OPPORTUNITY_BYTES
+
+    def backlog(self, now: float) -> int:
+        departures = self._departures
+        while departures and departures[0][0] <= now:
+            departures.pop(0)
+        return sum(size for _t, size in departures)
+
+    def depart(self, now: float, size: int) -> float | None:
+        """When a packet of `size` bytes enqueued at `now` leaves (None: dropped)."""
+        if self.backlog(now) + size > self.queue_bytes:
+            return None
+        if not self._departures:  # idle: the opportunities before now went unused
+            while self._time_s() < now:
+                self._advance()
+            if self._left == 0:
+                self._left = MAHIMAHI_OPPORTUNITY_BYTES
+        remaining = size
+        while remaining > 0:
+            if self._left == 0:
+                self._advance()
+            used = min(remaining, self._left)
+            self._left -= used
+            remaining -= used
+        at = max(self._time_s(), now)
+        self._departures.append((at, size))
+        return at
+
+
 @dataclass
 class SimLink:
     delay_s: float = 0.010
@@ -31,6 +97,7 @@ class SimLink:
     up: bool = True
     rate_bps: float | None = None  # serialization rate; None = infinite
     queue_limit_s: float = 0.1  # drop-tail: at most this much waiting (with rate_bps)
+    traces: dict[str, Trace] = field(default_factory=dict)  # "up"/"down": replaces rate_bps
     weight: int = 1
     backup: bool = False
     mtu: int | None = None  # largest IPv4 packet carried (UDP payload + 28); None: any
@@ -130,11 +197,17 @@ class Sim:
         if link.mtu is not None and len(data) + 28 > link.mtu:
             return
         copies = 2 if self.rng.random() < link.duplicate else 1
+        trace = link.traces.get(direction)
         for _ in range(copies):
             start = max(self.now, link._free_at.get(direction, 0.0))
-            if link.rate_bps and start - self.now > link.queue_limit_s:
+            if trace is not None:
+                departure = trace.depart(self.now, len(data) + 28)
+                if departure is None:
+                    return  # tail drop
+                start = departure
+            elif link.rate_bps and start - self.now > link.queue_limit_s:
                 return  # tail drop: the link's buffer is full
-            if link.rate_bps:
+            elif link.rate_bps:
                 start += len(data) * 8 / link.rate_bps
                 link._free_at[direction] = start
             arrival = start + link.delay_s + self.rng.random() * link.jitter_s
