@@ -8,16 +8,15 @@ import os
 import sys
 from pathlib import Path
 
-from bench.attack import MAX_FLOOD_PACKETS, AttackOptions
-from bench.flood import DEFAULT_MIX, KINDS, parse_mix
-from bench.iperf import parse_rate_mbit
-from bench.lab import MAX_LINKS, cleanup_prefix
+from bench.attack.flood import DEFAULT_MIX, KINDS, parse_mix
+from bench.attack.runner import MAX_FLOOD_PACKETS, AttackOptions
+from bench.lab import MAX_LINKS, CommandError, cleanup_prefix
+from bench.lab.iperf import parse_rate_mbit
 from bench.runner import DEFAULT_SCHEDULERS, Options, fit_seconds, publish_latest
 from bench.runner import run as run_bench
 from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
-from bench.sh import CommandError
-from bench.stripe_config import split_variant
-from bench.wireguard_go import remove_stale_sockets
+from bench.systems.stripe_config import split_variant
+from bench.systems.wireguard_go import remove_stale_sockets
 
 CC_CHOICES = ("cubic", "bbr")
 QUICK_SECONDS = 4.0
@@ -352,8 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "attack":
         _need_root()
-        from bench.attack import run_attack
-        from bench.attack_report import summary_line
+        from bench.attack.report import summary_line
+        from bench.attack.runner import run_attack
 
         out = run_attack(attack_options_from(args, parser))
         records = sorted((out / "raw").glob("r*-*.json"))

@@ -17,19 +17,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.iperf import IPV4_UDP_HEADERS, UDP_PAYLOAD_BYTES, Flow
-from bench.lab import Lab, LabNames, mptcp_available, new_prefix
+from bench import REPO_ROOT
+from bench.lab import (
+    CommandError,
+    Lab,
+    LabNames,
+    ensure_tools,
+    mptcp_available,
+    new_prefix,
+    terminating_signals_raise,
+    uninterruptible,
+)
+from bench.lab.iperf import IPV4_UDP_HEADERS, UDP_PAYLOAD_BYTES, Flow
 from bench.measure import Event, RunRecord, measure, measure_latency
-from bench.procs import terminating_signals_raise, uninterruptible
 from bench.profile import PY_SPY_MISSING, Profiled, py_spy_path
 from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, Scenario
-from bench.sh import CommandError, ensure_tools
-from bench.stripe_config import TUNNEL_MTU, TUNNEL_SERVER_ADDR, Keys, write_configs
-from bench.stripe_run import check_config, stripe_available
 from bench.systems import Ecmp, Mptcp, PlainLink, Stripe, System, WireguardGo
-from bench.wireguard_go import WIREGUARD_GO
+from bench.systems.stripe import check_config, stripe_available
+from bench.systems.stripe_config import TUNNEL_MTU, TUNNEL_SERVER_ADDR, Keys, write_configs
+from bench.systems.wireguard_go import WIREGUARD_GO
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
 PROFILES = "profiles"
 DEFAULT_SCHEDULERS = ("roundrobin", "weighted", "adaptive")
 # UDP offered load: 90 % of the links' sum, so a good bond loses nothing.
@@ -398,7 +406,7 @@ def run(opts: Options) -> Path:
             for scenario in opts.scenarios:
                 run_scenario(scenario, opts, out, progress, meta, records)
         finally:
-            from bench.report import write_report
+            from bench.report.tables import write_report
 
             meta["load_average"] = load_average()
             meta["profiles"] = sorted(

@@ -2,7 +2,7 @@
 # stripe-shape RATE_MBIT [QUEUE_MS]
 #
 # Shape the egress of every Ethernet interface of this container (each one a
-# link; lo and TUN devices are left alone) with tbf, as bench/lab.py does:
+# link; lo and TUN devices are left alone) with tbf, as bench/lab/shaping.py does:
 # a bucket of 10 ms of traffic (at least two full frames) and a queue of
 # QUEUE_MS (default 50 ms).  Needs CAP_NET_ADMIN.  RATE_MBIT "0" or "" = off.
 # STRIPE_SHAPE_DRY_RUN=1 prints the tc commands instead of running them.

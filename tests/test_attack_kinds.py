@@ -3,7 +3,7 @@
 `python -m bench attack` reports that no attacker datagram reached the
 server's TUN because the server's drop counters account for every one it
 sent. That rests on two facts checked here without sockets: each kind the
-attacker sends (bench.flood) is dropped, never delivered, and counted
+attacker sends (bench.attack.flood) is dropped, never delivered, and counted
 exactly once, under one reason the report treats as "unauthenticated".
 """
 
@@ -14,9 +14,9 @@ from collections import Counter
 
 from netsim import Sim, SimLink, ip_packet
 
-from bench import flood
-from bench.attack import initiations
-from bench.attack_report import AUTHENTICATED_DROPS
+from bench.attack import flood
+from bench.attack.report import AUTHENTICATED_DROPS
+from bench.attack.runner import initiations
 from stripe import guard, wire
 from stripe.config import encode_key
 

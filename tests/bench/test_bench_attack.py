@@ -16,20 +16,9 @@ from typing import Any
 import pytest
 from bench_support import lab_skip_reason
 
-from bench import flood
 from bench.__main__ import attack_options_from, build_parser
-from bench.attack import (
-    MAX_FLOOD_PACKETS,
-    AttackLab,
-    AttackOptions,
-    PhaseRecord,
-    counter_increase,
-    initiations,
-    link_packets,
-    new_prefix,
-    run_attack,
-)
-from bench.attack_report import (
+from bench.attack import flood
+from bench.attack.report import (
     accounting,
     compact,
     flood_rates,
@@ -39,13 +28,24 @@ from bench.attack_report import (
     summary_line,
     verdict,
 )
+from bench.attack.records import PhaseRecord
+from bench.attack.runner import (
+    MAX_FLOOD_PACKETS,
+    AttackLab,
+    AttackOptions,
+    counter_increase,
+    initiations,
+    link_packets,
+    new_prefix,
+    run_attack,
+)
 from bench.lab import list_namespaces
-from bench.stripe_config import Keys, client_config, server_config
+from bench.systems.stripe_config import Keys, client_config, server_config
 from stripe import wire
 from stripe.config import encode_key
 from stripe.noise import generate_keypair
 
-# -- the attacker (bench.flood) ------------------------------------------------
+# -- the attacker (bench.attack.flood) -----------------------------------------
 
 
 def test_parse_mix() -> None:
@@ -215,7 +215,7 @@ def test_initiations_carry_a_valid_mac1_from_an_unknown_key() -> None:
         assert wire.mac1_valid(data, wire.HANDSHAKE_INIT_MAC1_OFFSET, wire.mac1_key(server_public))
 
 
-# -- the bench (bench.attack) --------------------------------------------------
+# -- the bench (bench.attack.runner) -------------------------------------------
 
 
 def test_counters_and_link_packets() -> None:
@@ -272,7 +272,7 @@ def test_cli_options() -> None:
             attack_options_from(parser.parse_args(["attack", *bad]), parser)
 
 
-# -- the report (bench.attack_report) ------------------------------------------
+# -- the report (bench.attack.report) ------------------------------------------
 
 
 def _record(repeat: int, phase: str, goodput: float, **extra: Any) -> dict[str, Any]:

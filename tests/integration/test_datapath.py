@@ -12,7 +12,7 @@ import pytest
 from conftest import SERVER_TUN_ADDR, Tunnel, sha256_transfer
 from test_status import status
 
-from bench.sh import run
+from bench.lab import run
 
 pytestmark = pytest.mark.integration
 

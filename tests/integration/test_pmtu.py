@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from conftest import SERVER_TUN_ADDR, Tunnel, sha256_transfer
 
-from bench.sh import run
+from bench.lab import run
 from stripe.pmtu import CONFIRM_INTERVAL_S
 
 pytestmark = pytest.mark.integration

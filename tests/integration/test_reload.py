@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import REPO_ROOT, SERVER_TUN_ADDR, Tunnel
 
-from bench.sh import run
+from bench.lab import run
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import REPO_ROOT
 
-from bench.sh import run
+from bench.lab import run
 
 pytestmark = pytest.mark.integration
 

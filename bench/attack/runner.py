@@ -23,7 +23,7 @@ Theory of operation: after the tunnel is up, a short warm-up flow runs while
 the server namespace captures ``--capture`` of the client's datagrams (the
 replay material and the forger's headers). Then each repeat runs one iperf3
 TCP flow of ``--seconds`` without attack, then one with the attacker
-(:mod:`bench.flood`) flooding the server's address from just before the flow
+(:mod:`bench.attack.flood`) flooding the server's address from just before the flow
 until just after it. Per phase: goodput, CPU seconds of the stripe server,
 client and attacker over the flow, the increase of the server's drop
 counters (``stripe status --json``), its socket's receive-buffer overflows,
@@ -46,23 +46,37 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import udp_drops
-from bench.flood import DEFAULT_MIX, Spec
-from bench.iperf import Flow, client_command, run_client, start_server
-from bench.lab import Lab, LabNames, LinkSpec, delete_namespace, last_json_line, list_namespaces
-from bench.procs import Proc, terminating_signals_raise, uninterruptible
-from bench.runner import load_average
-from bench.sh import CommandError, ensure_tools, run
-from bench.stripe_config import BASE_PORT, TUNNEL_SERVER_ADDR, Keys, write_configs
-from bench.stripe_run import REPO_ROOT
+from bench import REPO_ROOT
+from bench.attack.flood import DEFAULT_MIX, Spec
+from bench.attack.records import PHASES, PhaseRecord
+from bench.attack.report import write_report
+from bench.lab import (
+    CommandError,
+    Flow,
+    Lab,
+    LabNames,
+    LinkSpec,
+    Proc,
+    client_command,
+    delete_namespace,
+    ensure_tools,
+    last_json_line,
+    list_namespaces,
+    run,
+    run_client,
+    start_server,
+    terminating_signals_raise,
+    udp_drops,
+    uninterruptible,
+)
+from bench.runner import RESULTS_DIR, load_average
 from bench.systems import Stripe
+from bench.systems.stripe_config import BASE_PORT, TUNNEL_SERVER_ADDR, Keys, write_configs
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PREFIX = "sa"
 ATTACKER_ADDR = "10.99.0.1"
 SERVER_ATTACK_ADDR = "10.99.0.2"
 IPERF_PORT = 5201
-PHASES = ("unattacked", "attacked")
 # The flood starts this long before the flow, so the flow is attacked from
 # its first packet (the attacker's interpreter start-up is not on the clock).
 FLOOD_LEAD_S = 0.5
@@ -109,31 +123,6 @@ class AttackOptions:
         if self.flood_pps > 0:
             return int(self.flood_pps * self.flood_budget_s()) + 1
         return MAX_FLOOD_PACKETS
-
-
-@dataclass
-class PhaseRecord:
-    """One flow of one repeat, attacked or not."""
-
-    repeat: int
-    phase: str  # "unattacked" | "attacked"
-    seconds: float
-    wall_s: float = 0.0
-    goodput_mbit: float = 0.0
-    retransmits: int | None = None
-    # Over the flow: stripe-server, stripe-client and (attacked) flood.
-    cpu_seconds: dict[str, float] = field(default_factory=dict)
-    cpu_percent: dict[str, float] = field(default_factory=dict)
-    drops: dict[str, int] = field(default_factory=dict)  # server's counters' increase
-    socket_drops: int = 0  # receive-buffer overflows in the server namespace
-    veth_drops: int = 0  # on the attacker's veth pair, both ends
-    client_sent: int = 0  # authenticated datagrams the client sent (links' tx_packets)
-    server_accepted: int = 0  # authenticated datagrams the server took (links' rx_packets)
-    flood: dict[str, Any] = field(default_factory=dict)  # bench.flood's result
-    error: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def counter_increase(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
@@ -324,7 +313,7 @@ class Bench:
         path.write_text(spec.to_json())
         flood = Proc(
             "flood",
-            [sys.executable, "-m", "bench.flood", "send", str(path)],
+            [sys.executable, "-m", "bench.attack.flood", "send", str(path)],
             self.alab.attacker_ns,
             self.workdir / f"flood-r{repeat}.log",
             cwd=REPO_ROOT,
@@ -400,8 +389,8 @@ def capture_datagrams(
     ns: str, port: int, count: int, seconds: float, iface: str | None = None
 ) -> list[bytes]:
     """UDP payloads of up to ``count`` datagrams arriving at ``port`` in ``ns``
-    (on ``iface``, or any interface) within ``seconds``: ``bench.flood capture``."""
-    cmd = [sys.executable, "-m", "bench.flood", "capture", "--port", str(port),
+    (on ``iface``, or any interface) within ``seconds``: ``bench.attack.flood capture``."""
+    cmd = [sys.executable, "-m", "bench.attack.flood", "capture", "--port", str(port),
            "--count", str(count), "--seconds", str(seconds)]  # fmt: skip
     if iface:
         cmd += ["--iface", iface]
@@ -439,8 +428,6 @@ def _note(record: PhaseRecord) -> str:
 
 def run_attack(opts: AttackOptions) -> Path:
     """Build the lab, run every phase, write the report; returns the results directory."""
-    from bench.attack_report import write_report
-
     ensure_tools(["ip", "tc", "ethtool", "iperf3", "ping"])
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = opts.out or RESULTS_DIR / f"attack-{stamp}"

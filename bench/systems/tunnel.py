@@ -1,4 +1,5 @@
-"""A tunnel under test: one server process and one client process in a lab.
+"""A tunnel under test: one server process and one client process in a lab
+(:class:`TunnelPair`), and the system that runs one (:class:`TunnelSystem`).
 
 stripe and the wireguard-go baseline share this: readiness by pinging the
 server's tunnel address, logs for error messages, and per-process CPU
@@ -11,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.procs import Proc
-from bench.sh import CommandError, run
+from bench.lab import CommandError, Proc, run
+from bench.systems.base import System
 
 READY_TIMEOUT_S = 15.0
 
@@ -74,3 +75,26 @@ class TunnelPair:
         for proc in (self.client, self.server):
             if proc is not None:
                 proc.stop()
+
+
+class TunnelSystem(System):
+    """A tunnel run as a server and a client process (stripe, wireguard-go)."""
+
+    pair: TunnelPair | None = None
+
+    def stop(self) -> None:
+        if self.pair is not None:
+            self.pair.stop()
+            self.pair = None
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return self.pair.cpu_seconds() if self.pair is not None else {}
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        return self.pair.peak_rss_mb() if self.pair is not None else {}
+
+    def problem(self) -> str | None:
+        if self.pair is None:
+            return None
+        dead = self.pair.dead()
+        return f"{dead} during the run" if dead else None

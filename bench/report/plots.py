@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from bench.analysis import Record, Summary, system_order
+from bench.report.analysis import Record, Summary, system_order
 from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, SCENARIOS
 
 

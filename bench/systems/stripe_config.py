@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.lab import LabNames, LinkSpec
-from bench.stripe_run import genkey, pubkey
+from bench.systems.stripe import genkey, pubkey
 
 TUNNEL_CLIENT_ADDR = "10.200.0.1"
 TUNNEL_SERVER_ADDR = "10.200.0.2"

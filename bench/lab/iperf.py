@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.procs import Proc
-from bench.sh import in_ns
+from bench.lab.procs import Proc
+from bench.lab.sh import in_ns
 
 # UDP payload that fits a 1400-byte tunnel MTU with IPv4+UDP headers, so the
 # UDP test never measures IP fragmentation.

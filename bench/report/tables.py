@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.analysis import (
+from bench.report.analysis import (
     Record,
     Summary,
     failover_metrics,
@@ -295,7 +295,7 @@ def profiles_section(texts: list[str]) -> list[str]:
 
 def write_report(out: Path, records: list[Record], meta: dict[str, Any]) -> None:
     try:
-        from bench.plots import make_plots
+        from bench.report.plots import make_plots
 
         meta["plots"] = make_plots(out / "plots", records, summarize(records))
     except ImportError as exc:

@@ -9,7 +9,7 @@ Topology per link ``i`` (addresses 10.i.0.1/30 client, 10.i.0.2/30 server):
   client <-> middle <-> server, two veth pairs per link, ``tbf`` on the
   middle's egress veths, so the bottleneck queue is in the network, not in
   either endpoint (as with a real ISP link). The middle joins each pair with
-  a Linux bridge, or, when a link is impaired, with ``bench.emulator`` (L2
+  a Linux bridge, or, when a link is impaired, with ``bench.lab.emulator`` (L2
   bridging in userspace with delay/jitter/loss) or netem where the kernel
   has it.
 * impairment ``nftables``: random loss only, at kernel speed (the emulator
@@ -25,26 +25,27 @@ in-kernel MPTCP endpoints (the server announces its other link addresses).
 from __future__ import annotations
 
 import json
-import secrets
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from bench.procs import Proc
-from bench.sh import CommandError, ensure_tools, run
+from bench import REPO_ROOT
+from bench.lab.netns import delete_namespace, list_namespaces
+from bench.lab.procs import Proc, last_json_line
+from bench.lab.sh import CommandError, ensure_tools, run
+from bench.lab.shaping import (
+    DEFAULT_QUEUE_MS,
+    OFFLOADS_OFF,
+    SEGMENTATION_OFF,
+    netem_args,
+    netem_works,
+    nft_loss_ruleset,
+    tbf_args,
+)
+from bench.lab.spec import ECMP_CLIENT_ADDR, ECMP_SERVER_ADDR, Direction, LabNames, LinkSpec
 
-MAX_LINKS = 8
-ECMP_CLIENT_ADDR = "10.9.0.1"
-ECMP_SERVER_ADDR = "10.9.0.2"
-# tbf: bucket of 10 ms of traffic (at least two full frames) keeps short
-# bursts at line rate without letting a flow overshoot the rate for long.
-TBF_BURST_S = 0.010
-TBF_MIN_BURST_BYTES = 2 * 1514
-# tbf queue: how long a packet may wait; 50 ms is a modest modem buffer,
-# larger than the BDP of the zero-delay scenarios so TCP can fill the link.
-DEFAULT_QUEUE_MS = 50.0
 # Before each run the links must be idle: a TCP socket closed with data in
 # its send buffer keeps sending after its iperf3 client exits (an MPTCP bbr
 # run went on at full rate for ~1 s), and the next system's run would start
@@ -64,160 +65,8 @@ class Counters(NamedTuple):
     rx_packets: int
 
 
-@dataclass(frozen=True, slots=True)
-class Direction:
-    """What one direction of one link does to packets (``None`` rate: unshaped)."""
-
-    rate_mbit: float | None = None
-    delay_ms: float = 0.0
-    jitter_ms: float = 0.0
-    loss: float = 0.0  # fraction of packets dropped at random, 0..1
-
-    @property
-    def impaired(self) -> bool:
-        return self.delay_ms > 0 or self.jitter_ms > 0 or self.loss > 0
-
-
-@dataclass(frozen=True, slots=True)
-class LinkSpec:
-    up: Direction  # client -> server
-    down: Direction  # server -> client
-
-    @classmethod
-    def symmetric(
-        cls,
-        rate_mbit: float | None = None,
-        delay_ms: float = 0.0,
-        jitter_ms: float = 0.0,
-        loss: float = 0.0,
-    ) -> LinkSpec:
-        d = Direction(rate_mbit, delay_ms, jitter_ms, loss)
-        return cls(d, d)
-
-
-@dataclass(frozen=True, slots=True)
-class LinkNames:
-    client_if: str
-    server_if: str
-    mid_client_if: str  # middle's end of the client-side pair (network topology)
-    mid_server_if: str
-    client_addr: str
-    server_addr: str
-
-
-@dataclass(frozen=True, slots=True)
-class LabNames:
-    client_ns: str
-    server_ns: str
-    mid_ns: str
-    links: tuple[LinkNames, ...]
-
-    @classmethod
-    def for_prefix(cls, prefix: str, n_links: int) -> LabNames:
-        if not 1 <= n_links <= MAX_LINKS:
-            raise ValueError(f"a lab has 1..{MAX_LINKS} links, not {n_links}")
-        links = tuple(
-            LinkNames(
-                client_if=f"{prefix}c{i}",
-                server_if=f"{prefix}s{i}",
-                mid_client_if=f"{prefix}mc{i}",
-                mid_server_if=f"{prefix}ms{i}",
-                client_addr=f"10.{i}.0.1",
-                server_addr=f"10.{i}.0.2",
-            )
-            for i in range(n_links)
-        )
-        return cls(f"{prefix}cli", f"{prefix}srv", f"{prefix}mid", links)
-
-    @classmethod
-    def classic(cls) -> LabNames:
-        """The two-device lab of issue 2, whose names configs/*.toml rely on."""
-        links = tuple(
-            LinkNames(
-                client_if=f"veth{2 * i}",
-                server_if=f"veth{2 * i + 1}",
-                mid_client_if="",
-                mid_server_if="",
-                client_addr=f"10.{i}.0.1",
-                server_addr=f"10.{i}.0.2",
-            )
-            for i in range(2)
-        )
-        return cls("devicea", "deviceb", "", links)
-
-
-def new_prefix() -> str:
-    """A fresh per-run prefix, ``sb`` + 4 hex digits (names stay <= 15 chars)."""
-    return "sb" + secrets.token_hex(2)
-
-
-def list_namespaces() -> list[str]:
-    out = run(["ip", "netns", "list"]).stdout
-    return [line.split()[0] for line in out.splitlines() if line.strip()]
-
-
-def delete_namespace(ns: str) -> None:
-    """Stop what runs in ``ns`` (by PID) and delete it; its veths go with it."""
-    pids = run(["ip", "netns", "pids", ns], check=False).stdout.split()
-    for pid in pids:
-        run(["kill", "-KILL", pid], check=False)
-    run(["ip", "netns", "delete", ns], check=False)
-
-
-def cleanup_prefix(prefix: str) -> list[str]:
-    """Remove leftover namespaces whose names start with ``prefix``."""
-    if len(prefix) < 2:
-        raise ValueError("refusing a prefix shorter than 2 characters")
-    gone = [ns for ns in list_namespaces() if ns.startswith(prefix)]
-    for ns in gone:
-        delete_namespace(ns)
-    return gone
-
-
-OFFLOADS_OFF = ("tx", "off", "tso", "off", "gso", "off", "gro", "off")
-# No segmentation offloads (every frame on the veth is one packet) but
-# checksum offload kept, so the tunnels' UDP GSO sends still work: the
-# kernel segments them in software before the veth, as a NIC without UDP
-# segmentation offload would.
-SEGMENTATION_OFF = ("tso", "off", "gso", "off", "gro", "off", "tx-udp-segmentation", "off")
-
-
 def _veth(a: str, ns_a: str, b: str, ns_b: str) -> None:
     run(["ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b])
-
-
-def netem_args(d: Direction) -> list[str]:
-    """netem for one direction. Its jitter may reorder (the userspace emulator's does not)."""
-    args = ["netem", "delay", f"{d.delay_ms:g}ms"]
-    if d.jitter_ms:
-        args.append(f"{d.jitter_ms:g}ms")
-    if d.loss:
-        args += ["loss", "random", f"{100 * d.loss:g}%"]
-    return args
-
-
-def netem_works(ns: str) -> bool:
-    """Can this kernel add a netem qdisc? Tried on ``lo`` of a namespace we own."""
-    probe = run(
-        ["tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"], ns=ns, check=False
-    )
-    if probe.returncode != 0:
-        return False
-    run(["tc", "qdisc", "del", "dev", "lo", "root"], ns=ns, check=False)
-    return True
-
-
-def tbf_args(rate_mbit: float, queue_ms: float) -> list[str]:
-    burst = max(TBF_MIN_BURST_BYTES, int(rate_mbit * 1e6 / 8 * TBF_BURST_S))
-    return [
-        "tbf",
-        "rate",
-        f"{int(rate_mbit * 1000)}kbit",
-        "burst",
-        str(burst),
-        "latency",
-        f"{int(queue_ms)}ms",
-    ]
 
 
 @dataclass
@@ -446,11 +295,11 @@ class Lab:
         ]
         self.emulator = Proc(
             "emulator",
-            [sys.executable, "-m", "bench.emulator", json.dumps(spec)],
+            [sys.executable, "-m", "bench.lab.emulator", json.dumps(spec)],
             self.names.mid_ns,
             self.workdir / "emulator.log",
             # Where ``bench`` imports from, whatever the caller's directory.
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=REPO_ROOT,
         )
         # The emulator prints "ready" once its sockets are bound.
         deadline = time.monotonic() + 10
@@ -542,39 +391,6 @@ class Lab:
         for ns in reversed(self._created):
             delete_namespace(ns)
         self._created.clear()
-
-
-LOSS_RESOLUTION = 1_000_000  # loss is drawn in parts per million
-
-
-def nft_loss_ruleset(table: str, dev: str, loss: float) -> str:
-    """An nftables netdev table dropping a random ``loss`` fraction of the IPv4
-    packets arriving on ``dev`` (ARP passes: a lost ARP reply would stall the
-    link for a second, which random packet loss on a real link does not)."""
-    if not 0 < loss < 1:
-        raise ValueError(f"loss is a fraction in (0, 1), not {loss!r}")
-    threshold = round(loss * LOSS_RESOLUTION)
-    return (
-        f"table netdev {table} {{ chain loss {{ type filter hook ingress "
-        f'device "{dev}" priority -400; meta protocol ip '
-        f"numgen random mod {LOSS_RESOLUTION} < {threshold} counter drop; }}; }}"
-    )
-
-
-def last_json_line(path: Path) -> dict[str, object]:
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return {}
-    for line in reversed(lines):
-        if line.startswith("{"):
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                return value
-    return {}
 
 
 def mptcp_available() -> bool:

@@ -12,7 +12,7 @@ Jitter keeps each direction FIFO (a frame is never released before the one
 ahead of it), as on a real access link and as stripe's reordering assumes.
 Timing granularity is epoll's 1 ms.
 
-Usage (inside the middle namespace): ``python -m bench.emulator SPEC_JSON``
+Usage (inside the middle namespace): ``python -m bench.lab.emulator SPEC_JSON``
 where SPEC_JSON is a list of ``{"a": IF, "b": IF, "a_to_b": {...},
 "b_to_a": {...}}`` with Direction fields ``delay_ms``, ``jitter_ms``,
 ``loss``. Prints ``ready`` once bound, and one JSON line of counters when

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.sh import run
+from bench.lab.sh import run
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.attack import PHASES, PhaseRecord
-from bench.flood import KINDS
+from bench.attack.flood import KINDS
+from bench.attack.records import PHASES, PhaseRecord
 
 # The server's drop reasons that only authenticated datagrams (or its own
 # TUN) can cause: an attacker datagram counted here would have passed the

@@ -1,6 +1,6 @@
 """The attacker of ``python -m bench attack``, and the capture it replays from.
 
-Run inside a lab namespace (``python -m bench.flood ...``):
+Run inside a lab namespace (``python -m bench.attack.flood ...``):
 
 * ``capture --port P --count N --seconds S [--iface IF]``: the UDP payloads
   of up to N datagrams arriving at port P (AF_PACKET, cooked, so any
@@ -333,7 +333,7 @@ def capture(port: int, count: int, seconds: float, iface: str | None = None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.flood", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.attack.flood", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     cap = sub.add_parser("capture", help="print captured UDP payloads as comma-separated hex")
     cap.add_argument("--port", type=int, required=True)

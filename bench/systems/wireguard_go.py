@@ -15,6 +15,7 @@ asks for the userspace one, and the kernels here have no module anyway.
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from dataclasses import dataclass, field
@@ -22,11 +23,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from bench.lab import LabNames
-from bench.procs import Proc
-from bench.sh import CommandError, run
-from bench.stripe_config import TUNNEL_MTU
-from bench.tunnel import TunnelPair
+from bench.lab import CommandError, Lab, LabNames, Proc, run
+from bench.systems.base import Target
+from bench.systems.stripe_config import TUNNEL_MTU
+from bench.systems.tunnel import TunnelPair, TunnelSystem
 
 WIREGUARD_GO = "wireguard-go"
 UAPI_DIR = Path("/var/run/wireguard")
@@ -202,3 +202,24 @@ class WireguardGoPair(TunnelPair):
         for ifname, ns in ends:
             socket_path(ifname).unlink(missing_ok=True)
             run(["ip", "link", "del", ifname], ns=ns, check=False)
+
+
+class WireguardGo(TunnelSystem):
+    """Userspace WireGuard (Debian's wireguard-go), single path over link 0."""
+
+    name = "wireguard-go"
+    pair: WireguardGoPair | None = None
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        if shutil.which(WIREGUARD_GO) is None:
+            return "wireguard-go not installed (Debian package wireguard-go)"
+        return None
+
+    def start(self, lab: Lab, workdir: Path) -> Target:
+        self.pair = WireguardGoPair(
+            lab.names.client_ns, lab.names.server_ns, workdir, names=lab.names
+        )
+        self.pair.start()
+        self.pair.wait_ready(TUNNEL_SERVER_ADDR)
+        return Target(TUNNEL_SERVER_ADDR)
