@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench_support import lab_skip_reason
+from tests.bench.bench_support import lab_skip_reason
 
 from bench.__main__ import attack_options_from, build_parser
 from bench.attack import flood
+from bench.attack.records import PhaseRecord
 from bench.attack.report import (
     accounting,
     compact,
@@ -28,7 +29,6 @@ from bench.attack.report import (
     summary_line,
     verdict,
 )
-from bench.attack.records import PhaseRecord
 from bench.attack.runner import (
     MAX_FLOOD_PACKETS,
     AttackLab,
@@ -380,6 +380,7 @@ def test_results_markdown_and_summary_line(tmp_path: Path) -> None:
 # -- the whole bench, briefly (root) -------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(lab_skip_reason() is not None, reason=lab_skip_reason() or "")
 def test_attack_bench_runs_both_phases(tmp_path: Path) -> None:
     # Paced, so a CI machine is not saturated by the attacker: the figures are

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bench_support import fresh_names, lab_running, needs_lab
+from tests.bench.bench_support import fresh_names, lab_running, needs_lab
 
 from bench.lab import Direction, Flow, Lab, LinkSpec, run, run_client, start_server
 

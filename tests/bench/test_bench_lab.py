@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bench_support import fresh_names, lab_running, needs_lab
+from tests.bench.bench_support import fresh_names, lab_running, needs_lab
 
 import bench.lab.topology
 from bench.lab import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench_support import needs_lab
+from tests.bench.bench_support import needs_lab
 
 from bench.runner import Options, publish_latest, run
 from bench.scenarios import resolve

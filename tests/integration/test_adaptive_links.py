@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import SERVER_TUN_ADDR, Tunnel
+from tests.integration.conftest import SERVER_TUN_ADDR, Tunnel
 
 from bench.lab import run
 

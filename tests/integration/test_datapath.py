@@ -9,8 +9,8 @@ import time
 from typing import Any
 
 import pytest
-from conftest import SERVER_TUN_ADDR, Tunnel, sha256_transfer
-from test_status import status
+from tests.integration.conftest import SERVER_TUN_ADDR, Tunnel, sha256_transfer
+from tests.integration.test_status import status
 
 from bench.lab import run
 

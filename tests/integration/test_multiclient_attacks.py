@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, SINK, _skip_reason
+from tests.integration.conftest import REPO_ROOT, SINK, _skip_reason
 
 from bench.attack.runner import capture_datagrams
 from bench.lab import Proc, run

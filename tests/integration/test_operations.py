@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO_ROOT, SOURCE, Tunnel
+from tests.integration.conftest import REPO_ROOT, SOURCE, Tunnel
 
 from bench.lab import Proc, run
 

@@ -9,7 +9,7 @@ import secrets
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from tests.integration.conftest import REPO_ROOT
 
 from bench.lab import run
 

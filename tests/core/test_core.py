@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
+from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
 
 from stripe import wire
 from stripe.endpoint import FIRST_FEEDBACK_DELAY_S, Peer
@@ -189,7 +189,7 @@ def test_replayed_and_forged_datagrams_are_dropped_and_counted() -> None:
 
 def test_server_follows_client_to_a_new_address_on_a_link() -> None:
     """NAT rebinding or a DHCP renew: the session survives, replies follow."""
-    import netsim
+    from tests.core import netsim
 
     sim = Sim([SimLink(), SimLink()])
     sim.run(1.0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from netsim import Sim, SimLink, ip_packet, packet_seq
+from tests.core.netsim import Sim, SimLink, ip_packet, packet_seq
 
 from stripe import wire
 from stripe.endpoint import EndpointSpec, Role

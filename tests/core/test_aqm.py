@@ -10,7 +10,7 @@ import struct
 
 import msgpack
 import pytest
-from netsim import Sim, SimLink, ip_packet, packet_seq
+from tests.core.netsim import Sim, SimLink, ip_packet, packet_seq
 
 from stripe import control
 from stripe.aqm import (

@@ -9,8 +9,8 @@ from collections import Counter
 
 import msgpack
 import pytest
-from netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
-from test_multipeer import Net, ipv4
+from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
+from tests.core.test_multipeer import Net, ipv4
 
 from stripe import control
 from stripe.endpoint import LINK_DRAIN_S, EndpointSpec, LinkSpec, PeerSpec, Role

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
+from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
 
 from stripe import cookie, guard, wire
 from stripe.handshake import PendingInitiation

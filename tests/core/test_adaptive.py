@@ -4,7 +4,7 @@ rate and delay, with a fake clock (no configuration of link rates)."""
 from __future__ import annotations
 
 import pytest
-from netsim import Sim, SimLink, ip_packet, packet_seq
+from tests.core.netsim import Sim, SimLink, ip_packet, packet_seq
 
 from stripe.links import LinkState
 

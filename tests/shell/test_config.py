@@ -159,7 +159,7 @@ def test_not_toml(tmp_path: Path) -> None:
 def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "stripe", *args], input=stdin,
                           capture_output=True, text=True, check=False,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
 
 
 def test_cli_check_exit_2_one_line_no_traceback(tmp_path: Path) -> None:

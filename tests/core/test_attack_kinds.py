@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-from netsim import Sim, SimLink, ip_packet
+from tests.core.netsim import Sim, SimLink, ip_packet
 
 from bench.attack import flood
 from bench.attack.report import AUTHENTICATED_DROPS

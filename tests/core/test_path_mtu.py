@@ -6,8 +6,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-from netsim import Sim, SimLink, ip_packet
-from test_icmp import echo_request_v4, reference_checksum, udp_v6
+from tests.core.netsim import Sim, SimLink, ip_packet
+from tests.core.test_icmp import echo_request_v4, reference_checksum, udp_v6
 
 from stripe import control, pmtu
 from stripe.pmtu import LinkPath, PmtuSearch, SearchState
@@ -357,7 +357,7 @@ def test_black_hole_mid_run_lowers_the_mtu() -> None:
 
 
 def test_emsgsize_from_the_driver_starts_a_search_at_once() -> None:
-    from netsim import server_addr
+    from tests.core.netsim import server_addr
 
     sim = sim_with_mtus(None, None)
     sim.run(3.0)

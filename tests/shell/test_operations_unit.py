@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from netsim import Sim, SimLink, ip_packet
+from tests.core.netsim import Sim, SimLink, ip_packet
 
 from stripe import config
 from stripe.endpoint import Role
@@ -271,6 +271,7 @@ def test_collector_reads_on_the_loop_and_reports_a_stalled_loop() -> None:
 # -- privileges ---------------------------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges")
 def test_drop_privileges_keeps_exactly_the_network_capabilities() -> None:
     from stripe.io.privileges import KEPT_CAPABILITIES, drop_privileges, mask

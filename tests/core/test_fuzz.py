@@ -8,17 +8,26 @@ import dataclasses
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from netsim import Sim, SimLink, client_addr, ip_packet, server_addr
+from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, server_addr
 
 from stripe import control, wire
 
-_sim = Sim([SimLink(), SimLink()], seed=11)
-# Redundancy on for small packets, so redundant copies (DATA_COPY) are captured too.
-_sim.client.spec = dataclasses.replace(_sim.client.spec, duplicate_below=100)
-_sim.run(1.0)
-_sim.run(0.5, [(_sim.now, "up", ip_packet(i, 200 if i % 2 else 60)) for i in range(20)])
-CAPTURED = [d for _, _, d in _sim.wire_log]
-assert any(d[0] == wire.MessageType.DATA_COPY for d in CAPTURED)
+
+def _established() -> tuple[Sim, list[bytes]]:
+    """A fresh pair with a live session, and the datagrams it exchanged (its
+    own replay material): one per example, so no example sees another's
+    leftovers."""
+    sim = Sim([SimLink(), SimLink()], seed=11)
+    # Redundancy on for small packets, so redundant copies (DATA_COPY) are captured too.
+    sim.client.spec = dataclasses.replace(sim.client.spec, duplicate_below=100)
+    sim.run(1.0)
+    sim.run(0.5, [(sim.now, "up", ip_packet(i, 200 if i % 2 else 60)) for i in range(20)])
+    return sim, [d for _, _, d in sim.wire_log]
+
+
+def test_captured_datagrams_include_redundant_copies() -> None:
+    _, captured = _established()
+    assert any(d[0] == wire.MessageType.DATA_COPY for d in captured)
 
 
 def _snapshot(sim: Sim) -> tuple[object, ...]:
@@ -33,6 +42,7 @@ def _snapshot(sim: Sim) -> tuple[object, ...]:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=1600))
 def test_random_bytes_never_raise(data: bytes) -> None:
+    _sim, _ = _established()
     before = _snapshot(_sim)
     _sim.server.receive_datagram(0, data, client_addr(0), _sim.now)
     _sim.client.receive_datagram(1, data, server_addr(1), _sim.now)
@@ -41,9 +51,12 @@ def test_random_bytes_never_raise(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.one_of(st.binary(max_size=1600), st.sampled_from(CAPTURED)), max_size=8))
-def test_trains_of_random_and_replayed_datagrams_never_raise(train: list[bytes]) -> None:
+@given(st.data())
+def test_trains_of_random_and_replayed_datagrams_never_raise(data: st.DataObject) -> None:
     """The batched entry (a GRO read) with garbage and replays mixed in."""
+    _sim, captured = _established()
+    train = data.draw(st.lists(st.one_of(st.binary(max_size=1600), st.sampled_from(captured)),
+                               max_size=8), label="train")
     before = _snapshot(_sim)
     _sim.server.receive_datagrams(0, train, client_addr(0), _sim.now)
     _sim.client.receive_datagrams(0, train, server_addr(0), _sim.now)
@@ -54,10 +67,12 @@ def test_trains_of_random_and_replayed_datagrams_never_raise(train: list[bytes])
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(CAPTURED), st.lists(st.tuples(st.integers(0, 1600), st.integers(0, 255)),
-                                           min_size=1, max_size=4), st.integers(0, 64))
-def test_mutated_real_datagrams_never_raise(base: bytes, flips: list[tuple[int, int]],
+@given(st.data(), st.lists(st.tuples(st.integers(0, 1600), st.integers(0, 255)),
+                           min_size=1, max_size=4), st.integers(0, 64))
+def test_mutated_real_datagrams_never_raise(draw: st.DataObject, flips: list[tuple[int, int]],
                                             cut: int) -> None:
+    _sim, captured = _established()
+    base = draw.draw(st.sampled_from(captured), label="base")
     data = bytearray(base)
     for pos, value in flips:
         if pos < len(data):

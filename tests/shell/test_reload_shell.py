@@ -155,7 +155,7 @@ def test_cli_reload_errors_are_one_line(tmp_path: Path) -> None:
     def cli() -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "stripe", "reload", "-c", str(path),
                                "--socket", str(nobody_there)], capture_output=True, text=True,
-                              timeout=30, check=False, cwd=Path(__file__).parents[1])
+                              timeout=30, check=False, cwd=Path(__file__).parents[2])
 
     result = cli()
     assert result.returncode == 1
