@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 # Debian package that provides each external tool the bench calls.
@@ -38,12 +38,14 @@ def run(
     check: bool = True,
     timeout_s: float = 30.0,
     cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run a command to completion (bounded in time) and capture its output."""
     full = in_ns(ns, cmd)
     try:
         proc = subprocess.run(
-            full, capture_output=True, text=True, timeout=timeout_s, check=False, cwd=cwd
+            full, capture_output=True, text=True, timeout=timeout_s, check=False, cwd=cwd,
+            env=env,
         )
     except subprocess.TimeoutExpired as exc:
         raise CommandError(f"timed out after {timeout_s}s: {' '.join(full)}") from exc

@@ -188,6 +188,12 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
         "and cc); link share = bytes each link carried (both directions, client side), %.",
         "",
     ]
+    for label, tree in meta.get("stripe_trees", {}).items():
+        lines += [
+            f"`stripe-*@{label}`: stripe from {tree.get('dir')} "
+            f"(commit {tree.get('commit') or '?'}), side by side with this checkout's.",
+            "",
+        ]
     if meta.get("profiled") == "all":
         lines += [
             "stripe ran under py-spy (sampling from outside, 100 Hz): its figures here are "
