@@ -8,16 +8,16 @@ import os
 import sys
 from pathlib import Path
 
-from bench.attack import MAX_FLOOD_PACKETS, AttackOptions
-from bench.flood import DEFAULT_MIX, KINDS, parse_mix
-from bench.iperf import parse_rate_mbit
-from bench.lab import MAX_LINKS, cleanup_prefix
+from bench.attack.flood import DEFAULT_MIX, KINDS, parse_mix
+from bench.attack.runner import MAX_FLOOD_PACKETS, AttackOptions
+from bench.lab import MAX_LINKS, CommandError, cleanup_prefix
+from bench.lab.iperf import parse_rate_mbit
 from bench.runner import DEFAULT_SCHEDULERS, Options, fit_seconds, publish_latest
 from bench.runner import run as run_bench
 from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
-from bench.sh import CommandError
-from bench.stripe_config import split_variant
-from bench.wireguard_go import remove_stale_sockets
+from bench.systems.stripe import StripeTree
+from bench.systems.stripe_config import split_variant
+from bench.systems.wireguard_go import remove_stale_sockets
 
 CC_CHOICES = ("cubic", "bbr")
 QUICK_SECONDS = 4.0
@@ -101,6 +101,15 @@ def _add_run_arguments(p: argparse.ArgumentParser, profile: bool) -> None:
         help="stripe schedulers to try, each optionally with [interface] settings "
         "(adaptive:queue_target_ms=0 is the adaptive scheduler with queue management off); "
         "those `stripe check` rejects are skipped",
+    )
+    p.add_argument(
+        "--stripe-tree",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also run every scheduler variant from another checkout of stripe in DIR "
+        "(e.g. a git worktree of an older commit), as the system stripe-<variant>@LABEL; "
+        "repeatable",
     )
     p.add_argument("--quick", action="store_true", help="smoke mode: 4 s per system, 1 repeat")
     p.add_argument(
@@ -299,6 +308,14 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
             split_variant(variant)
         except ValueError as exc:
             parser.error(f"--schedulers: {exc}")
+    for text in args.stripe_tree:
+        try:
+            tree = StripeTree.parse(text)
+        except ValueError as exc:
+            parser.error(f"--stripe-tree: {exc}")
+        if any(t.label == tree.label for t in opts.stripe_trees):
+            parser.error(f"--stripe-tree: label {tree.label!r} given twice")
+        opts.stripe_trees.append(tree)
     if args.native and profile == "off":
         parser.error("--native goes with profiling (--profile or the profile command)")
     if args.minutes:
@@ -352,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "attack":
         _need_root()
-        from bench.attack import run_attack
-        from bench.attack_report import summary_line
+        from bench.attack.report import summary_line
+        from bench.attack.runner import run_attack
 
         out = run_attack(attack_options_from(args, parser))
         records = sorted((out / "raw").glob("r*-*.json"))

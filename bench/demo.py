@@ -12,12 +12,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.iperf import Flow
-from bench.lab import Lab, LabNames, LinkSpec, tbf_args
+from bench import REPO_ROOT
+from bench.lab import (
+    CommandError,
+    Flow,
+    Lab,
+    LabNames,
+    LinkSpec,
+    ensure_tools,
+    tbf_args,
+    terminating_signals_raise,
+    uninterruptible,
+)
 from bench.measure import RunRecord, measure
-from bench.procs import terminating_signals_raise, uninterruptible
-from bench.sh import CommandError, ensure_tools
-from bench.stripe_run import REPO_ROOT
 from bench.systems import Ecmp, PlainLink, Stripe, System
 
 DEMO_RATE_MBIT = 5.0

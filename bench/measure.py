@@ -12,12 +12,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import udp_drops
-from bench.analysis import mbit_per_cpu_second
-from bench.iperf import Flow, client_command, parse, run_client, start_server
-from bench.lab import Counters, Lab
-from bench.procs import Proc
-from bench.sh import run
+from bench.lab import Counters, Lab, Proc, run, udp_drops
+from bench.lab.iperf import Flow, client_command, parse, run_client, start_server
+from bench.report.analysis import mbit_per_cpu_second
 from bench.systems import System
 
 IPERF_PORT = 5201
@@ -49,7 +46,7 @@ class RunRecord:
     mbit_per_cpu_s: dict[str, float] = field(default_factory=dict)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     # UDP: receive-buffer drops in the server namespace during the flow, all
-    # and at the tunnel's own sockets (bench.udp_drops); datagrams sent.
+    # and at the tunnel's own sockets (bench.lab.udp_drops); datagrams sent.
     udp_drops: dict[str, int] = field(default_factory=dict)
     udp_packets: int | None = None
     rtt_idle_ms: float | None = None  # ping averages

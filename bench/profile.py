@@ -27,9 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.lab import Lab
-from bench.procs import Proc
-from bench.sh import CommandError
+from bench.lab import CommandError, Lab, Proc
 from bench.systems import Target, TunnelSystem
 
 PY_SPY = "py-spy"

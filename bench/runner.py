@@ -17,19 +17,27 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.iperf import IPV4_UDP_HEADERS, UDP_PAYLOAD_BYTES, Flow
-from bench.lab import Lab, LabNames, mptcp_available, new_prefix
+from bench import REPO_ROOT
+from bench.lab import (
+    CommandError,
+    Lab,
+    LabNames,
+    ensure_tools,
+    mptcp_available,
+    new_prefix,
+    terminating_signals_raise,
+    uninterruptible,
+)
+from bench.lab.iperf import IPV4_UDP_HEADERS, UDP_PAYLOAD_BYTES, Flow
 from bench.measure import Event, RunRecord, measure, measure_latency
-from bench.procs import terminating_signals_raise, uninterruptible
 from bench.profile import PY_SPY_MISSING, Profiled, py_spy_path
 from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, Scenario
-from bench.sh import CommandError, ensure_tools
-from bench.stripe_config import TUNNEL_MTU, TUNNEL_SERVER_ADDR, Keys, write_configs
-from bench.stripe_run import check_config, stripe_available
 from bench.systems import Ecmp, Mptcp, PlainLink, Stripe, System, WireguardGo
-from bench.wireguard_go import WIREGUARD_GO
+from bench.systems.stripe import CURRENT_TREE, StripeTree, check_config, stripe_available
+from bench.systems.stripe_config import TUNNEL_MTU, TUNNEL_SERVER_ADDR, Keys, write_configs
+from bench.systems.wireguard_go import WIREGUARD_GO
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
 PROFILES = "profiles"
 DEFAULT_SCHEDULERS = ("roundrobin", "weighted", "adaptive")
 # UDP offered load: 90 % of the links' sum, so a good bond loses nothing.
@@ -61,6 +69,9 @@ class Options:
     # repeats, profiled and kept out of the figures (run --profile).
     profile: str = "off"
     profile_native: bool = False
+    # Other checkouts of stripe (--stripe-tree): each scheduler variant also
+    # runs from each of them, as the system stripe-<variant>@<label>.
+    stripe_trees: list[StripeTree] = field(default_factory=list)
 
 
 class Progress:
@@ -150,24 +161,28 @@ def build_systems(
                 skipped["mptcp"] = reason
             else:
                 systems.append(Mptcp())
-    wanted_schedulers = [sched for sched in opts.schedulers if _wanted(f"stripe-{sched}", opts)]
-    if wanted_schedulers and not stripe_available():
+    trees = [CURRENT_TREE, *opts.stripe_trees]
+    # Per variant the current tree first, then the others: an A/B pair runs
+    # back to back within each repeat.
+    wanted = [(sched, tree) for sched in opts.schedulers for tree in trees
+              if _wanted(tree.system_name(sched), opts)]
+    if wanted and not stripe_available():
         skipped["stripe"] = "no stripe package with __main__ in this checkout"
-    elif wanted_schedulers:
+    elif wanted:
         keys = Keys.generate()
         tun = lab.names.client_ns[:-3] + "tun"
-        for sched in wanted_schedulers:
+        for sched, tree in wanted:
+            # One pair of config files per variant, whichever tree runs it.
             server_cfg, client_cfg = write_configs(
                 workdir / "configs", lab.names, scenario.links, keys, sched, tun
             )
-            ok, why = check_config(client_cfg, lab.names.client_ns)
+            name = tree.system_name(sched)
+            ok, why = check_config(client_cfg, lab.names.client_ns, tree)
             if not ok:
-                skipped[f"stripe-{sched}"] = f"stripe check rejected it: {why}"
+                skipped[name] = f"stripe check rejected it: {why}"
                 continue
             systems.append(
-                Stripe(
-                    f"stripe-{sched}", server_cfg, client_cfg, TUNNEL_SERVER_ADDR, opts.log_level
-                )
+                Stripe(name, server_cfg, client_cfg, TUNNEL_SERVER_ADDR, opts.log_level, tree)
             )
     return [s for s in systems if _wanted(s.name, opts)], skipped
 
@@ -308,10 +323,12 @@ def _flows(scenario: Scenario, opts: Options) -> list[Flow]:
 def count_runs_for(scenario: Scenario, opts: Options) -> int:
     """Runs expected before the lab says which systems are available."""
     n_plain = {"ceiling": 1, "failover": 0}.get(scenario.kind, len(scenario.links))
+    # Every scheduler variant from the current tree and each --stripe-tree.
+    n_stripe = len(opts.schedulers) * (1 + len(opts.stripe_trees))
     # ceiling: wireguard-go; others: ECMP and MPTCP.
-    n_sys = n_plain + (1 if scenario.kind == "ceiling" else 2) + len(opts.schedulers)
-    # Each repeat runs every system; a profiled extra, once per stripe scheduler.
-    per_flow = n_sys * opts.repeat + (len(opts.schedulers) if opts.profile == "extra" else 0)
+    n_sys = n_plain + (1 if scenario.kind == "ceiling" else 2) + n_stripe
+    # Each repeat runs every system; a profiled extra, once per stripe system.
+    per_flow = n_sys * opts.repeat + (n_stripe if opts.profile == "extra" else 0)
     total = 0
     for flow in _flows(scenario, opts):
         total += per_flow * (len(opts.ccs) if flow.kind == "tcp" else 1)
@@ -371,6 +388,9 @@ def run(opts: Options) -> Path:
             sys.stderr.write(f"bench: no wireguard-go baseline: {exc}\n")
     if opts.profile != "off" and py_spy_path() is None:
         raise CommandError(PY_SPY_MISSING)
+    # Which code each stripe-<variant>@<label> system runs (and that it is
+    # that tree's own, not this environment's installed stripe).
+    trees = {t.label: t.describe() for t in opts.stripe_trees if t.label}
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = opts.out or RESULTS_DIR / stamp
     out.mkdir(parents=True, exist_ok=True)
@@ -386,6 +406,7 @@ def run(opts: Options) -> Path:
         "schedulers": opts.schedulers,
         "scenarios": [s.name for s in opts.scenarios],
         "profiled": opts.profile,
+        "stripe_trees": trees,
     }
     progress = Progress(count_runs(opts))
     minutes = estimate_seconds(opts) / 60
@@ -398,7 +419,7 @@ def run(opts: Options) -> Path:
             for scenario in opts.scenarios:
                 run_scenario(scenario, opts, out, progress, meta, records)
         finally:
-            from bench.report import write_report
+            from bench.report.tables import write_report
 
             meta["load_average"] = load_average()
             meta["profiles"] = sorted(

@@ -10,8 +10,10 @@
 #    root (containers/base-image.sh), builds the stripe image;
 # 3. starts dkstripe-server and dkstripe-client on two internal networks
 #    (dkstripe-link0/1, fixed addresses), each link shaped to 5 Mbit/s;
-# 4. pings across the tunnel both ways, runs iperf3 for SMOKE_SECONDS (3 s)
-#    over each plain link and through the tunnel, prints the table;
+# 4. pings across the tunnel both ways, checks that each container shaped
+#    both its link interfaces (fails otherwise), runs iperf3 for
+#    SMOKE_SECONDS (3 s) over each plain link and through the tunnel, prints
+#    the table;
 # 5. always removes its containers and networks and stops the dockerd it
 #    started (a dockerd that was already running is left running).
 # Exits non-zero on any failure.  Runs are serialized with a lock, so running
@@ -153,6 +155,21 @@ until docker exec "$PREFIX-client" ping -c 1 -W 1 -n -q 10.2.0.2 >/dev/null 2>&1
 done
 docker exec "$PREFIX-client" ping -c 3 -i 0.2 -W 2 -n 10.2.0.2 | tail -n 2
 docker exec "$PREFIX-server" ping -c 3 -i 0.2 -W 2 -n 10.2.0.1 | tail -n 2
+
+step "shaping"
+# Each container shapes its two link interfaces before it becomes stripe; a
+# container that shaped fewer would run (part of) its links unshaped, and the
+# figures below would not be the 2 x $RATE_MBIT Mbit/s they claim to be.
+for c in server client; do
+    [[ $RATE_MBIT != 0 ]] || { echo "smoke: shaping off (SMOKE_RATE_MBIT=0)"; break; }
+    shaped=$(docker logs "$PREFIX-$c" 2>&1 | grep -c '^stripe-shape: .* tbf ' || true)
+    if [[ $shaped != 2 ]]; then
+        echo "smoke: FAIL: $PREFIX-$c shaped $shaped of its 2 link interfaces" \
+             "(stripe-shape lines in its log)" >&2
+        exit 1
+    fi
+    echo "smoke: $PREFIX-$c shaped 2 link interfaces"
+done
 
 step "iperf3"
 docker exec "$PREFIX-client" stripe-scenario --tunnel 10.2.0.2 \

@@ -19,10 +19,9 @@ from pathlib import Path
 import atheris
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 with atheris.instrument_imports():
-    from netsim import Sim, SimLink, client_addr, ip_packet, server_addr
+    from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, server_addr
 
 SIM = Sim([SimLink(), SimLink()], seed=7)
 SIM.run(1.0)

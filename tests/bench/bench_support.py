@@ -23,7 +23,12 @@ def lab_skip_reason() -> str | None:
     return None
 
 
-needs_lab = pytest.mark.skipif(lab_skip_reason() is not None, reason=lab_skip_reason() or "")
+# The marks of a module whose tests build labs (``pytestmark = needs_lab``):
+# they need root, so they are integration tests, skipped where they cannot run.
+needs_lab = [
+    pytest.mark.integration,
+    pytest.mark.skipif(lab_skip_reason() is not None, reason=lab_skip_reason() or ""),
+]
 
 
 def fresh_names(n_links: int) -> LabNames:

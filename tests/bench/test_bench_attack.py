@@ -14,22 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench_support import lab_skip_reason
+from tests.bench.bench_support import lab_skip_reason
 
-from bench import flood
 from bench.__main__ import attack_options_from, build_parser
-from bench.attack import (
-    MAX_FLOOD_PACKETS,
-    AttackLab,
-    AttackOptions,
-    PhaseRecord,
-    counter_increase,
-    initiations,
-    link_packets,
-    new_prefix,
-    run_attack,
-)
-from bench.attack_report import (
+from bench.attack import flood
+from bench.attack.records import PhaseRecord
+from bench.attack.report import (
     accounting,
     compact,
     flood_rates,
@@ -39,12 +29,22 @@ from bench.attack_report import (
     summary_line,
     verdict,
 )
+from bench.attack.runner import (
+    MAX_FLOOD_PACKETS,
+    AttackLab,
+    AttackOptions,
+    counter_increase,
+    initiations,
+    link_packets,
+    new_prefix,
+    run_attack,
+)
 from bench.lab import list_namespaces
-from bench.stripe_config import Keys, client_config, server_config
+from bench.systems.stripe_config import Keys, client_config, server_config
 from stripe import wire
 from stripe.noise import encode_key, generate_keypair
 
-# -- the attacker (bench.flood) ------------------------------------------------
+# -- the attacker (bench.attack.flood) -----------------------------------------
 
 
 def test_parse_mix() -> None:
@@ -214,7 +214,7 @@ def test_initiations_carry_a_valid_mac1_from_an_unknown_key() -> None:
         assert wire.mac1_valid(data, wire.HANDSHAKE_INIT_MAC1_OFFSET, wire.mac1_key(server_public))
 
 
-# -- the bench (bench.attack) --------------------------------------------------
+# -- the bench (bench.attack.runner) -------------------------------------------
 
 
 def test_counters_and_link_packets() -> None:
@@ -271,7 +271,7 @@ def test_cli_options() -> None:
             attack_options_from(parser.parse_args(["attack", *bad]), parser)
 
 
-# -- the report (bench.attack_report) ------------------------------------------
+# -- the report (bench.attack.report) ------------------------------------------
 
 
 def _record(repeat: int, phase: str, goodput: float, **extra: Any) -> dict[str, Any]:
@@ -379,6 +379,7 @@ def test_results_markdown_and_summary_line(tmp_path: Path) -> None:
 # -- the whole bench, briefly (root) -------------------------------------------
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(lab_skip_reason() is not None, reason=lab_skip_reason() or "")
 def test_attack_bench_runs_both_phases(tmp_path: Path) -> None:
     # Paced, so a CI machine is not saturated by the attacker: the figures are

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from bench.__main__ import build_parser, options_from
-from bench.analysis import mbit_per_cpu_second, summarize, system_order, udp_drop_percent
-from bench.iperf import client_command, parse, parse_rate_mbit
 from bench.lab import Direction, Lab, LabNames, LinkSpec, nft_loss_ruleset
+from bench.lab.iperf import client_command, parse, parse_rate_mbit
+from bench.lab.procs import vm_hwm_mb
+from bench.lab.udp_drops import UdpDrops, between, parse_snmp_rcvbuf_errors, parse_socket_drops
 from bench.measure import RunRecord
-from bench.procs import vm_hwm_mb
 from bench.profile import (
     call_tree,
     flame_boxes,
@@ -24,11 +24,11 @@ from bench.profile import (
     top_text,
     write_flame_svg,
 )
-from bench.report import ceiling_table, profiles_section, results_markdown
+from bench.report.analysis import mbit_per_cpu_second, summarize, system_order, udp_drop_percent
+from bench.report.tables import ceiling_table, profiles_section, results_markdown
 from bench.runner import CEILING_UDP_LEN, Options, count_runs, flows_for
 from bench.scenarios import ALIASES, SCENARIOS, resolve
-from bench.udp_drops import UdpDrops, between, parse_snmp_rcvbuf_errors, parse_socket_drops
-from bench.wireguard_go import KeyPair, interface_names, uapi_errno, uapi_set
+from bench.systems.wireguard_go import KeyPair, interface_names, uapi_errno, uapi_set
 
 DATA = Path(__file__).parent / "data"
 

@@ -16,18 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bench_support import fresh_names, lab_running, needs_lab
+from tests.bench.bench_support import fresh_names, lab_running, needs_lab
 
-from bench.iperf import Flow, run_client, start_server
-from bench.lab import Direction, Lab, LinkSpec
+from bench.lab import Direction, Flow, Lab, LinkSpec, run_client, start_server
+from bench.lab import run as sh_run
 from bench.measure import measure
 from bench.profile import py_spy_path
 from bench.runner import Options, run
 from bench.scenarios import resolve
-from bench.sh import run as sh_run
-from bench.stripe_run import stripe_available
 from bench.systems import WireguardGo
-from bench.wireguard_go import interface_names, socket_path
+from bench.systems.stripe import stripe_available
+from bench.systems.wireguard_go import interface_names, socket_path
 
 pytestmark = needs_lab
 

@@ -19,11 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bench_support import fresh_names, lab_running, needs_lab
+from tests.bench.bench_support import fresh_names, lab_running, needs_lab
 
-from bench.iperf import Flow, run_client, start_server
-from bench.lab import Direction, Lab, LinkSpec
-from bench.sh import run
+from bench.lab import Direction, Flow, Lab, LinkSpec, run, run_client, start_server
 
 pytestmark = needs_lab
 

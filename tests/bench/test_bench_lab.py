@@ -7,19 +7,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from bench_support import fresh_names, lab_running, needs_lab
+from tests.bench.bench_support import fresh_names, lab_running, needs_lab
 
-import bench.lab
+import bench.lab.topology
 from bench.lab import (
     ECMP_SERVER_ADDR,
+    CommandError,
     Lab,
     LabNames,
     LinkSpec,
     cleanup_prefix,
+    in_ns,
     list_namespaces,
     new_prefix,
+    run,
 )
-from bench.sh import CommandError, in_ns, run
 
 pytestmark = needs_lab
 
@@ -87,7 +89,7 @@ def test_wait_quiet_waits_out_traffic_left_by_a_previous_run(lab: Lab) -> None:
 def test_wait_quiet_gives_up_on_links_that_stay_busy(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bench.lab, "QUIET_MAX_WAIT_S", 0.6)
+    monkeypatch.setattr(bench.lab.topology, "QUIET_MAX_WAIT_S", 0.6)
     pings = _background_pings(lab, 200)
     try:
         with pytest.raises(CommandError, match="still busy"):

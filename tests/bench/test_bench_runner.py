@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
-from bench_support import needs_lab
+from tests.bench.bench_support import needs_lab
 
+from bench import REPO_ROOT
 from bench.runner import Options, publish_latest, run
 from bench.scenarios import resolve
+from bench.systems.stripe import StripeTree
 
 pytestmark = needs_lab
 
@@ -35,3 +38,25 @@ def test_run_writes_results(tmp_path: Path) -> None:
     latest = publish_latest(out, tmp_path / "latest")
     assert (latest / "results.md").exists() and (latest / "plots").is_dir()
     assert not (latest / "work").exists()  # logs and configs with keys stay out
+
+
+def test_run_with_another_stripe_tree(tmp_path: Path) -> None:
+    """An A/A run: this checkout's stripe and a copy of it as --stripe-tree copy=DIR."""
+    copy = tmp_path / "copy"
+    shutil.copytree(REPO_ROOT / "stripe", copy / "stripe",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    opts = Options(resolve(["equal"]), repeat=1, seconds=2, systems=["stripe"],
+                   schedulers=["adaptive"], stripe_trees=[StripeTree(copy, "copy")],
+                   out=tmp_path / "out")
+    out = run(opts)
+    raws = sorted((out / "raw" / "equal").glob("*.json"))
+    assert [p.name for p in raws] == [
+        "stripe-adaptive-tcp-default-r1.json",
+        "stripe-adaptive@copy-tcp-default-r1.json",
+    ]
+    for raw in raws:
+        record = json.loads(raw.read_text())
+        assert record["error"] is None and record["goodput_mbit"] > 5.0, record["error"]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["stripe_trees"]["copy"]["stripe"] == str(copy / "stripe" / "__init__.py")
+    assert "| stripe-adaptive@copy |" in (out / "results.md").read_text()

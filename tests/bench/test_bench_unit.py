@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 
 from bench.__main__ import build_parser, options_from
-from bench.analysis import failover_metrics, summarize
 from bench.demo import format_table
-from bench.iperf import Flow, client_command, parse
 from bench.lab import MAX_LINKS, Direction, LabNames, LinkSpec, netem_args, new_prefix, tbf_args
+from bench.lab.iperf import Flow, client_command, parse
 from bench.measure import RunRecord, parse_ping
+from bench.report.analysis import failover_metrics, summarize
 from bench.runner import MIN_FITTED_SECONDS, Options, count_runs, estimate_seconds, flows_for
 from bench.scenarios import ALIASES, SCENARIOS, resolve
-from bench.stripe_config import Keys, client_config, server_config, split_variant
+from bench.systems.stripe_config import Keys, client_config, server_config, split_variant
 
 DATA = Path(__file__).parent / "data"
 

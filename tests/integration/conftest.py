@@ -21,9 +21,7 @@ from typing import Any
 
 import pytest
 
-from bench.lab import Lab, LabNames, LinkSpec
-from bench.procs import Proc
-from bench.sh import run
+from bench.lab import Lab, LabNames, LinkSpec, Proc, run
 from stripe.noise import encode_key, generate_keypair
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -11,9 +11,9 @@ import time
 from typing import Any
 
 import pytest
-from conftest import SERVER_TUN_ADDR, Tunnel
+from tests.integration.conftest import SERVER_TUN_ADDR, Tunnel
 
-from bench.sh import run
+from bench.lab import run
 
 pytestmark = pytest.mark.integration
 

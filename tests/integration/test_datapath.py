@@ -9,10 +9,10 @@ import time
 from typing import Any
 
 import pytest
-from conftest import SERVER_TUN_ADDR, Tunnel, sha256_transfer
-from test_status import status
+from tests.integration.conftest import SERVER_TUN_ADDR, Tunnel, sha256_transfer
+from tests.integration.test_status import status
 
-from bench.sh import run
+from bench.lab import run
 
 pytestmark = pytest.mark.integration
 

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, SINK, _skip_reason
+from tests.integration.conftest import REPO_ROOT, SINK, _skip_reason
 
-from bench.attack import capture_datagrams
-from bench.procs import Proc
-from bench.sh import run
+from bench.attack.runner import capture_datagrams
+from bench.lab import Proc, run
 from stripe.handshake import PendingInitiation
 from stripe.noise import encode_key, generate_keypair
 

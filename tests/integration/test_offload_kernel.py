@@ -37,7 +37,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.sh import run
+from bench.lab import run
 from stripe.offload import (
     VIRTIO_NET_HDR_GSO_NONE,
     OffloadError,

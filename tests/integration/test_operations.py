@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO_ROOT, SOURCE, Tunnel
+from tests.integration.conftest import REPO_ROOT, SOURCE, Tunnel
 
-from bench.procs import Proc
-from bench.sh import run
+from bench.lab import Proc, run
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from conftest import SERVER_TUN_ADDR, Tunnel, sha256_transfer
+from tests.integration.conftest import SERVER_TUN_ADDR, Tunnel, sha256_transfer
 
-from bench.sh import run
+from bench.lab import run
 from stripe.pmtu import CONFIRM_INTERVAL_S
 
 pytestmark = pytest.mark.integration

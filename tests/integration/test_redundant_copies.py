@@ -8,11 +8,10 @@ import re
 from typing import Any
 
 import pytest
-from conftest import SERVER_TUN_ADDR
-from test_status import status
+from tests.integration.conftest import SERVER_TUN_ADDR
+from tests.integration.test_status import status
 
-from bench.lab import nft_loss_ruleset
-from bench.sh import run
+from bench.lab import nft_loss_ruleset, run
 
 pytestmark = pytest.mark.integration
 

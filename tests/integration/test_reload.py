@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO_ROOT, SERVER_TUN_ADDR, Tunnel
+from tests.integration.conftest import REPO_ROOT, SERVER_TUN_ADDR, Tunnel
 
-from bench.sh import run
+from bench.lab import run
 
 pytestmark = pytest.mark.integration
 

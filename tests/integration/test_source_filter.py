@@ -9,9 +9,9 @@ import secrets
 import sys
 
 import pytest
-from conftest import REPO_ROOT
+from tests.integration.conftest import REPO_ROOT
 
-from bench.sh import run
+from bench.lab import run
 
 pytestmark = pytest.mark.integration
 

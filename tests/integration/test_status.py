@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 import pytest
-from conftest import REPO_ROOT, Tunnel, sha256_transfer
+from tests.integration.conftest import REPO_ROOT, Tunnel, sha256_transfer
 
 pytestmark = pytest.mark.integration
 

@@ -9,9 +9,15 @@ import time
 from typing import Any
 
 import pytest
-from conftest import CLIENT_TUN_ADDR, SERVER_TUN_ADDR, Tunnel, later, sha256_transfer
+from tests.integration.conftest import (
+    CLIENT_TUN_ADDR,
+    SERVER_TUN_ADDR,
+    Tunnel,
+    later,
+    sha256_transfer,
+)
 
-from bench.sh import run
+from bench.lab import run
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,1 @@
+"""The container files, and the container smoke test."""

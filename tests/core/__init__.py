@@ -1,0 +1,1 @@
+"""The pure core, on a fake clock: no sockets, no root."""

@@ -1,0 +1,265 @@
+"""Two endpoints joined by an in-memory network with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
+
+from stripe import wire
+from stripe.estimator import FIRST_FEEDBACK_DELAY_S
+from stripe.links import PROBE_INTERVAL_S, LinkState
+from stripe.peer import Peer
+from stripe.session import Session
+
+
+def flow(start: float, count: int, interval: float, direction: str = "up",
+         size: int = 1200, first: int = 0) -> list[tuple[float, str, bytes]]:
+    return [(start + i * interval, direction, ip_packet(first + i, size)) for i in range(count)]
+
+
+def seqs(sim: Sim, side: str) -> list[int]:
+    return [packet_seq(p) for p in sim.delivered[side]]
+
+
+def test_handshake_then_both_links_up_and_probe_timer_exact() -> None:
+    sim = Sim([SimLink(delay_s=0.010), SimLink(delay_s=0.020)])
+    sim.run(1.0)
+    client_peer = sim.client.peers[0]
+    server_peer = sim.server.peers[0]
+    assert client_peer.current is not None and server_peer.current is not None
+    assert [link.health.state for link in client_peer.links.values()] == [LinkState.UP] * 2
+    assert [link.health.state for link in server_peer.links.values()] == [LinkState.UP] * 2
+    assert sim.client.drops == {} and sim.server.drops == {}
+    # Idle: the next timer is exactly the next probe of some link.
+    due = min(link.health.next_probe_time for link in client_peer.links.values())
+    assert sim.client.get_timer() == pytest.approx(due)
+    assert due - sim.now <= PROBE_INTERVAL_S
+
+
+def test_packet_sent_before_handshake_is_queued_then_delivered() -> None:
+    sim = Sim([SimLink(), SimLink()])
+    sim.run(0.5, [(sim.now, "up", ip_packet(7))])
+    assert seqs(sim, "server") == [7]
+
+
+def test_equal_links_in_order_and_complete_both_directions() -> None:
+    sim = Sim([SimLink(delay_s=0.005), SimLink(delay_s=0.005)])
+    sim.run(0.5)
+    t0 = sim.now
+    sim.run(3.0, flow(t0, 2000, 0.001) + flow(t0, 500, 0.004, "down"))
+    assert seqs(sim, "server") == list(range(2000))
+    assert seqs(sim, "client") == list(range(500))
+    up = sim.client.peers[0].links
+    assert abs(up[0].counters.tx_packets - up[1].counters.tx_packets) < 60
+
+
+def test_delay_skew_is_reordered_without_loss() -> None:
+    # 10 ms vs 40 ms: packets on the fast link overtake the slow one by 30 ms.
+    sim = Sim([SimLink(delay_s=0.010), SimLink(delay_s=0.040)])
+    sim.run(1.0)
+    sim.run(3.0, flow(sim.now, 1500, 0.001))
+    assert seqs(sim, "server") == list(range(1500))
+    stats = sim.server.peers[0].current.reorder.stats  # type: ignore[union-attr]
+    assert stats.late == 0 and stats.delivered == 1500
+
+
+def test_weighted_shares_follow_weights() -> None:
+    sim = Sim([SimLink(weight=3), SimLink(weight=1)])
+    sim.run(0.5)
+    before = [link.counters.tx_packets for link in sim.client.peers[0].links.values()]
+    sim.run(2.0, flow(sim.now, 1000, 0.001))
+    after = [link.counters.tx_packets for link in sim.client.peers[0].links.values()]
+    data = [a - b for a, b in zip(after, before, strict=True)]
+    assert data[0] / data[1] == pytest.approx(3.0, rel=0.1)
+    assert seqs(sim, "server") == list(range(1000))
+
+
+def test_loss_is_inferred_without_waiting_for_the_deadline() -> None:
+    sim = Sim([SimLink(delay_s=0.005, loss=0.05), SimLink(delay_s=0.005)], seed=3,
+              reorder_hold_s=0.200)
+    sim.run(1.0)
+    sim.run(3.0, flow(sim.now, 2000, 0.001))
+    got = seqs(sim, "server")
+    assert got == sorted(set(got))
+    assert len(got) > 1850
+    stats = sim.server.peers[0].current.reorder.stats  # type: ignore[union-attr]
+    assert stats.inferred_releases > 0
+    # With both links busy, gaps are inferred lost well before the 200 ms hold.
+    assert stats.deadline_releases <= stats.inferred_releases // 10
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_terrible_network_delivers_in_order_without_duplicates(seed: int) -> None:
+    links = [
+        SimLink(delay_s=0.010, jitter_s=0.015, loss=0.05, duplicate=0.05, reorder=True),
+        SimLink(delay_s=0.030, jitter_s=0.005, loss=0.02, duplicate=0.02, reorder=True),
+        SimLink(delay_s=0.002, jitter_s=0.001, loss=0.10),
+    ]
+    sim = Sim(links, seed=seed, scheduler="roundrobin")
+    sim.run(2.0)
+    sim.run(4.0, flow(sim.now, 1500, 0.002) + flow(sim.now, 1500, 0.002, "down"))
+    for side in ("server", "client"):
+        got = seqs(sim, side)
+        assert got == sorted(set(got)), "out of order or duplicated"
+        assert len(got) > 1500 * 0.75
+    assert sim.server.drops["replay"] > 0  # the duplicates were seen and refused
+
+
+def test_silent_link_is_taken_out_within_600_ms_and_flow_continues() -> None:
+    links = [SimLink(delay_s=0.010), SimLink(delay_s=0.010)]
+    sim = Sim(links)
+    sim.run(1.0)
+    sim.run(1.0, flow(sim.now, 1000, 0.001))
+    cut_at = sim.now
+    links[1].up = False
+    sim.run(0.6, flow(sim.now, 600, 0.001, first=1000))
+    client_link = sim.client.peers[0].links[1]
+    assert client_link.health.state is LinkState.DOWN
+    sent_before = client_link.counters.tx_packets
+    sim.run(1.0, flow(sim.now, 1000, 0.001, first=1600))
+    # Only probes (every 200 ms) go to the dead link now.
+    assert client_link.counters.tx_packets - sent_before <= 6
+    assert sim.now - cut_at < 3
+    got = seqs(sim, "server")
+    assert got == sorted(got)
+    # Restore: back up after a few good probes, data flows on both again.
+    links[1].up = True
+    sim.run(1.5)
+    assert client_link.health.state is LinkState.UP
+
+
+def test_backup_link_carries_data_only_when_primary_is_down() -> None:
+    links = [SimLink(), SimLink(backup=True)]
+    sim = Sim(links)
+    sim.run(1.0)
+    backup = sim.client.peers[0].links[1]
+    base = backup.counters.tx_packets
+    sim.run(1.0, flow(sim.now, 500, 0.001))
+    assert backup.counters.tx_packets - base <= 12  # probes and probe acks only
+    links[0].up = False
+    sim.run(1.0)
+    base = backup.counters.tx_packets
+    sim.run(1.0, flow(sim.now, 500, 0.001, first=500))
+    assert backup.counters.tx_packets - base >= 450
+
+
+def test_server_restart_triggers_a_new_handshake() -> None:
+    sim = Sim([SimLink(), SimLink()])
+    sim.run(1.0)
+    old = sim.client.peers[0].current
+    # The server forgets every session (as after a restart).
+    server_peer = sim.server.peers[0]
+    sim.server._sessions.table.clear()
+    server_peer.current = server_peer.previous = server_peer.next_session = None
+    sim.run(6.0)
+    assert sim.client.peers[0].current is not old
+    sim.run(1.0, flow(sim.now, 100, 0.002))
+    assert seqs(sim, "server") == list(range(100))
+
+
+def test_rekey_keeps_flow_running() -> None:
+    sim = Sim([SimLink(delay_s=0.01), SimLink(delay_s=0.02)])
+    sim.run(1.0)
+    first = sim.client.peers[0].current
+    sim.run(125.0)
+    assert sim.client.peers[0].current is not first
+    sim.run(2.0, flow(sim.now, 500, 0.002) + flow(sim.now, 500, 0.002, "down"))
+    assert seqs(sim, "server") == list(range(500))
+    assert seqs(sim, "client") == list(range(500))
+
+
+def test_replayed_and_forged_datagrams_are_dropped_and_counted() -> None:
+    sim = Sim([SimLink(), SimLink()])
+    sim.run(1.0)
+    sim.run(1.0, flow(sim.now, 50, 0.01))
+    captured = [d for direction, _, d in sim.wire_log if direction == "up"]
+    for data in captured[-20:]:
+        sim.inject("up", 0, data)
+    forged = bytearray(next(d for d in reversed(captured) if d[0] == 4))  # a DATA packet
+    forged[8:16] = (10**6).to_bytes(8, "big")  # a fresh counter, so only the tag can fail
+    sim.inject("up", 0, bytes(forged))
+    handshake = next(d for d in captured if d[0] == 1)
+    sim.inject("up", 0, handshake)
+    before = len(sim.delivered["server"])
+    sim.run(0.5)
+    assert len(sim.delivered["server"]) == before
+    assert sim.server.drops["replay"] >= 19
+    assert sim.server.drops["bad_tag"] == 1
+    assert sim.server.drops["handshake_replay"] == 1
+
+
+def test_server_follows_client_to_a_new_address_on_a_link() -> None:
+    """NAT rebinding or a DHCP renew: the session survives, replies follow."""
+    from tests.core import netsim
+
+    sim = Sim([SimLink(), SimLink()])
+    sim.run(1.0)
+    sim.run(0.5, flow(sim.now, 20, 0.01, "down"))
+    old = netsim.client_addr(1)
+    moved = ("10.1.0.77", 41234)
+    original = netsim.client_addr
+    netsim.client_addr = lambda i: moved if i == 1 else original(i)  # type: ignore[assignment]
+    try:
+        sim.run(1.0)  # probes from the new address authenticate it
+        link = sim.server.peers[0].links[1]
+        assert link.path is not None and link.path[1] == moved != old
+        sim.run(1.0, flow(sim.now, 200, 0.002, "down", first=100))
+        got = [packet_seq(p) for p in sim.delivered["client"]]
+        assert got[-200:] == list(range(100, 300))
+        assert sim.client.peers[0].current is not None
+    finally:
+        netsim.client_addr = original  # type: ignore[assignment]
+
+
+def test_tail_loss_released_by_marker_not_by_deadline() -> None:
+    links = [SimLink(delay_s=0.010), SimLink(delay_s=0.010)]
+    sim = Sim(links, scheduler="roundrobin", reorder_hold_s=0.200)
+    sim.run(1.0)
+    sim.run(0.0095, flow(sim.now, 9, 0.001))  # 0..8, alternating links, 8 on link 0
+    links[1].up = False
+    sim.run(0.001, flow(sim.now, 1, 0.001, first=9))  # 9 on link 1: lost
+    links[1].up = True
+    sent_10 = sim.now
+    # 10 goes on link 0 and arrives at +10 ms; link 1's marker (sent 5 ms
+    # after 9) arrives at +14 ms and releases it, long before the 200 ms hold.
+    sim.run(0.016, flow(sim.now, 1, 0.001, first=10))
+    assert seqs(sim, "server") == [*range(9), 10]
+    stats = sim.server.peers[0].current.reorder.stats  # type: ignore[union-attr]
+    assert stats.deadline_releases == 0 and stats.inferred_releases == 1
+    assert sim.now - sent_10 <= 0.017
+
+
+def test_the_answer_to_data_after_a_pause_leaves_before_the_feedback() -> None:
+    """The first data after a pause makes a feedback due, but not at once:
+    the answer to that data (here the server's reply, handed over as the
+    driver does right after delivering) must not queue behind a control
+    message; the feedback follows FIRST_FEEDBACK_DELAY_S later."""
+    sim = Sim([SimLink(), SimLink()], scheduler="adaptive")
+    sim.run(1.0, [(sim.now + 0.01, "up", ip_packet(0))])
+    sim.run(1.0)  # a pause: the feedback for packet 0 went long ago
+    client, server = sim.client, sim.server
+    feedback_at: list[float] = []
+    send_feedback = server._links._send_feedback
+
+    def spy(peer: Peer, session: Session, now: float) -> None:
+        feedback_at.append(now)
+        send_feedback(peer, session, now)
+
+    server._links._send_feedback = spy  # type: ignore[method-assign]
+    client.send_packet(ip_packet(1), sim.now)
+    arrival = sim.now + 0.010
+    for sock, data, _addr in client.datagrams_to_send():
+        server.receive_datagram(sock, data, client_addr(sock), arrival)
+    assert [packet_seq(p) for p in server.packets_to_deliver()] == [1]
+    if (timer := server.get_timer()) is not None and timer <= arrival:
+        server.handle_timer(arrival)
+    server.send_packets([ip_packet(2)], arrival)
+    sent = server.datagrams_to_send()
+    assert [wire.peek_type(data) for _sock, data, _addr in sent] == [wire.MessageType.DATA]
+    assert feedback_at == []
+    timer = server.get_timer()
+    assert timer is not None and timer <= arrival + FIRST_FEEDBACK_DELAY_S
+    server.handle_timer(arrival + FIRST_FEEDBACK_DELAY_S)
+    assert feedback_at == [arrival + FIRST_FEEDBACK_DELAY_S]
+    later = server.datagrams_to_send()
+    assert wire.MessageType.CONTROL in [wire.peek_type(data) for _sock, data, _addr in later]

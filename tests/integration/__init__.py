@@ -1,0 +1,1 @@
+"""Real stripe processes in network namespaces (root; marked integration)."""

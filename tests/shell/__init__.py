@@ -1,0 +1,1 @@
+"""The shell (config, CLI, stripe/io) without network namespaces: no root."""
