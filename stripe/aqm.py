@@ -10,13 +10,15 @@ the bond has held a standing queue for a while, stripe drops (or, for an
 ECN-capable packet, marks CE) one inner packet before sending it, and the
 inner TCP backs off as it would at a CoDel router.
 
-The bond's queue is the smallest of its usable links' queues, each less the
-one packet of serialization a data packet always shows next to the probes
-that set the link's minimum delay: the adaptive scheduler fills a link with a
-longer base delay only once the faster links hold a queue as long as part of
-the difference (`scheduler.SKEW_WEIGHT`), and a bond with one link still
-idle has room to grow into.  So a queue the scheduler needs to use every link
-never counts, a standing queue on all of them does.
+The bond's queue is what a packet waited at the sending edge for room in a
+link's window (see `window`), plus the smallest of its usable links'
+queues, each less the one packet of serialization a data packet always
+shows next to the probes that set the link's minimum delay: the adaptive
+scheduler fills a link with a longer base delay only once the faster links
+hold a queue as long as part of the difference (`scheduler.SKEW_WEIGHT`),
+and a bond with one link still idle has room to grow into.  So a queue the
+scheduler needs to use every link never counts, a standing queue on all of
+them does.
 
 The control law is CoDel's (RFC 8289): nothing until the queue has stayed
 above the target for a whole interval; then one drop, and the next ones at
@@ -26,7 +28,10 @@ CoDel's own would be; the interval (100 ms, or the slowest link's round trip
 plus a report interval) is longer than that lag, and the inner TCP needs a
 round trip to answer a drop anyway.  The target is the configured one (5 ms)
 or half the slowest link's round trip, whichever is more
-(`SINGLE_FLOW_QUEUE_RTTS`).
+(`SINGLE_FLOW_QUEUE_RTTS`), plus what the links need because their
+capacity varies (`VARIABILITY_ALLOWANCE_SCALE`): on a fixed-rate line
+nothing, on a cellular link the swings of a round trip, which a drop would
+only turn into lost throughput.
 
 Empty state: not dropping, no queue seen above target, count 0.
 """
@@ -39,9 +44,15 @@ from dataclasses import dataclass
 
 from .estimator import FEEDBACK_INTERVAL_S, FULL_PACKET_BITS
 from .links import Link
+from .window import variability_queue_s
 
 DEFAULT_TARGET_S = 0.005
 INTERVAL_S = 0.100
+# The queue a bond whose capacity varies keeps on purpose, over what its
+# windows keep (see `window.variability_queue_s`): the inner flow's own
+# standing queue rides on top of the swings, so it may reach this much more
+# before a signal.
+VARIABILITY_ALLOWANCE_SCALE = 2.0
 # A loss-based TCP halves (reno) or cuts by 30 % (cubic) its window at a
 # drop; the links stay busy through that only if the queue it drops from
 # holds that much of a round trip: (1 - 0.7) / 0.7 = 0.43 for cubic.  A
@@ -63,23 +74,35 @@ class BondQueue:
 
     queue_s: float  # the standing queue (see module doc)
     base_rtt_s: float  # the longest minimum RTT among the links (0: none measured)
+    # The queue the links need because their capacity varies (the smallest
+    # of theirs, see `window.variability_queue_s`): not a standing queue to
+    # drain, or a cellular bond would lose throughput at each swing.
+    allowance_s: float = 0.0
+
+    def after_waiting(self, waited_s: float) -> BondQueue:
+        """The queue a packet meets that already waited `waited_s` at the
+        sending edge for room on a link."""
+        return BondQueue(self.queue_s + waited_s, self.base_rtt_s, self.allowance_s)
 
 
 def measure_bond(links: Collection[Link], now: float) -> BondQueue:
     """The bond's standing queue: the smallest of its links' measured
-    queues, each less one full packet's serialization time at its rate; and
-    its base RTT, the longest of the links' minimum RTTs."""
-    queue = math.inf
+    queues, each less one full packet's serialization time at its rate; its
+    base RTT, the longest of the links' minimum RTTs; and its allowance."""
+    queue = allowance = math.inf
     base_rtt = 0.0
     for link in links:
         est = link.est
         left = est.standing_queue_s(now) - FULL_PACKET_BITS / est.rate_bps
-        if left < queue:
-            queue = left
+        queue = min(queue, left)
         rtt = link.health.min_rtt_s
+        allowance = min(allowance, variability_queue_s(rtt, est.delivery_spread,
+                                                       link.window.report_gap_s))
         if rtt is not None and rtt > base_rtt:
             base_rtt = rtt
-    return BondQueue(max(queue, 0.0) if queue != math.inf else 0.0, base_rtt)
+    if queue == math.inf:
+        return BondQueue(0.0, 0.0)
+    return BondQueue(max(queue, 0.0), base_rtt, allowance)
 
 
 @dataclass(slots=True)
@@ -96,10 +119,12 @@ class CoDel:
     drops: int = 0
     marks: int = 0
 
-    def target_for(self, base_rtt_s: float) -> float:
+    def target_for(self, bond: BondQueue) -> float:
         """The queue to allow: the configured target, or what a single
-        loss-based flow needs to keep the links busy, if more."""
-        return max(self.target_s, SINGLE_FLOW_QUEUE_RTTS * base_rtt_s)
+        loss-based flow needs to keep the links busy, if more; plus the
+        queue the links keep because their capacity varies."""
+        return (max(self.target_s, SINGLE_FLOW_QUEUE_RTTS * bond.base_rtt_s)
+                + VARIABILITY_ALLOWANCE_SCALE * bond.allowance_s)
 
     @staticmethod
     def interval_for(base_rtt_s: float) -> float:
@@ -110,7 +135,7 @@ class CoDel:
         """A packet leaves now with the bond as measured: drop (or mark) it?
         The caller counts what it did in `drops` or `marks`."""
         interval = self.interval_for(bond.base_rtt_s)
-        above = self._above_long_enough(bond.queue_s, self.target_for(bond.base_rtt_s),
+        above = self._above_long_enough(bond.queue_s, self.target_for(bond),
                                         interval, now)
         if self.dropping:
             if not above:

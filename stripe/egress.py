@@ -11,8 +11,10 @@ that link carries in RUN_WINDOW_S at its estimated rate (one packet on a
 slow link, dozens on a fast one), so the per-packet work is sealing alone
 and the shell gets a GSO train.  A packet wanted twice (redundancy: small,
 or of a chosen DSCP class) goes alone, and again as a DATA_COPY on a second
-link.  Without a session or a usable link, packets wait in the peer's
-bounded queue until one comes up.
+link.  Without a session, or while no link has room in its window (see
+`scheduler`), packets wait in the peer's bounded queue, in order, until a
+session or a feedback report makes room; queue management then judges each
+by the time it waited there plus the links' own standing queue.
 
 When a link dies under data it carried lately and the peer has not
 reported, that data goes out again as copies on the other links (see
@@ -24,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from . import pmtu, routing, wire
-from .aqm import mark_ce, measure_bond
+from .aqm import CoDel, mark_ce, measure_bond
 from .links import Link
 from .outbox import Outbox
 from .peer import Peer
@@ -107,7 +109,7 @@ class Egress:
             if mtu is not None and len(packet) > mtu and self._oversized(peer, packet, now):
                 continue
             session = peer.current
-            if session is None:
+            if session is None or peer.queue:  # nothing overtakes what waits
                 self._enqueue(peer, packet, now)
                 continue
             aqm = peer.aqm
@@ -115,12 +117,10 @@ class Egress:
                 # The bond's queue and `now` stay put for the whole call: once
                 # CoDel says no, it says no to the rest of this peer's packets.
                 if aqm.should_signal(measure_bond(usable_links(peer.links.values()), now), now):
-                    marked = mark_ce(packet)
-                    if marked is None:
-                        aqm.drops += 1
+                    signalled = _signal(aqm, packet)
+                    if signalled is None:
                         continue
-                    aqm.marks += 1
-                    packet = marked
+                    packet = signalled
                 else:
                     aqm_quiet = peer
             link = peer.scheduler.pick(peer.links.values(), len(packet), now)
@@ -128,8 +128,7 @@ class Egress:
                 self._enqueue(peer, packet, now)
                 continue
             if copies and wants_copy(packet, below, dscp):
-                self._transmit.send(peer, session, link, _DATA, [packet], now)
-                self._send_copy(peer, session, link, packet, now)
+                self._send_with_copy(peer, session, link, packet, now)
                 continue
             run = [packet]
             budget = peer.scheduler.run_bytes(link, peer.links.values(), RUN_WINDOW_S) - len(
@@ -149,16 +148,47 @@ class Egress:
             self._transmit.send(peer, session, link, _DATA, run, now)
 
     def flush_queue(self, peer: Peer, now: float) -> None:
-        """Send what waited for a session or a usable link, while one takes it."""
+        """Send what waited for a session or for room on a link, in order,
+        while a link takes it."""
         session = peer.current
         queue = peer.queue
-        while queue and session is not None:
-            packet = queue[0]
-            link = peer.scheduler.pick(peer.links.values(), len(packet), now)
+        if session is None or not queue:
+            return
+        scheduler, links = peer.scheduler, peer.links.values()
+        below, dscp = self.spec.duplicate_below, self.spec.duplicate_dscp
+        copies = bool(below or dscp)
+        aqm = peer.aqm
+        bond = None
+        while queue:
+            packet, since = queue[0]
+            link = scheduler.pick(links, len(packet), now)
             if link is None:
                 return
-            self._transmit.send(peer, session, link, _DATA, [packet], now)
             queue.popleft()
+            if aqm is not None:
+                if bond is None:
+                    bond = measure_bond(usable_links(links), now)
+                if aqm.should_signal(bond.after_waiting(now - since), now):
+                    signalled = _signal(aqm, packet)
+                    if signalled is None:
+                        continue
+                    packet = signalled
+            if copies and wants_copy(packet, below, dscp):
+                self._send_with_copy(peer, session, link, packet, now)
+                continue
+            run = [packet]
+            budget = scheduler.run_bytes(link, links, RUN_WINDOW_S) - len(packet)
+            extra = 0
+            while queue and extra < budget and len(run) < RUN_MAX_PACKETS:
+                following = queue[0][0]
+                if copies and wants_copy(following, below, dscp):
+                    break
+                queue.popleft()
+                run.append(following)
+                extra += len(following)
+            if extra:
+                scheduler.charge(link, extra)
+            self._transmit.send(peer, session, link, _DATA, run, now)
 
     def resend_recent(self, peer: Peer, dead: Link, now: float) -> None:
         """`dead` just went down: what it carried lately that the peer has
@@ -181,7 +211,9 @@ class Egress:
                 counter = run.first_counter + i
                 if run.first_link_seq + i <= reported or not session.can_copy(counter):
                     continue
-                link = peer.scheduler.pick(peer.links.values(), len(packet), now)
+                # Late already: a full window does not hold it back.
+                link = peer.scheduler.pick(peer.links.values(), len(packet), now,
+                                           within_window=False)
                 if link is None:
                     counts.resend_failed += 1
                     continue
@@ -189,17 +221,20 @@ class Egress:
                 counts.resent += 1
 
     def _enqueue(self, peer: Peer, packet: bytes, now: float) -> None:
-        """No session or no usable link yet: hold the packet (bounded)."""
+        """No session or no room on a link yet: hold the packet (bounded:
+        the oldest goes when it is full)."""
         if len(peer.queue) == peer.queue.maxlen:
             self._outbox.drops["queue_full"] += 1
-        peer.queue.append(packet)
+        peer.queue.append((packet, now))
         if peer.current is None:
             self.wake_handshake(peer, now)
 
-    def _send_copy(self, peer: Peer, session: Session, first: Link, packet: bytes,
-                   now: float) -> None:
-        """The data message just sent on `first`, again on the usable link
-        with the lowest RTT among the others (none: no copy)."""
+    def _send_with_copy(self, peer: Peer, session: Session, first: Link, packet: bytes,
+                        now: float) -> None:
+        """A packet wanted twice (redundancy): alone on `first`, then again,
+        as a DATA_COPY, on the usable link with the lowest RTT among the
+        others (none: no copy)."""
+        self._transmit.send(peer, session, first, _DATA, [packet], now)
         others = [link for link in usable_links(peer.links.values()) if link is not first]
         if not others:
             return
@@ -233,6 +268,17 @@ class Egress:
         for fragment in fragments:
             self.send_packets((fragment,), now)
         return True
+
+
+def _signal(aqm: CoDel, packet: bytes) -> bytes | None:
+    """Queue management signals congestion with `packet`: marked CE if it is
+    ECN-capable, else dropped (None); counted either way."""
+    marked = mark_ce(packet)
+    if marked is None:
+        aqm.drops += 1
+    else:
+        aqm.marks += 1
+    return marked
 
 
 def _no_wake(peer: Peer, now: float) -> None:

@@ -23,15 +23,20 @@ From two successive reports of a link the sender derives:
   on the link, although the peer is alive (it sends reports): the link is
   dead, typically blackholed upstream.
 
+How much the link's delivery varies while it is busy (`DeliverySpread`)
+sizes the queue its window keeps (see `window`).
+
 `rate_bps` is the capacity the adaptive scheduler assumes for the link.
 While the link shows a standing queue it is saturated, so what arrives is
 its capacity: `rate_bps` becomes a little less than the best delivery rate
 of the last second (a little less, so the queue drains).  While the link
 is busy and shows no queue, and has not been saturated for
 `SATURATED_MEMORY_S`, `rate_bps` grows by `PROBE_GAIN` (probing for
-more).  Without that memory every pause of the inner TCP would look like
-spare capacity, the probe would overfill the link, and its tail drops
-would cost the flow a window cut each.
+more); a link seen delivering more than assumed, without a queue, is
+assumed to carry what it delivered (a measurement, not a probe).  Without
+that memory every pause of the inner TCP would look like spare capacity,
+the probe would overfill the link, and its tail drops would cost the flow
+a window cut each.
 Either step is taken at most once per feedback loop (the link's RTT plus a
 report interval): reports in between describe packets sent before the step
 (a cut may follow sooner if the queue is still growing).
@@ -49,7 +54,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-FEEDBACK_INTERVAL_S = 0.05
+# Short enough that a link's window (see below) need not cover much more
+# than its round trip; a report is a few dozen bytes per link.
+FEEDBACK_INTERVAL_S = 0.02
 # The first report after a pause in the data waits this long: the answer to
 # that data (an ICMP echo reply, a TCP ACK) is usually ready within a
 # millisecond, and a report due at once would leave ahead of it (the shell
@@ -83,9 +90,47 @@ DELIVERY_GAIN = 0.5
 # reporting is taken out of the schedule before probes would notice.
 STALL_MIN_S = 0.10
 STALL_RTT_MULTIPLE = 2.0  # of the link's minimum RTT, plus two report intervals
-MAX_TRACKED_SENDS = 65536
 # A queue reported this recently (with new packets behind it) still stands.
 QUEUE_FRESH_S = 3 * FEEDBACK_INTERVAL_S
+
+
+SPREAD_BUCKET_S = 0.1
+SPREAD_GAIN = 1 / 8
+SPREAD_MEAN_GAIN = 1 / 4
+SPREAD_MAX = 2.0
+
+
+@dataclass(slots=True)
+class DeliverySpread:
+    """How much a busy link's delivery rate varies: the smoothed relative
+    deviation of its rate over SPREAD_BUCKET_S buckets from their running
+    mean, counting only buckets throughout which the link was busy (else
+    the variation is the sender's, not the link's).  A fixed-rate line
+    shows a few percent (report timing); a cellular link tens of percent.
+
+    Empty state: no bucket, spread 0."""
+
+    spread: float = 0.0
+    _bytes: int = 0
+    _seconds: float = 0.0
+    _busy: bool = True
+    _mean_bps: float = 0.0
+
+    def add(self, delivered_bytes: int, seconds: float, busy: bool) -> None:
+        self._bytes += delivered_bytes
+        self._seconds += seconds
+        self._busy = self._busy and busy
+        if self._seconds < SPREAD_BUCKET_S:
+            return
+        rate = self._bytes * 8 / self._seconds
+        if self._mean_bps <= 0:
+            self._mean_bps = rate
+        else:
+            if self._busy:
+                deviation = min(abs(rate - self._mean_bps) / self._mean_bps, SPREAD_MAX)
+                self.spread += SPREAD_GAIN * (deviation - self.spread)
+            self._mean_bps += SPREAD_MEAN_GAIN * (rate - self._mean_bps)
+        self._bytes, self._seconds, self._busy = 0, 0.0, True
 
 
 @dataclass(slots=True)
@@ -93,6 +138,7 @@ class LinkEstimator:
     rate_bps: float = INITIAL_RATE_BPS
     delivery_bps: float = 0.0
     delivery_max_bps: float = 0.0
+    _spread: DeliverySpread = field(default_factory=lambda: DeliverySpread())
     loss: float = 0.0
     qdelay_s: float = 0.0
     qdelay_at: float = 0.0  # when qdelay_s was reported
@@ -113,23 +159,28 @@ class LinkEstimator:
     _stepped_at: float = -1e9  # when rate_bps last changed
     _cut_qdelay_s: float = 0.0  # the queue that made the last cut
     _history: deque[tuple[float, int]] = field(default_factory=deque)  # (report time, rx_bytes)
-    # Send times of data packets not yet covered by a report (stall detection).
-    unacked: deque[tuple[int, float]] = field(default_factory=deque)
+    def note_data(self, link_seq: int) -> None:
+        """Data left on the link up to `link_seq`."""
+        self._data_seq = link_seq
 
-    def on_send(self, link_seq: int, now: float, data: bool = True) -> None:
-        if data:
-            self._data_seq = link_seq
-        unacked = self.unacked
-        unacked.append((link_seq, now))
-        if len(unacked) > MAX_TRACKED_SENDS:
-            unacked.popleft()
+    @property
+    def delivery_spread(self) -> float:
+        """How much what the link delivers varies while busy (see DeliverySpread)."""
+        return self._spread.spread
 
     def on_report(self, rx_packets: int, rx_bytes: int, highest_seq: int, owd_us: int,
                   owd_min_us: int, now: float, rtt_s: float | None = None,
-                  owd_low_us: int | None = None) -> None:
-        unacked = self.unacked
-        while unacked and unacked[0][0] <= highest_seq:
-            unacked.popleft()
+                  owd_low_us: int | None = None, busy: bool = False) -> bool:
+        """A report of the link (`busy`: its window was nearly full at a send
+        since the last one); True if it shows new packets arriving."""
+        progressed = highest_seq > self._highest_seq or self.reports == 0
+        self._report(rx_packets, rx_bytes, highest_seq, owd_us, owd_min_us, now, rtt_s,
+                     owd_low_us, busy)
+        return progressed
+
+    def _report(self, rx_packets: int, rx_bytes: int, highest_seq: int, owd_us: int,
+                owd_min_us: int, now: float, rtt_s: float | None,
+                owd_low_us: int | None, busy: bool) -> None:
         self.owd_min_us = owd_min_us
         if highest_seq > self._highest_seq or self.reports == 0:
             self.last_progress = now
@@ -158,6 +209,7 @@ class LinkEstimator:
         # The smoothed rate (is the link busy?) follows every report, so
         # probing is not held back by a long sample's lag.
         recent = (rx_bytes - self._rx_bytes) * 8 / dt
+        self._spread.add(rx_bytes - self._rx_bytes, dt, busy)
         self.delivery_bps += DELIVERY_GAIN * (recent - self.delivery_bps)
         self._remember(rx_packets, rx_bytes, highest_seq, now)
         self.reports += 1
@@ -181,9 +233,9 @@ class LinkEstimator:
         while now - samples[0][0] > DELIVERY_WINDOW_S:
             samples.popleft()
         self.delivery_max_bps = samples[0][1]
-        self._adapt_rate(now, rtt_s or 0.0)
+        self._adapt_rate(now, rtt_s or 0.0, delivery)
 
-    def _adapt_rate(self, now: float, rtt_s: float) -> None:
+    def _adapt_rate(self, now: float, rtt_s: float, delivery_bps: float) -> None:
         packet_s = FULL_PACKET_BITS / self.rate_bps
         high = max(QDELAY_HIGH_S, QDELAY_HIGH_PACKETS * packet_s)
         low = max(QDELAY_LOW_S, QDELAY_LOW_PACKETS * packet_s)
@@ -196,14 +248,23 @@ class LinkEstimator:
         settled = now - self._stepped_at >= rtt_s + FEEDBACK_INTERVAL_S
         if self.qdelay_s > high and self.delivery_max_bps > MIN_RATE_BPS:
             if settled or self.qdelay_s > self._cut_qdelay_s:
-                # Never below SATURATED_CUT of the old rate in one step: a
-                # queue in the first moments of a flow meets delivery samples
-                # that still include the idle time before it.
-                self.rate_bps = max(self.delivery_max_bps * DRAIN_FACTOR,
+                # What it delivers now, saturated, is its capacity; never
+                # below SATURATED_CUT of the old rate in one step: a queue in
+                # the first moments of a flow meets delivery samples that
+                # still include the idle time before it.  (Not the best
+                # sample of the last second: at a capacity that dropped it is
+                # stale, and with reports every few tens of ms the best of
+                # many noisy samples sits above the link.)
+                self.rate_bps = max(delivery_bps * DRAIN_FACTOR,
                                     self.rate_bps * SATURATED_CUT, MIN_RATE_BPS)
                 self._stepped_at = now
                 self._cut_qdelay_s = self.qdelay_s
             self._saturated_at = now
+        elif delivery_bps * DRAIN_FACTOR > self.rate_bps and self.qdelay_s < low:
+            # It carried more than we assumed, without a queue: a measurement
+            # (a window bigger than what the rate fills lets it show).
+            self.rate_bps = min(delivery_bps * DRAIN_FACTOR, MAX_RATE_BPS)
+            self._stepped_at = now
         elif (settled and self.qdelay_s < low
               and self.delivery_bps >= BUSY_FRACTION * self.rate_bps
               and now - self._saturated_at > SATURATED_MEMORY_S):
@@ -250,23 +311,21 @@ class LinkEstimator:
         self._rx_packets, self._rx_bytes = rx_packets, rx_bytes
         self._highest_seq, self._report_time = highest_seq, now
 
-    def stalled(self, now: float, min_rtt_s: float | None) -> bool:
-        """Data sent long ago on this link is still not reported received, and
-        nothing new has arrived on it for as long (a queued link still shows
-        progress; a dead one does not)."""
-        if not self.unacked:
+    def stalled(self, now: float, min_rtt_s: float | None, oldest_unacked: float | None) -> bool:
+        """Data sent long ago on this link (at `oldest_unacked`) is still not
+        reported received, and nothing new has arrived on it for as long (a
+        queued link still shows progress; a dead one does not)."""
+        if oldest_unacked is None:
             return False
-        limit = max(STALL_MIN_S,
-                    STALL_RTT_MULTIPLE * (min_rtt_s or 0.0) + 2 * FEEDBACK_INTERVAL_S)
-        return now - self.unacked[0][1] > limit and now - self.last_progress > limit
-
-    def forget_unacked(self) -> None:
-        self.unacked.clear()
+        # The round trip and the queue the link was last seen to hold: data
+        # behind a deep queue is late, not lost.
+        expected = (min_rtt_s or 0.0) + self.qdelay_s
+        limit = max(STALL_MIN_S, STALL_RTT_MULTIPLE * expected + 2 * FEEDBACK_INTERVAL_S)
+        return now - oldest_unacked > limit and now - self.last_progress > limit
 
     def restart(self) -> None:
         """The link is back after an outage: what we learnt before is stale
         (a rate measured while it was dying, a queue long drained)."""
-        self.unacked.clear()
         self.rate_bps = INITIAL_RATE_BPS
         self.qdelay_s = self.standing_qdelay_s = 0.0
         self.loss = 0.0

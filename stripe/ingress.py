@@ -169,7 +169,5 @@ class Ingress:
         if self.spec.reorder_hold_s is None and now >= session.hold_update_due:
             session.hold_update_due = now + HOLD_UPDATE_INTERVAL_S
             reorder.hold_s = min(session.skew.hold_s(now) + reorder.late_bonus(now), HOLD_MAX_S)
-        if not reorder.push(counter, payload, link_id, now, link_mask, copy=copy):
-            self._outbox.drops["late"] += 1
-        elif copy:
+        if reorder.push(counter, payload, link_id, now, link_mask, copy=copy) and copy:
             peer.copies.copies_first += 1

@@ -112,6 +112,8 @@ class LinkControl:
                 if several and link.up:
                     send_control(peer, session, link, control.Marker(), now)
             self._link_changed(peer, link, now, link.health.update(now))
+            if link.window.expire(now, link.health.srtt_s):
+                self._egress.flush_queue(peer, now)
             if link.health.probe_due(now):
                 send_control(peer, session, link, control.Probe(link.health.start_probe(now)),
                              now)
@@ -294,16 +296,23 @@ class LinkControl:
             last = link.next_link_seq - 1
             highest = last - ((last - report.highest_link_seq) & 0xFFFFFFFF)
             if highest > link.est.highest_reported:
-                link.health.on_progress(now)  # data gets through: alive, even if probes drown
-            link.est.on_report(report.rx_packets, report.rx_bytes, highest, report.owd_us,
-                               report.owd_min_us, now, link.health.srtt_s, report.owd_low_us)
+                # Data gets through: alive, even if its probes drown.
+                self._link_changed(peer, link, now, link.health.on_progress(
+                    now, max(report.owd_us - report.owd_min_us, 0) / 1e6))
+            est, window = link.est, link.window
+            progressed = est.on_report(report.rx_packets, report.rx_bytes, highest,
+                                       report.owd_us, report.owd_min_us, now,
+                                       link.health.srtt_s, report.owd_low_us, window.used)
+            window.on_report(highest, now, progressed, est.standing_queue_s(now),
+                             link.health.min_rtt_s, est.delivery_max_bps, est.delivery_bps,
+                             est.delivery_spread)
         # The peer is alive (it reports): a link whose data it never saw is dead.
         for link in peer.links.values():
-            if link.up and link.est.stalled(now, link.health.min_rtt_s):
-                link.est.forget_unacked()
-                self._outbox.event(logging.WARNING, f"link {link.name}: data unacknowledged, "
-                                   "taking it out of the schedule")
+            if link.up and link.est.stalled(now, link.health.min_rtt_s,
+                                            link.window.oldest_unacked()):
+                link.window.forget()
                 self._link_changed(peer, link, now, link.health.on_stall(now))
+        self._egress.flush_queue(peer, now)  # the reports opened the links' windows
 
     def _send_feedback(self, peer: Peer, session: Session, now: float) -> None:
         reports = []
@@ -342,16 +351,26 @@ class LinkControl:
     ) -> None:
         if new_state is None:
             return
-        if new_state is LinkState.UP:
-            link.est.restart()  # probes sent while down were never reported; rates are stale
+        back_from_down = new_state is LinkState.UP and link.health.previous is LinkState.DOWN
+        if back_from_down:
+            # Probes sent while down were never reported; rates are stale.
+            link.est.restart()
+            link.window.restart()
             if link.pmtu is not None:
                 link.pmtu.confirm_soon(now)  # the path may have changed while down
         self.refresh_mask(peer, now)
-        if new_state is LinkState.DOWN:
+        if new_state in (LinkState.DOWN, LinkState.STALE):
+            # What it carried lately and the peer did not report goes out
+            # again on the others (only once per message: a link that
+            # stalls and then dies re-sends nothing twice).
             self._egress.resend_recent(peer, link, now)
+            self._egress.flush_queue(peer, now)
         self.refresh_mtu(peer)
         rtt = link.health.srtt_s
         detail = f" (rtt {rtt * 1000:.1f} ms)" if rtt is not None else ""
+        if new_state is LinkState.STALE:
+            detail = ": data unanswered beyond its round trip, out of the schedule until it " \
+                     "delivers again"
         level = logging.WARNING if new_state is LinkState.DOWN else logging.INFO
         self._outbox.event(level, f"link {link.name} is {new_state.value}{detail}")
 

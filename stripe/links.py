@@ -7,16 +7,31 @@ message that the peer answers at once with a PROBE_ACK on the same link.  An
 acknowledged probe proves the path works both ways and yields an RTT sample
 (smoothed as in RFC 6298).
 
+The peer's feedback is evidence too: a report showing new data arriving
+on the link proves it works, even while probes drown in its queue.
+
 States (one transition function, `LinkHealth.update`):
 
-    UNKNOWN --ack--> UP                       (first contact: no hysteresis)
-    UP --no ack for dead_after_s()--> DOWN
-    UP --send error (interface down)--> DOWN
-    DOWN --RECOVER_ACKS consecutive acks--> UP  (hysteresis: no flapping storms)
+    UNKNOWN --ack--> UP                          (first contact: no hysteresis)
+    UP --data unanswered beyond its expected delay--> STALE
+    UP or STALE --no evidence for dead_after_s()--> DOWN
+    UP or STALE --send error (interface down)--> DOWN
+    STALE --an ack, or a report of new data--> UP  (nothing lost: estimates kept)
+    DOWN --RECOVER_ACKS consecutive acks--> UP     (hysteresis: no flapping storms)
 
-`dead_after_s()` grows with the measured RTT so that a link whose queue is
-full (probes wait behind data) is not declared dead, but stays well under a
-second.  Only UP links carry data; the scheduler decides which of them.
+STALE is a link that went quiet under data for longer than its round trip
+and queue explain, while the peer is alive: a cellular link in a fade, a
+path blackholed upstream.  It leaves the schedule at once (its recent data
+is re-sent elsewhere, see `egress.resend_recent`) but is not called dead:
+a fade of a few hundred ms is ordinary on a cellular link, and the moment
+it delivers again it is back, its estimates intact.
+
+DOWN needs longer silence: `dead_after_s()` grows with the measured RTT and
+the queue the link was last seen to hold, so a link with a deep queue
+(probes wait behind seconds of data) is not declared dead, while an idle
+or lightly loaded one is within a second.  Only UP links carry data; the
+scheduler decides which of them.  Every transition is counted (`ups`,
+`downs`, `stalls`) for status and metrics.
 """
 
 from __future__ import annotations
@@ -28,13 +43,17 @@ from typing import TYPE_CHECKING
 
 from .estimator import LinkEstimator
 from .pmtu import PmtuSearch
+from .window import LinkWindow
 
 if TYPE_CHECKING:
     from .session import Session
 
 PROBE_INTERVAL_S = 0.2
 LINK_DEAD_AFTER_MIN_S = 0.45
+# Without a queue; a link's measured queue adds twice itself (its probes
+# and data wait behind it), up to LINK_DEAD_AFTER_QUEUED_MAX_S in all.
 LINK_DEAD_AFTER_MAX_S = 0.9
+LINK_DEAD_AFTER_QUEUED_MAX_S = 3.0
 RECOVER_ACKS = 3
 MAX_OUTSTANDING_PROBES = 16
 
@@ -42,6 +61,7 @@ MAX_OUTSTANDING_PROBES = 16
 class LinkState(Enum):
     UNKNOWN = "unknown"
     UP = "up"
+    STALE = "stale"
     DOWN = "down"
 
 
@@ -75,13 +95,21 @@ class LinkHealth:
     good_acks: int = 0
     probes_sent: int = 0
     probes_acked: int = 0
-    changes: int = 0
+    # The queue the link held at the last evidence (the peer's report).
+    queue_s: float = 0.0
+    # Transitions: UP -> STALE, -> DOWN, DOWN -> UP (the first UP is not one).
+    stalls: int = 0
+    downs: int = 0
+    ups: int = 0
+    previous: LinkState = LinkState.UNKNOWN  # the state before the last change
 
     def dead_after_s(self) -> float:
+        """Silence (no ack, no report of new data) after which the link is DOWN."""
         if self.srtt_s is None:
             return LINK_DEAD_AFTER_MIN_S
         bound = PROBE_INTERVAL_S + 2 * self.srtt_s + 4 * self.rttvar_s
-        return min(max(bound, LINK_DEAD_AFTER_MIN_S), LINK_DEAD_AFTER_MAX_S)
+        most = min(LINK_DEAD_AFTER_MAX_S + 2 * self.queue_s, LINK_DEAD_AFTER_QUEUED_MAX_S)
+        return min(max(bound, LINK_DEAD_AFTER_MIN_S), most)
 
     def probe_due(self, now: float) -> bool:
         return now >= self.next_probe_time
@@ -121,29 +149,39 @@ class LinkHealth:
     def on_send_error(self, now: float) -> LinkState | None:
         return self.update(now, send_failed=True)
 
-    def on_progress(self, now: float) -> None:
-        """The peer reports new data received on this link: the path works,
-        even if probes are being lost in a full queue."""
-        if self.state is LinkState.UP and now > self.last_ack_time:
+    def on_progress(self, now: float, queue_s: float) -> LinkState | None:
+        """The peer reports new data received on this link, which holds
+        `queue_s` of queue: the path works, even if probes are being lost in
+        a full queue.  Returns the new state if it changed (a STALE link is
+        back)."""
+        self.queue_s = queue_s
+        if self.state in (LinkState.UP, LinkState.STALE) and now > self.last_ack_time:
             self.last_ack_time = now
+        return self.update(now, progressed=True)
 
     def on_stall(self, now: float) -> LinkState | None:
-        """Data on this link goes unanswered while the peer is alive: treat as
-        failed now instead of waiting for probes to time out."""
-        return self.update(now, send_failed=True)
+        """Data on this link goes unanswered beyond its expected delay while
+        the peer is alive: out of the schedule now (STALE), DOWN only if the
+        silence lasts."""
+        return self.update(now, stalled=True)
 
     def update(
-        self, now: float, *, acked: bool = False, send_failed: bool = False
+        self, now: float, *, acked: bool = False, send_failed: bool = False,
+        stalled: bool = False, progressed: bool = False,
     ) -> LinkState | None:
         """The one transition function.  Returns the new state if it changed."""
         old = self.state
         if old is LinkState.UNKNOWN:
             if acked:
                 self.state = LinkState.UP
-        elif old is LinkState.UP:
+        elif old in (LinkState.UP, LinkState.STALE):
             if send_failed or now - self.last_ack_time > self.dead_after_s():
                 self.state = LinkState.DOWN
                 self.good_acks = 0
+            elif old is LinkState.UP and stalled:
+                self.state = LinkState.STALE
+            elif old is LinkState.STALE and (acked or progressed):
+                self.state = LinkState.UP
         elif old is LinkState.DOWN:
             if acked:
                 self.good_acks += 1
@@ -151,14 +189,21 @@ class LinkHealth:
                     self.state = LinkState.UP
             elif send_failed:
                 self.good_acks = 0
-        if self.state is old:
+        new = self.state
+        if new is old:
             return None
-        self.changes += 1
-        return self.state
+        self.previous = old
+        if new is LinkState.STALE:
+            self.stalls += 1
+        elif new is LinkState.DOWN:
+            self.downs += 1
+        elif old is LinkState.DOWN:
+            self.ups += 1
+        return new
 
     def next_check_time(self) -> float:
         """When `update` could next change the state without new input."""
-        if self.state is LinkState.UP:
+        if self.state in (LinkState.UP, LinkState.STALE):
             return min(self.next_probe_time, self.last_ack_time + self.dead_after_s() + 1e-6)
         return self.next_probe_time
 
@@ -224,6 +269,7 @@ class Link:
     health: LinkHealth = field(default_factory=LinkHealth)
     counters: LinkCounters = field(default_factory=LinkCounters)
     est: LinkEstimator = field(default_factory=LinkEstimator)
+    window: LinkWindow = field(default_factory=LinkWindow)
     next_link_seq: int = 0
     last_data_sent: float = float("-inf")
     marker_due: bool = False  # data sent since the last tail marker

@@ -33,7 +33,7 @@ from .scheduler import Scheduler
 from .session import Session
 from .spec import PeerSpec
 
-# Packets held while there is no session or no usable link, at most.
+# Packets held while there is no session or no room on a link, at most.
 QUEUE_MAX_PACKETS = 256
 
 
@@ -96,7 +96,9 @@ class Peer:
     # Links removed by a reload, still draining: link id -> (link, until).
     retired: dict[int, tuple[Link, float]] = field(default_factory=dict)
     copies: CopyCounters = field(default_factory=CopyCounters)
-    queue: deque[bytes] = field(default_factory=lambda: deque(maxlen=QUEUE_MAX_PACKETS))
+    # Inner packets waiting, with the time each was queued.
+    queue: deque[tuple[bytes, float]] = field(
+        default_factory=lambda: deque(maxlen=QUEUE_MAX_PACKETS))
     # The inner source address last found in this peer's allowed_ips.
     last_good_source: bytes = b""
     mtu: int | None = None  # largest inner packet the links that are up carry now

@@ -18,6 +18,14 @@ that rule, so a hold deadline is the backstop: no packet waits longer than
 `hold_s` for the gap before it.  `hold_s` comes from the measured one-way
 delay skew between links plus their jitter (see `DelaySkew`), capped.
 
+A packet that arrives after its gap was given up ("late": a cellular link
+that stopped delivering for longer than the hold, then resumed) is
+delivered at once, out of order, not dropped.  To the inner TCP it is then
+a reordering, which it tolerates (and, having retransmitted, detects as
+spurious and undoes the window cut it made); dropped, it would be a loss,
+and every loss costs a loss-based TCP a third of its window.  The replay
+window still lets each counter through once.
+
 Only data messages are reordered (control messages have their own counter
 range).  A data packet that failed inner validation is pushed as `None`: it
 fills its slot but delivers nothing.  A control message tells, through
@@ -26,8 +34,8 @@ does not hold up loss inference.
 
 Empty state: `next_seq == 0`, nothing held, no link seen.
 Invariants:
-- packets are released in strictly increasing counter order;
-- a counter below `next_seq` is never released (it is "late" and dropped);
+- packets are released in strictly increasing counter order, except late
+  ones (below `next_seq` when they arrive), released alone as they come;
 - at most `max_held` packets are held; beyond that the oldest gap is skipped;
 - no held packet waits more than `hold_s` after its arrival, provided the
   caller calls `poll()` at `deadline()`.
@@ -70,7 +78,7 @@ _MISSING = object()
 class ReorderStats:
     delivered: int = 0
     lost: int = 0  # counters skipped by inference or deadline (includes control slots)
-    late: int = 0  # arrived after their slot was skipped: dropped
+    late: int = 0  # arrived after their slot was skipped: delivered out of order
     inferred_releases: int = 0
     deadline_releases: int = 0
     overflow_releases: int = 0
@@ -114,9 +122,10 @@ class ReorderBuffer:
         self, seq: int, payload: bytes | None, link_id: int, now: float, link_mask: int = 0,
         copy: bool = False,
     ) -> bool:
-        """Accept an authenticated, non-replayed message.  False if it is late.
-        A late `copy` (a second try, re-sent after its link died) says
-        nothing about the links' skew, so it does not lengthen the hold."""
+        """Accept an authenticated, non-replayed message.  False if it is
+        late (delivered at once, out of order).  A late `copy` (a second
+        try, re-sent after its link died) says nothing about the links'
+        skew, so it does not lengthen the hold."""
         if seq > self._mask_seq:
             self._mask, self._mask_seq = link_mask, seq
         link = self._links.get(link_id)
@@ -130,12 +139,12 @@ class ReorderBuffer:
             if payload is None:
                 return True  # an invalid packet: nothing is lost
             self.stats.late += 1
-            if copy:
-                return False
-            # We gave up on it too early: hold longer for a while.
-            bonus = self.late_bonus(now)
-            self._late_bonus_s = min(bonus * 1.5 + LATE_BONUS_STEP_S, LATE_BONUS_MAX_S)
-            self._late_bonus_time = now
+            self.ready.append(payload)  # late, not lost (see the module docstring)
+            if not copy:
+                # We gave up on it too early: hold longer for a while.
+                bonus = self.late_bonus(now)
+                self._late_bonus_s = min(bonus * 1.5 + LATE_BONUS_STEP_S, LATE_BONUS_MAX_S)
+                self._late_bonus_time = now
             return False
         if seq == self.next_seq and not self._held:
             # Fast path: in order, nothing waiting.

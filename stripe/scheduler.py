@@ -29,7 +29,10 @@ class Scheduler:
 
     name: ClassVar[str] = ""
 
-    def pick(self, links: Collection[Link], size: int, now: float) -> Link | None:
+    def pick(self, links: Collection[Link], size: int, now: float,
+             within_window: bool = True) -> Link | None:
+        """`within_window`: only links with room in their window, for the
+        strategies that keep windows (a re-send of late data may overfill)."""
         raise NotImplementedError
 
     def charge(self, link: Link, size: int) -> None:
@@ -69,7 +72,8 @@ class WeightedScheduler(Scheduler):
     def weight_of(self, link: Link) -> float:
         return link.weight
 
-    def pick(self, links: Collection[Link], size: int, now: float) -> Link | None:
+    def pick(self, links: Collection[Link], size: int, now: float,
+             within_window: bool = True) -> Link | None:
         candidates = usable_links(links)
         if not candidates:
             return None
@@ -120,7 +124,7 @@ MAX_LOOKAHEAD_S = 0.5
 
 class AdaptiveScheduler(Scheduler):
     """Send each packet where it is expected to arrive first, without being
-    told the links' speeds.
+    told the links' speeds, and never beyond a link's window.
 
     Each link has a virtual finish time: when the packets already given to it
     will have gone through at its estimated rate (see `estimator`).  A new
@@ -138,6 +142,13 @@ class AdaptiveScheduler(Scheduler):
 
     Finish times are kept as times, not bytes, so a change in a link's rate
     affects the packets to come, never reshuffles those already assigned.
+
+    Each link takes packets only while what it has in flight is below its
+    window (see `window`): its own feedback clocks it, as each subflow's
+    ACKs clock an MPTCP subflow.  A link whose capacity drops fills its
+    window and stops taking packets within a round trip, whatever its rate
+    estimate still says; when every window is full, packets wait at the
+    sending edge, where queue management sees them.
     """
 
     name = "adaptive"
@@ -147,9 +158,10 @@ class AdaptiveScheduler(Scheduler):
         self._best_loss = 0.0
 
     def run_bytes(self, link: Link, links: Collection[Link], window_s: float) -> float:
-        """What `link` carries in `window_s` at its estimated rate: the run
-        is charged to its finish time like one big packet."""
-        return link.est.rate_bps * window_s / 8
+        """What `link` carries in `window_s` at its estimated rate, within
+        what its window has room for: the run is charged to its finish time
+        like one big packet."""
+        return min(link.est.rate_bps * window_s / 8, link.window.room_bytes())
 
     def charge(self, link: Link, size: int) -> None:
         rate = _effective_rate(link, self._best_loss)
@@ -158,8 +170,11 @@ class AdaptiveScheduler(Scheduler):
     def forget(self, link_id: int) -> None:
         self._finish.pop(link_id, None)
 
-    def pick(self, links: Collection[Link], size: int, now: float) -> Link | None:
+    def pick(self, links: Collection[Link], size: int, now: float,
+             within_window: bool = True) -> Link | None:
         candidates = usable_links(links)
+        if within_window:
+            candidates = [link for link in candidates if link.window.has_room()]
         if len(candidates) <= 1:
             return candidates[0] if candidates else None
         base: int | None = None

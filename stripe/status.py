@@ -43,7 +43,7 @@ def render(status: dict[str, Any]) -> str:
         links = peer.get("links", [])
         total_tx = sum(link.get("tx_bytes", 0) for link in links) or 1
         header = ("link", "state", "rtt ms", "loss %", "rate Mb/s", "deliv Mb/s", "queue ms",
-                  "in flight", "tx", "rx", "share %", "pmtu", "address")
+                  "window KiB", "downs/stalls", "tx", "rx", "share %", "pmtu", "address")
         rows = [header]
         for link in links:
             loss = link.get("loss")
@@ -51,7 +51,10 @@ def render(status: dict[str, Any]) -> str:
                 str(link.get("name")), str(link.get("state")), _cell(link.get("rtt_ms")),
                 _cell(None if loss is None else round(loss * 100, 2)),
                 _cell(link.get("rate_mbps")), _cell(link.get("delivery_mbps")),
-                _cell(link.get("qdelay_ms")), _cell(link.get("in_flight_packets")),
+                _cell(link.get("qdelay_ms")),
+                f"{link.get('inflight_bytes', 0) / 1024:.0f}/"
+                f"{link.get('cwnd_bytes', 0) / 1024:.0f}",
+                f"{link.get('downs', 0)}/{link.get('stalls', 0)}",
                 f"{link.get('tx_packets', 0)} pkt / {_fmt_bytes(link.get('tx_bytes', 0))}",
                 f"{link.get('rx_packets', 0)} pkt / {_fmt_bytes(link.get('rx_bytes', 0))}",
                 f"{100 * link.get('tx_bytes', 0) / total_tx:.0f}",
@@ -113,6 +116,10 @@ def snapshot(spec: EndpointSpec, peers_state: list[Peer], drops: Mapping[str, in
                 "loss": round(link.est.loss, 4),
                 "qdelay_ms": round(link.est.qdelay_s * 1000, 2),
                 "in_flight_packets": link.est.in_flight_packets,
+                "inflight_bytes": link.window.inflight_bytes,
+                "cwnd_bytes": round(link.window.cwnd_bytes),
+                "capacity_spread": round(link.est.delivery_spread, 3),
+                "downs": h.downs, "ups": h.ups, "stalls": h.stalls,
                 "owd_min_us": link.est.owd_min_us,
                 "address": None if link.path is None
                 else f"{link.path[1][0]}:{link.path[1][1]}",
@@ -154,7 +161,7 @@ def _queue(peer: Peer, now: float) -> dict[str, Any] | None:
     bond = measure_bond(usable_links(peer.links.values()), now)
     return {
         "target_ms": round(aqm.target_s * 1000, 2),
-        "effective_target_ms": round(aqm.target_for(bond.base_rtt_s) * 1000, 2),
+        "effective_target_ms": round(aqm.target_for(bond) * 1000, 2),
         "bond_queue_ms": round(bond.queue_s * 1000, 2),
         "dropped": aqm.drops, "marked": aqm.marks,
     }

@@ -56,17 +56,22 @@ class Transmitter:
             link.recent.add(RecentRun(now, session, session.send_counter, seq, payloads))
         datagrams = session.seal(mtype, link.link_id, peer.link_mask, seq, payloads, now,
                                  copy_of)
-        if not reuse_seq:
-            link.next_link_seq = seq + len(datagrams)
-            # All sent at `now`: the newest stands for the run in stall detection.
-            link.est.on_send(link.next_link_seq - 1, now, data=mtype is not _CONTROL)
-        counters = link.counters
-        counters.tx_packets += len(datagrams)
         sock, addr = path
         out = self._outbox.datagrams
+        size = 0
         for datagram in datagrams:
-            counters.tx_bytes += len(datagram)
+            size += len(datagram)
             out.append((sock, datagram, addr))
+        counters = link.counters
+        counters.tx_packets += len(datagrams)
+        counters.tx_bytes += size
+        if not reuse_seq:
+            last = link.next_link_seq = seq + len(datagrams)
+            if mtype is not _CONTROL:
+                # All sent at `now`: the newest stands for the run in stall
+                # detection, and the run's bytes count against the window.
+                link.window.on_send(last - 1, now, size)
+                link.est.note_data(last - 1)
         return datagrams
 
     def send_control(self, peer: Peer, session: Session, link: Link,

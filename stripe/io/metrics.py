@@ -68,6 +68,12 @@ LINK_GAUGES = (
     ("link_in_flight_packets", "Packets sent on the link that the peer has not reported yet.",
      "in_flight_packets", ""),
     ("link_weight", "The link's configured weight.", "weight", ""),
+    ("link_window_bytes", "The link's congestion window: what it may have in flight.",
+     "cwnd_bytes", ""),
+    ("link_window_used_bytes", "Data bytes in flight on the link, counted against its window.",
+     "inflight_bytes", ""),
+    ("link_capacity_spread_ratio", "How much the link's delivery rate varies while it is busy.",
+     "capacity_spread", ""),
 )
 LINK_COUNTERS = (
     ("link_sent_bytes", "Bytes of datagrams sent on the link.", "tx_bytes"),
@@ -77,6 +83,10 @@ LINK_COUNTERS = (
     ("link_send_errors", "Sends the link's socket refused.", "send_errors"),
     ("link_probes_sent", "Probes sent on the link.", "probes_sent"),
     ("link_probes_acked", "Probes answered on the link.", "probes_acked"),
+    ("link_down_transitions", "Times the link was declared down.", "downs"),
+    ("link_up_transitions", "Times the link came back up after being down.", "ups"),
+    ("link_stalls", "Times the link stalled (out of the schedule until it delivered again).",
+     "stalls"),
 )
 REORDER_GAUGES = (
     ("reorder_held_packets", "Packets waiting in the reorder buffer.", "held", ""),
@@ -108,8 +118,8 @@ PEER_COUNTERS = (
 REORDER_COUNTERS = (
     ("reorder_delivered_packets", "Packets the reorder buffer released in order.", "delivered"),
     ("reorder_lost_packets", "Counters given up as lost.", "lost"),
-    ("reorder_late_packets", "Packets that arrived after their counter was passed (dropped).",
-     "late"),
+    ("reorder_late_packets",
+     "Packets that arrived after their counter was passed (delivered out of order).", "late"),
     ("reorder_inferred_releases", "Releases decided by loss inference.", "inferred_releases"),
     ("reorder_deadline_releases", "Releases forced by the hold deadline.", "deadline_releases"),
 )

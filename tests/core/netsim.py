@@ -135,6 +135,18 @@ def packet_seq(packet: bytes) -> int:
     return int(struct.unpack_from("!Q", packet, 20)[0])
 
 
+def out_of_order(got: list[int]) -> int:
+    """How many of `got` came after a later one (a late packet, delivered
+    out of order rather than dropped); AssertionError on a duplicate."""
+    assert len(set(got)) == len(got), "duplicated"
+    late, highest = 0, -1
+    for seq in got:
+        if seq < highest:
+            late += 1
+        highest = max(highest, seq)
+    return late
+
+
 class Sim:
     def __init__(
         self,

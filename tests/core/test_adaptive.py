@@ -78,9 +78,29 @@ def test_blackholed_link_leaves_schedule_fast_under_load() -> None:
     down_at = None
     for i in range(60):
         sim.run(step, offered(sim.now, 12e6, step, first=10**6 + i * 1000))
-        if sim.client.peers[0].links[1].health.state is LinkState.DOWN:
+        if sim.client.peers[0].links[1].health.state in (LinkState.STALE, LinkState.DOWN):
             down_at = sim.now
             break
-    # 0.22 s in this simulation: feedback keeps arriving over the live link
-    # (sent over the blackholed one, as by lowest RTT, it hid the stall: 0.47 s).
+    # Out of the schedule (stale) in 0.22 s in this simulation: feedback keeps
+    # arriving over the live link (sent over the blackholed one, as by lowest
+    # RTT, it hid the stall: 0.47 s).
     assert down_at is not None and down_at - cut < 0.3, down_at and down_at - cut
+
+
+def test_a_window_whose_reports_stop_coming_opens_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reports that would empty a full window are lost (probes still
+    get through): the sender writes its in-flight data off after a few
+    round trips instead of waiting for reports that only data would bring."""
+    links = [SimLink(delay_s=0.010, rate_bps=5e6), SimLink(delay_s=0.010, rate_bps=5e6)]
+    sim = Sim(links, scheduler="adaptive")
+    sim.run(1.0)
+    sim.run(2.0, offered(sim.now, 8e6, 2.0))
+    with monkeypatch.context() as lost:
+        lost.setattr(sim.server._links, "_send_feedback", lambda *args: None)
+        sim.run(1.0, offered(sim.now, 8e6, 1.0, first=10**6))
+    assert all(link.up for link in sim.client.peers[0].links.values())
+    delivered = len(sim.delivered["server"])
+    sim.run(2.0, offered(sim.now, 8e6, 2.0, first=2 * 10**6))
+    # Data flows again at the links' rate (without the timeout: nothing).
+    assert len(sim.delivered["server"]) - delivered > 0.5 * 2.0 * 10e6 / 8 / 1200

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
+from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, out_of_order, packet_seq
 
 from stripe import wire
 from stripe.estimator import FIRST_FEEDBACK_DELAY_S
@@ -49,8 +49,10 @@ def test_equal_links_in_order_and_complete_both_directions() -> None:
     sim.run(3.0, flow(t0, 2000, 0.001) + flow(t0, 500, 0.004, "down"))
     assert seqs(sim, "server") == list(range(2000))
     assert seqs(sim, "client") == list(range(500))
-    up = sim.client.peers[0].links
-    assert abs(up[0].counters.tx_packets - up[1].counters.tx_packets) < 60
+    # Equal shares of the bytes (control messages, such as the reports on
+    # the down flow, go mostly to one link and are left out of it).
+    sent = [link.counters.tx_bytes for link in sim.client.peers[0].links.values()]
+    assert abs(sent[0] - sent[1]) < 0.02 * sum(sent)
 
 
 def test_delay_skew_is_reordered_without_loss() -> None:
@@ -98,9 +100,11 @@ def test_terrible_network_delivers_in_order_without_duplicates(seed: int) -> Non
     sim = Sim(links, seed=seed, scheduler="roundrobin")
     sim.run(2.0)
     sim.run(4.0, flow(sim.now, 1500, 0.002) + flow(sim.now, 1500, 0.002, "down"))
-    for side in ("server", "client"):
+    for side, receiver in (("server", sim.server), ("client", sim.client)):
         got = seqs(sim, side)
-        assert got == sorted(set(got)), "out of order or duplicated"
+        # Once each, in order but for what came after its gap was given up.
+        late = receiver.peers[0].current.reorder.stats.late  # type: ignore[union-attr]
+        assert out_of_order(got) <= late
         assert len(got) > 1500 * 0.75
     assert sim.server.drops["replay"] > 0  # the duplicates were seen and refused
 
@@ -121,7 +125,7 @@ def test_silent_link_is_taken_out_within_600_ms_and_flow_continues() -> None:
     assert client_link.counters.tx_packets - sent_before <= 6
     assert sim.now - cut_at < 3
     got = seqs(sim, "server")
-    assert got == sorted(got)
+    assert out_of_order(got) <= sim.server.peers[0].current.reorder.stats.late  # type: ignore[union-attr]
     # Restore: back up after a few good probes, data flows on both again.
     links[1].up = True
     sim.run(1.5)

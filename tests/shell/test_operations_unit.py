@@ -311,7 +311,7 @@ def test_status_shows_packets_in_flight_per_link() -> None:
     settled = sim.client.status(sim.now)["peers"][0]["links"]  # type: ignore[index]
     assert all(link["in_flight_packets"] == 0 for link in settled), settled
     assert all(link["rttvar_ms"] is not None for link in settled)
-    assert "in flight" in render(sim.client.status(sim.now))
+    assert "window KiB" in render(sim.client.status(sim.now))
 
 
 def test_status_shows_queue_management() -> None:

@@ -1,0 +1,108 @@
+"""Links that behave like cellular ones, in the simulated network: capacity
+that steps by ten within a second, queues of half a second, outages.
+
+Loose bounds on purpose (the tight figures live in the benchmark's
+real-link scenarios); each says what it protects against."""
+
+from __future__ import annotations
+
+from tests.core.netsim import Sim, SimLink, Trace, ip_packet
+
+from stripe.links import LinkState
+
+PACKET_BYTES = 1250
+
+
+def offered(start: float, rate_bps: float, seconds: float,
+            first: int = 0) -> list[tuple[float, str, bytes]]:
+    interval = PACKET_BYTES * 8 / rate_bps
+    return [(start + i * interval, "up", ip_packet(first + i, PACKET_BYTES))
+            for i in range(int(seconds / interval))]
+
+
+def stepped(rates_mbit: list[tuple[float, float]], queue_bytes: int = 300_000) -> Trace:
+    """A trace of (seconds, Mbit/s) steps, then the last rate for long."""
+    times: list[int] = []
+    start_ms = 0
+    for seconds, mbit in [*rates_mbit, (60.0, rates_mbit[-1][1])]:
+        per_ms = mbit * 1e6 / 8 / 1500 / 1000
+        count = round(seconds * 1000 * per_ms)
+        times += [start_ms + 1 + int(i / per_ms) for i in range(count)]
+        start_ms += round(seconds * 1000)
+    return Trace(times, start_ms, queue_bytes=queue_bytes)
+
+
+def data_bytes(sim: Sim) -> list[int]:
+    return [link.counters.tx_bytes for link in sim.client.peers[0].links.values()]
+
+
+def share_over(sim: Sim, seconds: float, start_packet: int) -> float:
+    """Link 1's share of the bytes sent over `seconds` of overload."""
+    before = data_bytes(sim)
+    sim.run(seconds, offered(sim.now, 40e6, seconds, first=start_packet))
+    sent = [a - b for a, b in zip(data_bytes(sim), before, strict=True)]
+    return sent[1] / sum(sent)
+
+
+def test_shares_follow_a_tenfold_capacity_step_within_seconds() -> None:
+    """Link 1 goes from 2 to 20 Mbit/s and back next to a steady 8 Mbit/s
+    link: its share follows within two seconds each way (its window, driven
+    by what it delivers, opens and closes; a fixed estimate would not)."""
+    fast_for_s = 6.0
+    trace = stepped([(3.0, 2.0), (fast_for_s, 20.0), (60.0, 2.0)])
+    links = [SimLink(delay_s=0.020, traces={"up": Trace.constant(8e6)}),
+             SimLink(delay_s=0.020, traces={"up": trace})]
+    sim = Sim(links, scheduler="adaptive", start=1000.0)
+    trace.start_s = links[0].traces["up"].start_s = sim.now
+    sim.run(1.0)
+    assert share_over(sim, 2.0, 0) < 0.35  # 2 of 10 Mbit/s
+    # The step up comes at 3 s on the trace clock; after two seconds of it:
+    sim.run(trace.start_s + 3.0 + 2.0 - sim.now, offered(sim.now, 40e6, 2.0, first=10**6))
+    assert share_over(sim, 2.0, 2 * 10**6) > 0.6  # 20 of 28 Mbit/s: 0.71
+    # The step down at 9 s; after two seconds of it, back to its small share.
+    sim.run(trace.start_s + 3.0 + fast_for_s + 2.0 - sim.now,
+            offered(sim.now, 40e6, 2.0, first=3 * 10**6))
+    assert share_over(sim, 2.0, 4 * 10**6) < 0.35
+
+
+def test_a_link_with_half_a_second_of_queue_is_not_declared_dead() -> None:
+    """A 2 Mbit/s link with 500 ms of buffer, kept full: its probes wait
+    behind the queue, yet it is never taken for dead or stalled; once it
+    stops delivering altogether (its queue drains first: half a second),
+    it is out of the schedule within its round trip and queue, and down
+    within a few seconds."""
+    slow = Trace.constant(2e6, queue_bytes=125_000)  # 500 ms at 2 Mbit/s
+    links = [SimLink(delay_s=0.020, traces={"up": slow}),
+             SimLink(delay_s=0.020, traces={"up": Trace.constant(2e6, queue_bytes=125_000)})]
+    sim = Sim(links, scheduler="weighted")  # a scheduler without windows fills the buffers
+    slow.start_s = links[1].traces["up"].start_s = sim.now
+    sim.run(1.0)
+    sim.run(6.0, offered(sim.now, 8e6, 6.0))
+    health = sim.client.peers[0].links[0].health
+    assert health.srtt_s is not None and health.srtt_s > 0.3  # the probes saw the queue
+    assert health.state is LinkState.UP and health.downs == health.stalls == 0
+    links[0].up = False
+    cut = sim.now
+    out_at = down_at = None
+    for i in range(40):
+        sim.run(0.1, offered(sim.now, 8e6, 0.1, first=10**6 + i * 1000))
+        if out_at is None and not sim.client.peers[0].links[0].up:
+            out_at = sim.now - cut
+        if health.state is LinkState.DOWN:
+            down_at = sim.now - cut
+            break
+    assert out_at is not None and out_at < 2.0, out_at
+    assert down_at is not None and down_at < 3.5, down_at
+
+
+def test_an_idle_link_that_stops_is_down_within_a_second() -> None:
+    links = [SimLink(delay_s=0.020), SimLink(delay_s=0.020)]
+    sim = Sim(links, scheduler="adaptive")
+    sim.run(2.0)
+    links[1].up = False
+    cut = sim.now
+    health = sim.client.peers[0].links[1].health
+    while health.state is not LinkState.DOWN and sim.now - cut < 3:
+        sim.run(0.05)
+    assert sim.now - cut < 1.0
+    assert health.downs == 1
