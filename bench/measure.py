@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.lab import Counters, Lab, Proc, run, udp_drops
 from bench.lab.iperf import Flow, client_command, parse, run_client, start_server
-from bench.realrun import RealRun
+from bench.realrun import RealRun, align
 from bench.report.analysis import mbit_per_cpu_second
 from bench.systems import System
 
@@ -182,6 +182,8 @@ def measure(
         record.lost_percent = result.lost_percent
         record.per_second_mbit = result.per_second_mbit
         record.bins_mbit, record.bin_s = result.bins_mbit, result.bin_s
+        if record.real:
+            align(record.real, record.bins_mbit, record.bin_s)
         record.error = result.error or sampler.failure or system.problem()
         record.system_status = system.status()
         record.events = sampler.fired

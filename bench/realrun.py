@@ -9,10 +9,12 @@ each link carried per second.  Each link's capacity per second comes from
 its trace and outages (`Lab.capacity_mbit`).
 
 All of it goes into the run record's ``real`` dict:
-``{"direction": "up"|"down", "flow_offset_s": iperf3's start after the
-mark, "ping": [[send time s from the mark, rtt ms], ...], "ping_sent": n,
-"links": [{"capacity_mbit": [per second, the flow's direction],
-"carried_mbit": [...], "reverse_carried_mbit": [the other way],
+``{"direction": "up"|"down", "launch_offset_s": iperf3 started this long
+after the mark, "flow_offset_s": its first receiver interval began this
+long after the mark (`flow_start_s`), "ping": [[send time s from the mark,
+rtt ms], ...], "ping_sent": n, "links": [{"capacity_mbit": [per second,
+the flow's direction], "carried_mbit": [...], "reverse_carried_mbit": [the
+other way], "carried_100ms_mbit": [the flow's direction, per 100 ms],
 "drops": {queue_drop, outage_drop, lost: in the flow's direction}}],
 "outages": [[link, start_s, duration_s, flush], ...]}``; the report's
 figures (stalls, percentiles, transitions) are computed from it in
@@ -24,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
+import statistics
 import subprocess
 import time
 from pathlib import Path
@@ -53,6 +56,38 @@ def parse_ping_times(out: str, t0_wall: float) -> tuple[list[list[float]], int]:
 
 def _per_second_mbit(seconds: list[dict[str, int]], key: str = "delivered_bytes") -> list[float]:
     return [round(s.get(key, 0) * 8 / 1e6, 3) for s in seconds]
+
+
+EMULATOR_BIN_S = 0.1  # the emulator's finer delivered counts
+MAX_START_LAG_S = 2.0  # iperf3's set-up (connections, parameters) takes less
+
+
+def flow_start_s(receiver: list[float], bin_s: float | None, delivered: list[float],
+                 launched_s: float) -> float:
+    """When the receiver's first interval began, in seconds from the mark.
+
+    iperf3 counts its intervals from its test start, a few round trips
+    after it was launched (``launched_s``), and says not when that was: the
+    answer is the shift of its receiver bins (Mbit/s per ``bin_s``) against
+    what the links delivered in the flow's direction (``delivered``, Mbit/s
+    per `EMULATOR_BIN_S` from the mark) that correlates best, from
+    ``launched_s`` to `MAX_START_LAG_S` after it.  ``launched_s`` when
+    that cannot be told (other bins, no data, flat series)."""
+    if bin_s is None or abs(bin_s - EMULATOR_BIN_S) > 1e-6 or sum(receiver) <= 0:
+        return launched_s
+    first = int(launched_s / EMULATOR_BIN_S)
+    best, best_shift = -2.0, None
+    for shift in range(first, first + int(MAX_START_LAG_S / EMULATOR_BIN_S) + 1):
+        window = delivered[shift:shift + len(receiver)]
+        if len(window) < len(receiver) // 2:
+            break
+        try:
+            score = statistics.correlation(receiver[:len(window)], window)
+        except statistics.StatisticsError:
+            continue
+        if score > best:
+            best, best_shift = score, shift
+    return launched_s if best_shift is None else round(best_shift * EMULATOR_BIN_S, 3)
 
 
 class RealRun:
@@ -102,6 +137,7 @@ class RealRun:
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         ping, sent = parse_ping_times(text, t0_wall)
         lanes: dict[str, list[dict[str, int]]] = record.get("lanes", {})  # type: ignore[assignment]
+        tenths: dict[str, list[int]] = record.get("delivered_100ms", {})  # type: ignore[assignment]
         n_seconds = max(1, int(self.seconds + offset + 0.999))
         up = self.direction != DOWNLOAD
         links = []
@@ -113,6 +149,8 @@ class RealRun:
                 "capacity_mbit": self.lab.capacity_mbit(i, up, n_seconds),
                 "carried_mbit": _per_second_mbit(counts)[:n_seconds],
                 "reverse_carried_mbit": _per_second_mbit(lanes.get(backward, []))[:n_seconds],
+                "carried_100ms_mbit": [round(b * 8 / 1e6 / EMULATOR_BIN_S, 3)
+                                       for b in tenths.get(forward, [])],
                 "drops": {key: sum(s.get(key, 0) for s in counts)
                           for key in ("queue_drop", "outage_drop", "lost")},
             })
@@ -121,9 +159,20 @@ class RealRun:
                    if o.start_s < self.seconds + offset]
         return {
             "direction": self.direction or "up",
-            "flow_offset_s": round(offset, 3),
+            "launch_offset_s": round(offset, 3),
+            "flow_offset_s": round(offset, 3),  # until `align` knows better
             "ping": ping,
             "ping_sent": sent,
             "links": links,
             "outages": outages,
         }
+
+
+def align(real: dict[str, Any], receiver: list[float], bin_s: float | None) -> None:
+    """Set ``real["flow_offset_s"]`` from the receiver's bins (`flow_start_s`)."""
+    links = real.get("links") or []
+    length = max((len(link.get("carried_100ms_mbit", [])) for link in links), default=0)
+    delivered = [sum(link["carried_100ms_mbit"][k] for link in links
+                     if k < len(link.get("carried_100ms_mbit", []))) for k in range(length)]
+    real["flow_offset_s"] = flow_start_s(receiver, bin_s, delivered,
+                                         float(real.get("launch_offset_s", 0.0)))

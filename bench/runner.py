@@ -434,8 +434,9 @@ def count_runs_for(scenario: Scenario, opts: Options) -> int:
     """Runs expected before the lab says which systems are available."""
     plan = plan_for(scenario, opts)
     n_plain = {"ceiling": 1, "failover": 0}.get(scenario.kind, len(scenario.links))
-    # Every scheduler variant from the current tree and each --stripe-tree.
-    n_stripe = len(plan.schedulers) * (1 + len(opts.stripe_trees))
+    # Every scheduler variant from the current tree and each --stripe-tree
+    # (the example configs' only if they differ from the default).
+    n_stripe = len(_variants(plan.schedulers, {})) * (1 + len(opts.stripe_trees))
     # ceiling: wireguard-go; real links: MPTCP; others: ECMP and MPTCP.
     n_sys = n_plain + {"ceiling": 1, "reallinks": 1}.get(scenario.kind, 2) + n_stripe
     # Each repeat runs every system; a profiled extra, once per stripe system.

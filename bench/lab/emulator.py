@@ -31,7 +31,9 @@ clock), and for a bottleneck ``trace`` (a mahimahi file) or
 mean rate), and ``ge`` (``{"p":, "r":, "loss_good":, "loss_bad":}``).
 Outages need a bottleneck in both directions.  Prints ``ready`` once bound.
 SIGUSR1 marks a run: it prints one JSON line with each lane's per-second
-counts since the last mark (``{"mark": ...}``) and restarts every trace and
+counts since the last mark (``{"mark": n, "t0": monotonic, "seconds": ...,
+"lanes": {lane: [{count: n}, ...]}, "delivered_100ms": {lane: [bytes per
+100 ms]}}``) and restarts every trace and
 outage schedule at that moment, so each run replays the traces from their
 start.  SIGTERM/SIGINT stop it after one JSON line of totals.
 """
@@ -89,6 +91,8 @@ class Lane:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     # Per second since the last mark: the same counts.
     seconds: list[dict[str, int]] = field(default_factory=list)
+    # Per 100 ms since the last mark: the bytes delivered.
+    tenths: list[int] = field(default_factory=list)
 
     def count(self, what: str, now: float, t0: float, amount: int = 1) -> None:
         self.counts[what] += amount
@@ -96,6 +100,11 @@ class Lane:
         while len(self.seconds) <= second:
             self.seconds.append(dict.fromkeys(COUNTS, 0))
         self.seconds[second][what] += amount
+        if what == "delivered_bytes":
+            tenth = int((now - t0) * 10)
+            if len(self.tenths) <= tenth:
+                self.tenths.extend([0] * (tenth + 1 - len(self.tenths)))
+            self.tenths[tenth] += amount
 
 
 def open_socket(ifname: str) -> socket.socket:
@@ -222,11 +231,13 @@ class Emulator:
         record: dict[str, object] = {
             "mark": self.marks, "t0": self.t0, "seconds": now - self.t0,
             "lanes": {lane.name: lane.seconds for lane in self.lanes.values()},
+            "delivered_100ms": {lane.name: lane.tenths for lane in self.lanes.values()},
         }
         self.marks += 1
         self.t0 = now
         for lane in self.lanes.values():
             lane.seconds = []
+            lane.tenths = []
             if lane.bottleneck is not None:
                 lane.bottleneck.restart(now)
         return record

@@ -5,15 +5,16 @@ link transitions, and their section of results.md.
 Definitions:
 
 * A *stall* is a run of consecutive receiver bins (iperf3's 100 ms
-  intervals; 1 s if the run had no finer ones) each carrying less than
-  ``STALL_FRACTION`` of the run's mean goodput; its length is the bins'.
+  intervals; 1 s if the run had no finer ones) within the run's length,
+  each carrying less than ``STALL_FRACTION`` of their mean; its length is
+  the bins'.
 * *Beyond the outage* (runs with outages: handover, Starlink): for each
   outage of any link, the stalls that overlap it (within one bin), and how
   far the last of them ends after the outage ends (0 if none does); the
-  worst over the run's outages.  Outages are on the trace clock, which
-  starts at the mark right before the flow: they are moved by the flow's
-  start offset (iperf3's own connection set-up, ~0.1-0.3 s, is not known
-  and not subtracted, so this errs long).
+  worst over the run's outages (a link alone: over its own).  Outages are
+  on the trace clock, which restarts at the mark right before the flow;
+  the receiver's bins are placed on it by the flow's start
+  (`bench.realrun.flow_start_s`, to 100 ms).
 * Ping: 50th and 95th percentile (nearest rank) of the RTTs of the replies
   during the flow (every 0.2 s); a ping with no reply counts in ``lost``.
 * Capacity: the mean over the flow's seconds of the trace capacity of the
@@ -46,10 +47,14 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def receiver_bins(record: Record) -> tuple[list[float], float]:
-    """The receiver's goodput bins (Mbit/s) and their length (s)."""
+    """The receiver's goodput bins (Mbit/s) and their length (s), over the
+    run's length (the receiver's intervals go on while the last data drains)."""
     if record.get("bins_mbit") and record.get("bin_s"):
-        return list(record["bins_mbit"]), float(record["bin_s"])
-    return list(record.get("per_second_mbit", [])), 1.0
+        bins, bin_s = list(record["bins_mbit"]), float(record["bin_s"])
+    else:
+        bins, bin_s = list(record.get("per_second_mbit", [])), 1.0
+    seconds = float(record.get("seconds") or 0)
+    return (bins[:round(seconds / bin_s)] if seconds else bins), bin_s
 
 
 def stalls(bins: list[float], bin_s: float,
@@ -80,6 +85,10 @@ def stall_beyond_outages_s(record: Record) -> float | None:
     (see the module's doc); None if the run had no outage."""
     real = record.get("real") or {}
     outages = real.get("outages") or []
+    alone = _link_alone(record)
+    if alone is not None:
+        # A link alone suffers only its own outages.
+        outages = [o for o in outages if int(o[0]) == alone]
     if not outages:
         return None
     bins, bin_s = receiver_bins(record)
@@ -94,6 +103,12 @@ def stall_beyond_outages_s(record: Record) -> float | None:
     return round(worst, 3)
 
 
+def _link_alone(record: Record) -> int | None:
+    """``i`` for the system ``link<i>`` (one link alone), else None."""
+    system = str(record.get("system", ""))
+    return int(system[4:]) if system.startswith("link") and system[4:].isdigit() else None
+
+
 def ping_stats(record: Record) -> dict[str, float | int | None]:
     real = record.get("real") or {}
     rtts = [rtt for _, rtt in real.get("ping", [])]
@@ -106,9 +121,9 @@ def capacity_mbit(record: Record) -> float | None:
     """Mean trace capacity over the flow of the links this system may use."""
     real = record.get("real") or {}
     links = real.get("links") or []
-    system = str(record.get("system", ""))
-    if system.startswith("link") and system[4:].isdigit():
-        links = links[int(system[4:]):int(system[4:]) + 1]
+    alone = _link_alone(record)
+    if alone is not None:
+        links = links[alone:alone + 1]
     offset = float(real.get("flow_offset_s", 0.0))
     first = int(offset)
     last = first + max(1, round(float(record.get("seconds", 0))))
@@ -321,8 +336,8 @@ def links_lines(meta: dict[str, Any], scenario: str) -> list[str]:
         return []
     out = ["Where each link's rate comes from (up: client to server):", ""]
     for i, link in enumerate(links):
-        out.append(f"- link{i}: {link.get('link', '')}; up: {link.get('up')}; "
-                   f"down: {link.get('down')}")
+        up, down = link.get("up"), link.get("down")
+        out.append(f"- link{i}: {up}" if up == down else f"- link{i}: up {up}; down {down}")
     return [*out, ""]
 
 

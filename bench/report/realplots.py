@@ -16,7 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from matplotlib.ticker import NullFormatter, ScalarFormatter
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from bench.report.analysis import Record, system_order
 
@@ -66,6 +66,7 @@ def _draw(top: Any, bottom: Any, record: Record) -> None:
         bottom.plot([t for t, _ in ping], [rtt for _, rtt in ping], ".", color="tab:gray",
                     markersize=3)
         bottom.set_yscale("log")
+        bottom.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         bottom.yaxis.set_major_formatter(ScalarFormatter())
         bottom.yaxis.set_minor_formatter(NullFormatter())
     bottom.set_ylabel("ping RTT ms")

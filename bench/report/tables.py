@@ -287,9 +287,11 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
         lines.append("")
     lines += failover_table(records, summaries)
     lines += profiles_section(meta.get("profiles", []))
-    lines += ["## Plots", ""]
     # The real links' plots are in their scenarios' sections.
-    for png in sorted(p for p in meta.get("plots", []) if not p.startswith("real-")):
+    plots = sorted(p for p in meta.get("plots", []) if not p.startswith("real-"))
+    if plots:
+        lines += ["## Plots", ""]
+    for png in plots:
         lines.append(f"![{png}](plots/{png})")
     return "\n".join(lines) + "\n"
 

@@ -98,8 +98,10 @@ class StripeSettings:
         return cls(tuple(lines), tuple(lines))
 
     @classmethod
-    def from_examples(cls, directory: Path = EXAMPLE_DIR) -> StripeSettings:
-        """The settings of ``a.toml`` (server) and ``b.toml`` (client) in ``directory``."""
+    def from_examples(cls, directory: Path | None = None) -> StripeSettings:
+        """The settings of ``a.toml`` (server) and ``b.toml`` (client) in
+        ``directory`` (default `EXAMPLE_DIR`, the shipped ones)."""
+        directory = directory or EXAMPLE_DIR
         server = tomllib.loads((directory / "a.toml").read_text())
         client = tomllib.loads((directory / "b.toml").read_text())
 
