@@ -242,11 +242,14 @@ class Emulator:
                 lane.bottleneck.restart(now)
         return record
 
-    def _send(self, lane: Lane, frame: bytes, now: float) -> None:
+    def _send(self, lane: Lane, frame: bytes, now: float, due: float) -> None:
+        """Write a frame that was due out at ``due``; it counts then (the
+        link's own time), not when this loop got to it a little later."""
+        at = max(due, self.t0)  # due before the last mark: the mark's first moment
         try:
             lane.out.send(frame)
-            lane.count("out", now, self.t0)
-            lane.count("delivered_bytes", now, self.t0, len(frame) - ETHERNET_HEADER_BYTES)
+            lane.count("out", at, self.t0)
+            lane.count("delivered_bytes", at, self.t0, len(frame) - ETHERNET_HEADER_BYTES)
         except OSError as exc:
             # ENOBUFS: tbf's queue is full, the frame is tail-dropped like
             # on a real bottleneck. ENETDOWN: link cut on the far side.
@@ -262,7 +265,7 @@ class Emulator:
         release = max(left + max(0.0, delay + jitter), lane.last_release)
         lane.last_release = release
         if release <= now:
-            self._send(lane, frame, now)
+            self._send(lane, frame, now, release)
         else:
             self.seq += 1
             heapq.heappush(self.heap, (release, self.seq, lane, frame))
@@ -334,8 +337,8 @@ class Emulator:
             now = time.monotonic()
             due = self._serve(now)
             while self.heap and self.heap[0][0] <= now:
-                _, _, lane, frame = heapq.heappop(self.heap)
-                self._send(lane, frame, now)
+                release, _, lane, frame = heapq.heappop(self.heap)
+                self._send(lane, frame, now, release)
             if self.heap and (due is None or self.heap[0][0] < due):
                 due = self.heap[0][0]
             timeout = due - now if due is not None else IDLE_WAIT_S

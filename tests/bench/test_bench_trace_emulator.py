@@ -5,10 +5,10 @@ rate) goes through one emulated link; the emulator's own per-second count
 of the IP bytes it delivered (mahimahi's measure, `Lab.mark`) must be the
 trace's capacity over the same seconds (`Bottleneck.capacity_bytes`)
 within 3 %.  Tolerance (why): the flow starts ~0.1-0.3 s after the trace
-restart, so second 0 is left out; within a second, the emulator serves
-an opportunity up to ~1 ms late on this shared machine, which moves at
-most one or two packets across a second's edge (0.1-0.2 % at these
-rates); the rest of the 3 % is headroom for a loaded machine.  A trace of
+restart, so second 0 is left out; the emulator counts a packet at the
+moment its opportunity (plus propagation delay) was due, not when its loop
+got to it, so being late on this shared machine moves nothing across a
+second's edge; the 3 % is headroom for a loaded machine.  A trace of
 one packet per millisecond must give 12 Mbit/s at the IP level, and a
 flushing outage a silent second.
 """
@@ -97,7 +97,7 @@ def test_a_flushing_outage_silences_the_link(lab: Lab) -> None:
     record = _saturate(lab, 2, 5303)
     delivered = _delivered_mbit(lab, record, 2)
     assert delivered[1] == pytest.approx(12.0, rel=TOLERANCE), delivered
-    assert delivered[2] == 0.0
+    assert delivered[2] * 1e6 / 8 < 1500  # no data packet (an ARP frame may pass)
     assert delivered[3] == pytest.approx(12.0, rel=TOLERANCE), delivered
     up_lane, _ = lab.lane_names(2)
     assert record["lanes"][up_lane][2]["outage_drop"] > 0
