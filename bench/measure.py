@@ -152,9 +152,9 @@ def measure(
             real = RealRun(lab, target.address, seconds, flow.direction, workdir)
         started = time.monotonic()
         sampler.start()
-        if real is not None:
-            real.start()
         try:
+            if real is not None:
+                real.start()
             result = run_client(
                 lab.names.client_ns,
                 target.address,

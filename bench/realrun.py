@@ -123,13 +123,15 @@ class RealRun:
 
     def finish(self) -> dict[str, Any]:
         """The run's ``real`` record (see the module's doc)."""
-        record = self.lab.mark()
-        if self.ping is not None:
-            # The last replies may still come through deep queues; then stop
-            # it (SIGINT: it prints its summary).
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.ping.popen.wait(PING_LAST_REPLY_S)
-            self.ping.stop(sig=signal.SIGINT)
+        try:
+            record = self.lab.mark()
+        finally:
+            if self.ping is not None:
+                # The last replies may still come through deep queues; then
+                # stop it (SIGINT: it prints its summary).
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.ping.popen.wait(PING_LAST_REPLY_S)
+                self.ping.stop(sig=signal.SIGINT)
         emulator_t0 = float(record["t0"])  # type: ignore[arg-type]
         # The emulator's clock is this machine's CLOCK_MONOTONIC, as ours.
         offset = self.flow_started - emulator_t0
