@@ -233,8 +233,11 @@ def real_summaries(records: list[Record], summaries: list[Summary]) -> list[Real
                       == (s.scenario, "mptcp", s.flow, s.cc)), None)
         if mptcp is not None and mptcp.goodput_median:
             s.ratio_to_mptcp = round(s.goodput_median / mptcp.goodput_median, 2)
-    return sorted(out, key=lambda s: (s.scenario, s.flow.endswith("-down"), s.cc or "",
-                                      system_order(s.system)))
+    # Scenarios and ccs in the order they ran; upload first.
+    scenarios = list(dict.fromkeys(r["scenario"] for r in records))
+    ccs = list(dict.fromkeys(r.get("cc") or "" for r in records))
+    return sorted(out, key=lambda s: (scenarios.index(s.scenario), s.flow.endswith("-down"),
+                                      ccs.index(s.cc or ""), system_order(s.system)))
 
 
 def reference_mbit(rows: list[RealSummary]) -> float | None:

@@ -186,7 +186,8 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
         f"Command: `{meta.get('command', '?')}`  ",
         f"Started (UTC): {meta.get('started', '?')}; load average at the end: "
         f"{meta.get('load_average', '?')}  ",
-        f"Repeats: {meta.get('repeat')}; goodput = iperf3 receiver side, median "
+        f"Repeats: {meta.get('repeat') or 'per scenario (meta.json: plans)'}; "
+        "goodput = iperf3 receiver side, median "
         "[min-max] over repeats; share = of the sum of each plain link alone (same flow "
         "and cc); link share = bytes each link carried (both directions, client side), %.",
         "",
