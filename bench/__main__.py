@@ -11,8 +11,15 @@ from pathlib import Path
 from bench.attack.flood import DEFAULT_MIX, KINDS, parse_mix
 from bench.attack.runner import MAX_FLOOD_PACKETS, AttackOptions
 from bench.lab import MAX_LINKS, CommandError, cleanup_prefix
-from bench.lab.iperf import parse_rate_mbit
-from bench.runner import DEFAULT_SCHEDULERS, Options, fit_seconds, publish_latest
+from bench.lab.iperf import DOWNLOAD, UPLOAD, parse_rate_mbit
+from bench.lab.traces import DEFAULT_TRACES_DIR, NO_TRACES, traces_dir_from
+from bench.runner import (
+    DEFAULT_SCHEDULERS,
+    REAL_SCHEDULERS,
+    Options,
+    fit_seconds,
+    publish_latest,
+)
 from bench.runner import run as run_bench
 from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
 from bench.systems.stripe import StripeTree
@@ -58,19 +65,40 @@ def _add_run_arguments(p: argparse.ArgumentParser, profile: bool) -> None:
         "--repeat",
         type=int,
         default=None,
-        help=f"runs per system (default {1 if profile else 3})",
+        help=f"runs per system (default {1 if profile else 3}; real links: lte-pair 3, "
+        "the others 1)",
     )
     p.add_argument(
         "--seconds",
         type=float,
         default=None,
         help=f"length of each run (default {PROFILE_SECONDS if profile else 20:g}; "
-        "failover is always 30)",
+        "real links 60; failover is always 30)",
     )
     p.add_argument(
         "--cc",
         default=None,
-        help="comma list of TCP congestion controls, e.g. cubic,bbr (default: the system's)",
+        help="comma list of TCP congestion controls, e.g. cubic,bbr (default: the system's; "
+        "real links: lte-pair cubic,bbr, the others cubic)",
+    )
+    p.add_argument(
+        "--directions",
+        default=None,
+        help=f"comma list of {UPLOAD} (the client sends) and {DOWNLOAD} (the server sends, "
+        "iperf3 -R) (default: real links both, the others the client sending)",
+    )
+    p.add_argument(
+        "--traces",
+        default=None,
+        metavar="DIR",
+        help=f"recorded mahimahi traces for the real-links scenarios (default {DEFAULT_TRACES_DIR} "
+        f"if it exists); `{NO_TRACES}`: synthetic stand-ins only",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="seed of the synthetic traces, handover and Starlink schedules (default 1)",
     )
     p.add_argument(
         "--flows",
@@ -97,10 +125,12 @@ def _add_run_arguments(p: argparse.ArgumentParser, profile: bool) -> None:
     )
     p.add_argument(
         "--schedulers",
-        default=PROFILE_SCHEDULER if profile else ",".join(DEFAULT_SCHEDULERS),
+        default=PROFILE_SCHEDULER if profile else None,
         help="stripe schedulers to try, each optionally with [interface] settings "
-        "(adaptive:queue_target_ms=0 is the adaptive scheduler with queue management off); "
-        "those `stripe check` rejects are skipped",
+        "(adaptive:queue_target_ms=0 is the adaptive scheduler with queue management off), "
+        "`default` (no scheduler key: stripe's default) or `example` (the settings of "
+        "configs/a.toml and b.toml); those `stripe check` rejects are skipped (default "
+        f"{','.join(DEFAULT_SCHEDULERS)}; real links {','.join(REAL_SCHEDULERS)})",
     )
     p.add_argument(
         "--stripe-tree",
@@ -287,15 +317,22 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
         parser.error(str(exc.args[0]))
     quick = args.quick
     profile = "all" if args.command == "profile" else "extra" if args.profile else "off"
-    default_seconds = QUICK_SECONDS if quick else PROFILE_SECONDS if profile == "all" else 20.0
+    default_seconds = QUICK_SECONDS if quick else PROFILE_SECONDS if profile == "all" else None
+    try:
+        traces = traces_dir_from(args.traces)
+    except ValueError as exc:
+        parser.error(f"--traces: {exc}")
     opts = Options(
         scenarios=scenarios,
-        repeat=args.repeat or (1 if quick or profile == "all" else 3),
+        repeat=args.repeat or (1 if quick or profile == "all" else None),
         seconds=args.seconds or default_seconds,
-        ccs=[c or None for c in args.cc.split(",")] if args.cc else [None],
+        ccs=[c or None for c in args.cc.split(",")] if args.cc else None,
         flows=args.flows.split(","),
         systems=args.systems.split(",") if args.systems else None,
-        schedulers=[s for s in args.schedulers.split(",") if s],
+        schedulers=[s for s in args.schedulers.split(",") if s] if args.schedulers else None,
+        directions=args.directions.split(",") if args.directions else None,
+        traces=traces,
+        seed=args.seed,
         out=args.out,
         log_level=args.log_level,
         impairment=args.impairment,
@@ -303,7 +340,10 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
         profile=profile,
         profile_native=args.native,
     )
-    for variant in opts.schedulers:
+    for way in opts.directions or []:
+        if way not in (UPLOAD, DOWNLOAD):
+            parser.error(f"--directions: {way!r} is not {UPLOAD} or {DOWNLOAD}")
+    for variant in opts.schedulers or []:
         try:
             split_variant(variant)
         except ValueError as exc:
@@ -325,7 +365,7 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
             opts.seconds = fit_seconds(opts, args.minutes * 60)
         except ValueError as exc:
             parser.error(str(exc))
-    for cc in opts.ccs:
+    for cc in opts.ccs or []:
         if cc is not None and cc not in CC_CHOICES:
             parser.error(f"--cc: {cc!r} is not one of {', '.join(CC_CHOICES)}")
     for flow in opts.flows:

@@ -14,6 +14,7 @@ from typing import Any
 
 from bench.lab import Counters, Lab, Proc, run, udp_drops
 from bench.lab.iperf import Flow, client_command, parse, run_client, start_server
+from bench.realrun import RealRun, align
 from bench.report.analysis import mbit_per_cpu_second
 from bench.systems import System
 
@@ -56,6 +57,10 @@ class RunRecord:
     events: list[tuple[float, str]] = field(default_factory=list)
     quiet_wait_s: float = 0.0  # waited before the run for the links to go idle (Lab.wait_quiet)
     system_status: dict[str, Any] = field(default_factory=dict)  # e.g. stripe status --json
+    # Receiver goodput per iperf3 interval when it is under a second, and its length.
+    bins_mbit: list[float] = field(default_factory=list)
+    bin_s: float | None = None
+    real: dict[str, Any] = field(default_factory=dict)  # real links: see bench.realrun
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -118,8 +123,13 @@ def measure(
     cc: str | None,
     workdir: Path,
     events: list[Event] | None = None,
+    real_links: bool = False,
 ) -> RunRecord:
-    """Start ``system``, run iperf3 across it, stop it; never raises on a failed run."""
+    """Start ``system``, run iperf3 across it, stop it; never raises on a failed run.
+
+    ``real_links``: the lab's traces restart right before the flow, a ping
+    runs through the system during it, and the record's ``real`` holds the
+    per-second figures of `bench.realrun`."""
     record = RunRecord(system.name, flow.label, cc if flow.kind == "tcp" else None, seconds)
     workdir.mkdir(parents=True, exist_ok=True)
     server = None
@@ -131,14 +141,20 @@ def measure(
             workdir / "iperf3-server.log",
             target.wrapper,
             target.server_bind,
+            flow.interval_s,
         )
         before = lab.counters()
         drops_before = udp_drops.read(lab.names.server_ns) if flow.kind == "udp" else None
         cpu_before = _cpu(lab, system)
         sampler = Sampler(lab, events or [])
+        real = None
+        if real_links:
+            real = RealRun(lab, target.address, seconds, flow.direction, workdir)
         started = time.monotonic()
         sampler.start()
         try:
+            if real is not None:
+                real.start()
             result = run_client(
                 lab.names.client_ns,
                 target.address,
@@ -151,6 +167,8 @@ def measure(
             )
         finally:
             sampler.stop()
+            if real is not None:
+                record.real = real.finish()
         wall = time.monotonic() - started
         after = lab.counters()
         if drops_before is not None:
@@ -163,6 +181,9 @@ def measure(
         record.retransmits = result.retransmits
         record.lost_percent = result.lost_percent
         record.per_second_mbit = result.per_second_mbit
+        record.bins_mbit, record.bin_s = result.bins_mbit, result.bin_s
+        if record.real:
+            align(record.real, record.bins_mbit, record.bin_s)
         record.error = result.error or sampler.failure or system.problem()
         record.system_status = system.status()
         record.events = sampler.fired

@@ -4,10 +4,16 @@ For each scenario one lab is built (fresh ``sb<hex>`` prefix) and every
 system runs in it, repeats interleaved so slow drifts of a shared machine
 spread over all systems. Each run's record is written as JSON at once, so a
 crash or Ctrl-C keeps what was measured; the lab is always torn down.
+
+Repeats, run length, congestion controls, stripe variants and directions
+are the options' where given, else the scenario's own defaults (the
+real-links scenarios: 60 s, both directions, `REAL_SCHEDULERS`), else the
+suite's (`Plan`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -22,6 +28,7 @@ from bench.lab import (
     CommandError,
     Lab,
     LabNames,
+    LinkSpec,
     ensure_tools,
     mptcp_available,
     new_prefix,
@@ -29,17 +36,31 @@ from bench.lab import (
     uninterruptible,
 )
 from bench.lab.iperf import IPV4_UDP_HEADERS, UDP_PAYLOAD_BYTES, Flow
+from bench.lab.traces import TraceLibrary, default_traces_dir
 from bench.measure import Event, RunRecord, measure, measure_latency
 from bench.profile import PY_SPY_MISSING, Profiled, py_spy_path
-from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, Scenario
+from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, Scenario, describe_link
 from bench.systems import Ecmp, Mptcp, PlainLink, Stripe, System, WireguardGo
 from bench.systems.stripe import CURRENT_TREE, StripeTree, check_config, stripe_available
-from bench.systems.stripe_config import TUNNEL_MTU, TUNNEL_SERVER_ADDR, Keys, write_configs
+from bench.systems.stripe_config import (
+    DEFAULT_VARIANT,
+    EXAMPLE_VARIANT,
+    TUNNEL_MTU,
+    TUNNEL_SERVER_ADDR,
+    Keys,
+    StripeSettings,
+    write_configs,
+)
 from bench.systems.wireguard_go import WIREGUARD_GO
 
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 PROFILES = "profiles"
 DEFAULT_SCHEDULERS = ("roundrobin", "weighted", "adaptive")
+# Real links: stripe as it comes (no scheduler key) and as the example configs set it.
+REAL_SCHEDULERS = (DEFAULT_VARIANT, EXAMPLE_VARIANT)
+DEFAULT_REPEAT = 3
+DEFAULT_SECONDS = 20.0
+REAL_INTERVAL_S = 0.1  # iperf3 reports of the real-links runs: stalls in 100 ms bins
 # UDP offered load: 90 % of the links' sum, so a good bond loses nothing.
 UDP_OFFER_FRACTION = 0.9
 # Unshaped links: offered at a fixed rate (--udp-rate; issue 7 asks for 600M)
@@ -47,19 +68,29 @@ UDP_OFFER_FRACTION = 0.9
 CEILING_UDP_MBIT = 1000.0
 CEILING_UDP_LEN = TUNNEL_MTU - IPV4_UDP_HEADERS
 RUN_OVERHEAD_S = 2.5  # measured: iperf3 server start, stripe handshake, teardown
+# Real links add two marks, the last ping replies and the drain of deep queues.
+REAL_RUN_OVERHEAD_S = 5.0
 
 
 @dataclass
 class Options:
+    """A run's options; ``None`` (repeat, seconds, ccs, schedulers,
+    directions): each scenario's default, see `Plan`."""
+
     scenarios: list[Scenario]
-    repeat: int = 3
-    seconds: float = 20.0
-    ccs: list[str | None] = field(default_factory=lambda: [None])
+    repeat: int | None = None
+    seconds: float | None = None
+    ccs: list[str | None] | None = None
     flows: list[str] = field(default_factory=lambda: ["tcp"])  # tcp | udp | tcp4
     udp_rate_mbit: float = CEILING_UDP_MBIT  # UDP offer on unshaped (ceiling) links
     udp_len: int | None = None  # iperf3 -l; None: 1200 shaped, CEILING_UDP_LEN unshaped
     systems: list[str] | None = None  # name prefixes to keep; None: all
-    schedulers: list[str] = field(default_factory=lambda: list(DEFAULT_SCHEDULERS))
+    schedulers: list[str] | None = None
+    directions: list[str] | None = None  # "up" | "down" (iperf3 -R)
+    # Real links: recorded traces (None: synthetic stand-ins) and the seed
+    # of everything generated (synthetic traces, handovers, Starlink).
+    traces: Path | None = field(default_factory=default_traces_dir)
+    seed: int = 1
     out: Path | None = None
     log_level: str = "info"
     impairment: str = "auto"  # auto | netem | userspace
@@ -72,6 +103,34 @@ class Options:
     # Other checkouts of stripe (--stripe-tree): each scheduler variant also
     # runs from each of them, as the system stripe-<variant>@<label>.
     stripe_trees: list[StripeTree] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one scenario runs, the options' or the scenario's defaults."""
+
+    repeat: int
+    seconds: float
+    ccs: list[str | None]
+    schedulers: list[str]
+    directions: list[str]
+
+
+def plan_for(scenario: Scenario, opts: Options) -> Plan:
+    ccs: list[str | None] = [None]
+    if opts.ccs is not None:
+        ccs = opts.ccs
+    elif scenario.default_ccs:
+        ccs = list(scenario.default_ccs)
+    default_schedulers = REAL_SCHEDULERS if scenario.kind == "reallinks" else DEFAULT_SCHEDULERS
+    return Plan(
+        repeat=opts.repeat or scenario.default_repeat or DEFAULT_REPEAT,
+        seconds=scenario.fixed_seconds or opts.seconds or scenario.default_seconds
+        or DEFAULT_SECONDS,
+        ccs=ccs,
+        schedulers=opts.schedulers if opts.schedulers is not None else list(default_schedulers),
+        directions=opts.directions or list(scenario.directions),
+    )
 
 
 class Progress:
@@ -113,11 +172,23 @@ def flows_for(
     names: list[str],
     udp_rate_mbit: float = CEILING_UDP_MBIT,
     udp_len: int | None = None,
+    directions: list[str] | None = None,
 ) -> list[Flow]:
-    """The flows a scenario runs; UDP's rate: 90 % of the links' sum if they
-    are shaped, else ``udp_rate_mbit``."""
+    """The flows a scenario runs, each in each of ``directions`` (default:
+    the scenario's); UDP's rate: 90 % of the links' sum if they are shaped,
+    else ``udp_rate_mbit``.  Real links: one TCP flow, reported every 100 ms."""
+    ways = directions or list(scenario.directions)
     if scenario.kind in ("latency", "failover"):
         return [Flow()]
+    if scenario.kind == "reallinks":
+        return [Flow(direction=way, interval_s=REAL_INTERVAL_S) for way in ways]
+    return [dataclasses.replace(flow, direction=way)
+            for flow in _flows_by_name(scenario, names, udp_rate_mbit, udp_len) for way in ways]
+
+
+def _flows_by_name(
+    scenario: Scenario, names: list[str], udp_rate_mbit: float, udp_len: int | None
+) -> list[Flow]:
     out = []
     for name in names:
         if name == "tcp":
@@ -139,7 +210,8 @@ def build_systems(
 ) -> tuple[list[System], dict[str, str]]:
     """The systems to compare here, and why any were left out."""
     skipped: dict[str, str] = {}
-    systems: list[System] = [PlainLink(i) for i in range(len(scenario.links))]
+    plan = plan_for(scenario, opts)
+    systems: list[System] = [PlainLink(i) for i in range(len(lab.specs))]
     if scenario.kind == "ceiling":
         # The kernel over one unshaped veth: a reference, not a competitor.
         systems = systems[:1]
@@ -154,7 +226,10 @@ def build_systems(
         else:
             systems.append(WireguardGo())
     if scenario.kind != "ceiling":
-        systems.append(Ecmp())
+        if scenario.kind != "reallinks":
+            # Real links: one flow takes one link under ECMP, the plain
+            # links already say what that gives.
+            systems.append(Ecmp())
         if scenario.kind != "latency":
             reason = Mptcp.unavailable_reason()
             if reason:
@@ -164,7 +239,8 @@ def build_systems(
     trees = [CURRENT_TREE, *opts.stripe_trees]
     # Per variant the current tree first, then the others: an A/B pair runs
     # back to back within each repeat.
-    wanted = [(sched, tree) for sched in opts.schedulers for tree in trees
+    schedulers = _variants(plan.schedulers, skipped)
+    wanted = [(sched, tree) for sched in schedulers for tree in trees
               if _wanted(tree.system_name(sched), opts)]
     if wanted and not stripe_available():
         skipped["stripe"] = "no stripe package with __main__ in this checkout"
@@ -174,7 +250,7 @@ def build_systems(
         for sched, tree in wanted:
             # One pair of config files per variant, whichever tree runs it.
             server_cfg, client_cfg = write_configs(
-                workdir / "configs", lab.names, scenario.links, keys, sched, tun
+                workdir / "configs", lab.names, lab.specs, keys, sched, tun
             )
             name = tree.system_name(sched)
             ok, why = check_config(client_cfg, lab.names.client_ns, tree)
@@ -185,6 +261,24 @@ def build_systems(
                 Stripe(name, server_cfg, client_cfg, TUNNEL_SERVER_ADDR, opts.log_level, tree)
             )
     return [s for s in systems if _wanted(s.name, opts)], skipped
+
+
+def _variants(schedulers: list[str], skipped: dict[str, str]) -> list[str]:
+    """The stripe variants to run: the example configs' is left out (and
+    said why) when they set nothing but what the default variant runs."""
+    if EXAMPLE_VARIANT not in schedulers or DEFAULT_VARIANT not in schedulers:
+        return schedulers
+    from stripe.config.model import DEFAULT_SCHEDULER
+
+    example = StripeSettings.from_examples()
+    if not example.same_as_default(DEFAULT_SCHEDULER):
+        return schedulers
+    skipped[f"stripe-{EXAMPLE_VARIANT}"] = (
+        f"configs/a.toml and b.toml set what stripe-{DEFAULT_VARIANT} runs "
+        f"(scheduler {DEFAULT_SCHEDULER}, stripe's default; {example.describe()}): "
+        f"see stripe-{DEFAULT_VARIANT}"
+    )
+    return [s for s in schedulers if s != EXAMPLE_VARIANT]
 
 
 def _wanted(system: str, opts: Options) -> bool:
@@ -216,14 +310,19 @@ def run_scenario(
     """Run one scenario, appending to ``records`` as it goes (kept on Ctrl-C)."""
     prefix = new_prefix()
     workdir = out / "work" / scenario.name
+    schedule = plan_for(scenario, opts)
+    seconds = schedule.seconds
+    library = TraceLibrary(opts.traces, workdir, opts.seed)
+    links = scenario.links_for(library, seconds)
     lab = Lab(
-        LabNames.for_prefix(prefix, len(scenario.links)),
-        scenario.links,
+        LabNames.for_prefix(prefix, len(links)),
+        links,
         workdir,
         impairment=scenario.impairment or opts.impairment,
         topology=scenario.topology or opts.topology,
     )
-    seconds = scenario.fixed_seconds or opts.seconds
+    if scenario.kind == "reallinks":
+        meta.setdefault("links", {})[scenario.name] = link_sources(links)
     try:
         lab.up()
         systems, skipped = build_systems(scenario, lab, opts, workdir)
@@ -241,11 +340,11 @@ def run_scenario(
             for flow in _flows(scenario, opts)
             # mptcpize changes only TCP sockets: its UDP run would be link0's.
             if not (isinstance(system, Mptcp) and flow.kind == "udp")
-            for cc in (opts.ccs if flow.kind == "tcp" else [None])
+            for cc in (schedule.ccs if flow.kind == "tcp" else [None])
         ]
         extra = [p for p in plan if isinstance(p[0], Stripe)] if opts.profile == "extra" else []
-        progress.total += len(plan) * opts.repeat + len(extra) - count_runs_for(scenario, opts)
-        runs = [(rep, p) for rep in range(1, opts.repeat + 1) for p in plan]
+        progress.total += len(plan) * schedule.repeat + len(extra) - count_runs_for(scenario, opts)
+        runs = [(rep, p) for rep in range(1, schedule.repeat + 1) for p in plan]
         for rep, (system, flow, cc) in runs + [(0, p) for p in extra]:
             label = f"{system.name}-{flow.label}-{cc or 'default'}-" + (
                 f"r{rep}" if rep else "profile"
@@ -268,6 +367,8 @@ def run_scenario(
     finally:
         with uninterruptible():
             lab.down()
+        if library.sources:
+            meta.setdefault("trace_sources", {})[scenario.name] = library.sources
         if lab.emulator_stats:
             (workdir / "emulator-stats.json").write_text(json.dumps(lab.emulator_stats))
 
@@ -291,7 +392,8 @@ def _one_run(
         record = measure_latency(lab, system, seconds, cc, run_dir)
     else:
         events = failover_events(scenario, lab)
-        record = measure(lab, system, flow, seconds, cc, run_dir, events)
+        record = measure(lab, system, flow, seconds, cc, run_dir, events,
+                         real_links=scenario.kind == "reallinks")
         if events:
             _restore_links(lab)
     record.quiet_wait_s = round(waited, 1)
@@ -316,30 +418,45 @@ def _restore_links(lab: Lab) -> None:
     lab.set_link_up(1, True)
 
 
+def link_sources(links: tuple[LinkSpec, ...]) -> list[dict[str, str]]:
+    """Where each link's rate comes from, each way, for the report."""
+    return [{"up": s.up.source or describe_link(LinkSpec(s.up, s.up)),
+             "down": s.down.source or describe_link(LinkSpec(s.down, s.down)),
+             "link": describe_link(s)} for s in links]
+
+
 def _flows(scenario: Scenario, opts: Options) -> list[Flow]:
-    return flows_for(scenario, opts.flows, opts.udp_rate_mbit, opts.udp_len)
+    return flows_for(scenario, opts.flows, opts.udp_rate_mbit, opts.udp_len,
+                     plan_for(scenario, opts).directions)
 
 
 def count_runs_for(scenario: Scenario, opts: Options) -> int:
     """Runs expected before the lab says which systems are available."""
+    plan = plan_for(scenario, opts)
     n_plain = {"ceiling": 1, "failover": 0}.get(scenario.kind, len(scenario.links))
-    # Every scheduler variant from the current tree and each --stripe-tree.
-    n_stripe = len(opts.schedulers) * (1 + len(opts.stripe_trees))
-    # ceiling: wireguard-go; others: ECMP and MPTCP.
-    n_sys = n_plain + (1 if scenario.kind == "ceiling" else 2) + n_stripe
+    # Every scheduler variant from the current tree and each --stripe-tree
+    # (the example configs' only if they differ from the default).
+    n_stripe = len(_variants(plan.schedulers, {})) * (1 + len(opts.stripe_trees))
+    # ceiling: wireguard-go; real links: MPTCP; others: ECMP and MPTCP.
+    n_sys = n_plain + {"ceiling": 1, "reallinks": 1}.get(scenario.kind, 2) + n_stripe
     # Each repeat runs every system; a profiled extra, once per stripe system.
-    per_flow = n_sys * opts.repeat + (n_stripe if opts.profile == "extra" else 0)
+    per_flow = n_sys * plan.repeat + (n_stripe if opts.profile == "extra" else 0)
     total = 0
     for flow in _flows(scenario, opts):
-        total += per_flow * (len(opts.ccs) if flow.kind == "tcp" else 1)
+        total += per_flow * (len(plan.ccs) if flow.kind == "tcp" else 1)
     return total
+
+
+def run_overhead_s(scenario: Scenario) -> float:
+    return REAL_RUN_OVERHEAD_S if scenario.kind == "reallinks" else RUN_OVERHEAD_S
 
 
 def estimate_seconds(opts: Options) -> float:
     """Rough wall time: run lengths plus set-up per run, ~5 s per lab."""
     total = 0.0
     for s in opts.scenarios:
-        total += 5 + count_runs_for(s, opts) * ((s.fixed_seconds or opts.seconds) + RUN_OVERHEAD_S)
+        per_run = plan_for(s, opts).seconds + run_overhead_s(s)
+        total += 5 + count_runs_for(s, opts) * per_run
     return total
 
 
@@ -353,11 +470,11 @@ def fit_seconds(opts: Options, budget_s: float) -> float:
     for it; fail when even short runs would not fit.
     """
     fixed = sum(
-        5 + count_runs_for(s, opts) * ((s.fixed_seconds or 0.0) + RUN_OVERHEAD_S)
+        5 + count_runs_for(s, opts) * ((s.fixed_seconds or 0.0) + run_overhead_s(s))
         for s in opts.scenarios
     )
     scalable = sum(count_runs_for(s, opts) for s in opts.scenarios if s.fixed_seconds is None)
-    seconds = (budget_s - fixed) / scalable if scalable else opts.seconds
+    seconds = (budget_s - fixed) / scalable if scalable else opts.seconds or DEFAULT_SECONDS
     if seconds < MIN_FITTED_SECONDS:
         raise ValueError(
             f"{budget_s / 60:g} min is too short for this plan ({count_runs(opts)} runs): "
@@ -405,6 +522,9 @@ def run(opts: Options) -> Path:
         "udp_len": opts.udp_len,
         "schedulers": opts.schedulers,
         "scenarios": [s.name for s in opts.scenarios],
+        "plans": {s.name: dataclasses.asdict(plan_for(s, opts)) for s in opts.scenarios},
+        "traces": str(opts.traces) if opts.traces else None,
+        "seed": opts.seed,
         "profiled": opts.profile,
         "stripe_trees": trees,
     }

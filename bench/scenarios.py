@@ -3,19 +3,31 @@
 Each scenario fixes a lab (links with per-direction rate, delay, jitter,
 loss), a test length, and its kind: ``throughput`` (goodput vs baselines),
 ``failover`` (link 1 cut mid-run, restored later), ``ceiling`` (unshaped,
-the most stripe carries, its CPU and memory, against wireguard-go) or
-``latency`` (ping RTT idle and under load). ``python -m bench list`` prints them.
+the most stripe carries, its CPU and memory, against wireguard-go),
+``latency`` (ping RTT idle and under load) or ``reallinks`` (issue 17:
+links that follow LTE traces, a Starlink-like schedule, handovers or deep
+buffers, built per lab by `bench.reallinks`, run both ways, with the
+per-second trace capacity, carried bytes, ping RTT and stalls).
+``python -m bench list`` prints them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from bench import reallinks
 from bench.lab import Direction, LinkSpec
+from bench.lab.iperf import DOWNLOAD, UPLOAD
+from bench.lab.traces import TraceLibrary
 
 FAILOVER_CUT_S = 10.0
 FAILOVER_RESTORE_S = 20.0
 FAILOVER_LENGTH_S = 30.0
+REAL_SECONDS = 60.0  # real links: traces vary, short runs lie
+REAL_HORIZON_MARGIN_S = 30.0  # generated schedules run this much past the run
+MakeLinks = Callable[[TraceLibrary, float], tuple[LinkSpec, ...]]
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,20 @@ class Scenario:
     fixed_seconds: float | None = None  # a length the scenario itself needs
     topology: str | None = None  # forces Lab.topology (else the run's --topology)
     impairment: str | None = None  # forces Lab.impairment (else the run's --impairment)
+    # Real links: the lab's links are made per run by make_links(library,
+    # horizon_s); `links` then only describes them (trace names, no files).
+    make_links: MakeLinks | None = field(default=None, compare=False)
+    directions: tuple[str, ...] = ("",)  # "" (client sends, unnamed), UPLOAD, DOWNLOAD
+    # What a run of this scenario does unless --repeat/--cc/--seconds say otherwise.
+    default_repeat: int | None = None
+    default_ccs: tuple[str, ...] | None = None
+    default_seconds: float | None = None
+
+    def links_for(self, library: TraceLibrary, seconds: float) -> tuple[LinkSpec, ...]:
+        """The links of a lab that runs ``seconds`` per run."""
+        if self.make_links is None:
+            return self.links
+        return self.make_links(library, seconds + REAL_HORIZON_MARGIN_S)
 
     @property
     def shaped_sum_mbit(self) -> float | None:
@@ -39,6 +65,16 @@ class Scenario:
 
 def _sym(rate: float | None, delay_ms: float = 0.0, loss: float = 0.0) -> LinkSpec:
     return LinkSpec.symmetric(rate, delay_ms=delay_ms, loss=loss)
+
+
+def _real(name: str, doc: str, make_links: MakeLinks, ccs: tuple[str, ...] = ("cubic",),
+          repeat: int = 1) -> Scenario:
+    """A real-links scenario: both directions, 60 s runs, its own defaults."""
+    return Scenario(
+        name, doc, make_links(TraceLibrary.describing(), REAL_SECONDS), kind="reallinks",
+        make_links=make_links, directions=(UPLOAD, DOWNLOAD), default_repeat=repeat,
+        default_ccs=ccs, default_seconds=REAL_SECONDS,
+    )
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -136,14 +172,28 @@ SCENARIOS: dict[str, Scenario] = {
             (_sym(5), _sym(5)),
             kind="latency",
         ),
+        _real("lte-pair", "two LTE links replaying the T-Mobile and Verizon traces "
+              "(300 ms queues, 20 ms each way)", reallinks.lte_pair, ("cubic", "bbr"), 3),
+        _real("lte-dsl", "the T-Mobile LTE trace and a fixed 10 Mbit/s line with 20 ms each "
+              "way and a 100 ms buffer", reallinks.lte_dsl),
+        _real("handover", "the two LTE links of lte-pair, each silent for 1-3 s (queue kept) "
+              "every 10-30 s, never both at once", reallinks.handover),
+        _real("starlink", "a Starlink-like link (rate 20-60 down / 4-12 up Mbit/s and 10-30 ms "
+              "each way, drawn every 15 s, a 50-300 ms outage flushing its queue at each step) "
+              "and the Verizon LTE trace", reallinks.starlink_lte),
+        _real("bloat", "two fixed 10 Mbit/s lines with 500 ms buffers, 5 ms each way",
+              reallinks.bloat),
     )
 }
+REAL_LINKS = tuple(name for name, s in SCENARIOS.items() if s.kind == "reallinks")
 
 # Names that expand to several presets.
 ALIASES: dict[str, tuple[str, ...]] = {
     "failover": ("failover-down", "failover-blackhole"),
     "ceiling": ("ceiling-1", "ceiling-2", "ceiling-8", "ceiling-lossy"),
-    "all": tuple(SCENARIOS),
+    "real-links": REAL_LINKS,
+    # The fixed-link suite; the real-links suite is run on its own (~90 min).
+    "all": tuple(name for name in SCENARIOS if name not in REAL_LINKS),
 }
 
 
@@ -163,8 +213,20 @@ def resolve(names: list[str]) -> list[Scenario]:
 
 def describe_link(spec: LinkSpec) -> str:
     def one(d: Direction) -> str:
-        parts = [f"{d.rate_mbit:g} Mbit/s" if d.rate_mbit else "unshaped"]
-        if d.delay_ms:
+        if d.trace is not None:
+            parts = [f"trace {Path(d.trace).name}"]
+        elif d.emulated_mbit is not None:
+            parts = [f"{d.emulated_mbit:g} Mbit/s (emulated)"]
+        else:
+            parts = [f"{d.rate_mbit:g} Mbit/s" if d.rate_mbit else "unshaped"]
+        if d.queue_ms is not None:
+            parts.append(f"{d.queue_ms:g} ms queue")
+        if d.queue_bytes is not None:
+            parts.append(f"{d.queue_bytes // 1000} kB queue")
+        if d.delay_steps:
+            delays = [ms for _, ms in d.delay_steps]
+            parts.append(f"{min(delays):g}-{max(delays):g} ms")
+        elif d.delay_ms:
             parts.append(f"{d.delay_ms:g} ms")
         if d.jitter_ms:
             parts.append(f"+-{d.jitter_ms:g} ms")
@@ -173,4 +235,8 @@ def describe_link(spec: LinkSpec) -> str:
         return " ".join(parts)
 
     up, down = one(spec.up), one(spec.down)
-    return up if up == down else f"up {up} / down {down}"
+    text = up if up == down else f"up {up} / down {down}"
+    if spec.outages:
+        flush = "flushed" if all(o.flush for o in spec.outages) else "kept"
+        text += f"; {len(spec.outages)} outages (queue {flush})"
+    return text

@@ -10,7 +10,10 @@ Everything outside this package (the systems, the runner, the attack bench,
   nftables settings of :mod:`bench.lab.shaping` and the namespace
   housekeeping of :mod:`bench.lab.netns`;
 * :mod:`bench.lab.emulator`: the userspace link emulator (delay, jitter,
-  loss), run as ``python -m bench.lab.emulator`` in the middle namespace;
+  loss, and real links' bottlenecks: :mod:`bench.lab.linkmodel`), run as
+  ``python -m bench.lab.emulator`` in the middle namespace; the traces it
+  replays come from :mod:`bench.lab.traces` (recorded files, or synthetic
+  stand-ins from :mod:`bench.lab.synthetic`);
 * :mod:`bench.lab.procs` and :mod:`bench.lab.sh`: background processes
   stopped by PID, commands run to completion, the tools they need;
 * :mod:`bench.lab.iperf` and :mod:`bench.lab.udp_drops`: the traffic and

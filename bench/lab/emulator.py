@@ -15,15 +15,25 @@ Jitter keeps each direction FIFO (a frame is never released before the one
 ahead of it), as on a real access link and as stripe's reordering assumes.
 Timing granularity is epoll's 1 ms (mahimahi's traces are in ms too).
 
+Non-IP frames (ARP) skip a lane's loss, bottleneck and outages and only
+see its propagation delay: a trace-driven link stands for a point-to-point
+access link, which has no neighbour resolution that an outage or a full
+queue could make fail (the kernel would then drop IP packets for seconds
+after the outage, which no real cellular link does).
+
 Usage (inside the middle namespace): ``python -m bench.lab.emulator
 SPEC_JSON [SEED]`` where SPEC_JSON is a list of ``{"a": IF, "b": IF, "a_to_b": {...},
 "b_to_a": {...}, "outages": [[start_s, duration_s, flush], ...]}`` with
-direction fields ``delay_ms``, ``jitter_ms``, ``loss``, and for a
-bottleneck ``trace`` (a mahimahi file) or ``constant_mbit``, with
-``queue_bytes`` or ``queue_ms`` (at the trace's mean rate), and ``ge``
-(``{"p":, "r":, "loss_good":, "loss_bad":}``).  Prints ``ready`` once bound.
+direction fields ``delay_ms``, ``jitter_ms``, ``loss``, ``delay_steps``
+(``[[start_s, delay_ms], ...]``: the delay from then on, on the trace
+clock), and for a bottleneck ``trace`` (a mahimahi file) or
+``constant_mbit``, with ``queue_bytes`` or ``queue_ms`` (at the trace's
+mean rate), and ``ge`` (``{"p":, "r":, "loss_good":, "loss_bad":}``).
+Outages need a bottleneck in both directions.  Prints ``ready`` once bound.
 SIGUSR1 marks a run: it prints one JSON line with each lane's per-second
-counts since the last mark (``{"mark": ...}``) and restarts every trace and
+counts since the last mark (``{"mark": n, "t0": monotonic, "seconds": ...,
+"lanes": {lane: [{count: n}, ...]}, "delivered_100ms": {lane: [bytes per
+100 ms]}}``) and restarts every trace and
 outage schedule at that moment, so each run replays the traces from their
 start.  SIGTERM/SIGINT stop it after one JSON line of totals.
 """
@@ -44,7 +54,7 @@ import time
 from dataclasses import dataclass, field
 from types import FrameType
 
-from bench.lab.linkmodel import Bottleneck, GilbertElliott, Outage, Trace
+from bench.lab.linkmodel import Bottleneck, GilbertElliott, Outage, Steps, Trace
 
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4  # sll_pkttype of frames this host sent itself
@@ -61,6 +71,7 @@ IDLE_WAIT_S = 0.5
 
 
 ETHERNET_HEADER_BYTES = 14
+IP_ETHERTYPES = (b"\x08\x00", b"\x86\xdd")  # IPv4, IPv6
 COUNTS = ("in", "out", "lost", "queue_drop", "outage_drop", "delivered_bytes")
 
 
@@ -75,10 +86,13 @@ class Lane:
     loss: float
     ge: GilbertElliott | None = None
     bottleneck: Bottleneck | None = None
+    delay_steps: Steps | None = None  # the delay (s) by trace time, if it steps
     last_release: float = 0.0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     # Per second since the last mark: the same counts.
     seconds: list[dict[str, int]] = field(default_factory=list)
+    # Per 100 ms since the last mark: the bytes delivered.
+    tenths: list[int] = field(default_factory=list)
 
     def count(self, what: str, now: float, t0: float, amount: int = 1) -> None:
         self.counts[what] += amount
@@ -86,6 +100,11 @@ class Lane:
         while len(self.seconds) <= second:
             self.seconds.append(dict.fromkeys(COUNTS, 0))
         self.seconds[second][what] += amount
+        if what == "delivered_bytes":
+            tenth = int((now - t0) * 10)
+            if len(self.tenths) <= tenth:
+                self.tenths.extend([0] * (tenth + 1 - len(self.tenths)))
+            self.tenths[tenth] += amount
 
 
 def open_socket(ifname: str) -> socket.socket:
@@ -132,7 +151,7 @@ def _burst_loss(spec: dict[str, object]) -> GilbertElliott | None:
     return model
 
 
-def _bottleneck(spec: dict[str, object], outages: tuple[Outage, ...]) -> Bottleneck | None:
+def bottleneck_from_spec(spec: dict[str, object], outages: tuple[Outage, ...]) -> Bottleneck | None:
     """The lane's trace or constant-rate queue, if it has one."""
     if "trace" in spec:
         trace = Trace.load(str(spec["trace"]))
@@ -150,7 +169,19 @@ def _bottleneck(spec: dict[str, object], outages: tuple[Outage, ...]) -> Bottlen
     return Bottleneck(trace, queue, outages)
 
 
-def _outages(raw: object) -> tuple[Outage, ...]:
+def _delay_steps(spec: dict[str, object], delay_s: float) -> Steps | None:
+    raw = spec.get("delay_steps")
+    if not raw:
+        return None
+    if not isinstance(raw, list):
+        raise ValueError(f"delay_steps must be a list, not {raw!r}")
+    steps = tuple((float(start), float(ms) / 1000) for start, ms in raw)
+    if any(delay < 0 for _, delay in steps):
+        raise ValueError(f"bad delay_steps {raw!r}")
+    return Steps(delay_s, steps)
+
+
+def outages_from_spec(raw: object) -> tuple[Outage, ...]:
     if not isinstance(raw, list):
         raise ValueError(f"outages must be a list, not {raw!r}")
     return tuple(Outage(float(start), float(length), bool(flush))
@@ -176,7 +207,7 @@ class Emulator:
             a = open_socket(str(link["a"]))
             b = open_socket(str(link["b"]))
             self.sockets += [a, b]
-            outages = _outages(link.get("outages", []))
+            outages = outages_from_spec(link.get("outages", []))
             for src, dst, key, label in (
                 (a, b, "a_to_b", f"{link['a']}>"),
                 (b, a, "b_to_a", f"{link['b']}>"),
@@ -184,11 +215,15 @@ class Emulator:
                 direction = link[key]
                 delay_s, jitter_s, loss = _impairment(direction)
                 assert isinstance(direction, dict)
-                bottleneck = _bottleneck(direction, outages)
+                bottleneck = bottleneck_from_spec(direction, outages)
                 if bottleneck is not None:
                     bottleneck.restart(self.t0)
+                elif outages:
+                    raise ValueError(f"link {link['a']}: outages need a bottleneck "
+                                     "(trace or constant_mbit) in both directions")
                 self.lanes[src.fileno()] = Lane(label, dst, delay_s, jitter_s, loss,
-                                                _burst_loss(direction), bottleneck)
+                                                _burst_loss(direction), bottleneck,
+                                                _delay_steps(direction, delay_s))
 
     def mark(self) -> dict[str, object]:
         """The per-second counts since the last mark; traces restart now."""
@@ -196,20 +231,25 @@ class Emulator:
         record: dict[str, object] = {
             "mark": self.marks, "t0": self.t0, "seconds": now - self.t0,
             "lanes": {lane.name: lane.seconds for lane in self.lanes.values()},
+            "delivered_100ms": {lane.name: lane.tenths for lane in self.lanes.values()},
         }
         self.marks += 1
         self.t0 = now
         for lane in self.lanes.values():
             lane.seconds = []
+            lane.tenths = []
             if lane.bottleneck is not None:
                 lane.bottleneck.restart(now)
         return record
 
-    def _send(self, lane: Lane, frame: bytes, now: float) -> None:
+    def _send(self, lane: Lane, frame: bytes, now: float, due: float) -> None:
+        """Write a frame that was due out at ``due``; it counts then (the
+        link's own time), not when this loop got to it a little later."""
+        at = max(due, self.t0)  # due before the last mark: the mark's first moment
         try:
             lane.out.send(frame)
-            lane.count("out", now, self.t0)
-            lane.count("delivered_bytes", now, self.t0, len(frame) - ETHERNET_HEADER_BYTES)
+            lane.count("out", at, self.t0)
+            lane.count("delivered_bytes", at, self.t0, len(frame) - ETHERNET_HEADER_BYTES)
         except OSError as exc:
             # ENOBUFS: tbf's queue is full, the frame is tail-dropped like
             # on a real bottleneck. ENETDOWN: link cut on the far side.
@@ -221,10 +261,11 @@ class Emulator:
         """A frame left the lane's bottleneck (or arrived, without one) at
         `left`: after the propagation delay it goes out."""
         jitter = self.rng.uniform(-lane.jitter_s, lane.jitter_s) if lane.jitter_s else 0.0
-        release = max(left + max(0.0, lane.delay_s + jitter), lane.last_release)
+        delay = lane.delay_s if lane.delay_steps is None else lane.delay_steps.at(left - self.t0)
+        release = max(left + max(0.0, delay + jitter), lane.last_release)
         lane.last_release = release
         if release <= now:
-            self._send(lane, frame, now)
+            self._send(lane, frame, now, release)
         else:
             self.seq += 1
             heapq.heappush(self.heap, (release, self.seq, lane, frame))
@@ -236,8 +277,11 @@ class Emulator:
             bottleneck = lane.bottleneck
             if bottleneck is None:
                 continue
+            flushed = bottleneck.flushed
             for left, frame in bottleneck.serve(now):
                 self._propagate(lane, frame, left, now)  # type: ignore[arg-type]
+            if bottleneck.flushed > flushed:
+                lane.count("outage_drop", now, self.t0, bottleneck.flushed - flushed)
             at = bottleneck.next_time()
             if at is not None and (due is None or at < due):
                 due = at
@@ -257,6 +301,9 @@ class Emulator:
             if addr[2] == PACKET_OUTGOING:
                 continue
             lane.count("in", now, self.t0)
+            if lane.bottleneck is not None and frame[12:14] not in IP_ETHERTYPES:
+                self._propagate(lane, frame, now, now)  # ARP: see the module's doc
+                continue
             if lane.ge is not None:
                 lost = lane.ge.lose(self.rng)
             else:
@@ -290,8 +337,8 @@ class Emulator:
             now = time.monotonic()
             due = self._serve(now)
             while self.heap and self.heap[0][0] <= now:
-                _, _, lane, frame = heapq.heappop(self.heap)
-                self._send(lane, frame, now)
+                release, _, lane, frame = heapq.heappop(self.heap)
+                self._send(lane, frame, now, release)
             if self.heap and (due is None or self.heap[0][0] < due):
                 due = self.heap[0][0]
             timeout = due - now if due is not None else IDLE_WAIT_S
@@ -300,6 +347,10 @@ class Emulator:
             except InterruptedError:
                 continue
             now = time.monotonic()
+            if events:
+                # Opportunities that came while the poll slept belong to the
+                # packets queued before it, not to those arriving now.
+                self._serve(now)
             for fd, _ in events:
                 if fd == wake_r:
                     with contextlib.suppress(BlockingIOError):

@@ -13,7 +13,7 @@ no extra delay setting, only a deep queue.
 
 On top of the bottleneck: random loss or Gilbert-Elliott burst loss before
 the queue, outages (no opportunities, both directions, the queue kept or
-flushed), and a fixed propagation delay after it (`emulator`).
+flushed), and a propagation delay after it, fixed or stepping (`Steps`) (`emulator`).
 
 Everything takes `now` (seconds, any monotonic origin) and the trace's own
 clock starts at `restart(now)`, so a run can replay a trace from its start.
@@ -51,7 +51,7 @@ class Trace:
                 text = line.strip()
                 if not text:
                     continue
-                if not text.isdigit():
+                if not (text.isascii() and text.isdigit()):
                     raise TraceError(f"{path}:{number}: expected a whole number of "
                                      f"milliseconds, got {text[:40]!r}")
                 value = int(text)
@@ -77,10 +77,16 @@ class Trace:
 
     def opportunities_between(self, start_ms: float, end_ms: float) -> int:
         """How many opportunities fall in [start_ms, end_ms) (trace clock, looped)."""
-        return self._count_before(end_ms) - self._count_before(start_ms)
+        return self.count_before(end_ms) - self.count_before(start_ms)
 
-    def _count_before(self, t_ms: float) -> int:
+    def count_before(self, t_ms: float) -> int:
+        """How many opportunities come before `t_ms`: the index of the first
+        at or after it."""
         loops, rest = divmod(t_ms, self.period_ms)
+        if rest == 0 and loops > 0:
+            # Opportunities at the loop's last millisecond (== period) are
+            # at `t_ms` itself, not before it.
+            loops, rest = loops - 1, self.period_ms
         return int(loops) * len(self.times_ms) + bisect.bisect_left(self.times_ms, rest)
 
     def opportunity_ms(self, index: int) -> int:
@@ -107,6 +113,25 @@ class GilbertElliott:
 
 
 @dataclass(frozen=True, slots=True)
+class Steps:
+    """A value that steps at given times of the trace clock: `initial` until
+    the first `(start_s, value)` step, then each step's value until the next
+    (e.g. a satellite link's base delay, which changes at reconfigurations)."""
+
+    initial: float
+    steps: tuple[tuple[float, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        starts = [start for start, _ in self.steps]
+        if starts != sorted(starts):
+            raise ValueError(f"steps out of order: {starts}")
+
+    def at(self, t_s: float) -> float:
+        i = bisect.bisect_right(self.steps, t_s, key=lambda step: step[0]) - 1
+        return self.initial if i < 0 else self.steps[i][1]
+
+
+@dataclass(frozen=True, slots=True)
 class Outage:
     start_s: float  # from the trace clock's start
     duration_s: float
@@ -122,17 +147,28 @@ class Bottleneck:
 
     Empty state: nothing queued, the trace clock at 0 from `restart`.
     Invariants: packets leave in arrival order; the queue never holds more
-    than `queue_bytes`; no opportunity is used twice.
+    than `queue_bytes`; no opportunity is used twice; outages do not overlap
+    (ValueError otherwise).  `flushed` counts the queued packets a flushing
+    outage dropped (arrivals it refuses are `offer`'s "outage_drop").
     """
 
     trace: Trace
     queue_bytes: int
     outages: tuple[Outage, ...] = ()
     t0: float = 0.0
+    flushed: int = 0
     _queue: deque[tuple[int, object]] = field(default_factory=deque)
     _backlog: int = 0
     _next: int = 0  # index of the next unused opportunity
     _head_left: int = 0  # bytes of the head packet still to send (0: not started)
+    _starts: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.outages = tuple(sorted(self.outages, key=lambda o: o.start_s))
+        for before, after in zip(self.outages, self.outages[1:], strict=False):
+            if after.start_s < before.start_s + before.duration_s:
+                raise ValueError(f"outages overlap: {before} and {after}")
+        self._starts = [o.start_s for o in self.outages]
 
     def restart(self, now: float) -> None:
         """The trace starts again at `now`; what waits stays queued."""
@@ -147,9 +183,9 @@ class Bottleneck:
         return (now - self.t0) * 1000
 
     def _outage(self, t_s: float) -> Outage | None:
-        for outage in self.outages:
-            if outage.covers(t_s):
-                return outage
+        i = bisect.bisect_right(self._starts, t_s) - 1
+        if i >= 0 and self.outages[i].covers(t_s):
+            return self.outages[i]
         return None
 
     def offer(self, now: float, size: int, item: object) -> str | None:
@@ -162,9 +198,7 @@ class Bottleneck:
             return "queue_drop"
         if not self._queue:
             # Opportunities that passed while the queue was empty are lost.
-            clock = self._clock_ms(now)
-            while self.trace.opportunity_ms(self._next) < clock:
-                self._next += 1
+            self._next = max(self._next, self.trace.count_before(self._clock_ms(now)))
         self._queue.append((size, item))
         self._backlog += size
         return None
@@ -180,7 +214,7 @@ class Bottleneck:
                 break
             self._next += 1
             at = self.t0 + at_ms / 1000
-            outage = self._outage(at - self.t0)
+            outage = self._outage(at_ms / 1000)
             if outage is not None:
                 if outage.flush:
                     self._drop_all()
@@ -201,6 +235,7 @@ class Bottleneck:
         return gone
 
     def _drop_all(self) -> None:
+        self.flushed += len(self._queue)
         self._queue.clear()
         self._backlog = 0
         self._head_left = 0

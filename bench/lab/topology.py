@@ -11,7 +11,11 @@ Topology per link ``i`` (addresses 10.i.0.1/30 client, 10.i.0.2/30 server):
   either endpoint (as with a real ISP link). The middle joins each pair with
   a Linux bridge, or, when a link is impaired, with ``bench.lab.emulator`` (L2
   bridging in userspace with delay/jitter/loss) or netem where the kernel
-  has it.
+  has it.  A direction with an emulated bottleneck (a mahimahi trace or a
+  constant rate with its own drop-tail queue, `bench.lab.linkmodel`), burst
+  loss, stepping delay or outages always takes the emulator, and no tbf:
+  its rate is the emulator's.  ``Lab.mark`` restarts the traces and returns
+  what each lane carried per second since the previous mark.
 * impairment ``nftables``: random loss only, at kernel speed (the emulator
   carries tens of Mbit/s, not Gbit/s): nftables drop rules on each link's
   receiving endpoint, segmentation offloads off so a drop takes one
@@ -25,13 +29,17 @@ in-kernel MPTCP endpoints (the server announces its other link addresses).
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
 from bench import REPO_ROOT
+from bench.lab.emulator import bottleneck_from_spec
+from bench.lab.linkmodel import Bottleneck
 from bench.lab.netns import delete_namespace, list_namespaces
 from bench.lab.procs import Proc, last_json_line
 from bench.lab.sh import CommandError, ensure_tools, run
@@ -87,6 +95,8 @@ class Lab:
     use_netem: bool = field(default=False, init=False)
     emulator: Proc | None = field(default=None, init=False)
     emulator_stats: dict[str, object] = field(default_factory=dict, init=False)
+    _marks: int = field(default=0, init=False)
+    _models: dict[tuple[int, bool], Bottleneck | None] = field(default_factory=dict, init=False)
     _created: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +132,12 @@ class Lab:
         return self.impaired and not self.use_netem
 
     @property
+    def needs_emulator(self) -> bool:
+        """Does a link need what only the userspace emulator does (a
+        bottleneck, burst loss, stepping delay, outages)?"""
+        return any(d.needs_emulator for s in self.specs for d in (s.up, s.down))
+
+    @property
     def impairment_used(self) -> str:
         """How the links are made, for the report."""
         if self.nft_loss:
@@ -136,6 +152,9 @@ class Lab:
             return "bridge in a middle namespace, tbf there"
         if self.use_netem:
             return "netem + tbf in a middle namespace"
+        if self.needs_emulator:
+            return ("userspace emulator in a middle namespace: trace-driven or constant-rate "
+                    "bottlenecks with drop-tail queues there (tbf on fixed-rate links)")
         return "userspace emulator + tbf in a middle namespace"
 
     @property
@@ -165,7 +184,11 @@ class Lab:
             self._sysctl(ns, "net.ipv4.conf.default.rp_filter=0")
             # Hash on ports too, so parallel ECMP flows may take different links.
             self._sysctl(ns, "net.ipv4.fib_multipath_hash_policy=1")
-        if self.impaired:
+        if self.impaired and self.needs_emulator:
+            if self.impairment == "netem":
+                raise CommandError("--impairment netem: these links need the userspace "
+                                   "emulator (trace-driven bottleneck, burst loss or outages)")
+        elif self.impaired:
             self.use_netem = self.impairment == "netem" or (
                 self.impairment == "auto" and netem_works(self.names.mid_ns)
             )
@@ -285,12 +308,7 @@ class Lab:
 
     def _start_emulator(self) -> None:
         spec = [
-            {
-                "a": n.mid_client_if,
-                "b": n.mid_server_if,
-                "a_to_b": asdict(s.up),
-                "b_to_a": asdict(s.down),
-            }
+            s.emulator_spec(n.mid_client_if, n.mid_server_if)
             for n, s in zip(self.names.links, self.specs, strict=True)
         ]
         self.emulator = Proc(
@@ -312,6 +330,47 @@ class Lab:
         raise CommandError("link emulator did not start:\n" + self.emulator.tail())
 
     # -- operating ------------------------------------------------------
+
+    def lane_names(self, i: int) -> tuple[str, str]:
+        """The emulator's names of link ``i``'s lanes: (up, down)."""
+        n = self.names.links[i]
+        return f"{n.mid_client_if}>", f"{n.mid_server_if}>"
+
+    def capacity_mbit(self, i: int, up: bool, seconds: int) -> list[float] | None:
+        """Link ``i``'s capacity one way (``up``: client -> server) in each of
+        the first ``seconds`` seconds of its trace clock (outages excluded), in
+        Mbit/s of IP packets; None if the emulator does not make its rate."""
+        key = (i, up)
+        if key not in self._models:
+            spec = self.specs[i]
+            direction = spec.up if up else spec.down
+            self._models[key] = (
+                bottleneck_from_spec(direction.emulator_spec(), spec.outages)
+                if direction.bottleneck else None
+            )
+        model = self._models[key]
+        if model is None:
+            return None
+        return [round(model.capacity_bytes(k, k + 1) * 8 / 1e6, 3) for k in range(seconds)]
+
+    def mark(self, timeout_s: float = 5.0) -> dict[str, object]:
+        """Restart the emulator's traces and outage schedules now; returns its
+        record of the time since the previous mark (``{"mark", "t0",
+        "seconds", "lanes": {lane: [per-second counts]}}``, see
+        `bench.lab.emulator`).  CommandError without an emulator or a record."""
+        if self.emulator is None or not self.emulator.alive():
+            raise CommandError("no link emulator runs in this lab")
+        number = self._marks
+        self._marks += 1
+        os.kill(self.emulator.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            record = _find_mark(self.emulator.log, number)
+            if record is not None:
+                return record
+            time.sleep(0.01)
+        raise CommandError(f"the link emulator did not answer mark {number}:\n"
+                           + self.emulator.tail())
 
     def counters(self) -> list[Counters]:
         """Counters of each link's client-side interface, read in one command."""
@@ -391,6 +450,19 @@ class Lab:
         for ns in reversed(self._created):
             delete_namespace(ns)
         self._created.clear()
+
+
+def _find_mark(log: Path, number: int) -> dict[str, object] | None:
+    """The emulator's complete record of mark ``number`` in its log, if written yet."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines(keepends=True):
+        if line.startswith(f'{{"mark": {number},') and line.endswith("\n"):
+            record = json.loads(line)
+            return dict(record) if isinstance(record, dict) else None
+    return None
 
 
 def mptcp_available() -> bool:

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from bench.report.analysis import Record, Summary, system_order
+from bench.report.realplots import real_plots
 from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, SCENARIOS
 
 
@@ -38,7 +39,8 @@ def make_plots(directory: Path, records: list[Record], summaries: list[Summary])
         lambda: defaultdict(list)
     )
     for r in records:
-        if r.get("per_second_mbit") and r["flow"] != "ping":
+        # Real links have their own plots (bench.report.realplots).
+        if r.get("per_second_mbit") and r["flow"] != "ping" and not r.get("real"):
             groups[(r["scenario"], r["flow"], r.get("cc") or "default")][r["system"]].append(r)
 
     for (scenario, flow, cc), by_system in groups.items():
@@ -87,9 +89,10 @@ def make_plots(directory: Path, records: list[Record], summaries: list[Summary])
             plt.close(fig)
             made.append(name)
 
+    real = {r["scenario"] for r in records if r.get("real")}
     by_scenario: dict[str, list[Summary]] = defaultdict(list)
     for s in summaries:
-        if s.flow != "ping":
+        if s.flow != "ping" and s.scenario not in real:
             by_scenario[s.scenario].append(s)
     for scenario, unordered in by_scenario.items():
         rows = sorted(unordered, key=lambda s: (system_order(s.system), s.flow, s.cc or ""))
@@ -133,4 +136,4 @@ def make_plots(directory: Path, records: list[Record], summaries: list[Summary])
         fig.savefig(directory / name, dpi=100)
         plt.close(fig)
         made.append(name)
-    return made
+    return made + real_plots(directory, records)

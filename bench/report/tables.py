@@ -17,6 +17,8 @@ from bench.report.analysis import (
     summarize,
     system_order,
 )
+from bench.report.reallinks import RealSummary, links_lines, notes, overview, real_summaries
+from bench.report.reallinks import scenario_table as real_table
 from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, SCENARIOS, describe_link
 
 
@@ -177,13 +179,15 @@ def overview_table(summaries: list[Summary]) -> list[str]:
 
 def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
     summaries = summarize(records)
+    real = real_summaries(records, summaries)
     lines = [
         "# stripe benchmark results",
         "",
         f"Command: `{meta.get('command', '?')}`  ",
         f"Started (UTC): {meta.get('started', '?')}; load average at the end: "
         f"{meta.get('load_average', '?')}  ",
-        f"Repeats: {meta.get('repeat')}; goodput = iperf3 receiver side, median "
+        f"Repeats: {meta.get('repeat') or 'per scenario (meta.json: plans)'}; "
+        "goodput = iperf3 receiver side, median "
         "[min-max] over repeats; share = of the sum of each plain link alone (same flow "
         "and cc); link share = bytes each link carried (both directions, client side), %.",
         "",
@@ -201,6 +205,12 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
             "",
         ]
     lines += overview_table(summaries)
+    if real:
+        lines += overview(real)
+        if meta.get("seed") is not None:
+            traces = meta.get("traces") or "none: synthetic stand-ins"
+            lines += [f"Real links: traces from {traces}; seed {meta['seed']} "
+                      "(synthetic traces, handovers, Starlink).", ""]
     for name in dict.fromkeys(r["scenario"] for r in records):
         scen = SCENARIOS.get(name)
         rows = sorted(
@@ -219,7 +229,9 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
             lines.append(f"- not run: {system}: {why}")
         if skipped:
             lines.append("")
-        if scen is not None and scen.kind == "latency":
+        if scen is not None and scen.kind == "reallinks":
+            lines += _real_section(name, real, meta)
+        elif scen is not None and scen.kind == "latency":
             lines += [
                 "| system | cc | RTT idle (ms) | RTT under load (ms) | under load, p95 (ms) "
                 "| goodput (Mbit/s) |",
@@ -276,10 +288,20 @@ def results_markdown(records: list[Record], meta: dict[str, Any]) -> str:
         lines.append("")
     lines += failover_table(records, summaries)
     lines += profiles_section(meta.get("profiles", []))
-    lines += ["## Plots", ""]
-    for png in sorted(meta.get("plots", [])):
+    # The real links' plots are in their scenarios' sections.
+    plots = sorted(p for p in meta.get("plots", []) if not p.startswith("real-"))
+    if plots:
+        lines += ["## Plots", ""]
+    for png in plots:
         lines.append(f"![{png}](plots/{png})")
     return "\n".join(lines) + "\n"
+
+
+def _real_section(name: str, real: list[RealSummary], meta: dict[str, Any]) -> list[str]:
+    rows = [s for s in real if s.scenario == name]
+    plots = [p for p in meta.get("plots", []) if p.startswith(f"real-{name}-")]
+    lines = [*links_lines(meta, name), *real_table(rows), *notes()]
+    return lines + [f"![{p}](plots/{p})" for p in sorted(plots)]
 
 
 def profiles_section(texts: list[str]) -> list[str]:

@@ -1,10 +1,22 @@
-"""stripe config files generated for a bench lab (fresh keys per run)."""
+"""stripe config files generated for a bench lab (fresh keys per run).
+
+What a stripe system runs with is its *variant*: a scheduler name, with
+``[interface]`` settings after a colon (`split_variant`); ``default``, no
+scheduler key at all (whatever the stripe that runs it defaults to); or
+``example``, every setting the shipped example configs make
+(``configs/a.toml`` for the server, ``configs/b.toml`` for the client, their
+``[[link]]`` settings by position) apart from the names, keys and addresses
+the lab sets itself (`StripeSettings.from_examples`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from bench import REPO_ROOT
 from bench.lab import LabNames, LinkSpec
 from bench.systems.stripe import genkey, pubkey
 
@@ -13,6 +25,18 @@ TUNNEL_SERVER_ADDR = "10.200.0.2"
 TUNNEL_PREFIX_LEN = 24
 TUNNEL_MTU = 1400
 BASE_PORT = 5000
+DEFAULT_VARIANT = "default"  # no scheduler key: the stripe's own default
+EXAMPLE_VARIANT = "example"  # the example configs' settings
+EXAMPLE_DIR = REPO_ROOT / "configs"
+# What the lab sets itself (names, keys, addresses, ports) or what has no
+# say in how packets are carried: not taken from the example configs.
+IDENTITY_KEYS = frozenset({
+    "name", "address", "mtu", "private_key", "private_key_file", "listen_port",
+    "control_socket", "user", "metrics", "masquerade", "route_all", "link_routes",
+})
+LINK_IDENTITY_KEYS = frozenset({
+    "name", "interface", "source", "remote", "port", "gateway", "table",
+})
 
 
 @dataclass(frozen=True)
@@ -38,6 +62,90 @@ def _q(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def toml_value(value: Any) -> str:
+    """A TOML literal for a config value (string, bool, number, list)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return _q(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise ValueError(f"no TOML literal for {value!r}")
+
+
+@dataclass(frozen=True)
+class StripeSettings:
+    """What a variant writes beyond the lab's own lines: ``[interface]``
+    lines of the server and of the client, and per client link its lines
+    (``None``: ``weight`` = the link's rate, `link_weight`, and ``backup =
+    false``)."""
+
+    server: tuple[str, ...] = ()
+    client: tuple[str, ...] = ()
+    links: tuple[tuple[str, ...], ...] | None = None
+    # The example configs' own values, for the report and `same_as_default`.
+    values: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_variant(cls, variant: str) -> StripeSettings:
+        if variant == EXAMPLE_VARIANT:
+            return cls.from_examples()
+        scheduler, lines = split_variant(variant)
+        if scheduler != DEFAULT_VARIANT:
+            lines = [f"scheduler = {_q(scheduler)}", *lines]
+        return cls(tuple(lines), tuple(lines))
+
+    @classmethod
+    def from_examples(cls, directory: Path | None = None) -> StripeSettings:
+        """The settings of ``a.toml`` (server) and ``b.toml`` (client) in
+        ``directory`` (default `EXAMPLE_DIR`, the shipped ones)."""
+        directory = directory or EXAMPLE_DIR
+        server = tomllib.loads((directory / "a.toml").read_text())
+        client = tomllib.loads((directory / "b.toml").read_text())
+
+        def own(table: dict[str, Any], identity: frozenset[str]) -> dict[str, Any]:
+            return {k: v for k, v in table.items() if k not in identity}
+
+        server_iface = own(server.get("interface", {}), IDENTITY_KEYS)
+        client_iface = own(client.get("interface", {}), IDENTITY_KEYS)
+        links = [own(link, LINK_IDENTITY_KEYS) for link in client.get("link", [])]
+
+        def lines(values: dict[str, Any]) -> tuple[str, ...]:
+            return tuple(f"{k} = {toml_value(v)}" for k, v in values.items())
+
+        return cls(lines(server_iface), lines(client_iface), tuple(lines(v) for v in links),
+                   {"server": server_iface, "client": client_iface, "links": links})
+
+    def link_lines(self, index: int, spec: LinkSpec) -> list[str]:
+        if self.links is None:
+            return [f"weight = {link_weight(spec)}", "backup = false"]
+        # Links beyond the examples' take the last example link's settings.
+        return list(self.links[min(index, len(self.links) - 1)]) if self.links else []
+
+    def same_as_default(self, default_scheduler: str) -> bool:
+        """Do these example settings ask for nothing but stripe's defaults
+        (``default_scheduler``, weight 1, not a backup)?  Then the example
+        variant runs as the default one does."""
+        if not self.values:
+            return False
+        plain = {"scheduler": default_scheduler}
+        ifaces = (self.values["server"], self.values["client"])
+        if any(not set(v.items()) <= set(plain.items()) for v in ifaces):
+            return False
+        return all(link.get("weight", 1) == 1 and link.get("backup", False) is False
+                   and set(link) <= {"weight", "backup"} for link in self.values["links"])
+
+    def describe(self) -> str:
+        """The example settings as one line, for the report."""
+        parts = [f"server: {'; '.join(self.server) or 'defaults'}",
+                 f"client: {'; '.join(self.client) or 'defaults'}"]
+        if self.links:
+            parts.append("links: " + " / ".join("; ".join(ls) or "defaults" for ls in self.links))
+        return ", ".join(parts)
+
+
 def split_variant(variant: str) -> tuple[str, list[str]]:
     """A bench "scheduler" is a stripe scheduler, optionally with [interface]
     settings after a colon, joined by "+": "adaptive:queue_target_ms=0"
@@ -59,15 +167,14 @@ def server_config(
     """The server's config: one socket per link (port 5000+i, bound to the
     link's address), or with ``one_port`` a single wildcard socket on port
     5000 and no [[link]], so anything sent to that port from anywhere reaches
-    it (the attack bench's server)."""
-    scheduler, settings = split_variant(scheduler)
+    it (the attack bench's server).  ``scheduler``: a variant (see the module's doc)."""
+    settings = StripeSettings.from_variant(scheduler).server
     lines = [
         "[interface]",
         f"name = {_q(tun)}",
         f'address = ["{TUNNEL_SERVER_ADDR}/{TUNNEL_PREFIX_LEN}"]',
         f"mtu = {TUNNEL_MTU}",
         f"private_key = {_q(keys.server_private)}",
-        f"scheduler = {_q(scheduler)}",
         f"listen_port = {BASE_PORT}",
         *settings,
         "",
@@ -90,16 +197,16 @@ def client_config(
     one_port: bool = False,
 ) -> str:
     """The client's config: link i sends to the server's link-i address, on
-    port 5000+i, or 5000 for every link with ``one_port``."""
-    scheduler, settings = split_variant(scheduler)
+    port 5000+i, or 5000 for every link with ``one_port``.  ``scheduler``: a
+    variant (see the module's doc)."""
+    variant = StripeSettings.from_variant(scheduler)
     lines = [
         "[interface]",
         f"name = {_q(tun)}",
         f'address = ["{TUNNEL_CLIENT_ADDR}/{TUNNEL_PREFIX_LEN}"]',
         f"mtu = {TUNNEL_MTU}",
         f"private_key = {_q(keys.client_private)}",
-        f"scheduler = {_q(scheduler)}",
-        *settings,
+        *variant.client,
         "",
         "[peer]",
         f"public_key = {_q(keys.server_public)}",
@@ -108,7 +215,7 @@ def client_config(
         lines += _link_lines(
             i, n.client_if, n.client_addr,
             f'remote = "{n.server_addr}:{BASE_PORT + (0 if one_port else i)}"',
-            f"weight = {link_weight(spec)}", "backup = false")
+            *variant.link_lines(i, spec))
     return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,7 @@ from bench.profile import (
 )
 from bench.report.analysis import mbit_per_cpu_second, summarize, system_order, udp_drop_percent
 from bench.report.tables import ceiling_table, profiles_section, results_markdown
-from bench.runner import CEILING_UDP_LEN, Options, count_runs, flows_for
+from bench.runner import CEILING_UDP_LEN, Options, count_runs, flows_for, plan_for
 from bench.scenarios import ALIASES, SCENARIOS, resolve
 from bench.systems.wireguard_go import KeyPair, interface_names, uapi_errno, uapi_set
 
@@ -195,7 +195,8 @@ def test_cli_profile_defaults() -> None:
     )
     assert _options("profile", "ceiling-1", "--seconds", "5", "--native").profile_native
     extra = _options("run", "ceiling-1", "--profile")
-    assert (extra.profile, extra.repeat, extra.seconds) == ("extra", 3, 20.0)
+    plan = plan_for(extra.scenarios[0], extra)
+    assert (extra.profile, plan.repeat, plan.seconds) == ("extra", 3, 20.0)
 
 
 def test_ceiling_run_count_includes_wireguard_go() -> None:

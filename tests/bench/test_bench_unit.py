@@ -15,7 +15,14 @@ from bench.lab import MAX_LINKS, Direction, LabNames, LinkSpec, netem_args, new_
 from bench.lab.iperf import Flow, client_command, parse
 from bench.measure import RunRecord, parse_ping
 from bench.report.analysis import failover_metrics, summarize
-from bench.runner import MIN_FITTED_SECONDS, Options, count_runs, estimate_seconds, flows_for
+from bench.runner import (
+    MIN_FITTED_SECONDS,
+    Options,
+    count_runs,
+    estimate_seconds,
+    flows_for,
+    plan_for,
+)
 from bench.scenarios import ALIASES, SCENARIOS, resolve
 from bench.systems.stripe_config import Keys, client_config, server_config, split_variant
 
@@ -89,12 +96,13 @@ def test_client_command_flows() -> None:
 
 def test_scenarios_resolve_and_document() -> None:
     assert [s.name for s in resolve(["failover"])] == ["failover-down", "failover-blackhole"]
-    assert len(resolve(["all"])) == len(SCENARIOS)
+    assert len(resolve(["all", "real-links"])) == len(SCENARIOS)
     with pytest.raises(KeyError):
         resolve(["nope"])
     for s in SCENARIOS.values():
         assert s.doc and 1 <= len(s.links) <= MAX_LINKS
-    assert set(ALIASES["all"]) == set(SCENARIOS)
+    assert set(ALIASES["all"]) | set(ALIASES["real-links"]) == set(SCENARIOS)
+    assert not set(ALIASES["all"]) & set(ALIASES["real-links"])
     assert SCENARIOS["four-links"].shaped_sum_mbit == 20
     assert flows_for(SCENARIOS["equal"], ["udp"])[0].udp_rate_mbit == 9.0
 
@@ -245,7 +253,8 @@ def test_cli_run_options() -> None:
     assert opts.flows == ["tcp", "tcp4", "udp"] and opts.systems == ["link0", "stripe"]
     assert (opts.schedulers, opts.topology, opts.impairment) == (["weighted"], "local", "userspace")
     quick = _options("equal", "--quick")
-    assert (quick.repeat, quick.seconds, quick.ccs, quick.topology) == (1, 4.0, [None], "network")
+    plan = plan_for(quick.scenarios[0], quick)
+    assert (plan.repeat, plan.seconds, plan.ccs, quick.topology) == (1, 4.0, [None], "network")
 
 
 def test_minutes_budget_picks_run_length() -> None:
