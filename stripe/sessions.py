@@ -258,18 +258,20 @@ class Sessions:
             drops["bad_mac1"] += 1
             return False
         # From here on every step is cheap until the DH in read_initiation.
+        # Under load, as in WireGuard (see `cookie`): no valid mac2, a cookie
+        # reply, always (smaller than the initiation, so no amplification,
+        # and no per-source slot a spoofer could take); a valid mac2, the
+        # source's token bucket.  Not under load, no per-source limit.
         limiter = self._limiter
         limiter.note(now)
-        if limiter.under_load() and not self._cookies.mac2_valid(data, addr, now):
-            if not self._cookies.may_reply(addr[0], now):
-                drops["handshake_cookie_limited"] += 1
+        if limiter.under_load():
+            if not self._cookies.mac2_valid(data, addr, now):
+                drops["handshake_cookie_sent"] += 1
+                self._outbox.send(sock, self._cookies.reply(init, addr, now), addr)
                 return False
-            drops["handshake_cookie_sent"] += 1
-            self._outbox.send(sock, self._cookies.reply(init, addr, now), addr)
-            return False
-        if not limiter.allow(addr[0], now):
-            drops["handshake_rate_limited"] += 1
-            return False
+            if not limiter.allow(addr[0], now):
+                drops["handshake_rate_limited"] += 1
+                return False
         try:
             accepted = read_initiation(init, self.spec.private_key, self._psk_for)
         except NoiseError:
