@@ -4,7 +4,8 @@ Every datagram from the network enters here, alone or in a train read at
 once from one source (a GRO train), and takes the same path:
 
 1. the source guard (`guard`): a source that sent nothing but junk lately
-   is blocked, its transport datagrams dropped unread;
+   is blocked, its transport datagrams dropped unread (its handshake
+   messages pass, and one that authenticates lifts the block);
 2. the type byte: handshake messages go to `sessions`; anything that is
    not a transport message (DATA, CONTROL, DATA_COPY) is dropped;
 3. the transport header (fixed layout, see `wire`): reserved mask bits
@@ -42,6 +43,9 @@ from .spec import EndpointSpec
 
 # The reorder hold is derived again from the measured skew at most this often.
 HOLD_UPDATE_INTERVAL_S = 0.01
+# The addresses of live links, which the guard never blocks, are gathered
+# again at most this often (only when the guard is about to block one).
+LIVE_PATHS_REFRESH_S = 1.0
 
 _CONTROL = wire.MessageType.CONTROL.value
 _COPY = wire.MessageType.DATA_COPY.value
@@ -61,6 +65,8 @@ class Ingress:
         self._outbox = outbox
         self._sessions = sessions
         self._links = links
+        self._live_paths: frozenset[str] = frozenset()
+        self._live_paths_due = float("-inf")
 
     def receive_datagrams(self, sock: int, datagrams: Sequence[bytes], addr: Address,
                           now: float) -> None:
@@ -68,12 +74,9 @@ class Ingress:
         host = addr[0]
         guard, drops = self.guard, self._outbox.drops
         if guard.blocked(host, now):
-            for data in datagrams:
-                if data and data[0] in HANDSHAKE_TYPES:
-                    self._receive_handshake(sock, data, addr, now)  # never blocked (see guard)
-                else:
-                    drops["blocked_source"] += 1
-            return
+            datagrams = self._while_blocked(sock, datagrams, addr, now)
+            if not datagrams:
+                return
         junk = 0
         authenticated = False
         unpack = wire.TRANSPORT_HEADER.unpack_from
@@ -133,7 +136,37 @@ class Ingress:
         if authenticated:
             guard.succeeded(host, now)
         if junk:
-            guard.failed(host, now, junk)
+            guard.failed(host, now, junk, self._on_live_path)
+
+    def _while_blocked(self, sock: int, datagrams: Sequence[bytes], addr: Address,
+                       now: float) -> Sequence[bytes]:
+        """Datagrams from a blocked source: handshake messages are handled
+        (never blocked, see guard), the rest dropped unread, until a handshake
+        authenticates: that clears the block, and what follows it in the
+        train is returned for the usual path."""
+        drops = self._outbox.drops
+        for i, data in enumerate(datagrams):
+            if data and data[0] in HANDSHAKE_TYPES:
+                if self._receive_handshake(sock, data, addr, now):
+                    self.guard.succeeded(addr[0], now)
+                    return datagrams[i + 1:]
+            else:
+                drops["blocked_source"] += 1
+        return ()
+
+    def _on_live_path(self, host: str, now: float) -> bool:
+        """Is `host` where a link of a peer with a live session leads?  Such
+        an address is never blocked (see guard).  Asked only when the guard
+        would block; the answer comes from a set of those addresses made
+        again at most every LIVE_PATHS_REFRESH_S (a path learnt since then
+        has just authenticated, so the guard trusts it anyway)."""
+        if now >= self._live_paths_due:
+            self._live_paths_due = now + LIVE_PATHS_REFRESH_S
+            self._live_paths = frozenset(
+                link.path[1][0] for peer in self._sessions.peers
+                if peer.current is not None or peer.next_session is not None
+                for link in peer.links.values() if link.path is not None)
+        return host in self._live_paths
 
     def _receive_handshake(self, sock: int, data: bytes, addr: Address,
                            now: float) -> bool | None:
