@@ -19,8 +19,10 @@ a real client out:
   out by junk spoofed from its address;
 - handshake messages are never blocked (they have their own limits and
   cookies, see `cookie`), so a client whose address was blocked (a NAT
-  shared with an attacker) can always handshake, and a handshake that
-  authenticates clears the block (`succeeded`) at once;
+  shared with an attacker, or a server that restarted and takes the
+  client's datagrams for an unknown session as failures) can always
+  handshake, and a handshake that authenticates clears the block
+  (`succeeded`) at once;
 - trusted entries are never forgotten to make room: when the table is full,
   idle sources go first, then those whose block has ended, never a trusted
   or a blocked one (a new source then goes untracked, and unblocked, until

@@ -96,17 +96,23 @@ class Ingress:
                 drops["bad_flags"] += 1
                 junk += 1
                 continue
+            # Unknown sessions and duplicates count against the source too:
+            # from an address that authenticated lately (a real client
+            # talking to a server that restarted, a redundant copy arriving
+            # second) they cost nothing, since the guard trusts it, and a
+            # client of a restarted server that does get blocked handshakes
+            # through the block and so lifts it (see guard).
             found = table.get(receiver)
             if found is None:
                 drops["unknown_session"] += 1
+                junk += 1
                 continue
             peer, session = found
             try:
                 plaintext = session.open(mtype, counter, data, now)
             except DecryptError as exc:
                 drops[exc.reason] += 1
-                if exc.reason != "duplicate":  # a redundant copy is no attack
-                    junk += 1
+                junk += 1
                 continue
             # Authenticated from here on.
             authenticated = True

@@ -8,7 +8,8 @@ import random
 
 from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
 
-from stripe import guard
+from stripe import guard, wire
+from stripe.endpoint import Endpoint
 from stripe.links import LinkState
 
 
@@ -79,3 +80,64 @@ def test_junk_from_a_backup_link_address_does_not_shut_the_link_out() -> None:
     # The primary link's data is not held up either.
     sim.run(0.5, [(sim.now + 0.01, "up", ip_packet(7))])
     assert [packet_seq(p) for p in sim.delivered["server"]] == [7]
+
+
+ATTACKER = ("203.0.113.66", 6666)
+
+
+def captured_data(sim: Sim, count: int = 80) -> list[bytes]:
+    """The client's DATA datagrams of a short flow, as a sniffer sees them."""
+    start = len(sim.wire_log)
+    sim.run(0.5, [(sim.now + 0.004 * i, "up", ip_packet(i)) for i in range(count)])
+    return [d for direction, _, d in sim.wire_log[start:]
+            if direction == "up" and d[0] == wire.MessageType.DATA]
+
+
+def test_a_flood_naming_unknown_sessions_gets_its_source_blocked() -> None:
+    rng = random.Random(23)
+    sim = Sim([SimLink()], seed=23)
+    sim.run(1.0)
+    header = wire.TRANSPORT_HEADER
+    flood = [header.pack(wire.MessageType.DATA, 0, 0, rng.getrandbits(32), i, i, 0)
+             + rng.randbytes(100) for i in range(int(guard.FAIL_LIMIT) + 10)]
+    sim.server.receive_datagrams(0, flood, ATTACKER, sim.now)
+    assert sim.server.drops["unknown_session"] == len(flood)
+    assert sim.server.guard.blocked(ATTACKER[0], sim.now)
+
+
+def test_replayed_data_as_copies_get_their_source_blocked() -> None:
+    """Captured DATA datagrams sent again as DATA_COPY: the replay window
+    calls them duplicates (what a redundant copy arriving second is), but
+    from a source that never authenticated they are an attack."""
+    sim = Sim([SimLink()], seed=24)
+    sim.run(1.0)
+    captured = captured_data(sim)
+    assert len(captured) >= guard.FAIL_LIMIT
+    copies = [bytes([wire.MessageType.DATA_COPY]) + d[1:] for d in captured]
+    before = sim.server.drops["duplicate"]
+    sim.server.receive_datagrams(0, copies, ATTACKER, sim.now)
+    assert sim.server.drops["duplicate"] == before + len(copies)
+    assert sim.server.guard.blocked(ATTACKER[0], sim.now)
+
+
+def test_a_client_of_a_restarted_server_gets_back_in() -> None:
+    """The server restarts and forgets the session: the client's datagrams
+    name a session it does not know, which counts against the client's
+    address until it is blocked; the client's next handshake passes the
+    block, clears it, and its traffic flows again."""
+    sim = Sim([SimLink(), SimLink()], seed=25)
+    sim.run(1.0)
+    old = sim.server
+    sim.server = Endpoint(old.spec, sim.now, wall_offset=1.7e9,
+                          random_index=lambda: sim.rng.getrandbits(32))
+    # The client sends on (500 packets/s) into the server that forgot it.
+    sim.run(2.0, [(sim.now + 0.002 * i, "up", ip_packet(i)) for i in range(1000)])
+    drops = sim.server.drops
+    assert drops["unknown_session"] > guard.FAIL_LIMIT
+    assert sim.server.guard.blocks >= 1
+    sim.run(4.0, [(sim.now + 0.002 * i, "up", ip_packet(10_000 + i)) for i in range(1500)])
+    assert sim.server.peers[0].current is not None
+    assert not any(sim.server.guard.blocked(client_addr(i)[0], sim.now) for i in range(2))
+    sim.delivered["server"].clear()
+    sim.run(1.0, [(sim.now + 0.01 * i, "up", ip_packet(20_000 + i)) for i in range(50)])
+    assert [packet_seq(p) for p in sim.delivered["server"]] == list(range(20_000, 20_050))
