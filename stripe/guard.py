@@ -10,6 +10,16 @@ lost with the attacker's.  So a source address whose datagrams keep failing
 BLOCK_S its transport datagrams are dropped before any parsing (one dict
 lookup per read), then it is examined again.
 
+Sources are kept by *key* (`source_key`): an IPv4 address, or for IPv6 the
+/64 it belongs to ("2001:db8:1:2::/64"), since one IPv6 host is normally
+given a whole /64 and could otherwise send from unlimited addresses.  An
+IPv4-mapped IPv6 address (a dual-stack socket) is its IPv4 address.
+
+The shell mirrors the blocked keys into a kernel filter (see
+stripe/io/source_filter.py); `block_changes` hands it only what changed
+since it last asked, and asking costs nothing when nothing did (a heap of
+block ends, not a scan of the table).
+
 Source addresses are spoofable, so the guard must not become a way to shut
 a real client out:
 - an address that authenticated within TRUSTED_S is never blocked;
@@ -28,11 +38,15 @@ a real client out:
   or a blocked one (a new source then goes untracked, and unblocked, until
   some entry expires).
 
-Empty state: no sources.  Bounded: at most MAX_SOURCES addresses.
+Empty state: no sources, nothing blocked, no changes to report.
+Bounded: at most MAX_SOURCES keys (and as many block ends in the heap, each
+key at most twice: a stale end is dropped when it comes up).
 """
 
 from __future__ import annotations
 
+import heapq
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -41,6 +55,37 @@ FAIL_HALF_LIFE_S = 1.0
 BLOCK_S = 1.0
 TRUSTED_S = 10.0
 MAX_SOURCES = 4096
+IPV6_PREFIX_BITS = 64
+# Keys of IPv6 source addresses, remembered up to this many (then all are
+# forgotten: a flood from one /64 cycles through addresses).
+MAX_CACHED_KEYS = 4096
+
+_keys: dict[str, str] = {}
+
+
+def source_key(host: str) -> str:
+    """What the guard keeps a source address by: an IPv4 address as it is;
+    an IPv6 address as its /64 ("2001:db8::/64"), or as the IPv4 address it
+    maps (::ffff:192.0.2.1); anything unparsable as it is."""
+    if ":" not in host:
+        return host
+    key = _keys.get(host)
+    if key is None:
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError:
+            return host
+        mapped = address.ipv4_mapped
+        if mapped is not None:
+            key = str(mapped)
+        else:
+            network = ipaddress.IPv6Network((int(address) >> (128 - IPV6_PREFIX_BITS)
+                                             << (128 - IPV6_PREFIX_BITS), IPV6_PREFIX_BITS))
+            key = str(network)
+        if len(_keys) >= MAX_CACHED_KEYS:
+            _keys.clear()
+        _keys[host] = key
+    return key
 
 
 @dataclass(slots=True)
@@ -51,68 +96,87 @@ class _Source:
     trusted_until: float = float("-inf")
 
 
-def _nowhere(host: str, now: float) -> bool:
+def _nowhere(key: str, now: float) -> bool:
     return False
 
 
 class SourceGuard:
-    __slots__ = ("_blocked", "_no_room_until", "_sources", "blocks")
+    __slots__ = ("_blocked", "_changed", "_ends", "_no_room_until", "_sources", "blocks")
 
     def __init__(self) -> None:
         self._sources: dict[str, _Source] = {}
-        self._blocked: dict[str, float] = {}  # host -> blocked until
+        self._blocked: dict[str, float] = {}  # key -> blocked until
+        self._ends: list[tuple[float, str]] = []  # heap of (blocked until, key)
+        self._changed: set[str] = set()  # keys blocked or unblocked since block_changes
         # The table was full of sources that may not be forgotten: no new
         # one is tracked, and no search for room made, before this.
         self._no_room_until = float("-inf")
         self.blocks = 0  # times a source was blocked (status)
 
     def blocked(self, host: str, now: float) -> bool:
-        source = self._sources.get(host)
+        source = self._sources.get(source_key(host))
         return source is not None and now < source.blocked_until
 
     def failed(self, host: str, now: float, count: int = 1,
                protected: Callable[[str, float], bool] = _nowhere) -> None:
         """`count` datagrams from `host` failed to parse or authenticate.
-        `protected(host, now)`: the host is a live link's path, never to be
-        blocked (asked only when it would be)."""
-        source = self._entry(host, now)
+        `protected(key, now)`: the source (by `source_key`) is a live link's
+        path, never to be blocked (asked only when it would be)."""
+        key = source_key(host)
+        source = self._entry(key, now)
         if source is None or now < source.trusted_until:
             return
         source.score = source.score * 0.5 ** ((now - source.scored_at) / FAIL_HALF_LIFE_S) + count
         source.scored_at = now
         if source.score >= FAIL_LIMIT:
             source.score = 0.0
-            if protected(host, now):
+            if protected(key, now):
                 return
-            source.blocked_until = self._blocked[host] = now + BLOCK_S
+            until = source.blocked_until = self._blocked[key] = now + BLOCK_S
+            heapq.heappush(self._ends, (until, key))
+            self._changed.add(key)
             self.blocks += 1
 
     def succeeded(self, host: str, now: float) -> None:
         """A datagram from `host` authenticated."""
-        source = self._entry(host, now)
+        key = source_key(host)
+        source = self._entry(key, now)
         if source is None:
             return
         source.trusted_until = now + TRUSTED_S
-        source.blocked_until = float("-inf")
         source.score = 0.0
-        self._blocked.pop(host, None)
+        if self._blocked.pop(key, None) is not None:
+            source.blocked_until = float("-inf")
+            self._changed.add(key)
 
-    def blocked_hosts(self, now: float) -> tuple[str, ...]:
-        """The addresses blocked now, newest block last (for a kernel filter:
-        see stripe/io/source_filter.py)."""
-        blocked = self._blocked
-        if blocked:
-            for host in [h for h, until in blocked.items() if now >= until]:
-                del blocked[host]
-        return tuple(blocked)
+    def block_changes(self, now: float) -> tuple[list[str], list[str]] | None:
+        """The keys blocked (newest block last) and unblocked since the last
+        call, or None if nothing changed.  A key may be reported blocked
+        again (its block renewed) and unblocked when it never was."""
+        ends, blocked = self._ends, self._blocked
+        while ends and ends[0][0] <= now:
+            until, key = heapq.heappop(ends)
+            if blocked.get(key) == until:
+                del blocked[key]
+                self._changed.add(key)
+        if not self._changed:
+            return None
+        added = sorted((k for k in self._changed if k in blocked), key=blocked.__getitem__)
+        removed = [k for k in self._changed if k not in blocked]
+        self._changed = set()
+        return added, removed
 
-    def _entry(self, host: str, now: float) -> _Source | None:
-        """The host's entry, made if there is room (None: there is none)."""
-        source = self._sources.get(host)
+    def blocked_sources(self, now: float) -> list[str]:
+        """Every key blocked now (status and tests)."""
+        return [key for key, until in self._blocked.items() if now < until]
+
+    def _entry(self, key: str, now: float) -> _Source | None:
+        """The key's entry, made if there is room (None: there is none)."""
+        source = self._sources.get(key)
         if source is None:
             if len(self._sources) >= MAX_SOURCES and not self._make_room(now):
                 return None
-            source = self._sources[host] = _Source(scored_at=now)
+            source = self._sources[key] = _Source(scored_at=now)
         return source
 
     def _make_room(self, now: float) -> bool:
@@ -124,11 +188,11 @@ class SourceGuard:
         sources = self._sources
         idle = sorted(
             (s.blocked_until != float("-inf"),
-             s.score * 0.5 ** ((now - s.scored_at) / FAIL_HALF_LIFE_S), host)
-            for host, s in sources.items()
+             s.score * 0.5 ** ((now - s.scored_at) / FAIL_HALF_LIFE_S), key)
+            for key, s in sources.items()
             if now >= s.blocked_until and now >= s.trusted_until)
-        for _, _, host in idle[:MAX_SOURCES // 4]:
-            del sources[host]
+        for _, _, key in idle[:MAX_SOURCES // 4]:
+            del sources[key]  # an ended block stays in _blocked until its end is popped
         if len(idle) < MAX_SOURCES // 8:
             # Few could go: the rest are trusted or blocked, and stay so for
             # a while; do not search a full table again for every datagram.

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 from . import routing, wire
 from .estimator import FIRST_FEEDBACK_DELAY_S
-from .guard import SourceGuard
+from .guard import SourceGuard, source_key
 from .linkctl import LinkControl
 from .links import Link
 from .outbox import Address, Outbox
@@ -160,19 +160,19 @@ class Ingress:
                 drops["blocked_source"] += 1
         return ()
 
-    def _on_live_path(self, host: str, now: float) -> bool:
-        """Is `host` where a link of a peer with a live session leads?  Such
-        an address is never blocked (see guard).  Asked only when the guard
-        would block; the answer comes from a set of those addresses made
-        again at most every LIVE_PATHS_REFRESH_S (a path learnt since then
-        has just authenticated, so the guard trusts it anyway)."""
+    def _on_live_path(self, key: str, now: float) -> bool:
+        """Is source `key` (see guard.source_key) where a link of a peer
+        with a live session leads?  Such a source is never blocked.  Asked
+        only when the guard would block; the answer comes from a set of those
+        sources made again at most every LIVE_PATHS_REFRESH_S (a path learnt
+        since then has just authenticated, so the guard trusts it anyway)."""
         if now >= self._live_paths_due:
             self._live_paths_due = now + LIVE_PATHS_REFRESH_S
             self._live_paths = frozenset(
-                link.path[1][0] for peer in self._sessions.peers
+                source_key(link.path[1][0]) for peer in self._sessions.peers
                 if peer.current is not None or peer.next_session is not None
                 for link in peer.links.values() if link.path is not None)
-        return host in self._live_paths
+        return key in self._live_paths
 
     def _receive_handshake(self, sock: int, data: bytes, addr: Address,
                            now: float) -> bool | None:

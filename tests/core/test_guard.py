@@ -141,3 +141,36 @@ def test_a_client_of_a_restarted_server_gets_back_in() -> None:
     sim.delivered["server"].clear()
     sim.run(1.0, [(sim.now + 0.01 * i, "up", ip_packet(20_000 + i)) for i in range(50)])
     assert [packet_seq(p) for p in sim.delivered["server"]] == list(range(20_000, 20_050))
+
+
+def test_ipv6_sources_are_kept_by_their_64() -> None:
+    """One IPv6 host has a whole /64 to send from: junk from 64 addresses of
+    it blocks the /64; another /64 is not touched."""
+    g = guard.SourceGuard()
+    now = 10.0
+    for i in range(int(guard.FAIL_LIMIT)):
+        g.failed(f"2001:db8:1:2::{i + 1:x}", now, 1)
+    assert g.blocked("2001:db8:1:2:ffff::1", now)
+    assert not g.blocked("2001:db8:1:3::1", now)
+    assert g.block_changes(now) == (["2001:db8:1:2::/64"], [])
+    assert guard.source_key("::ffff:192.0.2.1") == "192.0.2.1"  # a dual-stack socket's IPv4
+    assert guard.source_key("192.0.2.1") == "192.0.2.1"
+    # One address of the /64 authenticates: the /64 is trusted, as a NAT's
+    # address is for everyone behind it.
+    g.succeeded("2001:db8:1:2::99", now + 0.1)
+    assert not g.blocked("2001:db8:1:2::1", now + 0.1)
+
+
+def test_block_changes_report_what_changed_once() -> None:
+    g = guard.SourceGuard()
+    now = 10.0
+    assert g.block_changes(now) is None
+    g.failed("192.0.2.1", now, int(guard.FAIL_LIMIT))
+    g.failed("192.0.2.2", now + 0.1, int(guard.FAIL_LIMIT))
+    assert g.block_changes(now + 0.1) == (["192.0.2.1", "192.0.2.2"], [])
+    assert g.block_changes(now + 0.2) is None
+    g.succeeded("192.0.2.2", now + 0.3)  # a handshake from it
+    assert g.block_changes(now + 0.3) == ([], ["192.0.2.2"])
+    assert g.block_changes(now + guard.BLOCK_S) == ([], ["192.0.2.1"])  # the block ended
+    assert g.block_changes(now + 5) is None
+    assert g.blocked_sources(now + 5) == []
