@@ -8,7 +8,12 @@ attacker the server's socket overflows and the real clients' datagrams are
 lost with the attacker's.  So a source address whose datagrams keep failing
 (FAIL_LIMIT failures, decaying with FAIL_HALF_LIFE_S) is *blocked*: for
 BLOCK_S its transport datagrams are dropped before any parsing (one dict
-lookup per read), then it is examined again.
+lookup per read), then it is examined again.  Each examination costs
+FAIL_LIMIT more junk datagrams read, so a source that goes on sending junk
+is blocked twice as long each time, up to BLOCK_MAX_S: with thousands of
+attacking addresses, re-examining each every second would cost as much as
+not blocking them.  Authenticating, or a quiet spell longer than
+BLOCK_MAX_S, starts a source over at BLOCK_S.
 
 Sources are kept by *key* (`source_key`): an IPv4 address, or for IPv6 the
 /64 it belongs to ("2001:db8:1:2::/64"), since one IPv6 host is normally
@@ -52,7 +57,8 @@ from dataclasses import dataclass
 
 FAIL_LIMIT = 64.0
 FAIL_HALF_LIFE_S = 1.0
-BLOCK_S = 1.0
+BLOCK_S = 1.0  # the first block of a source
+BLOCK_MAX_S = 64.0  # blocks after it double up to this
 TRUSTED_S = 10.0
 MAX_SOURCES = 4096
 IPV6_PREFIX_BITS = 64
@@ -94,6 +100,7 @@ class _Source:
     scored_at: float = 0.0
     blocked_until: float = float("-inf")
     trusted_until: float = float("-inf")
+    block_s: float = 0.0  # how long its last block lasted (0: none lately)
 
 
 def _nowhere(key: str, now: float) -> bool:
@@ -132,7 +139,9 @@ class SourceGuard:
             source.score = 0.0
             if protected(key, now):
                 return
-            until = source.blocked_until = self._blocked[key] = now + BLOCK_S
+            renewed = source.block_s and now - source.blocked_until < BLOCK_MAX_S
+            source.block_s = min(2 * source.block_s, BLOCK_MAX_S) if renewed else BLOCK_S
+            until = source.blocked_until = self._blocked[key] = now + source.block_s
             heapq.heappush(self._ends, (until, key))
             self._changed.add(key)
             self.blocks += 1
@@ -144,7 +153,7 @@ class SourceGuard:
         if source is None:
             return
         source.trusted_until = now + TRUSTED_S
-        source.score = 0.0
+        source.score = source.block_s = 0.0
         if self._blocked.pop(key, None) is not None:
             source.blocked_until = float("-inf")
             self._changed.add(key)

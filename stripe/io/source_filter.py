@@ -38,7 +38,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterable, Sequence
 
-from ..guard import BLOCK_S
+from ..guard import BLOCK_MAX_S, BLOCK_S
 from ..wire import MessageType
 
 SO_ATTACH_FILTER = 26
@@ -273,5 +273,6 @@ class SourceFilter:
                   if self._trimmed else "")
         return (f"source guard: {new} source{'s' if new != 1 else ''} blocked{since} "
                 f"(e.g. {examples}), {len(self._blocked)} blocked now: nothing but junk from "
-                f"them; each block lasts {BLOCK_S:.0f} s and is renewed while the junk goes on, "
-                f"and their datagrams are dropped in the kernel meanwhile{kernel}")
+                f"them; a block lasts {BLOCK_S:g} s, twice as long each time the junk goes on "
+                f"(up to {BLOCK_MAX_S:g} s), and the kernel drops their datagrams "
+                f"meanwhile{kernel}")

@@ -174,3 +174,29 @@ def test_block_changes_report_what_changed_once() -> None:
     assert g.block_changes(now + guard.BLOCK_S) == ([], ["192.0.2.1"])  # the block ended
     assert g.block_changes(now + 5) is None
     assert g.blocked_sources(now + 5) == []
+
+
+def test_a_source_that_keeps_sending_junk_is_blocked_longer_each_time() -> None:
+    """Each block examines the source again when it ends, at the price of
+    FAIL_LIMIT more junk datagrams read; a source that goes on gets twice as
+    long each time (up to BLOCK_MAX_S), so thousands of them cost little.
+    Authenticating, or a quiet spell, starts it over at BLOCK_S."""
+    g = guard.SourceGuard()
+    now = 10.0
+    lengths = []
+    for _ in range(9):
+        g.failed("192.0.2.1", now, int(guard.FAIL_LIMIT))
+        start = now
+        while g.blocked("192.0.2.1", now):
+            now += 0.25
+        lengths.append(now - start)
+    assert lengths == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 64.0, 64.0]
+    assert guard.BLOCK_MAX_S == 64.0
+    g.succeeded("192.0.2.1", now)  # it handshakes: a client after all
+    g.failed("192.0.2.1", now + guard.TRUSTED_S, int(guard.FAIL_LIMIT))
+    assert not g.blocked("192.0.2.1", now + guard.TRUSTED_S + guard.BLOCK_S)
+    g.failed("192.0.2.2", now, int(guard.FAIL_LIMIT))
+    g.failed("192.0.2.2", now + 1, int(guard.FAIL_LIMIT))  # 2 s
+    later = now + 3 + guard.BLOCK_MAX_S  # quiet for longer than the longest block
+    g.failed("192.0.2.2", later, int(guard.FAIL_LIMIT))
+    assert not g.blocked("192.0.2.2", later + guard.BLOCK_S)
