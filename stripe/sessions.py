@@ -52,7 +52,7 @@ from .linkctl import LinkControl
 from .noise import NoiseError, public_from_private
 from .outbox import Address, Outbox
 from .peer import Peer
-from .session import REKEY_AFTER_S, Session
+from .session import REJECT_AFTER_S, REKEY_AFTER_S, Session
 from .spec import EndpointSpec, PeerSpec, Role
 
 HANDSHAKE_RETRY_S = 1.0
@@ -124,6 +124,8 @@ class Sessions:
             due.append(peer.handshake.due)
         if peer.previous is not None:
             due.append(peer.previous.last_received + PREVIOUS_SESSION_KEEP_S)
+        # Keys are forgotten when they expire, whether or not traffic comes.
+        due += [session.created + REJECT_AFTER_S for session in peer.sessions()]
         return min(due, default=None)
 
     def on_timer(self, peer: Peer, now: float) -> None:
@@ -168,6 +170,10 @@ class Sessions:
             self.table.pop(cur.local_index, None)
             peer.current = None
             self._outbox.event(logging.WARNING, "session expired without a rekey")
+        unused = peer.next_session
+        if unused is not None and unused.expired(now):  # the client never used it
+            self.table.pop(unused.local_index, None)
+            peer.next_session = None
 
     # -- handshake messages --------------------------------------------------
 
