@@ -82,6 +82,7 @@ def server(tmp_path: Path) -> Any:
 
     def write(links: list[tuple[str, str, int]], peers: int = 1) -> None:
         path.write_text(server_config(ports[0], links, peers))
+        path.chmod(0o600)  # it holds a private key
 
     write([("a", "127.0.0.1", ports[1])])
     driver = FakeDriver(config.load(path, Role.SERVER))
@@ -153,6 +154,7 @@ def test_restart_keys_and_bad_requests_are_refused(server: Any, tmp_path: Path) 
 def test_cli_reload_errors_are_one_line(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
     path.write_text(server_config(free_ports(1)[0], []))
+    path.chmod(0o600)
     nobody_there = tmp_path / "none.sock"
 
     def cli() -> subprocess.CompletedProcess[str]:
