@@ -124,7 +124,12 @@ def _parse(path: str, data: dict[str, Any], role: Role,
         except KeyError:
             if "user" in iface.table:
                 raise iface.error("user", f"no such user {user!r} on this host") from None
-            user = ""  # the default user is missing (minimal container): keep running as is
+            # Going on as root without a word is not a default (a minimal
+            # container without nobody): it has to be asked for.
+            raise iface.error("user", f"the default user {user!r} does not exist on this "
+                                      "host; name another user to run as after set-up, or "
+                                      'write user = "" to keep running as started (root)'
+                              ) from None
     metrics = _parse_metrics(iface)
     route_all = iface.get("route_all", bool, False)
     link_routes = iface.get("link_routes", bool, False)

@@ -528,10 +528,15 @@ async def serve(config: Config) -> None:
             except ImportError:
                 raise SetupError("metrics needs prometheus-client: "
                                  "pip install 'stripe-vpn[metrics]'") from None
-            metrics = MetricsServer(config.metrics, loop, driver.status)
         driver.start()
         if config.user:
             drop_privileges(config.user)
+        # Capabilities, the bounding set and no_new_privs belong to each
+        # thread: the metrics server's threads start after the drop, so they
+        # inherit the dropped set (a metrics port below 1024 still binds:
+        # CAP_NET_BIND_SERVICE is kept).
+        if config.metrics:
+            metrics = MetricsServer(config.metrics, loop, driver.status)
         await driver.stopped.wait()
     finally:
         if metrics is not None:

@@ -396,3 +396,27 @@ def test_the_example_configs_load_when_private(tmp_path: Path) -> None:
         copy.chmod(0o644)
         with pytest.raises(config.ConfigError, match="chmod 600"):
             config.load(copy, role, lambda _name: True)
+
+
+def test_a_missing_default_user_is_refused_unless_told_to_keep_root(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without `nobody` (a minimal container) the process would go on as
+    root without a word: that takes `user = ""` in the config."""
+    import stripe.config.parse
+
+    def no_nobody(name: str) -> pwd.struct_passwd:
+        if name == "nobody":
+            raise KeyError(name)
+        return pwd.getpwnam(name)
+
+    monkeypatch.setattr(stripe.config.parse.pwd, "getpwnam", no_nobody)
+    with pytest.raises(config.ConfigError) as err:
+        load(tmp_path, CLIENT)
+    assert str(err.value) == (
+        f"{tmp_path / 'c.toml'}: interface.user: the default user 'nobody' does not exist on "
+        'this host; name another user to run as after set-up, or write user = "" to keep '
+        "running as started (root)")
+    keep = load(tmp_path, CLIENT.replace('name = "st0"', 'name = "st0"\nuser = ""'))
+    assert keep.user is None
+    with pytest.raises(config.ConfigError, match=r"interface\.user: no such user 'nobody'"):
+        load(tmp_path, CLIENT.replace('name = "st0"', 'name = "st0"\nuser = "nobody"'))
