@@ -44,8 +44,9 @@ a real client out:
   some entry expires).
 
 Empty state: no sources, nothing blocked, no changes to report.
-Bounded: at most MAX_SOURCES keys (and as many block ends in the heap, each
-key at most twice: a stale end is dropped when it comes up).
+Bounded: at most MAX_SOURCES keys; the heap holds one end per block made
+in the last BLOCK_MAX_S (an end made stale by a handshake is dropped when
+it comes up).
 """
 
 from __future__ import annotations
