@@ -41,7 +41,7 @@ from typing import Any
 from . import reconfig, routing
 from .aqm import CoDel
 from .egress import Egress
-from .guard import SourceGuard
+from .guard import BlockChanges, SourceGuard
 from .ingress import Ingress
 from .linkctl import LinkControl, client_link
 from .noise import public_from_private
@@ -127,12 +127,12 @@ class Endpoint:
         """Client: sockets of removed links whose drain time is over."""
         return self._outbox.take_closed_sockets()
 
-    def block_changes(self, now: float) -> tuple[list[str], list[str]] | None:
+    def block_changes(self, now: float) -> BlockChanges | None:
         """The sources the guard blocked (newest last) and unblocked since the
         last call, or None: nothing changed (cheap: the shell asks after
         every input).  Sources are `guard.source_key`s: IPv4 addresses and
         IPv6 /64s.  The shell may drop their datagrams in the kernel (see
-        io/source_filter)."""
+        io/source_filter); `urgent`: a handshake lifted a block."""
         return self._ingress.guard.block_changes(now)
 
     def get_timer(self) -> float | None:

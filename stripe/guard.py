@@ -23,7 +23,9 @@ IPv4-mapped IPv6 address (a dual-stack socket) is its IPv4 address.
 The shell mirrors the blocked keys into a kernel filter (see
 stripe/io/source_filter.py); `block_changes` hands it only what changed
 since it last asked, and asking costs nothing when nothing did (a heap of
-block ends, not a scan of the table).
+block ends, not a scan of the table).  A block a handshake lifted is
+`urgent`: the client behind it is back, and its datagrams must not wait
+for the filter's next turn.
 
 Source addresses are spoofable, so the guard must not become a way to shut
 a real client out:
@@ -55,6 +57,7 @@ import heapq
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 FAIL_LIMIT = 64.0
 FAIL_HALF_LIFE_S = 1.0
@@ -95,6 +98,15 @@ def source_key(host: str) -> str:
     return key
 
 
+class BlockChanges(NamedTuple):
+    """Keys blocked (newest block last) and unblocked since the last report;
+    `urgent`: a handshake lifted one of the blocks."""
+
+    blocked: list[str]
+    unblocked: list[str]
+    urgent: bool
+
+
 @dataclass(slots=True)
 class _Source:
     score: float = 0.0
@@ -109,13 +121,15 @@ def _nowhere(key: str, now: float) -> bool:
 
 
 class SourceGuard:
-    __slots__ = ("_blocked", "_changed", "_ends", "_no_room_until", "_sources", "blocks")
+    __slots__ = ("_blocked", "_changed", "_ends", "_lifted", "_no_room_until", "_sources",
+                 "blocks")
 
     def __init__(self) -> None:
         self._sources: dict[str, _Source] = {}
         self._blocked: dict[str, float] = {}  # key -> blocked until
         self._ends: list[tuple[float, str]] = []  # heap of (blocked until, key)
         self._changed: set[str] = set()  # keys blocked or unblocked since block_changes
+        self._lifted = False  # ... and one of them by a handshake
         # The table was full of sources that may not be forgotten: no new
         # one is tracked, and no search for room made, before this.
         self._no_room_until = float("-inf")
@@ -158,11 +172,12 @@ class SourceGuard:
         if self._blocked.pop(key, None) is not None:
             source.blocked_until = float("-inf")
             self._changed.add(key)
+            self._lifted = True
 
-    def block_changes(self, now: float) -> tuple[list[str], list[str]] | None:
-        """The keys blocked (newest block last) and unblocked since the last
-        call, or None if nothing changed.  A key may be reported blocked
-        again (its block renewed) and unblocked when it never was."""
+    def block_changes(self, now: float) -> BlockChanges | None:
+        """What changed since the last call, or None: nothing.  A key may be
+        reported blocked again (its block renewed), and unblocked when it
+        never was."""
         ends, blocked = self._ends, self._blocked
         while ends and ends[0][0] <= now:
             until, key = heapq.heappop(ends)
@@ -173,8 +188,9 @@ class SourceGuard:
             return None
         added = sorted((k for k in self._changed if k in blocked), key=blocked.__getitem__)
         removed = [k for k in self._changed if k not in blocked]
-        self._changed = set()
-        return added, removed
+        changes = BlockChanges(added, removed, self._lifted)
+        self._changed, self._lifted = set(), False
+        return changes
 
     def blocked_sources(self, now: float) -> list[str]:
         """Every key blocked now (status and tests)."""

@@ -120,6 +120,7 @@ class Driver:
         self._source_filter = source_filter.SourceFilter()
         self._source_filter_code: bytes | None = None
         self._source_filter_timer: asyncio.TimerHandle | None = None
+        self._source_filter_due = float("inf")
         self._filter_works = True
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -320,8 +321,13 @@ class Driver:
         """Rebuild the kernel filter and log the blocks when they are due
         (see source_filter: batched, at most so many times a second)."""
         due = self._source_filter.next_due()
-        if due is None or self._source_filter_timer is not None:
+        if due is None:
             return
+        if self._source_filter_timer is not None:
+            if self._source_filter_due <= due:
+                return  # the armed one comes first
+            self._source_filter_timer.cancel()  # a lifted block goes at once
+        self._source_filter_due = due
         self._source_filter_timer = self.loop.call_later(max(due - now, 0.0),
                                                          self._on_source_filter_timer)
 

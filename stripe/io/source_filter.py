@@ -23,7 +23,9 @@ and the oldest are dropped after reading instead.
 most MAX_REBUILDS_PER_S times a second, whatever the churn: a burst of
 blocks costs one rebuild, a source's junk reaches us for at most
 1/MAX_REBUILDS_PER_S longer, and an ended block is dropped in the kernel for
-as long.  It also sums the blocks up for the log: one line per
+as long, except one that a handshake lifted: the client behind it is back,
+so that change goes to the kernel at once (only authenticated handshakes
+can ask for it).  It also sums the blocks up for the log: one line per
 LOG_INTERVAL_S at most, with counts and a few examples, never one per
 source.
 """
@@ -201,6 +203,7 @@ class SourceFilter:
     def __init__(self) -> None:
         self._blocked: dict[str, Parsed] = {}
         self._dirty = False
+        self._urgent = False  # a handshake lifted a block: rebuild at once
         self._built_at = float("-inf")
         self.filtered = 0  # sources in the last program built
         self._trimmed = False  # ... which could not hold them all
@@ -212,12 +215,14 @@ class SourceFilter:
     def __len__(self) -> int:
         return len(self._blocked)
 
-    def update(self, blocked: Iterable[str], unblocked: Iterable[str]) -> None:
+    def update(self, blocked: Iterable[str], unblocked: Iterable[str],
+               urgent: bool = False) -> None:
         """The guard's changes (see Endpoint.block_changes)."""
         table = self._blocked
         for key in unblocked:
             if table.pop(key, None) is not None:
                 self._dirty = True
+                self._urgent = self._urgent or urgent
         for key in blocked:
             parsed = table.pop(key, None)
             if parsed is None:
@@ -234,7 +239,8 @@ class SourceFilter:
         """When `rebuild` or `summary` next has something to do."""
         due = []
         if self._dirty:
-            due.append(self._built_at + 1.0 / MAX_REBUILDS_PER_S)
+            due.append(float("-inf") if self._urgent
+                       else self._built_at + 1.0 / MAX_REBUILDS_PER_S)
         if self._new_blocks:
             due.append(self._logged_at + LOG_INTERVAL_S)
         return min(due, default=None)
@@ -243,9 +249,10 @@ class SourceFilter:
         """(True, the program) if the blocked set changed and a rebuild is
         allowed now (None: no source blocked, remove the filter), else
         (False, None)."""
-        if not self._dirty or now < self._built_at + 1.0 / MAX_REBUILDS_PER_S:
+        if not self._dirty or (not self._urgent
+                               and now < self._built_at + 1.0 / MAX_REBUILDS_PER_S):
             return False, None
-        self._dirty = False
+        self._dirty = self._urgent = False
         self._built_at = now
         if not self._blocked:
             self.filtered, self._trimmed = 0, False

@@ -152,7 +152,7 @@ def test_ipv6_sources_are_kept_by_their_64() -> None:
         g.failed(f"2001:db8:1:2::{i + 1:x}", now, 1)
     assert g.blocked("2001:db8:1:2:ffff::1", now)
     assert not g.blocked("2001:db8:1:3::1", now)
-    assert g.block_changes(now) == (["2001:db8:1:2::/64"], [])
+    assert g.block_changes(now) == (["2001:db8:1:2::/64"], [], False)
     assert guard.source_key("::ffff:192.0.2.1") == "192.0.2.1"  # a dual-stack socket's IPv4
     assert guard.source_key("192.0.2.1") == "192.0.2.1"
     # One address of the /64 authenticates: the /64 is trusted, as a NAT's
@@ -167,11 +167,11 @@ def test_block_changes_report_what_changed_once() -> None:
     assert g.block_changes(now) is None
     g.failed("192.0.2.1", now, int(guard.FAIL_LIMIT))
     g.failed("192.0.2.2", now + 0.1, int(guard.FAIL_LIMIT))
-    assert g.block_changes(now + 0.1) == (["192.0.2.1", "192.0.2.2"], [])
+    assert g.block_changes(now + 0.1) == (["192.0.2.1", "192.0.2.2"], [], False)
     assert g.block_changes(now + 0.2) is None
-    g.succeeded("192.0.2.2", now + 0.3)  # a handshake from it
-    assert g.block_changes(now + 0.3) == ([], ["192.0.2.2"])
-    assert g.block_changes(now + guard.BLOCK_S) == ([], ["192.0.2.1"])  # the block ended
+    g.succeeded("192.0.2.2", now + 0.3)  # a handshake from it: urgent
+    assert g.block_changes(now + 0.3) == ([], ["192.0.2.2"], True)
+    assert g.block_changes(now + guard.BLOCK_S) == ([], ["192.0.2.1"], False)  # it ended
     assert g.block_changes(now + 5) is None
     assert g.blocked_sources(now + 5) == []
 

@@ -107,3 +107,34 @@ def test_a_core_exception_is_counted_logged_once_and_the_batch_goes_on(
         assert driver.io_errors["core_exceptions"] == 4
     finally:
         loop.close()
+
+
+def test_the_kernel_filter_follows_the_guard_batched_but_a_lifted_block_at_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        driver = make_driver(loop)
+        caplog.set_level(logging.INFO, logger="stripe")
+
+        def settle() -> None:
+            loop.run_until_complete(asyncio.sleep(0.02))
+
+        guard = driver.core.guard
+        guard.failed("192.0.2.1", time.monotonic(), 64)
+        driver._flush(time.monotonic())
+        settle()  # the first change goes at once
+        assert driver.io_counts["source_filter_updates"] == 1
+        assert driver._source_filter_code is not None
+        guard.failed("192.0.2.2", time.monotonic(), 64)
+        driver._flush(time.monotonic())
+        settle()  # the next waits for its turn (a quarter of a second)
+        assert driver.io_counts["source_filter_updates"] == 1
+        guard.succeeded("192.0.2.1", time.monotonic())  # a handshake from it
+        driver._flush(time.monotonic())
+        settle()  # ... which goes at once, with the change before it
+        assert driver.io_counts["source_filter_updates"] == 2
+        assert len(driver._source_filter) == 1
+        lines = [r.getMessage() for r in caplog.records if "source guard" in r.getMessage()]
+        assert len(lines) == 1 and lines[0].startswith("source guard: 1 source blocked")
+    finally:
+        loop.close()

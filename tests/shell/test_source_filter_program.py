@@ -128,6 +128,10 @@ def test_changes_are_batched_into_few_rebuilds() -> None:
     assert not filters.rebuild(due - 0.01)[0]
     assert filters.rebuild(due)[0]
     assert not filters.rebuild(due + 10)[0]  # nothing changed since
+    # A block a handshake lifted goes to the kernel at once, turn or not.
+    filters.update([], [v4(7)], urgent=True)
+    assert filters.next_due() == float("-inf")
+    assert filters.rebuild(due + 10.01)[0]
     filters.update([], [v4(i) for i in range(200)] + ["192.0.2.7"])
     rebuilt, code = filters.rebuild(due + 20)
     assert rebuilt and code is None  # nothing blocked: the filter comes off
