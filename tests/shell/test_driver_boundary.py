@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -69,72 +69,71 @@ def make_driver(loop: asyncio.AbstractEventLoop) -> Any:
     driver.io_errors, driver.io_counts = Counter(), Counter()
     driver._source_filter = source_filter.SourceFilter()
     driver._source_filter_code = driver._source_filter_timer = None
+    driver._source_filter_due = float("inf")
     driver._filter_works = True
     driver._timer = driver._timer_at = None
     driver._core_errors_seen = set()
     return driver
 
 
-def test_a_core_exception_is_counted_logged_once_and_the_batch_goes_on(
-        caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture
+def driver(caplog: pytest.LogCaptureFixture) -> Iterator[Any]:
     loop = asyncio.new_event_loop()
+    caplog.set_level(logging.INFO, logger="stripe")
     try:
-        driver = make_driver(loop)
-        caplog.set_level(logging.INFO, logger="stripe")
-        driver._on_socket(0, FakeSocket([BOOM, JUNK, BOOM, JUNK]))
-        # Both failures counted; the datagrams after each were still handled.
-        assert driver.io_errors["core_exceptions"] == 2
-        assert driver.core.drops["unknown_type"] == 2
-        assert driver.io_counts["udp_datagrams_in"] == 4
-        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-        assert len(errors) == 1
-        assert "internal error in receive_datagrams" in errors[0].getMessage()
-        assert errors[0].exc_info is not None and "a bug in the core" in caplog.text
-        assert "Traceback" in caplog.text
-        # The tunnel carries on: later input is handled.
-        driver._on_socket(0, FakeSocket([JUNK]))
-        assert driver.core.drops["unknown_type"] == 3
-        # Another kind of failure (the timer) is logged once too.
-        driver.core.timer_fails = True
-        driver._on_timer()
-        driver._on_timer()
-        assert driver.io_errors["core_exceptions"] == 4
-        errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-        assert [e.getMessage().split(" (")[0] for e in errors] == [
-            "internal error in receive_datagrams", "internal error in handle_timer"]
-        driver.core.timer_fails = False
-        driver._on_timer()
-        assert driver.io_errors["core_exceptions"] == 4
+        yield make_driver(loop)
     finally:
         loop.close()
+
+
+def test_a_core_exception_is_counted_logged_once_and_the_batch_goes_on(
+        driver: Any, caplog: pytest.LogCaptureFixture) -> None:
+    driver._on_socket(0, FakeSocket([BOOM, JUNK, BOOM, JUNK]))
+    # Both failures counted; the datagrams after each were still handled.
+    assert driver.io_errors["core_exceptions"] == 2
+    assert driver.core.drops["unknown_type"] == 2
+    assert driver.io_counts["udp_datagrams_in"] == 4
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "internal error in receive_datagrams" in errors[0].getMessage()
+    assert errors[0].exc_info is not None and "a bug in the core" in caplog.text
+    assert "Traceback" in caplog.text
+    # The tunnel carries on: later input is handled.
+    driver._on_socket(0, FakeSocket([JUNK]))
+    assert driver.core.drops["unknown_type"] == 3
+    # Another kind of failure (the timer) is logged once too.
+    driver.core.timer_fails = True
+    driver._on_timer()
+    driver._on_timer()
+    assert driver.io_errors["core_exceptions"] == 4
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert [e.getMessage().split(" (")[0] for e in errors] == [
+        "internal error in receive_datagrams", "internal error in handle_timer"]
+    driver.core.timer_fails = False
+    driver._on_timer()
+    assert driver.io_errors["core_exceptions"] == 4
 
 
 def test_the_kernel_filter_follows_the_guard_batched_but_a_lifted_block_at_once(
-        caplog: pytest.LogCaptureFixture) -> None:
-    loop = asyncio.new_event_loop()
-    try:
-        driver = make_driver(loop)
-        caplog.set_level(logging.INFO, logger="stripe")
+        driver: Any, caplog: pytest.LogCaptureFixture) -> None:
 
-        def settle() -> None:
-            loop.run_until_complete(asyncio.sleep(0.02))
+    def settle() -> None:
+        driver.loop.run_until_complete(asyncio.sleep(0.02))
 
-        guard = driver.core.guard
-        guard.failed("192.0.2.1", time.monotonic(), 64)
-        driver._flush(time.monotonic())
-        settle()  # the first change goes at once
-        assert driver.io_counts["source_filter_updates"] == 1
-        assert driver._source_filter_code is not None
-        guard.failed("192.0.2.2", time.monotonic(), 64)
-        driver._flush(time.monotonic())
-        settle()  # the next waits for its turn (a quarter of a second)
-        assert driver.io_counts["source_filter_updates"] == 1
-        guard.succeeded("192.0.2.1", time.monotonic())  # a handshake from it
-        driver._flush(time.monotonic())
-        settle()  # ... which goes at once, with the change before it
-        assert driver.io_counts["source_filter_updates"] == 2
-        assert len(driver._source_filter) == 1
-        lines = [r.getMessage() for r in caplog.records if "source guard" in r.getMessage()]
-        assert len(lines) == 1 and lines[0].startswith("source guard: 1 source blocked")
-    finally:
-        loop.close()
+    guard = driver.core.guard
+    guard.failed("192.0.2.1", time.monotonic(), 64)
+    driver._flush(time.monotonic())
+    settle()  # the first change goes at once
+    assert driver.io_counts["source_filter_updates"] == 1
+    assert driver._source_filter_code is not None
+    guard.failed("192.0.2.2", time.monotonic(), 64)
+    driver._flush(time.monotonic())
+    settle()  # the next waits for its turn (a quarter of a second)
+    assert driver.io_counts["source_filter_updates"] == 1
+    guard.succeeded("192.0.2.1", time.monotonic())  # a handshake from it
+    driver._flush(time.monotonic())
+    settle()  # ... which goes at once, with the change before it
+    assert driver.io_counts["source_filter_updates"] == 2
+    assert len(driver._source_filter) == 1
+    lines = [r.getMessage() for r in caplog.records if "source guard" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("source guard: 1 source blocked")
