@@ -27,12 +27,16 @@ GONE is a session whose index left the table: a packet for it counts as
     PREVIOUS  PREVIOUS_SESSION_KEEP_S without a packet,      GONE
               or REJECT_AFTER_S old
     CURRENT   REJECT_AFTER_S old (no rekey came)             GONE
+    NEXT      REJECT_AFTER_S old (the client never used it)  GONE
     any       the peer is removed by a reload                GONE
 
 As WireGuard does, the server keeps sending under CURRENT until the client
 proves it has the new keys (its first packet under NEXT): a response lost
 on the way must not leave the server sending under keys the client never
 got.
+
+Expiry runs on a timer: a session that goes GONE takes its keys with it
+whether or not traffic comes.
 
 Nothing changes before a message authenticates: an initiation moves state
 only after its Noise message verified and its timestamp grew past the
@@ -47,6 +51,7 @@ from collections.abc import Callable
 from . import wire
 from .cookie import CookieChecker, CookieJar, HandshakeLimiter, reply_receiver_index
 from .egress import Egress
+from .guard import source_key
 from .handshake import AcceptedInitiation, PendingInitiation, read_initiation, write_response
 from .linkctl import LinkControl
 from .noise import NoiseError, public_from_private
@@ -275,7 +280,7 @@ class Sessions:
                 drops["handshake_cookie_sent"] += 1
                 self._outbox.send(sock, self._cookies.reply(init, addr, now), addr)
                 return False
-            if not limiter.allow(addr[0], now):
+            if not limiter.allow(source_key(addr[0]), now):  # an IPv6 /64 is one source
                 drops["handshake_rate_limited"] += 1
                 return False
         try:

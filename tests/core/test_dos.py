@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
 from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
 
 from stripe import cookie, guard, wire
@@ -192,27 +193,37 @@ def test_spoofed_flood_below_load_does_not_drain_the_client() -> None:
     assert drops["bad_handshake"] >= 70
 
 
-def test_under_load_a_source_proving_its_address_is_rate_limited() -> None:
+@pytest.mark.parametrize("sources", [
+    [("203.0.113.7", 777)],
+    [("2001:db8:7:7::1", 777), ("2001:db8:7:7::2", 778)],  # one IPv6 /64, one bucket
+])
+def test_under_load_a_source_proving_its_address_is_rate_limited(
+        sources: list[tuple[str, int]]) -> None:
     """A flood from an attacker's own address, which can receive cookies and
-    so send valid mac2: that address's token bucket cuts it to the limit."""
+    so send valid mac2: that address's token bucket (an IPv6 /64's) cuts it
+    to the limit."""
     sim = Sim([SimLink()], seed=13)
     sim.run(1.0)
     server = sim.server
-    attacker = ("203.0.113.7", 777)
     attacker_private, _ = generate_keypair()
-    jar = cookie.CookieJar(server.public_key)
     t = sim.now
     # Put the server under load, then get a cookie the way a client does.
     first = PendingInitiation(attacker_private, server.public_key, None, 1, 0, 1.7e9)
-    for _ in range(cookie.UNDER_LOAD_INITS_PER_S + 1):
-        server.receive_datagram(0, first.datagram, attacker, t)
-    reply = next(data for sock, data, addr in server.datagrams_to_send() if addr == attacker)
-    assert jar.consume_reply(reply, first.mac1, t)
+    for _ in range(cookie.UNDER_LOAD_INITS_PER_S):
+        server.receive_datagram(0, first.datagram, ("198.51.100.1", 1), t)
+    jars = []
+    for source in sources:
+        server.receive_datagram(0, first.datagram, source, t)
+        reply = next(data for _sock, data, addr in server.datagrams_to_send() if addr == source)
+        jar = cookie.CookieJar(server.public_key)
+        assert jar.consume_reply(reply, first.mac1, t)
+        jars.append(jar)
     before = Counter(server.drops)
     for i in range(50):
+        jar = jars[i % len(jars)]
         init = PendingInitiation(attacker_private, server.public_key, None, 100 + i, 0,
-                                 1.7e9 + 1 + i, mac2=lambda covered: jar.mac2(covered, t))
-        server.receive_datagram(0, init.datagram, attacker, t + 0.001 * i)
+                                 1.7e9 + 1 + i, mac2=lambda covered, j=jar: j.mac2(covered, t))
+        server.receive_datagram(0, init.datagram, sources[i % len(sources)], t + 0.001 * i)
     grown = Counter(server.drops) - before
     # Only the bucket's burst reached a DH (and failed: an unknown key).
     assert grown["unknown_peer"] == cookie.INITS_PER_SOURCE_BURST
