@@ -9,8 +9,8 @@ Layout: :mod:`bench.lab` (namespaces, links, processes, traffic),
 :mod:`bench.systems` (what is compared), :mod:`bench.report` (summaries,
 tables, plots), :mod:`bench.attack` (the attack bench); at the top the
 command line (``__main__``), the runner and one measurement (``runner``,
-``measure``), the scenario presets, the demo, profiling and
-``offload_cost``.
+``measure``), the scenario presets, the demo, profiling, and the
+micro-benchmarks ``offload_cost`` and ``guard_cost``.
 """
 
 from pathlib import Path

@@ -8,6 +8,7 @@ stripe tunnel started from configs/a.toml (server) and configs/b.toml (client).
 
 from __future__ import annotations
 
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -61,6 +62,15 @@ def run_demo(seconds: float, cc: str | None, log_level: str) -> int:
         print(f"demo: missing {missing}; run it from a checkout of the repository", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="stripe-demo-"))
+    # Their keys are inline, so stripe wants them private (a checkout makes
+    # them readable by all): the demo runs private copies.
+    private = []
+    for config in configs:
+        copy = workdir / config.name
+        shutil.copyfile(config, copy)
+        copy.chmod(0o600)
+        private.append(copy)
+    configs = private
     lab = Lab(
         LabNames.classic(), (LinkSpec.symmetric(DEMO_RATE_MBIT),) * 2, workdir, topology="local"
     )

@@ -49,6 +49,8 @@ if ! "$HERE/dockerd.sh" status >/dev/null 2>&1; then
     STARTED=1
 fi
 "$HERE/base-image.sh"
+# The example configs hold their keys inline: stripe reads them only if private.
+chmod 600 "$HERE"/config/*.toml
 docker build -q --network host --target build -t stripe-build:cache "$REPO" >/dev/null
 docker build -q --network host -t stripe:latest "$REPO" >/dev/null
 compose -f "$HERE/compose.yaml" -p "$PROJECT" up --no-build \

@@ -122,7 +122,7 @@ sed -e "s/172\.29\.0\./$NET0./g" -e "s/172\.29\.1\./$NET1./g" \
     "$HERE/config/server.toml" >"$WORK/server.toml"
 sed -e "s/172\.29\.0\./$NET0./g" -e "s/172\.29\.1\./$NET1./g" \
     "$HERE/config/client.toml" >"$WORK/client.toml"
-chmod 644 "$WORK"/*.toml
+chmod 600 "$WORK"/*.toml  # inline keys: stripe wants them private
 docker network create --internal --subnet "$NET0.0/24" "$PREFIX-link0" >/dev/null
 docker network create --internal --subnet "$NET1.0/24" "$PREFIX-link1" >/dev/null
 for role in server client; do

@@ -1,29 +1,48 @@
-"""Handshake DoS defence: rate limits and WireGuard-style stateless cookies.
+"""Handshake DoS defence: WireGuard-style stateless cookies and rate limits.
 
 Theory of operation
 -------------------
 A handshake initiation costs the server four Diffie-Hellman operations, so
 it is the one message an attacker would flood.  mac1 (keyed with the
 server's public key) already turns away anyone who does not know the server
-at all, before any DH.  On top of that:
+at all, before any DH.  On top of that, as WireGuard does:
 
-- `HandshakeLimiter` keeps a token bucket per source IP address (and counts
-  the overall rate).  Past `UNDER_LOAD_INITS_PER_S` the server is *under
-  load* and demands proof that the sender can receive at its address.
-- `CookieChecker` (server) gives that proof: under load, an initiation
+- `HandshakeLimiter` counts the overall rate of mac1-valid initiations.
+  Past `UNDER_LOAD_INITS_PER_S` the server is *under load* and demands
+  proof that the sender can receive at its address.
+- `CookieChecker` (server) gives that proof: under load, every initiation
   without a valid mac2 is answered with a small COOKIE_REPLY (52 bytes, less
-  than the 148-byte initiation: no amplification) carrying, encrypted, a
-  cookie = MAC(rotating secret, source address).  Nothing is stored.
+  than the 148-byte initiation) carrying, encrypted, a cookie =
+  MAC(rotating secret, source address and port).  Nothing is stored.
 - `CookieJar` (client) decrypts the cookie (authenticated with the mac1 of
   the initiation it answers, so it cannot be forged off-path) and sends
   mac2 = MAC(cookie, initiation) with its next initiations for two minutes.
+- Only an initiation with a valid mac2 meets the per-source token bucket
+  (`HandshakeLimiter.allow`): its sender proved it receives at that address,
+  so a spoofer cannot spend a real client's tokens.  Not under load there is
+  no per-source limit at all: below the threshold the DH work is bounded by
+  the threshold itself, and a spoofed trickle must not drain a bucket the
+  real client needs.
 
-A flood of forged initiations from spoofed addresses thus costs the server
-one BLAKE2s per packet, and real clients, which receive their cookie, get
-through; floods from a real address are cut by that address's bucket.
+Why every initiation without mac2 gets a reply, not one per source per
+interval: any per-source reply slot is taken by whoever sends most from
+that address, and an off-path attacker can spoof the real client's address
+at any rate, so the client would never see its cookie.  Replying to all is
+safe against reflection: the reply is smaller than the initiation that
+caused it (52 < 148 bytes, no amplification), it goes to the address the
+initiation came from, and it carries nothing an attacker can use (the
+cookie is only valid for that address, encrypted under the initiation's
+mac1).  An attacker spoofing a victim's address could as well send the
+victim its own 148 bytes directly.
+
+A flood of forged initiations thus costs the server one BLAKE2s and, under
+load, one small encrypted reply per packet; real clients, which receive
+their cookie, get through on their next attempt, and floods from a real
+address that does receive cookies are cut by that address's bucket.
 
 Empty state: no buckets, a fresh secret, no cookie.  Memory is bounded by
-`MAX_TRACKED_SOURCES`.
+`MAX_TRACKED_SOURCES` (and only senders that proved their address get a
+bucket).
 """
 
 from __future__ import annotations
@@ -46,8 +65,6 @@ UNDER_LOAD_INITS_PER_S = 50
 INITS_PER_SOURCE_PER_S = 10.0
 INITS_PER_SOURCE_BURST = 5.0
 MAX_TRACKED_SOURCES = 4096
-# One cookie reply per source address per this long (see `CookieChecker.may_reply`).
-COOKIE_REPLY_INTERVAL_S = 0.1
 COOKIE_LABEL = b"cookie--"
 
 COOKIE_REPLY = struct.Struct("!B3xI12s32s")  # type, receiver index, nonce, enc. cookie
@@ -71,7 +88,9 @@ class _Bucket:
 
 @dataclass(slots=True)
 class HandshakeLimiter:
-    """Token bucket per source address plus the overall initiation rate."""
+    """The overall rate of mac1-valid initiations (`note`, `under_load`) and,
+    for those that proved their source address (valid mac2), a token bucket
+    per source address (`allow`)."""
 
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _window_start: float = 0.0
@@ -118,7 +137,6 @@ class CookieChecker:
         self._aead = _cookie_aead(server_public)
         self._secret = random_bytes(32)
         self._secret_time = float("-inf")
-        self._replied: dict[str, float] = {}
 
     def _cookie(self, addr: tuple[str, int], now: float) -> bytes:
         if now - self._secret_time >= COOKIE_SECRET_LIFETIME_S:
@@ -131,22 +149,6 @@ class CookieChecker:
         expected = hashlib.blake2s(datagram[:HANDSHAKE_INIT_MAC2_OFFSET], key=cookie,
                                    digest_size=wire.MAC_SIZE).digest()
         return hmac.compare_digest(expected, datagram[HANDSHAKE_INIT_MAC2_OFFSET:])
-
-    def may_reply(self, host: str, now: float) -> bool:
-        """At most one cookie reply per source address per
-        COOKIE_REPLY_INTERVAL_S: a real client needs one (its next
-        initiation carries mac2); a flood from one address gets no more,
-        and costs no reply and no send."""
-        last = self._replied.get(host)
-        if last is not None and now - last < COOKIE_REPLY_INTERVAL_S:
-            return False
-        if len(self._replied) >= MAX_TRACKED_SOURCES:
-            self._replied = {h: t for h, t in self._replied.items()
-                             if now - t < COOKIE_REPLY_INTERVAL_S}
-            if len(self._replied) >= MAX_TRACKED_SOURCES:
-                return False
-        self._replied[host] = now
-        return True
 
     def reply(self, init: wire.HandshakeInit, addr: tuple[str, int], now: float) -> bytes:
         nonce = self._random(12)

@@ -16,7 +16,7 @@ The driver (`io.driver`) feeds inputs, each with the current monotonic time:
 After any input it pulls the outputs: `datagrams_to_send()` (socket index,
 bytes, address), `packets_to_deliver()` (in-order IP packets for the TUN),
 `sockets_to_close()` (removed links' sockets, once drained),
-`sources_to_block(now)` (the guard's blocked sources, when they changed) and
+`block_changes(now)` (sources the guard blocked and unblocked lately) and
 `take_events()` (log lines), then re-arms one timer from `get_timer()`.
 Nothing here reads a clock, touches a socket or imports asyncio, so the
 tests drive two endpoints through an in-memory network with a fake clock.
@@ -41,7 +41,7 @@ from typing import Any
 from . import reconfig, routing
 from .aqm import CoDel
 from .egress import Egress
-from .guard import SourceGuard
+from .guard import BlockChanges, SourceGuard
 from .ingress import Ingress
 from .linkctl import LinkControl, client_link
 from .noise import public_from_private
@@ -77,7 +77,6 @@ class Endpoint:
                                   random_index, random_bytes)
         self._ingress = Ingress(spec, outbox, self._sessions, self._links, routes)
         self._egress.wake_handshake = self._sessions.wake
-        self._blocked: tuple[str, ...] = ()
         for peer_spec in spec.peers:
             peer = self._add_peer(peer_spec, now)
             if self.role is Role.CLIENT:
@@ -128,15 +127,13 @@ class Endpoint:
         """Client: sockets of removed links whose drain time is over."""
         return self._outbox.take_closed_sockets()
 
-    def sources_to_block(self, now: float) -> tuple[str, ...] | None:
-        """The source addresses the guard blocks now, newest block last, if
-        they changed since the last call (None: unchanged).  The shell may
-        drop their datagrams in the kernel (see io/source_filter)."""
-        blocked = self._ingress.guard.blocked_hosts(now)
-        if blocked == self._blocked:
-            return None
-        self._blocked = blocked
-        return blocked
+    def block_changes(self, now: float) -> BlockChanges | None:
+        """The sources the guard blocked (newest last) and unblocked since the
+        last call, or None: nothing changed (cheap: the shell asks after
+        every input).  Sources are `guard.source_key`s: IPv4 addresses and
+        IPv6 /64s.  The shell may drop their datagrams in the kernel (see
+        io/source_filter); `urgent`: a handshake lifted a block."""
+        return self._ingress.guard.block_changes(now)
 
     def get_timer(self) -> float | None:
         due: list[float] = []

@@ -8,31 +8,103 @@ attacker the server's socket overflows and the real clients' datagrams are
 lost with the attacker's.  So a source address whose datagrams keep failing
 (FAIL_LIMIT failures, decaying with FAIL_HALF_LIFE_S) is *blocked*: for
 BLOCK_S its transport datagrams are dropped before any parsing (one dict
-lookup per read), then it is examined again.
+lookup per read), then it is examined again.  Each examination costs
+FAIL_LIMIT more junk datagrams read, so a source that goes on sending junk
+is blocked twice as long each time, up to BLOCK_MAX_S: with thousands of
+attacking addresses, re-examining each every second would cost as much as
+not blocking them.  Authenticating, or a quiet spell longer than
+BLOCK_MAX_S, starts a source over at BLOCK_S.
 
-What it cannot do harm to:
-- an address that authenticated within TRUSTED_S is never blocked, so an
-  attacker who spoofs a real client's address cannot get it shut out (the
-  datagrams are then only dropped one by one, as before);
-- handshake messages are never blocked (they have their own rate limit and
+Sources are kept by *key* (`source_key`): an IPv4 address, or for IPv6 the
+/64 it belongs to ("2001:db8:1:2::/64"), since one IPv6 host is normally
+given a whole /64 and could otherwise send from unlimited addresses.  An
+IPv4-mapped IPv6 address (a dual-stack socket) is its IPv4 address.
+
+The shell mirrors the blocked keys into a kernel filter (see
+stripe/io/source_filter.py); `block_changes` hands it only what changed
+since it last asked, and asking costs nothing when nothing did (a heap of
+block ends, not a scan of the table).  A block a handshake lifted is
+`urgent`: the client behind it is back, and its datagrams must not wait
+for the filter's next turn.
+
+Source addresses are spoofable, so the guard must not become a way to shut
+a real client out:
+- an address that authenticated within TRUSTED_S is never blocked;
+- an address that is the current path of a link of a live session is never
+  blocked (the caller says which: `failed(..., protected=...)`), so a link
+  back from an outage, or a backup link that has been quiet, cannot be shut
+  out by junk spoofed from its address;
+- handshake messages are never blocked (they have their own limits and
   cookies, see `cookie`), so a client whose address was blocked (a NAT
-  shared with an attacker) can always handshake, and that clears the block;
-- "unknown session" does not count as a failure: that is what a real
-  client sends to a server that restarted, until it handshakes again.
+  shared with an attacker, or a server that restarted and takes the
+  client's datagrams for an unknown session as failures) can always
+  handshake, and a handshake that authenticates clears the block
+  (`succeeded`) at once;
+- trusted entries are never forgotten to make room: when the table is full,
+  idle sources go first, then those whose block has ended, never a trusted
+  or a blocked one (a new source then goes untracked, and unblocked, until
+  some entry expires).
 
-Empty state: no sources.  Bounded: at most MAX_SOURCES addresses, the least
-interesting (neither blocked nor trusted) forgotten first.
+Empty state: no sources, nothing blocked, no changes to report.
+Bounded: at most MAX_SOURCES keys; the heap holds one end per block made
+in the last BLOCK_MAX_S (an end made stale by a handshake is dropped when
+it comes up).
 """
 
 from __future__ import annotations
 
+import heapq
+import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 FAIL_LIMIT = 64.0
 FAIL_HALF_LIFE_S = 1.0
-BLOCK_S = 1.0
+BLOCK_S = 1.0  # the first block of a source
+BLOCK_MAX_S = 64.0  # blocks after it double up to this
 TRUSTED_S = 10.0
 MAX_SOURCES = 4096
+IPV6_PREFIX_BITS = 64
+# Keys of IPv6 source addresses, remembered up to this many (then all are
+# forgotten: a flood from one /64 cycles through addresses).
+MAX_CACHED_KEYS = 4096
+
+_keys: dict[str, str] = {}
+
+
+def source_key(host: str) -> str:
+    """What the guard keeps a source address by: an IPv4 address as it is;
+    an IPv6 address as its /64 ("2001:db8::/64"), or as the IPv4 address it
+    maps (::ffff:192.0.2.1); anything unparsable as it is."""
+    if ":" not in host:
+        return host
+    key = _keys.get(host)
+    if key is None:
+        try:
+            address = ipaddress.IPv6Address(host)
+        except ValueError:
+            return host
+        mapped = address.ipv4_mapped
+        if mapped is not None:
+            key = str(mapped)
+        else:
+            network = ipaddress.IPv6Network((int(address) >> (128 - IPV6_PREFIX_BITS)
+                                             << (128 - IPV6_PREFIX_BITS), IPV6_PREFIX_BITS))
+            key = str(network)
+        if len(_keys) >= MAX_CACHED_KEYS:
+            _keys.clear()
+        _keys[host] = key
+    return key
+
+
+class BlockChanges(NamedTuple):
+    """Keys blocked (newest block last) and unblocked since the last report;
+    `urgent`: a handshake lifted one of the blocks."""
+
+    blocked: list[str]
+    unblocked: list[str]
+    urgent: bool
 
 
 @dataclass(slots=True)
@@ -41,63 +113,114 @@ class _Source:
     scored_at: float = 0.0
     blocked_until: float = float("-inf")
     trusted_until: float = float("-inf")
+    block_s: float = 0.0  # how long its last block lasted (0: none lately)
+
+
+def _nowhere(key: str, now: float) -> bool:
+    return False
 
 
 class SourceGuard:
-    __slots__ = ("_blocked", "_sources", "blocks")
+    __slots__ = ("_blocked", "_changed", "_ends", "_lifted", "_no_room_until", "_sources",
+                 "blocks")
 
     def __init__(self) -> None:
         self._sources: dict[str, _Source] = {}
-        self._blocked: dict[str, float] = {}  # host -> blocked until
+        self._blocked: dict[str, float] = {}  # key -> blocked until
+        self._ends: list[tuple[float, str]] = []  # heap of (blocked until, key)
+        self._changed: set[str] = set()  # keys blocked or unblocked since block_changes
+        self._lifted = False  # ... and one of them by a handshake
+        # The table was full of sources that may not be forgotten: no new
+        # one is tracked, and no search for room made, before this.
+        self._no_room_until = float("-inf")
         self.blocks = 0  # times a source was blocked (status)
 
     def blocked(self, host: str, now: float) -> bool:
-        source = self._sources.get(host)
+        source = self._sources.get(source_key(host))
         return source is not None and now < source.blocked_until
 
-    def failed(self, host: str, now: float, count: int = 1) -> None:
-        """`count` datagrams from `host` failed to parse or authenticate."""
-        source = self._entry(host, now)
-        if now < source.trusted_until:
+    def failed(self, host: str, now: float, count: int = 1,
+               protected: Callable[[str, float], bool] = _nowhere) -> None:
+        """`count` datagrams from `host` failed to parse or authenticate.
+        `protected(key, now)`: the source (by `source_key`) is a live link's
+        path, never to be blocked (asked only when it would be)."""
+        key = source_key(host)
+        source = self._entry(key, now)
+        if source is None or now < source.trusted_until:
             return
         source.score = source.score * 0.5 ** ((now - source.scored_at) / FAIL_HALF_LIFE_S) + count
         source.scored_at = now
         if source.score >= FAIL_LIMIT:
-            source.blocked_until = self._blocked[host] = now + BLOCK_S
             source.score = 0.0
+            if protected(key, now):
+                return
+            renewed = source.block_s and now - source.blocked_until < BLOCK_MAX_S
+            source.block_s = min(2 * source.block_s, BLOCK_MAX_S) if renewed else BLOCK_S
+            until = source.blocked_until = self._blocked[key] = now + source.block_s
+            heapq.heappush(self._ends, (until, key))
+            self._changed.add(key)
             self.blocks += 1
 
     def succeeded(self, host: str, now: float) -> None:
         """A datagram from `host` authenticated."""
-        source = self._entry(host, now)
-        source.trusted_until = now + TRUSTED_S
-        source.blocked_until = float("-inf")
-        source.score = 0.0
-        self._blocked.pop(host, None)
-
-    def blocked_hosts(self, now: float) -> tuple[str, ...]:
-        """The addresses blocked now, newest block last (for a kernel filter:
-        see stripe/io/source_filter.py)."""
-        blocked = self._blocked
-        if blocked:
-            for host in [h for h, until in blocked.items() if now >= until]:
-                del blocked[host]
-        return tuple(blocked)
-
-    def _entry(self, host: str, now: float) -> _Source:
-        source = self._sources.get(host)
+        key = source_key(host)
+        source = self._entry(key, now)
         if source is None:
-            if len(self._sources) >= MAX_SOURCES:
-                self._forget(now)
-            source = self._sources[host] = _Source(scored_at=now)
+            return
+        source.trusted_until = now + TRUSTED_S
+        source.score = source.block_s = 0.0
+        if self._blocked.pop(key, None) is not None:
+            source.blocked_until = float("-inf")
+            self._changed.add(key)
+            self._lifted = True
+
+    def block_changes(self, now: float) -> BlockChanges | None:
+        """What changed since the last call, or None: nothing.  A key may be
+        reported blocked again (its block renewed), and unblocked when it
+        never was."""
+        ends, blocked = self._ends, self._blocked
+        while ends and ends[0][0] <= now:
+            until, key = heapq.heappop(ends)
+            if blocked.get(key) == until:
+                del blocked[key]
+                self._changed.add(key)
+        if not self._changed:
+            return None
+        added = sorted((k for k in self._changed if k in blocked), key=blocked.__getitem__)
+        removed = [k for k in self._changed if k not in blocked]
+        changes = BlockChanges(added, removed, self._lifted)
+        self._changed, self._lifted = set(), False
+        return changes
+
+    def blocked_sources(self, now: float) -> list[str]:
+        """Every key blocked now (status and tests)."""
+        return [key for key, until in self._blocked.items() if now < until]
+
+    def _entry(self, key: str, now: float) -> _Source | None:
+        """The key's entry, made if there is room (None: there is none)."""
+        source = self._sources.get(key)
+        if source is None:
+            if len(self._sources) >= MAX_SOURCES and not self._make_room(now):
+                return None
+            source = self._sources[key] = _Source(scored_at=now)
         return source
 
-    def _forget(self, now: float) -> None:
+    def _make_room(self, now: float) -> bool:
+        """Forget up to a quarter of the table: idle sources (the lowest
+        scores first), then those whose block has ended; never one that is
+        trusted or blocked now.  False if nothing could go."""
+        if now < self._no_room_until:
+            return False
         sources = self._sources
-        idle = [host for host, s in sources.items()
-                if now >= s.blocked_until and now >= s.trusted_until]
-        for host in idle:
-            del sources[host]
-        if len(sources) >= MAX_SOURCES:  # all blocked or trusted: oldest half goes
-            for host in list(sources)[: MAX_SOURCES // 2]:
-                del sources[host]
+        idle = sorted(
+            (s.blocked_until != float("-inf"),
+             s.score * 0.5 ** ((now - s.scored_at) / FAIL_HALF_LIFE_S), key)
+            for key, s in sources.items()
+            if now >= s.blocked_until and now >= s.trusted_until)
+        for _, _, key in idle[:MAX_SOURCES // 4]:
+            del sources[key]  # an ended block stays in _blocked until its end is popped
+        if len(idle) < MAX_SOURCES // 8:
+            # Few could go: the rest are trusted or blocked, and stay so for
+            # a while; do not search a full table again for every datagram.
+            self._no_room_until = now + min(BLOCK_S, TRUSTED_S)
+        return bool(idle)

@@ -4,7 +4,8 @@ Every datagram from the network enters here, alone or in a train read at
 once from one source (a GRO train), and takes the same path:
 
 1. the source guard (`guard`): a source that sent nothing but junk lately
-   is blocked, its transport datagrams dropped unread;
+   is blocked, its transport datagrams dropped unread (its handshake
+   messages pass, and one that authenticates lifts the block);
 2. the type byte: handshake messages go to `sessions`; anything that is
    not a transport message (DATA, CONTROL, DATA_COPY) is dropped;
 3. the transport header (fixed layout, see `wire`): reserved mask bits
@@ -30,7 +31,7 @@ from collections.abc import Sequence
 
 from . import routing, wire
 from .estimator import FIRST_FEEDBACK_DELAY_S
-from .guard import SourceGuard
+from .guard import SourceGuard, source_key
 from .linkctl import LinkControl
 from .links import Link
 from .outbox import Address, Outbox
@@ -42,6 +43,9 @@ from .spec import EndpointSpec
 
 # The reorder hold is derived again from the measured skew at most this often.
 HOLD_UPDATE_INTERVAL_S = 0.01
+# The addresses of live links, which the guard never blocks, are gathered
+# again at most this often (only when the guard is about to block one).
+LIVE_PATHS_REFRESH_S = 1.0
 
 _CONTROL = wire.MessageType.CONTROL.value
 _COPY = wire.MessageType.DATA_COPY.value
@@ -61,6 +65,8 @@ class Ingress:
         self._outbox = outbox
         self._sessions = sessions
         self._links = links
+        self._live_paths: frozenset[str] = frozenset()
+        self._live_paths_due = float("-inf")
 
     def receive_datagrams(self, sock: int, datagrams: Sequence[bytes], addr: Address,
                           now: float) -> None:
@@ -68,12 +74,9 @@ class Ingress:
         host = addr[0]
         guard, drops = self.guard, self._outbox.drops
         if guard.blocked(host, now):
-            for data in datagrams:
-                if data and data[0] in HANDSHAKE_TYPES:
-                    self._receive_handshake(sock, data, addr, now)  # never blocked (see guard)
-                else:
-                    drops["blocked_source"] += 1
-            return
+            datagrams = self._while_blocked(sock, datagrams, addr, now)
+            if not datagrams:
+                return
         junk = 0
         authenticated = False
         unpack = wire.TRANSPORT_HEADER.unpack_from
@@ -93,17 +96,23 @@ class Ingress:
                 drops["bad_flags"] += 1
                 junk += 1
                 continue
+            # Unknown sessions and duplicates count against the source too:
+            # from an address that authenticated lately (a real client
+            # talking to a server that restarted, a redundant copy arriving
+            # second) they cost nothing, since the guard trusts it, and a
+            # client of a restarted server that does get blocked handshakes
+            # through the block and so lifts it (see guard).
             found = table.get(receiver)
             if found is None:
                 drops["unknown_session"] += 1
+                junk += 1
                 continue
             peer, session = found
             try:
                 plaintext = session.open(mtype, counter, data, now)
             except DecryptError as exc:
                 drops[exc.reason] += 1
-                if exc.reason != "duplicate":  # a redundant copy is no attack
-                    junk += 1
+                junk += 1
                 continue
             # Authenticated from here on.
             authenticated = True
@@ -133,7 +142,37 @@ class Ingress:
         if authenticated:
             guard.succeeded(host, now)
         if junk:
-            guard.failed(host, now, junk)
+            guard.failed(host, now, junk, self._on_live_path)
+
+    def _while_blocked(self, sock: int, datagrams: Sequence[bytes], addr: Address,
+                       now: float) -> Sequence[bytes]:
+        """Datagrams from a blocked source: handshake messages are handled
+        (never blocked, see guard), the rest dropped unread, until a handshake
+        authenticates: that clears the block, and what follows it in the
+        train is returned for the usual path."""
+        drops = self._outbox.drops
+        for i, data in enumerate(datagrams):
+            if data and data[0] in HANDSHAKE_TYPES:
+                if self._receive_handshake(sock, data, addr, now):
+                    self.guard.succeeded(addr[0], now)
+                    return datagrams[i + 1:]
+            else:
+                drops["blocked_source"] += 1
+        return ()
+
+    def _on_live_path(self, key: str, now: float) -> bool:
+        """Is source `key` (see guard.source_key) where a link of a peer
+        with a live session leads?  Such a source is never blocked.  Asked
+        only when the guard would block; the answer comes from a set of those
+        sources made again at most every LIVE_PATHS_REFRESH_S (a path learnt
+        since then has just authenticated, so the guard trusts it anyway)."""
+        if now >= self._live_paths_due:
+            self._live_paths_due = now + LIVE_PATHS_REFRESH_S
+            self._live_paths = frozenset(
+                source_key(link.path[1][0]) for peer in self._sessions.peers
+                if peer.current is not None or peer.next_session is not None
+                for link in peer.links.values() if link.path is not None)
+        return key in self._live_paths
 
     def _receive_handshake(self, sock: int, data: bytes, addr: Address,
                            now: float) -> bool | None:

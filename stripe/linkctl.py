@@ -81,6 +81,7 @@ class LinkControl:
     def next_timer(self, peer: Peer) -> float | None:
         """The earliest time `on_timer` has work for `peer`."""
         due: list[float] = [until for _link, until in peer.retired.values()]
+        due += [at for link in peer.links.values() if (at := link.recent.purge_due()) is not None]
         if peer.current is not None:
             due.append(peer.links_announce_due)
             if peer.feedback.data_since:
@@ -98,6 +99,8 @@ class LinkControl:
 
     def on_timer(self, peer: Peer, now: float) -> None:
         self._expire_retired(peer, now)
+        for link in peer.links.values():
+            link.recent.purge(now)
         session = peer.current
         if session is None:
             return

@@ -214,7 +214,8 @@ class LinkHealth:
 # skew plus jitter (see `reorder`); a copy later than that is dropped as late
 # (the inner transport recovers such losses itself) and, on a full link,
 # takes a newer packet's place in its queue.  Bounded in packets too, so
-# memory stays flat at any rate (at most ~0.7 MB of packets per link).
+# memory stays flat at any rate (at most ~0.7 MB of packets per link), and
+# purged on a timer once too old, so no plaintext stays on an idle link.
 RESEND_WINDOW_S = 0.05
 RESEND_MAX_PACKETS = 512
 
@@ -242,6 +243,17 @@ class RecentSends:
         self.packets += len(run.packets)
         horizon = run.sent - RESEND_WINDOW_S
         while len(runs) > 1 and (self.packets > RESEND_MAX_PACKETS or runs[0].sent < horizon):
+            self.packets -= len(runs.popleft().packets)
+
+    def purge_due(self) -> float | None:
+        """When every run held is too old to re-send (plaintext is not kept
+        longer than that, even on a link that carries nothing more)."""
+        return self.runs[-1].sent + RESEND_WINDOW_S if self.runs else None
+
+    def purge(self, now: float) -> None:
+        """Forget the runs too old to re-send."""
+        runs, horizon = self.runs, now - RESEND_WINDOW_S
+        while runs and runs[0].sent <= horizon:
             self.packets -= len(runs.popleft().packets)
 
     def take(self, now: float) -> list[RecentRun]:

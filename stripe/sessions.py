@@ -27,12 +27,16 @@ GONE is a session whose index left the table: a packet for it counts as
     PREVIOUS  PREVIOUS_SESSION_KEEP_S without a packet,      GONE
               or REJECT_AFTER_S old
     CURRENT   REJECT_AFTER_S old (no rekey came)             GONE
+    NEXT      REJECT_AFTER_S old (the client never used it)  GONE
     any       the peer is removed by a reload                GONE
 
 As WireGuard does, the server keeps sending under CURRENT until the client
 proves it has the new keys (its first packet under NEXT): a response lost
 on the way must not leave the server sending under keys the client never
 got.
+
+Expiry runs on a timer: a session that goes GONE takes its keys with it
+whether or not traffic comes.
 
 Nothing changes before a message authenticates: an initiation moves state
 only after its Noise message verified and its timestamp grew past the
@@ -47,12 +51,13 @@ from collections.abc import Callable
 from . import wire
 from .cookie import CookieChecker, CookieJar, HandshakeLimiter, reply_receiver_index
 from .egress import Egress
+from .guard import source_key
 from .handshake import AcceptedInitiation, PendingInitiation, read_initiation, write_response
 from .linkctl import LinkControl
 from .noise import NoiseError, public_from_private
 from .outbox import Address, Outbox
 from .peer import Peer
-from .session import REKEY_AFTER_S, Session
+from .session import REJECT_AFTER_S, REKEY_AFTER_S, Session
 from .spec import EndpointSpec, PeerSpec, Role
 
 HANDSHAKE_RETRY_S = 1.0
@@ -124,6 +129,8 @@ class Sessions:
             due.append(peer.handshake.due)
         if peer.previous is not None:
             due.append(peer.previous.last_received + PREVIOUS_SESSION_KEEP_S)
+        # Keys are forgotten when they expire, whether or not traffic comes.
+        due += [session.created + REJECT_AFTER_S for session in peer.sessions()]
         return min(due, default=None)
 
     def on_timer(self, peer: Peer, now: float) -> None:
@@ -168,6 +175,10 @@ class Sessions:
             self.table.pop(cur.local_index, None)
             peer.current = None
             self._outbox.event(logging.WARNING, "session expired without a rekey")
+        unused = peer.next_session
+        if unused is not None and unused.expired(now):  # the client never used it
+            self.table.pop(unused.local_index, None)
+            peer.next_session = None
 
     # -- handshake messages --------------------------------------------------
 
@@ -258,18 +269,20 @@ class Sessions:
             drops["bad_mac1"] += 1
             return False
         # From here on every step is cheap until the DH in read_initiation.
+        # Under load, as in WireGuard (see `cookie`): no valid mac2, a cookie
+        # reply, always (smaller than the initiation, so no amplification,
+        # and no per-source slot a spoofer could take); a valid mac2, the
+        # source's token bucket.  Not under load, no per-source limit.
         limiter = self._limiter
         limiter.note(now)
-        if limiter.under_load() and not self._cookies.mac2_valid(data, addr, now):
-            if not self._cookies.may_reply(addr[0], now):
-                drops["handshake_cookie_limited"] += 1
+        if limiter.under_load():
+            if not self._cookies.mac2_valid(data, addr, now):
+                drops["handshake_cookie_sent"] += 1
+                self._outbox.send(sock, self._cookies.reply(init, addr, now), addr)
                 return False
-            drops["handshake_cookie_sent"] += 1
-            self._outbox.send(sock, self._cookies.reply(init, addr, now), addr)
-            return False
-        if not limiter.allow(addr[0], now):
-            drops["handshake_rate_limited"] += 1
-            return False
+            if not limiter.allow(source_key(addr[0]), now):  # an IPv6 /64 is one source
+                drops["handshake_rate_limited"] += 1
+                return False
         try:
             accepted = read_initiation(init, self.spec.private_key, self._psk_for)
         except NoiseError:

@@ -7,7 +7,7 @@
 - `restart`: which changes a reload can apply and which need a restart.
 """
 
-from .files import ReadFile, read_local_file, recording_reader, shipped_reader
+from .files import FileContent, ReadFile, read_local_file, recording_reader, shipped_reader
 from .model import (
     AUTO_MTU,
     DEFAULT_PMTU_PROBE,
@@ -22,6 +22,7 @@ from .restart import LIVE_FIELDS, RESTART_KEYS, SECRET_FIELDS, restart_needed
 
 __all__ = [
     "AUTO_MTU", "DEFAULT_PMTU_PROBE", "LINK_TABLE_BASE", "LIVE_FIELDS", "RESTART_KEYS",
-    "SECRET_FIELDS", "Config", "ConfigError", "LinkConfig", "ReadFile", "default_control_socket",
+    "SECRET_FIELDS", "Config", "ConfigError", "FileContent", "LinkConfig", "ReadFile",
+    "default_control_socket",
     "load", "read_local_file", "recording_reader", "restart_needed", "shipped_reader",
 ]

@@ -22,7 +22,7 @@ from ..pmtu import MAX_MTU, MIN_MTU_IPV4, MIN_MTU_IPV6
 from ..scheduler import SCHEDULERS
 from ..spec import PeerSpec, Role
 from ..wire import MAX_LINKS
-from .files import ReadFile, key_from, read_local_file
+from .files import FileContent, ReadFile, key_from, read_local_file
 from .model import (
     AUTO_MTU,
     DEFAULT_ALLOWED_IPS,
@@ -59,20 +59,22 @@ def load(path: str | os.PathLike[str], role: Role,
     """Read, parse and validate; raises ConfigError with a one-line reason."""
     name = str(path)
     try:
-        data = tomllib.loads(read_file(Path(name))[1].decode())
+        source = read_file(Path(name))
+        data = tomllib.loads(source.data.decode())
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read: {exc.strerror}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{name}: not valid TOML: {exc}") from None
     exists = interface_exists or (lambda ifname: os.path.exists(f"/sys/class/net/{ifname}"))
-    return _parse(name, data, role, exists, read_file)
+    return _parse(name, data, role, exists, read_file, source)
 
 
 def _parse(path: str, data: dict[str, Any], role: Role,
-           interface_exists: Callable[[str], bool], read_file: ReadFile) -> Config:
+           interface_exists: Callable[[str], bool], read_file: ReadFile,
+           source: FileContent) -> Config:
     top = Table(path, "", data)
     iface = Table(path, "interface", top.get("interface", dict, what="an [interface] table"),
-                    read_file)
+                  read_file, source)
     raw_peers = top.get("peer", object, what="a [peer] table (or [[peer]] tables on a server)")
     if isinstance(raw_peers, dict):
         raw_peers = [raw_peers]
@@ -122,7 +124,12 @@ def _parse(path: str, data: dict[str, Any], role: Role,
         except KeyError:
             if "user" in iface.table:
                 raise iface.error("user", f"no such user {user!r} on this host") from None
-            user = ""  # the default user is missing (minimal container): keep running as is
+            # Going on as root without a word is not a default (a minimal
+            # container without nobody): it has to be asked for.
+            raise iface.error("user", f"the default user {user!r} does not exist on this "
+                                      "host; name another user to run as after set-up, or "
+                                      'write user = "" to keep running as started (root)'
+                              ) from None
     metrics = _parse_metrics(iface)
     route_all = iface.get("route_all", bool, False)
     link_routes = iface.get("link_routes", bool, False)
@@ -146,7 +153,7 @@ def _parse(path: str, data: dict[str, Any], role: Role,
     iface.finish()
 
     peers = tuple(
-        _parse_peer(Table(path, name, raw, read_file), several=len(raw_peers) > 1)
+        _parse_peer(Table(path, name, raw, read_file, source), several=len(raw_peers) > 1)
         for name, raw in zip(peer_names, raw_peers, strict=True)
     )
     keys = [peer.public_key for peer in peers]
@@ -221,7 +228,7 @@ def _parse_mtu(iface: Table, ipv6_inside: bool) -> int | None:
 
 
 def _parse_peer(r: Table, several: bool) -> PeerSpec:
-    public_key = key_from(r, "public_key", "public_key_file", True)
+    public_key = key_from(r, "public_key", "public_key_file", True, secret=False)
     assert public_key is not None
     psk = key_from(r, "preshared_key", "preshared_key_file", False)
     what = 'a list of networks like ["10.2.0.1/32", "fd00::1/128"]'

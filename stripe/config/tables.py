@@ -11,16 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .files import ReadFile, read_local_file
+from .files import FileContent, ReadFile, read_local_file
 from .model import ConfigError
 
 
 class Table:
-    """Typed access to one TOML table, with errors that name file and key."""
+    """Typed access to one TOML table, with errors that name file and key.
+    `source`: the config file as read (its mode and owner matter when it
+    holds a secret)."""
 
     def __init__(self, path: str, where: str, table: Any,
-                 read_file: ReadFile = read_local_file) -> None:
-        self.path, self.where, self.read_file = path, where, read_file
+                 read_file: ReadFile = read_local_file,
+                 source: FileContent | None = None) -> None:
+        self.path, self.where, self.read_file, self.source = path, where, read_file, source
         if not isinstance(table, dict):
             raise self.error("", f"expected a table, got {kind_of(table)}")
         self.table: dict[str, Any] = table

@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..endpoint import Endpoint
-from ..guard import BLOCK_S
 from ..offload import VNET_HDR_LEN, OffloadError, coalesce, split_tun_read
 from ..outbox import Datagram
 from ..spec import Address
@@ -116,8 +115,12 @@ class Driver:
         self.io_errors: Counter[str] = Counter()
         # Syscalls vs packets each way: shows the batching at work in `status`.
         self.io_counts: Counter[str] = Counter()
-        # Sources whose datagrams the kernel drops for us now (see guard).
-        self._filtered: tuple[str, ...] = ()
+        # Sources whose datagrams the kernel drops for us (see guard), and
+        # the timer that rebuilds the filter and logs the blocks, batched.
+        self._source_filter = source_filter.SourceFilter()
+        self._source_filter_code: bytes | None = None
+        self._source_filter_timer: asyncio.TimerHandle | None = None
+        self._source_filter_due = float("inf")
         self._filter_works = True
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -150,6 +153,8 @@ class Driver:
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._source_filter_timer is not None:
+            self._source_filter_timer.cancel()
         self.loop.remove_reader(self.tun.fd)
         for index in list(self.sockets):
             self.close_socket(index)
@@ -174,6 +179,8 @@ class Driver:
         self.sockets[index] = sock
         self.gso[index] = self.config.offload and gso_supported(sock)
         self.gro[index] = self.config.offload and enable_gro(sock)
+        if self._source_filter_code is not None and self._filter_works:
+            self._attach_source_filter({index: sock}, self._source_filter_code)
         self.loop.add_reader(sock.fileno(), self._on_socket, index, sock)
 
     def close_socket(self, index: int) -> None:
@@ -304,25 +311,46 @@ class Driver:
             self.close_socket(index)
         for level, message in core.take_events():
             log.log(level, "%s", message)
-        blocked = core.sources_to_block(now)
-        if blocked is not None:
-            self._update_source_filters(blocked)
+        changes = core.block_changes(now)
+        if changes is not None:
+            self._source_filter.update(*changes)
+            self._arm_source_filter_timer(now)
         self._arm_timer()
 
-    def _update_source_filters(self, hosts: tuple[str, ...]) -> None:
-        """Mirror the guard's blocked sources into each IPv4 socket's kernel
-        filter (see source_filter): their junk then costs us nothing."""
-        for host in set(hosts) - set(self._filtered):
-            log.warning("source %s blocked for %.0f s: nothing but junk from it "
-                        "(dropped in the kernel meanwhile)", host, BLOCK_S)
-        self._filtered = hosts
-        if not self._filter_works:
+    def _arm_source_filter_timer(self, now: float) -> None:
+        """Rebuild the kernel filter and log the blocks when they are due
+        (see source_filter: batched, at most so many times a second)."""
+        due = self._source_filter.next_due()
+        if due is None:
             return
-        ipv4 = source_filter.ipv4_hosts(hosts)
+        if self._source_filter_timer is not None:
+            if self._source_filter_due <= due:
+                return  # the armed one comes first
+            self._source_filter_timer.cancel()  # a lifted block goes at once
+        self._source_filter_due = due
+        self._source_filter_timer = self.loop.call_later(max(due - now, 0.0),
+                                                         self._on_source_filter_timer)
+
+    def _on_source_filter_timer(self) -> None:
+        """Mirror the guard's blocked sources into every socket's kernel
+        filter: their junk then costs us nothing."""
+        self._source_filter_timer = None
+        now = time.monotonic()
+        filters = self._source_filter
+        rebuilt, code = filters.rebuild(now)
+        if rebuilt and self._filter_works:
+            self._source_filter_code = code
+            self._attach_source_filter(self.sockets, code)
+        line = filters.summary(now)
+        if line is not None:
+            log.warning("%s", line)
+        self._arm_source_filter_timer(now)
+
+    def _attach_source_filter(self, sockets: dict[int, socket.socket],
+                              code: bytes | None) -> None:
         try:
-            for sock in self.sockets.values():
-                if sock.family == socket.AF_INET:
-                    source_filter.apply(sock, ipv4)
+            for sock in sockets.values():
+                source_filter.attach(sock, code)
         except OSError as exc:
             self._filter_works = False
             log.warning("cannot attach socket filters (%s): blocked sources are dropped "
@@ -506,10 +534,15 @@ async def serve(config: Config) -> None:
             except ImportError:
                 raise SetupError("metrics needs prometheus-client: "
                                  "pip install 'stripe-vpn[metrics]'") from None
-            metrics = MetricsServer(config.metrics, loop, driver.status)
         driver.start()
         if config.user:
             drop_privileges(config.user)
+        # Capabilities, the bounding set and no_new_privs belong to each
+        # thread: the metrics server's threads start after the drop, so they
+        # inherit the dropped set (a metrics port below 1024 still binds:
+        # CAP_NET_BIND_SERVICE is kept).
+        if config.metrics:
+            metrics = MetricsServer(config.metrics, loop, driver.status)
         await driver.stopped.wait()
     finally:
         if metrics is not None:

@@ -14,9 +14,12 @@ permitted set survives setuid; setgroups/setgid/setuid to the user; capset
 permitted = effective = the kept set, inheritable empty; clear the ambient
 set; PR_SET_NO_NEW_PRIVS, so nothing executed later can gain privileges.
 
-Capabilities belong to threads: this runs on the main thread, before any
-thread that needs them is started (`network.in_thread` starts its threads
-afterwards, so they inherit the kept set).
+Capabilities, the bounding set and no_new_privs belong to threads: this
+runs on the main thread before any other thread lives on (the metrics
+server starts after it; `network.in_thread`'s set-up threads end before
+it), so every thread stripe runs has the dropped set.  (glibc's setuid
+changes the ids of every thread, but a thread started before would keep a
+full bounding set and no no_new_privs.)
 """
 
 from __future__ import annotations
@@ -106,7 +109,10 @@ def drop_privileges(user: str) -> None:
     them we hold: a container may grant fewer).  Does nothing unless root."""
     if os.geteuid() != 0:
         return
-    entry = pwd.getpwnam(user)
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise SetupError(f"dropping privileges: no user {user!r} on this host") from None
     _, permitted = _capget()
     kept = mask(KEPT_CAPABILITIES) & permitted
     # The bounding set limits what anything we might execute could gain;

@@ -108,7 +108,10 @@ class Reloader:
                 raise ReconfigError(reason)
             change = driver.core.plan_reconfigure(new.endpoint_spec())
             listening, to_open, to_close, socket_changes = self._plan_sockets(new, change)
-            opened = open_link_sockets(to_open, old.pmtu_probe)
+            # The sockets going away may hold a port a new one binds (see sockets).
+            going = [*to_close, *(ls.link_id for ls in change.removed_links)]
+            opened = open_link_sockets(to_open, old.pmtu_probe,
+                                       [driver.sockets[i] for i in going if i in driver.sockets])
         except (ReconfigError, SetupError) as exc:
             return self._failed(str(exc))
         now = time.monotonic()

@@ -1,5 +1,15 @@
 """One UDP socket per link, bound to its interface and/or source address.
 
+No SO_REUSEADDR on them: with it, any local user could bind the same port
+on a more specific address (with SO_REUSEADDR too) and receive the
+datagrams meant for stripe.  A reload that replaces a socket by one on the
+same port (a server going from its wildcard socket to per-link ones, or
+back) needs the new one bound while the old one is still open: for that
+moment only, both have SO_REUSEADDR, which is cleared again right after the
+bind (`open_link_sockets(..., replacing=...)`).  The kernel checks the flag
+only when a socket binds, so the port is never free, and shareable only for
+the few system calls of a reload.
+
 Also the UDP offloads: GSO (`UDP_SEGMENT`: one sendmsg carries up to 64
 equal-sized datagrams, the kernel or NIC cuts them) and GRO (`UDP_GRO`: one
 recvmsg returns a train of datagrams from one sender glued together, the
@@ -11,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from collections.abc import Iterable
 
 from ..config import Config, LinkConfig
 from ..spec import Role
@@ -58,14 +69,18 @@ def _family(*hosts: str | None) -> socket.AddressFamily:
     return socket.AF_INET
 
 
-def open_link_socket(link: LinkConfig, probe_pmtu: bool = False) -> socket.socket:
+def open_link_socket(link: LinkConfig, probe_pmtu: bool = False,
+                     share: bool = False) -> socket.socket:
+    """`share`: bind with SO_REUSEADDR (the caller clears it right after,
+    see the module doc)."""
     remote_host = link.remote[0] if link.remote else None
     family = _family(link.source, remote_host)
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if share:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if link.interface:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, link.interface.encode())
         if probe_pmtu:
@@ -101,15 +116,27 @@ def open_sockets(config: Config) -> dict[int, socket.socket]:
     return open_link_sockets(dict(enumerate(links)), config.pmtu_probe)
 
 
-def open_link_sockets(links: dict[int, LinkConfig],
-                      probe_pmtu: bool) -> dict[int, socket.socket]:
-    """All of them or none (SetupError naming the link that failed)."""
+def open_link_sockets(links: dict[int, LinkConfig], probe_pmtu: bool,
+                      replacing: Iterable[socket.socket] = ()) -> dict[int, socket.socket]:
+    """All of them or none (SetupError naming the link that failed).
+    `replacing`: open sockets the caller closes once these are open (a
+    reload); a new socket may bind the port of one of them meanwhile."""
+    old = [sock for sock in replacing if sock.fileno() != -1]
     sockets: dict[int, socket.socket] = {}
     try:
+        _set_reuse(old, True)
         for sock_id, link in links.items():
-            sockets[sock_id] = open_link_socket(link, probe_pmtu)
+            sockets[sock_id] = open_link_socket(link, probe_pmtu, share=bool(old))
     except SetupError:
         for sock in sockets.values():
             sock.close()
         raise
+    finally:
+        _set_reuse([*old, *sockets.values()], False)
     return sockets
+
+
+def _set_reuse(sockets: Iterable[socket.socket], on: bool) -> None:
+    for sock in sockets:
+        if sock.fileno() != -1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, int(on))

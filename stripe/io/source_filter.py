@@ -1,15 +1,33 @@
 """Drop a blocked source's datagrams in the kernel (a classic BPF socket filter).
 
-`stripe.guard` decides which source addresses only send junk; while one is
-blocked, its datagrams still cost a receive syscall and a Python lookup
-each, and at a few hundred thousand a second they fill the socket's buffer,
-so a real client's datagrams are lost with them.  A socket filter drops
-them before they are queued: no buffer, no wake-up, no CPU of ours (the
-kernel counts them as the socket's drops: `ss -u -a -m`, /proc/net/udp).
+`stripe.guard` decides which sources only send junk; while one is blocked,
+its datagrams still cost a receive syscall and a Python lookup each, and at
+a few hundred thousand a second they fill the socket's buffer, so a real
+client's datagrams are lost with them.  A socket filter drops them before
+they are queued: no buffer, no wake-up, no CPU of ours (the kernel counts
+them as the socket's drops: `ss -u -a -m`, /proc/net/udp).
 
-The program (IPv4 sockets; the filter sees the UDP header at offset 0):
-handshake messages (first payload byte 1-3) always pass, as the guard
-promises; otherwise the IPv4 source is compared with each blocked address.
+The program (the filter sees the UDP header at offset 0, the IP header at
+SKF_NET_OFF): handshake messages (first payload byte 1-3) always pass, as
+the guard promises; otherwise the IP version picks a search of the blocked
+IPv4 addresses or of the blocked IPv6 /64s (the guard keeps IPv6 sources by
+/64), each a binary search tree over sorted 32-bit words (an IPv6 /64 is
+two: the tree over the first words leads to a tree over the second words of
+the /64s that share it).  A packet costs some 20-80 instructions whatever
+the number of blocked sources, and a program of at most BPF_MAXINSNS
+instructions holds ~3,600 of them; beyond that the newest blocks are in it,
+and the oldest are dropped after reading instead.
+
+`SourceFilter` keeps the blocked set as the guard reports changes to it
+(each key parsed once, when it is blocked), and builds the program again at
+most MAX_REBUILDS_PER_S times a second, whatever the churn: a burst of
+blocks costs one rebuild, a source's junk reaches us for at most
+1/MAX_REBUILDS_PER_S longer, and an ended block is dropped in the kernel for
+as long, except one that a handshake lifted: the client behind it is back,
+so that change goes to the kernel at once (only authenticated handshakes
+can ask for it).  It also sums the blocks up for the log: one line per
+LOG_INTERVAL_S at most, with counts and a few examples, never one per
+source.
 """
 
 from __future__ import annotations
@@ -17,22 +35,37 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ipaddress
+import itertools
 import socket
 import struct
+from collections.abc import Callable, Iterable, Sequence
 
+from ..guard import BLOCK_MAX_S, BLOCK_S
 from ..wire import MessageType
 
 SO_ATTACH_FILTER = 26
 SO_DETACH_FILTER = 27
 SKF_NET_OFF = -0x100000  # loads relative to the IP header
-MAX_FILTERED = 200  # a cBPF program holds 4096 instructions; stay small
+BPF_MAXINSNS = 4096  # the kernel's limit for a classic socket filter
+MAX_REBUILDS_PER_S = 4.0
+LOG_INTERVAL_S = 10.0
+LOG_EXAMPLES = 3
+# Values compared one after the other at the leaves of a search tree (a
+# jump offset is 8 bits; larger leaves: a shorter program, longer searches).
+LEAF_VALUES = 64
 
+Insn = tuple[int, int, int, int]
 # struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}
 _INSN = struct.Struct("=HBBI")
 _LD_B_ABS, _LD_W_ABS = 0x30, 0x20
-_JGT_K, _JGE_K, _JEQ_K = 0x25, 0x35, 0x15
+_RSH_K = 0x74
+_JA, _JGT_K, _JGE_K, _JEQ_K = 0x05, 0x25, 0x35, 0x15
 _RET_K = 0x06
 _ACCEPT, _DROP = 0xFFFFFFFF, 0
+_ACCEPT_INSN: Insn = (_RET_K, 0, 0, _ACCEPT)
+_DROP_INSN: Insn = (_RET_K, 0, 0, _DROP)
+_IPV4_SOURCE = (SKF_NET_OFF + 12) & 0xFFFFFFFF
+_IPV6_SOURCE = (SKF_NET_OFF + 8) & 0xFFFFFFFF  # the first of its four words
 # The handshake message types, which always pass (see guard): a range.
 _HANDSHAKE_FIRST = MessageType.HANDSHAKE_INIT.value
 _HANDSHAKE_LAST = MessageType.COOKIE_REPLY.value
@@ -40,43 +73,213 @@ assert {t.value for t in (MessageType.HANDSHAKE_INIT, MessageType.HANDSHAKE_RESP
                           MessageType.COOKIE_REPLY)} == set(range(_HANDSHAKE_FIRST,
                                                                   _HANDSHAKE_LAST + 1))
 
+Parsed = int | tuple[int, int]  # an IPv4 address, or an IPv6 /64's two words
 
-def program(hosts: list[str]) -> list[tuple[int, int, int, int]]:
-    """The filter for these IPv4 source addresses (see the module doc)."""
-    n = len(hosts)
-    insns = [
+
+def parse(key: str) -> Parsed | None:
+    """A guard key (see guard.source_key) as the filter compares it; None
+    if it is neither an IPv4 address nor an IPv6 /64."""
+    try:
+        if "/" in key:
+            network = ipaddress.IPv6Network(key)
+            if network.prefixlen != 64:
+                return None
+            prefix = int(network.network_address) >> 64
+            return (prefix >> 32, prefix & 0xFFFFFFFF)
+        return int(ipaddress.IPv4Address(key))
+    except ValueError:
+        return None
+
+
+def program(blocked: Iterable[Parsed]) -> list[Insn]:
+    """The filter for these blocked sources (see the module doc)."""
+    ipv4: set[int] = set()
+    by_first: dict[int, set[int]] = {}
+    for p in blocked:
+        if isinstance(p, int):
+            ipv4.add(p)
+        else:
+            by_first.setdefault(p[0], set()).add(p[1])
+    code: list[Insn] = [
         (_LD_B_ABS, 0, 0, 8),  # first UDP payload byte: the stripe message type
-        (_JGT_K, 1, 0, _HANDSHAKE_LAST),  # above: not a handshake, check the source
-        (_JGE_K, n + 1, 0, _HANDSHAKE_FIRST),  # handshake messages always pass
-        (_LD_W_ABS, 0, 0, (SKF_NET_OFF + 12) & 0xFFFFFFFF),  # IPv4 source address
+        (_JGT_K, 2, 0, _HANDSHAKE_LAST),  # above: not a handshake, check the source
+        (_JGE_K, 0, 1, _HANDSHAKE_FIRST),
+        _ACCEPT_INSN,  # handshake messages always pass
+        (_LD_B_ABS, 0, 0, SKF_NET_OFF & 0xFFFFFFFF),  # IP version
+        (_RSH_K, 0, 0, 4),
+        (_JEQ_K, 1, 0, 6),
     ]
-    for j, host in enumerate(hosts):
-        index = 4 + j
-        insns.append((_JEQ_K, n + 4 - index, 0, int(ipaddress.IPv4Address(host))))
-    insns += [(_RET_K, 0, 0, _ACCEPT), (_RET_K, 0, 0, _DROP)]
-    return insns
+    over_ipv6 = _jump_over(code)  # IPv4 (a dual-stack socket gets both)
+    if by_first:
+
+        def second_words(first: int) -> None:
+            code.append((_LD_W_ABS, 0, 0, _IPV6_SOURCE + 4))
+            _tree(code, sorted(by_first[first]), None)
+
+        code.append((_LD_W_ABS, 0, 0, _IPV6_SOURCE))
+        _tree(code, sorted(by_first), second_words)
+    else:
+        code.append(_ACCEPT_INSN)
+    over_ipv6()
+    if ipv4:
+        code.append((_LD_W_ABS, 0, 0, _IPV4_SOURCE))
+        _tree(code, sorted(ipv4), None)
+    else:
+        code.append(_ACCEPT_INSN)
+    return code
 
 
-def apply(sock: socket.socket, hosts: list[str]) -> None:
-    """Replace the socket's filter (atomically); no hosts: remove it."""
-    if not hosts:
+def _jump_over(code: list[Insn]) -> Callable[[], None]:
+    """Append a jump (32-bit offset) to where the code will be when the
+    returned function is called."""
+    at = len(code)
+    code.append(_ACCEPT_INSN)  # a placeholder
+
+    def land() -> None:
+        code[at] = (_JA, 0, 0, len(code) - at - 1)
+
+    return land
+
+
+def _tree(code: list[Insn], values: Sequence[int],
+          on_match: Callable[[int], None] | None) -> None:
+    """Append code that, with a 32-bit word in A, runs the code on_match(it)
+    appends (ending in a return) if it is one of `values` (sorted), or drops
+    the packet if on_match is None; otherwise accepts it."""
+    if len(values) > LEAF_VALUES:
+        mid = len(values) // 2
+        # Above the left half's largest: over the left half to the right one.
+        code.append((_JGT_K, 0, 1, values[mid - 1]))
+        over_left = _jump_over(code)
+        _tree(code, values[:mid], on_match)
+        over_left()
+        _tree(code, values[mid:], on_match)
+        return
+    n = len(values)
+    if on_match is None:  # each match jumps to the DROP at the end
+        code += [(_JEQ_K, n - j, 0, v) for j, v in enumerate(values)]
+        code += (_ACCEPT_INSN, _DROP_INSN)
+        return
+    for v in values:
+        code.append((_JEQ_K, 1, 0, v))
+        over_match = _jump_over(code)
+        on_match(v)
+        over_match()
+    code.append(_ACCEPT_INSN)
+
+
+def encode(insns: Sequence[Insn]) -> bytes:
+    return b"".join(itertools.starmap(_INSN.pack, insns))
+
+
+def attach(sock: socket.socket, code: bytes | None) -> None:
+    """Replace the socket's filter with `code` (from `encode`) atomically;
+    None: remove it."""
+    if code is None:
         with contextlib.suppress(OSError):  # ENOENT: no filter attached
             sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
         return
-    insns = program(hosts[:MAX_FILTERED])
-    code = ctypes.create_string_buffer(b"".join(_INSN.pack(*insn) for insn in insns))
+    buffer = ctypes.create_string_buffer(code, len(code))
     # struct sock_fprog {u16 len; struct sock_filter *filter}: the kernel
-    # copies the program during the call, so `code` only has to live until then.
-    fprog = struct.pack("=HxxxxxxQ", len(insns), ctypes.addressof(code))
+    # copies the program during the call, so `buffer` only has to live until then.
+    fprog = struct.pack("=HxxxxxxQ", len(code) // _INSN.size, ctypes.addressof(buffer))
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def ipv4_hosts(hosts: tuple[str, ...]) -> list[str]:
-    out = []
-    for host in hosts:
-        try:
-            if ipaddress.ip_address(host).version == 4:
-                out.append(host)
-        except ValueError:
-            continue
-    return out
+def apply(sock: socket.socket, keys: Sequence[str]) -> None:
+    """Filter out these guard keys on one socket, at once (tests, tools)."""
+    parsed = [p for p in map(parse, keys) if p is not None]
+    attach(sock, encode(program(parsed)) if parsed else None)
+
+
+class SourceFilter:
+    """The blocked sources as the guard reported them, the filter program
+    for them, when it may be built again, and the log's summary of blocks.
+
+    Empty state: nothing blocked, nothing to build, nothing to log.
+    Invariant: `_blocked` holds each blocked key once, in the order of its
+    latest block (the newest last), parsed."""
+
+    def __init__(self) -> None:
+        self._blocked: dict[str, Parsed] = {}
+        self._dirty = False
+        self._urgent = False  # a handshake lifted a block: rebuild at once
+        self._built_at = float("-inf")
+        self.filtered = 0  # sources in the last program built
+        self._trimmed = False  # ... which could not hold them all
+        # For the log: blocks since the last summary line.
+        self._new_blocks = 0
+        self._examples: list[str] = []
+        self._logged_at = float("-inf")
+
+    def __len__(self) -> int:
+        return len(self._blocked)
+
+    def update(self, blocked: Iterable[str], unblocked: Iterable[str],
+               urgent: bool = False) -> None:
+        """The guard's changes (see Endpoint.block_changes)."""
+        table = self._blocked
+        for key in unblocked:
+            if table.pop(key, None) is not None:
+                self._dirty = True
+                self._urgent = self._urgent or urgent
+        for key in blocked:
+            parsed = table.pop(key, None)
+            if parsed is None:
+                parsed = parse(key)
+                if parsed is None:
+                    continue
+                self._new_blocks += 1
+                if len(self._examples) < LOG_EXAMPLES:
+                    self._examples.append(key)
+                self._dirty = True
+            table[key] = parsed  # the newest block last
+
+    def next_due(self) -> float | None:
+        """When `rebuild` or `summary` next has something to do."""
+        due = []
+        if self._dirty:
+            due.append(float("-inf") if self._urgent
+                       else self._built_at + 1.0 / MAX_REBUILDS_PER_S)
+        if self._new_blocks:
+            due.append(self._logged_at + LOG_INTERVAL_S)
+        return min(due, default=None)
+
+    def rebuild(self, now: float) -> tuple[bool, bytes | None]:
+        """(True, the program) if the blocked set changed and a rebuild is
+        allowed now (None: no source blocked, remove the filter), else
+        (False, None)."""
+        if not self._dirty or (not self._urgent
+                               and now < self._built_at + 1.0 / MAX_REBUILDS_PER_S):
+            return False, None
+        self._dirty = self._urgent = False
+        self._built_at = now
+        if not self._blocked:
+            self.filtered, self._trimmed = 0, False
+            return True, None
+        newest = list(self._blocked.values())
+        insns = program(newest)
+        while len(insns) > BPF_MAXINSNS:  # too many: the oldest twentieth goes
+            newest = newest[len(newest) // 20 + 1:]
+            insns = program(newest)
+        self.filtered = len(newest)
+        self._trimmed = self.filtered < len(self._blocked)
+        return True, encode(insns)
+
+    def summary(self, now: float) -> str | None:
+        """One line about the blocks since the last one, at most every
+        LOG_INTERVAL_S."""
+        if not self._new_blocks or now < self._logged_at + LOG_INTERVAL_S:
+            return None
+        new, examples = self._new_blocks, ", ".join(self._examples)
+        self._new_blocks, self._examples = 0, []
+        since = ("" if self._logged_at == float("-inf")
+                 else f" in the last {now - self._logged_at:.0f} s")
+        self._logged_at = now
+        kernel = (f"; the kernel filter holds the newest {self.filtered}"
+                  if self._trimmed else "")
+        return (f"source guard: {new} source{'s' if new != 1 else ''} blocked{since} "
+                f"(e.g. {examples}), {len(self._blocked)} blocked now: nothing but junk from "
+                f"them; a block lasts {BLOCK_S:g} s, twice as long each time the junk goes on "
+                f"(up to {BLOCK_MAX_S:g} s), and the kernel drops their datagrams "
+                f"meanwhile{kernel}")

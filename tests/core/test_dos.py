@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
+
+import pytest
 from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
 
 from stripe import cookie, guard, wire
@@ -29,16 +33,16 @@ def test_flood_gets_cookies_and_real_client_still_connects() -> None:
         sim.server.receive_datagram(0, data, attacker, sim.now + i * 0.003)
         if i % 10 == 0:
             sim.run(0.03)
+    sim.run(0.0)  # the last replies leave
     drops = sim.server.drops
-    # One cookie reply per 0.1 s to the flooding address (the flood spans
-    # ~0.9 s of initiations plus the sim's pauses); the rest cost nothing.
-    assert 5 <= drops["handshake_cookie_sent"] <= 20
-    assert drops["handshake_cookie_limited"] > 200
-    # Only the first second's worth (before "under load") cost a DH.
-    assert drops["unknown_peer"] + drops["handshake_rate_limited"] < 80
-    assert drops["unknown_peer"] <= cookie.INITS_PER_SOURCE_BURST + cookie.INITS_PER_SOURCE_PER_S
+    # Until the server is under load each costs a DH; from then on each gets
+    # a cookie reply (and no DH), smaller than the initiation it answers.
+    assert drops["unknown_peer"] == cookie.UNDER_LOAD_INITS_PER_S
+    assert drops["handshake_cookie_sent"] >= len(flood) - drops["unknown_peer"]
+    assert drops["handshake_rate_limited"] == 0
     replies = [data for addr, data in sim.stray if addr == attacker]
-    assert replies and all(len(r) < wire.HANDSHAKE_INIT_SIZE for r in replies)
+    assert len(replies) == len(flood) - drops["unknown_peer"]
+    assert all(len(r) < wire.HANDSHAKE_INIT_SIZE for r in replies)
     # The real client got a cookie and is back, under the same load.
     sim.run(3.0)
     assert client_peer.current is not None
@@ -122,3 +126,106 @@ def test_handshakes_pass_a_blocked_address() -> None:
     sim.run(3.0, [(sim.now + 0.5, "up", ip_packet(1))])
     assert sim.delivered["server"] == [ip_packet(1)]  # handshake went through, then data
     assert not sim.server.guard.blocked(host, sim.now)
+
+
+def junk_initiation(server_public: bytes, rng: random.Random) -> bytes:
+    """What an off-path attacker who knows only the server's public key can
+    send: a valid mac1 over junk (no Diffie-Hellman of it can succeed)."""
+    return wire.encode_handshake_init(0, rng.getrandbits(32), rng.randbytes(108),
+                                      wire.mac1_key(server_public))
+
+
+def run_with_spoofed_flood(sim: Sim, seconds: float, per_s: int, source: tuple[str, int],
+                           rng: random.Random, burst: int = 1) -> None:
+    """Advance the sim, the server receiving `per_s` junk initiations a second,
+    `burst` at a time, that claim to come from `source`; its answers go there."""
+    step = burst / per_s
+    for _ in range(round(seconds * per_s / burst)):
+        for _ in range(burst):
+            sim.server.receive_datagram(0, junk_initiation(sim.server.public_key, rng), source,
+                                        sim.now)
+        sim.run(step)
+
+
+def client_initiations(sim: Sim, start: int) -> int:
+    return sum(1 for direction, _, data in sim.wire_log[start:]
+               if direction == "up" and data[0] == wire.MessageType.HANDSHAKE_INIT)
+
+
+def test_spoofed_flood_under_load_does_not_lock_the_client_out() -> None:
+    """500 junk initiations a second with the client's own address: the
+    server is under load, and every initiation without mac2 gets a cookie
+    reply, the client's too; its second attempt carries mac2, which the
+    spoofer cannot make, and gets through."""
+    rng = random.Random(11)
+    sim = Sim([SimLink()], seed=11)
+    peer = sim.client.peers[0]
+    peer.handshake.due = sim.now + 1.0  # the flood is on before the client starts
+    start = len(sim.wire_log)
+    run_with_spoofed_flood(sim, 4.0, 500, client_addr(0), rng)
+    assert peer.current is not None
+    assert client_initiations(sim, start) <= 2
+    assert peer.handshake.attempts == 0
+    drops = sim.server.drops
+    assert drops["handshake_cookie_sent"] > 1900  # under load: cookies, no DH
+    assert drops["bad_handshake"] <= cookie.UNDER_LOAD_INITS_PER_S + 1
+    # The replies to the spoofed initiations reach the client too, and are
+    # dropped there (no initiation of its own has their index), counted.
+    assert sim.client.drops["unknown_session"] > 100
+    assert all(len(data) < wire.HANDSHAKE_INIT_SIZE for _, data in sim.stray)
+
+
+def test_spoofed_flood_below_load_does_not_drain_the_client() -> None:
+    """40 junk initiations a second from the client's address, 4 every 0.1 s
+    (enough to keep a 10/s token bucket empty): not enough to put the server
+    under load, so no per-source limit applies and each costs one failed DH;
+    the client's own initiation goes through at once."""
+    rng = random.Random(12)
+    sim = Sim([SimLink()], seed=12)
+    peer = sim.client.peers[0]
+    peer.handshake.due = sim.now + 1.0
+    start = len(sim.wire_log)
+    run_with_spoofed_flood(sim, 2.0, 40, client_addr(0), rng, burst=4)
+    assert peer.current is not None
+    assert client_initiations(sim, start) == 1
+    drops = sim.server.drops
+    assert drops["handshake_cookie_sent"] == drops["handshake_rate_limited"] == 0
+    assert drops["bad_handshake"] >= 70
+
+
+@pytest.mark.parametrize("sources", [
+    [("203.0.113.7", 777)],
+    [("2001:db8:7:7::1", 777), ("2001:db8:7:7::2", 778)],  # one IPv6 /64, one bucket
+])
+def test_under_load_a_source_proving_its_address_is_rate_limited(
+        sources: list[tuple[str, int]]) -> None:
+    """A flood from an attacker's own address, which can receive cookies and
+    so send valid mac2: that address's token bucket (an IPv6 /64's) cuts it
+    to the limit."""
+    sim = Sim([SimLink()], seed=13)
+    sim.run(1.0)
+    server = sim.server
+    attacker_private, _ = generate_keypair()
+    t = sim.now
+    # Put the server under load, then get a cookie the way a client does.
+    first = PendingInitiation(attacker_private, server.public_key, None, 1, 0, 1.7e9)
+    for _ in range(cookie.UNDER_LOAD_INITS_PER_S):
+        server.receive_datagram(0, first.datagram, ("198.51.100.1", 1), t)
+    jars = []
+    for source in sources:
+        server.receive_datagram(0, first.datagram, source, t)
+        reply = next(data for _sock, data, addr in server.datagrams_to_send() if addr == source)
+        jar = cookie.CookieJar(server.public_key)
+        assert jar.consume_reply(reply, first.mac1, t)
+        jars.append(jar)
+    before = Counter(server.drops)
+    for i in range(50):
+        jar = jars[i % len(jars)]
+        init = PendingInitiation(attacker_private, server.public_key, None, 100 + i, 0,
+                                 1.7e9 + 1 + i, mac2=lambda covered, j=jar: j.mac2(covered, t))
+        server.receive_datagram(0, init.datagram, sources[i % len(sources)], t + 0.001 * i)
+    grown = Counter(server.drops) - before
+    # Only the bucket's burst reached a DH (and failed: an unknown key).
+    assert grown["unknown_peer"] == cookie.INITS_PER_SOURCE_BURST
+    assert grown["handshake_rate_limited"] == 50 - cookie.INITS_PER_SOURCE_BURST
+    assert grown["handshake_cookie_sent"] == 0

@@ -107,6 +107,8 @@ class Tunnel:
         spath, cpath = self.workdir / "server.toml", self.workdir / "client.toml"
         spath.write_text("\n".join(server) + "\n")
         cpath.write_text("\n".join(client) + "\n")
+        for path in (spath, cpath):  # they hold private keys
+            path.chmod(0o600)
         return spath, cpath
 
     def stripe(self, ns: str, *args: str, log: str) -> Proc:

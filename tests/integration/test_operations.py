@@ -337,14 +337,20 @@ def test_metrics_agree_with_status_and_capabilities_are_kept(make_tunnel: Any) -
     assert samples[("stripe_reorder_late_packets_total", frozenset({("peer", label)}))] == \
         peer["reorder"]["late"]
 
-    # Both processes: uid nobody, and exactly the three kept capabilities.
+    # Both processes, every thread (capabilities belong to threads, and the
+    # client's metrics server is one): uid nobody, exactly the three kept
+    # capabilities, no way to gain more.
     for proc in tunnel.procs:
-        fields = dict(line.split(":", 1) for line in
-                      Path(f"/proc/{proc.pid}/status").read_text().splitlines())
-        assert fields["Uid"].split() == [NOBODY_UID] * 4, (proc.name, fields["Uid"])
-        assert int(fields["CapEff"], 16) == KEPT_CAPS, (proc.name, fields["CapEff"])
-        assert int(fields["CapPrm"], 16) == KEPT_CAPS
-        assert int(fields["CapBnd"], 16) == KEPT_CAPS
-        assert int(fields["CapAmb"], 16) == 0
-        assert fields["NoNewPrivs"].strip() == "1"
+        tasks = sorted(Path(f"/proc/{proc.pid}/task").iterdir())
+        assert len(tasks) >= (2 if proc.name == "client" else 1), (proc.name, tasks)
+        for task in tasks:
+            fields = dict(line.split(":", 1) for line in
+                          (task / "status").read_text().splitlines())
+            where = (proc.name, task.name)
+            assert fields["Uid"].split() == [NOBODY_UID] * 4, (where, fields["Uid"])
+            assert int(fields["CapEff"], 16) == KEPT_CAPS, (where, fields["CapEff"])
+            assert int(fields["CapPrm"], 16) == KEPT_CAPS, (where, fields["CapPrm"])
+            assert int(fields["CapBnd"], 16) == KEPT_CAPS, (where, fields["CapBnd"])
+            assert int(fields["CapAmb"], 16) == 0, where
+            assert fields["NoNewPrivs"].strip() == "1", where
     stop_all(tunnel)

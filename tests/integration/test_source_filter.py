@@ -21,14 +21,20 @@ from stripe.io import source_filter
 receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 receiver.bind(("127.0.0.1", 45999))
 receiver.settimeout(0.2)
+dual = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)  # IPv4 and IPv6
+dual.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+dual.bind(("::", 46000))
+dual.settimeout(0.2)
 
-def arrives(source, first_byte):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def arrives(source, first_byte, to=receiver):
+    family = socket.AF_INET6 if ":" in source else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM)
     s.bind((source, 0))
-    s.sendto(bytes([first_byte]) + bytes(40), ("127.0.0.1", 45999))
+    port = to.getsockname()[1]
+    s.sendto(bytes([first_byte]) + bytes(40), ("::1" if ":" in source else "127.0.0.1", port))
     s.close()
     try:
-        receiver.recv(100)
+        to.recv(100)
         return True
     except TimeoutError:
         return False
@@ -44,17 +50,36 @@ out = {
 }
 source_filter.apply(receiver, [])
 out["after unblock"] = arrives("127.0.0.2", 4)
+# Thousands of blocked sources, newest last: the oldest, one in the middle
+# and the newest are all dropped.
+many = [f"127.1.{i >> 8}.{i & 255}" for i in range(3000)]
+source_filter.apply(receiver, many)
+out["many: oldest"] = arrives(many[0], 4)
+out["many: middle"] = arrives(many[1500], 4)
+out["many: newest"] = arrives(many[-1], 4)
+out["many: other"] = arrives("127.2.0.1", 4)
+# A dual-stack socket: IPv6 sources by /64, and IPv4 ones.
+source_filter.apply(dual, ["fd00:1::/64", "127.0.0.2"])
+out["v6 blocked /64"] = arrives("fd00:1::1", 4, dual)
+out["v6 same /64"] = arrives("fd00:1::2", 4, dual)
+out["v6 blocked init"] = arrives("fd00:1::2", 1, dual)
+out["v6 other /64"] = arrives("fd00:2::1", 4, dual)
+out["v4 on dual blocked"] = arrives("127.0.0.2", 4, dual)
+out["v4 on dual other"] = arrives("127.0.0.4", 4, dual)
 print(json.dumps(out))
 """
 
 
 def test_blocked_sources_are_dropped_in_the_kernel_but_handshakes_pass() -> None:
+    """IPv4 addresses, thousands of them (the newest too), and IPv6 /64s."""
     if os.geteuid() != 0:
         pytest.skip("needs root (a network namespace)")
     ns = "sf" + secrets.token_hex(3)
     run(["ip", "netns", "add", ns])
     try:
         run(["ip", "link", "set", "lo", "up"], ns=ns)
+        for address in ("fd00:1::1", "fd00:1::2", "fd00:2::1"):
+            run(["ip", "-6", "addr", "add", f"{address}/128", "dev", "lo", "nodad"], ns=ns)
         out = json.loads(run([sys.executable, "-c", CHECK], ns=ns, cwd=REPO_ROOT).stdout)
     finally:
         run(["ip", "netns", "delete", ns], check=False)
@@ -62,4 +87,8 @@ def test_blocked_sources_are_dropped_in_the_kernel_but_handshakes_pass() -> None
         "blocked data": False, "blocked control": False, "blocked init": True,
         "blocked cookie reply": True, "blocked type 0": False, "other data": True,
         "after unblock": True,
+        "many: oldest": False, "many: middle": False, "many: newest": False,
+        "many: other": True,
+        "v6 blocked /64": False, "v6 same /64": False, "v6 blocked init": True,
+        "v6 other /64": True, "v4 on dual blocked": False, "v4 on dual other": True,
     }

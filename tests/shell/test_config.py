@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -40,6 +42,7 @@ backup = true
 def load(tmp_path: Path, text: str, role: Role = Role.CLIENT) -> config.Config:
     path = tmp_path / "c.toml"
     path.write_text(text)
+    path.chmod(0o600)  # it holds a private key
     return config.load(path, role, interface_exists=lambda name: name == "eth0")
 
 
@@ -165,6 +168,7 @@ def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 def test_cli_check_exit_2_one_line_no_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text(CLIENT.replace('remote = "10.0.0.2:5000"', 'remote = 5000'))
+    bad.chmod(0o600)
     result = run_cli("check", "-c", str(bad))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
@@ -262,7 +266,7 @@ def test_files_root_read_can_be_shipped_to_the_running_process(tmp_path: Path) -
                 "not a dict"):
         with pytest.raises(config.ConfigError, match=r"c\.toml: cannot read"):
             config.load(path, Role.CLIENT, exists, config.shipped_reader(bad))
-    files[str(key)] = {"mode": 0o600, "data": "/w=="}  # not UTF-8, not a key
+    files[str(key)] = {"mode": 0o600, "uid": 0, "data": "/w=="}  # not UTF-8, not a key
     with pytest.raises(config.ConfigError, match="private_key_file: expected a base64"):
         config.load(path, Role.CLIENT, exists, config.shipped_reader(files))
 
@@ -295,3 +299,124 @@ def test_redundancy_keys(tmp_path: Path) -> None:
     assert on.duplicate_dscp == (34, 46)
     spec = on.endpoint_spec()
     assert spec.duplicate_below == 200 and spec.duplicate_dscp == frozenset({34, 46})
+
+
+def write_private(tmp_path: Path, text: str, mode: int = 0o600) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_inline_secrets_need_a_private_config(tmp_path: Path) -> None:
+    """A private_key or preshared_key written into the config makes the
+    config as secret as a key file: mode 600."""
+    def exists(name: str) -> bool:
+        return name == "eth0"
+
+    path = write_private(tmp_path, CLIENT, 0o644)
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path, Role.CLIENT, exists)
+    assert str(err.value) == (
+        f"{path}: interface.private_key: {path} holds this key and is open to group or "
+        f"others; run: chmod 600 {path} (or move the key to private_key_file)")
+    path.chmod(0o640)
+    with pytest.raises(config.ConfigError, match=r"interface\.private_key: .*chmod 600"):
+        config.load(path, Role.CLIENT, exists)
+    path.chmod(0o600)
+    assert config.load(path, Role.CLIENT, exists).private_key == decode_key(PRIV)
+    # The private key in a file: an inline preshared key still makes it secret.
+    key = tmp_path / "client.key"
+    key.write_text(PRIV + "\n")
+    key.chmod(0o600)
+    psk = encode_key(generate_keypair()[0])
+    text = CLIENT.replace(f'private_key = "{PRIV}"', 'private_key_file = "client.key"')
+    path = write_private(tmp_path, text.replace("[peer]", f'[peer]\npreshared_key = "{psk}"'),
+                         0o604)
+    with pytest.raises(config.ConfigError, match=r"peer\.preshared_key: .* chmod 600"):
+        config.load(path, Role.CLIENT, exists)
+    # Public keys are no secret: a readable config without secrets is fine.
+    path = write_private(tmp_path, text, 0o644)
+    assert config.load(path, Role.CLIENT, exists).private_key == decode_key(PRIV)
+
+
+def test_secrets_must_belong_to_root_or_the_user_running_stripe(tmp_path: Path) -> None:
+    """Key files, and a config with inline secrets, owned by anyone else
+    (who could replace the key) are refused; the owner travels with the
+    files `stripe reload` ships, like the mode."""
+    def exists(name: str) -> bool:
+        return name == "eth0"
+
+    stranger = 4242 if os.geteuid() != 4242 else 4243
+    me = os.geteuid()
+    text = CLIENT.replace(f'private_key = "{PRIV}"', 'private_key_file = "client.key"')
+    path = write_private(tmp_path, text, 0o644)
+    key = tmp_path / "client.key"
+    key.write_text(PRIV + "\n")
+    key.chmod(0o600)
+    files: dict[str, object] = {}
+    config.load(path, Role.CLIENT, exists, config.recording_reader(files))
+    assert files[str(key)]["uid"] == me  # type: ignore[index]
+
+    def shipped(key_owner: int, config_text: str = text, config_owner: int = me) -> config.Config:
+        data = dict(files)
+        data[str(key)] = {**files[str(key)], "uid": key_owner}  # type: ignore[dict-item]
+        raw = config_text.encode()
+        data[str(path)] = {"mode": 0o100600, "uid": config_owner,
+                           "data": base64.b64encode(raw).decode()}
+        return config.load(path, Role.CLIENT, exists, config.shipped_reader(data))
+
+    assert shipped(0).private_key == decode_key(PRIV)  # root's
+    assert shipped(me).private_key == decode_key(PRIV)
+    with pytest.raises(config.ConfigError) as err:
+        shipped(stranger)
+    user = pwd.getpwuid(me).pw_name
+    assert str(err.value) == (
+        f"{path}: interface.private_key_file: {key} is owned by uid {stranger}, not by root "
+        f"or the user running stripe ({user}); run: chown {user} {key}")
+    with pytest.raises(config.ConfigError, match=r"interface\.private_key: .* owned by uid"):
+        shipped(me, CLIENT, config_owner=stranger)
+    assert shipped(me, CLIENT, config_owner=0).private_key == decode_key(PRIV)
+    assert shipped(me, text, config_owner=stranger)  # no secret in it: any owner
+
+
+def test_the_example_configs_load_when_private(tmp_path: Path) -> None:
+    """configs/ and containers/config/ hold published example keys inline:
+    copied with mode 600 (as their comments and the docs say) they load."""
+    import shutil
+
+    root = Path(__file__).parents[2]
+    for name, role in (("configs/a.toml", Role.SERVER), ("configs/b.toml", Role.CLIENT),
+                       ("containers/config/server.toml", Role.SERVER),
+                       ("containers/config/client.toml", Role.CLIENT)):
+        copy = tmp_path / name.replace("/", "-")
+        shutil.copyfile(root / name, copy)
+        copy.chmod(0o600)
+        assert config.load(copy, role, lambda _name: True).role is role
+        copy.chmod(0o644)
+        with pytest.raises(config.ConfigError, match="chmod 600"):
+            config.load(copy, role, lambda _name: True)
+
+
+def test_a_missing_default_user_is_refused_unless_told_to_keep_root(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without `nobody` (a minimal container) the process would go on as
+    root without a word: that takes `user = ""` in the config."""
+    import stripe.config.parse
+
+    def no_nobody(name: str) -> pwd.struct_passwd:
+        if name == "nobody":
+            raise KeyError(name)
+        return pwd.getpwnam(name)
+
+    monkeypatch.setattr(stripe.config.parse.pwd, "getpwnam", no_nobody)
+    with pytest.raises(config.ConfigError) as err:
+        load(tmp_path, CLIENT)
+    assert str(err.value) == (
+        f"{tmp_path / 'c.toml'}: interface.user: the default user 'nobody' does not exist on "
+        'this host; name another user to run as after set-up, or write user = "" to keep '
+        "running as started (root)")
+    keep = load(tmp_path, CLIENT.replace('name = "st0"', 'name = "st0"\nuser = ""'))
+    assert keep.user is None
+    with pytest.raises(config.ConfigError, match=r"interface\.user: no such user 'nobody'"):
+        load(tmp_path, CLIENT.replace('name = "st0"', 'name = "st0"\nuser = "nobody"'))

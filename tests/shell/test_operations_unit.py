@@ -51,6 +51,7 @@ table = 77
 def load(tmp_path: Path, text: str, role: Role = Role.CLIENT) -> config.Config:
     path = tmp_path / "c.toml"
     path.write_text(text)
+    path.chmod(0o600)  # it holds a private key
     return config.load(path, role, interface_exists=lambda name: name in ("eth0", "eth1"))
 
 

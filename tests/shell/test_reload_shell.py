@@ -82,6 +82,7 @@ def server(tmp_path: Path) -> Any:
 
     def write(links: list[tuple[str, str, int]], peers: int = 1) -> None:
         path.write_text(server_config(ports[0], links, peers))
+        path.chmod(0o600)  # it holds a private key
 
     write([("a", "127.0.0.1", ports[1])])
     driver = FakeDriver(config.load(path, Role.SERVER))
@@ -153,6 +154,7 @@ def test_restart_keys_and_bad_requests_are_refused(server: Any, tmp_path: Path) 
 def test_cli_reload_errors_are_one_line(tmp_path: Path) -> None:
     path = tmp_path / "s.toml"
     path.write_text(server_config(free_ports(1)[0], []))
+    path.chmod(0o600)
     nobody_there = tmp_path / "none.sock"
 
     def cli() -> subprocess.CompletedProcess[str]:
@@ -168,3 +170,28 @@ def test_cli_reload_errors_are_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert 'interface.mtu: expected "auto" or an MTU 576..9000, got 1' in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_socket_replaced_on_the_same_port_and_nobody_can_share_it(server: Any) -> None:
+    """A server going from its wildcard socket to one on a link address with
+    the same port, and back: the new socket binds while the old one is open
+    (link sockets have no SO_REUSEADDR, so a reload lends it to both for the
+    moment of the bind); afterwards the port cannot be shared."""
+    driver, reloader, write, ports = server
+    write([])  # the wildcard socket on listen_port
+    assert asyncio.run(reloader.reload())["ok"]
+    write([("x", "127.0.0.1", ports[0])])
+    reply = asyncio.run(reloader.reload())
+    assert reply["ok"], reply
+    assert [s.getsockname() for s in driver.sockets.values()] == [("127.0.0.1", ports[0])]
+    write([])
+    reply = asyncio.run(reloader.reload())
+    assert reply["ok"], reply
+    assert [s.getsockname() for s in driver.sockets.values()] == [("0.0.0.0", ports[0])]
+    for sock in driver.sockets.values():
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 0
+    thief = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    thief.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    with pytest.raises(OSError, match="Address already in use"):
+        thief.bind(("127.0.0.1", ports[0]))
+    thief.close()
