@@ -52,7 +52,7 @@ INTERVAL_S = 0.100
 # windows keep (see `window.variability_queue_s`): the inner flow's own
 # standing queue rides on top of the swings, so it may reach this much more
 # before a signal.
-VARIABILITY_ALLOWANCE_SCALE = 2.0
+VARIABILITY_ALLOWANCE_SCALE = 4.0
 # A loss-based TCP halves (reno) or cuts by 30 % (cubic) its window at a
 # drop; the links stay busy through that only if the queue it drops from
 # holds that much of a round trip: (1 - 0.7) / 0.7 = 0.43 for cubic.  A

@@ -98,6 +98,7 @@ SPREAD_BUCKET_S = 0.1
 SPREAD_GAIN = 1 / 8
 SPREAD_MEAN_GAIN = 1 / 4
 SPREAD_MAX = 2.0
+SPREAD_UNKNOWN = 0.3
 
 
 @dataclass(slots=True)
@@ -108,13 +109,15 @@ class DeliverySpread:
     the variation is the sender's, not the link's).  A fixed-rate line
     shows a few percent (report timing); a cellular link tens of percent.
 
-    Empty state: no bucket, spread 0."""
+    Empty state: no bucket, spread SPREAD_UNKNOWN (a link is assumed to vary
+    like a cellular one until measured steadier)."""
 
-    spread: float = 0.0
+    spread: float = SPREAD_UNKNOWN
     _bytes: int = 0
     _seconds: float = 0.0
     _busy: bool = True
     _mean_bps: float = 0.0
+    _samples: int = 0
 
     def add(self, delivered_bytes: int, seconds: float, busy: bool) -> None:
         self._bytes += delivered_bytes
@@ -128,7 +131,11 @@ class DeliverySpread:
         else:
             if self._busy:
                 deviation = min(abs(rate - self._mean_bps) / self._mean_bps, SPREAD_MAX)
-                self.spread += SPREAD_GAIN * (deviation - self.spread)
+                # The plain mean of the first samples, then a moving one: the
+                # assumed spread holds only until there is a measured one.
+                self._samples += 1
+                gain = max(SPREAD_GAIN, 1 / self._samples)
+                self.spread += gain * (deviation - self.spread)
             self._mean_bps += SPREAD_MEAN_GAIN * (rate - self._mean_bps)
         self._bytes, self._seconds, self._busy = 0, 0.0, True
 

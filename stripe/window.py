@@ -16,10 +16,12 @@ over its pipe: its minimum round trip plus the time between the peer's
 reports (a packet that arrived waits up to that long before a report covers
 it, and the link must not run dry while it waits):
 
-- normally `WINDOW_GAIN` x the best delivery rate of the last second x the
-  pipe: room for the link to show it can carry more (the delivery it then
-  shows raises the window again, so a link that got ten times faster is
-  used ten times more within a few seconds, as in BBR's probing);
+- normally at least `WINDOW_GAIN` x the best delivery rate of the last
+  second x the pipe: room for the link to show it can carry more (the
+  delivery it then shows raises the window again, so a link that got ten
+  times faster is used ten times more within a few seconds, as in BBR's
+  probing); it never shrinks without a queue to show for it, so a flow
+  that sent little for a while (slow start, a pause) finds it as it was;
 - while the link holds a standing queue above `queue_cap_s`, what it
   delivers now times the pipe plus that cap: a link whose capacity dropped
   keeps a bounded backlog, not the seconds of buffer a modem has.
@@ -145,8 +147,13 @@ class LinkWindow:
         window = WINDOW_GAIN * delivery_max_bps / 8 * pipe
         cap = queue_cap_s(min_rtt_s, delivery_spread, self.report_gap_s)
         if queue_s > cap and delivery_bps > 0:
-            window = min(window, delivery_bps / 8 * (pipe + cap))
-        self.cwnd_bytes = max(window, CWND_MIN_BYTES)
+            # Evidence the window is too big for the link now: shrink it.
+            self.cwnd_bytes = max(min(window, delivery_bps / 8 * (pipe + cap)), CWND_MIN_BYTES)
+        else:
+            # Without a queue, what the link delivered says how much more it
+            # may take, never less: a flow that sent little (slow start, an
+            # application pause) says nothing about the link.
+            self.cwnd_bytes = max(self.cwnd_bytes, window, CWND_MIN_BYTES)
 
     def expire(self, now: float, srtt_s: float | None) -> bool:
         """Write off what is in flight if no report covered any of it for

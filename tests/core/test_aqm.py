@@ -144,9 +144,12 @@ def test_mark_ce_on_ipv6() -> None:
 
 
 def _link(link_id: int, qdelay_s: float, at: float, rate_bps: float = 10e6,
-          min_rtt_s: float | None = None) -> Link:
+          min_rtt_s: float | None = None, spread: float | None = 0.0) -> Link:
+    """A link with a report; `spread` None: its capacity swings not yet measured."""
     link = Link(link_id, f"l{link_id}")
     est = link.est
+    if spread is not None:
+        est._spread.spread = spread
     est.standing_qdelay_s, est.qdelay_at, est.rate_bps = qdelay_s, at, rate_bps
     link.health.min_rtt_s = min_rtt_s
     return link
@@ -158,8 +161,11 @@ def test_bond_queue_is_the_shortest_link_queue() -> None:
     bond = measure_bond(links, 10.01)
     assert bond.queue_s == pytest.approx(0.025 - one_packet)
     assert bond.base_rtt_s == 0.08
-    # Fixed-rate links (no delivery spread measured): no allowance.
+    # Fixed-rate links (measured steady): no allowance ...
     assert bond.allowance_s == 0.0
+    # ... links not measured yet are assumed to swing like cellular ones.
+    fresh = [_link(0, 0.040, 10.0, min_rtt_s=0.02, spread=None)]
+    assert measure_bond(fresh, 10.01).allowance_s > 0.0
     # A link without a queue: the bond has room, whatever the others hold.
     links.append(_link(2, 0.0, 10.0))
     assert measure_bond(links, 10.01).queue_s == 0.0
@@ -292,10 +298,10 @@ def test_ecn_capable_packets_are_marked_not_dropped() -> None:
     queues, sent, _ = aimd_flow(sim, 8.0, tos=0x02)  # ECT(0)
     aqm = sim.client.peers[0].aqm
     assert aqm is not None and aqm.marks > 0 and aqm.drops == 0
+    sim.run(0.5)  # what is still on its way
     marked = [p for p in sim.delivered["server"] if p[1] & 0x03 == 0x03]
     assert len(marked) == aqm.marks
     assert all(checksum(p[:20]) == 0 for p in marked)
-    sim.run(0.5)  # what is still on its way
     assert len(sim.delivered["server"]) == sent  # nothing dropped
     assert _p90(queues[len(queues) // 3:]) < 0.040
 
