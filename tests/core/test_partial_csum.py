@@ -180,6 +180,8 @@ def test_partial_only_to_a_peer_that_takes_them(client: bool, server: bool,
     client_session = sim.client.peers[0].current
     assert client_session is not None
     assert bool(client_session.peer_features & control.FEATURE_PARTIAL_CSUM) == server
+    assert sim.client.status(sim.now)["peers"][0]["partial_csum"] == server
+    assert sim.server.status(sim.now)["peers"][0]["partial_csum"] is server  # client says so
     partial, full = tcp_segments(8)
     sim.run(0.5, [(sim.now + 0.001 * i, "up", s) for i, s in enumerate(partial)])
     got = sim.delivered["server"]
