@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..endpoint import Endpoint
-from ..offload import VNET_HDR_LEN, OffloadError, coalesce, split_tun_read
+from ..offload import VNET_HDR_LEN, OffloadError, coalesce, complete_partial, split_tun_read
 from ..outbox import Datagram
 from ..spec import Address
 from . import source_filter
@@ -454,7 +454,13 @@ class Driver:
         # No checksum check before merging: each packet's AEAD tag already
         # proved it is exactly what the peer sent (see `coalesce`).  Packets
         # whose checksum the peer left partial go with NEEDS_CSUM, merged or not.
-        buffers = coalesce(packets, verify=False) if self.tun.vnet_hdr else packets
+        if self.tun.vnet_hdr:
+            buffers = coalesce(packets, verify=False)
+        else:
+            # A plain TUN cannot be told to complete a checksum, and we told no
+            # peer it may leave one partial: if one did anyway, complete it
+            # rather than hand the kernel a field that is not a checksum.
+            buffers = [complete_partial(packet) for packet in packets]
         self.io_counts["tun_writes"] += len(buffers)
         self.io_counts["tun_packets_out"] += len(packets)
         for buf in buffers:
