@@ -17,6 +17,7 @@ import sys
 import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tests.core.netsim import Sim, SimLink
 from tests.core.test_offload import (
     TIMESTAMPS,
@@ -217,3 +218,21 @@ def test_fragmented_packets_are_completed_first() -> None:
     assert len(fragments) > 1
     field = fragments[0][26:28]
     assert field == offload.complete_partial(packet)[26:28] != pseudo.to_bytes(2, "big")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([4, 6]), st.binary(max_size=1400), st.integers(0, 2**32 - 1),
+       st.integers(0, 0xFFFF), st.sampled_from(["full", "partial"]))
+def test_a_lone_packet_reaches_the_kernel_right(version: int, payload: bytes, seq: int,
+                                                port: int, csum: str) -> None:
+    """The writer's rule on any lone TCP packet: a partial one always goes
+    with NEEDS_CSUM; a full one as it is (or, when its checksum equals its
+    pseudo-header sum by chance, with NEEDS_CSUM, which gives it the same
+    checksum): what the kernel ends up with is always the full packet."""
+    p = Tcp(version=version, payload=payload, seq=seq, sport=port, flags=0x18)
+    packet = build(p, csum)
+    out = coalesce([packet], verify=False)
+    assert len(out) == 1
+    if csum == "partial":
+        assert out[0][0] == offload.VIRTIO_NET_HDR_F_NEEDS_CSUM
+    assert expand(out) == [build(p)]
