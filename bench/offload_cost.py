@@ -2,7 +2,11 @@
 
 A 64 KB IPv4 TSO super-packet (TCP timestamps, 1360-byte segments, the MSS
 of a 1400-byte tunnel MTU) is split, and its segments are coalesced back;
-a second batch interleaves two flows.  Prints the best of several repeats
+a second batch interleaves two flows.  Both with full checksums (what
+goes to a peer that does not take partial ones) and partial ones (the
+pseudo-header sum only; the data path's mode between two offload ends, see
+`offload`), and coalesce verifying checksums or not (the data path's mode:
+the AEAD vouched for the bytes).  Prints the best of several repeats
 per segment / per packet: on a shared machine the minimum is the honest
 figure, the rest is other load.
 """
@@ -60,11 +64,22 @@ def main() -> None:
         assert len(offload.coalesce(segments)) == 1 and len(offload.coalesce(two_flows)) == 2
         count = len(segments)
         split = best_us(partial(offload.split_tun_read, raw), args.repeat, args.number)
+        split_partial = best_us(partial(offload.split_tun_read, raw, partial=True), args.repeat,
+                                args.number)
+        lone = segments[0]
+        written = best_us(partial(offload.partial_vnet_hdr, lone), args.repeat, args.number * 10)
         merge = best_us(partial(offload.coalesce, segments), args.repeat, args.number)
+        unverified = best_us(partial(offload.coalesce, segments, verify=False), args.repeat,
+                             args.number)
         mixed = best_us(partial(offload.coalesce, two_flows), args.repeat, args.number)
         print(f"IPv{version}: {len(raw) - 10}-byte super-packet, {count} segments of {MSS}")
         print(f"  split_tun_read  {split:8.1f} us  = {split / count:5.2f} us per segment")
+        print(f"  split_tun_read, partial checksums  {split_partial:8.1f} us  = "
+              f"{split_partial / count:5.2f} us per segment")
         print(f"  coalesce        {merge:8.1f} us  = {merge / count:5.2f} us per packet")
+        print(f"  coalesce, unverified  {unverified:8.1f} us  = {unverified / count:5.2f} us "
+              "per packet")
+        print(f"  header for a lone packet (partial_vnet_hdr): {written:5.2f} us")
         print(f"  coalesce 2 flows interleaved: {mixed / (2 * count):5.2f} us per packet")
 
 

@@ -28,6 +28,10 @@ field: a buggy peer must not crash us.
     PMTU_PROBE {"t": 6, "i": probe_id, "p": padding (bin)}
                padded to the datagram size being probed (see pmtu)
     PMTU_ACK   {"t": 7, "i": probe_id}   answered at once on the same link
+
+Any message may also carry "o", the offload features its sender takes
+(bits, see FEATURE_*; absent: none), so that a peer learns them from the
+first probe or report of a session.  An older peer ignores the key.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ from enum import IntEnum
 import msgpack
 
 MAX_LINK_NAME_BYTES = 32
+
+# "o" bits.  PARTIAL_CSUM: the sender of the message takes inner TCP/UDP
+# packets whose checksum field holds only the pseudo-header sum (it writes
+# them to its TUN with NEEDS_CSUM; see `offload.partial_csum_at`).
+FEATURE_PARTIAL_CSUM = 0x1
 
 
 class ControlType(IntEnum):
@@ -112,7 +121,7 @@ class PmtuAck:
 ControlMessage = Probe | ProbeAck | Links | Feedback | Marker | PmtuProbe | PmtuAck
 
 
-def encode(message: ControlMessage, next_data_counter: int) -> bytes:
+def encode(message: ControlMessage, next_data_counter: int, features: int = 0) -> bytes:
     if isinstance(message, Probe):
         body: dict[str, object] = {"t": ControlType.PROBE, "i": message.probe_id}
     elif isinstance(message, ProbeAck):
@@ -138,6 +147,8 @@ def encode(message: ControlMessage, next_data_counter: int) -> bytes:
                   for r in message.reports],
         }
     body["d"] = next_data_counter
+    if features:
+        body["o"] = features
     data: bytes = msgpack.packb(body)
     return data
 
@@ -177,8 +188,14 @@ def _entries(body: dict[str, object], *widths: int) -> list[list[object]]:
 
 def decode(data: bytes) -> tuple[ControlMessage, int]:
     """The message and the sender's next data counter; ControlError if malformed."""
+    message, counter, _features = decode_with_features(data)
+    return message, counter
+
+
+def decode_with_features(data: bytes) -> tuple[ControlMessage, int, int]:
+    """`decode`, and the features the sender takes ("o", 0 when absent)."""
     body = _body(data)
-    return _message(body), _uint(body.get("d"), 63)
+    return _message(body), _uint(body.get("d"), 63), _uint(body.get("o", 0), 32)
 
 
 def _body(data: bytes) -> dict[str, object]:

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from . import pmtu, routing, wire
 from .aqm import CoDel, mark_ce, measure_bond
 from .links import Link
+from .offload import complete_partial
 from .outbox import Outbox
 from .peer import Peer
 from .scheduler import usable_links
@@ -260,6 +261,9 @@ class Egress:
         assert mtu is not None
         if packet[0] >> 4 == 6 and len(packet) <= pmtu.MIN_MTU_IPV6:
             return False
+        if self.spec.partial_csum:
+            # A fragment has no transport header for the far end to complete.
+            packet = complete_partial(packet)
         fragments, answer = self.oversize.handle(packet, mtu, now)
         if answer is not None:
             self._outbox.deliveries.append(answer)

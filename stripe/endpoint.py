@@ -70,7 +70,7 @@ class Endpoint:
         self.public_key = public_from_private(spec.private_key)
         self._outbox = outbox = Outbox()
         routes: routing.AllowedIPs[Peer] = routing.AllowedIPs()
-        transmit = Transmitter(outbox)
+        transmit = Transmitter(outbox, spec.partial_csum)
         self._egress = Egress(spec, outbox, transmit, routes)
         self._links = LinkControl(spec, outbox, transmit, self._egress)
         self._sessions = Sessions(spec, outbox, self._links, self._egress, wall_offset,

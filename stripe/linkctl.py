@@ -255,10 +255,11 @@ class LinkControl:
                        plaintext: bytes, now: float) -> None:
         """An authenticated CONTROL message on `link` (control counter `counter`)."""
         try:
-            message, next_data_counter = control.decode(plaintext)
+            message, next_data_counter, features = control.decode_with_features(plaintext)
         except control.ControlError as exc:
             self._outbox.drops[f"control_{exc}"] += 1
             return
+        session.peer_features |= features
         session.reorder.note_progress(link.link_id, next_data_counter, now)
         if isinstance(message, control.Marker) and message.final:
             session.reorder.forget_link(link.link_id, now)

@@ -39,6 +39,29 @@ computed at C speed.  Dividing a 1400-byte integer by 0xFFFF costs a
 hardware division per 30-bit digit, so `_ones_sum` first folds the halves
 together with shifts and masks (2**(16k) = 1 too) and divides what is left.
 
+Partial checksums (`partial=True`, when the peer said it takes them: see
+docs/protocol.md, "offload features").  The inner packets are sealed and
+authenticated end to end, so nobody between the two TUNs needs a complete
+TCP/UDP checksum: the sender can leave the field as the kernel gave it,
+CHECKSUM_PARTIAL (the folded pseudo-header sum, not complemented), and the
+receiving kernel completes it or, delivering locally, trusts it.  A packet in
+that state is recognised by its bytes alone (`partial_csum_at`): a TCP or UDP
+packet (IPv4 not fragmented, IPv6 without extension headers) whose checksum
+field is congruent mod 0xFFFF to its pseudo-header sum.  A complete, correct
+checksum matches that by chance once in 65,535 packets, and for such a packet
+completing it again yields the same checksum, so treating it as partial is
+harmless.  Rules that follow:
+
+- `split_tun_read(..., partial=True)` gives every TSO/USO segment the
+  pseudo-header sum of its own length instead of a full checksum, and keeps
+  a NEEDS_CSUM read as it is when its csum_start/csum_offset are the ones
+  `partial_csum_at` finds (anything else is completed here, as before);
+- `complete_partial` completes such a packet (for a peer that does not take
+  them, or before IPv4 fragmentation, which would hide the transport header);
+- `coalesce` writes any lone packet in that state with NEEDS_CSUM and its
+  csum_start/csum_offset, so a packet whose field is not a checksum never
+  reaches the kernel without NEEDS_CSUM (merged runs always carry it).
+
 What each function costs per segment is measured by `python -m
 bench.offload_cost` (figures in docs/design.md).
 """
@@ -167,13 +190,81 @@ def _mangle_udp(csum: int) -> int:
     return csum or 0xFFFF
 
 
+# -- partial checksums ---------------------------------------------------------
+
+def partial_csum_at(packet: bytes) -> tuple[int, int] | None:
+    """(csum_start, csum_offset) if `packet` is a TCP or UDP packet whose
+    checksum field holds its pseudo-header sum (CHECKSUM_PARTIAL, see the
+    module docstring), else None.  Never raises."""
+    n = len(packet)
+    if n < 28:
+        return None
+    version = packet[0] >> 4
+    if version == 4:
+        start = (packet[0] & 0x0F) * 4
+        if start < 20 or packet[6] & 0x3F or packet[7]:  # a fragment: no transport header
+            return None
+        proto = packet[9]
+        # The addresses as one integer: 2**16 = 1 (mod 0xFFFF), so it is
+        # congruent to the sum of their 16-bit words.
+        words = int.from_bytes(packet[12:20], "big")
+    elif version == 6 and n >= 48:
+        start, proto = 40, packet[6]
+        words = int.from_bytes(packet[8:40], "big")
+    else:
+        return None
+    if proto == IPPROTO_TCP:
+        if n < start + 20:
+            return None
+        at = start + TCP_CSUM_OFFSET
+    elif proto == IPPROTO_UDP:
+        if n < start + UDP_HEADER_LEN:
+            return None
+        at = start + UDP_CSUM_OFFSET
+    else:
+        return None
+    if ((packet[at] << 8 | packet[at + 1]) - words - proto - n + start) % 0xFFFF:
+        return None
+    return start, at - start
+
+
+def complete_partial(packet: bytes) -> bytes:
+    """`packet` with a complete transport checksum if it was partial (see
+    `partial_csum_at`); any other packet as it is."""
+    at = partial_csum_at(packet)
+    if at is None:
+        return packet
+    return _complete_checksum(packet, *at)
+
+
+_partial_hdrs: dict[tuple[int, int], bytes] = {}
+
+
+def partial_vnet_hdr(packet: bytes) -> bytes:
+    """The virtio-net header to write `packet` alone with: NEEDS_CSUM and its
+    csum_start/csum_offset if its checksum is partial, else PLAIN_VNET_HDR."""
+    at = partial_csum_at(packet)
+    if at is None:
+        return PLAIN_VNET_HDR
+    hdr = _partial_hdrs.get(at)
+    if hdr is None:  # at most 11 IPv4 header lengths + IPv6, x TCP / UDP
+        start, offset = at
+        # hdr_len: the kernel wants at least the checksum field in the linear part.
+        hdr = _partial_hdrs[at] = VNET_HDR.pack(
+            VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_NONE, start + offset + 2, 0,
+            start, offset)
+    return hdr
+
+
 # -- read side: split -----------------------------------------------------------
 
-def split_tun_read(buf: bytes) -> list[bytes]:
+def split_tun_read(buf: bytes, partial: bool = False) -> list[bytes]:
     """One read() from a TUN opened with IFF_VNET_HDR (header + packet) ->
     complete, independent IP packets, each with a correct IP header (lengths,
     IPv4 id incremented per segment as the kernel does, IPv4 header checksum)
-    and a correct full TCP/UDP checksum.
+    and a correct full TCP/UDP checksum; with `partial`, the TCP/UDP
+    checksum of segments and of NEEDS_CSUM packets is left partial instead
+    (the pseudo-header sum: see the module docstring).
 
     - gso_type NONE without NEEDS_CSUM: [packet], untouched.
     - gso_type NONE with NEEDS_CSUM: the partial checksum completed.
@@ -190,6 +281,8 @@ def split_tun_read(buf: bytes) -> list[bytes]:
         raise OffloadError("ip_truncated", "empty packet after the virtio-net header")
     if gso_type == VIRTIO_NET_HDR_GSO_NONE:
         if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            if partial and partial_csum_at(packet) == (csum_start, csum_offset):
+                return [packet]
             return [_complete_checksum(packet, csum_start, csum_offset)]
         return [packet]
     kind = gso_type & ~VIRTIO_NET_HDR_GSO_ECN
@@ -199,14 +292,14 @@ def split_tun_read(buf: bytes) -> list[bytes]:
         if len(packet) < ip_len + 20:
             raise OffloadError("tcp_truncated", f"{len(packet) - ip_len} bytes after IP")
         _check_csum_fields(flags, csum_start, csum_offset, ip_len, TCP_CSUM_OFFSET)
-        return _split_tcp(packet, version, ip_len, _gso_size(gso_size))
+        return _split_tcp(packet, version, ip_len, _gso_size(gso_size), partial)
     if gso_type == VIRTIO_NET_HDR_GSO_UDP_L4:
         version = packet[0] >> 4
         ip_len = _ip_header_len(packet, version, IPPROTO_UDP)
         if len(packet) < ip_len + UDP_HEADER_LEN:
             raise OffloadError("udp_truncated", f"{len(packet) - ip_len} bytes after IP")
         _check_csum_fields(flags, csum_start, csum_offset, ip_len, UDP_CSUM_OFFSET)
-        return _split_udp(packet, version, ip_len, _gso_size(gso_size))
+        return _split_udp(packet, version, ip_len, _gso_size(gso_size), partial)
     raise OffloadError("gso_type", f"unsupported gso_type {gso_type:#x}")
 
 
@@ -302,7 +395,8 @@ def _segment_layout(protocol: int, version: int, ip_len: int, tcp_len: int) -> s
     return layout
 
 
-def _split_tcp(packet: bytes, version: int, ip_len: int, mss: int) -> list[bytes]:
+def _split_tcp(packet: bytes, version: int, ip_len: int, mss: int,
+               partial: bool = False) -> list[bytes]:
     n = len(packet)
     a = ip_len
     tcp_len = (packet[a + 12] >> 4) * 4
@@ -313,18 +407,21 @@ def _split_tcp(packet: bytes, version: int, ip_len: int, mss: int) -> list[bytes
     seq0 = int.from_bytes(packet[a + 4:a + 8], "big")
     flags0 = packet[a + 13]
     mid_clear = ~(TCP_FIN | TCP_PSH)  # only the last segment keeps FIN and PSH
+    # The pseudo-header's addresses as one integer (congruent to the sum of
+    # their words, see partial_csum_at), protocol and TCP header length.
+    pseudo = int.from_bytes(packet[12:20] if version == 4 else packet[8:40], "big") \
+        + IPPROTO_TCP + tcp_len
     # The TCP header words with seq, flags and checksum taken out, plus the
-    # pseudo-header's addresses and protocol: each segment adds its own.
-    tcp_stripped = (packet[a:a + 4] + bytes(4) + packet[a + 8:a + 13] + b"\0"
-                    + packet[a + 14:a + 16] + bytes(2) + packet[a + 18:hl])
+    # pseudo-header: each segment adds its own.
+    tcp_base = pseudo + _ones_sum(packet[a:a + 4] + bytes(4) + packet[a + 8:a + 13] + b"\0"
+                                  + packet[a + 14:a + 16] + bytes(2) + packet[a + 18:hl])
+    ip_base = ip_id0 = 0
+    c1 = b""
     if version == 4:
-        addresses = packet[12:20]
-        tcp_base = _ones_sum(tcp_stripped) + _ones_sum(addresses) + IPPROTO_TCP
         ip_base = _ones_sum(packet[:2] + packet[6:10] + packet[12:a])
         ip_id0 = (packet[4] << 8) | packet[5]
         c0, c1, c2 = packet[:2], packet[6:10], packet[12:a + 4]
     else:
-        tcp_base = _ones_sum(tcp_stripped) + _ones_sum(packet[8:40]) + IPPROTO_TCP
         c0, c2 = packet[:4], packet[6:a + 4]
     c3, c4, c5 = packet[a + 8:a + 13], packet[a + 14:a + 16], packet[a + 18:hl]
 
@@ -335,29 +432,38 @@ def _split_tcp(packet: bytes, version: int, ip_len: int, mss: int) -> list[bytes
     # Every full segment has the same length: one fold plan for all of them
     # (the plan for the largest value of that length works for any value).
     full_plan = plans[(8 * mss).bit_length()]  # mss < 2**16: always in the table
+    full_partial = (pseudo + mss) % 0xFFFF  # a full segment's partial checksum
+    view = memoryview(packet)
+    payload: bytes | memoryview
     is_v4 = version == 4
     start = hl
     i = 0
     last_start = hl + max(n - hl - 1, 0) // mss * mss  # a payload-less packet: one segment
     while True:
         end = start + mss if start < last_start else n
-        payload = packet[start:end]
         plen = end - start
         seq = (seq0 + (start - hl)) & 0xFFFFFFFF
         tflags = flags0 if end == n else flags0 & mid_clear
         if i:
             tflags &= ~TCP_CWR  # CWR only on the first segment, as tcp_gso_segment does
-        # The payload's word sum, inline (see _ones_sum): read little-endian,
-        # fold, and the final multiplication by 256 turns it big-endian.
-        x = from_bytes(payload, "little")
-        if plen == mss:
-            for shift, mask in full_plan:
-                x = (x >> shift) + (x & mask)
+        if partial:
+            # The pseudo-header sum only: the payload is never summed, and
+            # copied once, from the view.
+            payload = view[start:end]
+            tcp_csum = full_partial if plen == mss else (pseudo + plen) % 0xFFFF
         else:
-            for shift, mask in plans[x.bit_length().bit_length()]:
-                x = (x >> shift) + (x & mask)
-        tcp_csum = (-(x * 256 + tcp_base + tcp_len + plen + (seq >> 16) + (seq & 0xFFFF)
-                      + tflags)) % 0xFFFF
+            # The payload's word sum, inline (see _ones_sum): read little-endian,
+            # fold, and the final multiplication by 256 turns it big-endian.
+            payload = packet[start:end]
+            x = from_bytes(payload, "little")
+            if plen == mss:
+                for shift, mask in full_plan:
+                    x = (x >> shift) + (x & mask)
+            else:
+                for shift, mask in plans[x.bit_length().bit_length()]:
+                    x = (x >> shift) + (x & mask)
+            tcp_csum = (-(x * 256 + tcp_base + plen + (seq >> 16) + (seq & 0xFFFF)
+                          + tflags)) % 0xFFFF
         if is_v4:
             total = hl + plen
             ip_id = (ip_id0 + i) & 0xFFFF
@@ -372,7 +478,8 @@ def _split_tcp(packet: bytes, version: int, ip_len: int, mss: int) -> list[bytes
         i += 1
 
 
-def _split_udp(packet: bytes, version: int, ip_len: int, mss: int) -> list[bytes]:
+def _split_udp(packet: bytes, version: int, ip_len: int, mss: int,
+               partial: bool = False) -> list[bytes]:
     n = len(packet)
     a = ip_len
     hl = a + UDP_HEADER_LEN
@@ -395,9 +502,12 @@ def _split_udp(packet: bytes, version: int, ip_len: int, mss: int) -> list[bytes
         end = min(start + mss, n)
         payload = packet[start:end]
         udp_len = UDP_HEADER_LEN + end - start
-        # The UDP length appears twice in the sum: header field and pseudo-header.
-        udp_csum = _mangle_udp(_checksum_field(
-            _ones_sum(payload) + udp_base + 2 * udp_len))
+        if partial:  # the pseudo-header sum only (see the module docstring)
+            udp_csum = (udp_base - _ones_sum(ports) + udp_len) % 0xFFFF
+        else:
+            # The UDP length appears twice in the sum: header field and pseudo-header.
+            udp_csum = _mangle_udp(_checksum_field(
+                _ones_sum(payload) + udp_base + 2 * udp_len))
         if version == 4:
             total = a + udp_len
             ip_id = (ip_id0 + i) & 0xFFFF
@@ -485,7 +595,9 @@ def coalesce(packets: Sequence[bytes], verify: bool = True) -> list[bytes]:
     last segment's PSH/FIN kept).  Flows may be interleaved: order within a
     flow is kept, order across flows may change.  Everything else (UDP, ICMP,
     TCP that cannot merge, a lone segment, bytes that do not parse) goes out
-    with PLAIN_VNET_HDR.  Never raises on any list of bytes.
+    alone: with NEEDS_CSUM if its TCP/UDP checksum is partial (see
+    `partial_csum_at`), else with PLAIN_VNET_HDR.  Never raises on any list
+    of bytes.
 
     `verify=False` skips the checksum check before merging (~0.65 us a
     packet).  Only for packets whose integrity is guaranteed otherwise: the
@@ -557,7 +669,7 @@ def coalesce(packets: Sequence[bytes], verify: bool = True) -> list[bytes]:
         if isinstance(slot, _Run):
             _emit_run(slot, out)
         else:
-            out.append(PLAIN_VNET_HDR + slot)
+            out.append(partial_vnet_hdr(slot) + slot)
     return out
 
 
@@ -583,7 +695,7 @@ def _fixed_ids(run: _Run, ip_id: int, frag: int) -> bool:
 def _emit_run(run: _Run, out: list[bytes]) -> None:
     packets = run.packets
     if len(packets) == 1:
-        out.append(PLAIN_VNET_HDR + packets[0])
+        out.append(partial_vnet_hdr(packets[0]) + packets[0])
     elif run.words < 0 or _run_checksums_ok(run):  # words < 0: not verified, by request
         out.append(_merge(run, packets, run.total))
     else:  # some segment is bad: merge the good stretches, send the bad ones alone
@@ -600,7 +712,7 @@ def _emit_run(run: _Run, out: list[bytes]) -> None:
 
 def _emit_stretch(run: _Run, packets: list[bytes], out: list[bytes]) -> None:
     if len(packets) == 1:
-        out.append(PLAIN_VNET_HDR + packets[0])
+        out.append(partial_vnet_hdr(packets[0]) + packets[0])
     elif packets:
         hl = run.ip_len + run.tcp_len
         out.append(_merge(run, packets, sum(map(len, packets)) - hl * (len(packets) - 1)))
@@ -623,9 +735,17 @@ def _run_checksums_ok(run: _Run) -> bool:
 
 
 def _packet_checksums_ok(packet: bytes, version: int) -> bool:
+    """The IPv4 header checksum, and the TCP checksum complete and right or
+    partial (the kernel completes that one: see `partial_csum_at`)."""
     if version == 4:
+        if _ones_sum(packet[:20]) != 0:
+            return False
+        if partial_csum_at(packet) is not None:
+            return True
         pseudo = _ones_sum(packet[12:20]) + IPPROTO_TCP + len(packet) - 20
-        return _ones_sum(packet[:20]) == 0 and (_ones_sum(packet[20:]) + pseudo) % 0xFFFF == 0
+        return (_ones_sum(packet[20:]) + pseudo) % 0xFFFF == 0
+    if partial_csum_at(packet) is not None:
+        return True
     pseudo = _ones_sum(packet[8:40]) + IPPROTO_TCP + len(packet) - 40
     return (_ones_sum(packet[40:]) + pseudo) % 0xFFFF == 0
 

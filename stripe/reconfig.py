@@ -78,8 +78,10 @@ def plan(old: EndpointSpec, new: EndpointSpec, draining_ids: Set[int]) -> Reconf
                        f"{_target(new.queue_target_s)}")
     if new.reorder_hold_s != old.reorder_hold_s:
         changes.append(f"reorder hold {_hold(old.reorder_hold_s)} -> {_hold(new.reorder_hold_s)}")
-    return Reconfiguration(replace(new, links=links), added_links, removed_links,
-                           added_peers, removed_peers, tuple(changes))
+    # partial_csum describes the TUN, which a reload keeps.
+    return Reconfiguration(replace(new, links=links, partial_csum=old.partial_csum),
+                           added_links, removed_links, added_peers, removed_peers,
+                           tuple(changes))
 
 
 def _plan_peers(old: EndpointSpec, new: EndpointSpec, changes: list[str]

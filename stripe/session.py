@@ -95,6 +95,10 @@ class Session:
     send_counter: int = 0  # next data counter
     control_counter: int = CONTROL_COUNTER_BASE
     last_received: float = float("-inf")
+    # The offload features the peer announced under this session (control
+    # "o"): learnt anew with every session, so a peer restarted with an
+    # older version is never sent what it does not take.
+    peer_features: int = 0
     hold_update_due: float = 0.0
     replay: ReplayWindow = field(default_factory=ReplayWindow)
     control_replay: ReplayWindow = field(default_factory=ReplayWindow)

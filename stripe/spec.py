@@ -64,3 +64,8 @@ class EndpointSpec:
     # Queue management (see `aqm`): the standing queue the bond may keep
     # before inner packets are dropped or ECN-marked; None: off.
     queue_target_s: float | None = DEFAULT_TARGET_S
+    # The shell's TUN takes and gives TCP/UDP packets with partial checksums
+    # (virtio-net NEEDS_CSUM, see `offload`): peers are told they may send
+    # such packets, and packets read so are completed for peers that did not
+    # say they take them.  Set by the shell from the device, not configured.
+    partial_csum: bool = False

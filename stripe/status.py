@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .aqm import measure_bond
+from .control import FEATURE_PARTIAL_CSUM
 from .peer import Peer
 from .scheduler import usable_links
 from .spec import EndpointSpec
@@ -146,6 +147,10 @@ def snapshot(spec: EndpointSpec, peers_state: list[Peer], drops: Mapping[str, in
             "redundancy": _redundancy(peer, links),
             "resent_packets": peer.copies.resent, "resend_failed": peer.copies.resend_failed,
             "queue": _queue(peer, now),
+            # Inner checksums left partial on the way to this peer (it said
+            # it takes them under the current session; see `offload`).
+            "partial_csum": spec.partial_csum and session is not None
+            and bool(session.peer_features & FEATURE_PARTIAL_CSUM),
         })
     mtu = {"tun": spec.tunnel_mtu, "probing": spec.pmtu_probe, **mtu_counters}
     return {"role": spec.role.value, "peers": peers, "drops": dict(drops),

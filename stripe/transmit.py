@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from . import control, wire
 from .links import Link, RecentRun
+from .offload import complete_partial
 from .outbox import Outbox
 from .peer import Peer
 from .session import Session
@@ -30,10 +31,16 @@ _CONTROL = wire.MessageType.CONTROL
 
 
 class Transmitter:
-    __slots__ = ("_outbox",)
+    """`partial_csum`: inner packets may come with partial TCP/UDP checksums
+    (see `offload`); we tell every peer we take them, and complete them for
+    a peer whose session has not said it takes them."""
 
-    def __init__(self, outbox: Outbox) -> None:
+    __slots__ = ("_features", "_outbox", "partial_csum")
+
+    def __init__(self, outbox: Outbox, partial_csum: bool = False) -> None:
         self._outbox = outbox
+        self.partial_csum = partial_csum
+        self._features = control.FEATURE_PARTIAL_CSUM if partial_csum else 0
 
     def send(
         self, peer: Peer, session: Session, link: Link, mtype: wire.MessageType,
@@ -47,6 +54,10 @@ class Transmitter:
         path = link.path
         assert path is not None
         if mtype is not _CONTROL:
+            if self.partial_csum and not session.peer_features & control.FEATURE_PARTIAL_CSUM:
+                # A peer that did not say it takes partial checksums (an older
+                # version, a TUN without offload, or not said yet this session).
+                payloads = [complete_partial(p) for p in payloads]
             link.last_data_sent = now
             link.marker_due = True
             if link.link_id < wire.MASKABLE_LINKS:
@@ -76,5 +87,5 @@ class Transmitter:
 
     def send_control(self, peer: Peer, session: Session, link: Link,
                      message: control.ControlMessage, now: float) -> None:
-        payload = control.encode(message, session.send_counter)
+        payload = control.encode(message, session.send_counter, self._features)
         self.send(peer, session, link, _CONTROL, [payload], now)

@@ -41,11 +41,12 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Collection
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..config import Config
 from ..endpoint import Endpoint
-from ..offload import VNET_HDR_LEN, OffloadError, coalesce, split_tun_read
+from ..offload import VNET_HDR_LEN, OffloadError, coalesce, complete_partial, split_tun_read
 from ..outbox import Datagram
 from ..spec import Address
 from . import source_filter
@@ -110,8 +111,11 @@ class Driver:
         # time.monotonic(), not loop.time(): uvloop's clock ticks in whole
         # milliseconds, too coarse for RTTs and delay skew on a LAN.
         now = time.monotonic()
-        self.core = Endpoint(config.endpoint_spec(self.mtu.mtu), now,
-                             wall_offset=time.time() - now)
+        # A TUN with a virtio-net header takes packets whose TCP/UDP checksum
+        # is partial (NEEDS_CSUM) and hands them over so: no checksum is
+        # summed in Python between two such ends (see `offload`).
+        spec = replace(config.endpoint_spec(self.mtu.mtu), partial_csum=self.tun.vnet_hdr)
+        self.core = Endpoint(spec, now, wall_offset=time.time() - now)
         self.io_errors: Counter[str] = Counter()
         # Syscalls vs packets each way: shows the batching at work in `status`.
         self.io_counts: Counter[str] = Counter()
@@ -229,7 +233,7 @@ class Driver:
                 packets.append(buf)
             else:
                 try:
-                    packets += split_tun_read(buf)
+                    packets += split_tun_read(buf, partial=True)
                 except OffloadError:
                     self.io_errors["tun_read_malformed_offload"] += 1
                     continue
@@ -448,8 +452,15 @@ class Driver:
     def _write_tun(self, packets: list[bytes]) -> None:
         fd = self.tun.fd
         # No checksum check before merging: each packet's AEAD tag already
-        # proved it is exactly what the peer sent (see `coalesce`).
-        buffers = coalesce(packets, verify=False) if self.tun.vnet_hdr else packets
+        # proved it is exactly what the peer sent (see `coalesce`).  Packets
+        # whose checksum the peer left partial go with NEEDS_CSUM, merged or not.
+        if self.tun.vnet_hdr:
+            buffers = coalesce(packets, verify=False)
+        else:
+            # A plain TUN cannot be told to complete a checksum, and we told no
+            # peer it may leave one partial: if one did anyway, complete it
+            # rather than hand the kernel a field that is not a checksum.
+            buffers = [complete_partial(packet) for packet in packets]
         self.io_counts["tun_writes"] += len(buffers)
         self.io_counts["tun_packets_out"] += len(packets)
         for buf in buffers:

@@ -160,9 +160,11 @@ class Sim:
         pmtu_probe: bool = False,
         queue_target_s: float | None = DEFAULT_TARGET_S,
         duplicate_below: int = 0,
+        partial_csum: tuple[bool, bool] = (False, False),
     ) -> None:
         """`configured`: the client starts with only the first N links (the
-        others are there for a reload to add)."""
+        others are there for a reload to add); `partial_csum`: the client's
+        and the server's TUN take partial checksums (see `offload`)."""
         self.rng = random.Random(seed)
         self.links = links
         self.now = start
@@ -175,7 +177,7 @@ class Sim:
                 tuple(self.link_spec(i) for i in range(len(links))[:configured]),
                 scheduler=scheduler, reorder_hold_s=reorder_hold_s,
                 tunnel_mtu=tunnel_mtu, pmtu_probe=pmtu_probe, queue_target_s=queue_target_s,
-                duplicate_below=duplicate_below,
+                duplicate_below=duplicate_below, partial_csum=partial_csum[0],
             ),
             self.now, wall_offset=1.7e9, random_index=lambda: self.rng.getrandbits(32),
         )
@@ -183,7 +185,7 @@ class Sim:
             EndpointSpec(Role.SERVER, server_priv, (PeerSpec(client_pub, psk),),
                          scheduler=scheduler, reorder_hold_s=reorder_hold_s,
                          tunnel_mtu=tunnel_mtu, pmtu_probe=pmtu_probe,
-                         queue_target_s=queue_target_s),
+                         queue_target_s=queue_target_s, partial_csum=partial_csum[1]),
             self.now, wall_offset=1.7e9, random_index=lambda: self.rng.getrandbits(32),
         )
         self._events: list[tuple[float, int, str, int, bytes]] = []

@@ -55,6 +55,8 @@ class Tunnel:
     # False: client links name only their interface, so the kernel picks
     # the source address (what a link whose address changes needs).
     bind_source: bool = True
+    # Extra lines for the server's [interface] only (ends that differ).
+    server_extra: tuple[str, ...] = ()
     procs: list[Proc] = field(default_factory=list)
 
     @property
@@ -89,7 +91,7 @@ class Tunnel:
         server = [
             "[interface]", f'name = "{tun}"', f'address = ["{SERVER_TUN_ADDR}/24"]',
             f'private_key = "{encode_key(spriv)}"', f"listen_port = {PORT}",
-            f'scheduler = "{self.scheduler}"', *self.interface_extra,
+            f'scheduler = "{self.scheduler}"', *self.interface_extra, *self.server_extra,
             "[peer]", f'public_key = "{encode_key(cpub)}"', f'preshared_key = "{encode_key(psk)}"',
         ]
         client = [
@@ -151,13 +153,13 @@ def make_tunnel(tmp_path: Path) -> Iterator[object]:
     def factory(rates_mbit: tuple[float | None, ...] = (None, None),
                 weights: tuple[int, ...] | None = None, scheduler: str = "weighted",
                 start: bool = True, interface_extra: tuple[str, ...] = (),
-                bind_source: bool = True) -> Tunnel:
+                bind_source: bool = True, server_extra: tuple[str, ...] = ()) -> Tunnel:
         prefix = "si" + secrets.token_hex(2)
         names = LabNames.for_prefix(prefix, len(rates_mbit))
         specs = tuple(LinkSpec.symmetric(rate) for rate in rates_mbit)
         lab = Lab(names, specs, tmp_path)
         tunnel = Tunnel(lab, tmp_path, weights or (1,) * len(rates_mbit), scheduler,
-                        interface_extra, bind_source)
+                        interface_extra, bind_source, server_extra)
         made.append(tunnel)
         lab.up()
         if start:

@@ -39,12 +39,46 @@ def test_file_transfer_intact_with_and_without_offloads(make_tunnel: Any, offloa
         assert client["tun_packets_in"] > 2 * client["tun_reads"], client
         assert client["udp_datagrams_out"] > 2 * client["udp_sends"], client
         assert server["tun_packets_out"] > 2 * server["tun_writes"], server
+        # Both ends said they take partial checksums: none was summed, and
+        # the receiving kernel found every one right.
+        assert partial_csum(tunnel) == (True, True)
     else:
         assert client["tun"] == "off: disabled in the config", client
         assert client["udp_gso"] == "off" and server["udp_gro"] == "off", (client, server)
         assert client["tun_packets_in"] == client["tun_reads"], client
         assert client["udp_datagrams_out"] == client["udp_sends"], client
         assert server["tun_packets_out"] == server["tun_writes"], server
+        assert partial_csum(tunnel) == (False, False)
+    assert tcp_in_csum_errors(tunnel.server_ns) == tcp_in_csum_errors(tunnel.client_ns) == 0
+
+
+def partial_csum(tunnel: Tunnel) -> tuple[bool, bool]:
+    """Whether each end leaves inner checksums partial on the way to the other."""
+    ends = []
+    for role in ("client", "server"):
+        result = status(tunnel, role, "--json")
+        assert result.returncode == 0, result.stderr
+        ends.append(bool(json.loads(result.stdout)["peers"][0]["partial_csum"]))
+    return ends[0], ends[1]
+
+
+def tcp_in_csum_errors(ns: str) -> int:
+    lines = [line.split() for line in run(["cat", "/proc/net/snmp"], ns=ns).stdout.splitlines()
+             if line.startswith("Tcp:")]
+    return int(lines[1][lines[0].index("InCsumErrors")])
+
+
+def test_one_end_without_offload_gets_complete_checksums(make_tunnel: Any) -> None:
+    """What an older stripe or a TUN without offload looks like to the other
+    end: it announces nothing, so the offload end completes every checksum
+    it sends there, and takes partial ones from nowhere; both ways intact."""
+    tunnel: Tunnel = make_tunnel(rates_mbit=(None, None), server_extra=("offload = false",))
+    sent, received = sha256_transfer(tunnel, 10_000_000, timeout_s=90)
+    assert sent == received, tunnel.logs()
+    assert datapath(tunnel, "client")["tun"].startswith("vnet_hdr")
+    assert datapath(tunnel, "server")["tun"] == "off: disabled in the config"
+    assert partial_csum(tunnel) == (False, False)
+    assert tcp_in_csum_errors(tunnel.server_ns) == 0
 
 
 def test_udp_and_icmp_over_the_offload_path(make_tunnel: Any) -> None:

@@ -12,7 +12,11 @@ forwards them to nsC over a veth whose offloads are off on both ends: nsB's
 kernel must then segment the GSO packets and compute every TCP checksum in
 software from the partial sums `coalesce` wrote, and nsC's kernel verifies
 each one.  A control run with a corrupted partial sum shows nsC does count
-the errors.  Namespaces are `sx<hex>*` and are deleted in finally blocks.
+the errors.  The partial variant runs the relay as two offload ends of
+stripe do (`split_tun_read(partial=True)`): no checksum is computed at all,
+segments and NEEDS_CSUM reads keep their pseudo-header sums, and lone ones
+go back to the kernel with NEEDS_CSUM; nsC must still see every checksum
+right.  Namespaces are `sx<hex>*` and are deleted in finally blocks.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from stripe.offload import (
     OffloadError,
     coalesce,
     parse_vnet_hdr,
+    partial_csum_at,
     split_tun_read,
 )
 
@@ -112,6 +117,7 @@ class Relay:
 
     fds: tuple[int, int]
     corrupt_partial_sums: bool = False
+    partial: bool = False  # leave checksums partial, as two offload ends of stripe do
     stats: Counter[str] = field(default_factory=Counter)
     largest_read: int = 0
     errors: list[str] = field(default_factory=list)
@@ -148,12 +154,14 @@ class Relay:
                 self.stats[f"gso_reads_{side}"] += 1
                 self.largest_read = max(self.largest_read, len(buf) - 10)
             try:
-                packets = split_tun_read(buf)
+                packets = split_tun_read(buf, partial=self.partial)
             except OffloadError as exc:
                 self.errors.append(f"{side}: split_tun_read refused a kernel packet: {exc}")
                 continue
             for packet in packets:
-                if not transport_checksum_ok(packet):
+                if self.partial and partial_csum_at(packet) is not None:
+                    self.stats["partial_packets"] += 1
+                elif not transport_checksum_ok(packet):
                     self.stats["bad_checksums"] += 1
             self.stats[f"segments_{side}"] += len(packets)
             batch.extend(packets)
@@ -164,6 +172,8 @@ class Relay:
                     hdr = parse_vnet_hdr(out)
                     at = 10 + hdr.csum_start + hdr.csum_offset
                     out = out[:at] + bytes([out[at] ^ 0x01]) + out[at + 1:]
+            elif out[0]:  # NEEDS_CSUM on a lone packet: its checksum is partial
+                self.stats[f"lone_partial_writes_{side}"] += 1
             os.write(other, out)
 
 
@@ -284,9 +294,10 @@ def with_relay(relay: Relay, body: Callable[[], None]) -> None:
         thread.join(timeout=5)
 
 
-def test_kernel_segments_and_coalesces(lab: Lab, tmp_path: Path) -> None:
+@pytest.mark.parametrize("partial", [False, True], ids=["full", "partial"])
+def test_kernel_segments_and_coalesces(lab: Lab, tmp_path: Path, partial: bool) -> None:
     ns_a, ns_b, ns_c = lab.ns
-    relay = Relay(lab.up())
+    relay = Relay(lab.up(), partial=partial)
     payload = os.urandom(TRANSFER_BYTES)
     path = str(tmp_path / "payload.bin")
     with open(path, "wb") as f:
@@ -311,6 +322,12 @@ def test_kernel_segments_and_coalesces(lab: Lab, tmp_path: Path) -> None:
     assert stats["segments_a"] > stats["gso_reads_a"] * 5, stats
     assert stats["bad_checksums"] == 0, stats
     assert tcp_in_csum_errors(ns_c) == 0
+    if partial:
+        # Segments and the kernel's own NEEDS_CSUM packets (ACKs) stayed
+        # partial, and lone ones went back with NEEDS_CSUM, both ways.
+        assert stats["partial_packets"] > stats["segments_a"] // 2, stats
+        assert stats["lone_partial_writes_a"] > 0 and stats["lone_partial_writes_b"] > 0, stats
+        assert tcp_in_csum_errors(ns_a) == tcp_in_csum_errors(ns_b) == 0
 
 
 def test_control_corrupt_partial_sums_are_caught(lab: Lab, tmp_path: Path) -> None:
