@@ -22,7 +22,7 @@ from __future__ import annotations
 from . import control, wire
 from .links import Link, RecentRun
 from .outbox import Outbox
-from .peer import Peer
+from .peer import IDLE_AFTER_S, Peer
 from .session import Session
 
 _DATA = wire.MessageType.DATA
@@ -46,7 +46,9 @@ class Transmitter:
         as data loss, and a stall, in the link's estimates)."""
         path = link.path
         assert path is not None
+        self._outbox.touched[id(peer)] = peer
         if mtype is not _CONTROL:
+            peer.busy_until = now + IDLE_AFTER_S
             link.last_data_sent = now
             link.marker_due = True
             if link.link_id < wire.MASKABLE_LINKS:
