@@ -202,6 +202,13 @@ class Sessions:
         pool = up or links
         link = pool[handshake.attempts % len(pool)]
         jar = handshake.cookie_jar
+        if jar is not None and jar.fresh(now) and jar.link_id is not None:
+            # A cookie is valid only from the source it was made for: retry
+            # on that link (another link's mac2 would fail and fetch another
+            # cookie, forever, while the server stays under load).
+            cookie_link = peer.links.get(jar.link_id)
+            if cookie_link is not None and cookie_link.path is not None:
+                link = cookie_link
         pending = PendingInitiation(
             self.spec.private_key, peer.spec.public_key, peer.spec.preshared_key,
             self._new_index(), link.link_id, now + self._wall_offset,
@@ -256,6 +263,7 @@ class Sessions:
             if pending is not None and jar is not None and pending.sender_index == receiver:
                 self._outbox.touch(peer)
                 if jar.consume_reply(data, pending.mac1, now):
+                    jar.link_id = pending.datagram[1]  # the link id byte
                     self._outbox.event(logging.INFO,
                                        "server under load: got a cookie, retrying")
                 else:

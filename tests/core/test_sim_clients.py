@@ -94,3 +94,13 @@ def test_jain() -> None:
     assert jain([1.0, 1.0, 1.0]) == 1.0
     assert jain([1.0, 0.0]) == 0.5
     assert jain([]) is None
+
+
+def test_many_clients_at_once_connect_through_cookies() -> None:
+    """120 initiations at once put the server under load: the clients get
+    cookies and retry with them, from the link (source address) each cookie
+    was made for, and all connect."""
+    lab = _lab(120)
+    lab.run(6.0)
+    assert lab.server.drops["handshake_cookie_sent"] > 0
+    assert all(c.connected_at is not None for c in lab.clients)
