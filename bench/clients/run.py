@@ -140,7 +140,7 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
                              str(SINK_PORT), str(sink_out)], server_ns, work / "sink.log")
         procs.append(sink)
         rss_start = _rss_mb(server.pid)
-        start_at = time.monotonic() + 3.0 + n / 2000
+        start_at = time.monotonic() + 4.0 + n / 500
         connect_s = opts.connect_s if opts.connect_s is not None else 10.0 + n / 100
         idle_from = start_at + connect_s + 3.0
         idle_until = idle_from + opts.idle_s

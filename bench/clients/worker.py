@@ -18,6 +18,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import resource
 import selectors
 import socket
 import sys
@@ -34,8 +35,10 @@ def main(spec_path: str, out_path: str) -> int:
     server_public = bytes.fromhex(spec["server_public"])
     wall_offset = time.time() - time.monotonic()
     start_at = float(spec["start_at"])
-    while time.monotonic() < start_at:
-        time.sleep(min(0.05, start_at - time.monotonic()))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = LINKS_PER_CLIENT * len(spec["clients"]) + 64
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(need, soft), hard), hard))
     sel = selectors.EpollSelector()
     clients: list[SimClient] = []
     socks: list[list[socket.socket]] = []
@@ -54,6 +57,10 @@ def main(spec_path: str, out_path: str) -> int:
             sel.register(s, selectors.EVENT_READ, (slot, link))
             mine.append(s)
         socks.append(mine)
+    # Every client was made with its handshake due now: they all initiate
+    # at start_at, in the loop's first round.
+    while time.monotonic() < start_at:
+        time.sleep(min(0.05, max(start_at - time.monotonic(), 0.0)))
     senders = set(spec.get("senders", []))
     send_from, send_until = float(spec["send_from"]), float(spec["send_until"])
     end_at = float(spec["end_at"])
