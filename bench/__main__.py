@@ -295,6 +295,22 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
 
+    cl = sub.add_parser(
+        "clients",
+        help="issue 19: N simulated clients (2 links each) against one stripe server: "
+        "connect time, handshakes/s, server CPU and RSS idle and with M sending, fairness",
+    )
+    cl.add_argument("--clients", default="100", help="comma list of N, e.g. 100,500,1000")
+    cl.add_argument("--sending", type=int, default=8, help="M clients that send (default 8)")
+    cl.add_argument("--workers", type=int, default=2, help="load generator processes (2-4)")
+    cl.add_argument("--rate-mbit", type=float, default=20.0,
+                    help="offered rate of each sending client (default 20)")
+    cl.add_argument("--idle-seconds", type=float, default=20.0)
+    cl.add_argument("--send-seconds", type=float, default=10.0)
+    cl.add_argument("--prefix", default="cy", help="namespace and interface name prefix")
+    cl.add_argument("--out", default=None, help="results directory (default "
+                    "bench/results/clients-<time>)")
+
     sub.add_parser("list", help="list scenario presets")
 
     clean = sub.add_parser(
@@ -415,6 +431,23 @@ def main(argv: list[str] | None = None) -> int:
         out = run_attack(attack_options_from(args, parser))
         records = sorted((out / "raw").glob("r*-*.json"))
         print(summary_line([json.loads(p.read_text()) for p in records], out))
+        return 0
+    if args.command == "clients":
+        _need_root()
+        import time as _time
+
+        from bench.clients.run import ClientsOptions, run_clients, write_report
+
+        out_dir = Path(args.out or f"bench/results/clients-{_time.strftime('%Y%m%d-%H%M%S')}")
+        rows = []
+        for n in [int(x) for x in args.clients.split(",")]:
+            copts = ClientsOptions(n, args.sending, max(1, min(args.workers, 4)),
+                                  args.rate_mbit * 1e6, args.idle_seconds, args.send_seconds,
+                                  args.prefix, out_dir)
+            rows.append(run_clients(copts))
+            print(json.dumps(rows[-1]))
+            write_report(rows, out_dir)
+        print(f"results: {out_dir / 'results.md'}")
         return 0
     if args.command == "cleanup":
         _need_root()

@@ -163,6 +163,12 @@ class CookieJar:
         self._aead = _cookie_aead(server_public)
         self._cookie: bytes | None = None
         self._cookie_time = 0.0
+        # The link whose initiation the cookie answered: the cookie is bound
+        # to that link's source address, so the retry must leave from it.
+        self.link_id: int | None = None
+
+    def fresh(self, now: float) -> bool:
+        return self._cookie is not None and now - self._cookie_time < COOKIE_LIFETIME_S
 
     def consume_reply(self, datagram: bytes, init_mac1: bytes, now: float) -> bool:
         """Store the cookie if the reply answers our initiation with `init_mac1`."""

@@ -16,6 +16,10 @@ link.  Without a session, or while no link has room in its window (see
 session or a feedback report makes room; queue management then judges each
 by the time it waited there plus the links' own standing queue.
 
+Data that starts after idleness goes, until a link has been heard from
+since, on two links at once (the packet and a DATA_COPY), since any of them
+may have died unseen while idle (see `links`).
+
 When a link dies under data it carried lately and the peer has not
 reported, that data goes out again as copies on the other links (see
 `resend_recent`).
@@ -72,7 +76,8 @@ class Egress:
 
     `routes` maps inner destinations to peers (rebuilt by the endpoint when
     peers or their allowed_ips change); `wake_handshake(peer, now)` is
-    called when a packet waits for a session that nobody is setting up."""
+    called when a packet waits for a session that nobody is setting up,
+    `wake_links(peer, now)` when data goes to an idle peer (see links)."""
 
     def __init__(self, spec: EndpointSpec, outbox: Outbox, transmit: Transmitter,
                  routes: routing.AllowedIPs[Peer]) -> None:
@@ -82,6 +87,7 @@ class Egress:
         self._outbox = outbox
         self._transmit = transmit
         self.wake_handshake = _no_wake
+        self.wake_links = _no_wake
 
     def send_packets(self, packets: Sequence[bytes], now: float) -> None:
         """IP packets from the TUN device, in order."""
@@ -103,6 +109,8 @@ class Egress:
             dest = destination(packet)
             if dest != last_dest:
                 peer, last_dest = routes.lookup(dest), dest
+                if peer is not None:
+                    self._outbox.touch(peer)
             if peer is None:
                 drops["no_route"] += 1
                 continue
@@ -113,6 +121,8 @@ class Egress:
             if session is None or peer.queue:  # nothing overtakes what waits
                 self._enqueue(peer, packet, now)
                 continue
+            if peer.idle:
+                self.wake_links(peer, now)
             aqm = peer.aqm
             if aqm is not None and peer is not aqm_quiet:
                 # The bond's queue and `now` stay put for the whole call: once
@@ -128,7 +138,8 @@ class Egress:
             if link is None:
                 self._enqueue(peer, packet, now)
                 continue
-            if copies and wants_copy(packet, below, dscp):
+            if (copies and wants_copy(packet, below, dscp)) or (
+                    peer.verifying and _verifying(peer)):
                 self._send_with_copy(peer, session, link, packet, now)
                 continue
             run = [packet]
@@ -160,6 +171,8 @@ class Egress:
         copies = bool(below or dscp)
         aqm = peer.aqm
         bond = None
+        if peer.idle:
+            self.wake_links(peer, now)
         while queue:
             packet, since = queue[0]
             link = scheduler.pick(links, len(packet), now)
@@ -174,7 +187,8 @@ class Egress:
                     if signalled is None:
                         continue
                     packet = signalled
-            if copies and wants_copy(packet, below, dscp):
+            if (copies and wants_copy(packet, below, dscp)) or (
+                    peer.verifying and _verifying(peer)):
                 self._send_with_copy(peer, session, link, packet, now)
                 continue
             run = [packet]
@@ -224,6 +238,7 @@ class Egress:
     def _enqueue(self, peer: Peer, packet: bytes, now: float) -> None:
         """No session or no room on a link yet: hold the packet (bounded:
         the oldest goes when it is full)."""
+        self._outbox.touch(peer)
         if len(peer.queue) == peer.queue.maxlen:
             self._outbox.drops["queue_full"] += 1
         peer.queue.append((packet, now))
@@ -285,5 +300,16 @@ def _signal(aqm: CoDel, packet: bytes) -> bytes | None:
     return marked
 
 
+def _verifying(peer: Peer) -> bool:
+    """Data started after idleness and no usable link has been heard from
+    since (see links): each packet goes on two of them.  Clears
+    `peer.verifying` once one has."""
+    usable = usable_links(peer.links.values())
+    if len(usable) > 1 and all(link.health.suspect for link in usable):
+        return True
+    peer.verifying = False
+    return False
+
+
 def _no_wake(peer: Peer, now: float) -> None:
-    """A server does not initiate handshakes."""
+    """Nothing to wake (a server does not initiate handshakes)."""

@@ -21,6 +21,12 @@ bytes, address), `packets_to_deliver()` (in-order IP packets for the TUN),
 Nothing here reads a clock, touches a socket or imports asyncio, so the
 tests drive two endpoints through an in-memory network with a fake clock.
 
+Timers scale with the peers that have work, not with the peers there are:
+each peer's next deadline is kept in a heap (`_timers`), recomputed only
+for the peers an input touched (`Outbox.touched`) or whose timer fired, so
+a server with a thousand idle clients does not look at all of them after
+every datagram.
+
 The work is done by collaborators that share one `Outbox`; this class only
 builds them and routes inputs to them:
 
@@ -33,6 +39,7 @@ builds them and routes inputs to them:
 
 from __future__ import annotations
 
+import heapq
 import os
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -76,7 +83,13 @@ class Endpoint:
         self._sessions = Sessions(spec, outbox, self._links, self._egress, wall_offset,
                                   random_index, random_bytes)
         self._ingress = Ingress(spec, outbox, self._sessions, self._links, routes)
+        # Each peer's next deadline (id(peer) -> (peer, due)) and a heap of
+        # (due, tie, id(peer)) whose entries are stale once `_due` moved on.
+        self._due: dict[int, tuple[Peer, float | None]] = {}
+        self._timers: list[tuple[float, int, int]] = []
+        self._timer_tie = 0
         self._egress.wake_handshake = self._sessions.wake
+        self._egress.wake_links = self._links.wake
         for peer_spec in spec.peers:
             peer = self._add_peer(peer_spec, now)
             if self.role is Role.CLIENT:
@@ -136,16 +149,52 @@ class Endpoint:
         return self._ingress.guard.block_changes(now)
 
     def get_timer(self) -> float | None:
-        due: list[float] = []
-        for peer in self.peers:
-            for at in (self._sessions.next_timer(peer), self._links.next_timer(peer)):
+        self._refresh_timers()
+        timers, due = self._timers, self._due
+        while timers:
+            at, _tie, key = timers[0]
+            entry = due.get(key)
+            if entry is not None and entry[1] == at:
+                return at
+            heapq.heappop(timers)  # stale: the peer's deadline moved, or it left
+        return None
+
+    def _peer_timer(self, peer: Peer) -> float | None:
+        """The earliest deadline of `peer` (its sessions, links, reorder buffers)."""
+        best = self._sessions.next_timer(peer)
+        at = self._links.next_timer(peer)
+        if at is not None and (best is None or at < best):
+            best = at
+        for session in peer.sessions():
+            at = session.reorder.deadline()
+            if at is not None and (best is None or at < best):
+                best = at
+        return best
+
+    def _refresh_timers(self) -> None:
+        """Recompute the deadlines of the peers touched since the last call."""
+        touched = self._outbox.touched
+        if not touched:
+            return
+        due, timers = self._due, self._timers
+        for key, peer in touched.items():
+            if key not in due:
+                continue  # removed by a reload
+            at = self._peer_timer(peer)
+            if due[key][1] != at:
+                due[key] = (peer, at)
                 if at is not None:
-                    due.append(at)
-            for session in peer.sessions():
-                deadline = session.reorder.deadline()
-                if deadline is not None:
-                    due.append(deadline)
-        return min(due, default=None)
+                    self._timer_tie += 1
+                    heapq.heappush(timers, (at, self._timer_tie, key))
+        touched.clear()
+        if len(timers) > 4 * len(due) + 64:  # too many stale entries: rebuild
+            self._timers = [(at, i, key) for i, (key, (_p, at)) in enumerate(due.items())
+                            if at is not None]
+            heapq.heapify(self._timers)
+
+    def _touch_all(self) -> None:
+        for peer in self.peers:
+            self._outbox.touch(peer)
 
     def status(self, now: float) -> dict[str, Any]:
         """What `stripe status` shows (see `status`)."""
@@ -172,16 +221,28 @@ class Endpoint:
 
     def send_failed(self, sock: int, addr: Address, now: float) -> None:
         """The OS refused a send to `addr` on `sock` (interface down, no route)."""
+        self._touch_all()
         self._links.send_failed(self.peers, sock, addr, now)
 
     def datagram_too_big(self, sock: int, addr: Address, size: int, now: float) -> None:
         """The OS refused to send a `size`-byte datagram: larger than the
         local interface or route allows (EMSGSIZE)."""
+        self._touch_all()
         self._links.datagram_too_big(self.peers, sock, addr, size, now)
 
     def handle_timer(self, now: float) -> None:
+        """Run the timers of every peer whose deadline has come."""
+        self._refresh_timers()
         deliveries = self._outbox.deliveries
-        for peer in self.peers:
+        timers, due, touch = self._timers, self._due, self._outbox.touch
+        while timers and timers[0][0] <= now:
+            at, _tie, key = heapq.heappop(timers)
+            entry = due.get(key)
+            if entry is None or entry[1] != at:
+                continue  # stale
+            peer = entry[0]
+            due[key] = (peer, None)  # recomputed below, with the other touched peers
+            touch(peer)
             self._sessions.on_timer(peer, now)
             self._links.on_timer(peer, now)
             for session in peer.sessions():
@@ -190,6 +251,7 @@ class Endpoint:
                 if reorder.ready:
                     deliveries.extend(reorder.ready)
                     reorder.ready.clear()
+        self._refresh_timers()
 
     # -- reload ----------------------------------------------------------------
 
@@ -208,7 +270,9 @@ class Endpoint:
         old = self.spec
         self.spec = spec = change.spec
         for peer_spec in change.removed_peers:
-            self._sessions.drop_peer(self._sessions.peer_for(peer_spec.public_key))
+            gone = self._sessions.peer_for(peer_spec.public_key)
+            self._sessions.drop_peer(gone)
+            self._due.pop(id(gone), None)
         for peer_spec in change.added_peers:
             self._add_peer(peer_spec, now)
         removed = {ls.link_id for ls in change.removed_links}
@@ -226,6 +290,7 @@ class Endpoint:
                     session.reorder.hold_s = spec.reorder_hold_s
                 else:
                     session.hold_update_due = now  # derive it again from the next packet
+        self._touch_all()
         self._rebuild_routes()
 
     # -- internals -------------------------------------------------------------
@@ -235,6 +300,8 @@ class Endpoint:
                     mtu=self.spec.tunnel_mtu)
         _set_aqm(peer, self.spec.queue_target_s)
         self._sessions.add_peer(peer_spec, peer)
+        self._due[id(peer)] = (peer, None)
+        self._outbox.touch(peer)
         return peer
 
     def _rebuild_routes(self) -> None:

@@ -35,7 +35,7 @@ from .guard import SourceGuard, source_key
 from .linkctl import LinkControl
 from .links import Link
 from .outbox import Address, Outbox
-from .peer import Peer
+from .peer import IDLE_AFTER_S, Peer
 from .reorder import HOLD_MAX_S
 from .session import DecryptError, Session
 from .sessions import HANDSHAKE_TYPES, Sessions
@@ -83,7 +83,8 @@ class Ingress:
         table = self._sessions.table
         samples: dict[tuple[int, int], tuple[Session, int, int]] = {}
         links: dict[tuple[int, int], Link] = {}
-        touched: list[Session] = []
+        touched_sessions: list[Session] = []
+        touched = self._outbox.touched
         for data in datagrams:
             if len(data) < wire.TRANSPORT_OVERHEAD or data[0] not in _TRANSPORT_TYPES:
                 outcome = self._receive_handshake(sock, data, addr, now)
@@ -116,25 +117,26 @@ class Ingress:
                 continue
             # Authenticated from here on.
             authenticated = True
+            touched[id(peer)] = peer
             if session is peer.next_session:
                 self._sessions.promote(peer, session, now)
             key = (receiver, link_id)
             link = links.get(key)
             if link is None:
                 link = links[key] = self._links.learn_path(peer, link_id, sock, addr, now)
-            link.note_received(len(data), link_seq)
+            link.note_received(len(data), link_seq, now)
             samples[key] = (session, link_id, sent_us)
             if mtype == _CONTROL:
                 self._links.handle_control(peer, session, link, counter, plaintext, now)
             else:
                 self._accept_data(peer, session, link_id, link_mask, counter, plaintext, now,
                                   mtype == _COPY)
-            if not touched or touched[-1] is not session:
-                touched.append(session)
+            if not touched_sessions or touched_sessions[-1] is not session:
+                touched_sessions.append(session)
         for session, link_id, sent_us in samples.values():
             session.skew.sample(link_id, sent_us, now)
         deliveries = self._outbox.deliveries
-        for session in touched:
+        for session in touched_sessions:
             ready = session.reorder.ready
             if ready:
                 deliveries.extend(ready)
@@ -190,6 +192,9 @@ class Ingress:
                      counter: int, plaintext: bytes, now: float, copy: bool) -> None:
         """An authenticated data message (`copy`: a DATA_COPY, which came
         before its original): check the inner packet, reorder it."""
+        if peer.idle:
+            self._links.wake(peer, now)
+        peer.busy_until = now + IDLE_AFTER_S
         feedback = peer.feedback
         if not feedback.data_since:
             feedback.data_since = True

@@ -11,10 +11,12 @@ after each handshake, every LINKS_ANNOUNCE_INTERVAL_S and after a reload;
 a link missing from it was removed there and is retired here too.
 
 Health (see `links`): each link with a path is probed every
-PROBE_INTERVAL_S; acks, send errors and the peer's feedback move it between
-UNKNOWN, UP and DOWN.  When a link goes down, the data it carried lately is
-re-sent on the others (`egress.resend_recent`); when it comes back, its
-estimates start afresh.
+PROBE_INTERVAL_S while the peer has data, rarely (the client) or not at all
+(the server) while it is idle; acks, send errors and the peer's feedback
+move it between UNKNOWN, UP, STALE and DOWN.  Data after idleness wakes
+every link (`wake`): probed at once, suspect until heard from.  When a
+link goes down, the data it carried lately is re-sent on the others
+(`egress.resend_recent`); when it comes back, its estimates start afresh.
 
 Feedback (see `estimator`): while data arrives, every FEEDBACK_INTERVAL_S
 the receiver reports per link what it got; the sender's estimates, and the
@@ -42,13 +44,14 @@ from .egress import Egress
 from .estimator import FEEDBACK_INTERVAL_S
 from .links import Link, LinkState
 from .outbox import Address, Outbox
-from .peer import Peer
+from .peer import IDLE_AFTER_S, Peer
 from .scheduler import usable_links
 from .session import Session
 from .spec import EndpointSpec, LinkSpec, Role
 from .transmit import Transmitter
 
 LINKS_ANNOUNCE_INTERVAL_S = 5.0
+LINKS_ANNOUNCE_IDLE_INTERVAL_S = 30.0  # while the peer is idle
 # A link that left the rotation stays in the mask this long: longer than any
 # delay skew between links, so a packet still in flight on it is waited for,
 # not written off.
@@ -61,6 +64,10 @@ TAIL_MARKER_DELAY_S = 0.005
 # keeps its socket this long: packets already in flight on it, and those the
 # peer sends before it hears of the removal, still arrive and are delivered.
 LINK_DRAIN_S = 2.0
+# A link whose path MTU search is under way is probed at the busy pace even
+# while idle: the search counts a try as "too big" only once a small probe
+# sent after it came back (see pmtu).
+_SEARCHING = (pmtu.SearchState.BASE, pmtu.SearchState.SEARCHING)
 
 
 class LinkControl:
@@ -83,7 +90,10 @@ class LinkControl:
         due: list[float] = [until for _link, until in peer.retired.values()]
         due += [at for link in peer.links.values() if (at := link.recent.purge_due()) is not None]
         if peer.current is not None:
-            due.append(peer.links_announce_due)
+            if self.spec.role is Role.CLIENT:
+                due.append(peer.links_announce_due)
+            if not peer.idle:
+                due.append(peer.busy_until)
             if peer.feedback.data_since:
                 due.append(peer.feedback.due)
             for link in peer.links.values():
@@ -105,9 +115,14 @@ class LinkControl:
         if session is None:
             return
         self.refresh_mask(peer, now)
+        if not peer.idle and now >= peer.busy_until:
+            peer.idle = True
+            peer.verifying = False
         several = bool(peer.link_mask & (peer.link_mask - 1))
         send_control = self._transmit.send_control
         for link in list(peer.links.values()):
+            if link.health.idle is not peer.idle:
+                link.health.set_idle(peer.idle, now)
             if link.path is None:
                 continue
             if link.marker_due and now >= link.last_data_sent + TAIL_MARKER_DELAY_S:
@@ -122,15 +137,35 @@ class LinkControl:
                              now)
             if self.spec.pmtu_probe:
                 self._pmtu_poll(peer, session, link, now)
+                search = link.pmtu
+                link.health.set_keep_busy(search is not None and (
+                    search.size is not None or search.state in _SEARCHING))
         feedback = peer.feedback
         if feedback.data_since and now >= feedback.due:
             feedback.data_since = False
             feedback.due = now + FEEDBACK_INTERVAL_S
             self._send_feedback(peer, session, now)
         if now >= peer.links_announce_due:
-            peer.links_announce_due = now + LINKS_ANNOUNCE_INTERVAL_S
+            peer.links_announce_due = now + (
+                LINKS_ANNOUNCE_IDLE_INTERVAL_S if peer.idle else LINKS_ANNOUNCE_INTERVAL_S)
             if self.spec.role is Role.CLIENT:
                 self.announce_links(peer, session, now)
+
+    def wake(self, peer: Peer, now: float) -> None:
+        """Data to or from an idle peer: it is busy again, and every link not
+        heard from at this moment is probed now (on the timer, after the
+        data) and suspect until heard from (see links); with two or more
+        links up and suspect, data goes on two of them until then (see
+        egress)."""
+        peer.idle = False
+        peer.busy_until = now + IDLE_AFTER_S
+        for link in peer.links.values():
+            # The probes go on the timer, right after the data that woke us.
+            link.health.set_idle(False, now)
+            link.woke_seq = link.next_link_seq
+        peer.verifying = sum(link.health.suspect for link in usable_links(
+            list(peer.links.values()))) > 1
+        self.refresh_mask(peer, now)
 
     # -- paths and the link table -----------------------------------------
 
@@ -142,13 +177,23 @@ class LinkControl:
             draining = peer.retired.get(link_id)
             if draining is not None:
                 return draining[0]  # a removed link's packets in flight
-            link = peer.links[link_id] = Link(link_id, f"link{link_id}")
+            link = peer.links[link_id] = self._server_link(peer, link_id, f"link{link_id}", None)
         if self.spec.role is Role.SERVER and link.path != (sock, addr):
             if link.path is not None:
                 self._outbox.event(logging.INFO,
                                    f"link {link.name}: peer moved to {addr[0]}:{addr[1]}")
             link.path = (sock, addr)
             link.pmtu = None  # a new path: its MTU is to be found again
+        return link
+
+    @staticmethod
+    def _server_link(peer: Peer, link_id: int, name: str,
+                     path: tuple[int, Address] | None) -> Link:
+        """A link the server learns: it does not probe it while idle (the
+        client's probes are its evidence, see links)."""
+        link = Link(link_id, name, path=path)
+        link.health.idle_probes = False
+        link.health.idle = peer.idle
         return link
 
     def on_established(self, peer: Peer, session: Session, link_id: int, sent_at: float,
@@ -225,8 +270,8 @@ class LinkControl:
                 # New, or an id used again after a removal: start afresh,
                 # keeping the return address its probes may have taught us.
                 draining = peer.retired.pop(info.link_id, None)
-                known = peer.links[info.link_id] = Link(
-                    info.link_id, info.name, path=None if draining is None else draining[0].path)
+                known = peer.links[info.link_id] = self._server_link(
+                    peer, info.link_id, info.name, None if draining is None else draining[0].path)
             known.name, known.weight, known.backup = info.name, info.weight, info.backup
         self.refresh_mask(peer, now)
 
@@ -299,8 +344,10 @@ class LinkControl:
             # Widen the 32-bit sequence to our unbounded per-link counter.
             last = link.next_link_seq - 1
             highest = last - ((last - report.highest_link_seq) & 0xFFFFFFFF)
-            if highest > link.est.highest_reported:
-                # Data gets through: alive, even if its probes drown.
+            if highest > link.est.highest_reported and highest >= link.woke_seq:
+                # Data gets through: alive, even if its probes drown (but
+                # only what was sent since the link woke from idle counts:
+                # the idle probes it reports may be older than its death).
                 self._link_changed(peer, link, now, link.health.on_progress(
                     now, max(report.owd_us - report.owd_min_us, 0) / 1e6))
             est, window = link.est, link.window

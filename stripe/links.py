@@ -2,10 +2,24 @@
 
 Theory of operation
 -------------------
-Every link is probed every `PROBE_INTERVAL_S`, busy or idle: a PROBE control
-message that the peer answers at once with a PROBE_ACK on the same link.  An
-acknowledged probe proves the path works both ways and yields an RTT sample
-(smoothed as in RFC 6298).
+While its peer has data (sent or received within `peer.IDLE_AFTER_S`), a
+link is probed every `PROBE_INTERVAL_S`: a PROBE control message that the
+peer answers at once with a PROBE_ACK on the same link.  An acknowledged
+probe proves the path works both ways and yields an RTT sample (smoothed as
+in RFC 6298).
+
+Idle links are cheap: while its peer has no data, a link is `idle`.  The
+client probes it every `IDLE_PROBE_INTERVAL_S`; the server does not probe
+an idle link that is up at all, the client's probes arriving on it being
+its evidence (`last_heard`).  An idle link is dead after
+`LINK_DEAD_AFTER_IDLE_S` without evidence.  When data starts again, every
+link wakes (`set_idle(False)`): it is probed at once and is `suspect` until
+an ack, a report of new data or any datagram arriving on it shows it still
+works; its silence is
+counted from the wake-up, so a link that died while idle is DOWN within
+`dead_after_s()` of the first packet, and the sender meanwhile puts data
+on the links already verified, or on two suspect links at once (see
+`egress`), so no packet depends on one link that may have died unseen.
 
 The peer's feedback is evidence too: a report showing new data arriving
 on the link proves it works, even while probes drown in its queue.
@@ -49,6 +63,11 @@ if TYPE_CHECKING:
     from .session import Session
 
 PROBE_INTERVAL_S = 0.2
+# While the peer has no data: the client's probe interval, and the silence
+# after which an idle link is dead.  Below the client's re-handshake after
+# silence (sessions.REHANDSHAKE_AFTER_SILENCE_S) with a probe to spare.
+IDLE_PROBE_INTERVAL_S = 2.0
+LINK_DEAD_AFTER_IDLE_S = 2.5 * IDLE_PROBE_INTERVAL_S
 LINK_DEAD_AFTER_MIN_S = 0.45
 # Without a queue; a link's measured queue adds twice itself (its probes
 # and data wait behind it), up to LINK_DEAD_AFTER_QUEUED_MAX_S in all.
@@ -78,9 +97,11 @@ class LinkCounters:
 class LinkHealth:
     """Probe bookkeeping and up/down state of one link.
 
-    Empty state: UNKNOWN, no probes outstanding, no RTT sample.
-    Invariants: `outstanding` holds at most MAX_OUTSTANDING_PROBES entries;
-    `good_acks` counts consecutive acks only while DOWN.
+    Empty state: UNKNOWN, busy (not idle), no probes outstanding, no RTT
+    sample.  Invariants: `outstanding` holds at most MAX_OUTSTANDING_PROBES
+    entries; `good_acks` counts consecutive acks only while DOWN; `suspect`
+    only while UP and busy.  `idle_probes`: this end probes the link while
+    idle (the client); False: it relies on the peer's probes (the server).
     """
 
     state: LinkState = LinkState.UNKNOWN
@@ -102,6 +123,67 @@ class LinkHealth:
     downs: int = 0
     ups: int = 0
     previous: LinkState = LinkState.UNKNOWN  # the state before the last change
+    idle: bool = False
+    idle_probes: bool = True
+    suspect: bool = False  # woke from idle, not heard from since
+    woke_at: float = float("-inf")
+    last_heard: float = float("-inf")  # the newest authenticated datagram on the link
+    last_probe_time: float = float("-inf")
+    keep_busy: bool = False  # probed at the busy pace even while idle (see linkctl)
+
+    def set_keep_busy(self, keep: bool) -> None:
+        if keep != self.keep_busy:
+            self.keep_busy = keep
+            self._repace()
+
+    def _repace(self) -> None:
+        """The probe interval changed: the next probe follows the last one by it."""
+        interval = self.probe_interval_s()
+        self.next_probe_time = (float("inf") if interval is None
+                                else self.last_probe_time + interval)
+
+    def probe_interval_s(self) -> float | None:
+        """How often this end probes the link now (None: not at all): busy,
+        or a path MTU search under way (it needs small probes answered, see
+        pmtu), or coming back from DOWN (its RECOVER_ACKS acks), at the
+        busy pace."""
+        if not self.idle or self.keep_busy or (
+                self.state is LinkState.DOWN and self.good_acks > 0):
+            return PROBE_INTERVAL_S
+        if self.idle_probes or self.state is not LinkState.UP:
+            return IDLE_PROBE_INTERVAL_S
+        return None
+
+    def set_idle(self, idle: bool, now: float) -> None:
+        """The peer's data stopped (idle) or started again (busy): see the
+        module's theory of operation."""
+        if idle == self.idle:
+            return
+        self.idle = idle
+        if idle:
+            self.suspect = False
+            self._repace()
+        else:
+            # Heard from at this very moment (the datagram that woke us came
+            # on it): not suspect, and probed at the usual pace.
+            self.woke_at = now
+            self.suspect = self.state is LinkState.UP and self.last_heard < now
+            heard = self.state is LinkState.UP and not self.suspect
+            self.next_probe_time = now + PROBE_INTERVAL_S if heard else now
+
+    def heard(self, now: float) -> None:
+        """An authenticated datagram arrived on the link: a suspect link is
+        no longer (the path works, at least towards us, and its own probe
+        may wait for the usual pace)."""
+        self.last_heard = now
+        if self.idle and self.state is LinkState.DOWN and self.good_acks == 0 and (
+                self.next_probe_time > now + PROBE_INTERVAL_S):
+            # The peer's probe on a link we hold down: it may be back; see now.
+            self.next_probe_time = now
+        if self.suspect:
+            self.suspect = False
+            if self.next_probe_time <= now:
+                self.next_probe_time = now + PROBE_INTERVAL_S
 
     def dead_after_s(self) -> float:
         """Silence (no ack, no report of new data) after which the link is DOWN."""
@@ -121,7 +203,9 @@ class LinkHealth:
         self.outstanding[probe_id] = now
         if len(self.outstanding) > MAX_OUTSTANDING_PROBES:
             del self.outstanding[next(iter(self.outstanding))]
-        self.next_probe_time = now + PROBE_INTERVAL_S
+        interval = self.probe_interval_s()
+        self.next_probe_time = float("inf") if interval is None else now + interval
+        self.last_probe_time = now
         self.probes_sent += 1
         return probe_id
 
@@ -144,6 +228,7 @@ class LinkHealth:
             self.rttvar_s += 0.25 * (abs(self.srtt_s - rtt) - self.rttvar_s)
             self.srtt_s += 0.125 * (rtt - self.srtt_s)
         self.last_ack_time = now
+        self.suspect = False
         return self.update(now, acked=True)
 
     def on_send_error(self, now: float) -> LinkState | None:
@@ -155,6 +240,7 @@ class LinkHealth:
         a full queue.  Returns the new state if it changed (a STALE link is
         back)."""
         self.queue_s = queue_s
+        self.suspect = False
         if self.state in (LinkState.UP, LinkState.STALE) and now > self.last_ack_time:
             self.last_ack_time = now
         return self.update(now, progressed=True)
@@ -175,9 +261,10 @@ class LinkHealth:
             if acked:
                 self.state = LinkState.UP
         elif old in (LinkState.UP, LinkState.STALE):
-            if send_failed or now - self.last_ack_time > self.dead_after_s():
+            if send_failed or now > self.dead_at():
                 self.state = LinkState.DOWN
                 self.good_acks = 0
+                self.suspect = False
             elif old is LinkState.UP and stalled:
                 self.state = LinkState.STALE
             elif old is LinkState.STALE and (acked or progressed):
@@ -187,11 +274,17 @@ class LinkHealth:
                 self.good_acks += 1
                 if self.good_acks >= RECOVER_ACKS:
                     self.state = LinkState.UP
+                elif self.idle:
+                    self._repace()  # the next acks at the busy pace
             elif send_failed:
                 self.good_acks = 0
         new = self.state
         if new is old:
             return None
+        if new is not LinkState.UP:
+            self.suspect = False
+        if self.idle:
+            self._repace()  # a server's idle link that is not UP is probed again
         self.previous = old
         if new is LinkState.STALE:
             self.stalls += 1
@@ -201,10 +294,19 @@ class LinkHealth:
             self.ups += 1
         return new
 
+    def dead_at(self) -> float:
+        """When an UP or STALE link is DOWN unless evidence comes: busy, the
+        last ack (or the wake-up: the silence of an idle link is not held
+        against it) plus `dead_after_s()`; idle, the last ack or datagram
+        heard on it plus LINK_DEAD_AFTER_IDLE_S."""
+        if self.idle:
+            return max(self.last_ack_time, self.last_heard) + LINK_DEAD_AFTER_IDLE_S
+        return max(self.last_ack_time, self.woke_at) + self.dead_after_s()
+
     def next_check_time(self) -> float:
         """When `update` could next change the state without new input."""
         if self.state in (LinkState.UP, LinkState.STALE):
-            return min(self.next_probe_time, self.last_ack_time + self.dead_after_s() + 1e-6)
+            return min(self.next_probe_time, self.dead_at() + 1e-6)
         return self.next_probe_time
 
 
@@ -283,14 +385,16 @@ class Link:
     est: LinkEstimator = field(default_factory=LinkEstimator)
     window: LinkWindow = field(default_factory=LinkWindow)
     next_link_seq: int = 0
+    woke_seq: int = 0  # next_link_seq when the link woke from idle (see linkctl.wake)
     last_data_sent: float = float("-inf")
     marker_due: bool = False  # data sent since the last tail marker
     rx_highest_link_seq: int = -1  # 32-bit, from the peer's headers
     rx_packets_at_feedback: int = 0  # rx_packets when we last sent feedback
     recent: RecentSends = field(default_factory=RecentSends)
 
-    def note_received(self, size: int, link_seq: int) -> None:
+    def note_received(self, size: int, link_seq: int, now: float) -> None:
         """An authenticated datagram of `size` bytes arrived on this link."""
+        self.health.heard(now)
         counters = self.counters
         counters.rx_packets += 1
         counters.rx_bytes += size

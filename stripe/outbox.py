@@ -7,7 +7,11 @@ line logged) puts it here, and the driver takes it all after each input
 is counted here too, under a short reason name, so one table holds every
 drop whatever part of the core made it.
 
-Empty state: nothing queued, no drops.  Invariant: each queue keeps the
+`touched` collects the peers an input may have given a new timer (see
+`Endpoint.get_timer`): every part that changes a peer's state marks it
+here, and the endpoint recomputes only their deadlines.
+
+Empty state: nothing queued, no drops, nothing touched.  Invariant: each queue keeps the
 order things were put in (datagrams of one link leave in link-sequence
 order, packets reach the TUN in counter order).
 """
@@ -15,13 +19,14 @@ order, packets reach the TUN in counter order).
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 Address = tuple[str, int]
 Datagram = tuple[int, bytes, Address]  # (socket index, bytes, destination)
 
 
 class Outbox:
-    __slots__ = ("closed_sockets", "datagrams", "deliveries", "drops", "events")
+    __slots__ = ("closed_sockets", "datagrams", "deliveries", "drops", "events", "touched")
 
     def __init__(self) -> None:
         self.datagrams: list[Datagram] = []
@@ -29,6 +34,11 @@ class Outbox:
         self.events: list[tuple[int, str]] = []
         self.closed_sockets: list[int] = []
         self.drops: Counter[str] = Counter()
+        self.touched: dict[int, Any] = {}  # id(peer) -> peer
+
+    def touch(self, peer: Any) -> None:
+        """`peer`'s state changed: its next timer is to be recomputed."""
+        self.touched[id(peer)] = peer
 
     def send(self, sock: int, datagram: bytes, addr: Address) -> None:
         """Queue a datagram that is ready to go (sealed, or a handshake message)."""

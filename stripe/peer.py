@@ -35,6 +35,9 @@ from .spec import PeerSpec
 
 # Packets held while there is no session or no room on a link, at most.
 QUEUE_MAX_PACKETS = 256
+# A peer with no data either way for this long is idle: its links are
+# probed rarely (see links).  Data sent or received makes it busy again.
+IDLE_AFTER_S = 1.0
 
 
 @dataclass(slots=True)
@@ -103,6 +106,12 @@ class Peer:
     last_good_source: bytes = b""
     mtu: int | None = None  # largest inner packet the links that are up carry now
     aqm: CoDel | None = None  # None: queue management off
+    # Idle links (see links): busy until `busy_until` (data sent or received
+    # IDLE_AFTER_S ago), idle after; `verifying`: woke with two or more links
+    # up and none heard from since, so data goes on two links (see egress).
+    idle: bool = False
+    busy_until: float = float("-inf")
+    verifying: bool = False
 
     def sessions(self) -> list[Session]:
         return [s for s in (self.current, self.previous, self.next_session) if s is not None]

@@ -17,11 +17,17 @@ from .links import Link
 
 
 def usable_links(links: Collection[Link]) -> list[Link]:
-    """UP primary links, or UP backup links when no primary is up."""
-    primary = [link for link in links if link.up and not link.backup]
-    if primary:
-        return primary
-    return [link for link in links if link.up]
+    """UP primary links, or UP backup links when no primary is up; of
+    those, the ones heard from since data started after idleness, if any
+    (see links: a suspect link may have died unseen while idle)."""
+    pool = [link for link in links if link.up and not link.backup]
+    if not pool:
+        pool = [link for link in links if link.up]
+    if len(pool) > 1:
+        verified = [link for link in pool if not link.health.suspect]
+        if verified and len(verified) < len(pool):
+            return verified
+    return pool
 
 
 class Scheduler:

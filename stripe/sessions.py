@@ -56,7 +56,7 @@ from .handshake import AcceptedInitiation, PendingInitiation, read_initiation, w
 from .linkctl import LinkControl
 from .noise import NoiseError, public_from_private
 from .outbox import Address, Outbox
-from .peer import Peer
+from .peer import IDLE_AFTER_S, Peer
 from .session import REJECT_AFTER_S, REKEY_AFTER_S, Session
 from .spec import EndpointSpec, PeerSpec, Role
 
@@ -142,6 +142,7 @@ class Sessions:
         """Client: a packet waits for a session: initiate now unless one is
         on its way."""
         if self.spec.role is Role.CLIENT and peer.handshake.pending is None:
+            self._outbox.touch(peer)
             peer.handshake.due = min(peer.handshake.due, now)
 
     def _client_timers(self, peer: Peer, now: float) -> None:
@@ -194,12 +195,20 @@ class Sessions:
         return False
 
     def _initiate(self, peer: Peer, now: float) -> None:
+        self._outbox.touch(peer)
         handshake = peer.handshake
         links = list(peer.links.values())
         up = [link for link in links if link.up]
         pool = up or links
         link = pool[handshake.attempts % len(pool)]
         jar = handshake.cookie_jar
+        if jar is not None and jar.fresh(now) and jar.link_id is not None:
+            # A cookie is valid only from the source it was made for: retry
+            # on that link (another link's mac2 would fail and fetch another
+            # cookie, forever, while the server stays under load).
+            cookie_link = peer.links.get(jar.link_id)
+            if cookie_link is not None and cookie_link.path is not None:
+                link = cookie_link
         pending = PendingInitiation(
             self.spec.private_key, peer.spec.public_key, peer.spec.preshared_key,
             self._new_index(), link.link_id, now + self._wall_offset,
@@ -227,6 +236,7 @@ class Sessions:
             drops["unknown_session"] += 1
             return False
         handshake = peer.handshake
+        self._outbox.touch(peer)
         try:
             result = pending.consume_response(resp, self._mac1_key, data)
         except NoiseError:
@@ -251,7 +261,9 @@ class Sessions:
         for peer in self.peers:
             pending, jar = peer.handshake.pending, peer.handshake.cookie_jar
             if pending is not None and jar is not None and pending.sender_index == receiver:
+                self._outbox.touch(peer)
                 if jar.consume_reply(data, pending.mac1, now):
+                    jar.link_id = pending.datagram[1]  # the link id byte
                     self._outbox.event(logging.INFO,
                                        "server under load: got a cookie, retrying")
                 else:
@@ -300,6 +312,7 @@ class Sessions:
     def _respond(self, peer: Peer, accepted: AcceptedInitiation, init: wire.HandshakeInit,
                  sock: int, addr: Address, now: float) -> bool:
         """The initiation proved the peer's key: answer it."""
+        self._outbox.touch(peer)
         index = self._new_index()
         try:
             datagram, result = write_response(accepted, init.link_id, index, init.sender_index)
@@ -334,6 +347,8 @@ class Sessions:
         peer.current = session
         peer.handshake.last_completed = now
         peer.links_seen = -1
+        if peer.previous is None:  # the first session: its links are probed busily at first
+            peer.busy_until = max(peer.busy_until, now + IDLE_AFTER_S)
         self.table[session.local_index] = (peer, session)
         if self.spec.reorder_hold_s is not None:
             session.reorder.hold_s = self.spec.reorder_hold_s

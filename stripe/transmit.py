@@ -23,7 +23,7 @@ from . import control, wire
 from .links import Link, RecentRun
 from .offload import complete_partial
 from .outbox import Outbox
-from .peer import Peer
+from .peer import IDLE_AFTER_S, Peer
 from .session import Session
 
 _DATA = wire.MessageType.DATA
@@ -53,11 +53,13 @@ class Transmitter:
         as data loss, and a stall, in the link's estimates)."""
         path = link.path
         assert path is not None
+        self._outbox.touched[id(peer)] = peer
         if mtype is not _CONTROL:
             if self.partial_csum and not session.peer_features & control.FEATURE_PARTIAL_CSUM:
                 # A peer that did not say it takes partial checksums (an older
                 # version, a TUN without offload, or not said yet this session).
                 payloads = [complete_partial(p) for p in payloads]
+            peer.busy_until = now + IDLE_AFTER_S
             link.last_data_sent = now
             link.marker_due = True
             if link.link_id < wire.MASKABLE_LINKS:

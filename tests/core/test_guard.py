@@ -10,7 +10,7 @@ from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
 
 from stripe import guard, wire
 from stripe.endpoint import Endpoint
-from stripe.links import LinkState
+from stripe.links import IDLE_PROBE_INTERVAL_S, LinkState
 
 
 def junk(rng: random.Random, n: int) -> list[bytes]:
@@ -72,7 +72,7 @@ def test_junk_from_a_backup_link_address_does_not_shut_the_link_out() -> None:
     backup = client_addr(1)
     sim.server.receive_datagrams(1, junk(rng, 64), backup, sim.now)
     links[1].up = True
-    sim.run(1.0)
+    sim.run(IDLE_PROBE_INTERVAL_S + 1.0)  # idle: the client's next probe finds it
     assert not sim.server.guard.blocked(backup[0], sim.now)
     assert sim.server.drops["blocked_source"] == 0
     assert sim.server.peers[0].links[1].health.state is LinkState.UP

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tests.core.netsim import Sim, SimLink, Trace, ip_packet
 
-from stripe.links import LinkState
+from stripe.links import IDLE_PROBE_INTERVAL_S, LINK_DEAD_AFTER_IDLE_S, LinkState
 
 PACKET_BYTES = 1250
 
@@ -95,14 +95,25 @@ def test_a_link_with_half_a_second_of_queue_is_not_declared_dead() -> None:
     assert down_at is not None and down_at < 3.5, down_at
 
 
-def test_an_idle_link_that_stops_is_down_within_a_second() -> None:
+def test_an_idle_link_that_stops_is_down_within_a_second_of_data() -> None:
+    """Idle, a link is probed rarely (see links): it is found dead by those
+    probes within LINK_DEAD_AFTER_IDLE_S, or within a second of the first
+    data, whichever comes first."""
     links = [SimLink(delay_s=0.020), SimLink(delay_s=0.020)]
     sim = Sim(links, scheduler="adaptive")
     sim.run(2.0)
     links[1].up = False
+    sim.run(0.5)
     cut = sim.now
     health = sim.client.peers[0].links[1].health
+    assert health.state is LinkState.UP  # idle: nobody knows yet
+    sim.run(0.01, [(sim.now, "up", ip_packet(0))])
     while health.state is not LinkState.DOWN and sim.now - cut < 3:
         sim.run(0.05)
     assert sim.now - cut < 1.0
     assert health.downs == 1
+    sim2 = Sim([SimLink(delay_s=0.020), SimLink(delay_s=0.020)], scheduler="adaptive")
+    sim2.run(2.0)
+    sim2.links[1].up = False
+    sim2.run(LINK_DEAD_AFTER_IDLE_S + IDLE_PROBE_INTERVAL_S)
+    assert sim2.client.peers[0].links[1].health.state is LinkState.DOWN

@@ -10,7 +10,12 @@ from tests.core.netsim import Sim, SimLink, ip_packet, out_of_order, packet_seq
 
 from stripe import wire
 from stripe.io.metrics import families
-from stripe.links import RESEND_MAX_PACKETS, RESEND_WINDOW_S
+from stripe.links import (
+    IDLE_PROBE_INTERVAL_S,
+    LINK_DEAD_AFTER_IDLE_S,
+    RESEND_MAX_PACKETS,
+    RESEND_WINDOW_S,
+)
 from stripe.noise import TransportKey
 from stripe.session import COPIES_SEALED_REMEMBERED, Session
 from stripe.status import render
@@ -73,7 +78,9 @@ def test_without_the_resend_those_packets_are_lost(monkeypatch: pytest.MonkeyPat
 def test_with_no_other_link_the_loss_is_counted() -> None:
     sim = two_links()
     sim.links[0].up = False  # silent: link 0 stays in the schedule a while
-    sim.run(1.0)  # ... until it is declared down
+    # ... until it is declared down (idle: by the client's rare probes)
+    sim.run(LINK_DEAD_AFTER_IDLE_S + IDLE_PROBE_INTERVAL_S)
+    assert not sim.client.peers[0].links[0].up
     sim.links[1].send_fails = True
     sim.run(1.0, bursts(sim, 1))
     peer = sim.client.peers[0]
