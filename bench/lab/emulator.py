@@ -16,10 +16,11 @@ ahead of it), as on a real access link and as stripe's reordering assumes.
 Timing granularity is epoll's 1 ms (mahimahi's traces are in ms too).
 
 Non-IP frames (ARP) skip a lane's loss, bottleneck and outages and only
-see its propagation delay: a trace-driven link stands for a point-to-point
-access link, which has no neighbour resolution that an outage or a full
-queue could make fail (the kernel would then drop IP packets for seconds
-after the outage, which no real cellular link does).
+see its propagation delay when the lane has a bottleneck or burst loss: a
+trace-driven or bursty link stands for a point-to-point access link, which
+has no neighbour resolution that an outage, a full queue or a loss burst
+could make fail (the kernel would then drop IP packets for seconds after
+it, which no real cellular link does).
 
 Usage (inside the middle namespace): ``python -m bench.lab.emulator
 SPEC_JSON [SEED]`` where SPEC_JSON is a list of ``{"a": IF, "b": IF, "a_to_b": {...},
@@ -322,7 +323,8 @@ class Emulator:
             if addr[2] == PACKET_OUTGOING:
                 continue
             lane.count("in", now, self.t0)
-            if lane.bottleneck is not None and frame[12:14] not in IP_ETHERTYPES:
+            if (lane.bottleneck is not None or lane.ge is not None) and \
+                    frame[12:14] not in IP_ETHERTYPES:
                 self._propagate(lane, frame, now, now)  # ARP: see the module's doc
                 continue
             if lane.ge is not None:
