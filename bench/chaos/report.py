@@ -142,6 +142,36 @@ def unnamed_reasons(table: dict[str, dict[str, dict[str, int]]]) -> list[str]:
                    if not NAMED_REASON.fullmatch(reason) or reason in UNNAMED_REASONS})
 
 
+def links_at_end(record: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each end's links at the end of the run: ``{role: {name: {state, address}}}``."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for role, status in (record.get("status_end") or {}).items():
+        for peer in (status or {}).get("peers", []) if isinstance(status, dict) else []:
+            for link in peer.get("links", []):
+                out.setdefault(role, {})[str(link.get("name"))] = {
+                    "state": link.get("state"), "address": link.get("address")}
+    return out
+
+
+def roams_followed(record: dict[str, Any], links: dict[str, dict[str, dict[str, Any]]]
+                   ) -> list[dict[str, Any]]:
+    """For each roam of a link the client still has at the end: does the
+    server send to the link's new address?"""
+    out = []
+    client = links.get("client", {})
+    for f in record.get("faults", []):
+        if f["kind"] != schedule.ROAM or "on" not in f:
+            continue
+        name = f"link{f['link']}"
+        if name not in client:
+            continue
+        new = str(f["on"]["to"]).split("/")[0]
+        address = links.get("server", {}).get(name, {}).get("address")
+        out.append({"link": name, "to": new, "server_sends_to": address,
+                    "followed": isinstance(address, str) and address.startswith(new + ":")})
+    return out
+
+
 def parse_ping(text: str) -> dict[str, Any]:
     sent = received = 0
     m = re.search(r"(\d+) packets transmitted, (\d+) received", text)
@@ -201,6 +231,7 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
     logs = record.get("logs") or {}
     rss = rss_rows(record)
     udp_sent = int(udp_send.get("sent", 0))
+    links = links_at_end(record)
     summary = {
         "transfer": {"planned_bytes": planned, "sent_bytes": send.get("bytes"),
                      "received_bytes": recv.get("bytes"), "intact": intact,
@@ -215,6 +246,7 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         "ping": parse_ping(str(traffic.get("ping") or "")),
         "per_second_mbit": per_second_mbit(recv.get("arrivals"), t0, seconds + 1),
         "error": record.get("error"), "left_namespaces": record.get("left_namespaces", []),
+        "links_end": links, "roams": roams_followed(record, links),
     }  # fmt: skip
     summary["checks"] = {
         "transfer intact (SHA-256)": intact,
@@ -224,6 +256,9 @@ def summarize(record: dict[str, Any]) -> dict[str, Any]:
         "no tracebacks or errors in stripe's logs": not logs.get("tracebacks")
         and not logs.get("error_lines"),
         "every drop under a named reason": not summary["unnamed_drop_reasons"],
+        "every link up at the end, roamed ones followed": bool(links.get("client"))
+        and all(v["state"] == "up" for role in links.values() for v in role.values())
+        and all(r["followed"] for r in summary["roams"]),
         "run completed, stripe alive, nothing left behind": not record.get("error")
         and not record.get("stripe_problem") and not record.get("left_namespaces"),
     }
@@ -284,6 +319,11 @@ def results_md(record: dict[str, Any], s: dict[str, Any], plot: str | None) -> s
         lines.append(f"| {r['start_s']:g} | {r['fault']} | {r['duration_s']:g} | "
                      f"{r['stall_s']:g} | {r['beyond_s']:g} | {r['target']} | "
                      f"{r['udp_stall_s']:g} | {ok} |")
+    lines += ["", "Links at the end: " + "; ".join(
+        f"{role} " + ", ".join(f"{name} {v['state']} ({v['address']})" for name, v in ls.items())
+        for role, ls in s["links_end"].items()) + ". Roams: " + (", ".join(
+            f"{r['link']} to {r['to']}: the server sends to {r['server_sends_to']}"
+            for r in s["roams"]) or "none of a link still configured") + "."]
     lines += ["", "## Memory (RSS, MB)", "", "| process | start | end | growth |",
               "|---|---|---|---|"]
     lines += [f"| {r['process']} | {_fmt(r['start'])} | {_fmt(r['end'])} | {_fmt(r['growth'])} |"

@@ -35,4 +35,5 @@ def test_a_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
     assert summary["logs"]["tracebacks"] == 0, summary["logs"]
     assert summary["unnamed_drop_reasons"] == []
     assert record["stripe_problem"] is None
+    assert summary["roams"] and all(r["followed"] for r in summary["roams"]), summary["roams"]
     assert (out / "plots" / "chaos-goodput.png").exists()

@@ -210,3 +210,20 @@ def test_command_line() -> None:
     for bad in (("chaos", "equal"), ("chaos", "--seconds", "5")):
         with pytest.raises(SystemExit):
             chaos_options_from(*_args(*bad))
+
+
+def test_links_at_the_end_and_roams() -> None:
+    def end(address: str) -> dict[str, Any]:
+        return {"peers": [{"links": [{"name": "link0", "state": "up", "address": address},
+                                     {"name": "link2", "state": "up", "address": "x"}]}]}
+
+    roam = {"kind": "roam", "label": "roam link0", "t_on": 50.0, "t_off": 50.1, "link": 0,
+            "on": {"from": "10.0.0.1/30", "to": "10.0.0.65/24"}}
+    record = _record(status_end={"client": end("10.0.0.2:5000"), "server": end("10.0.0.65:4242")})
+    record["faults"].append(roam)
+    s = report.summarize(record)
+    assert s["roams"] == [{"link": "link0", "to": "10.0.0.65",
+                           "server_sends_to": "10.0.0.65:4242", "followed": True}]
+    assert s["checks"]["every link up at the end, roamed ones followed"]
+    record["status_end"]["server"] = end("10.0.0.1:4242")
+    assert not report.summarize(record)["roams"][0]["followed"]
