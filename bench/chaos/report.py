@@ -5,8 +5,9 @@ Definitions (pure functions, unit-tested):
 
 * a *stall* is a pause longer than `bench.chaos.traffic.GAP_S` between two
   reads of the TCP receiver; a fault's stall is the longest one that
-  overlaps the fault's window, from its start to the next fault's start
-  (or the end of the run);
+  starts in the fault's window, from its start to the next fault's start
+  (or the end of the run): a stall is charged to the fault that caused it,
+  not to the next one it lasts into;
 * *beyond the fault*: the stall minus the part of the fault that stops
   every path by itself (a server restart's time from SIGTERM to the new
   process; 0 for a fault on one link, which the others can carry);
@@ -30,6 +31,7 @@ from bench.chaos import schedule
 STALL_TARGET_S = 1.0
 RESTART_STALL_TARGET_S = 3.0
 RSS_GROWTH_TARGET_MB = 5.0
+STALL_START_SLACK_S = 0.25
 NAMED_REASON = re.compile(r"[a-z][A-Za-z0-9_]*")
 UNNAMED_REASONS = frozenset({"other", "unknown", "error"})
 
@@ -56,8 +58,10 @@ def per_second_mbit(arrivals: dict[str, Any] | None, t0: float, seconds: int) ->
 
 
 def longest_stall(gaps: list[tuple[float, float]], start: float, end: float) -> float:
-    """The longest stall that overlaps [start, end) (0.0: none)."""
-    return max((b - a for a, b in gaps if b > start and a < end), default=0.0)
+    """The longest stall that starts in [start, end) (0.0: none); one that
+    starts up to `STALL_START_SLACK_S` before `start` counts too (the last
+    arrival before a stall can precede the fault a little)."""
+    return max((b - a for a, b in gaps if start - STALL_START_SLACK_S <= a < end), default=0.0)
 
 
 def fault_rows(record: dict[str, Any], gaps: list[tuple[float, float]],
@@ -307,9 +311,9 @@ def results_md(record: dict[str, Any], s: dict[str, Any], plot: str | None) -> s
         "",
         "## Faults",
         "",
-        f"Stall: the longest pause of the TCP receiver (> 0.2 s) from the fault's start to the "
-        f"next fault's; beyond: minus what the fault blocks by itself (the restart's "
-        f"downtime). Longest stall in the warm-up: {s['warmup_stall_s']:g} s.",
+        f"Stall: the longest pause of the TCP receiver (> 0.2 s) that began between the "
+        f"fault's start and the next fault's; beyond: minus what the fault blocks by itself "
+        f"(the restart's downtime). Longest stall in the warm-up: {s['warmup_stall_s']:g} s.",
         "",
         "| start s | fault | lasted s | TCP stall s | beyond s | target | UDP stall s | ok |",
         "|---|---|---|---|---|---|---|---|",

@@ -78,6 +78,7 @@ FINISH_GRACE_S = 60.0
 ROAM_PREFIX_LEN = 24
 ROAM_FIRST_HOST = 65
 STATUS_TIMEOUT_S = 10.0
+SNAPSHOT_LEAD_S = 2.0
 
 
 @dataclass
@@ -367,13 +368,18 @@ class ChaosLab:
             raise CommandError(f"stripe reload failed ({proc.returncode}): {out}")
         return {"links": sorted(self.client_links), "reload": out[:300]}
 
+    def snapshot_server(self) -> None:
+        """The server's counters and RSS before its restart (they die with it)."""
+        assert self.stripe is not None and self.stripe.pair is not None
+        assert self.stripe.pair.server is not None
+        self.statuses[f"server-{self.server_generation}"] = self.stripe.status().get("server")
+        self.rss[f"server-{self.server_generation}-end"] = rss_mb(self.stripe.pair.server.pid)
+
     def restart_server(self) -> dict[str, Any]:
         """SIGTERM the server, start it again (within 2 s of the signal)."""
         assert self.stripe is not None and self.stripe.pair is not None
         pair = self.stripe.pair
         assert pair.server is not None
-        self.statuses[f"server-{self.server_generation}"] = self.stripe.status().get("server")
-        self.rss[f"server-{self.server_generation}-end"] = rss_mb(pair.server.pid)
         signalled = time.monotonic()
         code = pair.server.stop(grace_s=schedule.SERVER_RESTART_WITHIN_S - 0.5)
         exited = time.monotonic()
@@ -419,6 +425,10 @@ def run_faults(chaos: ChaosLab, t0: float) -> list[dict[str, Any]]:
     done, and the error if an action failed (the run goes on)."""
     records = []
     for fault in chaos.plan.faults:
+        if fault.kind == schedule.RESTART:
+            # Reading the counters takes ~1 s: before the restart's time.
+            _sleep_until(t0 + fault.start_s - SNAPSHOT_LEAD_S)
+            chaos.snapshot_server()
         _sleep_until(t0 + fault.start_s)
         key = f"server-{chaos.server_generation}-start"
         if chaos.server_generation > 1 and key not in chaos.rss:
