@@ -161,6 +161,22 @@ def test_server_restart_triggers_a_new_handshake() -> None:
     assert seqs(sim, "server") == list(range(100))
 
 
+def test_flow_resumes_within_a_second_and_a_half_of_a_server_restart() -> None:
+    # Found by the chaos bench: the client waited for 3 s of silence before
+    # handshaking again, while its queue (256 packets) overflowed and the
+    # flows' retransmissions were dropped with it: TCP stalled 7.5 s.
+    sim = Sim([SimLink(delay_s=0.01), SimLink(delay_s=0.02)])
+    sim.run(1.0)
+    old = sim.client.peers[0].current
+    server_peer = sim.server.peers[0]
+    sim.server._sessions.table.clear()
+    server_peer.current = server_peer.previous = server_peer.next_session = None
+    before = len(sim.delivered["server"])
+    sim.run(1.5, flow(sim.now, 150, 0.01))
+    assert sim.client.peers[0].current is not old
+    assert seqs(sim, "server")[before:][-1] == 149  # the newest sent has arrived
+
+
 def test_rekey_keeps_flow_running() -> None:
     sim = Sim([SimLink(delay_s=0.01), SimLink(delay_s=0.02)])
     sim.run(1.0)
