@@ -339,6 +339,11 @@ class Sessions:
         peer.current = session
         peer.handshake.last_completed = now
         peer.links_seen = -1
+        # The peer's link sequences may start again with a new session (it
+        # restarted): the next datagram on each link sets the highest seen,
+        # else our reports would speak of the old numbering.
+        for link in peer.links.values():
+            link.rx_highest_link_seq = -1
         self.table[session.local_index] = (peer, session)
         if self.spec.reorder_hold_s is not None:
             session.reorder.hold_s = self.spec.reorder_hold_s
