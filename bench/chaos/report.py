@@ -72,7 +72,10 @@ def fault_rows(record: dict[str, Any], gaps: list[tuple[float, float]],
     rows = []
     for k, f in enumerate(faults):
         start = float(f["t_on"])
-        window_end = float(faults[k + 1]["t_on"]) if k + 1 < len(faults) else seconds
+        # Up to the next fault's start, less the slack that fault's own
+        # window reaches back with: a stall belongs to one fault only.
+        window_end = (float(faults[k + 1]["t_on"]) - STALL_START_SLACK_S
+                      if k + 1 < len(faults) else seconds)
         stall = longest_stall(gaps, start, window_end)
         blocking = 0.0
         if f["kind"] in schedule.BLOCKING_KINDS:
