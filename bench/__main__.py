@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench.attack.flood import DEFAULT_MIX, KINDS, parse_mix
 from bench.attack.runner import MAX_FLOOD_PACKETS, AttackOptions
+from bench.chaos.runner import ChaosOptions
 from bench.lab import MAX_LINKS, CommandError, cleanup_prefix
 from bench.lab.iperf import DOWNLOAD, UPLOAD, parse_rate_mbit
 from bench.lab.traces import DEFAULT_TRACES_DIR, NO_TRACES, traces_dir_from
@@ -27,6 +28,9 @@ from bench.systems.stripe_config import split_variant
 from bench.systems.wireguard_go import remove_stale_sockets
 
 CC_CHOICES = ("cubic", "bbr")
+CHAOS = "chaos"
+CHAOS_SECONDS = 600.0
+CHAOS_MIN_SECONDS = 30.0
 QUICK_SECONDS = 4.0
 PROFILE_SECONDS = 10.0
 PROFILE_SCHEDULER = "adaptive"
@@ -399,6 +403,19 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
     return opts
 
 
+def chaos_options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> ChaosOptions:
+    """``run chaos``'s options: its length, seed, output and log level; the
+    suite's other options do not apply to it."""
+    if args.scenarios != [CHAOS]:
+        parser.error("chaos runs alone: `python -m bench run chaos [--seconds S] [--seed N]`")
+    if args.seconds and args.minutes:
+        parser.error("--minutes and --seconds exclude each other")
+    seconds = args.seconds or (args.minutes * 60 if args.minutes else CHAOS_SECONDS)
+    if seconds < CHAOS_MIN_SECONDS:
+        parser.error(f"chaos: at least {CHAOS_MIN_SECONDS:g} s")
+    return ChaosOptions(seconds=seconds, seed=args.seed, out=args.out, log_level=args.log_level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -412,8 +429,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{s.name:20} {s.kind:10} {s.doc}")
             for i, spec in enumerate(s.links):
                 print(f"{'':20} {'':10}   link{i}: {describe_link(spec)}")
+        print(f"{CHAOS:20} {'chaos':10} 10 min (--seconds/--minutes) of seeded faults under a "
+              "TCP transfer, UDP and ping (docs/bench.md#chaos)")
         print("aliases: " + "; ".join(f"{k} = {' '.join(v)}" for k, v in ALIASES.items()))
         return 0
+    if args.command == "run" and CHAOS in args.scenarios:
+        _need_root()
+        from bench.chaos.runner import run_chaos
+
+        out = run_chaos(chaos_options_from(args, parser))
+        summary = json.loads((out / "summary.json").read_text())
+        print(f"chaos: {'passed' if summary['passed'] else 'FAILED'}; results: "
+              f"{out / 'results.md'}")
+        return 0 if summary["passed"] else 1
     if args.command in ("run", "profile"):
         _need_root()
         opts = options_from(args, parser)

@@ -158,6 +158,7 @@ class LinkControl:
         links up and suspect, data goes on two of them until then (see
         egress)."""
         peer.idle = False
+        peer.woke_at = now
         peer.busy_until = now + IDLE_AFTER_S
         for link in peer.links.values():
             # The probes go on the timer, right after the data that woke us.

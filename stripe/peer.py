@@ -110,6 +110,7 @@ class Peer:
     # IDLE_AFTER_S ago), idle after; `verifying`: woke with two or more links
     # up and none heard from since, so data goes on two links (see egress).
     idle: bool = False
+    woke_at: float = float("-inf")  # when data last ended an idle spell
     busy_until: float = float("-inf")
     verifying: bool = False
 

@@ -16,10 +16,11 @@ ahead of it), as on a real access link and as stripe's reordering assumes.
 Timing granularity is epoll's 1 ms (mahimahi's traces are in ms too).
 
 Non-IP frames (ARP) skip a lane's loss, bottleneck and outages and only
-see its propagation delay: a trace-driven link stands for a point-to-point
-access link, which has no neighbour resolution that an outage or a full
-queue could make fail (the kernel would then drop IP packets for seconds
-after the outage, which no real cellular link does).
+see its propagation delay when the lane has a bottleneck or burst loss: a
+trace-driven or bursty link stands for a point-to-point access link, which
+has no neighbour resolution that an outage, a full queue or a loss burst
+could make fail (the kernel would then drop IP packets for seconds after
+it, which no real cellular link does).
 
 Usage (inside the middle namespace): ``python -m bench.lab.emulator
 SPEC_JSON [SEED]`` where SPEC_JSON is a list of ``{"a": IF, "b": IF, "a_to_b": {...},
@@ -28,7 +29,9 @@ direction fields ``delay_ms``, ``jitter_ms``, ``loss``, ``delay_steps``
 (``[[start_s, delay_ms], ...]``: the delay from then on, on the trace
 clock), and for a bottleneck ``trace`` (a mahimahi file) or
 ``constant_mbit``, with ``queue_bytes`` or ``queue_ms`` (at the trace's
-mean rate), and ``ge`` (``{"p":, "r":, "loss_good":, "loss_bad":}``).
+mean rate), and ``ge`` (``{"p":, "r":, "loss_good":, "loss_bad":}``),
+optionally only inside ``ge_windows`` (``[[start_s, duration_s], ...]``
+since the last mark: loss bursts at chosen times).
 Outages need a bottleneck in both directions.  Prints ``ready`` once bound.
 SIGUSR1 marks a run: it prints one JSON line with each lane's per-second
 counts since the last mark (``{"mark": n, "t0": monotonic, "seconds": ...,
@@ -87,12 +90,18 @@ class Lane:
     ge: GilbertElliott | None = None
     bottleneck: Bottleneck | None = None
     delay_steps: Steps | None = None  # the delay (s) by trace time, if it steps
+    # (start_s, end_s) since the last mark in which `ge` applies; () = always.
+    ge_windows: tuple[tuple[float, float], ...] = ()
     last_release: float = 0.0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     # Per second since the last mark: the same counts.
     seconds: list[dict[str, int]] = field(default_factory=list)
     # Per 100 ms since the last mark: the bytes delivered.
     tenths: list[int] = field(default_factory=list)
+
+    def bursting(self, t_s: float) -> bool:
+        """Does the lane's burst loss apply at `t_s` since the last mark?"""
+        return not self.ge_windows or any(a <= t_s < b for a, b in self.ge_windows)
 
     def count(self, what: str, now: float, t0: float, amount: int = 1) -> None:
         self.counts[what] += amount
@@ -169,6 +178,18 @@ def bottleneck_from_spec(spec: dict[str, object], outages: tuple[Outage, ...]) -
     return Bottleneck(trace, queue, outages)
 
 
+def _ge_windows(spec: dict[str, object]) -> tuple[tuple[float, float], ...]:
+    raw = spec.get("ge_windows")
+    if not raw:
+        return ()
+    if not isinstance(raw, list) or "ge" not in spec:
+        raise ValueError(f"ge_windows must be a list and go with ge, not {raw!r}")
+    windows = tuple((float(start), float(start) + float(length)) for start, length in raw)
+    if any(b <= a for a, b in windows):
+        raise ValueError(f"bad ge_windows {raw!r}")
+    return windows
+
+
 def _delay_steps(spec: dict[str, object], delay_s: float) -> Steps | None:
     raw = spec.get("delay_steps")
     if not raw:
@@ -223,7 +244,8 @@ class Emulator:
                                      "(trace or constant_mbit) in both directions")
                 self.lanes[src.fileno()] = Lane(label, dst, delay_s, jitter_s, loss,
                                                 _burst_loss(direction), bottleneck,
-                                                _delay_steps(direction, delay_s))
+                                                _delay_steps(direction, delay_s),
+                                                _ge_windows(direction))
 
     def mark(self) -> dict[str, object]:
         """The per-second counts since the last mark; traces restart now."""
@@ -301,11 +323,12 @@ class Emulator:
             if addr[2] == PACKET_OUTGOING:
                 continue
             lane.count("in", now, self.t0)
-            if lane.bottleneck is not None and frame[12:14] not in IP_ETHERTYPES:
+            if (lane.bottleneck is not None or lane.ge is not None) and \
+                    frame[12:14] not in IP_ETHERTYPES:
                 self._propagate(lane, frame, now, now)  # ARP: see the module's doc
                 continue
             if lane.ge is not None:
-                lost = lane.ge.lose(self.rng)
+                lost = lane.bursting(now - self.t0) and lane.ge.lose(self.rng)
             else:
                 lost = bool(lane.loss) and self.rng.random() < lane.loss
             if lost:

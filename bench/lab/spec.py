@@ -60,6 +60,9 @@ class Direction:
     burst_loss: BurstLoss | None = None
     delay_steps: tuple[tuple[float, float], ...] = ()
     source: str = ""
+    # ``burst_loss`` only inside these (start_s, duration_s) windows of the
+    # emulator's clock (since its last mark); empty: all the time.
+    burst_windows: tuple[tuple[float, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.trace is not None and self.emulated_mbit is not None:
@@ -70,6 +73,8 @@ class Direction:
             raise ValueError("queue_ms/queue_bytes size an emulated bottleneck's queue")
         if self.queue_ms is not None and self.queue_bytes is not None:
             raise ValueError("a queue in ms or in bytes, not both")
+        if self.burst_windows and self.burst_loss is None:
+            raise ValueError("burst_windows say when burst_loss applies: set burst_loss")
 
     @property
     def bottleneck(self) -> bool:
@@ -101,6 +106,8 @@ class Direction:
         if self.burst_loss is not None:
             ge = self.burst_loss
             out["ge"] = {"p": ge.p, "r": ge.r, "loss_good": ge.loss_good, "loss_bad": ge.loss_bad}
+            if self.burst_windows:
+                out["ge_windows"] = [list(w) for w in self.burst_windows]
         if self.delay_steps:
             out["delay_steps"] = [list(step) for step in self.delay_steps]
         return out

@@ -413,6 +413,20 @@ class Lab:
             # whole (atomic: the flow never finds itself without a route).
             self._ecmp_routes("replace")
 
+    def set_rate(self, i: int, rate_mbit: float) -> None:
+        """Step link ``i``'s tbf rate, both directions, where it was shaped
+        (a rate step of the access link; the queue's length in ms is kept)."""
+        n = self.names.links[i]
+        ends = ((self.names.mid_ns, n.mid_server_if), (self.names.mid_ns, n.mid_client_if)) \
+            if self.via_middle else ((self.names.client_ns, n.client_if),
+                                     (self.names.server_ns, n.server_if))
+        if self.use_netem or any(d.bottleneck for d in (self.specs[i].up, self.specs[i].down)):
+            raise CommandError("set_rate steps a root tbf: not with netem or an emulated "
+                               "bottleneck")
+        for ns, dev in ends:
+            run(["tc", "qdisc", "replace", "dev", dev, "root", *tbf_args(rate_mbit, self.queue_ms)],
+                ns=ns)
+
     def _drop_at_random(self, i: int) -> None:
         """Link ``i``'s loss, per direction, as drop rules at the receiving end."""
         n, spec = self.names.links[i], self.specs[i]

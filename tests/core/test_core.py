@@ -6,6 +6,7 @@ import pytest
 from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, out_of_order, packet_seq
 
 from stripe import wire
+from stripe.endpoint import Endpoint
 from stripe.estimator import FIRST_FEEDBACK_DELAY_S
 from stripe.links import PROBE_INTERVAL_S, LinkState
 from stripe.peer import Peer
@@ -159,6 +160,39 @@ def test_server_restart_triggers_a_new_handshake() -> None:
     assert sim.client.peers[0].current is not old
     sim.run(1.0, flow(sim.now, 100, 0.002))
     assert seqs(sim, "server") == list(range(100))
+
+
+def test_flow_resumes_within_a_second_and_a_half_of_a_server_restart() -> None:
+    # Found by the chaos bench: the client waited for 3 s of silence before
+    # handshaking again, while its queue (256 packets) overflowed and the
+    # flows' retransmissions were dropped with it: TCP stalled 7.5 s.
+    sim = Sim([SimLink(delay_s=0.01), SimLink(delay_s=0.02)])
+    sim.run(1.0)
+    old = sim.client.peers[0].current
+    server_peer = sim.server.peers[0]
+    sim.server._sessions.table.clear()
+    server_peer.current = server_peer.previous = server_peer.next_session = None
+    before = len(sim.delivered["server"])
+    sim.run(1.5, flow(sim.now, 150, 0.01))
+    assert sim.client.peers[0].current is not old
+    assert seqs(sim, "server")[before:][-1] == 149  # the newest sent has arrived
+
+
+def test_a_restarted_server_hears_reports_in_its_own_link_sequence() -> None:
+    # Found by the chaos bench: the client kept the old server's highest
+    # link sequence per link across the restart, so the new server was told
+    # it had been received up to numbers it had not sent yet (in flight
+    # 4294966012 packets, links flipping stale/up).
+    sim = Sim([SimLink(delay_s=0.01), SimLink(delay_s=0.02)])
+    sim.run(1.0)
+    sim.run(2.0, flow(sim.now, 1000, 0.002, "down"))
+    sim.server = Endpoint(sim.server.spec, sim.now, wall_offset=1.7e9,
+                          random_index=lambda: sim.rng.getrandbits(32))
+    sim.run(3.0)
+    sim.run(1.0, flow(sim.now, 100, 0.01, "down"))
+    links = sim.server.peers[0].links.values()
+    assert links and all(0 <= link.est.highest_reported <= link.est._data_seq for link in links)
+    assert all(link.est.in_flight_packets < 100 for link in links)
 
 
 def test_rekey_keeps_flow_running() -> None:
