@@ -11,6 +11,7 @@ from stripe.estimator import FIRST_FEEDBACK_DELAY_S
 from stripe.links import PROBE_INTERVAL_S, LinkState
 from stripe.peer import Peer
 from stripe.session import Session
+from stripe.sessions import REHANDSHAKE_AFTER_IDLE_SILENCE_S
 
 
 def flow(start: float, count: int, interval: float, direction: str = "up",
@@ -188,7 +189,7 @@ def test_a_restarted_server_hears_reports_in_its_own_link_sequence() -> None:
     sim.run(2.0, flow(sim.now, 1000, 0.002, "down"))
     sim.server = Endpoint(sim.server.spec, sim.now, wall_offset=1.7e9,
                           random_index=lambda: sim.rng.getrandbits(32))
-    sim.run(3.0)
+    sim.run(REHANDSHAKE_AFTER_IDLE_SILENCE_S + 1.0)  # the idle client finds the restart
     sim.run(1.0, flow(sim.now, 100, 0.01, "down"))
     links = sim.server.peers[0].links.values()
     assert links and all(0 <= link.est.highest_reported <= link.est._data_seq for link in links)
