@@ -185,8 +185,10 @@ def checksum(data: bytes) -> int:
 
 
 def _mangle_udp(csum: int) -> int:
-    # UDP: a computed 0 is sent as 0xFFFF (0 means "no checksum"); the same
-    # rule the kernel's skb_checksum_help applies to any partial checksum.
+    # UDP: a computed 0 is sent as 0xFFFF (0 means "no checksum").  TCP keeps
+    # its 0: both spell ones'-complement zero, but the full split writes 0 and
+    # a completed partial segment must be the same bytes (coalescing compares
+    # them, and so do the tests).
     return csum or 0xFFFF
 
 
@@ -365,7 +367,9 @@ def _complete_checksum(packet: bytes, csum_start: int, csum_offset: int) -> byte
     at = csum_start + csum_offset
     if at + 2 > len(packet):
         raise OffloadError("csum_fields", f"checksum at {at} beyond a {len(packet)}-byte packet")
-    csum = _mangle_udp(_checksum_field(_ones_sum(packet[csum_start:])))
+    csum = _checksum_field(_ones_sum(packet[csum_start:]))
+    if csum_offset == UDP_CSUM_OFFSET:
+        csum = _mangle_udp(csum)
     return b"".join((packet[:at], csum.to_bytes(2, "big"), packet[at + 2:]))
 
 

@@ -25,6 +25,7 @@ from tests.core.test_offload import (
     build,
     checksums_ok,
     expand,
+    pseudo_header,
     ref_segment,
     ref_sum,
     super_packets,
@@ -116,6 +117,27 @@ def test_needs_csum_read_is_kept_partial_only_where_it_points_at_the_field() -> 
     # csum_start/offset elsewhere (say, an inner header of a tunnel): completed.
     odd = struct.pack("=BBHHHH", 1, 0, 40, 0, 24, 12) + packet
     assert split_tun_read(odd, partial=True) == split_tun_read(odd)
+
+
+def test_a_tcp_checksum_that_folds_to_zero_completes_to_zero() -> None:
+    # Found by hypothesis: a segment whose words sum to ones'-complement zero.
+    # The full split writes 0x0000; completing its partial twin must give the
+    # same bytes, not the 0xFFFF that only UDP needs (0 means "none" there).
+    for version in (4, 6):
+        first = build(Tcp(version=version, payload=bytes(2) + b"abcdefgh"))
+        c = int.from_bytes(first[(20 if version == 4 else 40) + 16:][:2], "big")
+        p = Tcp(version=version, payload=c.to_bytes(2, "big") + b"abcdefgh")
+        full = build(p)
+        assert full[(20 if version == 4 else 40) + 16:][:2] == b"\0\0"
+        assert checksums_ok(full)
+        assert complete_partial(build(p, "partial")) == full
+    # UDP: the same sum completes to 0xFFFF.
+    def udp_partial(payload: bytes) -> bytes:
+        return udp4(payload, ref_sum(pseudo_header(*V4, 17, 8 + len(payload))))
+    c = int.from_bytes(complete_partial(udp_partial(bytes(2) + b"abcdefgh"))[26:28], "big")
+    zero_sum = complete_partial(udp_partial(c.to_bytes(2, "big") + b"abcdefgh"))
+    assert zero_sum[26:28] == b"\xff\xff"
+    assert checksums_ok(zero_sum)
 
 
 # -- partial split == full split, completed ------------------------------------------
