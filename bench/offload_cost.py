@@ -1,4 +1,4 @@
-"""Per-call cost of stripe.offload: ``python -m bench.offload_cost``.
+"""Per-call cost of stripe.offload and stripe.coalesce: ``python -m bench.offload_cost``.
 
 A 64 KB IPv4 TSO super-packet (TCP timestamps, 1360-byte segments, the MSS
 of a 1400-byte tunnel MTU) is split, and its segments are coalesced back;
@@ -20,7 +20,7 @@ import timeit
 from collections.abc import Callable
 from functools import partial
 
-from stripe import offload
+from stripe import coalesce, offload
 
 MSS = 1360
 TIMESTAMPS = bytes([1, 1, 8, 10]) + struct.pack("!II", 1, 2)
@@ -61,17 +61,17 @@ def main() -> None:
         segments = offload.split_tun_read(raw)
         two_flows = [s for pair in zip(segments, offload.split_tun_read(
             super_packet(sport=40001, version=version)), strict=True) for s in pair]
-        assert len(offload.coalesce(segments)) == 1 and len(offload.coalesce(two_flows)) == 2
+        assert len(coalesce.coalesce(segments)) == 1 and len(coalesce.coalesce(two_flows)) == 2
         count = len(segments)
         split = best_us(partial(offload.split_tun_read, raw), args.repeat, args.number)
         split_partial = best_us(partial(offload.split_tun_read, raw, partial=True), args.repeat,
                                 args.number)
         lone = segments[0]
         written = best_us(partial(offload.partial_vnet_hdr, lone), args.repeat, args.number * 10)
-        merge = best_us(partial(offload.coalesce, segments), args.repeat, args.number)
-        unverified = best_us(partial(offload.coalesce, segments, verify=False), args.repeat,
+        merge = best_us(partial(coalesce.coalesce, segments), args.repeat, args.number)
+        unverified = best_us(partial(coalesce.coalesce, segments, verify=False), args.repeat,
                              args.number)
-        mixed = best_us(partial(offload.coalesce, two_flows), args.repeat, args.number)
+        mixed = best_us(partial(coalesce.coalesce, two_flows), args.repeat, args.number)
         print(f"IPv{version}: {len(raw) - 10}-byte super-packet, {count} segments of {MSS}")
         print(f"  split_tun_read  {split:8.1f} us  = {split / count:5.2f} us per segment")
         print(f"  split_tun_read, partial checksums  {split_partial:8.1f} us  = "

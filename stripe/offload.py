@@ -27,16 +27,15 @@ last segment, CWR only on the first), each with its own full TCP/UDP checksum,
 so every inner packet stays independent on the wire: one lost datagram loses
 one MSS, never 45 of them.
 
-Write side, `coalesce`: in-order TCP segments of one flow that Linux GRO would
-merge become one GSO super-packet, so the receiving kernel walks its stack
-once per ~64 KB instead of once per MSS.  Everything else goes out alone with
-a zero header (`PLAIN_VNET_HDR`).
+Write side: `stripe.coalesce` merges in-order TCP segments back into GSO
+super-packets and writes everything else alone, with the header
+`partial_vnet_hdr` gives it.
 
 Checksums.  The Internet checksum is the ones'-complement sum of 16-bit
 words; since 2**16 = 1 (mod 0xFFFF), `int.from_bytes(data, "big") % 0xFFFF`
 is that sum up to the 0 / 0xFFFF ambiguity of ones'-complement arithmetic,
 computed at C speed.  Dividing a 1400-byte integer by 0xFFFF costs a
-hardware division per 30-bit digit, so `_ones_sum` first folds the halves
+hardware division per 30-bit digit, so `ones_sum` first folds the halves
 together with shifts and masks (2**(16k) = 1 too) and divides what is left.
 
 Partial checksums (`partial=True`, when the peer said it takes them: see
@@ -58,7 +57,7 @@ harmless.  Rules that follow:
   `partial_csum_at` finds (anything else is completed here, as before);
 - `complete_partial` completes such a packet (for a peer that does not take
   them, or before IPv4 fragmentation, which would hide the transport header);
-- `coalesce` writes any lone packet in that state with NEEDS_CSUM and its
+- `stripe.coalesce` writes any lone packet in that state with NEEDS_CSUM and its
   csum_start/csum_offset, so a packet whose field is not a checksum never
   reaches the kernel without NEEDS_CSUM (merged runs always carry it).
 
@@ -69,7 +68,6 @@ bench.offload_cost` (figures in docs/design.md).
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -149,17 +147,17 @@ _FOLD_PLANS: Final = tuple(
 )
 
 
-def _ones_sum(data: bytes) -> int:
+def ones_sum(data: bytes) -> int:
     """Sum of `data` as big-endian 16-bit words (odd length: zero-padded at the
     end, as the checksum defines), reduced mod 0xFFFF.
 
     Read little-endian, which is ~10 % faster and pads an odd length for
     free; swapping the bytes of every word multiplies the sum by 256 (mod
     0xFFFF), and 256 * 256 = 1, so one more multiplication by 256 undoes it."""
-    return _reduce(int.from_bytes(data, "little")) * 256 % 0xFFFF
+    return reduce_ones(int.from_bytes(data, "little")) * 256 % 0xFFFF
 
 
-def _reduce(x: int) -> int:
+def reduce_ones(x: int) -> int:
     """`x` mod 0xFFFF for a non-negative integer of any size."""
     c = x.bit_length().bit_length()
     if c < len(_FOLD_PLANS):
@@ -168,7 +166,7 @@ def _reduce(x: int) -> int:
     return x % 0xFFFF
 
 
-def _checksum_field(total: int) -> int:
+def checksum_field(total: int) -> int:
     """The value to store so that the words, checksum included, sum to 0xFFFF.
 
     `total` is the sum mod 0xFFFF of everything else; its complement is
@@ -181,7 +179,7 @@ def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071) of `data`, as stored in a header."""
     if not any(data):
         return 0xFFFF  # the one case where the ones'-complement sum is 0, not 0xFFFF
-    return _checksum_field(_ones_sum(data))
+    return checksum_field(ones_sum(data))
 
 
 def _mangle_udp(csum: int) -> int:
@@ -367,7 +365,7 @@ def _complete_checksum(packet: bytes, csum_start: int, csum_offset: int) -> byte
     at = csum_start + csum_offset
     if at + 2 > len(packet):
         raise OffloadError("csum_fields", f"checksum at {at} beyond a {len(packet)}-byte packet")
-    csum = _checksum_field(_ones_sum(packet[csum_start:]))
+    csum = checksum_field(ones_sum(packet[csum_start:]))
     if csum_offset == UDP_CSUM_OFFSET:
         csum = _mangle_udp(csum)
     return b"".join((packet[:at], csum.to_bytes(2, "big"), packet[at + 2:]))
@@ -417,12 +415,12 @@ def _split_tcp(packet: bytes, version: int, ip_len: int, mss: int,
         + IPPROTO_TCP + tcp_len
     # The TCP header words with seq, flags and checksum taken out, plus the
     # pseudo-header: each segment adds its own.
-    tcp_base = pseudo + _ones_sum(packet[a:a + 4] + bytes(4) + packet[a + 8:a + 13] + b"\0"
+    tcp_base = pseudo + ones_sum(packet[a:a + 4] + bytes(4) + packet[a + 8:a + 13] + b"\0"
                                   + packet[a + 14:a + 16] + bytes(2) + packet[a + 18:hl])
     ip_base = ip_id0 = 0
     c1 = b""
     if version == 4:
-        ip_base = _ones_sum(packet[:2] + packet[6:10] + packet[12:a])
+        ip_base = ones_sum(packet[:2] + packet[6:10] + packet[12:a])
         ip_id0 = (packet[4] << 8) | packet[5]
         c0, c1, c2 = packet[:2], packet[6:10], packet[12:a + 4]
     else:
@@ -456,7 +454,7 @@ def _split_tcp(packet: bytes, version: int, ip_len: int, mss: int,
             payload = view[start:end]
             tcp_csum = full_partial if plen == mss else (pseudo + plen) % 0xFFFF
         else:
-            # The payload's word sum, inline (see _ones_sum): read little-endian,
+            # The payload's word sum, inline (see ones_sum): read little-endian,
             # fold, and the final multiplication by 256 turns it big-endian.
             payload = packet[start:end]
             x = from_bytes(payload, "little")
@@ -491,12 +489,12 @@ def _split_udp(packet: bytes, version: int, ip_len: int, mss: int,
     ports = packet[a:a + 4]
     if version == 4:
         addresses = packet[12:20]
-        udp_base = _ones_sum(ports) + _ones_sum(addresses) + IPPROTO_UDP
-        ip_base = _ones_sum(packet[:2] + packet[6:10] + packet[12:a])
+        udp_base = ones_sum(ports) + ones_sum(addresses) + IPPROTO_UDP
+        ip_base = ones_sum(packet[:2] + packet[6:10] + packet[12:a])
         ip_id0 = (packet[4] << 8) | packet[5]
         c0, c1, c2 = packet[:2], packet[6:10], packet[12:a]
     else:
-        udp_base = _ones_sum(ports) + _ones_sum(packet[8:40]) + IPPROTO_UDP
+        udp_base = ones_sum(ports) + ones_sum(packet[8:40]) + IPPROTO_UDP
         c0, c2 = packet[:4], packet[6:40]
 
     out: list[bytes] = []
@@ -507,15 +505,15 @@ def _split_udp(packet: bytes, version: int, ip_len: int, mss: int,
         payload = packet[start:end]
         udp_len = UDP_HEADER_LEN + end - start
         if partial:  # the pseudo-header sum only (see the module docstring)
-            udp_csum = (udp_base - _ones_sum(ports) + udp_len) % 0xFFFF
+            udp_csum = (udp_base - ones_sum(ports) + udp_len) % 0xFFFF
         else:
             # The UDP length appears twice in the sum: header field and pseudo-header.
-            udp_csum = _mangle_udp(_checksum_field(
-                _ones_sum(payload) + udp_base + 2 * udp_len))
+            udp_csum = _mangle_udp(checksum_field(
+                ones_sum(payload) + udp_base + 2 * udp_len))
         if version == 4:
             total = a + udp_len
             ip_id = (ip_id0 + i) & 0xFFFF
-            ip_csum = _checksum_field(ip_base + total + ip_id)
+            ip_csum = checksum_field(ip_base + total + ip_id)
             header = layout.pack(c0, total, ip_id, c1, ip_csum, c2, ports, udp_len, udp_csum)
         else:
             header = layout.pack(c0, udp_len, c2, ports, udp_len, udp_csum)
@@ -524,262 +522,3 @@ def _split_udp(packet: bytes, version: int, ip_len: int, mss: int,
             return out
         start = end
         i += 1
-
-
-# -- write side: coalesce --------------------------------------------------------
-#
-# Which segments merge (what Linux GRO, tcp_gro_receive and inet_gro_receive,
-# accepts; wireguard-go's tcpGRO is a subset of it):
-#   - same addresses, ports, ACK number, window, data offset, TCP options bytes,
-#     ECE; IPv4 without options, same TOS, TTL and DF, not a fragment, ids
-#     consecutive (or, with DF, all equal: RFC 6864 makes them meaningless);
-#     IPv6 without extension headers, same traffic class, flow label, hop limit;
-#   - ACK set; no SYN, RST or URG; CWR only on the first (-> gso_type | ECN);
-#     PSH or FIN only on the last;
-#   - contiguous sequence numbers, every payload the first one's size except
-#     a shorter last one, at most 65535 bytes of IP packet in all.
-# Runs are kept per flow (addresses + ports): a packet of that flow that cannot
-# join the open run closes it, so each flow's packets come out in their order;
-# across flows the output follows the first packet of each run.
-#
-# Checksums are verified before merging, as Linux GRO and wireguard-go do.
-# The merged packet goes to the kernel with NEEDS_CSUM (CHECKSUM_PARTIAL):
-# delivered locally it counts as verified, forwarded it gets a fresh checksum.
-# Merging a segment whose checksum was wrong would launder it.  AEAD only
-# proves the peer sent these bytes; a segment corrupted before it reached the
-# peer's TUN (a LAN hop, a NIC, a forwarding host that does not verify L4
-# checksums) still carries its bad checksum, and end-to-end TCP must see it.
-# A segment that fails goes out alone, unmerged, and the kernel drops it
-# (counted in TcpInCsumErrors) exactly as it would without the tunnel.
-# The check is done once per run: the packets' integer values are added up
-# (each bad byte would have to be cancelled by another bad byte to slip
-# through), and only a failing run is checked packet by packet.
-
-_V4_TCP: Final = struct.Struct("!xBHHHB3x12sIIBBH")  # IPv4 (no options) + TCP, 40 bytes
-_V6_TCP: Final = struct.Struct("!IHxB36sIIBBH")  # IPv6 + TCP, 60 bytes
-# ACK set, no SYN, RST or URG: (flags & _FLAGS_CHECKED) == TCP_ACK.
-_FLAGS_CHECKED: Final = TCP_ACK | TCP_SYN | TCP_RST | TCP_URG
-_RUN_ENDERS: Final = TCP_PSH | TCP_FIN
-
-
-class _Run:
-    """One flow's run of mergeable segments, in order.
-
-    `words` is the sum of the packets read as little-endian integers (see
-    `_ones_sum`); `_run_checksums_ok` adds what the pseudo-headers contribute.
-    `total` is the merged IP packet's length.  IPv4 ids: `next_id` is the id
-    the next segment must carry, `id_step` 1 (incrementing) or 0 (fixed, DF;
-    chosen by the second segment)."""
-
-    __slots__ = ("id_step", "ip_len", "mss", "next_id", "next_seq", "packets", "signature",
-                 "tcp_len", "total", "version", "words")
-
-    def __init__(self, packet: bytes, version: int, signature: tuple[object, ...], seq: int,
-                 payload: int, tcp_len: int, ip_id: int, words: int) -> None:
-        self.packets = [packet]
-        self.version = version
-        self.signature = signature
-        self.ip_len = 20 if version == 4 else 40
-        self.tcp_len = tcp_len
-        self.mss = payload
-        self.next_seq = (seq + payload) & 0xFFFFFFFF
-        self.total = len(packet)
-        self.id_step = 1 if version == 4 else 0  # IPv6 has no id: 0 always "follows"
-        self.next_id = (ip_id + self.id_step) & 0xFFFF
-        self.words = words
-
-
-def coalesce(packets: Sequence[bytes], verify: bool = True) -> list[bytes]:
-    """In-order IP packets about to be written to a vnet-hdr TUN -> buffers
-    ready for os.write, each = virtio header + packet.
-
-    Consecutive TCP segments of one flow that Linux GRO would merge become one
-    GSO super-packet (gso_type TCPV4/TCPV6, NEEDS_CSUM with the pseudo-header
-    sum in the TCP checksum field, gso_size = the segments' payload size, the
-    last segment's PSH/FIN kept).  Flows may be interleaved: order within a
-    flow is kept, order across flows may change.  Everything else (UDP, ICMP,
-    TCP that cannot merge, a lone segment, bytes that do not parse) goes out
-    alone: with NEEDS_CSUM if its TCP/UDP checksum is partial (see
-    `partial_csum_at`), else with PLAIN_VNET_HDR.  Never raises on any list
-    of bytes.
-
-    `verify=False` skips the checksum check before merging (~0.65 us a
-    packet).  Only for packets whose integrity is guaranteed otherwise: the
-    tunnel's AEAD tag covers every byte from the sender's `split_tun_read`
-    (or its kernel) to here, so a checksum could only be wrong if the
-    authenticated peer made it so, and such a peer can send any content
-    with a right checksum just as well.
-    """
-    slots: list[bytes | _Run] = []
-    runs: dict[bytes, _Run] = {}
-    v4_unpack = _V4_TCP.unpack_from
-    v6_unpack = _V6_TCP.unpack_from
-    from_bytes = int.from_bytes
-    for packet in packets:
-        n = len(packet)
-        if n > 40 and packet[0] == 0x45 and packet[9] == IPPROTO_TCP:
-            (tos, total, ip_id, frag, ttl, key, seq, ack, offset, flags,
-             window) = v4_unpack(packet)
-            tcp_len = (offset >> 4) * 4
-            payload = n - 20 - tcp_len
-            if (total != n or frag & ~IPV4_DF or offset < 0x50 or payload <= 0
-                    or flags & _FLAGS_CHECKED != TCP_ACK):
-                runs.pop(key, None)  # keeps this flow's order: nothing merges across it
-                slots.append(packet)
-                continue
-            signature: tuple[object, ...] = (tos, frag, ttl, ack, offset, window,
-                                             flags & TCP_ECE, packet[40:20 + tcp_len])
-        elif n > 60 and packet[0] >> 4 == 6 and packet[6] == IPPROTO_TCP:
-            vtf, plen, hop, key, seq, ack, offset, flags, window = v6_unpack(packet)
-            tcp_len = (offset >> 4) * 4
-            payload = n - 40 - tcp_len
-            ip_id = frag = 0
-            if (plen + 40 != n or offset < 0x50 or payload <= 0
-                    or flags & _FLAGS_CHECKED != TCP_ACK):
-                runs.pop(key, None)
-                slots.append(packet)
-                continue
-            signature = (vtf, hop, ack, offset, window, flags & TCP_ECE, packet[60:40 + tcp_len])
-        else:
-            flow = _tcp_flow_key(packet)
-            if flow is not None:
-                runs.pop(flow, None)
-            slots.append(packet)
-            continue
-
-        run = runs.get(key)
-        if run is not None:
-            if (run.signature == signature and seq == run.next_seq and payload <= run.mss
-                    and not flags & TCP_CWR and run.total + payload <= MAX_IP_PACKET
-                    and (ip_id == run.next_id or _fixed_ids(run, ip_id, frag))):
-                run.packets.append(packet)
-                run.next_seq = (seq + payload) & 0xFFFFFFFF
-                run.next_id = (ip_id + run.id_step) & 0xFFFF
-                run.total += payload
-                if verify:
-                    run.words += from_bytes(packet, "little")
-                if payload < run.mss or flags & _RUN_ENDERS:
-                    del runs[key]  # nothing may follow a short or PSH/FIN segment
-                continue
-            del runs[key]
-        run = _Run(packet, 4 if packet[0] == 0x45 else 6, signature, seq, payload, tcp_len,
-                   ip_id, from_bytes(packet, "little") if verify else -1)
-        slots.append(run)
-        if not flags & _RUN_ENDERS:
-            runs[key] = run
-
-    out: list[bytes] = []
-    for slot in slots:
-        if isinstance(slot, _Run):
-            _emit_run(slot, out)
-        else:
-            out.append(partial_vnet_hdr(slot) + slot)
-    return out
-
-
-def _tcp_flow_key(packet: bytes) -> bytes | None:
-    """Addresses + ports of what looks like a TCP packet, keyed as runs are."""
-    n = len(packet)
-    if n >= 20 and packet[0] >> 4 == 4 and packet[9] == IPPROTO_TCP:
-        ip_len = (packet[0] & 0x0F) * 4
-        return packet[12:20] + packet[ip_len:ip_len + 4]
-    if n >= 44 and packet[0] >> 4 == 6 and packet[6] == IPPROTO_TCP:
-        return packet[8:44]
-    return None
-
-
-def _fixed_ids(run: _Run, ip_id: int, frag: int) -> bool:
-    """IPv4 ids that do not increment may still merge: all equal, with DF."""
-    if len(run.packets) == 1 and frag & IPV4_DF and ip_id == (run.next_id - 1) & 0xFFFF:
-        run.id_step = 0
-        return True
-    return False
-
-
-def _emit_run(run: _Run, out: list[bytes]) -> None:
-    packets = run.packets
-    if len(packets) == 1:
-        out.append(partial_vnet_hdr(packets[0]) + packets[0])
-    elif run.words < 0 or _run_checksums_ok(run):  # words < 0: not verified, by request
-        out.append(_merge(run, packets, run.total))
-    else:  # some segment is bad: merge the good stretches, send the bad ones alone
-        good: list[bytes] = []
-        for packet in packets:
-            if _packet_checksums_ok(packet, run.version):
-                good.append(packet)
-            else:
-                _emit_stretch(run, good, out)
-                good = []
-                out.append(PLAIN_VNET_HDR + packet)
-        _emit_stretch(run, good, out)
-
-
-def _emit_stretch(run: _Run, packets: list[bytes], out: list[bytes]) -> None:
-    if len(packets) == 1:
-        out.append(partial_vnet_hdr(packets[0]) + packets[0])
-    elif packets:
-        hl = run.ip_len + run.tcp_len
-        out.append(_merge(run, packets, sum(map(len, packets)) - hl * (len(packets) - 1)))
-
-
-def _run_checksums_ok(run: _Run) -> bool:
-    head = run.packets[0]
-    count = len(run.packets)
-    if run.version == 4:
-        # Each packet's words: IPv4 header (0 when right) + TCP; the pseudo-
-        # header adds the addresses, the protocol and the TCP length.
-        lengths = run.total + (count - 1) * (20 + run.tcp_len)
-        pseudo = lengths + count * (_ones_sum(head[12:20]) + IPPROTO_TCP - 20)
-    else:
-        # Each packet's words include the first 8 IPv6 header bytes, which are
-        # not in the pseudo-header (the payload length is: it is the TCP length).
-        vtf = int.from_bytes(head[:4], "big")
-        pseudo = count * (IPPROTO_TCP - (vtf >> 16) - (vtf & 0xFFFF) - (IPPROTO_TCP << 8 | head[7]))
-    return (_reduce(run.words) * 256 + pseudo) % 0xFFFF == 0
-
-
-def _packet_checksums_ok(packet: bytes, version: int) -> bool:
-    """The IPv4 header checksum, and the TCP checksum complete and right or
-    partial (the kernel completes that one: see `partial_csum_at`)."""
-    if version == 4:
-        if _ones_sum(packet[:20]) != 0:
-            return False
-        if partial_csum_at(packet) is not None:
-            return True
-        pseudo = _ones_sum(packet[12:20]) + IPPROTO_TCP + len(packet) - 20
-        return (_ones_sum(packet[20:]) + pseudo) % 0xFFFF == 0
-    if partial_csum_at(packet) is not None:
-        return True
-    pseudo = _ones_sum(packet[8:40]) + IPPROTO_TCP + len(packet) - 40
-    return (_ones_sum(packet[40:]) + pseudo) % 0xFFFF == 0
-
-
-def _merge(run: _Run, packets: list[bytes], total: int) -> bytes:
-    """One GSO super-packet of `total` IP bytes, virtio header first, from
-    in-order `packets`."""
-    head = packets[0]
-    a = run.ip_len
-    hl = a + run.tcp_len
-    tcp_total = total - a
-    header = bytearray(head[:hl])
-    if run.version == 4:
-        header[2:4] = total.to_bytes(2, "big")
-        header[10:12] = b"\0\0"
-        header[10:12] = _checksum_field(_ones_sum(bytes(header[:20]))).to_bytes(2, "big")
-        pseudo = _ones_sum(head[12:20]) + IPPROTO_TCP + tcp_total
-        gso_type = VIRTIO_NET_HDR_GSO_TCPV4
-    else:
-        header[4:6] = tcp_total.to_bytes(2, "big")
-        pseudo = _ones_sum(head[8:40]) + IPPROTO_TCP + tcp_total
-        gso_type = VIRTIO_NET_HDR_GSO_TCPV6
-    header[a + 13] |= packets[-1][a + 13] & _RUN_ENDERS
-    if header[a + 13] & TCP_CWR:
-        gso_type |= VIRTIO_NET_HDR_GSO_ECN
-    # CHECKSUM_PARTIAL: the field holds the pseudo-header sum, not complemented;
-    # the kernel adds the segment's words and stores the complement.
-    header[a + 16:a + 18] = (pseudo % 0xFFFF).to_bytes(2, "big")
-    vnet = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hl, len(head) - hl, a,
-                         TCP_CSUM_OFFSET)
-    parts = [p[hl:] for p in packets]
-    parts[0] = vnet + header + parts[0]
-    return b"".join(parts)

@@ -44,9 +44,10 @@ from collections.abc import Collection
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from ..coalesce import coalesce
 from ..config import Config
 from ..endpoint import Endpoint
-from ..offload import VNET_HDR_LEN, OffloadError, coalesce, complete_partial, split_tun_read
+from ..offload import VNET_HDR_LEN, OffloadError, complete_partial, split_tun_read
 from ..outbox import Datagram
 from ..spec import Address
 from . import source_filter

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stripe import offload
+from stripe.coalesce import coalesce
 from stripe.offload import (
     PLAIN_VNET_HDR,
     VIRTIO_NET_HDR_F_DATA_VALID,
@@ -30,7 +31,6 @@ from stripe.offload import (
     VIRTIO_NET_HDR_GSO_UDP_L4,
     OffloadError,
     VnetHdr,
-    coalesce,
     pack_vnet_hdr,
     parse_vnet_hdr,
     split_tun_read,

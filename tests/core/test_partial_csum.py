@@ -33,9 +33,9 @@ from tests.core.test_offload import (
 )
 
 from stripe import control, offload
+from stripe.coalesce import coalesce
 from stripe.offload import (
     PLAIN_VNET_HDR,
-    coalesce,
     complete_partial,
     partial_csum_at,
     partial_vnet_hdr,

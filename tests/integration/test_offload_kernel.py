@@ -42,10 +42,10 @@ from pathlib import Path
 import pytest
 
 from bench.lab import run
+from stripe.coalesce import coalesce
 from stripe.offload import (
     VIRTIO_NET_HDR_GSO_NONE,
     OffloadError,
-    coalesce,
     parse_vnet_hdr,
     partial_csum_at,
     split_tun_read,
