@@ -10,7 +10,8 @@ Layout: :mod:`bench.lab` (namespaces, links, processes, traffic),
 tables, plots), :mod:`bench.attack` (the attack bench); at the top the
 command line (``__main__``), the runner and one measurement (``runner``,
 ``measure``), the scenario presets, the demo, profiling, and the
-micro-benchmarks ``offload_cost`` and ``guard_cost``.
+micro-benchmarks ``offload_cost`` and ``guard_cost``, and ``sockets``
+(a helper the control channels share).
 """
 
 from pathlib import Path

@@ -35,7 +35,7 @@ from .guard import SourceGuard, source_key
 from .linkctl import LinkControl
 from .links import Link
 from .outbox import Address, Outbox
-from .peer import IDLE_AFTER_S, Peer
+from .peer import Peer
 from .reorder import HOLD_MAX_S
 from .session import DecryptError, Session
 from .sessions import HANDSHAKE_TYPES, Sessions
@@ -192,9 +192,7 @@ class Ingress:
                      counter: int, plaintext: bytes, now: float, copy: bool) -> None:
         """An authenticated data message (`copy`: a DATA_COPY, which came
         before its original): check the inner packet, reorder it."""
-        if peer.idle:
-            self._links.wake(peer, now)
-        peer.busy_until = now + IDLE_AFTER_S
+        self._links.data_seen(peer, now)
         feedback = peer.feedback
         if not feedback.data_since:
             feedback.data_since = True

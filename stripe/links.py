@@ -65,7 +65,7 @@ if TYPE_CHECKING:
 PROBE_INTERVAL_S = 0.2
 # While the peer has no data: the client's probe interval, and the silence
 # after which an idle link is dead.  Below the client's re-handshake after
-# silence (sessions.REHANDSHAKE_AFTER_SILENCE_S) with a probe to spare.
+# silence (linkctl.REHANDSHAKE_AFTER_SILENCE_S) with a probe to spare.
 IDLE_PROBE_INTERVAL_S = 2.0
 LINK_DEAD_AFTER_IDLE_S = 2.5 * IDLE_PROBE_INTERVAL_S
 LINK_DEAD_AFTER_MIN_S = 0.45

@@ -281,6 +281,9 @@ def split_tun_read(buf: bytes, partial: bool = False) -> list[bytes]:
         raise OffloadError("ip_truncated", "empty packet after the virtio-net header")
     if gso_type == VIRTIO_NET_HDR_GSO_NONE:
         if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
+            # Kept partial only if the receiver will recognise it as such: it
+            # reads the state from the bytes (`partial_csum_at`), not from a
+            # header, so the bytes must say what this header says.
             if partial and partial_csum_at(packet) == (csum_start, csum_offset):
                 return [packet]
             return [_complete_checksum(packet, csum_start, csum_offset)]

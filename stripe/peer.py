@@ -114,5 +114,10 @@ class Peer:
     busy_until: float = float("-inf")
     verifying: bool = False
 
+    def keep_busy(self, now: float) -> None:
+        """Data went to or came from the peer: its links stay busy (probed
+        at the busy rate) for IDLE_AFTER_S more."""
+        self.busy_until = max(self.busy_until, now + IDLE_AFTER_S)
+
     def sessions(self) -> list[Session]:
         return [s for s in (self.current, self.previous, self.next_session) if s is not None]

@@ -4,10 +4,10 @@ Theory of operation
 -------------------
 The client initiates (Noise IKpsk2, see `handshake`) on one link, retries on
 the next link with backoff, rekeys every REKEY_AFTER_S and initiates again
-after REHANDSHAKE_AFTER_SILENCE_S without a word from the server while
-data flows, REHANDSHAKE_AFTER_IDLE_SILENCE_S while idle (it may
-have restarted and lost its state).  The server answers initiations from
-configured peers; under load it first asks for a cookie (see `cookie`).
+when the server has said nothing for longer than its probes' cadence allows
+(`LinkControl.silence_allowance`: it may have restarted and lost its
+state).  The server answers initiations from configured peers; under load
+it first asks for a cookie (see `cookie`).
 
 A peer holds at most one session in each slot: PENDING (the client's
 initiation in flight: keys not known yet), NEXT (the server's new session
@@ -55,23 +55,14 @@ from .egress import Egress
 from .guard import source_key
 from .handshake import AcceptedInitiation, PendingInitiation, read_initiation, write_response
 from .linkctl import LinkControl
-from .links import IDLE_PROBE_INTERVAL_S
 from .noise import NoiseError, public_from_private
 from .outbox import Address, Outbox
-from .peer import IDLE_AFTER_S, Peer
+from .peer import Peer
 from .session import REJECT_AFTER_S, REKEY_AFTER_S, Session
 from .spec import EndpointSpec, PeerSpec, Role
 
 HANDSHAKE_RETRY_S = 1.0
 HANDSHAKE_RETRY_MAX_S = 8.0
-# Every link is probed every 200 ms and the server answers each probe, so
-# a second of silence on all of them means they are all down or the server
-# lost the session (a restart): a handshake then costs nothing, and waiting
-# longer lets the 256-packet queue overflow with the flows' retransmissions
-# (3 s made TCP stall 7.5 s across a server restart in the chaos bench).
-REHANDSHAKE_AFTER_SILENCE_S = 1.0
-# While idle: two of the idle links' probes unanswered, and the same second.
-REHANDSHAKE_AFTER_IDLE_SILENCE_S = 2 * IDLE_PROBE_INTERVAL_S + REHANDSHAKE_AFTER_SILENCE_S
 PREVIOUS_SESSION_KEEP_S = 10.0
 
 _INIT = wire.MessageType.HANDSHAKE_INIT.value
@@ -157,16 +148,8 @@ class Sessions:
     def _client_timers(self, peer: Peer, now: float) -> None:
         current, handshake = peer.current, peer.handshake
         if current is not None:
-            quiet_since = max(current.last_received, current.created)
-            if peer.idle:
-                # Idle links are probed every IDLE_PROBE_INTERVAL_S, so the
-                # server's answers come that far apart.
-                limit = REHANDSHAKE_AFTER_IDLE_SILENCE_S
-            else:
-                # Busy: every link is probed at once on waking; what the
-                # server said before the wake-up is not silence now.
-                quiet_since, limit = max(quiet_since, peer.woke_at), REHANDSHAKE_AFTER_SILENCE_S
-            silent = now - quiet_since > limit
+            counted_from, allowance = self._links.silence_allowance(peer)
+            silent = now - max(current.last_received, current.created, counted_from) > allowance
             rekey = current.needs_rekey(now)
             if not silent and not rekey:
                 if handshake.pending is None:
@@ -364,7 +347,7 @@ class Sessions:
         peer.handshake.last_completed = now
         peer.links_seen = -1
         if peer.previous is None:  # the first session: its links are probed busily at first
-            peer.busy_until = max(peer.busy_until, now + IDLE_AFTER_S)
+            peer.keep_busy(now)
         # The peer's link sequences may start again with a new session (it
         # restarted): the next datagram on each link sets the highest seen,
         # else our reports would speak of the old numbering.

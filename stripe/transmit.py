@@ -23,7 +23,7 @@ from . import control, wire
 from .links import Link, RecentRun
 from .offload import complete_partial
 from .outbox import Outbox
-from .peer import IDLE_AFTER_S, Peer
+from .peer import Peer
 from .session import Session
 
 _DATA = wire.MessageType.DATA
@@ -59,7 +59,7 @@ class Transmitter:
                 # A peer that did not say it takes partial checksums (an older
                 # version, a TUN without offload, or not said yet this session).
                 payloads = [complete_partial(p) for p in payloads]
-            peer.busy_until = now + IDLE_AFTER_S
+            peer.keep_busy(now)
             link.last_data_sent = now
             link.marker_due = True
             if link.link_id < wire.MASKABLE_LINKS:

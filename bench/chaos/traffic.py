@@ -1,8 +1,8 @@
 """The chaos run's traffic: one long TCP transfer checked by SHA-256, and a
 paced UDP flow with sequence numbers; each end prints one JSON line when it
 stops.  Run inside a lab namespace: ``python -m bench.chaos.traffic
-{tcp-recv,tcp-send,udp-recv,udp-send} ...`` (standard library only: it
-starts in a fresh interpreter in the namespace).
+{tcp-recv,tcp-send,udp-recv,udp-send} ...`` (the standard library and
+`bench.sockets` only: it starts in a fresh interpreter in the namespace).
 
 * ``tcp-recv --port P --seconds S``: accepts one connection, reads to its
   end, hashes what came, then sends ``<sha256 hex> <bytes>\\n`` back and
@@ -34,6 +34,8 @@ import sys
 import time
 from collections.abc import Sequence
 from types import FrameType
+
+from bench.sockets import recv_until
 
 CHUNK_BYTES = 16384
 CHUNK_INDEX = struct.Struct("!Q")
@@ -196,12 +198,7 @@ def tcp_send(
         if out["error"] is None:
             sock.shutdown(socket.SHUT_WR)
             sock.settimeout(max(1.0, end - time.monotonic()))
-            reply = b""
-            while not reply.endswith(b"\n"):
-                more = sock.recv(256)
-                if not more:
-                    break
-                reply += more
+            reply = recv_until(sock, b"\n", 256)
             digest, _, count = reply.decode(errors="replace").strip().partition(" ")
             out["peer"] = {"sha256": digest, "bytes": int(count) if count.isdigit() else None}
     except OSError as exc:

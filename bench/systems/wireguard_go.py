@@ -24,6 +24,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from bench.lab import CommandError, Lab, LabNames, Proc, run
+from bench.sockets import recv_until
 from bench.systems.base import Target
 from bench.systems.stripe_config import TUNNEL_MTU
 from bench.systems.tunnel import TunnelPair, TunnelSystem
@@ -98,12 +99,7 @@ def uapi_request(path: Path, request: str, timeout_s: float = SOCKET_TIMEOUT_S) 
         sock.settimeout(timeout_s)
         sock.connect(str(path))
         sock.sendall(request.encode())
-        reply = b""
-        while not reply.endswith(b"\n\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
+        reply = recv_until(sock, b"\n\n")
     return reply.decode(errors="replace")
 
 

@@ -8,10 +8,10 @@ from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, out_of_order
 from stripe import wire
 from stripe.endpoint import Endpoint
 from stripe.estimator import FIRST_FEEDBACK_DELAY_S
+from stripe.linkctl import REHANDSHAKE_AFTER_IDLE_SILENCE_S
 from stripe.links import PROBE_INTERVAL_S, LinkState
 from stripe.peer import Peer
 from stripe.session import Session
-from stripe.sessions import REHANDSHAKE_AFTER_IDLE_SILENCE_S
 
 
 def flow(start: float, count: int, interval: float, direction: str = "up",
