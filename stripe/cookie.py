@@ -24,21 +24,32 @@ at all, before any DH.  On top of that, as WireGuard does:
   the threshold itself, and a spoofed trickle must not drain a bucket the
   real client needs.
 
-Why every initiation without mac2 gets a reply, not one per source per
-interval: any per-source reply slot is taken by whoever sends most from
-that address, and an off-path attacker can spoof the real client's address
-at any rate, so the client would never see its cookie.  Replying to all is
-safe against reflection: the reply is smaller than the initiation that
-caused it (52 < 148 bytes, no amplification), it goes to the address the
-initiation came from, and it carries nothing an attacker can use (the
-cookie is only valid for that address, encrypted under the initiation's
-mac1).  An attacker spoofing a victim's address could as well send the
-victim its own 148 bytes directly.
+Why replies are not one per source per interval: any per-source reply
+slot is taken by whoever sends most from that address, and an off-path
+attacker can spoof the real client's address at any rate, so the client
+would never see its cookie.  Replying is safe against reflection: the
+reply is smaller than the initiation that caused it (52 < 148 bytes, no
+amplification), it goes to the address the initiation came from, and it
+carries nothing an attacker can use (the cookie is only valid for that
+address, encrypted under the initiation's mac1).
 
-A flood of forged initiations thus costs the server one BLAKE2s and, under
-load, one small encrypted reply per packet; real clients, which receive
-their cookie, get through on their next attempt, and floods from a real
-address that does receive cookies are cut by that address's bucket.
+Replying costs the server a MAC and an encryption, though (~20 us in
+Python): a flood of tens of thousands of initiations a second would spend
+the whole CPU on cookie replies and starve the data path.  So replies have
+a budget (`CookieReplyBudget`): up to COOKIE_REPLIES_PER_S a second, given
+by *sampling*: while more initiations come than the budget, each one gets
+its reply with probability budget / rate, whatever its source, so no sender
+can take the share of another by sending more or sending first.  Sources
+that authenticated recently (a client rekeying, or back after a short
+outage: the guard trusts them, see `guard`) are sampled in a class of their
+own, with a budget of its own: a flood from other addresses does not dilute
+their chance, and a spoofer of their addresses only competes with them.
+
+A flood of forged initiations thus costs the server one BLAKE2s a packet
+and at most 2 x COOKIE_REPLIES_PER_S replies a second; a real client gets
+its cookie with probability budget / flood rate per attempt (at once below
+the budget), then through on its next attempt; floods from a real address
+that does receive cookies are cut by that address's bucket.
 
 Empty state: no buckets, a fresh secret, no cookie.  Memory is bounded by
 `MAX_TRACKED_SOURCES` (and only senders that proved their address get a
@@ -49,7 +60,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
+import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,16 +75,27 @@ COOKIE_LIFETIME_S = 120.0 - 5.0  # client side, a little less than the secret's
 UNDER_LOAD_INITS_PER_S = 50
 INITS_PER_SOURCE_PER_S = 10.0
 INITS_PER_SOURCE_BURST = 5.0
+# Cookie replies a second, per class (trusted sources, others): ~2 % of a
+# core at ~20 us a reply, 52 KB/s of replies.
+COOKIE_REPLIES_PER_S = 1000
 MAX_TRACKED_SOURCES = 4096
 COOKIE_LABEL = b"cookie--"
 
 COOKIE_REPLY = struct.Struct("!B3xI12s32s")  # type, receiver index, nonce, enc. cookie
 COOKIE_REPLY_SIZE = COOKIE_REPLY.size
 HANDSHAKE_INIT_MAC2_OFFSET = wire.HANDSHAKE_INIT_SIZE - wire.MAC_SIZE
+_NO_MAC2 = bytes(wire.MAC_SIZE)
 
 
 def _address_bytes(addr: tuple[str, int]) -> bytes:
-    return ipaddress.ip_address(addr[0]).packed + addr[1].to_bytes(2, "big")
+    """The packed address and port (inet_pton: ipaddress takes ~8 us, and
+    this runs for every initiation of a flood).  An IPv6 scope is left out."""
+    host = addr[0].partition("%")[0]
+    try:
+        packed = socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:  # not an address (a test's name): still one cookie per source
+        packed = host.encode()
+    return packed + addr[1].to_bytes(2, "big")
 
 
 def _cookie_aead(server_public: bytes) -> ChaCha20Poly1305:
@@ -129,6 +151,41 @@ class HandshakeLimiter:
             del self._buckets[source]
 
 
+@dataclass(slots=True)
+class _Sampler:
+    """One class's offered initiations this second and last, and its replies."""
+
+    window_start: float = float("-inf")
+    offered: int = 0
+    last_offered: int = 0
+    sent: int = 0
+
+
+@dataclass(slots=True)
+class CookieReplyBudget:
+    """Which initiations without a valid mac2 get a cookie reply: all while
+    a class (trusted sources, others) offers at most `per_s` a second, else
+    each with probability per_s / offered rate, and never more than `per_s`
+    in one second."""
+
+    per_s: int = COOKIE_REPLIES_PER_S
+    _classes: tuple[_Sampler, _Sampler] = field(default_factory=lambda: (_Sampler(), _Sampler()))
+
+    def admit(self, trusted: bool, now: float, draw: Callable[[], float]) -> bool:
+        """`draw()`: uniform in [0, 1), from the endpoint's random source
+        (called only when sampling)."""
+        s = self._classes[trusted]
+        if now - s.window_start >= 1.0:
+            s.last_offered = s.offered if now - s.window_start < 2.0 else 0
+            s.window_start, s.offered, s.sent = now, 0, 0
+        s.offered += 1
+        rate = max(s.last_offered, s.offered)
+        if s.sent >= self.per_s or (rate > self.per_s and draw() * rate >= self.per_s):
+            return False
+        s.sent += 1
+        return True
+
+
 class CookieChecker:
     """Server side: make cookies, check mac2, answer with COOKIE_REPLY."""
 
@@ -145,6 +202,8 @@ class CookieChecker:
                                digest_size=wire.MAC_SIZE).digest()
 
     def mac2_valid(self, datagram: bytes, addr: tuple[str, int], now: float) -> bool:
+        if datagram[HANDSHAKE_INIT_MAC2_OFFSET:] == _NO_MAC2:
+            return False  # what a client without a cookie sends: nothing to compute
         cookie = self._cookie(addr, now)
         expected = hashlib.blake2s(datagram[:HANDSHAKE_INIT_MAC2_OFFSET], key=cookie,
                                    digest_size=wire.MAC_SIZE).digest()

@@ -148,6 +148,11 @@ class Endpoint:
         io/source_filter); `urgent`: a handshake lifted a block."""
         return self._ingress.guard.block_changes(now)
 
+    def handshakes_from_blocked_sources(self) -> int:
+        """How many handshake messages from blocked sources were read so
+        far (the shell's kernel filter samples them when they come fast)."""
+        return self._ingress.blocked_handshakes
+
     def get_timer(self) -> float | None:
         self._refresh_timers()
         timers, due = self._timers, self._due

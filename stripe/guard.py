@@ -39,7 +39,8 @@ a real client out:
   shared with an attacker, or a server that restarted and takes the
   client's datagrams for an unknown session as failures) can always
   handshake, and a handshake that authenticates clears the block
-  (`succeeded`) at once;
+  (`succeeded`) at once (the shell's kernel filter samples a blocked
+  source's handshakes only while they come in a flood: io/source_filter);
 - trusted entries are never forgotten to make room: when the table is full,
   idle sources go first, then those whose block has ended, never a trusted
   or a blocked one (a new source then goes untracked, and unblocked, until
@@ -160,6 +161,11 @@ class SourceGuard:
             heapq.heappush(self._ends, (until, key))
             self._changed.add(key)
             self.blocks += 1
+
+    def trusted(self, host: str, now: float) -> bool:
+        """`host` authenticated within the last TRUSTED_S."""
+        source = self._sources.get(source_key(host))
+        return source is not None and now < source.trusted_until
 
     def succeeded(self, host: str, now: float) -> None:
         """A datagram from `host` authenticated."""

@@ -67,6 +67,7 @@ class Ingress:
         self._links = links
         self._live_paths: frozenset[str] = frozenset()
         self._live_paths_due = float("-inf")
+        self.blocked_handshakes = 0  # handshake messages read from blocked sources
 
     def receive_datagrams(self, sock: int, datagrams: Sequence[bytes], addr: Address,
                           now: float) -> None:
@@ -155,6 +156,7 @@ class Ingress:
         drops = self._outbox.drops
         for i, data in enumerate(datagrams):
             if data and data[0] in HANDSHAKE_TYPES:
+                self.blocked_handshakes += 1
                 if self._receive_handshake(sock, data, addr, now):
                     self.guard.succeeded(addr[0], now)
                     return datagrams[i + 1:]
@@ -183,7 +185,8 @@ class Ingress:
         try:
             if wire.peek_type(data).value not in HANDSHAKE_TYPES:
                 raise wire.WireError("short")  # a transport type without room for its header
-            return self._sessions.receive(sock, data, addr, now)
+            return self._sessions.receive(sock, data, addr, now,
+                                          self.guard.trusted(addr[0], now))
         except wire.WireError as exc:
             self._outbox.drops[exc.reason] += 1
             return None

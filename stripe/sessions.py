@@ -50,7 +50,13 @@ import logging
 from collections.abc import Callable
 
 from . import wire
-from .cookie import CookieChecker, CookieJar, HandshakeLimiter, reply_receiver_index
+from .cookie import (
+    CookieChecker,
+    CookieJar,
+    CookieReplyBudget,
+    HandshakeLimiter,
+    reply_receiver_index,
+)
 from .egress import Egress
 from .guard import source_key
 from .handshake import AcceptedInitiation, PendingInitiation, read_initiation, write_response
@@ -96,6 +102,8 @@ class Sessions:
         self._mac1_key = wire.mac1_key(public_key)
         self._limiter = HandshakeLimiter()
         self._cookies = CookieChecker(public_key, random_bytes)
+        self._reply_budget = CookieReplyBudget()
+        self._random_bytes = random_bytes
 
     # -- peers ---------------------------------------------------------------
 
@@ -182,16 +190,22 @@ class Sessions:
 
     # -- handshake messages --------------------------------------------------
 
-    def receive(self, sock: int, data: bytes, addr: Address, now: float) -> bool:
+    def receive(self, sock: int, data: bytes, addr: Address, now: float,
+                trusted: bool = False) -> bool:
         """A handshake datagram (type byte in HANDSHAKE_TYPES).  True if it
-        authenticated.  Malformed ones raise wire.WireError."""
+        authenticated.  Malformed ones raise wire.WireError.  `trusted`: its
+        source authenticated recently (the guard says so)."""
         mtype = data[0]
         if mtype == _INIT:
-            return self._receive_init(sock, data, addr, now)
+            return self._receive_init(sock, data, addr, now, trusted)
         if mtype == _RESP:
             return self._receive_resp(data, now)
         self._receive_cookie_reply(data, now)
         return False
+
+    def _draw(self) -> float:
+        """Uniform in [0, 1), from the endpoint's random source."""
+        return int.from_bytes(self._random_bytes(4), "big") / 2**32
 
     def _initiate(self, peer: Peer, now: float) -> None:
         self._outbox.touch(peer)
@@ -270,7 +284,8 @@ class Sessions:
                 return
         drops["unknown_session"] += 1
 
-    def _receive_init(self, sock: int, data: bytes, addr: Address, now: float) -> bool:
+    def _receive_init(self, sock: int, data: bytes, addr: Address, now: float,
+                      trusted: bool) -> bool:
         drops = self._outbox.drops
         if self.spec.role is not Role.SERVER:
             drops["unexpected_handshake"] += 1
@@ -281,13 +296,17 @@ class Sessions:
             return False
         # From here on every step is cheap until the DH in read_initiation.
         # Under load, as in WireGuard (see `cookie`): no valid mac2, a cookie
-        # reply, always (smaller than the initiation, so no amplification,
-        # and no per-source slot a spoofer could take); a valid mac2, the
-        # source's token bucket.  Not under load, no per-source limit.
+        # reply (smaller than the initiation, so no amplification), within
+        # the reply budget, sampled, so no source takes another's share; a
+        # valid mac2, the source's token bucket.  Not under load, no
+        # per-source limit.
         limiter = self._limiter
         limiter.note(now)
         if limiter.under_load():
             if not self._cookies.mac2_valid(data, addr, now):
+                if not self._reply_budget.admit(trusted, now, self._draw):
+                    drops["handshake_cookie_withheld"] += 1
+                    return False
                 drops["handshake_cookie_sent"] += 1
                 self._outbox.send(sock, self._cookies.reply(init, addr, now), addr)
                 return False

@@ -342,6 +342,7 @@ class Driver:
         self._source_filter_timer = None
         now = time.monotonic()
         filters = self._source_filter
+        filters.note_handshakes(self.core.handshakes_from_blocked_sources(), now)
         rebuilt, code = filters.rebuild(now)
         if rebuilt and self._filter_works:
             self._source_filter_code = code

@@ -8,8 +8,7 @@ they are queued: no buffer, no wake-up, no CPU of ours (the kernel counts
 them as the socket's drops: `ss -u -a -m`, /proc/net/udp).
 
 The program (the filter sees the UDP header at offset 0, the IP header at
-SKF_NET_OFF): handshake messages (first payload byte 1-3) always pass, as
-the guard promises; otherwise the IP version picks a search of the blocked
+SKF_NET_OFF): the IP version picks a search of the blocked
 IPv4 addresses or of the blocked IPv6 /64s (the guard keeps IPv6 sources by
 /64), each a binary search tree over sorted 32-bit words (an IPv6 /64 is
 two: the tree over the first words leads to a tree over the second words of
@@ -17,6 +16,17 @@ the /64s that share it).  A packet costs some 20-80 instructions whatever
 the number of blocked sources, and a program of at most BPF_MAXINSNS
 instructions holds ~3,600 of them; beyond that the newest blocks are in it,
 and the oldest are dropped after reading instead.
+
+A blocked source's handshake messages (first payload byte 1-3) pass, as the
+guard promises (a handshake lifts a block: the client behind a spoofed
+address gets back in), but sampled: one in `handshake_sample` at random (the
+kernel's prandom), so a source that floods initiations and junk from one
+address cannot make us read its initiations faster than we can afford.
+`SourceFilter.note_handshakes` sets the ratio from how many such
+handshakes the core saw: while they come faster than
+BLOCKED_HANDSHAKES_PER_S, the ratio grows to bring them under it; it falls
+back to 1 (all pass) when the flood ends.  Below that rate nothing is
+sampled, so a real client's handshake is never lost to it.
 
 `SourceFilter` keeps the blocked set as the guard reports changes to it
 (each key parsed once, when it is blocked), and builds the program again at
@@ -36,6 +46,7 @@ import contextlib
 import ctypes
 import ipaddress
 import itertools
+import math
 import socket
 import struct
 from collections.abc import Callable, Iterable, Sequence
@@ -53,12 +64,21 @@ LOG_EXAMPLES = 3
 # Values compared one after the other at the leaves of a search tree (a
 # jump offset is 8 bits; larger leaves: a shorter program, longer searches).
 LEAF_VALUES = 64
+# Handshakes from blocked sources read per second at most (in Python each
+# costs ~15 us: 1,000 is ~2 % of a core); above, the kernel samples them.
+BLOCKED_HANDSHAKES_PER_S = 1000.0
+MAX_HANDSHAKE_SAMPLE = 1 << 16
+SAMPLE_REVIEW_S = 0.25  # the ratio is reviewed this often while sources are blocked (a
+# flood of initiations must be cut within a fraction of a second: it starves the data path)
 
 Insn = tuple[int, int, int, int]
 # struct sock_filter {u16 code; u8 jt; u8 jf; u32 k}
 _INSN = struct.Struct("=HBBI")
 _LD_B_ABS, _LD_W_ABS = 0x30, 0x20
 _RSH_K = 0x74
+_LDX_IMM, _TXA, _MOD_K = 0x01, 0x87, 0x94
+SKF_AD_RANDOM = 56  # the kernel's prandom_u32(), loaded at SKF_AD_OFF + 56
+_LD_RANDOM: Insn = (0x20, 0, 0, (-0x1000 + SKF_AD_RANDOM) & 0xFFFFFFFF)
 _JA, _JGT_K, _JGE_K, _JEQ_K = 0x05, 0x25, 0x35, 0x15
 _RET_K = 0x06
 _ACCEPT, _DROP = 0xFFFFFFFF, 0
@@ -91,8 +111,9 @@ def parse(key: str) -> Parsed | None:
         return None
 
 
-def program(blocked: Iterable[Parsed]) -> list[Insn]:
-    """The filter for these blocked sources (see the module doc)."""
+def program(blocked: Iterable[Parsed], handshake_sample: int = 1) -> list[Insn]:
+    """The filter for these blocked sources; their handshakes pass one in
+    `handshake_sample` (see the module doc)."""
     ipv4: set[int] = set()
     by_first: dict[int, set[int]] = {}
     for p in blocked:
@@ -100,11 +121,13 @@ def program(blocked: Iterable[Parsed]) -> list[Insn]:
             ipv4.add(p)
         else:
             by_first.setdefault(p[0], set()).add(p[1])
+    blocked_leaves: list[int] = []  # where a match jumps to `blocked_tail`
     code: list[Insn] = [
         (_LD_B_ABS, 0, 0, 8),  # first UDP payload byte: the stripe message type
-        (_JGT_K, 2, 0, _HANDSHAKE_LAST),  # above: not a handshake, check the source
+        (_LDX_IMM, 0, 0, 0),  # X: 1 for a handshake message (the tail samples those)
+        (_JGT_K, 2, 0, _HANDSHAKE_LAST),
         (_JGE_K, 0, 1, _HANDSHAKE_FIRST),
-        _ACCEPT_INSN,  # handshake messages always pass
+        (_LDX_IMM, 0, 0, 1),
         (_LD_B_ABS, 0, 0, SKF_NET_OFF & 0xFFFFFFFF),  # IP version
         (_RSH_K, 0, 0, 4),
         (_JEQ_K, 1, 0, 6),
@@ -114,18 +137,26 @@ def program(blocked: Iterable[Parsed]) -> list[Insn]:
 
         def second_words(first: int) -> None:
             code.append((_LD_W_ABS, 0, 0, _IPV6_SOURCE + 4))
-            _tree(code, sorted(by_first[first]), None)
+            _tree(code, sorted(by_first[first]), None, blocked_leaves)
 
         code.append((_LD_W_ABS, 0, 0, _IPV6_SOURCE))
-        _tree(code, sorted(by_first), second_words)
+        _tree(code, sorted(by_first), second_words, blocked_leaves)
     else:
         code.append(_ACCEPT_INSN)
     over_ipv6()
     if ipv4:
         code.append((_LD_W_ABS, 0, 0, _IPV4_SOURCE))
-        _tree(code, sorted(ipv4), None)
+        _tree(code, sorted(ipv4), None, blocked_leaves)
     else:
         code.append(_ACCEPT_INSN)
+    # The blocked tail: drop, but a handshake passes (one in `handshake_sample`).
+    tail = len(code)
+    for at in blocked_leaves:
+        code[at] = (_JA, 0, 0, tail - at - 1)
+    code += [(_TXA, 0, 0, 0), (_JEQ_K, 0, 1, 0), _DROP_INSN]
+    if handshake_sample > 1:
+        code += [_LD_RANDOM, (_MOD_K, 0, 0, handshake_sample), (_JEQ_K, 1, 0, 0), _DROP_INSN]
+    code.append(_ACCEPT_INSN)
     return code
 
 
@@ -142,23 +173,26 @@ def _jump_over(code: list[Insn]) -> Callable[[], None]:
 
 
 def _tree(code: list[Insn], values: Sequence[int],
-          on_match: Callable[[int], None] | None) -> None:
+          on_match: Callable[[int], None] | None, blocked_leaves: list[int]) -> None:
     """Append code that, with a 32-bit word in A, runs the code on_match(it)
-    appends (ending in a return) if it is one of `values` (sorted), or drops
-    the packet if on_match is None; otherwise accepts it."""
+    appends (ending in a return) if it is one of `values` (sorted), or jumps
+    to the blocked tail if on_match is None (a placeholder whose position
+    goes in `blocked_leaves`, for `program` to aim); otherwise accepts it."""
     if len(values) > LEAF_VALUES:
         mid = len(values) // 2
         # Above the left half's largest: over the left half to the right one.
         code.append((_JGT_K, 0, 1, values[mid - 1]))
         over_left = _jump_over(code)
-        _tree(code, values[:mid], on_match)
+        _tree(code, values[:mid], on_match, blocked_leaves)
         over_left()
-        _tree(code, values[mid:], on_match)
+        _tree(code, values[mid:], on_match, blocked_leaves)
         return
     n = len(values)
-    if on_match is None:  # each match jumps to the DROP at the end
+    if on_match is None:  # each match jumps to the placeholder at the end
         code += [(_JEQ_K, n - j, 0, v) for j, v in enumerate(values)]
-        code += (_ACCEPT_INSN, _DROP_INSN)
+        code.append(_ACCEPT_INSN)
+        blocked_leaves.append(len(code))
+        code.append(_DROP_INSN)
         return
     for v in values:
         code.append((_JEQ_K, 1, 0, v))
@@ -186,10 +220,10 @@ def attach(sock: socket.socket, code: bytes | None) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def apply(sock: socket.socket, keys: Sequence[str]) -> None:
+def apply(sock: socket.socket, keys: Sequence[str], handshake_sample: int = 1) -> None:
     """Filter out these guard keys on one socket, at once (tests, tools)."""
     parsed = [p for p in map(parse, keys) if p is not None]
-    attach(sock, encode(program(parsed)) if parsed else None)
+    attach(sock, encode(program(parsed, handshake_sample)) if parsed else None)
 
 
 class SourceFilter:
@@ -211,6 +245,11 @@ class SourceFilter:
         self._new_blocks = 0
         self._examples: list[str] = []
         self._logged_at = float("-inf")
+        # Sampling of blocked sources' handshakes (see the module doc).
+        self.handshake_sample = 1  # wanted
+        self._sample_built = 1  # in the last program built
+        self._noted_at = float("-inf")
+        self._noted_total = 0
 
     def __len__(self) -> int:
         return len(self._blocked)
@@ -235,9 +274,30 @@ class SourceFilter:
                 self._dirty = True
             table[key] = parsed  # the newest block last
 
+    def note_handshakes(self, total: int, now: float) -> None:
+        """`total`: the handshakes from blocked sources the core has read
+        so far.  At most every SAMPLE_REVIEW_S: the rate offered (what was
+        read, times the ratio the kernel sampled them with) sets the ratio
+        that keeps them under BLOCKED_HANDSHAKES_PER_S; a change (up, or
+        down by half or more) asks for a rebuild."""
+        elapsed = now - self._noted_at
+        if elapsed < SAMPLE_REVIEW_S:
+            return
+        if elapsed < 2 * SAMPLE_REVIEW_S + 1.0:  # else a first note, or after a pause
+            offered = (total - self._noted_total) / elapsed * self._sample_built
+            want = min(MAX_HANDSHAKE_SAMPLE,
+                       max(1, math.ceil(offered / BLOCKED_HANDSHAKES_PER_S)))
+            if want > self.handshake_sample or want <= self.handshake_sample // 2:
+                self.handshake_sample = want
+                self._dirty = self._dirty or bool(self._blocked)
+        self._noted_at, self._noted_total = now, total
+
     def next_due(self) -> float | None:
-        """When `rebuild` or `summary` next has something to do."""
+        """When `rebuild`, `summary` or `note_handshakes` next has something
+        to do."""
         due = []
+        if self._blocked and self._noted_at > float("-inf"):  # (the first note comes
+            due.append(self._noted_at + SAMPLE_REVIEW_S)  # with the first rebuild)
         if self._dirty:
             due.append(float("-inf") if self._urgent
                        else self._built_at + 1.0 / MAX_REBUILDS_PER_S)
@@ -258,10 +318,11 @@ class SourceFilter:
             self.filtered, self._trimmed = 0, False
             return True, None
         newest = list(self._blocked.values())
-        insns = program(newest)
+        sample = self._sample_built = self.handshake_sample
+        insns = program(newest, sample)
         while len(insns) > BPF_MAXINSNS:  # too many: the oldest twentieth goes
             newest = newest[len(newest) // 20 + 1:]
-            insns = program(newest)
+            insns = program(newest, sample)
         self.filtered = len(newest)
         self._trimmed = self.filtered < len(self._blocked)
         return True, encode(insns)

@@ -9,6 +9,7 @@ import pytest
 from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, packet_seq
 
 from stripe import cookie, guard, wire
+from stripe import session as session_mod
 from stripe.handshake import PendingInitiation
 from stripe.noise import generate_keypair
 
@@ -229,3 +230,57 @@ def test_under_load_a_source_proving_its_address_is_rate_limited(
     assert grown["unknown_peer"] == cookie.INITS_PER_SOURCE_BURST
     assert grown["handshake_rate_limited"] == 50 - cookie.INITS_PER_SOURCE_BURST
     assert grown["handshake_cookie_sent"] == 0
+
+
+# -- the cookie reply budget --------------------------------------------------------
+
+def test_cookie_replies_are_sampled_within_the_budget() -> None:
+    """Ten times the budget offered in one second: about the budget's worth
+    of replies, never more, spread over the whole second (sampling, not
+    first come: the late initiations get their share); the trusted class
+    keeps its own budget."""
+    rng = random.Random(21)
+    budget = cookie.CookieReplyBudget(per_s=100)
+    offered = 1000
+    admitted = [budget.admit(False, 5.0, rng.random) for _ in range(offered)]  # learns the rate
+    admitted = [budget.admit(False, 6.0 + i / offered, rng.random) for i in range(offered)]
+    assert 70 <= sum(admitted) <= 100
+    assert sum(admitted[offered // 2:]) >= 30  # the second half of the second too
+    assert all(budget.admit(True, 6.5, rng.random) for _ in range(100))
+    assert not budget.admit(True, 6.6, lambda: 0.0)  # the trusted class's budget is spent
+    assert all(budget.admit(False, 8.0 + i / 200, lambda: 0.99) for i in range(50))  # quiet again
+
+
+def test_a_flood_far_above_the_budget_costs_few_replies_and_a_rekey_gets_through() -> None:
+    """20,000 junk initiations a second from spoofed addresses all over:
+    the server answers at most its reply budget, not every one (each reply
+    is a MAC and an encryption: answering all of them starved the data path
+    in `bench attack`), and the client, whose address authenticated
+    recently, still gets its cookie on its first rekey attempt and its new
+    session on the second."""
+    rng = random.Random(22)
+    sim = Sim([SimLink()], seed=22)
+    sim.run(1.0)
+    peer = sim.client.peers[0]
+    old = peer.current
+    assert old is not None
+    old.created = sim.now - session_mod.REKEY_AFTER_S + 0.5  # rekey due in 0.5 s
+    start, stray_start = len(sim.wire_log), len(sim.stray)
+    per_s, burst, seconds = 20_000, 40, 1.5
+    for _ in range(round(seconds * per_s / burst)):
+        for _ in range(burst):
+            source = (f"198.18.{rng.randrange(256)}.{rng.randrange(1, 255)}", 1000)
+            sim.server.receive_datagram(0, junk_initiation(sim.server.public_key, rng), source,
+                                        sim.now)
+        sim.run(burst / per_s)
+    sim.run(1.0)
+    drops = sim.server.drops
+    # 30,000 initiations; the first second's sampling starts before the rate
+    # is known, so allow the budget twice for it.
+    assert drops["handshake_cookie_sent"] <= 3 * cookie.COOKIE_REPLIES_PER_S
+    assert drops["handshake_cookie_withheld"] >= per_s * seconds - 4 * cookie.COOKIE_REPLIES_PER_S
+    # Every reply but the client's went to the spoofed addresses.
+    assert len(sim.stray) - stray_start in range(drops["handshake_cookie_sent"] - 2,
+                                                 drops["handshake_cookie_sent"])
+    assert peer.current is not None and peer.current is not old
+    assert client_initiations(sim, start) <= 2

@@ -66,12 +66,34 @@ out["v6 blocked init"] = arrives("fd00:1::2", 1, dual)
 out["v6 other /64"] = arrives("fd00:2::1", 4, dual)
 out["v4 on dual blocked"] = arrives("127.0.0.2", 4, dual)
 out["v4 on dual other"] = arrives("127.0.0.4", 4, dual)
+
+def burst(source, first_byte, n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((source, 0))
+    for _ in range(n):
+        s.sendto(bytes([first_byte]) + bytes(40), ("127.0.0.1", 45999))
+    s.close()
+    got = 0
+    try:
+        while True:
+            receiver.recv(100)
+            got += 1
+    except TimeoutError:
+        return got
+
+# Handshakes from blocked sources sampled one in 4 by the kernel's prandom.
+receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+source_filter.apply(receiver, ["127.0.0.2"], handshake_sample=4)
+out["sampled init"] = burst("127.0.0.2", 1, 800)
+out["sampled data"] = burst("127.0.0.2", 4, 100)
+out["unsampled other init"] = burst("127.0.0.4", 1, 100)
 print(json.dumps(out))
 """
 
 
 def test_blocked_sources_are_dropped_in_the_kernel_but_handshakes_pass() -> None:
-    """IPv4 addresses, thousands of them (the newest too), and IPv6 /64s."""
+    """IPv4 addresses, thousands of them (the newest too), and IPv6 /64s;
+    a blocked source's handshakes sampled at one in 4."""
     if os.geteuid() != 0:
         pytest.skip("needs root (a network namespace)")
     ns = "sf" + secrets.token_hex(3)
@@ -83,6 +105,9 @@ def test_blocked_sources_are_dropped_in_the_kernel_but_handshakes_pass() -> None
         out = json.loads(run([sys.executable, "-c", CHECK], ns=ns, cwd=REPO_ROOT).stdout)
     finally:
         run(["ip", "netns", "delete", ns], check=False)
+    assert 120 <= out.pop("sampled init") <= 280  # ~200 of 800
+    assert out.pop("sampled data") == 0
+    assert out.pop("unsampled other init") == 100
     assert out == {
         "blocked data": False, "blocked control": False, "blocked init": True,
         "blocked cookie reply": True, "blocked type 0": False, "other data": True,

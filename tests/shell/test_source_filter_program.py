@@ -14,15 +14,19 @@ from stripe.io import source_filter as sf
 HANDSHAKE_INIT, DATA = 1, 4
 
 
-def run(insns: list[sf.Insn], net: bytes, payload: bytes) -> int:
+def run(insns: list[sf.Insn], net: bytes, payload: bytes,
+        rng: random.Random | None = None) -> int:
     """What a classic BPF socket filter returns for a UDP datagram: `net` is
-    its IP header, the program sees the UDP header at offset 0."""
+    its IP header, the program sees the UDP header at offset 0; `rng` stands
+    in for the kernel's prandom."""
     transport = bytes(8) + payload
-    a, pc = 0, 0
+    a = x = pc = 0
     while True:
         code, jt, jf, k = insns[pc]
         pc += 1
-        if code in (sf._LD_B_ABS, sf._LD_W_ABS):
+        if (code, jt, jf, k) == sf._LD_RANDOM:
+            a = (rng or random.Random(0)).getrandbits(32)
+        elif code in (sf._LD_B_ABS, sf._LD_W_ABS):
             size = 1 if code == sf._LD_B_ABS else 4
             offset = k - 2**32 if k >= 2**31 else k
             data, at = (net, offset - sf.SKF_NET_OFF) if offset < 0 else (transport, offset)
@@ -31,6 +35,12 @@ def run(insns: list[sf.Insn], net: bytes, payload: bytes) -> int:
             a = int.from_bytes(data[at:at + size], "big")
         elif code == sf._RSH_K:
             a >>= k
+        elif code == sf._LDX_IMM:
+            x = k
+        elif code == sf._TXA:
+            a = x
+        elif code == sf._MOD_K:
+            a %= k
         elif code == sf._JA:
             pc += k
         elif code in (sf._JGT_K, sf._JGE_K, sf._JEQ_K):
@@ -53,9 +63,10 @@ def ipv6_header(source: str) -> bytes:
                        destination)
 
 
-def passes(insns: list[sf.Insn], source: str, first_byte: int = DATA) -> bool:
+def passes(insns: list[sf.Insn], source: str, first_byte: int = DATA,
+           rng: random.Random | None = None) -> bool:
     net = ipv6_header(source) if ":" in source else ipv4_header(source)
-    return run(insns, net, bytes([first_byte]) + bytes(40)) != 0
+    return run(insns, net, bytes([first_byte]) + bytes(40), rng) != 0
 
 
 def v4(i: int) -> str:
@@ -93,6 +104,45 @@ def test_ipv4_only_ipv6_only_and_empty_halves() -> None:
     assert not passes(only6, "2001:db8::99") and passes(only6, "2001:db8:0:1::99")
     assert passes(only6, "192.0.2.1")
     assert sf.parse("not an address") is None and sf.parse("2001:db8::/48") is None
+
+
+def test_handshakes_from_blocked_sources_are_sampled_others_not() -> None:
+    """One in `handshake_sample` handshakes from a blocked source passes
+    (at random); every handshake from other sources passes, and no data
+    from a blocked one."""
+    rng = random.Random(3)
+    keys = [v4(i) for i in range(200)] + ["2001:db8:1:2::/64"]
+    insns = sf.program([sf.parse(k) for k in keys], handshake_sample=8)  # type: ignore[misc]
+    for host in (v4(3), v4(150), "2001:db8:1:2::9"):
+        passed = sum(passes(insns, host, HANDSHAKE_INIT, rng) for _ in range(4000))
+        assert 400 <= passed <= 600, (host, passed)  # ~500
+        assert not any(passes(insns, host, DATA, rng) for _ in range(100))
+    assert all(passes(insns, v4(5000), HANDSHAKE_INIT, rng) for _ in range(100))
+    assert all(passes(insns, v4(5000), DATA, rng) for _ in range(100))
+
+
+def test_the_sample_follows_the_rate_of_blocked_handshakes() -> None:
+    """The core saw 20,000 handshakes a second from blocked sources: the
+    ratio grows until they come under the ceiling; when the flood ends it
+    falls back to 1, and each change asks for a rebuild."""
+    filters = sf.SourceFilter()
+    filters.update(["192.0.2.1"], [])
+    assert filters.rebuild(0.0)[0]
+    assert filters.handshake_sample == 1
+    seen, t, offered = 0, 0.0, 20_000
+    for _ in range(6):
+        t += 1.0
+        seen += round(offered / filters.handshake_sample)
+        filters.note_handshakes(seen, t)
+        filters.rebuild(t)
+    assert offered / filters.handshake_sample <= sf.BLOCKED_HANDSHAKES_PER_S
+    assert filters.handshake_sample <= 2 * offered / sf.BLOCKED_HANDSHAKES_PER_S
+    for _ in range(3):  # the flood is over
+        t += 1.0
+        filters.note_handshakes(seen, t)
+        filters.rebuild(t)
+    assert filters.handshake_sample == 1
+    assert filters.next_due() is not None  # still looking while sources are blocked
 
 
 def test_too_many_for_one_program_keeps_the_newest() -> None:
