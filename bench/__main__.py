@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench.attack.flood import DEFAULT_MIX, KINDS, parse_mix
+from bench.attack.flood import DEFAULT_MIX, KINDS, MAX_SPOOFED_SOURCES, SPOOFED_NET, parse_mix
 from bench.attack.runner import MAX_FLOOD_PACKETS, AttackOptions
 from bench.chaos.runner import ChaosOptions
 from bench.lab import MAX_LINKS, CommandError, cleanup_prefix
@@ -225,6 +225,20 @@ def _add_attack_arguments(p: argparse.ArgumentParser) -> None:
         default=300,
         help="client datagrams captured for replaying (default 300)",
     )
+    p.add_argument(
+        "--sources",
+        type=int,
+        default=0,
+        help=f"spoof the flood from this many IPv4 addresses ({SPOOFED_NET}; default 0: "
+        "the attacker's own address)",
+    )
+    p.add_argument(
+        "--source-burst",
+        type=int,
+        default=1,
+        help="with --sources: datagrams from each address in a row before the next (default 1; "
+        "above the guard's limit of 64, each source gets blocked)",
+    )
     p.add_argument("--scheduler", default="adaptive", help="stripe scheduler (default adaptive)")
     p.add_argument("--cc", choices=CC_CHOICES, default=None, help="iperf3 -C (default: system's)")
     p.add_argument("--out", type=Path, default=None, help="results directory "
@@ -247,6 +261,8 @@ def attack_options_from(args: argparse.Namespace, parser: argparse.ArgumentParse
         (args.flood_max_packets is None or args.flood_max_packets >= 1,
          "--flood-max-packets: at least 1"),
         (args.capture >= 1, "--capture: at least 1"),
+        (0 <= args.sources <= MAX_SPOOFED_SOURCES, f"--sources: 0..{MAX_SPOOFED_SOURCES}"),
+        (args.source_burst >= 1, "--source-burst: at least 1"),
     ]  # fmt: skip
     for ok, message in checks:
         if not ok:
@@ -260,6 +276,8 @@ def attack_options_from(args: argparse.Namespace, parser: argparse.ArgumentParse
         mix=mix,
         max_packets=args.flood_max_packets,
         capture=args.capture,
+        sources=args.sources,
+        source_burst=args.source_burst,
         scheduler=args.scheduler,
         cc=args.cc,
         out=args.out,

@@ -23,6 +23,13 @@ The kinds, all built before the first send so the loop only sends:
   does not know (built by the caller, who has the server's public key):
   they pass the cheap check and force the rate limiter / cookie path.
 
+With ``sources`` > 0 in the spec, the datagrams leave from that many
+spoofed IPv4 addresses in SPOOFED_NET, ``source_burst`` from each in a row,
+then the next (a raw socket:
+the kernel fills in the IP total length, id and checksum; the UDP checksum
+is 0, which IPv4 allows), so the server's guard and kernel filter have that
+many sources to block; the bench routes SPOOFED_NET back to the attacker.
+
 This module imports only the standard library (it starts in a fresh
 interpreter in the attacker's namespace, and its start-up is on the clock).
 """
@@ -59,6 +66,10 @@ FORGED_COUNTER_AHEAD = (1 << 20, 1 << 30)
 TRANSPORT_HEADER = struct.Struct("!BBHIQII")
 DATA_TYPE = 4
 AEAD_TAG_BYTES = 16
+
+SPOOFED_NET = "10.100.0.0/16"
+MAX_SPOOFED_SOURCES = 65_000
+SPOOFED_SPORT = 40_000
 
 ETH_P_IP = 0x0800
 PACKET_OUTGOING = 4
@@ -197,6 +208,37 @@ class FloodResult:
         }
 
 
+def spoofed_sources(count: int) -> list[bytes]:
+    """`count` packed addresses in SPOOFED_NET (10.100.0.1 onwards)."""
+    if not 1 <= count <= MAX_SPOOFED_SOURCES:
+        raise ValueError(f"spoofed sources: 1..{MAX_SPOOFED_SOURCES}, not {count}")
+    return [bytes([10, 100, (i + 1) >> 8, (i + 1) & 0xFF]) for i in range(count)]
+
+
+class SpoofingSender:
+    """``sendto`` like a UDP socket's, ``burst`` datagrams from each of
+    ``sources`` in turn (IPv4 + UDP headers built here, raw socket)."""
+
+    def __init__(self, sources: Sequence[bytes], target: tuple[str, int],
+                 burst: int = 1) -> None:
+        # IPPROTO_RAW implies IP_HDRINCL: we write the IP header.
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        dst = socket.inet_aton(target[0])
+        self._headers = [struct.pack("!BBHHHBBH4s4s", 0x45, 0, 0, 0, 0, 64, IPPROTO_UDP, 0,
+                                     src, dst) for src in sources]
+        self._burst = max(1, burst)
+        self._sent = 0
+
+    def sendto(self, data: bytes, target: tuple[str, int]) -> int:
+        header = self._headers[self._sent // self._burst % len(self._headers)]
+        self._sent += 1
+        udp = struct.pack("!HHHH", SPOOFED_SPORT, target[1], UDP_HEADER_BYTES + len(data), 0)
+        return self.sock.sendto(header + udp + data, (target[0], 0))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class _Stop:
     """Set by SIGTERM; the send loop looks once per round."""
 
@@ -208,7 +250,7 @@ class _Stop:
 
 
 def send(
-    sock: socket.socket,
+    sock: socket.socket | SpoofingSender,
     target: tuple[str, int],
     flood: Plan,
     budget_s: float,
@@ -279,6 +321,8 @@ class Spec:
     max_packets: int
     pps: float = 0.0
     seed: int = 0
+    sources: int = 0  # spoofed source addresses; 0: the attacker's own
+    source_burst: int = 1  # datagrams from each spoofed source in a row
 
     def to_json(self) -> str:
         return json.dumps(
@@ -291,6 +335,8 @@ class Spec:
                 "max_packets": self.max_packets,
                 "pps": self.pps,
                 "seed": self.seed,
+                "sources": self.sources,
+                "source_burst": self.source_burst,
             }
         )
 
@@ -307,6 +353,8 @@ class Spec:
             int(raw["max_packets"]),
             float(raw["pps"]),
             int(raw["seed"]),
+            int(raw.get("sources", 0)),
+            int(raw.get("source_burst", 1)),
         )
 
 
@@ -349,7 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = Spec.from_json(args.spec.read_text())
     signal.signal(signal.SIGTERM, _Stop.handler)
     flood = plan(spec.mix, pools(spec.replays, spec.inits, random.Random(spec.seed)))
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock: socket.socket | SpoofingSender
+    if spec.sources:
+        sock = SpoofingSender(spoofed_sources(spec.sources), spec.target, spec.source_burst)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     print("ready", flush=True)
     result = send(sock, spec.target, flood, spec.budget_s, spec.max_packets, spec.pps)
     sock.close()

@@ -28,6 +28,8 @@ class PhaseRecord:
     client_sent: int = 0  # authenticated datagrams the client sent (links' tx_packets)
     server_accepted: int = 0  # authenticated datagrams the server took (links' rx_packets)
     flood: dict[str, Any] = field(default_factory=dict)  # bench.attack.flood's result
+    blocked_sources: int | None = None  # the server's guard, when the phase ended
+    filtered_sources: int | None = None  # ... of which in its kernel filter
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:

@@ -213,7 +213,11 @@ def results_markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str
         "attacker flooding the server's port from just before the flow until it ends. "
         f"Replay material: {meta.get('captured', '?')} of the client's datagrams captured on "
         "the server's side of its links during a warm-up flow. Flood mix (weights): "
-        f"{mix or '?'}; rate: "
+        f"{mix or '?'}"
+        + (f", spoofed from {opts['sources']:,} addresses in turn, "
+           f"{opts.get('source_burst', 1)} datagrams from each in a row" if opts.get("sources")
+           else "")
+        + "; rate: "
         + (f"paced to {pps:g} pkt/s" if pps else "as fast as one Python process sends")
         + f"; bounded at {meta.get('flood_max_packets', '?')} datagrams and "
         f"{meta.get('flood_budget_s', '?')} s per flow.",
@@ -258,12 +262,19 @@ def results_markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str
     return "\n".join(lines) + "\n"
 
 
+def _blocked_cell(r: dict[str, Any]) -> str:
+    blocked, kernel = r.get("blocked_sources"), r.get("filtered_sources")
+    if blocked is None:
+        return "-"
+    return f"{blocked:,}" + (f" ({kernel:,} in the kernel)" if kernel != blocked else "")
+
+
 def per_flow_table(records: list[dict[str, Any]]) -> list[str]:
     lines = [
         "| repeat | phase | goodput Mbit/s | server CPU s (%) | attacker sent | "
         "counted: unauthenticated drops + socket + veth | accounted % "
-        "| client sent / server accepted | all server drops | error |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| client sent / server accepted | blocked sources after | all server drops | error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         a = accounting(r)
@@ -280,7 +291,8 @@ def per_flow_table(records: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {r['repeat']} | {r['phase']} | {r['goodput_mbit']:.2f} | {cpu} | {sent} "
             f"| {counted} | {percent} | {r.get('client_sent', 0)} / "
-            f"{r.get('server_accepted', 0)} | {_drops_cell(r.get('drops', {}))} | {error} |"
+            f"{r.get('server_accepted', 0)} | {_blocked_cell(r)} "
+            f"| {_drops_cell(r.get('drops', {}))} | {error} |"
         )
     return lines
 
@@ -290,6 +302,8 @@ COLUMNS_DOC = [
     "",
     "- **goodput**: iperf3's receiver-side rate of the one TCP flow through the tunnel.",
     "- **x unattacked**: median attacked goodput over median unattacked goodput.",
+    "- **blocked sources after**: the sources the server's guard held blocked when the phase "
+    "ended (`stripe status`, `source_guard`), and how many of them its kernel filter held.",
     "- **CPU %**: utime+stime (`/proc/PID/stat`, all threads) of the stripe server, the "
     "stripe client and the attacker over the flow, per wall second (100 = one core).",
     "- **flood pkt/s, Mbit/s**: what the attacker itself counted as sent (the kernel "

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import REPO_ROOT
-from bench.attack.flood import DEFAULT_MIX, Spec
+from bench.attack.flood import DEFAULT_MIX, SPOOFED_NET, Spec
 from bench.attack.records import PHASES, PhaseRecord
 from bench.attack.report import write_report
 from bench.lab import (
@@ -109,6 +109,8 @@ class AttackOptions:
     mix: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_MIX))
     max_packets: int | None = None  # per attacked phase; None: from the rate and time
     capture: int = 300
+    sources: int = 0  # spoofed source addresses of the flood (0: the attacker's own)
+    source_burst: int = 1  # datagrams from each spoofed source in a row
     scheduler: str = "adaptive"
     cc: str | None = None
     out: Path | None = None
@@ -192,6 +194,10 @@ class AttackLab:
         run(["ip", "addr", "add", f"{SERVER_ATTACK_ADDR}/30", "dev", self.server_if], ns=sns)
         run(["ip", "link", "set", self.attacker_if, "up"], ns=ns)
         run(["ip", "link", "set", self.server_if, "up"], ns=sns)
+        # Spoofed sources (--sources) are routed back to the attacker, so the
+        # server's reverse-path check and its replies treat them as real.
+        run(["ip", "route", "add", SPOOFED_NET, "via", ATTACKER_ADDR, "dev", self.server_if],
+            ns=sns)
 
     def veth_drops(self) -> int:
         """Frames dropped on the attacker's veth pair so far (both ends, rx and tx)."""
@@ -308,6 +314,8 @@ class Bench:
             self.opts.flood_max_packets(),
             self.opts.flood_pps,
             seed=repeat,
+            sources=self.opts.sources,
+            source_burst=self.opts.source_burst,
         )
         path = self.workdir / f"flood-r{repeat}.json"
         path.write_text(spec.to_json())
@@ -365,6 +373,9 @@ class Bench:
             record.server_accepted = link_packets(after.server, "rx_packets") - link_packets(
                 before.server, "rx_packets"
             )
+            guard = after.server.get("source_guard", {})
+            record.blocked_sources = guard.get("blocked")
+            record.filtered_sources = guard.get("in_kernel_filter")
             assert self.stripe is not None
             record.error = result.error or self.stripe.problem()
             if attacked and not record.flood:

@@ -176,6 +176,9 @@ class Driver:
         status["datapath"] = {"tun": self.tun.offload, "udp_gso": _on_off(self.gso.values()),
                               "udp_gro": _on_off(self.gro.values()), **self.io_counts}
         status["mtu"]["derivation"] = self.mtu.explanation
+        filters = self._source_filter
+        status["source_guard"] = {"blocked": len(filters), "in_kernel_filter": filters.filtered,
+                                  "handshake_sample": filters.handshake_sample}
         return status
 
     def add_socket(self, index: int, sock: socket.socket) -> None:
