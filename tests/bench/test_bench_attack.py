@@ -203,6 +203,38 @@ def test_spec_round_trips() -> None:
         ("10.99.0.2", 5000), [b"\x04abc"], [b"\x01" * 148], {"replay": 2}, 12.5, 99, 1e4, 3
     )
     assert flood.Spec.from_json(spec.to_json()) == spec
+    spoofed = flood.Spec(("10.99.0.2", 5000), [], [], {"malformed": 1}, 1.0, 9, 0.0, 1, 4000, 128)
+    assert flood.Spec.from_json(spoofed.to_json()) == spoofed
+
+
+def test_spoofed_sources_are_distinct_addresses_in_the_spoofed_net() -> None:
+    import ipaddress
+    sources = flood.spoofed_sources(4000)
+    net = ipaddress.IPv4Network(flood.SPOOFED_NET)
+    assert len(set(sources)) == 4000
+    assert all(ipaddress.IPv4Address(s) in net for s in sources)
+    assert ipaddress.IPv4Address(sources[0]) == net.network_address + 1
+    with pytest.raises(ValueError):
+        flood.spoofed_sources(0)
+
+
+def test_spoofing_sender_takes_each_source_for_a_burst() -> None:
+    sent: list[bytes] = []
+
+    class Raw:
+        def sendto(self, data: bytes, _addr: tuple[str, int]) -> int:
+            sent.append(data)
+            return len(data)
+
+    sender = flood.SpoofingSender.__new__(flood.SpoofingSender)  # no raw socket: not root
+    sources = flood.spoofed_sources(3)
+    sender.sock = Raw()  # type: ignore[assignment]
+    sender._headers = [bytes(12) + s + bytes([10, 99, 0, 2]) for s in sources]
+    sender._burst, sender._sent = 2, 0
+    for _ in range(7):
+        sender.sendto(b"xyz", ("10.99.0.2", 5000))
+    assert [d[12:16] for d in sent] == [sources[i] for i in (0, 0, 1, 1, 2, 2, 0)]
+    assert sent[0][20:28] == bytes.fromhex("9c40138800 0b0000".replace(" ", ""))  # ports, len
 
 
 def test_initiations_carry_a_valid_mac1_from_an_unknown_key() -> None:
