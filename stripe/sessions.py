@@ -191,10 +191,13 @@ class Sessions:
     # -- handshake messages --------------------------------------------------
 
     def receive(self, sock: int, data: bytes, addr: Address, now: float,
-                trusted: bool = False) -> bool:
+                trusted: bool = False) -> bool | None:
         """A handshake datagram (type byte in HANDSHAKE_TYPES).  True if it
-        authenticated.  Malformed ones raise wire.WireError.  `trusted`: its
-        source authenticated recently (the guard says so)."""
+        authenticated; None if it counts against its source as junk (a bad
+        mac1, or an initiation left unanswered beyond the cookie budget: a
+        flood of them is then blocked like any other junk).  Malformed ones
+        raise wire.WireError.  `trusted`: its source authenticated recently
+        (the guard says so)."""
         mtype = data[0]
         if mtype == _INIT:
             return self._receive_init(sock, data, addr, now, trusted)
@@ -285,7 +288,7 @@ class Sessions:
         drops["unknown_session"] += 1
 
     def _receive_init(self, sock: int, data: bytes, addr: Address, now: float,
-                      trusted: bool) -> bool:
+                      trusted: bool) -> bool | None:
         drops = self._outbox.drops
         if self.spec.role is not Role.SERVER:
             drops["unexpected_handshake"] += 1
@@ -293,7 +296,7 @@ class Sessions:
         init = wire.decode_handshake_init(data)
         if not wire.mac1_valid(data, wire.HANDSHAKE_INIT_MAC1_OFFSET, self._mac1_key):
             drops["bad_mac1"] += 1
-            return False
+            return None
         # From here on every step is cheap until the DH in read_initiation.
         # Under load, as in WireGuard (see `cookie`): no valid mac2, a cookie
         # reply (smaller than the initiation, so no amplification), within
@@ -306,7 +309,7 @@ class Sessions:
             if not self._cookies.mac2_valid(data, addr, now):
                 if not self._reply_budget.admit(trusted, now, self._draw):
                     drops["handshake_cookie_withheld"] += 1
-                    return False
+                    return None
                 drops["handshake_cookie_sent"] += 1
                 self._outbox.send(sock, self._cookies.reply(init, addr, now), addr)
                 return False

@@ -102,7 +102,10 @@ def summarize(records: list[dict[str, Any]]) -> list[PhaseSummary]:
         rows = [r for r in records if r["phase"] == phase]
         if not rows:
             continue
-        good = [r["goodput_mbit"] for r in rows if not r.get("error")] or [0.0]
+        # A flow that failed (the tunnel died under the flood, iperf3 timed
+        # out) counts with what it carried, 0 if nothing: leaving it out
+        # would report x1.00 for an attack that killed two flows of three.
+        good = [r.get("goodput_mbit") or 0.0 for r in rows] or [0.0]
         processes = sorted({p for r in rows for p in r.get("cpu_percent", {})})
         rates = [x for x in (flood_rates(r.get("flood") or {}) for r in rows) if x is not None]
         kinds = [k for k in KINDS if any(k in pps for pps, _, _ in rates)]

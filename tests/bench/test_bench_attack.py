@@ -388,6 +388,12 @@ def test_summaries_ratio_and_verdict() -> None:
     assert v.notes  # socket drops and a shortfall: the GRO caveat is stated
     failed = [r | {"goodput_mbit": 50.0} if r["phase"] == "attacked" else r for r in records]
     assert not verdict(failed, summarize(failed)).ratio_met
+    # Flows the flood killed count as what they carried, not as missing.
+    attacked = [r for r in records if r["phase"] == "attacked"]
+    died = [r | {"goodput_mbit": 0.0, "error": "iperf3 client timed out"}
+            if r is not attacked[-1] else r for r in records]
+    assert summarize(died)[1].goodput_median == 45.5  # (0 + 91) / 2, not 91
+    assert not verdict(died, summarize(died)).ratio_met
 
 
 def test_results_markdown_and_summary_line(tmp_path: Path) -> None:

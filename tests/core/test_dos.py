@@ -284,3 +284,35 @@ def test_a_flood_far_above_the_budget_costs_few_replies_and_a_rekey_gets_through
                                                  drops["handshake_cookie_sent"])
     assert peer.current is not None and peer.current is not old
     assert client_initiations(sim, start) <= 2
+
+
+def test_a_flood_of_unanswered_initiations_gets_its_source_blocked() -> None:
+    """Initiations beyond the cookie budget, or with a bad mac1, count as
+    junk: a source flooding only initiations is blocked like any other junk
+    source (its handshakes then reach the core only as the shell's kernel
+    filter samples them).  A live client's own address is never blocked by
+    such a flood spoofing it, and its tunnel goes on."""
+    rng = random.Random(23)
+    sim = Sim([SimLink()], seed=23)
+    sim.run(1.0)
+    server = sim.server
+    attacker = ("203.0.113.50", 777)
+    t = sim.now
+    for i in range(3 * cookie.COOKIE_REPLIES_PER_S):  # 3,000 in one second
+        server.receive_datagram(0, junk_initiation(server.public_key, rng), attacker,
+                                t + i / (3 * cookie.COOKIE_REPLIES_PER_S))
+    assert server.drops["handshake_cookie_withheld"] > guard.FAIL_LIMIT
+    assert server.guard.blocked(attacker[0], t + 1.0)
+    bad_mac1 = ("203.0.113.51", 778)
+    for i in range(int(guard.FAIL_LIMIT) + 1):
+        server.receive_datagram(0, bytes([1]) + bytes(147), bad_mac1, t + 1.0 + i * 1e-4)
+    assert server.guard.blocked(bad_mac1[0], t + 1.1)
+    # The same flood spoofing the client's address: not blocked, data flows.
+    sim.run(0.5)
+    client = client_addr(0)
+    for i in range(3 * cookie.COOKIE_REPLIES_PER_S):
+        server.receive_datagram(0, junk_initiation(server.public_key, rng), client,
+                                sim.now + i * 1e-5)
+    assert not server.guard.blocked(client[0], sim.now)
+    sim.run(0.5, [(sim.now + 0.1, "up", ip_packet(77))])
+    assert packet_seq(sim.delivered["server"][-1]) == 77
