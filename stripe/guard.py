@@ -8,12 +8,19 @@ attacker the server's socket overflows and the real clients' datagrams are
 lost with the attacker's.  So a source address whose datagrams keep failing
 (FAIL_LIMIT failures, decaying with FAIL_HALF_LIFE_S) is *blocked*: for
 BLOCK_S its transport datagrams are dropped before any parsing (one dict
-lookup per read), then it is examined again.  Each examination costs
-FAIL_LIMIT more junk datagrams read, so a source that goes on sending junk
-is blocked twice as long each time, up to BLOCK_MAX_S: with thousands of
-attacking addresses, re-examining each every second would cost as much as
-not blocking them.  Authenticating, or a quiet spell longer than
-BLOCK_MAX_S, starts a source over at BLOCK_S.
+lookup per read).  A source still sending when its block ends stays
+blocked, twice as long each time, up to BLOCK_MAX_S; one that went quiet
+during its block goes free, and is examined again (FAIL_LIMIT more junk
+datagrams read) if it comes back.  "Still sending" is junk of its read
+while it is blocked (`still_sending`): with the shell's kernel filter in
+place (it drops a blocked source's datagrams before we read them, see
+stripe/io/source_filter.py) that is from the sample the filter lets
+through.  What names a session we have does not count (it may be a real
+client's: its block ends as it would have), and neither do handshakes.
+Renewing instead of re-examining matters with thousands of attacking
+addresses: an examination costs a source's whole burst read and parsed,
+and a change to the kernel filter, each time.  Authenticating, or a quiet
+spell longer than BLOCK_MAX_S, starts a source over at BLOCK_S.
 
 Sources are kept by *key* (`source_key`): an IPv4 address, or for IPv6 the
 /64 it belongs to ("2001:db8:1:2::/64"), since one IPv6 host is normally
@@ -115,6 +122,7 @@ class _Source:
     blocked_until: float = float("-inf")
     trusted_until: float = float("-inf")
     block_s: float = 0.0  # how long its last block lasted (0: none lately)
+    sent_while_blocked: bool = False  # during its current block
 
 
 def _nowhere(key: str, now: float) -> bool:
@@ -123,7 +131,7 @@ def _nowhere(key: str, now: float) -> bool:
 
 class SourceGuard:
     __slots__ = ("_blocked", "_changed", "_ends", "_lifted", "_no_room_until", "_sources",
-                 "blocks")
+                 "blocks", "renewals")
 
     def __init__(self) -> None:
         self._sources: dict[str, _Source] = {}
@@ -135,10 +143,21 @@ class SourceGuard:
         # one is tracked, and no search for room made, before this.
         self._no_room_until = float("-inf")
         self.blocks = 0  # times a source was blocked (status)
+        self.renewals = 0  # times a block was renewed at its end (status)
 
     def blocked(self, host: str, now: float) -> bool:
+        key = source_key(host)
+        source = self._sources.get(key)
+        if source is None or source.blocked_until == float("-inf"):
+            return False
+        return now < source.blocked_until or (self._renewed(key, source)
+                                              and now < source.blocked_until)
+
+    def still_sending(self, host: str) -> None:
+        """Blocked `host` sent junk: its block is renewed when it ends."""
         source = self._sources.get(source_key(host))
-        return source is not None and now < source.blocked_until
+        if source is not None:
+            source.sent_while_blocked = True
 
     def failed(self, host: str, now: float, count: int = 1,
                protected: Callable[[str, float], bool] = _nowhere) -> None:
@@ -155,12 +174,25 @@ class SourceGuard:
             source.score = 0.0
             if protected(key, now):
                 return
-            renewed = source.block_s and now - source.blocked_until < BLOCK_MAX_S
-            source.block_s = min(2 * source.block_s, BLOCK_MAX_S) if renewed else BLOCK_S
-            until = source.blocked_until = self._blocked[key] = now + source.block_s
-            heapq.heappush(self._ends, (until, key))
+            again = source.block_s and now - source.blocked_until < BLOCK_MAX_S
+            self._block(key, source, 2 * source.block_s if again else BLOCK_S, now)
             self._changed.add(key)
             self.blocks += 1
+
+    def _block(self, key: str, source: _Source, block_s: float, start: float) -> None:
+        source.block_s = min(block_s, BLOCK_MAX_S)
+        source.sent_while_blocked = False
+        until = source.blocked_until = self._blocked[key] = start + source.block_s
+        heapq.heappush(self._ends, (until, key))
+
+    def _renewed(self, key: str, source: _Source) -> bool:
+        """At the end of a block: renew it from there, twice as long, if the
+        source sent junk during it (the kernel filter need not change)."""
+        if not source.sent_while_blocked or self._blocked.get(key) != source.blocked_until:
+            return False
+        self._block(key, source, 2 * source.block_s, source.blocked_until)
+        self.renewals += 1
+        return True
 
     def trusted(self, host: str, now: float) -> bool:
         """`host` authenticated within the last TRUSTED_S."""
@@ -175,6 +207,7 @@ class SourceGuard:
             return
         source.trusted_until = now + TRUSTED_S
         source.score = source.block_s = 0.0
+        source.sent_while_blocked = False
         if self._blocked.pop(key, None) is not None:
             source.blocked_until = float("-inf")
             self._changed.add(key)
@@ -184,12 +217,14 @@ class SourceGuard:
         """What changed since the last call, or None: nothing.  A key may be
         reported blocked again (its block renewed), and unblocked when it
         never was."""
-        ends, blocked = self._ends, self._blocked
+        ends, blocked, sources = self._ends, self._blocked, self._sources
         while ends and ends[0][0] <= now:
             until, key = heapq.heappop(ends)
             if blocked.get(key) == until:
-                del blocked[key]
-                self._changed.add(key)
+                source = sources.get(key)
+                if source is None or not self._renewed(key, source):
+                    del blocked[key]
+                    self._changed.add(key)
         if not self._changed:
             return None
         added = sorted((k for k in self._changed if k in blocked), key=blocked.__getitem__)

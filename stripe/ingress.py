@@ -27,6 +27,7 @@ datagrams arrived together, so the newest one carries the news.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 
 from . import routing, wire
@@ -49,6 +50,7 @@ LIVE_PATHS_REFRESH_S = 1.0
 
 _CONTROL = wire.MessageType.CONTROL.value
 _COPY = wire.MessageType.DATA_COPY.value
+_RECEIVER, _RECEIVER_OFFSET = struct.Struct("!I"), 4  # in wire.TRANSPORT_HEADER
 _TRANSPORT_TYPES = frozenset((wire.MessageType.DATA.value, _CONTROL, _COPY))
 
 
@@ -152,16 +154,29 @@ class Ingress:
         """Datagrams from a blocked source: handshake messages are handled
         (never blocked, see guard), the rest dropped unread, until a handshake
         authenticates: that clears the block, and what follows it in the
-        train is returned for the usual path."""
+        train is returned for the usual path.  Junk (what does not name a
+        session we have, a handshake that counts as junk) renews the
+        block when it ends (see guard): a real
+        client's datagrams (behind a spoofed address, or naming the
+        session of a server that restarted) only until its handshake."""
         drops = self._outbox.drops
+        table = self._sessions.table
+        junk = False
         for i, data in enumerate(datagrams):
             if data and data[0] in HANDSHAKE_TYPES:
                 self.blocked_handshakes += 1
-                if self._receive_handshake(sock, data, addr, now):
+                outcome = self._receive_handshake(sock, data, addr, now)
+                if outcome:
                     self.guard.succeeded(addr[0], now)
                     return datagrams[i + 1:]
-            else:
-                drops["blocked_source"] += 1
+                junk = junk or outcome is None
+                continue
+            drops["blocked_source"] += 1
+            junk = junk or not (len(data) >= wire.TRANSPORT_OVERHEAD
+                                and data[0] in _TRANSPORT_TYPES
+                                and _RECEIVER.unpack_from(data, _RECEIVER_OFFSET)[0] in table)
+        if junk:
+            self.guard.still_sending(addr[0])
         return ()
 
     def _on_live_path(self, key: str, now: float) -> bool:

@@ -177,8 +177,10 @@ class Driver:
                               "udp_gro": _on_off(self.gro.values()), **self.io_counts}
         status["mtu"]["derivation"] = self.mtu.explanation
         filters = self._source_filter
+        guard = self.core.guard
         status["source_guard"] = {"blocked": len(filters), "in_kernel_filter": filters.filtered,
-                                  "handshake_sample": filters.handshake_sample}
+                                  "handshake_sample": filters.handshake_sample,
+                                  "blocks": guard.blocks, "renewals": guard.renewals}
         return status
 
     def add_socket(self, index: int, sock: socket.socket) -> None:

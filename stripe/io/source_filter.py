@@ -13,9 +13,16 @@ IPv4 addresses or of the blocked IPv6 /64s (the guard keeps IPv6 sources by
 /64), each a binary search tree over sorted 32-bit words (an IPv6 /64 is
 two: the tree over the first words leads to a tree over the second words of
 the /64s that share it).  A packet costs some 20-80 instructions whatever
-the number of blocked sources, and a program of at most BPF_MAXINSNS
-instructions holds ~3,600 of them; beyond that the newest blocks are in it,
+the number of blocked sources (up to some 260 when they are near the
+program's limit, LEAF_SIZES), and a program of at most BPF_MAXINSNS
+instructions holds ~4,000 of them; beyond that the newest blocks are in it,
 and the oldest are dropped after reading instead.
+
+A blocked source's other datagrams are dropped but for a sample, one in
+OTHERS_SAMPLE at random (the kernel's prandom): what we read of them is what
+tells the guard the source is still sending, so its block is renewed when
+it ends and the program need not change (a source that went quiet goes
+free).
 
 A blocked source's handshake messages (first payload byte 1-3) pass, as the
 guard promises (a handshake lifts a block: the client behind a spoofed
@@ -61,13 +68,21 @@ BPF_MAXINSNS = 4096  # the kernel's limit for a classic socket filter
 MAX_REBUILDS_PER_S = 4.0
 LOG_INTERVAL_S = 10.0
 LOG_EXAMPLES = 3
-# Values compared one after the other at the leaves of a search tree (a
-# jump offset is 8 bits; larger leaves: a shorter program, longer searches).
-LEAF_VALUES = 64
+# Values compared one after the other at the leaves of a search tree: the
+# first size whose program fits is used.  Larger leaves make a shorter
+# program (more sources fit) and longer searches (up to 255 compares for a
+# datagram from a source not blocked: a jump offset is 8 bits).
+LEAF_SIZES = (64, 128, 255)
 # Handshakes from blocked sources read per second at most (in Python each
 # costs ~15 us: 1,000 is ~2 % of a core); above, the kernel samples them.
 BLOCKED_HANDSHAKES_PER_S = 1000.0
 MAX_HANDSHAKE_SAMPLE = 1 << 16
+# A blocked source's other datagrams pass one in this many: what keeps its
+# block (see guard: a source still sending when its block ends stays
+# blocked).  One that sends at the rate that got it blocked (FAIL_LIMIT
+# junk datagrams in about a second) is seen about once a second; a flood of
+# a million datagrams a second costs ~16,000 reads.
+OTHERS_SAMPLE = 64
 SAMPLE_REVIEW_S = 0.25  # the ratio is reviewed this often while sources are blocked (a
 # flood of initiations must be cut within a fraction of a second: it starves the data path)
 
@@ -111,9 +126,11 @@ def parse(key: str) -> Parsed | None:
         return None
 
 
-def program(blocked: Iterable[Parsed], handshake_sample: int = 1) -> list[Insn]:
+def program(blocked: Iterable[Parsed], handshake_sample: int = 1,
+            leaf_values: int = LEAF_SIZES[0]) -> list[Insn]:
     """The filter for these blocked sources; their handshakes pass one in
-    `handshake_sample` (see the module doc)."""
+    `handshake_sample` (see the module doc); at most `leaf_values` values
+    compared in a row."""
     ipv4: set[int] = set()
     by_first: dict[int, set[int]] = {}
     for p in blocked:
@@ -137,27 +154,34 @@ def program(blocked: Iterable[Parsed], handshake_sample: int = 1) -> list[Insn]:
 
         def second_words(first: int) -> None:
             code.append((_LD_W_ABS, 0, 0, _IPV6_SOURCE + 4))
-            _tree(code, sorted(by_first[first]), None, blocked_leaves)
+            _tree(code, sorted(by_first[first]), None, blocked_leaves, leaf_values)
 
         code.append((_LD_W_ABS, 0, 0, _IPV6_SOURCE))
-        _tree(code, sorted(by_first), second_words, blocked_leaves)
+        _tree(code, sorted(by_first), second_words, blocked_leaves, leaf_values)
     else:
         code.append(_ACCEPT_INSN)
     over_ipv6()
     if ipv4:
         code.append((_LD_W_ABS, 0, 0, _IPV4_SOURCE))
-        _tree(code, sorted(ipv4), None, blocked_leaves)
+        _tree(code, sorted(ipv4), None, blocked_leaves, leaf_values)
     else:
         code.append(_ACCEPT_INSN)
     # The blocked tail: drop, but a handshake passes (one in `handshake_sample`).
     tail = len(code)
     for at in blocked_leaves:
         code[at] = (_JA, 0, 0, tail - at - 1)
-    code += [(_TXA, 0, 0, 0), (_JEQ_K, 0, 1, 0), _DROP_INSN]
+    handshakes = [_ACCEPT_INSN]
     if handshake_sample > 1:
-        code += [_LD_RANDOM, (_MOD_K, 0, 0, handshake_sample), (_JEQ_K, 1, 0, 0), _DROP_INSN]
-    code.append(_ACCEPT_INSN)
+        handshakes[:0] = _sample(handshake_sample)
+    code += [(_TXA, 0, 0, 0), (_JEQ_K, len(handshakes), 0, 0), *handshakes,
+             *_sample(OTHERS_SAMPLE), _ACCEPT_INSN]
     return code
+
+
+def _sample(ratio: int) -> list[Insn]:
+    """Code that drops all but one in `ratio` at random, and falls through
+    with that one."""
+    return [_LD_RANDOM, (_MOD_K, 0, 0, ratio), (_JEQ_K, 1, 0, 0), _DROP_INSN]
 
 
 def _jump_over(code: list[Insn]) -> Callable[[], None]:
@@ -173,19 +197,20 @@ def _jump_over(code: list[Insn]) -> Callable[[], None]:
 
 
 def _tree(code: list[Insn], values: Sequence[int],
-          on_match: Callable[[int], None] | None, blocked_leaves: list[int]) -> None:
+          on_match: Callable[[int], None] | None, blocked_leaves: list[int],
+          leaf_values: int) -> None:
     """Append code that, with a 32-bit word in A, runs the code on_match(it)
     appends (ending in a return) if it is one of `values` (sorted), or jumps
     to the blocked tail if on_match is None (a placeholder whose position
     goes in `blocked_leaves`, for `program` to aim); otherwise accepts it."""
-    if len(values) > LEAF_VALUES:
+    if len(values) > leaf_values:
         mid = len(values) // 2
         # Above the left half's largest: over the left half to the right one.
         code.append((_JGT_K, 0, 1, values[mid - 1]))
         over_left = _jump_over(code)
-        _tree(code, values[:mid], on_match, blocked_leaves)
+        _tree(code, values[:mid], on_match, blocked_leaves, leaf_values)
         over_left()
-        _tree(code, values[mid:], on_match, blocked_leaves)
+        _tree(code, values[mid:], on_match, blocked_leaves, leaf_values)
         return
     n = len(values)
     if on_match is None:  # each match jumps to the placeholder at the end
@@ -319,10 +344,13 @@ class SourceFilter:
             return True, None
         newest = list(self._blocked.values())
         sample = self._sample_built = self.handshake_sample
-        insns = program(newest, sample)
-        while len(insns) > BPF_MAXINSNS:  # too many: the oldest twentieth goes
-            newest = newest[len(newest) // 20 + 1:]
-            insns = program(newest, sample)
+        for leaf in LEAF_SIZES:
+            insns = program(newest, sample, leaf)
+            if len(insns) <= BPF_MAXINSNS:
+                break
+        while len(insns) > BPF_MAXINSNS:  # too many: the oldest go (each is an instruction)
+            newest = newest[len(insns) - BPF_MAXINSNS:]
+            insns = program(newest, sample, leaf)
         self.filtered = len(newest)
         self._trimmed = self.filtered < len(self._blocked)
         return True, encode(insns)

@@ -119,6 +119,32 @@ def test_a_source_sending_junk_is_blocked_and_real_clients_are_not() -> None:
     assert server.drops["replay"] == before + 1
 
 
+def test_a_source_still_sending_junk_stays_blocked_without_examination() -> None:
+    """Malformed junk from one address, a train every 0.1 s for 20 s: after
+    the first FAIL_LIMIT nothing more of it is parsed.  Its block is renewed
+    at each end (after 1, 2, 4 and 8 s) instead of ending, so the kernel filter
+    never changes and the source's next burst is not read and examined
+    again.  Quiet for a whole block, it goes free."""
+    sim = Sim([SimLink()], seed=8)
+    server = sim.server
+    attacker = ("10.99.0.7", 4000)
+    junk = [bytes([0x7F]) + bytes(60)] * 20
+    changes = []
+    for i in range(200):
+        now = sim.now + 0.1 * i
+        server.receive_datagrams(0, junk, attacker, now)
+        change = server.block_changes(now)
+        if change is not None:
+            changes.append(change)
+    assert changes == [([attacker[0]], [], False)]  # blocked once, never let go
+    examined = server.drops["unknown_type"]
+    assert guard.FAIL_LIMIT <= examined < guard.FAIL_LIMIT + len(junk)
+    assert server.drops["blocked_source"] == 200 * len(junk) - examined
+    assert server.guard.blocks == 1 and server.guard.renewals == 4  # at 1, 3, 7, 15 s
+    assert server.block_changes(sim.now + 20 + 2 * guard.BLOCK_MAX_S) == ([], [attacker[0]],
+                                                                        False)
+
+
 def test_handshakes_pass_a_blocked_address() -> None:
     sim = Sim([SimLink()], seed=6)  # nothing sent yet
     host = client_addr(0)[0]

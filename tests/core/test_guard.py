@@ -177,26 +177,59 @@ def test_block_changes_report_what_changed_once() -> None:
 
 
 def test_a_source_that_keeps_sending_junk_is_blocked_longer_each_time() -> None:
-    """Each block examines the source again when it ends, at the price of
-    FAIL_LIMIT more junk datagrams read; a source that goes on gets twice as
-    long each time (up to BLOCK_MAX_S), so thousands of them cost little.
-    Authenticating, or a quiet spell, starts it over at BLOCK_S."""
+    """A source still sending when its block ends stays blocked, twice as
+    long each time (up to BLOCK_MAX_S), and nothing is reported to the
+    kernel filter: no re-examination, no rebuild.  One that went quiet
+    during its block goes free; if it comes back with junk it is blocked
+    again, twice as long.  Authenticating, or a quiet spell longer than
+    BLOCK_MAX_S, starts it over at BLOCK_S."""
     g = guard.SourceGuard()
     now = 10.0
-    lengths = []
-    for _ in range(9):
-        g.failed("192.0.2.1", now, int(guard.FAIL_LIMIT))
+    g.failed("192.0.2.1", now, int(guard.FAIL_LIMIT))
+    assert g.block_changes(now) == (["192.0.2.1"], [], False)
+    ends = []
+    for _ in range(8):  # one datagram read (the kernel's sample) every 0.5 s
         start = now
-        while g.blocked("192.0.2.1", now):
-            now += 0.25
-        lengths.append(now - start)
-    assert lengths == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 64.0, 64.0]
+        while True:
+            now += 0.5
+            assert g.blocked("192.0.2.1", now)
+            assert g.block_changes(now) is None  # renewals change nothing outside
+            if g.renewals > len(ends):
+                ends.append(now - start)
+                break
+            g.still_sending("192.0.2.1")
+    assert ends == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 64.0]
     assert guard.BLOCK_MAX_S == 64.0
-    g.succeeded("192.0.2.1", now)  # it handshakes: a client after all
-    g.failed("192.0.2.1", now + guard.TRUSTED_S, int(guard.FAIL_LIMIT))
-    assert not g.blocked("192.0.2.1", now + guard.TRUSTED_S + guard.BLOCK_S)
+    # Quiet for a whole block: it goes free, and the filter hears.
+    assert g.block_changes(now + guard.BLOCK_MAX_S) == ([], ["192.0.2.1"], False)
+    assert not g.blocked("192.0.2.1", now + guard.BLOCK_MAX_S)
+    g.failed("192.0.2.1", now + guard.BLOCK_MAX_S + 1, int(guard.FAIL_LIMIT))  # back: longer
+    assert g.blocked("192.0.2.1", now + 2 * guard.BLOCK_MAX_S)
+    g.succeeded("192.0.2.1", now + 2 * guard.BLOCK_MAX_S)  # it handshakes: a client after all
+    later = now + 2 * guard.BLOCK_MAX_S + guard.TRUSTED_S
+    g.failed("192.0.2.1", later, int(guard.FAIL_LIMIT))
+    assert g.block_changes(later) == (["192.0.2.1"], [], True)  # (the handshake's lift)
+    assert g.blocked_sources(later + 0.5) == ["192.0.2.1"]
+    assert g.block_changes(later + guard.BLOCK_S) == ([], ["192.0.2.1"], False)  # BLOCK_S
     g.failed("192.0.2.2", now, int(guard.FAIL_LIMIT))
     g.failed("192.0.2.2", now + 1, int(guard.FAIL_LIMIT))  # 2 s
     later = now + 3 + guard.BLOCK_MAX_S  # quiet for longer than the longest block
     g.failed("192.0.2.2", later, int(guard.FAIL_LIMIT))
     assert not g.blocked("192.0.2.2", later + guard.BLOCK_S)
+
+
+def test_a_source_read_once_at_the_end_of_its_block_is_renewed_there() -> None:
+    """Without a timer turn between (`block_changes` not asked), asking
+    about the source at the end of its block renews it; a source that sent
+    no junk during its block goes free, reported unblocked exactly once."""
+    g = guard.SourceGuard()
+    g.failed("192.0.2.1", 0.0, int(guard.FAIL_LIMIT))
+    g.failed("192.0.2.2", 0.01, int(guard.FAIL_LIMIT))
+    assert g.block_changes(0.01) == (["192.0.2.1", "192.0.2.2"], [], False)
+    assert g.blocked("192.0.2.1", 0.5) and g.blocked("192.0.2.2", 0.5)
+    g.still_sending("192.0.2.1")  # junk read from it (the other sends what names a session)
+    assert g.blocked("192.0.2.1", guard.BLOCK_S + 0.1)  # renewed as it is asked
+    assert g.block_changes(guard.BLOCK_S + 0.2) == ([], ["192.0.2.2"], False)
+    assert g.blocked_sources(guard.BLOCK_S + 0.2) == ["192.0.2.1"]
+    assert not g.blocked("192.0.2.1", 3 * guard.BLOCK_S + 0.2)  # quiet through its 2 s
+    assert g.block_changes(3 * guard.BLOCK_S + 0.2) == ([], ["192.0.2.1"], False)

@@ -106,19 +106,23 @@ def test_ipv4_only_ipv6_only_and_empty_halves() -> None:
     assert sf.parse("not an address") is None and sf.parse("2001:db8::/48") is None
 
 
-def test_handshakes_from_blocked_sources_are_sampled_others_not() -> None:
+def test_a_blocked_sources_datagrams_are_sampled() -> None:
     """One in `handshake_sample` handshakes from a blocked source passes
-    (at random); every handshake from other sources passes, and no data
-    from a blocked one."""
+    (at random), and one in OTHERS_SAMPLE of its other datagrams (what
+    keeps its block); everything from other sources passes."""
     rng = random.Random(3)
     keys = [v4(i) for i in range(200)] + ["2001:db8:1:2::/64"]
     insns = sf.program([sf.parse(k) for k in keys], handshake_sample=8)  # type: ignore[misc]
     for host in (v4(3), v4(150), "2001:db8:1:2::9"):
         passed = sum(passes(insns, host, HANDSHAKE_INIT, rng) for _ in range(4000))
         assert 400 <= passed <= 600, (host, passed)  # ~500
-        assert not any(passes(insns, host, DATA, rng) for _ in range(100))
+        passed = sum(passes(insns, host, DATA, rng) for _ in range(64_000))
+        assert 850 <= passed <= 1150, (host, passed)  # ~1,000
     assert all(passes(insns, v4(5000), HANDSHAKE_INIT, rng) for _ in range(100))
     assert all(passes(insns, v4(5000), DATA, rng) for _ in range(100))
+    unsampled = sf.program([sf.parse(v4(3))])  # type: ignore[list-item]
+    assert all(passes(unsampled, v4(3), HANDSHAKE_INIT, rng) for _ in range(100))
+    assert sf.OTHERS_SAMPLE == 64
 
 
 def test_the_sample_follows_the_rate_of_blocked_handshakes() -> None:
@@ -152,10 +156,26 @@ def test_too_many_for_one_program_keeps_the_newest() -> None:
     rebuilt, code = filters.rebuild(0.0)
     assert rebuilt and code is not None
     assert len(code) // 8 <= sf.BPF_MAXINSNS
-    assert 3000 < filters.filtered < 5000
+    assert 3900 < filters.filtered < 4096
     insns = [struct.unpack_from("=HBBI", code, i) for i in range(0, len(code), 8)]
     assert not passes(insns, keys[-1])  # the newest block is in the kernel
     assert passes(insns, keys[0])  # the oldest is dropped after reading
+
+
+def test_four_thousand_fit_with_larger_leaves_and_few_use_short_ones() -> None:
+    """4,000 blocked sources all fit in one program (its leaves grow to
+    255 values); 1,000 use leaves of 64, so a datagram from a source not
+    blocked runs few instructions."""
+    for n, most in ((4000, sf.BPF_MAXINSNS), (1000, 1100)):
+        keys = [v4(i) for i in range(n)]
+        filters = sf.SourceFilter()
+        filters.update(keys, [])
+        _rebuilt, code = filters.rebuild(0.0)
+        assert code is not None and filters.filtered == n
+        assert len(code) // 8 <= most
+        insns = [struct.unpack_from("=HBBI", code, i) for i in range(0, len(code), 8)]
+        assert not any(passes(insns, k) for k in keys[::97])
+        assert passes(insns, v4(n + 1))
 
 
 def test_changes_are_batched_into_few_rebuilds() -> None:
