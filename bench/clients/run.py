@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,7 @@ class ClientsOptions:
     prefix: str = "cy"
     out: Path = Path("bench/results/clients")
     connect_s: float | None = None  # None: 10 s + N / 100 s
+    worker_nice: int = 0  # the load generators' niceness (the server's stays 0)
 
 
 def _cpu_s(pid: int) -> float:
@@ -158,7 +160,9 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
             spec_path = work / f"worker{w}.spec.json"
             spec_path.write_text(json.dumps(spec))
             spec_path.chmod(0o600)
-            workers.append((Proc(f"worker{w}", [sys.executable, "-m", "bench.clients.worker",
+            nice = ["nice", "-n", str(opts.worker_nice)] if opts.worker_nice else []
+            workers.append((Proc(f"worker{w}", [*nice, sys.executable, "-m",
+                                                "bench.clients.worker",
                                                 str(spec_path), str(work / f"worker{w}.json")],
                                  client_ns, work / f"worker{w}.log"), work / f"worker{w}.json"))
             procs.append(workers[-1][0])
@@ -209,8 +213,12 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
             "goodput_per_client_mbit": [round(g, 2) for g in goodputs],
             "jain": None if not goodputs else round(jain(goodputs) or 0.0, 4),
             "server_links_up": links_up,
+            "server_link_states": dict(Counter(x.get("state") for p in peers
+                                               for x in p.get("links", []))),
             "server_drops": status.get("drops", status.get("error")),
             "worker_cpu_s": [round(r["cpu_s"], 1) for r in results],
+            "worker_nice": opts.worker_nice,
+            "worker_timer_late_ms": [r.get("timer_late_ms") for r in results],
             "client_drops": _sum_drops(clients),
         }
         (work / "figures.json").write_text(json.dumps(figures, indent=1))

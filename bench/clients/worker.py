@@ -67,6 +67,7 @@ def main(spec_path: str, out_path: str) -> int:
     heap: list[tuple[float, int]] = []
     due: list[float | None] = [None] * len(clients)
     send_errors = 0
+    late: list[float] = []  # how late client timers ran: this process's own latency
 
     def flush(slot: int, now: float) -> None:
         nonlocal send_errors
@@ -136,6 +137,8 @@ def main(spec_path: str, out_path: str) -> int:
             if due[slot] != at:
                 continue
             due[slot] = None
+            if at >= start_at:  # (timers made before the start are due at once)
+                late.append(now - at)
             client = clients[slot]
             t = client.endpoint.get_timer()
             if t is not None and t <= now:
@@ -155,9 +158,19 @@ def main(spec_path: str, out_path: str) -> int:
                      "drops": dict(c.endpoint.drops)} for c in clients],
         "cpu_s": usage.user + usage.system,
         "send_errors": send_errors,
+        "timer_late_ms": _percentiles(late),
     }
     Path(out_path).write_text(json.dumps(out))
     return 0
+
+
+def _percentiles(values: list[float]) -> dict[str, float] | None:
+    """Median, p99 and max, in ms."""
+    if not values:
+        return None
+    values.sort()
+    return {name: round(1000 * values[min(int(q * len(values)), len(values) - 1)], 1)
+            for name, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))}
 
 
 if __name__ == "__main__":

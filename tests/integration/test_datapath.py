@@ -83,7 +83,10 @@ def test_one_end_without_offload_gets_complete_checksums(make_tunnel: Any) -> No
 
 def test_udp_and_icmp_over_the_offload_path(make_tunnel: Any) -> None:
     """No TSO for these: each datagram is its own packet, and must still
-    arrive intact (iperf3 UDP counts loss; ping checks ICMP both ways)."""
+    arrive intact (iperf3 UDP counts loss; ping checks ICMP both ways).  At
+    20 Mbit/s, well within what any machine of ours carries: loss at the
+    edge of a machine's capacity is the benchmark's business (at 50 Mbit/s a
+    loaded CI machine lost 2.3-2.6 %)."""
     tunnel: Tunnel = make_tunnel(rates_mbit=(None, None), interface_extra=("offload = true",))
     ping = run(["ping", "-c", "5", "-i", "0.2", "-s", "1300", SERVER_TUN_ADDR],
                ns=tunnel.client_ns, check=False)
@@ -92,10 +95,10 @@ def test_udp_and_icmp_over_the_offload_path(make_tunnel: Any) -> None:
                               stdout=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        out = run(["iperf3", "-c", SERVER_TUN_ADDR, "-u", "-b", "50M", "-l", "1300", "-t", "3",
+        out = run(["iperf3", "-c", SERVER_TUN_ADDR, "-u", "-b", "20M", "-l", "1300", "-t", "3",
                    "-J"], ns=tunnel.client_ns).stdout
     finally:
         server.wait(timeout=10)
     end = json.loads(out)["end"]["sum"]
-    assert end["packets"] > 10_000, end
+    assert end["packets"] > 5_000, end
     assert end["lost_percent"] < 2.0, end
