@@ -118,6 +118,17 @@ def _status(ns: str, config: Path) -> dict[str, Any]:
         return {"error": (proc.stderr or proc.stdout)[:300]}
 
 
+def _udp_counters(ns: str) -> dict[str, int]:
+    """The namespace's UDP receive errors (/proc/net/snmp): datagrams the
+    kernel dropped because a socket's buffer was full, and in all."""
+    proc = run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"], check=False)
+    rows = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("Udp:")]
+    if len(rows) < 2:
+        return {}
+    values = dict(zip(rows[0], rows[1], strict=False))
+    return {k: int(values[k]) for k in ("RcvbufErrors", "InErrors") if k in values}
+
+
 def run_clients(opts: ClientsOptions) -> dict[str, Any]:
     """One run with opts.clients clients; returns the figures."""
     n, prefix = opts.clients, opts.prefix
@@ -170,10 +181,12 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
         cpu0 = _cpu_s(server.pid)
         _sleep_until(idle_from)
         cpu_connect = _cpu_s(server.pid) - cpu0
+        udp_by_phase = {"connect": _udp_counters(server_ns)}
         cpu_a = _cpu_s(server.pid)
         _sleep_until(idle_until)
         cpu_idle = (_cpu_s(server.pid) - cpu_a) / opts.idle_s
         rss_idle = _rss_mb(server.pid)
+        udp_by_phase["idle"] = _udp_counters(server_ns)
         _sleep_until(send_from + 1.0)  # the first second: wake-up and windows opening
         cpu_b = _cpu_s(server.pid)
         t_b = time.monotonic()
@@ -181,6 +194,7 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
         cpu_send = (_cpu_s(server.pid) - cpu_b) / (time.monotonic() - t_b)
         rss_send = _rss_mb(server.pid)
         status = _status(server_ns, config)
+        udp_by_phase["send"] = _udp_counters(server_ns)
         _sleep_until(end_at + 2.0)
         for proc, _out in workers:
             proc.popen.wait(30)
@@ -216,9 +230,16 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
             "server_link_states": dict(Counter(x.get("state") for p in peers
                                                for x in p.get("links", []))),
             "server_drops": status.get("drops", status.get("error")),
+            "server_io_errors": status.get("io_errors"),
+            "server_udp_receive_errors": udp_by_phase,  # cumulative, at each phase's end
             "worker_cpu_s": [round(r["cpu_s"], 1) for r in results],
             "worker_nice": opts.worker_nice,
             "worker_timer_late_ms": [r.get("timer_late_ms") for r in results],
+            "worker_stalls": [r.get("stalls") for r in results],
+            "clients_sent_per_s": [sum(x) for x in zip(*(r.get("sent_per_s", []) for r in results),
+                                                       strict=False)],
+            "clients_sent_by_type": _sum_drops([{"drops": r.get("sent_by_type", {})}
+                                                for r in results]),
             "client_drops": _sum_drops(clients),
         }
         (work / "figures.json").write_text(json.dumps(figures, indent=1))

@@ -23,6 +23,7 @@ import selectors
 import socket
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from bench.clients.sim import LINKS_PER_CLIENT, ClientKeys, SimClient, client_source
@@ -68,12 +69,27 @@ def main(spec_path: str, out_path: str) -> int:
     due: list[float | None] = [None] * len(clients)
     send_errors = 0
     late: list[float] = []  # how late client timers ran: this process's own latency
+    sent_per_s = [0] * (int(float(spec["end_at"]) - start_at) + 1)
+    sent_by_type: Counter[int] = Counter()  # by message type (the first byte)
+    stalls: list[tuple[float, float, str]] = []  # (since start_at, seconds, which part) > 0.2 s
+    wake = time.monotonic()
+
+    def note_stall(part: str) -> None:
+        nonlocal wake
+        t = time.monotonic()
+        if t - wake > 0.2 and len(stalls) < 50:
+            stalls.append((round(wake - start_at, 2), round(t - wake, 3), part))
+        wake = t
 
     def flush(slot: int, now: float) -> None:
         nonlocal send_errors
         client = clients[slot]
         ep = client.endpoint
         for sock_index, data, addr in ep.datagrams_to_send():
+            second = int(now - start_at)
+            if 0 <= second < len(sent_per_s):
+                sent_per_s[second] += 1
+            sent_by_type[data[0] if data else -1] += 1
             try:
                 socks[slot][sock_index].sendto(data, addr)
             except BlockingIOError:
@@ -116,7 +132,9 @@ def main(spec_path: str, out_path: str) -> int:
             timeout = min(timeout, heap[0][0] - now)
         if sending:
             timeout = min(timeout, 0.002)
-        for key, _mask in sel.select(max(timeout, 0.0)):
+        ready = sel.select(max(timeout, 0.0))
+        wake = time.monotonic()
+        for key, _mask in ready:
             slot, link = key.data
             sock = key.fileobj
             assert isinstance(sock, socket.socket)
@@ -131,7 +149,9 @@ def main(spec_path: str, out_path: str) -> int:
             for addr, datagrams in batch.items():
                 clients[slot].endpoint.receive_datagrams(link, datagrams, addr, now)
             flush(slot, now)
+        note_stall(f"{len(ready)} sockets read")
         now = time.monotonic()
+        fired = 0
         while heap and heap[0][0] <= now:
             at, slot = heapq.heappop(heap)
             if due[slot] != at:
@@ -145,6 +165,8 @@ def main(spec_path: str, out_path: str) -> int:
                 client.endpoint.handle_timer(now)
             client.poll(now)
             flush(slot, now)
+            fired += 1
+        note_stall(f"{fired} timers")
         if sending:
             for slot, client in enumerate(clients):
                 if client.rate_bps > 0:
@@ -159,6 +181,9 @@ def main(spec_path: str, out_path: str) -> int:
         "cpu_s": usage.user + usage.system,
         "send_errors": send_errors,
         "timer_late_ms": _percentiles(late),
+        "stalls": stalls,
+        "sent_per_s": sent_per_s,
+        "sent_by_type": {str(k): v for k, v in sorted(sent_by_type.items())},
     }
     Path(out_path).write_text(json.dumps(out))
     return 0
