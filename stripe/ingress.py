@@ -27,7 +27,6 @@ datagrams arrived together, so the newest one carries the news.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Sequence
 
 from . import routing, wire
@@ -50,7 +49,6 @@ LIVE_PATHS_REFRESH_S = 1.0
 
 _CONTROL = wire.MessageType.CONTROL.value
 _COPY = wire.MessageType.DATA_COPY.value
-_RECEIVER, _RECEIVER_OFFSET = struct.Struct("!I"), 4  # in wire.TRANSPORT_HEADER
 _TRANSPORT_TYPES = frozenset((wire.MessageType.DATA.value, _CONTROL, _COPY))
 
 
@@ -174,7 +172,7 @@ class Ingress:
             drops["blocked_source"] += 1
             junk = junk or not (len(data) >= wire.TRANSPORT_OVERHEAD
                                 and data[0] in _TRANSPORT_TYPES
-                                and _RECEIVER.unpack_from(data, _RECEIVER_OFFSET)[0] in table)
+                                and wire.TRANSPORT_HEADER.unpack_from(data)[3] in table)
         if junk:
             self.guard.still_sending(addr[0])
         return ()

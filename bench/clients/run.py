@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from bench.clients.sim import (
     jain,
     make_keys,
 )
-from bench.lab import Proc, cleanup_prefix, run
+from bench.lab import Proc, cleanup_prefix, run, udp_drops
 from bench.systems.stripe import stripe_cmd
 from stripe.noise import encode_key, generate_keypair
 
@@ -118,15 +119,9 @@ def _status(ns: str, config: Path) -> dict[str, Any]:
         return {"error": (proc.stderr or proc.stdout)[:300]}
 
 
-def _udp_counters(ns: str) -> dict[str, int]:
-    """The namespace's UDP receive errors (/proc/net/snmp): datagrams the
-    kernel dropped because a socket's buffer was full, and in all."""
-    proc = run(["ip", "netns", "exec", ns, "cat", "/proc/net/snmp"], check=False)
-    rows = [line.split()[1:] for line in proc.stdout.splitlines() if line.startswith("Udp:")]
-    if len(rows) < 2:
-        return {}
-    values = dict(zip(rows[0], rows[1], strict=False))
-    return {k: int(values[k]) for k in ("RcvbufErrors", "InErrors") if k in values}
+def _rcvbuf_errors(ns: str) -> int:
+    """The namespace's UDP receive-buffer drops so far (/proc/net/snmp)."""
+    return udp_drops.parse_snmp_rcvbuf_errors(run(["cat", "/proc/net/snmp"], ns=ns).stdout)
 
 
 def run_clients(opts: ClientsOptions) -> dict[str, Any]:
@@ -181,12 +176,12 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
         cpu0 = _cpu_s(server.pid)
         _sleep_until(idle_from)
         cpu_connect = _cpu_s(server.pid) - cpu0
-        udp_by_phase = {"connect": _udp_counters(server_ns)}
+        udp_by_phase = {"connect": _rcvbuf_errors(server_ns)}
         cpu_a = _cpu_s(server.pid)
         _sleep_until(idle_until)
         cpu_idle = (_cpu_s(server.pid) - cpu_a) / opts.idle_s
         rss_idle = _rss_mb(server.pid)
-        udp_by_phase["idle"] = _udp_counters(server_ns)
+        udp_by_phase["idle"] = _rcvbuf_errors(server_ns)
         _sleep_until(send_from + 1.0)  # the first second: wake-up and windows opening
         cpu_b = _cpu_s(server.pid)
         t_b = time.monotonic()
@@ -194,7 +189,7 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
         cpu_send = (_cpu_s(server.pid) - cpu_b) / (time.monotonic() - t_b)
         rss_send = _rss_mb(server.pid)
         status = _status(server_ns, config)
-        udp_by_phase["send"] = _udp_counters(server_ns)
+        udp_by_phase["send"] = _rcvbuf_errors(server_ns)
         _sleep_until(end_at + 2.0)
         for proc, _out in workers:
             proc.popen.wait(30)
@@ -231,16 +226,15 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
                                                for x in p.get("links", []))),
             "server_drops": status.get("drops", status.get("error")),
             "server_io_errors": status.get("io_errors"),
-            "server_udp_receive_errors": udp_by_phase,  # cumulative, at each phase's end
+            "server_udp_rcvbuf_errors": udp_by_phase,  # cumulative, at each phase's end
             "worker_cpu_s": [round(r["cpu_s"], 1) for r in results],
             "worker_nice": opts.worker_nice,
             "worker_timer_late_ms": [r.get("timer_late_ms") for r in results],
             "worker_stalls": [r.get("stalls") for r in results],
             "clients_sent_per_s": [sum(x) for x in zip(*(r.get("sent_per_s", []) for r in results),
                                                        strict=False)],
-            "clients_sent_by_type": _sum_drops([{"drops": r.get("sent_by_type", {})}
-                                                for r in results]),
-            "client_drops": _sum_drops(clients),
+            "clients_sent_by_type": _sum_counts(r.get("sent_by_type", {}) for r in results),
+            "client_drops": _sum_counts(c.get("drops", {}) for c in clients),
         }
         (work / "figures.json").write_text(json.dumps(figures, indent=1))
         return figures
@@ -251,12 +245,11 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
         Path(f"/tmp/{prefix}-addrs.batch").unlink(missing_ok=True)
 
 
-def _sum_drops(clients: list[dict[str, Any]]) -> dict[str, int]:
-    total: dict[str, int] = {}
-    for c in clients:
-        for k, v in c.get("drops", {}).items():
-            total[k] = total.get(k, 0) + v
-    return total
+def _sum_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for c in counts:
+        total.update(c)
+    return dict(total)
 
 
 def write_report(rows: list[dict[str, Any]], out: Path) -> None:

@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.clients.sim import LINKS_PER_CLIENT, ClientKeys, SimClient, client_source
+from bench.lab.synthetic import percentile
 from stripe.noise import public_from_private
 
 
@@ -193,9 +194,8 @@ def _percentiles(values: list[float]) -> dict[str, float] | None:
     """Median, p99 and max, in ms."""
     if not values:
         return None
-    values.sort()
-    return {name: round(1000 * values[min(int(q * len(values)), len(values) - 1)], 1)
-            for name, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0))}
+    return {name: round(1000 * percentile(values, q), 1)
+            for name, q in (("p50", 50), ("p99", 99), ("max", 100))}
 
 
 if __name__ == "__main__":
