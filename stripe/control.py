@@ -11,6 +11,10 @@ control message has passed the AEAD check, its content is validated field by
 field: a buggy peer must not crash us.
 
     PROBE      {"t": 1, "i": probe_id}            answered at once on the same link
+               {"t": 1, "i": probe_id, "r": srtt_us}  the sender holds the link
+               up and its previous probe came back: evidence for the
+               receiver that the link works both ways, with the sender's
+               smoothed RTT (an older peer ignores the key)
     PROBE_ACK  {"t": 2, "i": probe_id}
     LINKS      {"t": 3, "l": [[id, name, weight, backup], ...]}
                the client's link table, so the server can schedule its
@@ -66,6 +70,7 @@ class ControlError(Exception):
 @dataclass(frozen=True, slots=True)
 class Probe:
     probe_id: int
+    up_srtt_us: int | None = None  # the sender holds the link up, with this RTT
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +129,8 @@ ControlMessage = Probe | ProbeAck | Links | Feedback | Marker | PmtuProbe | Pmtu
 def encode(message: ControlMessage, next_data_counter: int, features: int = 0) -> bytes:
     if isinstance(message, Probe):
         body: dict[str, object] = {"t": ControlType.PROBE, "i": message.probe_id}
+        if message.up_srtt_us is not None:
+            body["r"] = message.up_srtt_us
     elif isinstance(message, ProbeAck):
         body = {"t": ControlType.PROBE_ACK, "i": message.probe_id}
     elif isinstance(message, Marker):
@@ -211,7 +218,8 @@ def _body(data: bytes) -> dict[str, object]:
 def _message(body: dict[str, object]) -> ControlMessage:
     kind = body.get("t")
     if kind == ControlType.PROBE:
-        return Probe(_uint(body.get("i"), 32))
+        srtt = body.get("r")
+        return Probe(_uint(body.get("i"), 32), None if srtt is None else _uint(srtt, 32))
     if kind == ControlType.PROBE_ACK:
         return ProbeAck(_uint(body.get("i"), 32))
     if kind == ControlType.MARKER:

@@ -120,8 +120,11 @@ class LinkControl:
                 if link.path is None:
                     continue
                 due.append(link.health.next_check_time())
-                if link.pmtu is not None:
-                    due.append(link.pmtu.next_timer())
+                search = link.pmtu
+                if search is not None:
+                    at = search.timer_while_idle() if peer.idle else search.next_timer()
+                    if at is not None:
+                        due.append(at)
             if peer.link_mask & (peer.link_mask - 1):  # two or more links in rotation
                 due.extend(link.last_data_sent + TAIL_MARKER_DELAY_S
                            for link in peer.links.values() if link.marker_due)
@@ -153,8 +156,7 @@ class LinkControl:
             if link.window.expire(now, link.health.srtt_s):
                 self._egress.flush_queue(peer, now)
             if link.health.probe_due(now):
-                send_control(peer, session, link, control.Probe(link.health.start_probe(now)),
-                             now)
+                send_control(peer, session, link, _probe(link, now), now)
             if self.spec.pmtu_probe:
                 self._pmtu_poll(peer, session, link, now)
                 search = link.pmtu
@@ -238,8 +240,7 @@ class LinkControl:
         peer.links_announce_due = now + LINKS_ANNOUNCE_INTERVAL_S
         for other in peer.links.values():
             if other.health.state is not LinkState.UP and other.path is not None:
-                self._transmit.send_control(peer, session, other,
-                                            control.Probe(other.health.start_probe(now)), now)
+                self._transmit.send_control(peer, session, other, _probe(other, now), now)
 
     def announce_links(self, peer: Peer, session: Session, now: float) -> None:
         """Client: our link table, to the server, on a link that is up."""
@@ -263,8 +264,7 @@ class LinkControl:
             if link is None:
                 link = client_link(ls)
                 if session is not None:  # first contact now, not at the next probe round
-                    self._transmit.send_control(peer, session, link,
-                                                control.Probe(link.health.start_probe(now)), now)
+                    self._transmit.send_control(peer, session, link, _probe(link, now), now)
             link.weight, link.backup = ls.weight, ls.backup
             table[ls.link_id] = link
         peer.links = table
@@ -343,10 +343,14 @@ class LinkControl:
         send_control = self._transmit.send_control
         if isinstance(message, control.Probe):
             send_control(peer, session, link, control.ProbeAck(message.probe_id), now)
+            if message.up_srtt_us is not None:
+                self._link_changed(peer, link, now,
+                                   link.health.on_peer_up(now, message.up_srtt_us / 1e6))
+                if link.up:
+                    self._egress.flush_queue(peer, now)
             if link.health.state is LinkState.UNKNOWN and not link.health.outstanding:
                 # First contact on this link: probe back now rather than in 200 ms.
-                send_control(peer, session, link, control.Probe(link.health.start_probe(now)),
-                             now)
+                send_control(peer, session, link, _probe(link, now), now)
         elif isinstance(message, control.ProbeAck):
             self._link_changed(peer, link, now, link.health.on_ack(message.probe_id, now))
             if link.up:
@@ -466,6 +470,12 @@ class LinkControl:
 
     def _pmtu_poll(self, peer: Peer, session: Session, link: Link, now: float) -> None:
         search = link.pmtu
+        if search is not None and search.settled and peer.idle:
+            # An idle link carries no data a black hole could eat: its size
+            # is confirmed (or a larger one looked for) when data comes
+            # again, not every CONFIRM_INTERVAL_S from both ends, padded to
+            # the size, for every idle client of the server.
+            return
         if search is None:
             if self.spec.tunnel_mtu is None:
                 return
@@ -528,3 +538,18 @@ def _family(link: Link) -> int:
 
 def _udp_ip_header_size(link: Link) -> int:
     return 8 + (40 if _family(link) == 6 else 20)
+
+
+def _probe(link: Link, now: float) -> control.Probe:
+    """A probe of `link` sent now.  It says the link works both ways (see
+    control: an idle server learns its links' state from the client's
+    probes) when we hold it up and our previous probe came back: fresh
+    evidence, so a link that just broke one way is not vouched for by
+    probes sent after the break."""
+    health = link.health
+    vouch = health.state is LinkState.UP and health.answered() and health.probes_acked > 0
+    probe_id = health.start_probe(now)
+    srtt = health.srtt_s
+    if not vouch or srtt is None:
+        return control.Probe(probe_id)
+    return control.Probe(probe_id, min(int(srtt * 1e6), 2**32 - 1))

@@ -68,6 +68,13 @@ PROBE_INTERVAL_S = 0.2
 # silence (linkctl.REHANDSHAKE_AFTER_SILENCE_S) with a probe to spare.
 IDLE_PROBE_INTERVAL_S = 2.0
 LINK_DEAD_AFTER_IDLE_S = 2.5 * IDLE_PROBE_INTERVAL_S
+# An idle link that is not up (DOWN, UNKNOWN) and whose probes go
+# unanswered is probed ever more rarely: 2, 4, 8 s.  A peer that cannot
+# answer (gone, or an overloaded server whose socket drops what it cannot
+# read) then gets less to read, not more, so an overload can drain instead
+# of feeding itself (see docs/scaling.md).  Anything heard on the link, or
+# data waking the peer, probes it at once again.
+IDLE_PROBE_BACKOFF_STEPS = 2
 LINK_DEAD_AFTER_MIN_S = 0.45
 # Without a queue; a link's measured queue adds twice itself (its probes
 # and data wait behind it), up to LINK_DEAD_AFTER_QUEUED_MAX_S in all.
@@ -82,6 +89,9 @@ class LinkState(Enum):
     UP = "up"
     STALE = "stale"
     DOWN = "down"
+
+
+_NOT_UP = (LinkState.DOWN, LinkState.UNKNOWN)
 
 
 @dataclass(slots=True)
@@ -129,6 +139,7 @@ class LinkHealth:
     woke_at: float = float("-inf")
     last_heard: float = float("-inf")  # the newest authenticated datagram on the link
     last_probe_time: float = float("-inf")
+    misses: int = 0  # probes in a row that went unanswered (reset by an ack)
     keep_busy: bool = False  # probed at the busy pace even while idle (see linkctl)
 
     def set_keep_busy(self, keep: bool) -> None:
@@ -143,16 +154,30 @@ class LinkHealth:
                                 else self.last_probe_time + interval)
 
     def probe_interval_s(self) -> float | None:
-        """How often this end probes the link now (None: not at all): busy,
-        or a path MTU search under way (it needs small probes answered, see
-        pmtu), or coming back from DOWN (its RECOVER_ACKS acks), at the
-        busy pace."""
-        if not self.idle or self.keep_busy or (
-                self.state is LinkState.DOWN and self.good_acks > 0):
+        """How often this end probes the link now (None: not at all).
+
+        Busy: the busy pace.  Idle: a path MTU search under way (it needs
+        small probes answered, see pmtu) or a link coming back from DOWN
+        (its RECOVER_ACKS acks) at the busy pace too, but clocked by the
+        acks (the next probe only once the last was answered, the idle pace
+        otherwise: under overload, probes that go unanswered must not come
+        five times a second); a link that is up every IDLE_PROBE_INTERVAL_S
+        (the client; the server relies on the client's probes), one that
+        is not backed off by its unanswered probes
+        (IDLE_PROBE_BACKOFF_STEPS)."""
+        if not self.idle:
             return PROBE_INTERVAL_S
-        if self.idle_probes or self.state is not LinkState.UP:
-            return IDLE_PROBE_INTERVAL_S
-        return None
+        state = self.state
+        recovering = state is LinkState.DOWN and self.good_acks > 0
+        if (self.keep_busy or recovering) and self.answered():
+            return PROBE_INTERVAL_S
+        if state is LinkState.UP or state is LinkState.STALE:
+            return IDLE_PROBE_INTERVAL_S if self.idle_probes or self.keep_busy else None
+        return IDLE_PROBE_INTERVAL_S * float(2 ** min(self.misses, IDLE_PROBE_BACKOFF_STEPS))
+
+    def answered(self) -> bool:
+        """The newest probe came back (or none was sent yet)."""
+        return self.last_acked_sent >= self.last_probe_time
 
     def set_idle(self, idle: bool, now: float) -> None:
         """The peer's data stopped (idle) or started again (busy): see the
@@ -176,9 +201,10 @@ class LinkHealth:
         no longer (the path works, at least towards us, and its own probe
         may wait for the usual pace)."""
         self.last_heard = now
-        if self.idle and self.state is LinkState.DOWN and self.good_acks == 0 and (
+        if self.idle and self.state in _NOT_UP and self.good_acks == 0 and (
                 self.next_probe_time > now + PROBE_INTERVAL_S):
-            # The peer's probe on a link we hold down: it may be back; see now.
+            # The peer's probe on a link we hold down (or have not seen
+            # work yet): it may be back; see now, whatever the backoff.
             self.next_probe_time = now
         if self.suspect:
             self.suspect = False
@@ -200,12 +226,14 @@ class LinkHealth:
         """Book a probe sent now; returns its id."""
         probe_id = self.next_probe_id
         self.next_probe_id = (probe_id + 1) & 0xFFFFFFFF
+        if not self.answered():
+            self.misses += 1
         self.outstanding[probe_id] = now
         if len(self.outstanding) > MAX_OUTSTANDING_PROBES:
             del self.outstanding[next(iter(self.outstanding))]
+        self.last_probe_time = now  # before the interval: this one is not answered yet
         interval = self.probe_interval_s()
         self.next_probe_time = float("inf") if interval is None else now + interval
-        self.last_probe_time = now
         self.probes_sent += 1
         return probe_id
 
@@ -219,6 +247,7 @@ class LinkHealth:
             del self.outstanding[stale]
         self.probes_acked += 1
         self.last_acked_sent = max(self.last_acked_sent, sent)
+        self.misses = 0
         rtt = max(now - sent, 0.0)
         if self.min_rtt_s is None or rtt < self.min_rtt_s:
             self.min_rtt_s = rtt
@@ -229,7 +258,29 @@ class LinkHealth:
             self.srtt_s += 0.125 * (rtt - self.srtt_s)
         self.last_ack_time = now
         self.suspect = False
+        if self.idle:
+            self._repace()  # an ack-clocked pace (see probe_interval_s) goes on
         return self.update(now, acked=True)
+
+    def on_peer_up(self, now: float, srtt_s: float) -> LinkState | None:
+        """The peer's probe says it holds the link up: its probes reach us and
+        our answers reach it, so the link works both ways.  As good as an
+        ack of ours for a link we have not seen work (UNKNOWN -> UP) or hold
+        DOWN (one of its RECOVER_ACKS, and our own probe now), with the
+        peer's RTT until we measure one: an idle server need not probe its
+        clients' links to know them (see docs/scaling.md).  Returns the new
+        state if it changed."""
+        state = self.state
+        if state is not LinkState.UNKNOWN and state is not LinkState.DOWN:
+            return None
+        if self.srtt_s is None:
+            self.srtt_s, self.rttvar_s, self.min_rtt_s = srtt_s, srtt_s / 2, srtt_s
+        changed = self.update(now, acked=True)
+        if self.state is LinkState.UP:
+            self.last_ack_time = max(self.last_ack_time, now)
+        elif self.idle:
+            self.next_probe_time = min(self.next_probe_time, now)
+        return changed
 
     def on_send_error(self, now: float) -> LinkState | None:
         return self.update(now, send_failed=True)

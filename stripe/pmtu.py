@@ -21,10 +21,11 @@ IPv4, 88 over IPv6).
    outage is never taken for "too big".  The search confirms the base size, tries the
    largest useful size (the TUN MTU + overhead) first, then halves the
    interval down to the byte.  A confirmed path MTU is re-confirmed every
-   `CONFIRM_INTERVAL_S` and sooner after the link lost data; a failed
-   confirmation (a black hole) or a local "message too long" for a size it
-   allowed starts a new search; a lower path is searched upwards again
-   every `RAISE_INTERVAL_S`.  The published `path_mtu` changes only when a
+   `CONFIRM_INTERVAL_S` while the link's peer has data (an idle link's
+   confirmation waits for data: see `settled`) and sooner after the link
+   lost data; a failed confirmation (a black hole) or a local "message too
+   long" for a size it allowed starts a new search; a lower path is
+   searched upwards again every `RAISE_INTERVAL_S`.  The published `path_mtu` changes only when a
    search completes, so a false alarm that the next probe disproves costs
    nothing.
 3. The effective MTU of a peer is the smallest over its up links (the
@@ -175,6 +176,9 @@ class PmtuSearch:
     raise_due: float = float("inf")
     searches: int = 0
     black_holes: int = 0
+    # A try timed out and no small probe sent after it has come back yet:
+    # nothing to do before one does (an idle owner polls at its probes).
+    awaiting_evidence: bool = False
     notes: list[str] = field(default_factory=list)  # for the log, see take_notes
 
     def __post_init__(self) -> None:
@@ -201,11 +205,13 @@ class PmtuSearch:
         on a path that works, not lost to an outage (RFC 8899 5.3 asks the
         same: tell probe loss from path loss).
         """
+        self.awaiting_evidence = False
         if self.size is not None:
             if now < self.wake_at:
                 return None
             if path_alive_at < self.last_probe:
                 self.wake_at = now + EVIDENCE_WAIT_S
+                self.awaiting_evidence = True
                 return None
             if self.tries < MAX_PROBES:
                 return self._probe(self.size, now, timeout_s)
@@ -257,6 +263,20 @@ class PmtuSearch:
             if self.hi <= self.base:  # not even the base size leaves this host
                 self._error(f"the system refuses even {size}-byte datagrams", now)
             self._maybe_complete(now)
+
+    @property
+    def settled(self) -> bool:
+        """Complete, no try under way: only the confirmation and raise
+        timers are left (the owner skips them while the link is idle)."""
+        return self.size is None and self.state is SearchState.COMPLETE
+
+    def timer_while_idle(self) -> float | None:
+        """`next_timer` for an idle link's owner: none when settled (see
+        `settled`) or waiting for a small probe to come back (it polls at
+        its probes then, rather than every EVIDENCE_WAIT_S)."""
+        if self.settled or self.awaiting_evidence:
+            return None
+        return self.next_timer()
 
     def confirm_soon(self, now: float) -> None:
         """The link lost data or came back: confirm the size soon (if large

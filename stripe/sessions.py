@@ -135,11 +135,20 @@ class Sessions:
         due: list[float] = []
         if self.spec.role is Role.CLIENT:
             due.append(peer.handshake.due)
+            if peer.current is not None and peer.handshake.pending is None:
+                # Not left to other timers: an idle link that is down is
+                # probed rarely (see links), so nothing else may wake us.
+                due.append(self._silent_after(peer, peer.current) + 1e-6)
         if peer.previous is not None:
             due.append(peer.previous.last_received + PREVIOUS_SESSION_KEEP_S)
         # Keys are forgotten when they expire, whether or not traffic comes.
         due += [session.created + REJECT_AFTER_S for session in peer.sessions()]
         return min(due, default=None)
+
+    def _silent_after(self, peer: Peer, current: Session) -> float:
+        """Client: when the server's silence calls for a new handshake."""
+        counted_from, allowance = self._links.silence_allowance(peer)
+        return max(current.last_received, current.created, counted_from) + allowance
 
     def on_timer(self, peer: Peer, now: float) -> None:
         if self.spec.role is Role.CLIENT:
@@ -156,8 +165,7 @@ class Sessions:
     def _client_timers(self, peer: Peer, now: float) -> None:
         current, handshake = peer.current, peer.handshake
         if current is not None:
-            counted_from, allowance = self._links.silence_allowance(peer)
-            silent = now - max(current.last_received, current.created, counted_from) > allowance
+            silent = now > self._silent_after(peer, current)
             rekey = current.needs_rekey(now)
             if not silent and not rekey:
                 if handshake.pending is None:

@@ -45,6 +45,8 @@ from bench.systems.stripe import stripe_cmd
 from stripe.noise import encode_key, generate_keypair
 
 SERVER_OUTER = "172.16.0.1"
+CLIENT_HOP = "172.16.0.2"  # the client namespace's end of the veth
+CLIENTS_OUTER = "172.16.0.0/12"  # the clients' link addresses (see sim.client_source)
 SERVER_PORT = 5000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -97,11 +99,18 @@ def _lab_up(prefix: str, count: int) -> tuple[str, str]:
     run(["ip", "netns", "add", client_ns])
     run(["ip", "link", "add", f"{prefix}v0", "netns", server_ns, "type", "veth", "peer",
          "name", f"{prefix}v1", "netns", client_ns])
-    run(["ip", "-n", server_ns, "addr", "add", f"{SERVER_OUTER}/12", "dev", f"{prefix}v0"])
+    # The clients' 2N addresses are routed through one next hop: on one
+    # segment the server would need 2N neighbour entries, and the kernel's
+    # ARP table (one for all namespaces, gc_thresh3 = 1,024 by default)
+    # overflowed at 1,000 clients, silently dropping the server's answers
+    # to half their links.
+    run(["ip", "-n", server_ns, "addr", "add", f"{SERVER_OUTER}/30", "dev", f"{prefix}v0"])
+    run(["ip", "-n", client_ns, "addr", "add", f"{CLIENT_HOP}/30", "dev", f"{prefix}v1"])
     for ns, dev in ((server_ns, f"{prefix}v0"), (client_ns, f"{prefix}v1")):
         run(["ip", "-n", ns, "link", "set", dev, "up"])
         run(["ip", "-n", ns, "link", "set", "lo", "up"])
-    batch = "".join(f"addr add {client_source(i, j)}/12 dev {prefix}v1\n"
+    run(["ip", "-n", server_ns, "route", "add", CLIENTS_OUTER, "via", CLIENT_HOP])
+    batch = "".join(f"addr add {client_source(i, j)}/32 dev {prefix}v1\n"
                     for i in range(count) for j in range(LINKS_PER_CLIENT))
     batch_file = Path(f"/tmp/{prefix}-addrs.batch")
     batch_file.write_text(batch)
@@ -189,6 +198,7 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
         cpu_send = (_cpu_s(server.pid) - cpu_b) / (time.monotonic() - t_b)
         rss_send = _rss_mb(server.pid)
         status = _status(server_ns, config)
+        (work / "server-status.json").write_text(json.dumps(status, indent=1))
         udp_by_phase["send"] = _rcvbuf_errors(server_ns)
         _sleep_until(end_at + 2.0)
         for proc, _out in workers:
@@ -226,6 +236,7 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
                                                for x in p.get("links", []))),
             "server_drops": status.get("drops", status.get("error")),
             "server_io_errors": status.get("io_errors"),
+            "server_datapath": status.get("datapath"),
             "server_udp_rcvbuf_errors": udp_by_phase,  # cumulative, at each phase's end
             "worker_cpu_s": [round(r["cpu_s"], 1) for r in results],
             "worker_nice": opts.worker_nice,

@@ -8,9 +8,16 @@ unseen while idle loses nothing.
 
 from __future__ import annotations
 
+import itertools
+
+import msgpack
+import pytest
 from tests.core.netsim import Sim, SimLink, ip_packet, packet_seq
 
-from stripe.links import LinkState
+from stripe import control
+from stripe.linkctl import _probe
+from stripe.links import IDLE_PROBE_INTERVAL_S, Link, LinkHealth, LinkState
+from stripe.sessions import HANDSHAKE_RETRY_MAX_S
 
 
 def _idle_sim(scheduler: str = "adaptive") -> Sim:
@@ -106,3 +113,112 @@ def test_a_link_that_died_while_idle_is_found_by_idle_probes() -> None:
     sim.links[0].up = True
     sim.run(10.0)  # back: idle probes see it again
     assert sim.client.peers[0].links[0].health.state is LinkState.UP
+
+
+def test_unanswered_idle_probes_back_off_and_anything_heard_probes_at_once() -> None:
+    """A link that is not up and whose probes go unanswered is probed every
+    2, 4, 8, 8 ... s while idle, not every 2 s forever: a peer that cannot
+    answer (an overloaded server dropping what it cannot read) gets less
+    to read.  A datagram heard on it brings the next probe forward."""
+    health = LinkHealth(state=LinkState.DOWN, idle=True)
+    sent = []
+    now = 0.0
+    while now < 40.0:
+        if health.probe_due(now):
+            health.start_probe(now)
+            sent.append(now)
+        now = round(now + 0.05, 2)
+    gaps = [b - a for a, b in itertools.pairwise(sent)]
+    assert gaps[:3] == [2.0, 4.0, 8.0] and set(gaps[3:]) == {8.0}, gaps
+    health.heard(now)
+    assert health.probe_due(now)
+    ack = health.start_probe(now)
+    health.on_ack(ack, now + 0.01)
+    assert health.misses == 0
+
+
+def test_recovery_while_idle_is_clocked_by_acks() -> None:
+    """A DOWN link coming back is probed at the busy pace for its three
+    acks, but only while they come: a lost one puts it back on the idle
+    pace (it was probed five times a second even while its probes were
+    lost, 69k probes in the 1,000-client overload, see docs/scaling.md)."""
+    health = LinkHealth(state=LinkState.DOWN, idle=True)
+    health.on_ack(health.start_probe(0.0), 0.01)
+    assert health.good_acks == 1 and health.next_probe_time == pytest.approx(0.2)
+    health.start_probe(0.2)  # lost
+    assert health.next_probe_time == pytest.approx(0.2 + IDLE_PROBE_INTERVAL_S)
+    probe = health.start_probe(health.next_probe_time)
+    assert health.on_ack(probe, 2.21) is None and health.good_acks == 2
+    assert health.next_probe_time == pytest.approx(2.4)
+    assert health.on_ack(health.start_probe(2.4), 2.41) is LinkState.UP
+
+
+def _client_datagrams(sim: Sim, seconds: float) -> int:
+    start = len(sim.wire_log)
+    sim.run(seconds)
+    return sum(direction == "up" for direction, _, _ in sim.wire_log[start:])
+
+
+def test_a_client_whose_server_cannot_answer_sends_ever_less() -> None:
+    """Nothing comes back on any link (the server gone, or too loaded to
+    read): the idle client's probes and its handshake retries back off, so
+    what it offers falls instead of feeding the overload, and it is back
+    within a retry once the server answers again."""
+    sim = _idle_sim()
+    for link in sim.links:
+        link.up = False
+    sim.run(30.0)
+    late = _client_datagrams(sim, 30.0)
+    # Two links probed every 8 s (not 2 s: 30) and a handshake every 8 s.
+    assert late <= 2 * 30 / 8 + 30 / 8 + 2, late
+    for link in sim.links:
+        link.up = True
+    sim.run(HANDSHAKE_RETRY_MAX_S + 1.0)
+    assert sim.client.peers[0].current is not None
+    states = [link.health.state for link in sim.client.peers[0].links.values()]
+    assert states == [LinkState.UP] * 2, states
+
+
+def test_a_probe_says_when_its_sender_holds_the_link_up() -> None:
+    """PROBE's "r": the sender holds the link up, its previous probe came
+    back, with its RTT; absent otherwise, and an older peer's probe (no
+    "r") still decodes.  A bad value is a control error, not a crash."""
+    for message in (control.Probe(7), control.Probe(7, 12_345)):
+        assert control.decode(control.encode(message, 3)) == (message, 3)
+    assert control.decode(msgpack.packb({"t": 1, "i": 7, "d": 3})) == (control.Probe(7), 3)
+    for bad in (-1, 2**32, "fast", 1.5):
+        with pytest.raises(control.ControlError):
+            control.decode(msgpack.packb({"t": 1, "i": 7, "r": bad, "d": 3}))
+    link = Link(0, "l0")
+    health = link.health
+    assert _probe(link, 0.0).up_srtt_us is None  # UNKNOWN
+    health.on_ack(0, 0.02)
+    assert health.state is LinkState.UP
+    assert _probe(link, 1.0).up_srtt_us == 20_000
+    # That one is lost: the next does not vouch, the path may have broken
+    # one way since (a probe that reaches the peer proves the other way).
+    assert _probe(link, 1.2).up_srtt_us is None
+
+
+def test_an_idle_server_learns_a_link_from_the_clients_probes() -> None:
+    """A link the server has not seen work (its own probe and the answer
+    lost, say to an overloaded socket) comes up on the client's next idle
+    probe that vouches for it, without the server probing it at all."""
+    sim = _idle_sim()
+    server_link = sim.server.peers[0].links[1]
+    server_link.health = LinkHealth(idle=True, idle_probes=False)  # never seen to work
+    server_link.health.start_probe(sim.now)  # and its probe lost
+    sim.run(IDLE_PROBE_INTERVAL_S - 0.1)
+    assert server_link.health.state is LinkState.UP
+    assert server_link.health.probes_sent == 1  # not one more
+    assert server_link.health.srtt_s == pytest.approx(0.060, rel=0.2)  # the client's (2 x 30 ms)
+
+
+def test_a_vouching_probe_counts_as_one_ack_towards_recovery() -> None:
+    health = LinkHealth(state=LinkState.DOWN, idle=True, idle_probes=False)
+    health.start_probe(0.0)  # ours, unanswered so far
+    assert health.on_peer_up(5.0, 0.05) is None and health.good_acks == 1
+    assert health.probe_due(5.0)  # and we look ourselves, now
+    assert health.on_peer_up(7.0, 0.05) is None
+    assert health.on_peer_up(9.0, 0.05) is LinkState.UP
+    assert health.last_ack_time == 9.0

@@ -304,6 +304,31 @@ def test_both_ends_probe_each_link_and_take_the_smallest() -> None:
     assert sim.client.peers[0].mtu == sim.server.peers[0].mtu == 1232
 
 
+def _pmtu_probes(sim: Sim, start: int) -> dict[str, int]:
+    """PMTU probes on the wire since wire_log[start] (the padded
+    datagrams), by direction."""
+    counts = {"up": 0, "down": 0}
+    for direction, _, data in sim.wire_log[start:]:
+        counts[direction] += len(data) > 600
+    return counts
+
+
+def test_an_idle_link_is_not_confirmed_until_data_comes() -> None:
+    """Once its search is done, an idle link carries no padded probes (a
+    server with a thousand idle clients confirmed 2,000 links from both
+    ends every 10 s); data after idleness confirms the size at once."""
+    sim = sim_with_mtus(None, 1300)
+    sim.run(8.0)
+    start = len(sim.wire_log)
+    sim.run(3 * pmtu.CONFIRM_INTERVAL_S)
+    assert _pmtu_probes(sim, start) == {"up": 0, "down": 0}
+    start = len(sim.wire_log)
+    sim.run(0.5, [(sim.now + 0.01, "up", ip_packet(1, 200))])
+    # Each end confirms each of its links (the server's peer is busy too).
+    assert _pmtu_probes(sim, start) == {"up": 2, "down": 2}
+    assert path_mtus(sim.client) == [1500, 1300]
+
+
 def test_probing_does_not_upset_the_link_estimates() -> None:
     sim = sim_with_mtus(None, 1300)
     traffic = [(sim.now + i * 0.002, "up", ip_packet(i, 1000)) for i in range(3000)]
