@@ -122,7 +122,7 @@ class LinkControl:
                 due.append(link.health.next_check_time())
                 search = link.pmtu
                 if search is not None:
-                    at = search.timer_while_idle() if peer.idle else search.next_timer()
+                    at = search.owner_timer(link.last_data_sent, peer.idle)
                     if at is not None:
                         due.append(at)
             if peer.link_mask & (peer.link_mask - 1):  # two or more links in rotation
@@ -470,12 +470,8 @@ class LinkControl:
 
     def _pmtu_poll(self, peer: Peer, session: Session, link: Link, now: float) -> None:
         search = link.pmtu
-        if search is not None and search.settled and peer.idle:
-            # An idle link carries no data a black hole could eat: its size
-            # is confirmed (or a larger one looked for) when data comes
-            # again, not every CONFIRM_INTERVAL_S from both ends, padded to
-            # the size, for every idle client of the server.
-            return
+        if search is not None and search.resting(link.last_data_sent):
+            return  # confirmed (or a larger size looked for) once data comes
         if search is None:
             if self.spec.tunnel_mtu is None:
                 return

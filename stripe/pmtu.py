@@ -21,9 +21,9 @@ IPv4, 88 over IPv6).
    outage is never taken for "too big".  The search confirms the base size, tries the
    largest useful size (the TUN MTU + overhead) first, then halves the
    interval down to the byte.  A confirmed path MTU is re-confirmed every
-   `CONFIRM_INTERVAL_S` while the link's peer has data (an idle link's
-   confirmation waits for data: see `settled`) and sooner after the link
-   lost data; a failed confirmation (a black hole) or a local "message too
+   `CONFIRM_INTERVAL_S` if the link carried data since the last probe
+   (else when it next does: see `resting`) and sooner after the link lost
+   data; a failed confirmation (a black hole) or a local "message too
    long" for a size it allowed starts a new search; a lower path is
    searched upwards again every `RAISE_INTERVAL_S`.  The published `path_mtu` changes only when a
    search completes, so a false alarm that the next probe disproves costs
@@ -264,17 +264,21 @@ class PmtuSearch:
                 self._error(f"the system refuses even {size}-byte datagrams", now)
             self._maybe_complete(now)
 
-    @property
-    def settled(self) -> bool:
-        """Complete, no try under way: only the confirmation and raise
-        timers are left (the owner skips them while the link is idle)."""
-        return self.size is None and self.state is SearchState.COMPLETE
+    def resting(self, last_data_sent: float) -> bool:
+        """Complete, no try under way, and no data sent on the link since
+        our last probe: nothing for a confirmation to protect (a black hole
+        eats only data), so the owner skips the confirmation and raise
+        timers until data comes (a server with a thousand idle clients
+        would otherwise confirm 2,000 links from both ends every
+        CONFIRM_INTERVAL_S)."""
+        return (self.size is None and self.state is SearchState.COMPLETE
+                and last_data_sent <= self.last_probe)
 
-    def timer_while_idle(self) -> float | None:
-        """`next_timer` for an idle link's owner: none when settled (see
-        `settled`) or waiting for a small probe to come back (it polls at
-        its probes then, rather than every EVIDENCE_WAIT_S)."""
-        if self.settled or self.awaiting_evidence:
+    def owner_timer(self, last_data_sent: float, idle: bool) -> float | None:
+        """`next_timer` as the owner should arm it: none while `resting`,
+        nor while idle and waiting for a small probe to come back (it polls
+        at its probes then, rather than every EVIDENCE_WAIT_S)."""
+        if self.resting(last_data_sent) or (idle and self.awaiting_evidence):
             return None
         return self.next_timer()
 

@@ -132,7 +132,11 @@ def main(spec_path: str, out_path: str) -> int:
         if heap:
             timeout = min(timeout, heap[0][0] - now)
         if sending:
-            timeout = min(timeout, 0.002)
+            timeout = min(timeout, 0.002, send_until - now)
+        elif now < send_from:
+            # Wake for the send phase itself: idle clients' next timers may
+            # be seconds away (this slept up to 0.8 s into the phase).
+            timeout = min(timeout, send_from - now)
         ready = sel.select(max(timeout, 0.0))
         wake = time.monotonic()
         for key, _mask in ready:

@@ -157,7 +157,7 @@ def test_server_restart_triggers_a_new_handshake() -> None:
     server_peer = sim.server.peers[0]
     sim.server._sessions.table.clear()
     server_peer.current = server_peer.previous = server_peer.next_session = None
-    sim.run(6.0)
+    sim.run(REHANDSHAKE_AFTER_IDLE_SILENCE_S + 1.0)  # idle: the probes find the silence
     assert sim.client.peers[0].current is not old
     sim.run(1.0, flow(sim.now, 100, 0.002))
     assert seqs(sim, "server") == list(range(100))
