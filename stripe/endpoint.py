@@ -224,6 +224,13 @@ class Endpoint:
         """Datagrams from one source read at once (a GRO train)."""
         self._ingress.receive_datagrams(sock, datagrams, addr, now)
 
+    def rekey(self, now: float) -> None:
+        """Client: handshake again with every peer now (as every
+        REKEY_AFTER_S); the current sessions serve until the new ones are
+        up.  The load generator uses it to measure a server's handshakes."""
+        for peer in self.peers:
+            self._sessions.rekey(peer, now)
+
     def send_failed(self, sock: int, addr: Address, now: float) -> None:
         """The OS refused a send to `addr` on `sock` (interface down, no route)."""
         self._touch_all()

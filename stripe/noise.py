@@ -146,13 +146,29 @@ def encode_key(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-def _dh(private: bytes, public: bytes) -> bytes:
+def _dh(private: X25519PrivateKey, public: bytes) -> bytes:
     """X25519; a malformed or low-order peer key (all-zero output) is a NoiseError."""
     try:
-        peer = X25519PublicKey.from_public_bytes(public)
-        return X25519PrivateKey.from_private_bytes(private).exchange(peer)
+        return private.exchange(X25519PublicKey.from_public_bytes(public))
     except ValueError as exc:
         raise NoiseError("invalid public key") from exc
+
+
+# Loading a private key computes its public key: a scalar multiplication,
+# as dear as a DH.  A static key is the same for every handshake, so its
+# loaded form is kept (it is in memory as bytes anyway); an ephemeral one is
+# loaded once per handshake and dropped with it (forward secrecy).
+_STATIC_KEYS: dict[bytes, X25519PrivateKey] = {}
+_STATIC_KEYS_MAX = 16
+
+
+def _static_key(private: bytes) -> X25519PrivateKey:
+    key = _STATIC_KEYS.get(private)
+    if key is None:
+        if len(_STATIC_KEYS) >= _STATIC_KEYS_MAX:  # a reload changed keys: start over
+            _STATIC_KEYS.clear()
+        key = _STATIC_KEYS[private] = X25519PrivateKey.from_private_bytes(private)
+    return key
 
 
 def _hkdf(hash_name: str, chaining_key: bytes, ikm: bytes, outputs: int) -> list[bytes]:
@@ -347,8 +363,11 @@ class HandshakeState:
             raise ValueError(f"{protocol_name} needs remote_static on this side")
         if psk is not None and not self.pattern.has_psk:
             raise ValueError(f"{protocol_name} takes no psk")
-        self._s, self._e, self._rs = static_private, ephemeral_private, remote_static
-        self._s_pub = None if static_private is None else public_from_private(static_private)
+        self._s = None if static_private is None else _static_key(static_private)
+        self._e = (None if ephemeral_private is None
+                   else X25519PrivateKey.from_private_bytes(ephemeral_private))
+        self._rs = remote_static
+        self._s_pub = None if self._s is None else self._s.public_key().public_bytes_raw()
         self._psk = psk
         self._re: bytes | None = None
         self._index = 0
@@ -440,8 +459,8 @@ class HandshakeState:
         for token in self.pattern.messages[self._index]:
             if token == "e":
                 if self._e is None:
-                    self._e = generate_keypair()[0]
-                e_pub = public_from_private(self._e)
+                    self._e = X25519PrivateKey.generate()
+                e_pub = self._e.public_key().public_bytes_raw()
                 out += e_pub
                 self._mix_ephemeral(e_pub)
             elif token == "s":

@@ -155,6 +155,12 @@ class Sessions:
             self._client_timers(peer, now)
         self._expire(peer, now)
 
+    def rekey(self, peer: Peer, now: float) -> None:
+        """Client: a new handshake now, as every REKEY_AFTER_S, unless one
+        is on its way; the current session serves until it completes."""
+        if self.spec.role is Role.CLIENT and peer.handshake.pending is None:
+            self._initiate(peer, now)
+
     def wake(self, peer: Peer, now: float) -> None:
         """Client: a packet waits for a session: initiate now unless one is
         on its way."""

@@ -48,6 +48,7 @@ SERVER_OUTER = "172.16.0.1"
 CLIENT_HOP = "172.16.0.2"  # the client namespace's end of the veth
 CLIENTS_OUTER = "172.16.0.0/12"  # the clients' link addresses (see sim.client_source)
 SERVER_PORT = 5000
+REKEY_WINDOW_S = 3.0  # the rekey burst's window, plus N / 250 s
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -63,6 +64,11 @@ class ClientsOptions:
     out: Path = Path("bench/results/clients")
     connect_s: float | None = None  # None: 10 s + N / 100 s
     worker_nice: int = 0  # the load generators' niceness (the server's stays 0)
+
+
+def _drop_count(status: dict[str, Any], reason: str) -> int:
+    drops = status.get("drops")
+    return int(drops.get(reason, 0)) if isinstance(drops, dict) else 0
 
 
 def _cpu_s(pid: int) -> float:
@@ -163,7 +169,11 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
         idle_until = idle_from + opts.idle_s
         send_from = idle_until + 1.0
         send_until = send_from + opts.send_s
-        end_at = send_until + 1.0
+        # The rekey burst: every client handshakes again at once, with the
+        # cookie it holds from connecting (so the server, under load, checks
+        # mac2 and answers in full, or sends a fresh cookie first).
+        rekey_at = send_until + 2.0
+        end_at = rekey_at + REKEY_WINDOW_S + n / 250
         senders = list(range(min(opts.sending, n)))
         shares = [list(range(w, n, opts.workers)) for w in range(opts.workers)]
         workers = []
@@ -171,7 +181,8 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
             spec = {"server": [SERVER_OUTER, SERVER_PORT], "server_public": server_public.hex(),
                     "clients": [{"index": i, "private": keys[i].private.hex()} for i in share],
                     "start_at": start_at, "send_from": send_from, "send_until": send_until,
-                    "end_at": end_at, "senders": senders, "rate_bps": opts.rate_bps}
+                    "end_at": end_at, "senders": senders, "rate_bps": opts.rate_bps,
+                    "rekey_at": rekey_at}
             spec_path = work / f"worker{w}.spec.json"
             spec_path.write_text(json.dumps(spec))
             spec_path.chmod(0o600)
@@ -200,6 +211,12 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
         status = _status(server_ns, config)
         (work / "server-status.json").write_text(json.dumps(status, indent=1))
         udp_by_phase["send"] = _rcvbuf_errors(server_ns)
+        _sleep_until(rekey_at)
+        cpu_r = _cpu_s(server.pid)
+        _sleep_until(end_at)
+        cpu_rekey = _cpu_s(server.pid) - cpu_r
+        udp_by_phase["rekey"] = _rcvbuf_errors(server_ns)
+        after = _status(server_ns, config)
         _sleep_until(end_at + 2.0)
         for proc, _out in workers:
             proc.popen.wait(30)
@@ -213,6 +230,10 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
         rate = (hi - lo) / (times[hi] - times[lo]) if hi > lo and times[hi] > times[lo] else None
         goodputs = [delivered.get(str(client_inner(i)), 0) * 8 / opts.send_s / 1e6
                     for i in senders]
+        rekeys = sorted(c["rekeyed_at"] - rekey_at for c in clients
+                        if c.get("rekeyed_at") is not None)
+        cookies = _drop_count(after, "handshake_cookie_sent") - _drop_count(
+            status, "handshake_cookie_sent")
         peers = status.get("peers", [])
         links_up = sum(1 for p in peers for x in p.get("links", []) if x.get("state") == "up")
         figures = {
@@ -246,6 +267,18 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
                                                        strict=False)],
             "clients_sent_by_type": _sum_counts(r.get("sent_by_type", {}) for r in results),
             "client_drops": _sum_counts(c.get("drops", {}) for c in clients),
+            "rekey": {
+                "clients": sum(c["connected_at"] is not None for c in clients),
+                "completed": len(rekeys),
+                "all_s": round(rekeys[-1], 3) if rekeys else None,
+                "p50_s": round(rekeys[len(rekeys) // 2], 3) if rekeys else None,
+                "server_cpu_s": round(cpu_rekey, 2),
+                "cookie_replies": cookies,
+                # What one core of this server completes, from its CPU time:
+                # the burst's wall-clock rate is the load generator's too.
+                "handshakes_per_cpu_s": (round(len(rekeys) / cpu_rekey)
+                                         if cpu_rekey > 0 else None),
+            },
         }
         (work / "figures.json").write_text(json.dumps(figures, indent=1))
         return figures
@@ -279,6 +312,15 @@ def write_report(rows: list[dict[str, Any]], out: Path) -> None:
             f"| {r['server_drops']} |")
     lines += ["", "Per-client goodput (Mbit/s) of the M senders:", ""]
     lines += [f"- N={r['clients']}: {r['goodput_per_client_mbit']}" for r in rows]
+    lines += ["", "The rekey burst: every connected client handshakes again at once "
+              "(handshakes per CPU-second: what one core of the server completes).", "",
+              "| N | completed | all done (s) | median (s) | server CPU (s) | cookie replies "
+              "| handshakes per CPU-second |", "|" + "---|" * 7]
+    for r in rows:
+        k = r.get("rekey") or {}
+        lines.append(f"| {r['clients']} | {k.get('completed')} / {k.get('clients')} "
+                     f"| {k.get('all_s')} | {k.get('p50_s')} | {k.get('server_cpu_s')} "
+                     f"| {k.get('cookie_replies')} | {k.get('handshakes_per_cpu_s')} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     try:
         import matplotlib

@@ -95,6 +95,8 @@ class SimClient:
     endpoint: Endpoint
     rate_bps: float = 0.0
     connected_at: float | None = None
+    rekeyed_at: float | None = None  # the rekey burst's new session, see start_rekey
+    _rekeying_from: object = None  # the session the rekey replaces
     packets_sent: int = 0
     bytes_sent: int = 0
     _credit_bytes: float = 0.0
@@ -122,6 +124,20 @@ class SimClient:
             self.connected_at = now
             return True
         return False
+
+    def start_rekey(self, now: float) -> None:
+        """Handshake again now (the rekey burst: every client at once)."""
+        self._rekeying_from = self.endpoint.peers[0].current
+        self.rekeyed_at = None
+        self.endpoint.rekey(now)
+
+    def note_rekeyed(self, now: float) -> None:
+        """Call after every input: notes when the rekey's session is up."""
+        if self._rekeying_from is None or self.rekeyed_at is not None:
+            return
+        current = self.endpoint.peers[0].current
+        if current is not None and current is not self._rekeying_from:
+            self.rekeyed_at = now
 
     def next_send(self, now: float) -> float | None:
         """When `poll` next has a packet to send (None: not sending)."""
@@ -236,6 +252,7 @@ class InMemory:
                     ep.handle_timer(self.now)
             for c in self.clients:
                 c.note_connected(self.now)
+                c.note_rekeyed(self.now)
                 c.poll(self.now)
             self._drain()
             if check_timers:

@@ -65,6 +65,8 @@ def main(spec_path: str, out_path: str) -> int:
         time.sleep(min(0.05, max(start_at - time.monotonic(), 0.0)))
     senders = set(spec.get("senders", []))
     send_from, send_until = float(spec["send_from"]), float(spec["send_until"])
+    rekey_at = float(spec.get("rekey_at", float("inf")))
+    rekeyed = False
     end_at = float(spec["end_at"])
     heap: list[tuple[float, int]] = []
     due: list[float | None] = [None] * len(clients)
@@ -101,6 +103,7 @@ def main(spec_path: str, out_path: str) -> int:
         ep.packets_to_deliver()
         ep.take_events()
         client.note_connected(now)
+        client.note_rekeyed(now)
         at = ep.get_timer()
         if client.rate_bps > 0:
             t = client.next_send(now)
@@ -128,6 +131,12 @@ def main(spec_path: str, out_path: str) -> int:
             sending = False
             for client in clients:
                 client.rate_bps = 0.0
+        if not rekeyed and now >= rekey_at:
+            rekeyed = True  # the rekey burst: every client handshakes again at once
+            for slot, client in enumerate(clients):
+                if client.connected_at is not None:
+                    client.start_rekey(now)
+                    flush(slot, now)
         timeout = end_at - now
         if heap:
             timeout = min(timeout, heap[0][0] - now)
@@ -137,6 +146,8 @@ def main(spec_path: str, out_path: str) -> int:
             # Wake for the send phase itself: idle clients' next timers may
             # be seconds away (this slept up to 0.8 s into the phase).
             timeout = min(timeout, send_from - now)
+        if not rekeyed:
+            timeout = min(timeout, rekey_at - now)
         ready = sel.select(max(timeout, 0.0))
         wake = time.monotonic()
         for key, _mask in ready:
@@ -180,6 +191,7 @@ def main(spec_path: str, out_path: str) -> int:
     usage = os.times()
     out = {
         "clients": [{"index": c.index, "connected_at": c.connected_at,
+                     "rekeyed_at": c.rekeyed_at,
                      "bytes_sent": c.bytes_sent, "packets_sent": c.packets_sent,
                      "connected_end": c.endpoint.peers[0].current is not None,
                      "drops": dict(c.endpoint.drops)} for c in clients],

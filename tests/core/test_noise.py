@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from stripe import noise
 from stripe.noise import (
     HandshakeState,
     NoiseError,
@@ -263,3 +264,18 @@ def test_responder_psk_supplied_after_learning_the_client() -> None:
     responder.set_psk(psk_by_client[responder.remote_static])
     initiator.read_message(responder.write_message(b"ok"))
     assert initiator.handshake_hash == responder.handshake_hash
+
+
+def test_static_keys_are_loaded_once_and_ephemerals_never_kept() -> None:
+    """Loading a private key costs a scalar multiplication: a static key is
+    loaded once for every handshake it makes; an ephemeral one lives only
+    in its handshake (forward secrecy), so the cache holds static keys only."""
+    noise._STATIC_KEYS.clear()
+    for _ in range(5):
+        initiator, responder, _, _ = _pair(IKPSK2)
+        responder.read_message(initiator.write_message(b""))
+        initiator.read_message(responder.write_message(b""))
+    # _pair makes a fresh static pair each time: 2 per handshake, no ephemerals.
+    assert len(noise._STATIC_KEYS) == 10
+    static = generate_keypair()[0]
+    assert noise._static_key(static) is noise._static_key(static)

@@ -104,3 +104,19 @@ def test_many_clients_at_once_connect_through_cookies() -> None:
     lab.run(6.0)
     assert lab.server.drops["handshake_cookie_sent"] > 0
     assert all(c.connected_at is not None for c in lab.clients)
+
+
+def test_a_rekey_burst_gives_every_client_a_new_session_through_cookies() -> None:
+    """The bench's rekey burst: 120 clients handshake again at once; the
+    server, under load, takes the cookies they hold from connecting (or
+    sends fresh ones), and every client gets a new session while the old
+    one serves."""
+    lab = _lab(120)
+    lab.run(6.0)
+    old = [c.endpoint.peers[0].current for c in lab.clients]
+    for c in lab.clients:
+        c.start_rekey(lab.now)
+    lab.run(4.0)
+    assert all(c.rekeyed_at is not None for c in lab.clients)
+    assert all(c.endpoint.peers[0].current is not o for c, o in zip(lab.clients, old, strict=True))
+    assert all(p.current is not None for p in lab.server.peers)
