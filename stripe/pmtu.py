@@ -205,7 +205,6 @@ class PmtuSearch:
         on a path that works, not lost to an outage (RFC 8899 5.3 asks the
         same: tell probe loss from path loss).
         """
-        self.awaiting_evidence = False
         if self.size is not None:
             if now < self.wake_at:
                 return None
@@ -213,6 +212,7 @@ class PmtuSearch:
                 self.wake_at = now + EVIDENCE_WAIT_S
                 self.awaiting_evidence = True
                 return None
+            self.awaiting_evidence = False
             if self.tries < MAX_PROBES:
                 return self._probe(self.size, now, timeout_s)
             self._failed(self.size, now)
@@ -305,6 +305,7 @@ class PmtuSearch:
 
     def _forget_probe(self, now: float) -> None:
         self.size, self.tries = None, 0
+        self.awaiting_evidence = False
         self.probe_ids.clear()
         self.wake_at = now
 

@@ -94,6 +94,32 @@ def test_search_finds_the_path_mtu_to_the_byte(path_mtu: int) -> None:
     assert len(sizes) <= 12
 
 
+def test_an_idle_owner_arms_no_timer_while_a_search_waits_for_evidence() -> None:
+    """A try timed out and no small probe since has come back: nothing can
+    happen before one does, so an idle owner polls at its probes instead of
+    every EVIDENCE_WAIT_S (2,000 idle links spun 20,000 wake-ups a second
+    under overload); a busy one keeps the short timer."""
+    path = FakePath(1300)
+    path.up = False  # an outage: tries and small probes alike go unanswered
+    path.run(3.0)
+    search = path.search
+    assert search.awaiting_evidence
+    assert search.owner_timer(float("-inf"), idle=True) is None
+    assert search.owner_timer(float("-inf"), idle=False) == search.next_timer()
+    path.up = True
+    path.run(15.0)
+    assert search.path_mtu == 1300 and not search.awaiting_evidence
+
+
+def test_a_complete_search_rests_until_data_is_sent_after_its_last_probe() -> None:
+    path = FakePath(1300)
+    path.run(15.0)
+    search = path.search
+    assert search.state is SearchState.COMPLETE
+    assert search.owner_timer(search.last_probe - 1.0, idle=False) is None  # no data since
+    assert search.owner_timer(search.last_probe + 1.0, idle=True) == search.next_timer()
+
+
 def test_search_time_is_a_few_seconds() -> None:
     path = FakePath(1300)
     while path.search.path_mtu is None:
