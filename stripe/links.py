@@ -67,8 +67,9 @@ PROBE_INTERVAL_S = 0.2
 # after which an idle link is dead.  Below the client's re-handshake after
 # silence (linkctl.REHANDSHAKE_AFTER_SILENCE_S) with a probe to spare.
 # What it costs: each idle link's probe and answer, on the server a whole
-# wake-up each (~0.1 ms of CPU; 1,000 clients on two links at 3 s: ~8 % of
-# a core, at 2 s ~12 %), on a cellular link a radio wake-up.  What it buys:
+# wake-up each (~0.14 ms of CPU; 1,000 clients on two links at 3 s: 8-13 %
+# of a core on the development VMs, see docs/scaling.md), on a cellular
+# link a radio wake-up.  What it buys:
 # an idle link's death shown within 2.5 intervals; data never waits for it
 # (waking probes every link at once, see the module's docstring).
 IDLE_PROBE_INTERVAL_S = 3.0

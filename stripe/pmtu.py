@@ -25,9 +25,9 @@ IPv4, 88 over IPv6).
    (else when it next does: see `resting`) and sooner after the link lost
    data; a failed confirmation (a black hole) or a local "message too
    long" for a size it allowed starts a new search; a lower path is
-   searched upwards again every `RAISE_INTERVAL_S`.  The published `path_mtu` changes only when a
-   search completes, so a false alarm that the next probe disproves costs
-   nothing.
+   searched upwards again every `RAISE_INTERVAL_S`.  The published
+   `path_mtu` changes only when a search completes, so a false alarm that
+   the next probe disproves costs nothing.
 3. The effective MTU of a peer is the smallest over its up links (the
    scheduler may put any packet on any link), never above the TUN MTU.
    `Oversize` handles an inner packet above it: IPv4 with DF and IPv6 get
