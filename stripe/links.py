@@ -145,7 +145,6 @@ class LinkHealth:
     woke_at: float = float("-inf")
     last_heard: float = float("-inf")  # the newest authenticated datagram on the link
     last_probe_time: float = float("-inf")
-    misses: int = 0  # probes in a row that went unanswered (reset by an ack)
     keep_busy: bool = False  # probed at the busy pace even while idle (see linkctl)
 
     def set_keep_busy(self, keep: bool) -> None:
@@ -180,6 +179,12 @@ class LinkHealth:
         if state is LinkState.UP or state is LinkState.STALE:
             return IDLE_PROBE_INTERVAL_S if self.idle_probes or self.keep_busy else None
         return IDLE_PROBE_INTERVAL_S * float(2 ** min(self.misses, IDLE_PROBE_BACKOFF_STEPS))
+
+    @property
+    def misses(self) -> int:
+        """Probes in a row that went unanswered before the newest: those
+        still outstanding (an ack forgets the older ones), less the newest."""
+        return max(len(self.outstanding) - 1, 0)
 
     def answered(self) -> bool:
         """The newest probe came back (or none was sent yet)."""
@@ -232,8 +237,6 @@ class LinkHealth:
         """Book a probe sent now; returns its id."""
         probe_id = self.next_probe_id
         self.next_probe_id = (probe_id + 1) & 0xFFFFFFFF
-        if not self.answered():
-            self.misses += 1
         self.outstanding[probe_id] = now
         if len(self.outstanding) > MAX_OUTSTANDING_PROBES:
             del self.outstanding[next(iter(self.outstanding))]
@@ -253,7 +256,6 @@ class LinkHealth:
             del self.outstanding[stale]
         self.probes_acked += 1
         self.last_acked_sent = max(self.last_acked_sent, sent)
-        self.misses = 0
         rtt = max(now - sent, 0.0)
         if self.min_rtt_s is None or rtt < self.min_rtt_s:
             self.min_rtt_s = rtt
@@ -264,9 +266,10 @@ class LinkHealth:
             self.srtt_s += 0.125 * (rtt - self.srtt_s)
         self.last_ack_time = now
         self.suspect = False
+        changed = self.update(now, acked=True)
         if self.idle:
-            self._repace()  # an ack-clocked pace (see probe_interval_s) goes on
-        return self.update(now, acked=True)
+            self._repace()  # the ack-clocked pace goes on (see probe_interval_s)
+        return changed
 
     def on_peer_up(self, now: float, srtt_s: float) -> LinkState | None:
         """The peer's probe says it holds the link up: its probes reach us and
@@ -331,8 +334,6 @@ class LinkHealth:
                 self.good_acks += 1
                 if self.good_acks >= RECOVER_ACKS:
                     self.state = LinkState.UP
-                elif self.idle:
-                    self._repace()  # the next acks at the busy pace
             elif send_failed:
                 self.good_acks = 0
         new = self.state

@@ -134,11 +134,6 @@ def _status(ns: str, config: Path) -> dict[str, Any]:
         return {"error": (proc.stderr or proc.stdout)[:300]}
 
 
-def _rcvbuf_errors(ns: str) -> int:
-    """The namespace's UDP receive-buffer drops so far (/proc/net/snmp)."""
-    return udp_drops.parse_snmp_rcvbuf_errors(run(["cat", "/proc/net/snmp"], ns=ns).stdout)
-
-
 def run_clients(opts: ClientsOptions) -> dict[str, Any]:
     """One run with opts.clients clients; returns the figures."""
     n, prefix = opts.clients, opts.prefix
@@ -196,12 +191,12 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
         cpu0 = _cpu_s(server.pid)
         _sleep_until(idle_from)
         cpu_connect = _cpu_s(server.pid) - cpu0
-        udp_by_phase = {"connect": _rcvbuf_errors(server_ns)}
+        udp_by_phase = {"connect": udp_drops.read(server_ns).rcvbuf_errors}
         cpu_a = _cpu_s(server.pid)
         _sleep_until(idle_until)
         cpu_idle = (_cpu_s(server.pid) - cpu_a) / opts.idle_s
         rss_idle = _rss_mb(server.pid)
-        udp_by_phase["idle"] = _rcvbuf_errors(server_ns)
+        udp_by_phase["idle"] = udp_drops.read(server_ns).rcvbuf_errors
         _sleep_until(send_from + 1.0)  # the first second: wake-up and windows opening
         cpu_b = _cpu_s(server.pid)
         t_b = time.monotonic()
@@ -210,12 +205,12 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
         rss_send = _rss_mb(server.pid)
         status = _status(server_ns, config)
         (work / "server-status.json").write_text(json.dumps(status, indent=1))
-        udp_by_phase["send"] = _rcvbuf_errors(server_ns)
+        udp_by_phase["send"] = udp_drops.read(server_ns).rcvbuf_errors
         _sleep_until(rekey_at)
         cpu_r = _cpu_s(server.pid)
         _sleep_until(end_at)
         cpu_rekey = _cpu_s(server.pid) - cpu_r
-        udp_by_phase["rekey"] = _rcvbuf_errors(server_ns)
+        udp_by_phase["rekey"] = udp_drops.read(server_ns).rcvbuf_errors
         after = _status(server_ns, config)
         _sleep_until(end_at + 2.0)
         for proc, _out in workers:
