@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Callable, Coroutine
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import click
 
@@ -63,15 +65,26 @@ def _load(path: str, role: Role,
 
 def _run(path: str, role: Role) -> None:
     from .io.driver import serve
-    from .io.tun import SetupError
 
     cfg = _load(path, role)
-    try:
-        import uvloop
+    if cfg.workers > 1:
+        from .io.workers import supervise
 
-        uvloop.run(serve(cfg))
-    except ImportError:
-        asyncio.run(serve(cfg))
+        _run_loop(lambda: supervise(cfg))
+    else:
+        _run_loop(lambda: serve(cfg))
+
+
+def _run_loop(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    from .io.tun import SetupError
+
+    try:
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(main())
+        else:
+            uvloop.run(main())
     except SetupError as exc:
         click.echo(f"stripe: {exc}", err=True)
         sys.exit(EXIT_SETUP)
@@ -95,6 +108,24 @@ def server(path: str) -> None:
 def client(path: str) -> None:
     """Run the client end: connect to the server over every configured link."""
     _run(path, Role.CLIENT)
+
+
+@main.command(hidden=True)
+@config_option
+@click.option("--worker", "index", type=int, required=True, help="This worker's number.")
+@click.option("--fds", required=True, help="The descriptors it inherits (JSON).")
+def worker(path: str, index: int, fds: str) -> None:
+    """One worker process of a server with `workers = N`: started by
+    `stripe server` itself, with the TUN and sockets it opened."""
+    from .io.workers import WorkerLogPrefix, serve_worker
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(WorkerLogPrefix(index))
+    cfg = _load(path, Role.SERVER)
+    if not 0 <= index < cfg.workers:
+        click.echo(f"stripe: worker {index}: the config has workers = {cfg.workers}", err=True)
+        sys.exit(EXIT_CONFIG)
+    _run_loop(lambda: serve_worker(cfg, index, fds))
 
 
 @main.command()

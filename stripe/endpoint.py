@@ -45,14 +45,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import reconfig, routing
+from . import reconfig, routing, wire
 from .aqm import CoDel
 from .egress import Egress
 from .guard import BlockChanges, SourceGuard
 from .ingress import Ingress
 from .linkctl import LinkControl, client_link
 from .noise import public_from_private
-from .outbox import Address, Datagram, Outbox
+from .outbox import Address, Datagram, Handoff, Outbox
 from .peer import Peer, PeerHandshake
 from .scheduler import make_scheduler
 from .sessions import Sessions
@@ -135,6 +135,11 @@ class Endpoint:
 
     def take_events(self) -> list[tuple[int, str]]:
         return self._outbox.take_events()
+
+    def handoffs_to_send(self) -> list[Handoff]:
+        """Server worker: initiations from peers other workers own, to pass
+        to them whole (see `steering`)."""
+        return self._outbox.take_handoffs()
 
     def sockets_to_close(self) -> list[int]:
         """Client: sockets of removed links whose drain time is over."""
@@ -223,6 +228,17 @@ class Endpoint:
                           now: float) -> None:
         """Datagrams from one source read at once (a GRO train)."""
         self._ingress.receive_datagrams(sock, datagrams, addr, now)
+
+    def receive_handoff(self, sock: int, data: bytes, addr: Address, now: float) -> None:
+        """Server worker: an initiation another worker read on socket `sock`
+        from `addr` and found to be from one of our peers."""
+        try:
+            authenticated = self._sessions.receive_handoff(sock, data, addr, now)
+        except wire.WireError as exc:
+            self._outbox.drops[exc.reason] += 1
+            return
+        if authenticated:
+            self._ingress.guard.succeeded(addr[0], now)
 
     def rekey(self, now: float) -> None:
         """Client: handshake again with every peer now (as every

@@ -76,6 +76,14 @@ class PendingInitiation:
         return HandshakeResult(send, recv, resp.sender_index)
 
 
+class UnknownPeer(KeyError):
+    """A valid initiation from a key this process does not accept."""
+
+    def __init__(self, public_key: bytes) -> None:
+        super().__init__("unknown peer")
+        self.public_key = public_key
+
+
 @dataclass(frozen=True, slots=True)
 class AcceptedInitiation:
     peer_public: bytes
@@ -87,12 +95,14 @@ def read_initiation(
     init: wire.HandshakeInit, static_private: bytes, psk_for: dict[bytes, bytes | None]
 ) -> AcceptedInitiation:
     """Server side: authenticate message 1.  `psk_for` maps each accepted
-    client public key to its psk.  Raises NoiseError (bad crypto) or KeyError
-    (a valid handshake from a key we do not accept)."""
+    client public key to its psk.  Raises NoiseError (bad crypto) or
+    UnknownPeer (a valid handshake from a key we do not accept)."""
     state = HandshakeState(PROTOCOL_NAME, False, PROLOGUE, static_private=static_private)
     payload = state.read_message(init.noise_message)
     peer = state.remote_static
     assert peer is not None
+    if peer not in psk_for:
+        raise UnknownPeer(peer)
     psk = psk_for[peer]
     state.set_psk(psk or NO_PSK)
     if len(payload) != wire.TIMESTAMP_SIZE:

@@ -23,16 +23,20 @@ from typing import Any
 
 Address = tuple[str, int]
 Datagram = tuple[int, bytes, Address]  # (socket index, bytes, destination)
+# An initiation for another worker's peer: (worker, socket index, bytes, source).
+Handoff = tuple[int, int, bytes, Address]
 
 
 class Outbox:
-    __slots__ = ("closed_sockets", "datagrams", "deliveries", "drops", "events", "touched")
+    __slots__ = ("closed_sockets", "datagrams", "deliveries", "drops", "events", "handoffs",
+                 "touched")
 
     def __init__(self) -> None:
         self.datagrams: list[Datagram] = []
         self.deliveries: list[bytes] = []
         self.events: list[tuple[int, str]] = []
         self.closed_sockets: list[int] = []
+        self.handoffs: list[Handoff] = []
         self.drops: Counter[str] = Counter()
         self.touched: dict[int, Any] = {}  # id(peer) -> peer
 
@@ -58,6 +62,10 @@ class Outbox:
 
     def take_events(self) -> list[tuple[int, str]]:
         out, self.events = self.events, []
+        return out
+
+    def take_handoffs(self) -> list[Handoff]:
+        out, self.handoffs = self.handoffs, []
         return out
 
     def take_closed_sockets(self) -> list[int]:

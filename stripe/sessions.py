@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from . import wire
+from . import steering, wire
 from .cookie import (
     CookieChecker,
     CookieJar,
@@ -59,7 +59,13 @@ from .cookie import (
 )
 from .egress import Egress
 from .guard import source_key
-from .handshake import AcceptedInitiation, PendingInitiation, read_initiation, write_response
+from .handshake import (
+    AcceptedInitiation,
+    PendingInitiation,
+    UnknownPeer,
+    read_initiation,
+    write_response,
+)
 from .linkctl import LinkControl
 from .noise import NoiseError, public_from_private
 from .outbox import Address, Outbox
@@ -220,6 +226,12 @@ class Sessions:
         self._receive_cookie_reply(data, now)
         return False
 
+    def receive_handoff(self, sock: int, data: bytes, addr: Address, now: float) -> bool:
+        """An initiation another worker read and passed to us, its owner
+        (see `steering`).  That worker admitted it (its load, cookies and
+        rate limits apply at the door); here it is read again and answered."""
+        return bool(self._receive_init(sock, data, addr, now, trusted=True, admitted=True))
+
     def _draw(self) -> float:
         """Uniform in [0, 1), from the endpoint's random source."""
         return int.from_bytes(self._random_bytes(4), "big") / 2**32
@@ -302,7 +314,7 @@ class Sessions:
         drops["unknown_session"] += 1
 
     def _receive_init(self, sock: int, data: bytes, addr: Address, now: float,
-                      trusted: bool) -> bool | None:
+                      trusted: bool, admitted: bool = False) -> bool | None:
         drops = self._outbox.drops
         if self.spec.role is not Role.SERVER:
             drops["unexpected_handshake"] += 1
@@ -319,7 +331,7 @@ class Sessions:
         # per-source limit.
         limiter = self._limiter
         limiter.note(now)
-        if limiter.under_load():
+        if limiter.under_load() and not admitted:
             if not self._cookies.mac2_valid(data, addr, now):
                 if not self._reply_budget.admit(trusted, now, self._draw):
                     drops["handshake_cookie_withheld"] += 1
@@ -335,7 +347,13 @@ class Sessions:
         except NoiseError:
             drops["bad_handshake"] += 1
             return False
-        except KeyError:
+        except UnknownPeer as exc:
+            if exc.public_key in self.spec.foreign_peers:
+                # Another worker's peer: it answers (it holds the peer's
+                # state); the datagram goes there whole.
+                owner = steering.owner_of(exc.public_key, self.spec.workers)
+                self._outbox.handoffs.append((owner, sock, data, addr))
+                return True
             drops["unknown_peer"] += 1
             return False
         peer = self._peer_by_key[accepted.peer_public]
@@ -399,6 +417,8 @@ class Sessions:
     def _new_index(self) -> int:
         while True:
             index = self._random_index() & 0xFFFFFFFF
+            if self.spec.workers > 1:  # the kernel steers by the worker it names
+                index = steering.session_index(self.spec.worker, index)
             if index not in self.table:
                 return index
 

@@ -69,3 +69,10 @@ class EndpointSpec:
     # such packets, and packets read so are completed for peers that did not
     # say they take them.  Set by the shell from the device, not configured.
     partial_csum: bool = False
+    # A server of several worker processes (see `steering`): this one is
+    # `worker` of `workers`, its session indices say so, and an initiation
+    # from one of `foreign_peers` (the public keys the other workers serve)
+    # is handed to its owner instead of being answered here.
+    worker: int = 0
+    workers: int = 1
+    foreign_peers: frozenset[bytes] = frozenset()

@@ -29,6 +29,11 @@ def _cell(value: Any, fmt: str = "{}") -> str:
 def render(status: dict[str, Any]) -> str:
     lines = [f"stripe {status.get('role', '?')}  tun {status.get('tun', '?')}  "
              f"scheduler {status.get('scheduler', '?')}  up {status.get('uptime_s', '?')} s"]
+    for row in status.get("workers", []):
+        lines.append(f"worker {row.get('worker')}  tun {row.get('tun')}  pid "
+                     f"{_cell(row.get('pid'))}  peers {_cell(row.get('peers'))}  restarts "
+                     f"{row.get('restarts', 0)}" + (f"  {row['error']}" if row.get("error")
+                                                    else ""))
     mtu = status.get("mtu") or {}
     if mtu:
         extra = {k: v for k, v in mtu.items() if k not in ("tun", "probing", "derivation")}
@@ -38,7 +43,8 @@ def render(status: dict[str, Any]) -> str:
     for peer in status.get("peers", []):
         key = peer.get("public_key", "")
         lines.append("")
-        lines.append(f"peer {key[:16]}…  session {_cell(peer.get('session'))}  "
+        worker = f"  worker {peer['worker']}" if "worker" in peer else ""
+        lines.append(f"peer {key[:16]}…{worker}  session {_cell(peer.get('session'))}  "
                      f"last handshake {_cell(peer.get('last_handshake_s_ago'), '{} s ago')}  "
                      f"queued {peer.get('queued', 0)}  mtu {_cell(peer.get('mtu'))}")
         links = peer.get("links", [])
@@ -91,6 +97,33 @@ def render(status: dict[str, Any]) -> str:
     if errors:
         lines.append("io errors: " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items())))
     return "\n".join(lines)
+
+
+# A server's worker status: these tables of counters are summed, the peers
+# listed together (each row says its worker), the rest taken from the first
+# worker that answered.
+_SUMMED = ("drops", "io_errors", "datapath", "source_guard")
+
+
+def merge_workers(replies: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """One status from the workers' (None: a worker that did not answer)."""
+    answered = [(k, reply) for k, reply in enumerate(replies) if reply is not None]
+    merged: dict[str, Any] = dict(answered[0][1]) if answered else {}
+    merged["peers"] = []
+    for table in _SUMMED:
+        merged[table] = {}
+    for k, reply in answered:
+        merged["peers"] += [{**peer, "worker": k} for peer in reply.get("peers", [])]
+        for table in _SUMMED:
+            into = merged[table]
+            for key, value in (reply.get(table) or {}).items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    into[key] = into.get(key, 0) + value
+                else:
+                    into.setdefault(key, value)
+    merged.pop("worker", None)
+    merged.pop("pid", None)
+    return merged
 
 
 def snapshot(spec: EndpointSpec, peers_state: list[Peer], drops: Mapping[str, int],

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..aqm import DEFAULT_TARGET_S
 from ..spec import EndpointSpec, LinkSpec, PeerSpec, Role
+from ..steering import owner_of
 
 # The TUN MTU by default: derived at start from the links' interfaces and
 # routes (see stripe.pmtu and stripe.io.path_mtu).
@@ -126,6 +127,32 @@ class Config:
     duplicate_dscp: tuple[int, ...] = ()
     # Queue management (see `aqm`): None turns it off.
     queue_target_ms: float | None = DEFAULT_QUEUE_TARGET_MS
+    # Server: worker processes (see `steering`, stripe/io/workers.py).
+    # `worker` is not configured: it is set in each worker process's copy of
+    # the config (`worker_share`); None in a single process or the supervisor.
+    workers: int = 1
+    worker: int | None = None
+
+    def worker_tun(self, worker: int) -> str:
+        """Worker `worker`'s TUN device: the configured name for worker 0
+        (it has the addresses), NAME-k for the others (routes only)."""
+        return self.tun_name if worker == 0 else f"{self.tun_name}-{worker}"
+
+    def worker_control_socket(self, worker: int) -> Path:
+        """Worker `worker`'s own status socket (the supervisor's is `control_socket`)."""
+        path = self.control_socket
+        return path.with_name(f"{path.stem}-w{worker}{path.suffix}")
+
+    def worker_share(self, worker: int) -> Config:
+        """This config as worker `worker` runs it: its TUN, its status
+        socket, no metrics server (the supervisor's), its peers (see
+        `endpoint_spec`)."""
+        return replace(self, worker=worker, tun_name=self.worker_tun(worker),
+                       control_socket=self.worker_control_socket(worker), metrics=None,
+                       masquerade=())
+
+    def owned_peers(self, worker: int) -> tuple[PeerSpec, ...]:
+        return tuple(p for p in self.peers if owner_of(p.public_key, self.workers) == worker)
 
     def endpoint_spec(self, tunnel_mtu: int | None = None) -> EndpointSpec:
         """`tunnel_mtu`: the TUN's MTU as set up (needed when `mtu` is auto)."""
@@ -134,14 +161,18 @@ class Config:
             for i, link in enumerate(self.links)
         ) if self.role is Role.CLIENT else ()
         hold = None if self.reorder_hold_ms is None else self.reorder_hold_ms / 1000
+        worker = self.worker or 0
+        peers = self.peers if self.worker is None else self.owned_peers(worker)
         return EndpointSpec(
             self.role, self.private_key,
-            self.peers,
+            peers,
             links, self.scheduler, hold,
             tunnel_mtu=tunnel_mtu if tunnel_mtu is not None else self.mtu,
             pmtu_probe=self.pmtu_probe,
             duplicate_below=self.duplicate_below,
             duplicate_dscp=frozenset(self.duplicate_dscp),
             queue_target_s=None if self.queue_target_ms is None else self.queue_target_ms / 1000,
+            worker=worker, workers=1 if self.worker is None else self.workers,
+            foreign_peers=frozenset(p.public_key for p in self.peers if p not in peers),
         )
 

@@ -21,6 +21,7 @@ from typing import Any
 from ..pmtu import MAX_MTU, MIN_MTU_IPV4, MIN_MTU_IPV6
 from ..scheduler import SCHEDULERS
 from ..spec import PeerSpec, Role
+from ..steering import MAX_WORKERS
 from ..wire import MAX_LINKS
 from .files import FileContent, ReadFile, key_from, read_local_file
 from .model import (
@@ -150,6 +151,14 @@ def _parse(path: str, data: dict[str, Any], role: Role,
                              what="a queueing delay in ms, or 0 (off)")
     iface.check("queue_target_ms", 0 <= queue_target <= MAX_QUEUE_TARGET_MS,
                 f"expected 0 (off) .. {MAX_QUEUE_TARGET_MS:g} ms, got {queue_target:g}")
+    workers = iface.get("workers", int, 1, what="a number of worker processes")
+    iface.check("workers", role is Role.SERVER or "workers" not in iface.table,
+                "only a server has worker processes; remove it from the client config")
+    iface.check("workers", 1 <= workers <= MAX_WORKERS,
+                f"expected 1 .. {MAX_WORKERS} worker processes, got {workers}")
+    iface.check("workers", workers == 1 or len(f"{tun_name}-{workers - 1}") <= IFNAMSIZ,
+                f"each worker gets a TUN named {tun_name}-1 .. {tun_name}-{workers - 1}: "
+                f"the name must leave room for that within {IFNAMSIZ} characters")
     iface.finish()
 
     peers = tuple(
@@ -160,6 +169,13 @@ def _parse(path: str, data: dict[str, Any], role: Role,
     if len(set(keys)) != len(keys):
         raise top.error("peer", "two peers have the same public_key")
 
+    if workers > 1:
+        for name, peer in zip(peer_names, peers, strict=True):
+            if any(net.prefixlen == 0 for net in peer.allowed_ips):
+                raise ConfigError(
+                    f"{path}: {name}: allowed_ips: with workers > 1 every peer needs "
+                    "allowed_ips narrower than 0.0.0.0/0 and ::/0 (each worker's TUN gets "
+                    "routes to its own peers' addresses)")
     if role is Role.CLIENT and not raw_links:
         raise top.error("link", "a client needs at least one [[link]] with a remote")
     if len(raw_links) > MAX_LINKS:
@@ -179,7 +195,8 @@ def _parse(path: str, data: dict[str, Any], role: Role,
     config = Config(path, role, tun_name, tuple(addresses), mtu, private_key, peers,
                     scheduler, hold, listen_port, links, Path(control_text), user or None,
                     metrics, route_all, link_routes, masquerade, offload, pmtu_probe,
-                    duplicate_below, tuple(sorted(set(dscp))), queue_target or None)
+                    duplicate_below, tuple(sorted(set(dscp))), queue_target or None,
+                    workers)
     tables = [config.link_table(i) for i in range(len(links))]
     if (route_all or link_routes) and len(set(tables)) != len(tables):
         raise top.error("link", f"two links use the same routing table: {tables}")

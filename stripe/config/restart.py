@@ -25,7 +25,8 @@ RESTART_KEYS = {
     "user": "interface.user", "metrics": "interface.metrics",
     "route_all": "interface.route_all", "link_routes": "interface.link_routes",
     "masquerade": "interface.masquerade", "offload": "interface.offload",
-    "pmtu_probe": "interface.pmtu_probe",
+    "pmtu_probe": "interface.pmtu_probe", "workers": "interface.workers",
+    "worker": "interface.workers",
 }
 LIVE_FIELDS = frozenset({"path", "peers", "scheduler", "reorder_hold_ms", "links",
                          "duplicate_below", "duplicate_dscp", "queue_target_ms"})
@@ -46,7 +47,15 @@ def restart_needed(old: Config, new: Config) -> str | None:
         return (f"{new.path}: link: with route_all or link_routes, links added, removed, "
                 "moved or given another gateway or table change the routes set up at "
                 "start: needs a restart")
+    if new.workers > 1 and _listening(old) != _listening(new):
+        return (f"{new.path}: link: with workers > 1, the server's listening sockets are "
+                "opened by the supervisor at start: adding, removing or moving one needs "
+                "a restart")
     return None
+
+
+def _listening(cfg: Config) -> list[tuple[object, ...]]:
+    return [(link.interface, link.source, link.port) for link in cfg.links]
 
 
 def _routed(cfg: Config) -> list[tuple[object, ...]]:

@@ -41,8 +41,10 @@ import struct
 import time
 from collections import Counter
 from collections.abc import Collection
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
+
+import msgpack
 
 from ..coalesce import coalesce
 from ..config import Config
@@ -93,20 +95,38 @@ LINK_DOWN_ERRNOS = {
 }
 
 
+@dataclass
+class Inherited:
+    """What a server worker gets from its supervisor instead of opening it
+    (see `workers`): its TUN, its socket of each listening link's group, and
+    the handoff channel: its own inbox and the other workers' (by worker)."""
+
+    tun: Tun
+    sockets: dict[int, socket.socket]
+    inbox: socket.socket
+    inboxes: dict[int, socket.socket] = field(default_factory=dict)
+
+
 class Driver:
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop,
+                 inherited: Inherited | None = None) -> None:
         self.config = config
         self.loop = loop
         self.mtu = resolve_tunnel_mtu(config)
         log.info("%s", self.mtu.explanation)
         for warning in self.mtu.warnings:
             log.warning("%s", warning)
-        self.tun = Tun(config.tun_name, self.mtu.mtu, config.addresses, offload=config.offload)
-        try:
-            self.sockets = open_sockets(config)
-        except Exception:
-            self.tun.close()
-            raise
+        self.inherited = inherited
+        if inherited is not None:
+            self.tun, self.sockets = inherited.tun, dict(inherited.sockets)
+        else:
+            self.tun = Tun(config.tun_name, self.mtu.mtu, config.addresses,
+                           offload=config.offload)
+            try:
+                self.sockets = open_sockets(config)
+            except Exception:
+                self.tun.close()
+                raise
         self.gso = {i: config.offload and gso_supported(s) for i, s in self.sockets.items()}
         self.gro = {i: config.offload and enable_gro(s) for i, s in self.sockets.items()}
         # time.monotonic(), not loop.time(): uvloop's clock ticks in whole
@@ -141,6 +161,8 @@ class Driver:
         self.loop.add_reader(self.tun.fd, self._on_tun)
         for index, sock in self.sockets.items():
             self.loop.add_reader(sock.fileno(), self._on_socket, index, sock)
+        if self.inherited is not None:
+            self.loop.add_reader(self.inherited.inbox.fileno(), self._on_handoff)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self.loop.add_signal_handler(sig, self.stop)
         self.loop.add_signal_handler(signal.SIGUSR1, self._log_status)
@@ -164,6 +186,8 @@ class Driver:
         for index in list(self.sockets):
             self.close_socket(index)
         self.tun.close()
+        if self.inherited is not None:
+            self.loop.remove_reader(self.inherited.inbox.fileno())
         log.info("stopped; drops %s; io errors %s", dict(self.core.drops), dict(self.io_errors))
 
     def status(self) -> dict[str, Any]:
@@ -173,6 +197,9 @@ class Driver:
         status["tun"] = self.tun.name
         status["scheduler"] = self.config.scheduler
         status["uptime_s"] = round(now - self.started, 1)
+        if self.config.worker is not None:
+            status["worker"] = self.config.worker
+            status["pid"] = os.getpid()
         status["datapath"] = {"tun": self.tun.offload, "udp_gso": _on_off(self.gso.values()),
                               "udp_gro": _on_off(self.gro.values()), **self.io_counts}
         status["mtu"]["derivation"] = self.mtu.explanation
@@ -291,6 +318,51 @@ class Driver:
         counts["udp_datagrams_in"] += datagrams
         self._flush(now)
 
+    def _on_handoff(self) -> None:
+        """Initiations other workers read for our peers (see `steering`):
+        [socket id, host, port, datagram], msgpack.  Our own processes
+        wrote them, but a message that does not have that shape is
+        counted and dropped like any input."""
+        assert self.inherited is not None
+        now = time.monotonic()
+        inbox = self.inherited.inbox
+        for _ in range(READ_BATCH):
+            try:
+                message = inbox.recv(MAX_DATAGRAM)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.io_errors[f"handoff_recv_{_errno_name(exc)}"] += 1
+                break
+            try:
+                sock, host, port, data = msgpack.unpackb(message)
+                if not (isinstance(sock, int) and isinstance(host, str)
+                        and isinstance(port, int) and isinstance(data, bytes)):
+                    raise ValueError("bad field types")
+            except (ValueError, TypeError, msgpack.UnpackException):
+                self.io_errors["handoff_malformed"] += 1
+                continue
+            self.io_counts["handshakes_taken_over"] += 1
+            try:
+                self.core.receive_handoff(sock, data, (host, port), now)
+            except Exception as exc:
+                self._core_failed("receive_handoff", exc)
+        self._flush(now)
+
+    def _send_handoffs(self) -> None:
+        assert self.inherited is not None
+        for worker, sock, data, addr in self.core.handoffs_to_send():
+            inbox = self.inherited.inboxes.get(worker)
+            if inbox is None:
+                self.io_errors["handoff_no_worker"] += 1
+                continue
+            try:
+                inbox.send(msgpack.packb([sock, addr[0], addr[1], data]))
+            except OSError as exc:  # the owner is not reading (restarting, overloaded)
+                self.io_errors[f"handoff_send_{_errno_name(exc)}"] += 1
+                continue
+            self.io_counts["handshakes_handed_off"] += 1
+
     def flush(self, now: float) -> None:
         """Drain the core's outputs after an input from outside (a reload)."""
         self._flush(now)
@@ -317,6 +389,8 @@ class Driver:
         packets = core.packets_to_deliver()
         if packets:
             self._write_tun(packets)
+        if self.inherited is not None:
+            self._send_handoffs()
         for index in core.sockets_to_close():
             self.close_socket(index)
         for level, message in core.take_events():
@@ -531,9 +605,11 @@ def _on_off(flags: Collection[bool]) -> str:
     return "off" if not any(flags) else f"on for {sum(flags)} of {len(flags)} sockets"
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, inherited: Inherited | None = None) -> None:
+    """Run one stripe process: a client, a server, or one worker of a
+    server (`inherited`: what its supervisor opened for it)."""
     loop = asyncio.get_running_loop()
-    driver = Driver(config, loop)
+    driver = Driver(config, loop, inherited)
     control = ControlServer(config.control_socket, {
         "status": lambda _request: driver.status(),
         "reload": driver.reloader.handle_request,

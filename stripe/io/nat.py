@@ -41,16 +41,20 @@ def table_name(tun_name: str) -> str:
     return "stripe_" + re.sub(r"[^A-Za-z0-9_]", "_", tun_name)
 
 
-def ruleset(tun_name: str, interfaces: tuple[str, ...]) -> str:
+def ruleset(tun_name: str, interfaces: tuple[str, ...], tuns: tuple[str, ...] = ()) -> str:
+    """`tuns`: every TUN whose packets are masqueraded (a server with
+    workers has one per worker); default: `tun_name` alone."""
     table = table_name(tun_name)
     out = ", ".join(f'"{name}"' for name in interfaces)
+    tuns = tuns or (tun_name,)
+    inputs = f'"{tuns[0]}"' if len(tuns) == 1 else "{ " + ", ".join(f'"{t}"' for t in tuns) + " }"
     return (
         f"add table inet {table}\n"
         f"delete table inet {table}\n"
         f"table inet {table} {{\n"
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n"
-        f'    iifname "{tun_name}" oifname {{ {out} }} masquerade\n'
+        f'    iifname {inputs} oifname {{ {out} }} masquerade\n'
         "  }\n"
         "}\n"
     )
@@ -59,7 +63,9 @@ def ruleset(tun_name: str, interfaces: tuple[str, ...]) -> str:
 def set_up(config: Config, tun_name: str, undo: Undo) -> None:
     table = table_name(tun_name)
     try:
-        result = subprocess.run(["nft", "-f", "-"], input=ruleset(tun_name, config.masquerade),
+        tuns = tuple(config.worker_tun(k) for k in range(config.workers))
+        result = subprocess.run(["nft", "-f", "-"],
+                                input=ruleset(tun_name, config.masquerade, tuns),
                                 capture_output=True, text=True, timeout=NFT_TIMEOUT_S,
                                 check=False)
     except FileNotFoundError:

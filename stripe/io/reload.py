@@ -96,6 +96,8 @@ class Reloader:
                 new = await asyncio.get_running_loop().run_in_executor(None, load)
             except ConfigError as exc:
                 return self._failed(str(exc))
+            if old.worker is not None:  # a server worker runs its share of it
+                new = new.worker_share(old.worker)
             return self.apply(new)
 
     def apply(self, new: Config) -> dict[str, Any]:

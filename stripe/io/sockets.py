@@ -70,9 +70,10 @@ def _family(*hosts: str | None) -> socket.AddressFamily:
 
 
 def open_link_socket(link: LinkConfig, probe_pmtu: bool = False,
-                     share: bool = False) -> socket.socket:
+                     share: bool = False, reuse_port: bool = False) -> socket.socket:
     """`share`: bind with SO_REUSEADDR (the caller clears it right after,
-    see the module doc)."""
+    see the module doc).  `reuse_port`: one of a server's worker sockets
+    (see `reuseport`), which the supervisor opens all at once."""
     remote_host = link.remote[0] if link.remote else None
     family = _family(link.source, remote_host)
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -81,6 +82,8 @@ def open_link_socket(link: LinkConfig, probe_pmtu: bool = False,
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)
         if share:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if link.interface:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, link.interface.encode())
         if probe_pmtu:

@@ -238,11 +238,16 @@ def attach(sock: socket.socket, code: bytes | None) -> None:
         with contextlib.suppress(OSError):  # ENOENT: no filter attached
             sock.setsockopt(socket.SOL_SOCKET, SO_DETACH_FILTER, 0)
         return
+    set_program(sock, SO_ATTACH_FILTER, code)
+
+
+def set_program(sock: socket.socket, option: int, code: bytes) -> None:
+    """setsockopt(SOL_SOCKET, `option`) with a classic BPF program (`encode`)."""
     buffer = ctypes.create_string_buffer(code, len(code))
     # struct sock_fprog {u16 len; struct sock_filter *filter}: the kernel
     # copies the program during the call, so `buffer` only has to live until then.
     fprog = struct.pack("=HxxxxxxQ", len(code) // _INSN.size, ctypes.addressof(buffer))
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    sock.setsockopt(socket.SOL_SOCKET, option, fprog)
 
 
 def apply(sock: socket.socket, keys: Sequence[str], handshake_sample: int = 1) -> None:

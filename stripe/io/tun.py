@@ -35,11 +35,13 @@ class SetupError(Exception):
 class Tun:
     def __init__(self, name: str, mtu: int,
                  addresses: tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...],
-                 offload: bool = False) -> None:
+                 offload: bool = False, ipv6: bool | None = None) -> None:
+        """`ipv6`: whether the tunnel carries IPv6 (default: if an address
+        is IPv6; a worker's TUN has no address but routes)."""
         # What the device does; "off: <why>" when the plain device is in use.
         self.offload = "off: disabled in the config"
         self.vnet_hdr = False
-        self._dev = _open(name, vnet_hdr=offload)
+        self._dev: pytun.TunTapDevice | None = _open(name, vnet_hdr=offload)
         if offload:
             flags = _enable_offloads(self._dev.fileno())
             if flags:
@@ -53,7 +55,8 @@ class Tun:
         self.fd: int = self._dev.fileno()
         try:
             self._dev.mtu = mtu
-            if not any(address.version == 6 for address in addresses):
+            if not (any(address.version == 6 for address in addresses) if ipv6 is None
+                    else ipv6):
                 # No IPv6 in the tunnel: keep the kernel from sending router
                 # solicitations and multicast reports from a link-local address
                 # through it (the peer would drop them as unroutable).
@@ -66,8 +69,22 @@ class Tun:
             raise SetupError(f"cannot configure TUN device {name!r}: {exc}") from None
         os.set_blocking(self.fd, False)
 
+    @classmethod
+    def adopt(cls, fd: int, name: str, vnet_hdr: bool, offload: str) -> Tun:
+        """A device another process opened and configured (a server worker
+        gets its TUN from the supervisor, which keeps it open: routes stay
+        when a worker restarts)."""
+        tun = cls.__new__(cls)
+        tun._dev = None
+        tun.name, tun.fd, tun.vnet_hdr, tun.offload = name, fd, vnet_hdr, offload
+        os.set_blocking(fd, False)
+        return tun
+
     def close(self) -> None:
-        self._dev.close()  # a non-persistent TUN disappears with its last fd
+        if self._dev is None:
+            os.close(self.fd)
+        else:
+            self._dev.close()  # a non-persistent TUN disappears with its last fd
 
 
 def _open(name: str, vnet_hdr: bool) -> pytun.TunTapDevice:

@@ -52,16 +52,26 @@ class Net:
                     client.handle_timer(self.now)
                     for _sock, data, _addr in client.datagrams_to_send():
                         moved = True
-                        self.server.receive_datagram(0, data, self.addrs[i], self.now)
+                        self.to_server(data, self.addrs[i])
                     self.delivered.setdefault(i, []).extend(client.packets_to_deliver())
-                self.server.handle_timer(self.now)
-                for _sock, data, addr in self.server.datagrams_to_send():
-                    moved = True
-                    i = self.addrs.index(addr)
-                    self.clients[i].receive_datagram(0, data, SERVER_ADDR, self.now)
-                self.delivered["server"].extend(self.server.packets_to_deliver())
+                moved = self.server_turn() or moved
                 if not moved:
                     break
+
+    def to_server(self, data: bytes, source: tuple[str, int]) -> None:
+        self.server.receive_datagram(0, data, source, self.now)
+
+    def server_turn(self) -> bool:
+        """The server's timers and outputs; True if it sent anything."""
+        self.server.handle_timer(self.now)
+        return self.from_server(self.server, "server")
+
+    def from_server(self, server: Endpoint, name: int | str) -> bool:
+        datagrams = server.datagrams_to_send()
+        for _sock, data, addr in datagrams:
+            self.clients[self.addrs.index(addr)].receive_datagram(0, data, SERVER_ADDR, self.now)
+        self.delivered.setdefault(name, []).extend(server.packets_to_deliver())
+        return bool(datagrams)
 
 
 def test_allowed_ips_longest_prefix_match() -> None:

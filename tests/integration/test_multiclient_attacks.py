@@ -43,6 +43,7 @@ class MultiLab:
     procs: list[Proc] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
     server_public: bytes = b""
+    keys: list[tuple[bytes, bytes]] = field(default_factory=list)
 
     @property
     def server_ns(self) -> str:
@@ -74,12 +75,16 @@ class MultiLab:
             # (the attacker's capture) sees what a real one would.
             run(["ethtool", "-K", cif, "tx-udp-segmentation", "off"], ns=self.ns(i))
 
-    def start(self) -> None:
+    def client_keys(self) -> list[tuple[bytes, bytes]]:
+        return [generate_keypair() for _ in range(self.n_clients)]
+
+    def start(self, server_extra: tuple[str, ...] = ()) -> None:
         spriv, self.server_public = generate_keypair()
-        keys = [generate_keypair() for _ in range(self.n_clients)]
+        self.keys = keys = self.client_keys()
         tun = f"{self.prefix}t"
         server = ["[interface]", f'name = "{tun}"', f'address = ["{SERVER_TUN}/24"]',
-                  f'private_key = "{encode_key(spriv)}"', f"listen_port = {PORT}"]
+                  f'private_key = "{encode_key(spriv)}"', f"listen_port = {PORT}",
+                  *server_extra]
         for i, (_, pub) in enumerate(keys):
             server += ["[[peer]]", f'public_key = "{encode_key(pub)}"',
                        f'allowed_ips = ["{client_tun(i)}/32"]']
@@ -92,7 +97,7 @@ class MultiLab:
                 "[[link]]", 'name = "uplink"', f'interface = "{self.prefix}v{i}"',
                 f'remote = "10.{60 + i}.0.2:{PORT}"'])
         for i in range(self.n_clients):
-            wait_ping(self.ns(i), SERVER_TUN, self)
+            wait_ping(self.ns(i), SERVER_TUN, self, timeout_s=20)
 
     def _launch(self, ns: str, name: str, lines: list[str]) -> None:
         path = self.workdir / f"{name}.toml"
@@ -131,18 +136,22 @@ def wait_ping(ns: str, address: str, lab: MultiLab, timeout_s: float = 15.0) -> 
     raise AssertionError(f"{ns}: no ping to {address}\n{lab.logs()}")
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[MultiLab]:
+def running(made: MultiLab, server_extra: tuple[str, ...] = ()) -> Iterator[MultiLab]:
+    """A fixture's body: the lab up and started, torn down whatever happens."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    made = MultiLab("sm" + secrets.token_hex(2), tmp_path)
     try:
         made.up()
-        made.start()
+        made.start(server_extra)
         yield made
     finally:
         made.down()
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[MultiLab]:
+    yield from running(MultiLab("sm" + secrets.token_hex(2), tmp_path))
 
 
 SOURCE = """

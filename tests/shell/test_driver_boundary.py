@@ -62,6 +62,7 @@ def make_driver(loop: asyncio.AbstractEventLoop) -> Any:
     private, _ = generate_keypair()
     driver: Any = Driver.__new__(Driver)
     driver.loop = loop
+    driver.inherited = None
     driver.core = FailingCore(
         EndpointSpec(Role.SERVER, private, (PeerSpec(generate_keypair()[1], None),)),
         time.monotonic())
