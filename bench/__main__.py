@@ -336,6 +336,24 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--out", default=None, help="results directory (default "
                     "bench/results/clients-<time>)")
 
+    wk = sub.add_parser(
+        "workers",
+        help="issue 19: a server's processing rate with workers = 1 and 2, side by side "
+        "(sealed blasts from C clients, then one client alone)",
+    )
+    wk.add_argument("--workers", default="1,2", help="comma list of worker counts (default 1,2)")
+    wk.add_argument("--clients", type=int, default=8, help="clients sending at once (default 8)")
+    wk.add_argument("--repeat", type=int, default=3)
+    wk.add_argument("--seconds", type=float, default=4.0, help="the blast's length (default 4)")
+    wk.add_argument("--rate-kpps", type=float, default=400.0,
+                    help="offered datagrams per second, thousands (default 400: above what "
+                    "the server takes)")
+    wk.add_argument("--inner-bytes", type=int, default=100, help="inner packet size (default 100)")
+    wk.add_argument("--no-single", action="store_true", help="skip the one-client runs")
+    wk.add_argument("--prefix", default="cw", help="namespace and interface name prefix")
+    wk.add_argument("--out", default=None, help="results directory (default "
+                    "bench/results/workers-<time>)")
+
     sub.add_parser("list", help="list scenario presets")
 
     clean = sub.add_parser(
@@ -497,6 +515,20 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]))
             write_report(rows, out_dir)
         print(f"results: {out_dir / 'results.md'}")
+        return 0
+    if args.command == "workers":
+        _need_root()
+        import time as _time
+
+        from bench.clients.rate import RateOptions, run_rates
+
+        ropts = RateOptions([int(x) for x in args.workers.split(",")], args.clients,
+                            args.repeat, args.seconds, args.rate_kpps * 1000, args.inner_bytes,
+                            not args.no_single, args.prefix,
+                            Path(args.out or f"bench/results/workers-"
+                                             f"{_time.strftime('%Y%m%d-%H%M%S')}"))
+        run_rates(ropts)
+        print(f"results: {ropts.out / 'results.md'}")
         return 0
     if args.command == "cleanup":
         _need_root()

@@ -35,6 +35,7 @@ from bench.clients.sim import (
     LINKS_PER_CLIENT,
     SERVER_INNER,
     SINK_PORT,
+    ClientKeys,
     client_inner,
     client_source,
     jain,
@@ -88,10 +89,13 @@ def _sleep_until(at: float) -> None:
         time.sleep(min(left, 0.5))
 
 
-def _server_config(path: Path, private: bytes, publics: list[bytes]) -> None:
+def _server_config(path: Path, private: bytes, publics: list[bytes],
+                   extra: tuple[str, ...] = ()) -> None:
+    """`extra`: more lines for [interface]."""
     lines = ["[interface]", f'name = "{path.stem[:12]}"',
              f'address = ["{SERVER_INNER}/{INNER_NET.prefixlen}"]', "mtu = 1400",
-             f'private_key = "{encode_key(private)}"', f"listen_port = {SERVER_PORT}", ""]
+             f'private_key = "{encode_key(private)}"', f"listen_port = {SERVER_PORT}",
+             *extra, ""]
     for i, public in enumerate(publics):
         lines += ["[[peer]]", f'public_key = "{encode_key(public)}"',
                   f'allowed_ips = ["{client_inner(i)}/32"]', ""]
@@ -124,6 +128,22 @@ def _lab_up(prefix: str, count: int) -> tuple[str, str]:
     return server_ns, client_ns
 
 
+def start_server(work: Path, prefix: str, ns: str, keys: list[ClientKeys], procs: list[Proc],
+                 extra: tuple[str, ...] = ()) -> tuple[Proc, Path, bytes]:
+    """`stripe server` in `ns` with a peer per key (`extra`: more [interface]
+    lines), added to `procs`, given 3 s to start; with its config and public key."""
+    private, public = generate_keypair()
+    config = work / f"{prefix}srv.toml"
+    _server_config(config, private, [k.public for k in keys], extra)
+    server = Proc("stripe-server", stripe_cmd("--log-level", "warning", "server", "-c",
+                                               str(config)), ns, work / "server.log")
+    procs.append(server)
+    time.sleep(3.0)
+    if not server.alive():
+        raise RuntimeError("stripe server died:\n" + server.tail())
+    return server, config, public
+
+
 def _status(ns: str, config: Path) -> dict[str, Any]:
     proc = run(["ip", "netns", "exec", ns, *stripe_cmd("status", "-c", str(config), "--json")],
                check=False, timeout_s=60)
@@ -143,16 +163,8 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
     procs: list[Proc] = []
     try:
         server_ns, client_ns = _lab_up(prefix, n)
-        server_private, server_public = generate_keypair()
         keys = make_keys(n)
-        config = work / f"{prefix}srv.toml"
-        _server_config(config, server_private, [k.public for k in keys])
-        server = Proc("stripe-server", stripe_cmd("--log-level", "warning", "server", "-c",
-                                                   str(config)), server_ns, work / "server.log")
-        procs.append(server)
-        time.sleep(3.0)
-        if not server.alive():
-            raise RuntimeError("stripe server died:\n" + server.tail())
+        server, config, server_public = start_server(work, prefix, server_ns, keys, procs)
         sink_out = work / "sink.json"
         sink = Proc("sink", [sys.executable, "-m", "bench.clients.sink", str(SERVER_INNER),
                              str(SINK_PORT), str(sink_out)], server_ns, work / "sink.log")
@@ -281,10 +293,15 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
         (work / "figures.json").write_text(json.dumps(figures, indent=1))
         return figures
     finally:
-        for proc in reversed(procs):
-            proc.stop()
-        cleanup_prefix(prefix)
-        Path(f"/tmp/{prefix}-addrs.batch").unlink(missing_ok=True)
+        lab_down(procs, prefix)
+
+
+def lab_down(procs: list[Proc], prefix: str) -> None:
+    """Stop what was started (newest first) and delete the lab (`_lab_up`)."""
+    for proc in reversed(procs):
+        proc.stop()
+    cleanup_prefix(prefix)
+    Path(f"/tmp/{prefix}-addrs.batch").unlink(missing_ok=True)
 
 
 def _sum_counts(counts: Iterable[dict[str, int]]) -> dict[str, int]:

@@ -31,6 +31,20 @@ from bench.lab.synthetic import percentile
 from stripe.noise import public_from_private
 
 
+def open_sockets(client: SimClient, slot: int,
+                 sel: selectors.BaseSelector) -> list[socket.socket]:
+    """One UDP socket per link of the client, bound to the link's own source
+    address, registered for reading with (slot, link) as its data."""
+    socks = []
+    for link in range(len(client.endpoint.spec.links)):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((client_source(client.index, link), 0))
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ, (slot, link))
+        socks.append(s)
+    return socks
+
+
 def main(spec_path: str, out_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     server = (spec["server"][0], int(spec["server"][1]))
@@ -51,14 +65,7 @@ def main(spec_path: str, out_path: str) -> int:
                                   public_from_private(private)),
                                   server_public, server, now, wall_offset)
         clients.append(client)
-        mine = []
-        for link in range(LINKS_PER_CLIENT):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind((client_source(client.index, link), 0))
-            s.setblocking(False)
-            sel.register(s, selectors.EVENT_READ, (slot, link))
-            mine.append(s)
-        socks.append(mine)
+        socks.append(open_sockets(client, slot, sel))
     # Every client was made with its handshake due now: they all initiate
     # at start_at, in the loop's first round.
     while time.monotonic() < start_at:

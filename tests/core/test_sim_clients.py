@@ -10,6 +10,7 @@ from bench.clients.sim import (
     InMemory,
     SimClient,
     client_inner,
+    client_source,
     jain,
     make_keys,
     server_spec,
@@ -120,3 +121,28 @@ def test_a_rekey_burst_gives_every_client_a_new_session_through_cookies() -> Non
     assert all(c.rekeyed_at is not None for c in lab.clients)
     assert all(c.endpoint.peers[0].current is not o for c, o in zip(lab.clients, old, strict=True))
     assert all(p.current is not None for p in lab.server.peers)
+
+
+def test_a_sealed_blast_is_what_a_server_accepts_and_delivers() -> None:
+    """bench workers' generator (bench.clients.blast): datagrams sealed ahead
+    of time, sent as GSO trains, each one opened and delivered in order."""
+    from bench.clients.blast import TRAIN, seal
+    from bench.clients.sim import INNER_NET
+    from stripe import wire
+
+    lab = _lab(2)
+    lab.run(1.0)
+    sink = INNER_NET.broadcast_address - 1
+    size = 100 + wire.TRANSPORT_OVERHEAD
+    trains = seal(lab.clients[1], 150, 100, sink)
+    assert [len(t) // size for t in trains] == [TRAIN, TRAIN, 150 - 2 * TRAIN]
+    source = (client_source(lab.clients[1].index, 0), 40000)
+    for train in trains:
+        datagrams = [train[i:i + size] for i in range(0, len(train), size)]
+        lab.server.receive_datagrams(0, datagrams, source, lab.now)
+    delivered = lab.server.packets_to_deliver()
+    assert len(delivered) == 150
+    assert all(p[16:20] == sink.packed and p[12:16] == client_inner(1).packed
+               for p in delivered)
+    assert [int.from_bytes(p[4:6], "big") for p in delivered] == [i % 64 for i in range(150)]
+    assert lab.server.drops == {}
