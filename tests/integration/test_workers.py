@@ -129,3 +129,25 @@ def test_the_server_refuses_workers_with_a_default_route_peer(tmp_path: Path) ->
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "allowed_ips" in out.stderr and "workers > 1" in out.stderr, out.stderr
+
+
+def test_a_reload_reaches_every_worker_and_the_routes_follow(lab: WorkersLab) -> None:
+    config = lab.workdir / "server.toml"
+    text = config.read_text()
+    # Client 2 (worker 0's) leaves: the last [[peer]] table.
+    config.write_text(text[:text.rindex("[[peer]]")])
+    out = run([sys.executable, "-m", "stripe", "reload", "-c", str(config)], ns=lab.server_ns,
+              check=False)
+    assert out.returncode == 0, out.stderr + lab.logs()
+    assert "removed" in out.stdout and f"route {client_tun(2)}/32 removed" in out.stdout, out.stdout
+    rows = lab.status()["workers"]
+    assert [row["peers"] for row in rows] == [1, 1], rows
+    routes = run(["ip", "route", "show"], ns=lab.server_ns).stdout
+    assert client_tun(2) not in routes and client_tun(0) in routes, routes
+    # The others carry on; a worker that changes nothing says so too.
+    assert transfer(lab.ns(1), lab.server_ns, SERVER_TUN, 500_000, 9400), lab.logs()
+    # A change of workers needs a restart: refused, the old config runs on.
+    config.write_text(text.replace("workers = 2", "workers = 3"))
+    out = run([sys.executable, "-m", "stripe", "reload", "-c", str(config)], ns=lab.server_ns,
+              check=False)
+    assert out.returncode != 0 and "workers" in out.stderr, out.stderr
