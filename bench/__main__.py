@@ -332,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--worker-nice", type=int, default=0,
                     help="run the load generators at this niceness (e.g. 10: the server "
                     "gets the CPU first on a machine they share)")
+    cl.add_argument("--server-workers", type=int, default=1,
+                    help="the server's `workers` (default 1)")
     cl.add_argument("--prefix", default="cy", help="namespace and interface name prefix")
     cl.add_argument("--out", default=None, help="results directory (default "
                     "bench/results/clients-<time>)")
@@ -510,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in [int(x) for x in args.clients.split(",")]:
             copts = ClientsOptions(n, args.sending, max(1, min(args.workers, 4)),
                                   args.rate_mbit * 1e6, args.idle_seconds, args.send_seconds,
-                                  args.prefix, out_dir, worker_nice=args.worker_nice)
+                                  args.prefix, out_dir, worker_nice=args.worker_nice,
+                                  server_workers=args.server_workers)
             rows.append(run_clients(copts))
             print(json.dumps(rows[-1]))
             write_report(rows, out_dir)

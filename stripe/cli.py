@@ -136,7 +136,8 @@ def check(path: str, role: str | None) -> None:
     """Validate a config file; exit 2 with the reason if it is wrong."""
     cfg = _load(path, _role_of(path) if role is None else Role(role))
     links = ", ".join(link.name for link in cfg.links) or "(learned from the client)"
-    click.echo(f"{path}: ok ({cfg.role.value}, tun {cfg.tun_name}, links: {links})")
+    workers = f", {cfg.workers} workers" if cfg.workers > 1 else ""
+    click.echo(f"{path}: ok ({cfg.role.value}, tun {cfg.tun_name}, links: {links}{workers})")
 
 
 def _role_of(path: str) -> Role:

@@ -35,6 +35,7 @@ from bench.clients.run import (
     _lab_up,
     _sleep_until,
     lab_down,
+    server_pids,
     start_server,
 )
 from bench.clients.sim import INNER_NET, make_keys
@@ -88,11 +89,11 @@ def run_once(opts: RateOptions, workers: int, clients: int, work: Path) -> dict[
                                  str(blast_out)], client_ns, work / "blast.log")
         procs.append(blaster)
         _sleep_until(blast_at + MARGIN_S)
-        pids = _server_pids(server.pid, control)
-        before, cpu0, t0 = _tun_packets(control), _cpu(pids), time.monotonic()
+        pids = server_pids(server.pid, request(control, timeout_s=10.0))
+        before, cpu0, t0 = _tun_packets(control), _cpu_s(*pids), time.monotonic()
         drops0 = udp_drops.read(server_ns).rcvbuf_errors
         _sleep_until(blast_at + opts.seconds - MARGIN_S)
-        after, cpu1, t1 = _tun_packets(control), _cpu(pids), time.monotonic()
+        after, cpu1, t1 = _tun_packets(control), _cpu_s(*pids), time.monotonic()
         drops1 = udp_drops.read(server_ns).rcvbuf_errors
         blaster.popen.wait(60)
         blast = json.loads(blast_out.read_text()) if blast_out.exists() else {}
@@ -118,19 +119,9 @@ def run_once(opts: RateOptions, workers: int, clients: int, work: Path) -> dict[
         lab_down(procs, prefix)
 
 
-def _server_pids(pid: int, control: Path) -> list[int]:
-    """The server's process and its workers' (a supervisor's status lists them)."""
-    rows = request(control, timeout_s=10.0).get("workers") or []
-    return [pid, *(row["pid"] for row in rows if row.get("pid"))]
-
-
 def _tun_packets(control: Path) -> int:
     datapath = request(control, timeout_s=10.0).get("datapath") or {}
     return int(datapath.get("tun_packets_out", 0))
-
-
-def _cpu(pids: list[int]) -> float:
-    return sum(_cpu_s(pid) for pid in pids)
 
 
 def run_rates(opts: RateOptions) -> list[dict[str, Any]]:

@@ -65,6 +65,7 @@ class ClientsOptions:
     out: Path = Path("bench/results/clients")
     connect_s: float | None = None  # None: 10 s + N / 100 s
     worker_nice: int = 0  # the load generators' niceness (the server's stays 0)
+    server_workers: int = 1  # the server's `workers` (its CPU and RSS: all its processes)
 
 
 def _drop_count(status: dict[str, Any], reason: str) -> int:
@@ -72,16 +73,28 @@ def _drop_count(status: dict[str, Any], reason: str) -> int:
     return int(drops.get(reason, 0)) if isinstance(drops, dict) else 0
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def _cpu_s(*pids: int) -> float:
+    """User + system CPU seconds of these processes, summed (a server with
+    workers: the supervisor and each worker)."""
+    total = 0.0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024 / 1e6
-    return 0.0
+def _rss_mb(*pids: int) -> float:
+    total = 0.0
+    for pid in pids:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) * 1024 / 1e6
+    return total
+
+
+def server_pids(pid: int, status: dict[str, Any]) -> list[int]:
+    """The server's process and its workers' (a supervisor's status lists them)."""
+    return [pid, *(row["pid"] for row in status.get("workers") or [] if row.get("pid"))]
 
 
 def _sleep_until(at: float) -> None:
@@ -164,12 +177,15 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
     try:
         server_ns, client_ns = _lab_up(prefix, n)
         keys = make_keys(n)
-        server, config, server_public = start_server(work, prefix, server_ns, keys, procs)
+        server, config, server_public = start_server(
+            work, prefix, server_ns, keys, procs,
+            (f"workers = {opts.server_workers}",) if opts.server_workers > 1 else ())
+        pids = server_pids(server.pid, _status(server_ns, config))
         sink_out = work / "sink.json"
         sink = Proc("sink", [sys.executable, "-m", "bench.clients.sink", str(SERVER_INNER),
                              str(SINK_PORT), str(sink_out)], server_ns, work / "sink.log")
         procs.append(sink)
-        rss_start = _rss_mb(server.pid)
+        rss_start = _rss_mb(*pids)
         start_at = time.monotonic() + 4.0 + n / 500
         connect_s = opts.connect_s if opts.connect_s is not None else 10.0 + n / 100
         idle_from = start_at + connect_s + 3.0
@@ -200,28 +216,28 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
                                  client_ns, work / f"worker{w}.log"), work / f"worker{w}.json"))
             procs.append(workers[-1][0])
         _sleep_until(start_at)
-        cpu0 = _cpu_s(server.pid)
+        cpu0 = _cpu_s(*pids)
         _sleep_until(idle_from)
-        cpu_connect = _cpu_s(server.pid) - cpu0
+        cpu_connect = _cpu_s(*pids) - cpu0
         udp_by_phase = {"connect": udp_drops.read(server_ns).rcvbuf_errors}
-        cpu_a = _cpu_s(server.pid)
+        cpu_a = _cpu_s(*pids)
         _sleep_until(idle_until)
-        cpu_idle = (_cpu_s(server.pid) - cpu_a) / opts.idle_s
-        rss_idle = _rss_mb(server.pid)
+        cpu_idle = (_cpu_s(*pids) - cpu_a) / opts.idle_s
+        rss_idle = _rss_mb(*pids)
         udp_by_phase["idle"] = udp_drops.read(server_ns).rcvbuf_errors
         _sleep_until(send_from + 1.0)  # the first second: wake-up and windows opening
-        cpu_b = _cpu_s(server.pid)
+        cpu_b = _cpu_s(*pids)
         t_b = time.monotonic()
         _sleep_until(send_until)
-        cpu_send = (_cpu_s(server.pid) - cpu_b) / (time.monotonic() - t_b)
-        rss_send = _rss_mb(server.pid)
+        cpu_send = (_cpu_s(*pids) - cpu_b) / (time.monotonic() - t_b)
+        rss_send = _rss_mb(*pids)
         status = _status(server_ns, config)
         (work / "server-status.json").write_text(json.dumps(status, indent=1))
         udp_by_phase["send"] = udp_drops.read(server_ns).rcvbuf_errors
         _sleep_until(rekey_at)
-        cpu_r = _cpu_s(server.pid)
+        cpu_r = _cpu_s(*pids)
         _sleep_until(end_at)
-        cpu_rekey = _cpu_s(server.pid) - cpu_r
+        cpu_rekey = _cpu_s(*pids) - cpu_r
         udp_by_phase["rekey"] = udp_drops.read(server_ns).rcvbuf_errors
         after = _status(server_ns, config)
         _sleep_until(end_at + 2.0)
@@ -246,6 +262,7 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
         links_up = sum(1 for p in peers for x in p.get("links", []) if x.get("state") == "up")
         figures = {
             "clients": n, "links": n * LINKS_PER_CLIENT, "workers": opts.workers,
+            "server_workers": opts.server_workers,
             "connected": len(times),
             "time_to_connect_all_s": round(times[-1], 3) if len(times) == n else None,
             "handshakes_per_s": None if rate is None else round(rate, 1),
