@@ -138,3 +138,31 @@ def test_the_kernel_filter_follows_the_guard_batched_but_a_lifted_block_at_once(
     assert len(driver._source_filter) == 1
     lines = [r.getMessage() for r in caplog.records if "source guard" in r.getMessage()]
     assert len(lines) == 1 and lines[0].startswith("source guard: 1 source blocked")
+
+
+def test_the_handoff_inbox_counts_what_is_not_a_handoff(driver: Any) -> None:
+    """A worker's inbox (see stripe/io/workers.py): a message that is not
+    [socket, host, port, bytes] is counted and dropped; a well-formed one
+    goes to the core (which counts an initiation it cannot parse)."""
+    import socket
+
+    import msgpack
+
+    from stripe.io.driver import Inherited
+
+    inbox, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    inbox.setblocking(False)
+    try:
+        driver.inherited = Inherited(tun=None, sockets={}, inbox=inbox)  # type: ignore[arg-type]
+        for message in (b"\xc1", msgpack.packb([0, "192.0.2.9"]),
+                        msgpack.packb(["0", "192.0.2.9", 1, b"x"]),
+                        msgpack.packb([0, "192.0.2.9", 4000, b"\x01short"])):
+            writer.send(message)
+        driver._on_handoff()
+        assert driver.io_errors["handoff_malformed"] == 3
+        assert driver.io_counts["handshakes_taken_over"] == 1
+        assert driver.core.drops["bad_handshake_size"] == 1
+        assert driver.io_errors["core_exceptions"] == 0
+    finally:
+        inbox.close()
+        writer.close()
