@@ -17,6 +17,8 @@ from .spec import Role
 
 EXIT_CONFIG = 2
 EXIT_SETUP = 1
+# The logging options given, for the processes a server with workers starts.
+_LOG_ARGS: tuple[str, ...] = ()
 
 
 def _version() -> str:
@@ -34,6 +36,8 @@ def _version() -> str:
               show_default=True, help="Plain lines, or one JSON object per line.")
 def main(log_level: str, log_format: str) -> None:
     """stripe: one flow over the sum of several uplinks, in order, encrypted."""
+    global _LOG_ARGS
+    _LOG_ARGS = ("--log-level", log_level, "--log-format", log_format)
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -70,7 +74,7 @@ def _run(path: str, role: Role) -> None:
     if cfg.workers > 1:
         from .io.workers import supervise
 
-        _run_loop(lambda: supervise(cfg))
+        _run_loop(lambda: supervise(cfg, _LOG_ARGS))
     else:
         _run_loop(lambda: serve(cfg))
 

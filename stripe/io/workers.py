@@ -74,8 +74,11 @@ PR_SET_PDEATHSIG = 1
 
 
 class Supervisor:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, log_args: tuple[str, ...] = ()) -> None:
+        """`log_args`: the `stripe` options each worker's command line
+        repeats (--log-level, --log-format)."""
         self.config = config
+        self.log_args = log_args
         self.workers = config.workers
         mtu = resolve_tunnel_mtu(config)
         log.info("%s", mtu.explanation)
@@ -139,15 +142,11 @@ class Supervisor:
 
     async def _keep_running(self, k: int) -> None:
         delay = RESTART_FIRST_S
-        root = logging.getLogger()
-        level = logging.getLevelName(root.level).lower()
-        log_format = "json" if any(type(h.formatter).__name__ == "JsonFormatter"
-                                   for h in root.handlers) else "plain"
         while not self.stopping.is_set():
             spec, fds = self._descriptors(k)
-            argv = [sys.executable, "-m", "stripe", "--log-level", level, "--log-format",
-                    log_format, "worker", "-c", os.path.abspath(self.config.path),
-                    "--worker", str(k), "--fds", json.dumps(spec)]
+            argv = [sys.executable, "-m", "stripe", *self.log_args, "worker", "-c",
+                    os.path.abspath(self.config.path), "--worker", str(k),
+                    "--fds", json.dumps(spec)]
             born = time.monotonic()
             try:
                 proc = await asyncio.create_subprocess_exec(*argv, pass_fds=fds,
@@ -330,10 +329,10 @@ def _ip(*args: str) -> None:
         raise SetupError(f"ip {' '.join(args)}: {result.stderr.strip()}")
 
 
-async def supervise(config: Config) -> None:
+async def supervise(config: Config, log_args: tuple[str, ...] = ()) -> None:
     """`stripe server` with workers > 1."""
     loop = asyncio.get_running_loop()
-    supervisor = Supervisor(config)
+    supervisor = Supervisor(config, log_args)
     control = ControlServer(config.control_socket, {
         "status": supervisor.status_request, "reload": supervisor.reload})
     network = Undo()
