@@ -55,20 +55,31 @@ class Proc:
         return self.popen.poll() is None
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time so far (0.0 once the process is gone)."""
-        try:
-            fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        # Fields 14 and 15 of stat (utime, stime), counted after the comm field.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time so far of the process and of the children
+        it runs (a stripe server with workers: the supervisor and each
+        worker); 0.0 once the process is gone."""
+        total = 0.0
+        for pid in process_tree(self.pid):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # Fields 14 and 15 of stat (utime, stime), counted after the comm field.
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def peak_rss_mb(self) -> float | None:
-        """The process's peak resident set so far (VmHWM), None once it is gone."""
-        try:
-            return vm_hwm_mb(Path(f"/proc/{self.pid}/status").read_text())
-        except OSError:
+        """The peak resident set so far (VmHWM), summed over the process and
+        its running children; None once the process is gone."""
+        peaks = []
+        for pid in process_tree(self.pid):
+            try:
+                peaks.append(vm_hwm_mb(Path(f"/proc/{pid}/status").read_text()))
+            except OSError:
+                continue
+        if not peaks or peaks[0] is None:
             return None
+        return round(sum(p for p in peaks if p is not None), 1)
 
     def stop(self, grace_s: float = 3.0, sig: signal.Signals = signal.SIGTERM) -> int | None:
         """``sig``, then SIGKILL after ``grace_s``; returns the exit status."""
@@ -90,6 +101,27 @@ class Proc:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants that are running now, `pid` first."""
+    tree, i = [pid], 0
+    while i < len(tree):
+        for task in _listdir(f"/proc/{tree[i]}/task"):
+            try:
+                children = Path(f"/proc/{tree[i]}/task/{task}/children").read_text().split()
+            except OSError:
+                continue
+            tree += [int(child) for child in children if int(child) not in tree]
+        i += 1
+    return tree
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def vm_hwm_mb(status: str) -> float | None:

@@ -26,6 +26,8 @@ TUNNEL_PREFIX_LEN = 24
 TUNNEL_MTU = 1400
 BASE_PORT = 5000
 DEFAULT_VARIANT = "default"  # no scheduler key: the stripe's own default
+# Variant settings only a server takes ("default:workers=2").
+SERVER_ONLY_KEYS = frozenset({"workers"})
 EXAMPLE_VARIANT = "example"  # the example configs' settings
 EXAMPLE_DIR = REPO_ROOT / "configs"
 # What the lab sets itself (names, keys, addresses, ports) or what has no
@@ -95,7 +97,8 @@ class StripeSettings:
         scheduler, lines = split_variant(variant)
         if scheduler != DEFAULT_VARIANT:
             lines = [f"scheduler = {_q(scheduler)}", *lines]
-        return cls(tuple(lines), tuple(lines))
+        client = [line for line in lines if line.split(" = ")[0] not in SERVER_ONLY_KEYS]
+        return cls(tuple(lines), tuple(client))
 
     @classmethod
     def from_examples(cls, directory: Path | None = None) -> StripeSettings:
@@ -181,6 +184,9 @@ def server_config(
         "[peer]",
         f"public_key = {_q(keys.client_public)}",
     ]
+    if any(line.startswith("workers = ") for line in settings):
+        # Each worker's TUN routes its peers' allowed_ips: they must be narrow.
+        lines.append(f'allowed_ips = ["{TUNNEL_CLIENT_ADDR}/32"]')
     if one_port:
         return "\n".join(lines) + "\n"
     for i, n in enumerate(names.links):

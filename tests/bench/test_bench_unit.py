@@ -208,6 +208,20 @@ def test_scheduler_variants_carry_interface_settings() -> None:
         _options("equal", "--schedulers", "adaptive,adaptive:=3")
 
 
+def test_a_workers_variant_is_the_servers_alone() -> None:
+    """"default:workers=2": the server runs two workers (its peer then needs
+    narrow allowed_ips); the client, which has no workers, gets nothing."""
+    names = LabNames.for_prefix("sb0000", 2)
+    specs = (LinkSpec.symmetric(5), LinkSpec.symmetric(5))
+    keys = Keys("cpriv", "cpub", "spriv", "spub")
+    server = tomllib.loads(server_config(names, keys, "default:workers=2", "t"))
+    client = tomllib.loads(client_config(names, specs, keys, "default:workers=2", "t"))
+    assert server["interface"]["workers"] == 2
+    assert server["peer"]["allowed_ips"] == ["10.200.0.1/32"]
+    assert "workers" not in client["interface"]
+    assert "allowed_ips" not in tomllib.loads(server_config(names, keys, "default", "t"))["peer"]
+
+
 def test_final_sliver_interval_is_dropped() -> None:
     intervals = [{"sum": {"bits_per_second": 5e6, "seconds": 1.0}}] * 3 + [
         {"sum": {"bits_per_second": 40e6, "seconds": 0.04}}
