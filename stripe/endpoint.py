@@ -11,13 +11,17 @@ The driver (`io.driver`) feeds inputs, each with the current monotonic time:
 - `send_failed(sock, addr, now)` / `datagram_too_big(...)`: the OS refused
   a send (interface down; larger than the path);
 - `reconfigure(plan, now)`: a reload, planned beforehand by
-  `plan_reconfigure(spec)` so the shell can open new links' sockets first.
+  `plan_reconfigure(spec)` so the shell can open new links' sockets first;
+- `receive_handoff(sock, data, addr, now)`: a server worker's initiation
+  that another worker read (see `steering`).
 
 After any input it pulls the outputs: `datagrams_to_send()` (socket index,
 bytes, address), `packets_to_deliver()` (in-order IP packets for the TUN),
 `sockets_to_close()` (removed links' sockets, once drained),
-`block_changes(now)` (sources the guard blocked and unblocked lately) and
-`take_events()` (log lines), then re-arms one timer from `get_timer()`.
+`block_changes(now)` (sources the guard blocked and unblocked lately),
+`handoffs_to_send()` (a server worker: initiations for another worker's
+peers) and `take_events()` (log lines), then re-arms one timer from
+`get_timer()`.
 Nothing here reads a clock, touches a socket or imports asyncio, so the
 tests drive two endpoints through an in-memory network with a fake clock.
 
