@@ -35,6 +35,13 @@ def client_tun(i: int) -> str:
     return f"10.78.0.1{i + 1}"
 
 
+SERVER_TUN6 = "fd00:78::1"
+
+
+def client_tun6(i: int) -> str:
+    return f"fd00:78::1{i + 1}"
+
+
 @dataclass
 class MultiLab:
     prefix: str
@@ -44,6 +51,7 @@ class MultiLab:
     namespaces: list[str] = field(default_factory=list)
     server_public: bytes = b""
     keys: list[tuple[bytes, bytes]] = field(default_factory=list)
+    ipv6: bool = False  # IPv6 inside the tunnel too (fd00:78::/64)
 
     @property
     def server_ns(self) -> str:
@@ -62,6 +70,8 @@ class MultiLab:
             self.namespaces.append(ns)
             run(["ip", "link", "set", "lo", "up"], ns=ns)
         run(["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"], ns=self.server_ns)
+        if self.ipv6:
+            run(["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], ns=self.server_ns)
         for i in range(self.n_clients + 1):
             cif, sif = f"{self.prefix}v{i}", f"{self.prefix}w{i}"
             run(["ip", "link", "add", cif, "netns", self.ns(i), "type", "veth", "peer", "name",
@@ -82,16 +92,19 @@ class MultiLab:
         spriv, self.server_public = generate_keypair()
         self.keys = keys = self.client_keys()
         tun = f"{self.prefix}t"
-        server = ["[interface]", f'name = "{tun}"', f'address = ["{SERVER_TUN}/24"]',
+        v6 = f', "{SERVER_TUN6}/64"' if self.ipv6 else ""
+        server = ["[interface]", f'name = "{tun}"', f'address = ["{SERVER_TUN}/24"{v6}]',
                   f'private_key = "{encode_key(spriv)}"', f"listen_port = {PORT}",
                   *server_extra]
         for i, (_, pub) in enumerate(keys):
+            v6 = f', "{client_tun6(i)}/128"' if self.ipv6 else ""
             server += ["[[peer]]", f'public_key = "{encode_key(pub)}"',
-                       f'allowed_ips = ["{client_tun(i)}/32"]']
+                       f'allowed_ips = ["{client_tun(i)}/32"{v6}]']
         self._launch(self.server_ns, "server", server)
         for i, (priv, _) in enumerate(keys):
+            v6 = f', "{client_tun6(i)}/64"' if self.ipv6 else ""
             self._launch(self.ns(i), f"client{i}", [
-                "[interface]", f'name = "{tun}"', f'address = ["{client_tun(i)}/24"]',
+                "[interface]", f'name = "{tun}"', f'address = ["{client_tun(i)}/24"{v6}]',
                 f'private_key = "{encode_key(priv)}"',
                 "[peer]", f'public_key = "{encode_key(self.server_public)}"',
                 "[[link]]", 'name = "uplink"', f'interface = "{self.prefix}v{i}"',

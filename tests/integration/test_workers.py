@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 from tests.integration.test_multiclient_attacks import (
     SERVER_TUN,
+    SERVER_TUN6,
     MultiLab,
     client_tun,
+    client_tun6,
     running,
     transfer,
     wait_ping,
@@ -129,6 +131,25 @@ def test_the_server_refuses_workers_with_a_default_route_peer(tmp_path: Path) ->
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "allowed_ips" in out.stderr and "workers > 1" in out.stderr, out.stderr
+
+
+def test_ipv6_inside_the_tunnel_reaches_every_worker(tmp_path: Path) -> None:
+    """Worker k's TUN (no address of its own) carries its peers' IPv6 too,
+    and packets between clients of two workers cross both TUNs."""
+    lab_up = running(WorkersLab("s6" + secrets.token_hex(2), tmp_path, ipv6=True),
+                     (f"workers = {WORKERS}",))
+    lab = next(lab_up)
+    try:
+        for i in range(lab.n_clients):
+            out = run(["ping", "-6", "-c2", "-W2", SERVER_TUN6], ns=lab.ns(i), check=False)
+            assert out.returncode == 0, f"client {i}: {out.stdout}{lab.logs()}"
+        routes = run(["ip", "-6", "route", "show", "dev", f"{lab.prefix}t-1"],
+                     ns=lab.server_ns).stdout
+        assert client_tun6(1) in routes and client_tun6(0) not in routes, routes
+        out = run(["ping", "-6", "-c2", "-W2", client_tun6(1)], ns=lab.ns(0), check=False)
+        assert out.returncode == 0, out.stdout + lab.logs()
+    finally:
+        lab_up.close()  # the lab goes down, also when an assertion failed
 
 
 def test_a_reload_reaches_every_worker_and_the_routes_follow(lab: WorkersLab) -> None:
