@@ -31,11 +31,9 @@ from typing import Any
 from bench.clients.run import (
     SERVER_OUTER,
     SERVER_PORT,
-    _cpu_s,
     _lab_up,
     _sleep_until,
     lab_down,
-    server_pids,
     start_server,
 )
 from bench.clients.sim import INNER_NET, make_keys
@@ -89,11 +87,10 @@ def run_once(opts: RateOptions, workers: int, clients: int, work: Path) -> dict[
                                  str(blast_out)], client_ns, work / "blast.log")
         procs.append(blaster)
         _sleep_until(blast_at + MARGIN_S)
-        pids = server_pids(server.pid, request(control, timeout_s=10.0))
-        before, cpu0, t0 = _tun_packets(control), _cpu_s(*pids), time.monotonic()
+        before, cpu0, t0 = _tun_packets(control), server.cpu_seconds(), time.monotonic()
         drops0 = udp_drops.read(server_ns).rcvbuf_errors
         _sleep_until(blast_at + opts.seconds - MARGIN_S)
-        after, cpu1, t1 = _tun_packets(control), _cpu_s(*pids), time.monotonic()
+        after, cpu1, t1 = _tun_packets(control), server.cpu_seconds(), time.monotonic()
         drops1 = udp_drops.read(server_ns).rcvbuf_errors
         blaster.popen.wait(60)
         blast = json.loads(blast_out.read_text()) if blast_out.exists() else {}

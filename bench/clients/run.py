@@ -21,7 +21,6 @@ failure.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -42,6 +41,7 @@ from bench.clients.sim import (
     make_keys,
 )
 from bench.lab import Proc, cleanup_prefix, run, udp_drops
+from bench.lab.procs import process_tree
 from bench.systems.stripe import stripe_cmd
 from stripe.noise import encode_key, generate_keypair
 
@@ -50,7 +50,6 @@ CLIENT_HOP = "172.16.0.2"  # the client namespace's end of the veth
 CLIENTS_OUTER = "172.16.0.0/12"  # the clients' link addresses (see sim.client_source)
 SERVER_PORT = 5000
 REKEY_WINDOW_S = 3.0  # the rekey burst's window, plus N / 250 s
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -73,28 +72,14 @@ def _drop_count(status: dict[str, Any], reason: str) -> int:
     return int(drops.get(reason, 0)) if isinstance(drops, dict) else 0
 
 
-def _cpu_s(*pids: int) -> float:
-    """User + system CPU seconds of these processes, summed (a server with
-    workers: the supervisor and each worker)."""
-    total = 0.0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total
-
-
 def _rss_mb(*pids: int) -> float:
+    """VmRSS of these processes, summed (a server with workers: see `process_tree`)."""
     total = 0.0
     for pid in pids:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 total += int(line.split()[1]) * 1024 / 1e6
     return total
-
-
-def server_pids(pid: int, status: dict[str, Any]) -> list[int]:
-    """The server's process and its workers' (a supervisor's status lists them)."""
-    return [pid, *(row["pid"] for row in status.get("workers") or [] if row.get("pid"))]
 
 
 def _sleep_until(at: float) -> None:
@@ -180,12 +165,11 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
         server, config, server_public = start_server(
             work, prefix, server_ns, keys, procs,
             (f"workers = {opts.server_workers}",) if opts.server_workers > 1 else ())
-        pids = server_pids(server.pid, _status(server_ns, config))
         sink_out = work / "sink.json"
         sink = Proc("sink", [sys.executable, "-m", "bench.clients.sink", str(SERVER_INNER),
                              str(SINK_PORT), str(sink_out)], server_ns, work / "sink.log")
         procs.append(sink)
-        rss_start = _rss_mb(*pids)
+        rss_start = _rss_mb(*process_tree(server.pid))
         start_at = time.monotonic() + 4.0 + n / 500
         connect_s = opts.connect_s if opts.connect_s is not None else 10.0 + n / 100
         idle_from = start_at + connect_s + 3.0
@@ -216,28 +200,28 @@ def run_clients(opts: ClientsOptions) -> dict[str, Any]:
                                  client_ns, work / f"worker{w}.log"), work / f"worker{w}.json"))
             procs.append(workers[-1][0])
         _sleep_until(start_at)
-        cpu0 = _cpu_s(*pids)
+        cpu0 = server.cpu_seconds()
         _sleep_until(idle_from)
-        cpu_connect = _cpu_s(*pids) - cpu0
+        cpu_connect = server.cpu_seconds() - cpu0
         udp_by_phase = {"connect": udp_drops.read(server_ns).rcvbuf_errors}
-        cpu_a = _cpu_s(*pids)
+        cpu_a = server.cpu_seconds()
         _sleep_until(idle_until)
-        cpu_idle = (_cpu_s(*pids) - cpu_a) / opts.idle_s
-        rss_idle = _rss_mb(*pids)
+        cpu_idle = (server.cpu_seconds() - cpu_a) / opts.idle_s
+        rss_idle = _rss_mb(*process_tree(server.pid))
         udp_by_phase["idle"] = udp_drops.read(server_ns).rcvbuf_errors
         _sleep_until(send_from + 1.0)  # the first second: wake-up and windows opening
-        cpu_b = _cpu_s(*pids)
+        cpu_b = server.cpu_seconds()
         t_b = time.monotonic()
         _sleep_until(send_until)
-        cpu_send = (_cpu_s(*pids) - cpu_b) / (time.monotonic() - t_b)
-        rss_send = _rss_mb(*pids)
+        cpu_send = (server.cpu_seconds() - cpu_b) / (time.monotonic() - t_b)
+        rss_send = _rss_mb(*process_tree(server.pid))
         status = _status(server_ns, config)
         (work / "server-status.json").write_text(json.dumps(status, indent=1))
         udp_by_phase["send"] = udp_drops.read(server_ns).rcvbuf_errors
         _sleep_until(rekey_at)
-        cpu_r = _cpu_s(*pids)
+        cpu_r = server.cpu_seconds()
         _sleep_until(end_at)
-        cpu_rekey = _cpu_s(*pids) - cpu_r
+        cpu_rekey = server.cpu_seconds() - cpu_r
         udp_by_phase["rekey"] = udp_drops.read(server_ns).rcvbuf_errors
         after = _status(server_ns, config)
         _sleep_until(end_at + 2.0)

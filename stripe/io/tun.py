@@ -62,7 +62,7 @@ class Tun:
                 # through it (the peer would drop them as unroutable).
                 _disable_ipv6(self.name)
             for address in addresses:
-                _ip("addr", "add", str(address), "dev", self.name)
+                ip("addr", "add", str(address), "dev", self.name)
             self._dev.up()
         except (pytun.Error, SetupError) as exc:
             self.close()
@@ -124,7 +124,8 @@ def _disable_ipv6(name: str) -> None:
         pass  # no IPv6 in this kernel: nothing to disable
 
 
-def _ip(*args: str) -> None:
+def ip(*args: str) -> None:
+    """`ip ARGS`, or SetupError with its message."""
     result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SetupError(f"ip {' '.join(args)}: {result.stderr.strip()}")

@@ -57,7 +57,7 @@ from .network import set_up_network, tear_down_network
 from .path_mtu import resolve_tunnel_mtu
 from .reuseport import open_group
 from .sockets import listen_links
-from .tun import SetupError, Tun
+from .tun import SetupError, Tun, ip
 from .undo import Undo
 
 log = logging.getLogger("stripe")
@@ -213,11 +213,11 @@ class Supervisor:
         changes = []
         for network, k in wanted.items():
             if self.routes.get(network) != k:
-                _ip("route", "replace", network, "dev", self.tuns[k].name)
+                ip("route", "replace", network, "dev", self.tuns[k].name)
                 changes.append(f"route {network} -> worker {k}")
         for network in [n for n in self.routes if n not in wanted]:
             with contextlib.suppress(SetupError):  # gone already
-                _ip("route", "delete", network, "dev", self.tuns[self.routes[network]].name)
+                ip("route", "delete", network, "dev", self.tuns[self.routes[network]].name)
             changes.append(f"route {network} removed")
         self.routes = wanted
         return changes
@@ -321,12 +321,6 @@ def _exit_reason(rc: int | None) -> str:
     if rc < 0:
         return f"killed by {signal.Signals(-rc).name}"
     return f"exit status {rc}"
-
-
-def _ip(*args: str) -> None:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SetupError(f"ip {' '.join(args)}: {result.stderr.strip()}")
 
 
 async def supervise(config: Config, log_args: tuple[str, ...] = ()) -> None:
