@@ -31,6 +31,7 @@ from collections.abc import Sequence
 
 from . import pmtu, routing, wire
 from .aqm import CoDel, mark_ce, measure_bond
+from .flows import flow_bucket
 from .links import Link
 from .offload import complete_partial
 from .outbox import Outbox
@@ -118,8 +119,12 @@ class Egress:
             if mtu is not None and len(packet) > mtu and self._oversized(peer, packet, now):
                 continue
             session = peer.current
-            if session is None or peer.queue:  # nothing overtakes what waits
+            if session is None:
                 self._enqueue(peer, packet, now)
+                continue
+            if peer.queue:  # nothing overtakes what waits, but a sparse flow
+                if not self._skip(peer, session, packet, now):
+                    self._enqueue(peer, packet, now)
                 continue
             if peer.idle:
                 self.wake_links(peer, now)
@@ -136,7 +141,8 @@ class Egress:
                     aqm_quiet = peer
             link = peer.scheduler.pick(peer.links.values(), len(packet), now)
             if link is None:
-                self._enqueue(peer, packet, now)
+                if not self._skip(peer, session, packet, now):
+                    self._enqueue(peer, packet, now)
                 continue
             if (copies and wants_copy(packet, below, dscp)) or (
                     peer.verifying and _verifying(peer)):
@@ -174,11 +180,11 @@ class Egress:
         if peer.idle:
             self.wake_links(peer, now)
         while queue:
-            packet, since = queue[0]
+            packet, since = queue.peek()
             link = scheduler.pick(links, len(packet), now)
             if link is None:
                 return
-            queue.popleft()
+            queue.pop()
             if aqm is not None:
                 if bond is None:
                     bond = measure_bond(usable_links(links), now)
@@ -195,10 +201,10 @@ class Egress:
             budget = scheduler.run_bytes(link, links, RUN_WINDOW_S) - len(packet)
             extra = 0
             while queue and extra < budget and len(run) < RUN_MAX_PACKETS:
-                following = queue[0][0]
+                following = queue.peek()[0]
                 if copies and wants_copy(following, below, dscp):
                     break
-                queue.popleft()
+                queue.pop()
                 run.append(following)
                 extra += len(following)
             if extra:
@@ -239,32 +245,50 @@ class Egress:
         """No session or no room on a link yet: hold the packet (bounded:
         the oldest goes when it is full)."""
         self._outbox.touch(peer)
-        if len(peer.queue) == peer.queue.maxlen:
+        if peer.queue.push(packet, now, flow_bucket(packet)):
             self._outbox.drops["queue_full"] += 1
-        peer.queue.append((packet, now))
         if peer.current is None:
             self.wake_handshake(peer, now)
+
+    def _skip(self, peer: Peer, session: Session, packet: bytes, now: float) -> bool:
+        """A packet of a sparse flow goes past the queue and any full window
+        (see `sendqueue`); False if it is not one, or no link is up."""
+        if not peer.queue.may_skip(flow_bucket(packet), len(packet), now):
+            return False
+        link = peer.scheduler.pick(peer.links.values(), len(packet), now, within_window=False)
+        if link is None:
+            return False
+        below, dscp = self.spec.duplicate_below, self.spec.duplicate_dscp
+        if (below or dscp) and wants_copy(packet, below, dscp):
+            self._send_with_copy(peer, session, link, packet, now)
+        else:
+            self._transmit.send(peer, session, link, _DATA, [packet], now)
+        return True
 
     def _send_with_copy(self, peer: Peer, session: Session, first: Link, packet: bytes,
                         now: float) -> None:
         """A packet wanted twice (redundancy): alone on `first`, then again,
         as a DATA_COPY, on the usable link with the lowest RTT among the
         others (none: no copy)."""
-        self._transmit.send(peer, session, first, _DATA, [packet], now)
+        original = self._transmit.send(peer, session, first, _DATA, [packet], now)[0]
         others = [link for link in usable_links(peer.links.values()) if link is not first]
         if not others:
             return
         link = min(others, key=lambda x: x.health.srtt_s or float("inf"))
+        # The copy waits for what the original waits for (its flow's previous
+        # message), so whichever arrives first is released as early.
+        flow_gap = wire.TRANSPORT_HEADER.unpack_from(original)[7]
         datagram = self._send_copy_on(peer, session, link, session.send_counter - 1, packet,
-                                      now)
+                                      now, flow_gap)
         peer.copies.copies_sent += 1
         peer.copies.copy_bytes += len(datagram)
 
     def _send_copy_on(self, peer: Peer, session: Session, link: Link, counter: int,
-                      packet: bytes, now: float) -> bytes:
-        """Data message `counter` (`packet`) again, as a DATA_COPY on `link`."""
+                      packet: bytes, now: float, flow_gap: int = wire.FLOW_IN_ORDER) -> bytes:
+        """Data message `counter` (`packet`) again, as a DATA_COPY on `link`
+        (`flow_gap`: the original's; by default in counter order)."""
         datagram = self._transmit.send(peer, session, link, _COPY, [packet], now,
-                                       copy_of=counter)[0]
+                                       copy_of=counter, flow_gap=flow_gap)[0]
         peer.scheduler.charge(link, len(packet))
         return datagram
 

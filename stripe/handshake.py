@@ -24,7 +24,7 @@ from . import wire
 from .noise import HandshakeState, NoiseError, TransportKey
 
 PROTOCOL_NAME = "Noise_IKpsk2_25519_AESGCM_BLAKE2s"
-PROLOGUE = b"stripe v1 bonding tunnel"
+PROLOGUE = b"stripe v2 bonding tunnel"
 NO_PSK = bytes(32)  # Noise IKpsk2 with an all-zero psk when none is configured
 
 _TAI64_BASE = 2**62 + 10  # TAI64 label of 1970-01-01 (10 s of TAI-UTC offset)

@@ -93,7 +93,7 @@ class Ingress:
                     junk += 1
                 authenticated = authenticated or bool(outcome)
                 continue
-            mtype, link_id, link_mask, receiver, counter, link_seq, sent_us = unpack(data)
+            mtype, link_id, link_mask, receiver, counter, link_seq, sent_us, gap = unpack(data)
             if link_mask & ~wire.LINK_MASK_BITS:
                 drops["bad_flags"] += 1
                 junk += 1
@@ -130,8 +130,8 @@ class Ingress:
             if mtype == _CONTROL:
                 self._links.handle_control(peer, session, link, counter, plaintext, now)
             else:
-                self._accept_data(peer, session, link_id, link_mask, counter, plaintext, now,
-                                  mtype == _COPY)
+                self._accept_data(peer, session, link_id, link_mask, counter, gap, plaintext,
+                                  now, mtype == _COPY)
             if not touched_sessions or touched_sessions[-1] is not session:
                 touched_sessions.append(session)
         for session, link_id, sent_us in samples.values():
@@ -205,9 +205,11 @@ class Ingress:
             return None
 
     def _accept_data(self, peer: Peer, session: Session, link_id: int, link_mask: int,
-                     counter: int, plaintext: bytes, now: float, copy: bool) -> None:
+                     counter: int, flow_gap: int, plaintext: bytes, now: float,
+                     copy: bool) -> None:
         """An authenticated data message (`copy`: a DATA_COPY, which came
-        before its original): check the inner packet, reorder it."""
+        before its original): check the inner packet, reorder it (behind the
+        previous message of its flow, `flow_gap` counters back: see `flows`)."""
         self._links.data_seen(peer, now)
         feedback = peer.feedback
         if not feedback.data_since:
@@ -227,5 +229,6 @@ class Ingress:
         if self.spec.reorder_hold_s is None and now >= session.hold_update_due:
             session.hold_update_due = now + HOLD_UPDATE_INTERVAL_S
             reorder.hold_s = min(session.skew.hold_s(now) + reorder.late_bonus(now), HOLD_MAX_S)
-        if reorder.push(counter, payload, link_id, now, link_mask, copy=copy) and copy:
+        if reorder.push(counter, payload, link_id, now, link_mask, copy=copy,
+                        flow_gap=flow_gap) and copy:
             peer.copies.copies_first += 1

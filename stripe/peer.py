@@ -22,7 +22,6 @@ client's come from its spec), an empty queue.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 
 from .aqm import CoDel
@@ -30,11 +29,11 @@ from .cookie import CookieJar
 from .handshake import PendingInitiation
 from .links import Link
 from .scheduler import Scheduler
+from .sendqueue import SendQueue
 from .session import Session
 from .spec import PeerSpec
 
 # Packets held while there is no session or no room on a link, at most.
-QUEUE_MAX_PACKETS = 256
 # A peer with no data either way for this long is idle: its links are
 # probed rarely (see links).  Data sent or received makes it busy again.
 IDLE_AFTER_S = 1.0
@@ -99,9 +98,8 @@ class Peer:
     # Links removed by a reload, still draining: link id -> (link, until).
     retired: dict[int, tuple[Link, float]] = field(default_factory=dict)
     copies: CopyCounters = field(default_factory=CopyCounters)
-    # Inner packets waiting, with the time each was queued.
-    queue: deque[tuple[bytes, float]] = field(
-        default_factory=lambda: deque(maxlen=QUEUE_MAX_PACKETS))
+    # Inner packets waiting for a session or for room on a link.
+    queue: SendQueue = field(default_factory=SendQueue)
     # The inner source address last found in this peer's allowed_ips.
     last_good_source: bytes = b""
     mtu: int | None = None  # largest inner packet the links that are up carry now

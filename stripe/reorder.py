@@ -26,6 +26,18 @@ spurious and undoes the window cut it made); dropped, it would be a loss,
 and every loss costs a loss-based TCP a third of its window.  The replay
 window still lets each counter through once.
 
+Order is kept within each inner flow, not between flows (see `flows`):
+each data message says how many counters back the previous message of its
+flow is, and a message whose predecessor has been delivered or given up is
+released at once, ahead of the gaps in front of it ("ahead"), so a ping
+does not wait for a bulk flow's packets queued on a slower link.  It keeps
+its slot (a placeholder, `_RELEASED`): the gaps before it still have their
+deadline and their loss inference, and the frontier steps over it.  A held
+message waits on its predecessor (`_waiting`), and goes as soon as that one
+is delivered, released ahead or skipped.  A message without a flow gap
+(FLOW_IN_ORDER: a re-send after a link died) waits for every smaller
+counter, as all did before flows were told.
+
 Only data messages are reordered (control messages have their own counter
 range).  A data packet that failed inner validation is pushed as `None`: it
 fills its slot but delivers nothing.  A control message tells, through
@@ -34,8 +46,9 @@ does not hold up loss inference.
 
 Empty state: `next_seq == 0`, nothing held, no link seen.
 Invariants:
-- packets are released in strictly increasing counter order, except late
-  ones (below `next_seq` when they arrive), released alone as they come;
+- the packets of one flow are released in increasing counter order, except
+  late ones (below `next_seq` when they arrive), released alone as they
+  come; with FLOW_IN_ORDER everywhere, every packet is;
 - at most `max_held` packets are held; beyond that the oldest gap is skipped;
 - no held packet waits more than `hold_s` after its arrival, provided the
   caller calls `poll()` at `deadline()`.
@@ -47,7 +60,7 @@ import heapq
 from collections import deque
 from dataclasses import dataclass, field
 
-from .wire import MASKABLE_LINKS
+from .wire import FLOW_FIRST, FLOW_IN_ORDER, MASKABLE_LINKS
 
 HOLD_MIN_S = 0.020
 HOLD_MAX_S = 0.300
@@ -72,6 +85,7 @@ ACTIVE_MAX_S = 0.500
 HEAP_SLACK = 1024
 
 _MISSING = object()
+_RELEASED = object()  # a slot whose packet went ahead of the gaps before it
 
 
 @dataclass(slots=True)
@@ -82,6 +96,7 @@ class ReorderStats:
     inferred_releases: int = 0
     deadline_releases: int = 0
     overflow_releases: int = 0
+    ahead: int = 0  # released ahead of another flow's gap (see the module doc)
     max_held: int = 0
     max_wait_s: float = 0.0
 
@@ -99,7 +114,10 @@ class ReorderBuffer:
     next_seq: int = 0
     stats: ReorderStats = field(default_factory=ReorderStats)
     ready: list[bytes] = field(default_factory=list)
-    _held: dict[int, bytes | None] = field(default_factory=dict)
+    _held: dict[int, object] = field(default_factory=dict)  # bytes, None or _RELEASED
+    _released_held: int = 0  # how many of `_held` are _RELEASED
+    # Predecessor counter -> the held message of its flow waiting on it.
+    _waiting: dict[int, int] = field(default_factory=dict)
     _held_heap: list[int] = field(default_factory=list)
     _arrivals: deque[tuple[float, int]] = field(default_factory=deque)
     _links: dict[int, _LinkProgress] = field(default_factory=dict)
@@ -116,16 +134,18 @@ class ReorderBuffer:
 
     @property
     def held(self) -> int:
-        return len(self._held)
+        """Packets waiting (not the slots of those released ahead)."""
+        return len(self._held) - self._released_held
 
     def push(
         self, seq: int, payload: bytes | None, link_id: int, now: float, link_mask: int = 0,
-        copy: bool = False,
+        copy: bool = False, flow_gap: int = FLOW_IN_ORDER,
     ) -> bool:
-        """Accept an authenticated, non-replayed message.  False if it is
-        late (delivered at once, out of order).  A late `copy` (a second
-        try, re-sent after its link died) says nothing about the links'
-        skew, so it does not lengthen the hold."""
+        """Accept an authenticated, non-replayed message, whose flow's
+        previous message is `flow_gap` counters back (see `flows`).  False if
+        it is late (delivered at once, out of order).  A late `copy` (a
+        second try, re-sent after its link died) says nothing about the
+        links' skew, so it does not lengthen the hold."""
         if seq > self._mask_seq:
             self._mask, self._mask_seq = link_mask, seq
         link = self._links.get(link_id)
@@ -155,7 +175,22 @@ class ReorderBuffer:
             return True
         if seq in self._held:
             return True  # duplicate of a held packet (the replay window normally stops these)
-        self._held[seq] = payload
+        if flow_gap != FLOW_IN_ORDER and self._flow_ready(seq, flow_gap):
+            self._held[seq] = _RELEASED
+            self._released_held += 1
+            self.stats.ahead += 1
+            if payload is not None:
+                self.ready.append(payload)
+                self.stats.delivered += 1
+            if self._waiting:
+                self._wake(seq)
+        else:
+            self._held[seq] = payload
+            if flow_gap != FLOW_IN_ORDER and flow_gap != FLOW_FIRST:
+                waiting = self._waiting
+                waiting[seq - flow_gap] = seq
+                if len(waiting) > 2 * len(self._held) + HEAP_SLACK:
+                    self._compact_waiting()
         heap = self._held_heap
         if len(heap) > 2 * len(self._held) + HEAP_SLACK:
             # Packets released in order leave their heap entries behind (only
@@ -220,6 +255,47 @@ class ReorderBuffer:
 
     # -- internals -------------------------------------------------------
 
+    def _flow_ready(self, seq: int, flow_gap: int) -> bool:
+        """Has the previous message of `seq`'s flow been delivered or given up?"""
+        if flow_gap == FLOW_FIRST:
+            return True
+        previous = seq - flow_gap
+        return previous < self.next_seq or self._held.get(previous) is _RELEASED
+
+    def _wake(self, seq: int) -> None:
+        """`seq` was delivered, released ahead or given up: release ahead the
+        message of its flow that waits on it, and so on down the chain."""
+        waiting, held = self._waiting, self._held
+        follower = waiting.pop(seq, None)
+        while follower is not None:
+            payload = held.get(follower, _MISSING)
+            if payload is _MISSING or payload is _RELEASED:
+                return  # gone already (released in order, or a stale entry)
+            held[follower] = _RELEASED
+            self._released_held += 1
+            self.stats.ahead += 1
+            if payload is not None:
+                self.ready.append(payload)  # type: ignore[arg-type]
+                self.stats.delivered += 1
+            follower = waiting.pop(follower, None)
+
+    def _compact_waiting(self) -> None:
+        """Entries of messages released in order stay behind until nothing
+        is held: drop them, or they pile up while something always is."""
+        held, next_seq = self._held, self.next_seq
+        self._waiting = {
+            previous: follower for previous, follower in self._waiting.items()
+            if previous >= next_seq and follower in held and held[follower] is not _RELEASED}
+
+    def _skip_to(self, target: int) -> None:
+        """Give up on the counters from `next_seq` up to `target`."""
+        self.stats.lost += target - self.next_seq
+        if self._waiting:
+            for seq in range(self.next_seq, target):
+                if seq in self._waiting:
+                    self._wake(seq)
+        self.next_seq = target
+
     def _frontier(self, now: float) -> int:
         """Every missing counter below this is known lost."""
         window = min(max(self.hold_s * ACTIVE_HOLD_MULTIPLE, ACTIVE_MIN_S), ACTIVE_MAX_S)
@@ -244,9 +320,16 @@ class ReorderBuffer:
     def _release(self, now: float) -> None:
         held = self._held
         while held:
-            payload = held.pop(self.next_seq, _MISSING)
+            seq = self.next_seq
+            payload = held.pop(seq, _MISSING)
+            if payload is _RELEASED:
+                self.next_seq = seq + 1  # went ahead already
+                self._released_held -= 1
+                continue
             if payload is not _MISSING:
                 self._deliver(payload, now)  # type: ignore[arg-type]
+                if self._waiting:
+                    self._wake(seq)
                 continue
             self._blocking = -1
             frontier = self._frontier(now)
@@ -254,11 +337,11 @@ class ReorderBuffer:
                 self._stuck = (self.next_seq, self._blocking, now, self._mask, self.hold_s)
                 return
             target = min(frontier, self._smallest_held())
-            self.stats.lost += target - self.next_seq
             self.stats.inferred_releases += 1
-            self.next_seq = target
+            self._skip_to(target)
         self._held_heap.clear()  # all released: what is left there is stale
         self._arrivals.clear()
+        self._waiting.clear()
 
     def _deliver(self, payload: bytes | None, now: float) -> None:
         self.next_seq += 1
@@ -284,9 +367,7 @@ class ReorderBuffer:
             waited = now - self._arrivals[0][0]
             if waited > self.stats.max_wait_s:
                 self.stats.max_wait_s = waited
-        target = self._smallest_held()
-        self.stats.lost += target - self.next_seq
-        self.next_seq = target
+        self._skip_to(self._smallest_held())
         self._release(now)
 
 

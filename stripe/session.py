@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from . import wire
+from .flows import FlowChains
 from .noise import NoiseError, TransportKey
 from .reorder import DelaySkew, ReorderBuffer
 from .replay import ReplayWindow
@@ -109,18 +110,22 @@ class Session:
     copied: RecentCounters = field(default_factory=lambda: RecentCounters(COPIES_REMEMBERED))
     _copies_sealed: RecentCounters = field(
         default_factory=lambda: RecentCounters(COPIES_SEALED_REMEMBERED))
+    flows: FlowChains = field(default_factory=FlowChains)
 
     def seal(
         self, mtype: wire.MessageType, link_id: int, link_mask: int, first_link_seq: int,
         payloads: list[bytes], now: float, copy_of: int = -1,
+        flow_gap: int = wire.FLOW_IN_ORDER,
     ) -> list[bytes]:
         """Encrypt messages of one type for one link; returns the datagrams.
 
         DATA: each payload at the next data counter, at link sequences
         counting up from `first_link_seq` (a run: one header pack and one
-        bounds check for all).  CONTROL: one payload at the next control
-        counter.  DATA_COPY: one payload, the copy of data message `copy_of`,
-        at its copy nonce (once per message: see `can_copy`)."""
+        bounds check for all), with its flow gap (see `flows`).  CONTROL:
+        one payload at the next control counter.  DATA_COPY: one payload,
+        the copy of data message `copy_of`, at its copy nonce (once per
+        message: see `can_copy`), with `flow_gap` (the original's, when the
+        caller has it; else in counter order)."""
         stamp = int(now * 1e6)
         if mtype is _DATA:
             first = self.send_counter
@@ -129,7 +134,7 @@ class Session:
             self.send_counter = first + len(payloads)
             headers = wire.encode_transport_headers(
                 mtype, link_id, link_mask, self.remote_index, first, first_link_seq,
-                len(payloads), stamp)
+                self.flows.gaps(first, payloads), stamp)
             return self.send_key.encrypt_run(first, headers, payloads)
         if len(payloads) != 1:
             raise ValueError(f"one {mtype.name} message at a time, got {len(payloads)}")
@@ -146,8 +151,10 @@ class Session:
             if counter - CONTROL_COUNTER_BASE >= REJECT_AFTER_MESSAGES:
                 raise RuntimeError("session exhausted its counters; a rekey is overdue")
             self.control_counter = counter + 1
+            flow_gap = wire.FLOW_FIRST
         header = wire.encode_transport_header(
-            mtype, link_id, link_mask, self.remote_index, counter, first_link_seq, stamp)
+            mtype, link_id, link_mask, self.remote_index, counter, first_link_seq, stamp,
+            flow_gap)
         return [header + self.send_key.encrypt_at(nonce, header, payloads[0])]
 
     def can_copy(self, counter: int) -> bool:

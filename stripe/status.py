@@ -168,7 +168,8 @@ def snapshot(spec: EndpointSpec, peers_state: list[Peer], drops: Mapping[str, in
                 "hold_ms": round(session.reorder.hold_s * 1000, 2),
                 "delivered": st.delivered, "lost": st.lost, "late": st.late,
                 "inferred_releases": st.inferred_releases,
-                "deadline_releases": st.deadline_releases, "max_held": st.max_held,
+                "deadline_releases": st.deadline_releases, "ahead": st.ahead,
+                "max_held": st.max_held,
                 "max_wait_ms": round(st.max_wait_s * 1000, 2),
             }
         peers.append({

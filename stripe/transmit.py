@@ -45,12 +45,14 @@ class Transmitter:
     def send(
         self, peer: Peer, session: Session, link: Link, mtype: wire.MessageType,
         payloads: list[bytes], now: float, copy_of: int = -1, reuse_seq: bool = False,
+        flow_gap: int = wire.FLOW_IN_ORDER,
     ) -> list[bytes]:
         """Seal `payloads` as `mtype` messages on `link` (see `Session.seal`)
         and queue them.  `reuse_seq`: the datagram takes the link's last
         sequence number again and is not tracked (a path MTU probe: it is
         meant to get lost now and then, and a gap in the sequence would count
-        as data loss, and a stall, in the link's estimates)."""
+        as data loss, and a stall, in the link's estimates).  `flow_gap`: a
+        DATA_COPY's (see `Session.seal`)."""
         path = link.path
         assert path is not None
         self._outbox.touched[id(peer)] = peer
@@ -68,7 +70,7 @@ class Transmitter:
         if mtype is _DATA:
             link.recent.add(RecentRun(now, session, session.send_counter, seq, payloads))
         datagrams = session.seal(mtype, link.link_id, peer.link_mask, seq, payloads, now,
-                                 copy_of)
+                                 copy_of, flow_gap)
         sock, addr = path
         out = self._outbox.datagrams
         size = 0

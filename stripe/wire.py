@@ -3,7 +3,7 @@
 All multi-byte integers are big-endian (network order).  Each layout is a
 `struct.Struct`; sizes are derived from the structs, never typed by hand.
 
-Transport header (DATA, CONTROL and DATA_COPY), 24 bytes, sent in clear and
+Transport header (DATA, CONTROL and DATA_COPY), 26 bytes, sent in clear and
 used as the AEAD associated data, so every field is authenticated::
 
     offset size field
@@ -19,8 +19,13 @@ used as the AEAD associated data, so every field is authenticated::
     16      4   link_seq        per-link sequence (per-link loss feedback)
     20      4   send_time_us    sender clock in microseconds mod 2**32
                                 (one-way delay skew and jitter estimates)
-    24      n   ciphertext      inner IP packet (DATA) or msgpack (CONTROL)
-    24+n   16   tag             AEAD tag
+    24      2   flow_gap        DATA: how many counters back the previous
+                                message of the same inner flow is (see
+                                `flows`): 0 none this session, FLOW_IN_ORDER
+                                (0xFFFF) not said, in counter order as any
+                                message; 0 in CONTROL
+    26      n   ciphertext      inner IP packet (DATA) or msgpack (CONTROL)
+    26+n   16   tag             AEAD tag
 
 DATA_COPY is a second copy of a DATA message, sent on another link (see
 `redundancy` in the config): same counter (the receiver keeps whichever
@@ -82,7 +87,7 @@ class WireError(Exception):
         self.reason = reason
 
 
-TRANSPORT_HEADER = struct.Struct("!BBHIQII")
+TRANSPORT_HEADER = struct.Struct("!BBHIQIIH")
 TRANSPORT_HEADER_SIZE = TRANSPORT_HEADER.size
 AEAD_TAG_SIZE = 16
 TRANSPORT_OVERHEAD = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE
@@ -90,6 +95,10 @@ TRANSPORT_OVERHEAD = TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE
 # header + tag, UDP (8) and IPv4 (20).  Used to derive the default MTU.
 WIRE_OVERHEAD_IPV4 = TRANSPORT_OVERHEAD + 8 + 20
 WIRE_OVERHEAD_IPV6 = TRANSPORT_OVERHEAD + 8 + 40
+
+# flow_gap values with a meaning of their own (see the layout above).
+FLOW_FIRST = 0
+FLOW_IN_ORDER = 0xFFFF
 
 MAC_SIZE = 16
 KEY_SIZE = 32
@@ -122,6 +131,7 @@ class TransportHeader:
     counter: int
     link_seq: int
     send_time_us: int
+    flow_gap: int = FLOW_FIRST
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,33 +161,37 @@ def encode_transport_header(
     counter: int,
     link_seq: int,
     send_time_us: int,
+    flow_gap: int = FLOW_FIRST,
 ) -> bytes:
     return TRANSPORT_HEADER.pack(
         mtype, link_id, link_mask, receiver_index, counter, link_seq & 0xFFFFFFFF,
-        send_time_us & 0xFFFFFFFF,
+        send_time_us & 0xFFFFFFFF, flow_gap,
     )
 
 
 def encode_transport_headers(
     mtype: MessageType, link_id: int, link_mask: int, receiver_index: int, first_counter: int,
-    first_link_seq: int, count: int, send_time_us: int,
+    first_link_seq: int, flow_gaps: list[int], send_time_us: int,
 ) -> list[bytes]:
-    """`encode_transport_header` for `count` consecutive messages to one
-    link (counters and link sequence numbers counting up from the firsts)."""
+    """`encode_transport_header` for consecutive messages to one link
+    (counters and link sequence numbers counting up from the firsts), one
+    per flow gap."""
     pack, stamp = TRANSPORT_HEADER.pack, send_time_us & 0xFFFFFFFF
     return [pack(mtype, link_id, link_mask, receiver_index, first_counter + i,
-                 (first_link_seq + i) & 0xFFFFFFFF, stamp) for i in range(count)]
+                 (first_link_seq + i) & 0xFFFFFFFF, stamp, gap)
+            for i, gap in enumerate(flow_gaps)]
 
 
 def decode_transport_header(datagram: bytes) -> TransportHeader:
     if len(datagram) < TRANSPORT_OVERHEAD:
         raise WireError("short")
-    mtype, link_id, mask, receiver, counter, link_seq, ts = TRANSPORT_HEADER.unpack_from(
+    mtype, link_id, mask, receiver, counter, link_seq, ts, gap = TRANSPORT_HEADER.unpack_from(
         datagram
     )
     if mask & ~LINK_MASK_BITS:
         raise WireError("bad_flags")
-    return TransportHeader(_TYPE_OF_BYTE[mtype], link_id, mask, receiver, counter, link_seq, ts)
+    return TransportHeader(_TYPE_OF_BYTE[mtype], link_id, mask, receiver, counter, link_seq, ts,
+                           gap)
 
 
 def mac1_key(static_public: bytes) -> bytes:

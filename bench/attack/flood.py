@@ -60,10 +60,10 @@ MALFORMED_MAX_BYTES = 64
 # yet (the client has not sent them), so the replay check passes.
 FORGED_COUNTER_AHEAD = (1 << 20, 1 << 30)
 
-# stripe's transport header (stripe.wire.TRANSPORT_HEADER, "!BBHIQII"): the
+# stripe's transport header (stripe.wire.TRANSPORT_HEADER, "!BBHIQIIH"): the
 # fields the forger rewrites. Kept here, checked against stripe's in the
 # tests, so the attacker stays a stdlib-only program.
-TRANSPORT_HEADER = struct.Struct("!BBHIQII")
+TRANSPORT_HEADER = struct.Struct("!BBHIQIIH")
 DATA_TYPE = 4
 AEAD_TAG_BYTES = 16
 
@@ -109,9 +109,8 @@ def forge(captured: bytes, rng: random.Random) -> bytes | None:
     and random ciphertext; None when ``captured`` is no data datagram."""
     if len(captured) < TRANSPORT_HEADER.size + AEAD_TAG_BYTES or captured[0] != DATA_TYPE:
         return None
-    mtype, link_id, mask, receiver, counter, link_seq, sent_us = TRANSPORT_HEADER.unpack_from(
-        captured
-    )
+    mtype, link_id, mask, receiver, counter, link_seq, sent_us, flow_gap = (
+        TRANSPORT_HEADER.unpack_from(captured))
     ahead = rng.randrange(*FORGED_COUNTER_AHEAD)
     header = TRANSPORT_HEADER.pack(
         mtype,
@@ -121,6 +120,7 @@ def forge(captured: bytes, rng: random.Random) -> bytes | None:
         (counter + ahead) & 0xFFFF_FFFF_FFFF_FFFF,
         (link_seq + ahead) & 0xFFFF_FFFF,
         sent_us,
+        flow_gap,
     )
     return header + rng.randbytes(len(captured) - TRANSPORT_HEADER.size)
 

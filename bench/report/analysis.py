@@ -159,7 +159,7 @@ def _per_process(
     return {name: round(combine(v), digits) for name, v in sorted(values.items())}
 
 
-REORDER_KEYS = ("lost", "late", "inferred_releases", "deadline_releases", "max_held")
+REORDER_KEYS = ("lost", "late", "inferred_releases", "deadline_releases", "ahead", "max_held")
 
 
 def _reorder_medians(records: list[Record]) -> dict[str, float]:

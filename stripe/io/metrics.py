@@ -122,6 +122,8 @@ REORDER_COUNTERS = (
      "Packets that arrived after their counter was passed (delivered out of order).", "late"),
     ("reorder_inferred_releases", "Releases decided by loss inference.", "inferred_releases"),
     ("reorder_deadline_releases", "Releases forced by the hold deadline.", "deadline_releases"),
+    ("reorder_ahead_packets",
+     "Packets released ahead of another inner flow's gap (order is kept per flow).", "ahead"),
 )
 
 

@@ -71,7 +71,7 @@ def test_the_forgers_header_is_stripes() -> None:
 
 
 def _data_datagram(counter: int, link_seq: int = 7, body: int = 100) -> bytes:
-    header = wire.TRANSPORT_HEADER.pack(4, 1, 3, 0xABCD, counter, link_seq, 55)
+    header = wire.TRANSPORT_HEADER.pack(4, 1, 3, 0xABCD, counter, link_seq, 55, 1)
     return header + bytes(body + wire.AEAD_TAG_SIZE)
 
 
@@ -79,7 +79,8 @@ def test_forge_keeps_the_session_moves_the_counter_randomizes_the_rest() -> None
     original = _data_datagram(1000, link_seq=0xFFFF_FFF0)
     forged = flood.forge(original, random.Random(1))
     assert forged is not None and len(forged) == len(original)
-    mtype, link, mask, receiver, counter, _seq, _sent = wire.TRANSPORT_HEADER.unpack_from(forged)
+    mtype, link, mask, receiver, counter, _seq, _sent, _gap = wire.TRANSPORT_HEADER.unpack_from(
+        forged)
     assert (mtype, link, mask, receiver) == (4, 1, 3, 0xABCD)
     low, high = flood.FORGED_COUNTER_AHEAD
     assert 1000 + low <= counter < 1000 + high  # a link_seq near 2**32 wraps, no error

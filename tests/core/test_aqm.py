@@ -256,7 +256,7 @@ def aimd_flow(sim: Sim, seconds: float, tos: int = 0) -> tuple[list[float], int,
         else:
             rate += 2e6 * STEP_S
         edge = sim.client.peers[0].queue
-        waited = sim.now - edge[0][1] if edge else 0.0
+        waited = sim.now - edge.peek()[1] if edge else 0.0
         queues.append(waited + sim.links[0].queued_s("up", sim.now))
     return queues, sent, len(sim.delivered["server"])
 

@@ -98,7 +98,7 @@ def test_a_flood_naming_unknown_sessions_gets_its_source_blocked() -> None:
     sim = Sim([SimLink()], seed=23)
     sim.run(1.0)
     header = wire.TRANSPORT_HEADER
-    flood = [header.pack(wire.MessageType.DATA, 0, 0, rng.getrandbits(32), i, i, 0)
+    flood = [header.pack(wire.MessageType.DATA, 0, 0, rng.getrandbits(32), i, i, 0, 0)
              + rng.randbytes(100) for i in range(int(guard.FAIL_LIMIT) + 10)]
     sim.server.receive_datagrams(0, flood, ATTACKER, sim.now)
     assert sim.server.drops["unknown_session"] == len(flood)

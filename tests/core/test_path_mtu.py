@@ -19,31 +19,31 @@ def test_derivation_takes_the_tightest_link() -> None:
     paths = [LinkPath("wan", 1500, 4, "interface eth0"),
              LinkPath("lte", 1400, 4, "route via wwan0")]
     result = pmtu.derive_tunnel_mtu(paths, ipv6_inside=False)
-    assert result.mtu == 1332
-    assert result.explanation == "mtu 1332 = link lte 1400 (route via wwan0) - 68"
+    assert result.mtu == 1330
+    assert result.explanation == "mtu 1330 = link lte 1400 (route via wwan0) - 70"
     assert result.warnings == ()
 
 
 def test_derivation_counts_ipv6_overhead_and_clamps() -> None:
     v6 = pmtu.derive_tunnel_mtu([LinkPath("fibre", 1500, 6, "interface eth0")], False)
-    assert v6.mtu == 1412 and "- 88" in v6.explanation
+    assert v6.mtu == 1410 and "- 90" in v6.explanation
     small = pmtu.derive_tunnel_mtu([LinkPath("ppp", 1300, 4, "interface ppp0")], True)
     assert small.mtu == 1280 and "raised to the minimum 1280" in small.explanation
-    assert small.warnings and "1232" in small.warnings[0]
+    assert small.warnings and "1230" in small.warnings[0]
     jumbo = pmtu.derive_tunnel_mtu([LinkPath("lan", 65536, 4, "interface lo")], False)
     assert jumbo.mtu == 9000 and "capped at 9000" in jumbo.explanation
 
 
 def test_derivation_without_links_falls_back_to_ethernet() -> None:
     result = pmtu.derive_tunnel_mtu([], ipv6_inside=False)
-    assert result.mtu == 1432 and "1500" in result.explanation
+    assert result.mtu == 1430 and "1500" in result.explanation
 
 
 def test_configured_mtu_above_a_link_warns_with_the_numbers() -> None:
     paths = [LinkPath("wan", 1500, 4, "interface eth0"), LinkPath("lte", 1400, 4, "interface x")]
     assert pmtu.check_configured_mtu(1300, paths) == []
     (warning,) = pmtu.check_configured_mtu(1400, paths)
-    assert "mtu 1400 is larger than link lte allows: 1400 (interface x) - 68 = 1332" in warning
+    assert "mtu 1400 is larger than link lte allows: 1400 (interface x) - 70 = 1330" in warning
 
 
 # -- the search, with a fake clock --------------------------------------------
@@ -149,12 +149,12 @@ def test_black_hole_is_found_by_the_confirmation() -> None:
 def test_notes_say_what_happened() -> None:
     path = FakePath(1500)
     path.run(1.0)
-    assert path.search.take_notes() == ["path mtu 1500 (carries 1432 inside the tunnel)"]
+    assert path.search.take_notes() == ["path mtu 1500 (carries 1430 inside the tunnel)"]
     path.mtu = 1300
     path.run(pmtu.CONFIRM_INTERVAL_S + 8.0)
     assert path.search.take_notes() == [
         "1500-byte probes vanish: searching the path mtu again",
-        "path mtu 1300 (carries 1232 inside the tunnel)"]
+        "path mtu 1300 (carries 1230 inside the tunnel)"]
     assert path.search.take_notes() == []
 
 
@@ -313,7 +313,7 @@ def test_bad_padding_is_a_control_error() -> None:
 
 
 def sim_with_mtus(*mtus: int | None) -> Sim:
-    return Sim([SimLink(delay_s=0.01, mtu=mtu) for mtu in mtus], tunnel_mtu=1432,
+    return Sim([SimLink(delay_s=0.01, mtu=mtu) for mtu in mtus], tunnel_mtu=1430,
                pmtu_probe=True)
 
 
@@ -327,7 +327,7 @@ def test_both_ends_probe_each_link_and_take_the_smallest() -> None:
     sim.run(8.0)
     assert path_mtus(sim.client) == [1500, 1300]
     assert path_mtus(sim.server) == [1500, 1300]
-    assert sim.client.peers[0].mtu == sim.server.peers[0].mtu == 1232
+    assert sim.client.peers[0].mtu == sim.server.peers[0].mtu == 1230
 
 
 def _pmtu_probes(sim: Sim, start: int) -> dict[str, int]:
@@ -373,7 +373,7 @@ def test_oversized_packet_gets_icmp_answer_back_on_the_tun() -> None:
     sim.run(0.1, [(sim.now, "up", packet)])
     (answer,) = sim.delivered["client"]
     assert answer[9] == 1 and answer[20:22] == bytes([3, 4])
-    assert struct.unpack_from("!H", answer, 26)[0] == 1232
+    assert struct.unpack_from("!H", answer, 26)[0] == 1230
     assert reference_checksum(answer[20:]) == 0
     assert sim.server.drops["too_big"] == 0 and sim.client.drops["too_big"] == 1
     assert sim.client.status(sim.now)["mtu"].get("icmp_sent", 0) == 1
@@ -393,12 +393,12 @@ def test_oversized_packet_without_df_arrives_in_fragments() -> None:
 def test_black_hole_mid_run_lowers_the_mtu() -> None:
     sim = sim_with_mtus(None, None)
     sim.run(3.0)
-    assert sim.client.peers[0].mtu == 1432
+    assert sim.client.peers[0].mtu == 1430
     sim.links[1].mtu = 1280
     traffic = [(sim.now + i * 0.01, "up", ip_packet(i, 1400)) for i in range(1000)]
     sim.run(10.0, traffic)
     assert path_mtus(sim.client) == [1500, 1280]
-    assert sim.client.peers[0].mtu == 1212
+    assert sim.client.peers[0].mtu == 1210
     # Large packets on link 1 vanished until the search finished (data loss
     # brings the confirmation forward); the later ones (no DF) went as
     # fragments, and all of them arrived.

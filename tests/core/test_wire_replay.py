@@ -10,9 +10,9 @@ from stripe.replay import WINDOW_SIZE, ReplayWindow
 
 
 def test_sizes_are_derived_and_fixed() -> None:
-    assert wire.TRANSPORT_HEADER_SIZE == 24
-    assert wire.TRANSPORT_OVERHEAD == 40
-    assert wire.WIRE_OVERHEAD_IPV4 == 68
+    assert wire.TRANSPORT_HEADER_SIZE == 26
+    assert wire.TRANSPORT_OVERHEAD == 42
+    assert wire.WIRE_OVERHEAD_IPV4 == 70
     assert wire.HANDSHAKE_INIT_SIZE == 148
     assert wire.HANDSHAKE_RESP_SIZE == 92
 
@@ -21,13 +21,14 @@ def test_transport_header_known_answer() -> None:
     raw = wire.encode_transport_header(
         wire.MessageType.DATA, link_id=3, link_mask=0b101, receiver_index=0x01020304,
         counter=0x1122334455667788, link_seq=0xAABBCCDD, send_time_us=2**32 + 5,
+        flow_gap=0x0102,
     )
     assert raw.hex() == (
-        "04" "03" "0005" "01020304" "1122334455667788" "aabbccdd" "00000005"
+        "04" "03" "0005" "01020304" "1122334455667788" "aabbccdd" "00000005" "0102"
     )
     header = wire.decode_transport_header(raw + bytes(16))
     assert header == wire.TransportHeader(
-        wire.MessageType.DATA, 3, 5, 0x01020304, 0x1122334455667788, 0xAABBCCDD, 5
+        wire.MessageType.DATA, 3, 5, 0x01020304, 0x1122334455667788, 0xAABBCCDD, 5, 0x0102
     )
 
 
@@ -35,8 +36,8 @@ def test_transport_header_known_answer() -> None:
     ("data", "reason"),
     [
         (b"", "short"),
-        (bytes([4]) + bytes(38), "short"),
-        (bytes([4, 0, 0x10, 0]) + bytes(36), "bad_flags"),
+        (bytes([4]) + bytes(40), "short"),
+        (bytes([4, 0, 0x10, 0]) + bytes(38), "bad_flags"),
     ],
 )
 def test_transport_header_rejects(data: bytes, reason: str) -> None:

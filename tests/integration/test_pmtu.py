@@ -72,37 +72,37 @@ def test_mtu_derived_from_the_veths_and_frag_needed_names_it(make_tunnel: Any) -
         set_mtu(tunnel, side, 1, 1400)
     tunnel.start()
     client = tunnel.status("client")
-    assert client["mtu"]["tun"] == 1332, client["mtu"]
+    assert client["mtu"]["tun"] == 1330, client["mtu"]
     link1 = tunnel.lab.names.links[1].client_if
     assert client["mtu"]["derivation"] == (
-        f"mtu 1332 = link link1 1400 (route to 10.1.0.2 via {link1}) - 68")
-    assert "mtu 1332 = link link1 1400" in tunnel.logs()
+        f"mtu 1330 = link link1 1400 (route to 10.1.0.2 via {link1}) - 70")
+    assert "mtu 1330 = link link1 1400" in tunnel.logs()
     # The server has no [[link]] and no default route: it assumes Ethernet,
     # then its own probes find link1's 1400 bytes.
     server = tunnel.status("server")
-    assert server["mtu"]["tun"] == 1432 and "assuming Ethernet" in server["mtu"]["derivation"]
-    wait_for(lambda: tunnel.status("server")["peers"][0]["mtu"] == 1332, 10,
+    assert server["mtu"]["tun"] == 1430 and "assuming Ethernet" in server["mtu"]["derivation"]
+    wait_for(lambda: tunnel.status("server")["peers"][0]["mtu"] == 1330, 10,
              "the server's probes find link1", tunnel)
     with host_behind_client(tunnel) as host_ns:
         # A 1500-byte ping with DF from a host behind the client: the
         # client's kernel answers for its TUN, naming the tunnel MTU.
         out = ping(host_ns, 1472)
-        assert "Frag needed and DF set (mtu = 1332)" in out, out
-        assert " 0% packet loss" in ping(host_ns, 1332 - 28)
+        assert "Frag needed and DF set (mtu = 1330)" in out, out
+        assert " 0% packet loss" in ping(host_ns, 1330 - 28)
     # From the client itself the kernel refuses locally, with the same number.
     out = ping(tunnel.client_ns, 1472)
-    assert "mtu=1332" in out or "mtu = 1332" in out, out
-    # The server's TUN takes 1432 bytes, its link1 only 1400: stripe
+    assert "mtu=1330" in out or "mtu = 1330" in out, out
+    # The server's TUN takes 1430 bytes, its link1 only 1400: stripe
     # itself answers for what the TUN let through.
-    out = ping(tunnel.server_ns, 1432 - 28, target="10.77.0.1")
-    assert "Frag needed and DF set (mtu = 1332)" in out, out
+    out = ping(tunnel.server_ns, 1430 - 28, target="10.77.0.1")
+    assert "Frag needed and DF set (mtu = 1330)" in out, out
     assert tunnel.status("server")["mtu"]["icmp_sent"] >= 1
 
 
 def test_probing_finds_a_shrunken_link_and_tcp_adapts(make_tunnel: Any) -> None:
     tunnel: Tunnel = make_tunnel(rates_mbit=(50.0, 50.0))
     client = tunnel.status("client")
-    assert client["mtu"]["tun"] == 1432 and client["mtu"]["probing"]
+    assert client["mtu"]["tun"] == 1430 and client["mtu"]["probing"]
     assert [link["path_mtu"] for link in client["peers"][0]["links"]] == [1500, 1500]
     with host_behind_client(tunnel) as host_ns:
         # The server end of link1 now takes 1300 bytes: larger datagrams from
@@ -126,14 +126,14 @@ def test_probing_finds_a_shrunken_link_and_tcp_adapts(make_tunnel: Any) -> None:
         # The server's larger sends on link1 fail locally (EMSGSIZE) since the
         # change: at its next confirmation (or its first large reply) it
         # searches too, and finds 1300 at once.
-        wait_for(lambda: tunnel.status("server")["peers"][0]["mtu"] == 1232,
+        wait_for(lambda: tunnel.status("server")["peers"][0]["mtu"] == 1230,
                  CONFIRM_INTERVAL_S + 5, "the server finds link1's 1300 bytes", tunnel)
-        assert "link link1: path mtu 1300 (carries 1232 inside the tunnel)" in tunnel.logs()
+        assert "link link1: path mtu 1300 (carries 1230 inside the tunnel)" in tunnel.logs()
         # A host behind the client gets stripe's answer (its kernel only
-        # knows the TUN's 1432)...
-        out = ping(host_ns, 1432 - 28)
+        # knows the TUN's 1430)...
+        out = ping(host_ns, 1430 - 28)
         assert "From 10.77.0.2 icmp_seq=1 Frag needed and DF set (mtu = 1236)" in out, out
         assert " 0% packet loss" in ping(host_ns, 1236 - 28)
     # ... and so does the client (or its kernel, which learnt 1236 already).
-    out = ping(tunnel.client_ns, 1432 - 28)
+    out = ping(tunnel.client_ns, 1430 - 28)
     assert "mtu = 1236" in out or "mtu=1236" in out, out

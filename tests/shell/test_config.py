@@ -135,7 +135,7 @@ def test_mtu_auto_or_a_number(tmp_path: Path) -> None:
     spec = fixed.endpoint_spec()
     assert spec.tunnel_mtu == 1380 and not spec.pmtu_probe
     # "auto": the driver passes the MTU it derived.
-    assert load(tmp_path, CLIENT).endpoint_spec(1432).tunnel_mtu == 1432
+    assert load(tmp_path, CLIENT).endpoint_spec(1430).tunnel_mtu == 1430
     v4_only = CLIENT.replace(', "fd00::1/64"', "").replace('scheduler = "roundrobin"',
                                                             "mtu = 576")
     assert load(tmp_path, v4_only).mtu == 576

@@ -37,7 +37,7 @@ def select(payload: bytes) -> int:
 
 
 def transport(mtype: int, receiver: int) -> bytes:
-    return struct.pack("!BBHIQII", mtype, 0, 0, receiver, 7, 1, 2) + bytes(40)
+    return struct.pack("!BBHIQIIH", mtype, 0, 0, receiver, 7, 1, 2, 0) + bytes(40)
 
 
 def test_transport_messages_go_to_the_worker_their_index_names() -> None:

@@ -1,0 +1,82 @@
+"""Inner flows, so that one flow's gap does not hold back another's packets.
+
+The receiver puts data back in counter order, and a gap (a packet still
+crossing a slower link, or lost) holds back everything behind it.  Within
+one inner flow that is the point: a TCP stream must not see its segments
+reordered.  Between flows it is only harm: a ping, a DNS query or a call's
+audio sent on the fast link waits for a bulk download's packets queued
+on the slow one, so the bond's latency under load is its slowest link's
+whatever the link each packet took.
+
+So the sender tells, in each DATA header's `flow_gap`, how many counters
+back the previous message of the same inner flow is (`wire`), and the
+receiver (`reorder`) releases a packet as soon as that one is delivered or
+given up, instead of waiting for every smaller counter.  A flow is the
+5-tuple of a TCP, UDP, SCTP, DCCP or UDP-Lite packet that is not a
+fragment, and the address pair and protocol of anything else (ICMP, ESP,
+fragments: a fragment carries no ports); flows are folded into
+`FLOW_BUCKETS` buckets, and a bucket is chained as one flow: two flows
+that share one keep their order between them, which is only what every
+flow had before.  The first message of a bucket in a session has
+`FLOW_FIRST` (nothing to wait for); one whose predecessor is more than
+`wire.FLOW_IN_ORDER` - 1 counters back gets FLOW_IN_ORDER, in counter
+order like every message before flows were told.
+
+Empty state: no bucket has sent.  Invariant: `_last[b]` is the counter of
+the newest message of bucket b sealed in this session.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .wire import FLOW_FIRST, FLOW_IN_ORDER
+
+FLOW_BUCKETS = 1024
+_BUCKET_MASK = FLOW_BUCKETS - 1
+# IP protocols whose first 4 payload bytes are the source and destination ports.
+_PORT_PROTOCOLS = frozenset({6, 17, 33, 132, 136})  # TCP, UDP, DCCP, SCTP, UDP-Lite
+
+
+def flow_bucket(packet: bytes) -> int:
+    """The bucket of an inner IP packet's flow (see the module doc)."""
+    if len(packet) < 20:
+        return 0  # not an IP packet (the egress lets none through): one bucket
+    version = packet[0] >> 4
+    if version == 4:
+        protocol = packet[9]
+        # Not a fragment: MF clear and offset 0 (the flags' top bit is reserved).
+        if protocol in _PORT_PROTOCOLS and not (packet[6] & 0x3F or packet[7]):
+            start = (packet[0] & 0x0F) << 2
+            return hash((protocol, packet[12:20], packet[start:start + 4])) & _BUCKET_MASK
+        return hash((protocol, packet[12:20])) & _BUCKET_MASK
+    # IPv6: the next header right after the fixed header, or the address
+    # pair alone (extension headers, fragments).
+    protocol = packet[6]
+    if protocol in _PORT_PROTOCOLS:
+        return hash((protocol, packet[8:40], packet[40:44])) & _BUCKET_MASK
+    return hash((protocol, packet[8:40])) & _BUCKET_MASK
+
+
+@dataclass(slots=True)
+class FlowChains:
+    """The sending side of one session: each message's `flow_gap`."""
+
+    _last: dict[int, int] = field(default_factory=dict)
+
+    def gaps(self, first_counter: int, packets: list[bytes]) -> list[int]:
+        """The flow gaps of `packets`, sealed at counters from `first_counter` on."""
+        last = self._last
+        gaps = []
+        counter = first_counter
+        for packet in packets:
+            bucket = flow_bucket(packet)
+            previous = last.get(bucket)
+            last[bucket] = counter
+            if previous is None:
+                gaps.append(FLOW_FIRST)
+            else:
+                gap = counter - previous
+                gaps.append(gap if gap < FLOW_IN_ORDER else FLOW_IN_ORDER)
+            counter += 1
+        return gaps

@@ -1,0 +1,98 @@
+"""The inner packets waiting at the sending edge, and the sparse flows that skip them.
+
+A peer's packets wait here while it has no session yet or every link's
+window is full (see `window`), first in first out, at most
+QUEUE_MAX_PACKETS (the oldest goes when it is full); queue management
+(`aqm`) keeps the wait short for the flows that fill it.
+
+A flow that sends little (a ping, DNS, a call's audio, a game's updates)
+should not wait behind a bulk flow's backlog: as in fq_codel (RFC 8290),
+whose "new flows" go first, a packet whose flow has nothing waiting here
+and that has sent under SPARSE_FLOW_BYTES this way in the current
+SPARSE_INTERVAL_S is sent at once, on the link where it arrives first,
+even past a full window by its few bytes (`may_skip`).  A flow that sends
+more than that waits in line like any other, and since nothing of a flow
+skips while some of it waits, a flow's packets never overtake each other.
+SPARSE_PEER_BYTES bounds what all of a peer's flows skip per interval, so
+many small flows cannot overfill the windows either.
+
+Flows are `flows.flow_bucket`'s buckets (two flows sharing one are one
+flow here: they wait for each other, which is only what all did before).
+
+Empty state: nothing waiting, no skips this interval.
+Invariant: `_waiting[b]` is the number of queued packets of bucket b
+(absent when none).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+QUEUE_MAX_PACKETS = 256
+SPARSE_INTERVAL_S = 0.100
+SPARSE_FLOW_BYTES = 3000  # two full packets, or a ping every few ms
+SPARSE_PEER_BYTES = 16384  # ~1.3 Mbit/s of skipping per peer
+
+
+@dataclass(slots=True)
+class SendQueue:
+    maxlen: int = QUEUE_MAX_PACKETS
+    # (packet, when it was queued, its flow bucket)
+    _items: deque[tuple[bytes, float, int]] = field(default_factory=deque)
+    _waiting: dict[int, int] = field(default_factory=dict)
+    _interval_start: float = float("-inf")
+    _skipped: dict[int, int] = field(default_factory=dict)  # bucket -> bytes this interval
+    _skipped_total: int = 0
+    skips: int = 0  # packets sent past the queue, for status
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def push(self, packet: bytes, now: float, bucket: int) -> bool:
+        """Queue `packet`; True if the oldest packet was dropped to make room."""
+        items, waiting = self._items, self._waiting
+        dropped = len(items) >= self.maxlen
+        if dropped:
+            self._forget(items.popleft()[2])
+        items.append((packet, now, bucket))
+        waiting[bucket] = waiting.get(bucket, 0) + 1
+        return dropped
+
+    def peek(self) -> tuple[bytes, float]:
+        """The oldest packet and when it was queued (the queue is not empty)."""
+        packet, since, _bucket = self._items[0]
+        return packet, since
+
+    def pop(self) -> bytes:
+        packet, _since, bucket = self._items.popleft()
+        self._forget(bucket)
+        return packet
+
+    def may_skip(self, bucket: int, size: int, now: float) -> bool:
+        """May a packet of `size` bytes of flow `bucket` go past the queue
+        now?  Counted as skipped if so (see the module doc)."""
+        if bucket in self._waiting:
+            return False
+        if now - self._interval_start >= SPARSE_INTERVAL_S:
+            self._interval_start = now
+            self._skipped.clear()
+            self._skipped_total = 0
+        used = self._skipped.get(bucket, 0) + size
+        if used > SPARSE_FLOW_BYTES or self._skipped_total + size > SPARSE_PEER_BYTES:
+            return False
+        self._skipped[bucket] = used
+        self._skipped_total += size
+        self.skips += 1
+        return True
+
+    def _forget(self, bucket: int) -> None:
+        waiting = self._waiting
+        left = waiting[bucket] - 1
+        if left:
+            waiting[bucket] = left
+        else:
+            del waiting[bucket]

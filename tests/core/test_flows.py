@@ -1,0 +1,198 @@
+"""Order per inner flow: the sender's flow gaps, the receiver's release
+ahead of another flow's gap, and a ping that no longer waits for a bulk
+flow's packets on a slower link."""
+
+from __future__ import annotations
+
+import struct
+
+from stripe import wire
+from stripe.flows import FLOW_BUCKETS, FlowChains, flow_bucket
+from stripe.reorder import ReorderBuffer
+from stripe.sendqueue import SPARSE_FLOW_BYTES, SPARSE_INTERVAL_S, SPARSE_PEER_BYTES, SendQueue
+
+from .netsim import Sim, SimLink
+
+FIRST, IN_ORDER = wire.FLOW_FIRST, wire.FLOW_IN_ORDER
+
+
+def udp4(sport: int, dport: int, seq: int = 0, size: int = 200, frag: int = 0,
+         src: bytes = bytes([10, 0, 0, 1]), dst: bytes = bytes([10, 0, 0, 2])) -> bytes:
+    """An IPv4 UDP packet from `sport` to `dport` whose payload starts with `seq`."""
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, size, 0, frag, 64, 17, 0, src, dst)
+    udp = struct.pack("!HHHH", sport, dport, size - 20, 0)
+    return header + udp + struct.pack("!Q", seq) + bytes(size - 36)
+
+
+def udp6(sport: int, dport: int, size: int = 200) -> bytes:
+    header = struct.pack("!IHBB16s16s", 6 << 28, size - 40, 17, 64, bytes(15) + b"\x01",
+                         bytes(15) + b"\x02")
+    return header + struct.pack("!HHHH", sport, dport, size - 40, 0) + bytes(size - 48)
+
+
+def test_a_flow_keeps_its_bucket_and_flows_spread_over_buckets() -> None:
+    assert flow_bucket(udp4(1000, 53, seq=1)) == flow_bucket(udp4(1000, 53, seq=2, size=900))
+    assert flow_bucket(udp6(1000, 53)) == flow_bucket(udp6(1000, 53, size=1000))
+    buckets = {flow_bucket(udp4(40000 + i, 443)) for i in range(100)}
+    assert len(buckets) >= 90 and all(0 <= b < FLOW_BUCKETS for b in buckets)
+    assert len({flow_bucket(udp6(40000 + i, 443)) for i in range(100)}) >= 90
+
+
+def test_fragments_and_portless_packets_go_by_their_addresses() -> None:
+    # A fragment's first payload bytes are no ports: the ports of two
+    # fragments of different flows do not separate them.
+    more_fragments = 0x2000
+    assert flow_bucket(udp4(1, 2, frag=more_fragments)) == flow_bucket(
+        udp4(3, 4, frag=more_fragments)) == flow_bucket(udp4(5, 6, frag=185))
+    other_host = udp4(1, 2, frag=more_fragments, dst=bytes([10, 0, 0, 3]))
+    assert flow_bucket(other_host) != flow_bucket(udp4(1, 2, frag=more_fragments))
+    assert flow_bucket(b"\x45") == 0  # no IP packet: no crash
+
+
+def test_each_message_says_how_far_back_its_flows_previous_one_is() -> None:
+    a, b = udp4(1000, 53), udp4(2000, 53)
+    chains = FlowChains()
+    assert chains.gaps(0, [a, b, a, a]) == [FIRST, FIRST, 2, 1]
+    assert chains.gaps(4, [b]) == [3]
+    assert chains.gaps(4 + IN_ORDER, [a]) == [IN_ORDER]  # too far back to say
+    assert FlowChains().gaps(0, [a]) == [FIRST]  # a new session starts afresh
+
+
+def _buffer() -> tuple[ReorderBuffer, list[bytes]]:
+    buffer = ReorderBuffer(hold_s=0.1)
+    return buffer, buffer.ready
+
+
+SLOW = 0b100  # link 2, announced and never heard from: loss inference waits for it
+
+
+def test_another_flows_packet_goes_ahead_of_a_gap_and_a_flows_own_waits() -> None:
+    buffer, out = _buffer()
+    buffer.push(0, b"A0", 0, 0.0, SLOW | 0b11, flow_gap=FIRST)
+    # 1 (flow A) is on the slow link; 2 is flow B's first: it goes at once.
+    buffer.push(2, b"B2", 1, 0.001, SLOW | 0b11, flow_gap=FIRST)
+    assert out == [b"A0", b"B2"] and buffer.stats.ahead == 1 and buffer.held == 0
+    # 3 is A's next after 1: it waits, as does a message without a flow gap.
+    buffer.push(3, b"A3", 1, 0.002, flow_gap=2)
+    buffer.push(4, b"X4", 1, 0.003, flow_gap=IN_ORDER)
+    assert out == [b"A0", b"B2"] and buffer.held == 2
+    buffer.push(1, b"A1", 2, 0.004, flow_gap=1)
+    assert out == [b"A0", b"B2", b"A1", b"A3", b"X4"]
+    assert buffer.next_seq == 5 and buffer.held == 0 and buffer.stats.lost == 0
+
+
+def test_a_flows_chain_is_released_when_its_head_arrives() -> None:
+    buffer, out = _buffer()
+    # 0 (flow A) is on the slow link; flow B's 2 and 3 arrive before its 1.
+    buffer.push(2, b"B2", 1, 0.0, SLOW | 0b11, flow_gap=1)
+    buffer.push(3, b"B3", 1, 0.0, SLOW | 0b11, flow_gap=1)
+    assert out == []
+    buffer.push(1, b"B1", 0, 0.001, SLOW | 0b11, flow_gap=FIRST)
+    assert out == [b"B1", b"B2", b"B3"] and buffer.stats.ahead == 3
+    buffer.push(1, b"B1", 0, 0.002, flow_gap=FIRST)  # a duplicate: not again
+    assert out == [b"B1", b"B2", b"B3"]
+    buffer.push(0, b"A0", 2, 0.003, flow_gap=FIRST)
+    assert out == [b"B1", b"B2", b"B3", b"A0"] and buffer.next_seq == 4
+
+
+def test_a_gap_given_up_releases_what_waited_for_it_and_keeps_its_deadline() -> None:
+    buffer, out = _buffer()
+    # 0 and 1 are lost; 2 (flow B, first) went ahead: the gap still has a deadline.
+    buffer.push(2, b"B2", 1, 0.0, SLOW | 0b10, flow_gap=FIRST)
+    buffer.push(3, b"A3", 1, 0.01, SLOW | 0b10, flow_gap=3)  # waits for 0
+    buffer.push(4, b"B4", 1, 0.02, SLOW | 0b10, flow_gap=2)  # 2 went: at once
+    assert out == [b"B2", b"B4"]
+    assert buffer.deadline() == 0.1
+    buffer.poll(0.1)
+    assert out == [b"B2", b"B4", b"A3"]
+    assert buffer.next_seq == 5 and buffer.stats.lost == 2 and buffer.held == 0
+    assert buffer.stats.deadline_releases == 1
+
+
+def _tagged(seq: int, sport: int) -> bytes:
+    return udp4(sport, 9, seq=seq, size=1000 if sport == 1 else 100)
+
+
+def test_a_ping_crosses_the_fast_link_without_waiting_for_the_bulk_on_the_slow_one() -> None:
+    # Round robin puts every other bulk packet on the 60 ms link; pings go on
+    # whichever link is next.  Those on the 10 ms link used to wait ~50 ms
+    # for the bulk packets sent before them on the slow one.
+    sim = Sim([SimLink(delay_s=0.010), SimLink(delay_s=0.060)])
+    sim.run(1.0)
+    start, step = sim.now, 0.001
+    traffic = [(start + i * 0.002, "up", _tagged(i, 1)) for i in range(500)]
+    traffic += [(start + 0.1 + i * 0.037, "up", _tagged(10_000 + i, 2)) for i in range(20)]
+    sent_at = {packet: t for t, _, packet in traffic}
+    arrived: dict[bytes, float] = {}
+    while sim.now < start + 1.3:
+        now = sim.now
+        sim.run(step, [x for x in traffic if now <= x[0] < now + step])
+        for packet in sim.delivered["server"]:
+            arrived.setdefault(packet, sim.now)
+    pings = [arrived[p] - sent_at[p] for p in sent_at if p[21] == 2]
+    bulk = [struct.unpack_from("!Q", p, 28)[0] for p in sim.delivered["server"] if p[21] == 1]
+    assert len(pings) == 20 and bulk == list(range(500))  # the bulk flow stays in order
+    fast = [d for d in pings if d < 0.03]
+    assert len(fast) >= 5, sorted(round(d * 1000) for d in pings)
+    stats = sim.server.peers[0].current.reorder.stats  # type: ignore[union-attr]
+    assert stats.ahead >= len(fast) and stats.late == 0
+
+
+# -- the sending edge: sparse flows skip the queue ------------------------------
+
+
+def test_a_flow_with_nothing_waiting_skips_within_its_quantum() -> None:
+    queue = SendQueue()
+    assert queue.push(b"bulk", 0.0, 1) is False and len(queue) == 1
+    assert not queue.may_skip(1, 100, 0.0)  # its own packets wait: it waits behind them
+    assert queue.may_skip(2, 100, 0.0)
+    assert queue.may_skip(2, SPARSE_FLOW_BYTES - 100, 0.01)
+    assert not queue.may_skip(2, 1, 0.02)  # its quantum is spent for this interval
+    assert queue.may_skip(2, 100, SPARSE_INTERVAL_S)  # a new interval
+    assert queue.pop() == b"bulk" and not queue and queue.may_skip(1, 100, 0.2)
+    assert queue.skips == 4
+
+
+def test_what_all_flows_skip_is_bounded_per_peer() -> None:
+    queue = SendQueue()
+    queue.push(b"bulk", 0.0, 0)
+    sizes = [1000] * 100
+    skipped = sum(queue.may_skip(bucket, size, 0.0) for bucket, size in enumerate(sizes, 1))
+    assert skipped == SPARSE_PEER_BYTES // 1000
+
+
+def test_a_full_queue_drops_its_oldest_and_keeps_its_counts() -> None:
+    queue = SendQueue(maxlen=2)
+    queue.push(b"a", 0.0, 1)
+    queue.push(b"b", 0.0, 2)
+    assert queue.push(b"c", 0.0, 2) is True  # "a" went
+    assert queue.may_skip(1, 10, 0.0) and not queue.may_skip(2, 10, 0.0)
+    assert [queue.pop(), queue.pop()] == [b"b", b"c"]
+    assert queue.may_skip(2, 10, 0.0)
+
+
+def test_a_ping_skips_a_bulk_flows_backlog_at_the_sending_edge() -> None:
+    # 2 x 2 Mbit/s and a bulk flow offering 8: the windows are full and the
+    # bulk flow's packets wait at the sending edge; a ping every 50 ms does not.
+    sim = Sim([SimLink(delay_s=0.010, rate_bps=2e6), SimLink(delay_s=0.010, rate_bps=2e6)],
+              scheduler="adaptive")
+    sim.run(1.0)
+    start, step = sim.now, 0.001
+    traffic = [(start + i * 0.0012, "up", _tagged(i, 1)) for i in range(2500)]
+    traffic += [(start + 1.0 + i * 0.05, "up", _tagged(10_000 + i, 2)) for i in range(30)]
+    sent_at = {packet: t for t, _, packet in traffic}
+    arrived: dict[bytes, float] = {}
+    waited: list[int] = []
+    while sim.now < start + 3.2:
+        now = sim.now
+        sim.run(step, [x for x in traffic if now <= x[0] < now + step])
+        waited.append(len(sim.client.peers[0].queue))
+        for packet in sim.delivered["server"]:
+            arrived.setdefault(packet, sim.now)
+    pings = sorted(arrived[p] - sent_at[p] for p in sent_at if p[21] == 2 and p in arrived)
+    bulk = sorted(arrived[p] - sent_at[p] for p in arrived if p[21] == 1)
+    assert max(waited) > 20  # the bulk flow did queue
+    median_ping, median_bulk = pings[len(pings) // 2], bulk[len(bulk) // 2]
+    assert median_ping < 0.5 * median_bulk, (median_ping, median_bulk)
+    assert len(pings) == 30  # none lost to the bulk flow's queue management
+    assert sim.client.peers[0].queue.skips >= 25
