@@ -113,23 +113,34 @@ def _tagged(seq: int, sport: int) -> bytes:
     return udp4(sport, 9, seq=seq, size=1000 if sport == 1 else 100)
 
 
+def _delays(sim: Sim, traffic: list[tuple[float, str, bytes]], seconds: float,
+            step: float = 0.001) -> tuple[dict[bytes, float], int]:
+    """Run the sim `seconds` in steps, sending `traffic` up: each delivered
+    packet's delay, and the most packets waiting at the client's sending edge."""
+    sent_at = {packet: t for t, _, packet in traffic}
+    delays: dict[bytes, float] = {}
+    most_queued = 0
+    end = sim.now + seconds
+    while sim.now < end:
+        now = sim.now
+        sim.run(step, [x for x in traffic if now <= x[0] < now + step])
+        most_queued = max(most_queued, len(sim.client.peers[0].queue))
+        for packet in sim.delivered["server"]:
+            delays.setdefault(packet, sim.now - sent_at[packet])
+    return delays, most_queued
+
+
 def test_a_ping_crosses_the_fast_link_without_waiting_for_the_bulk_on_the_slow_one() -> None:
     # Round robin puts every other bulk packet on the 60 ms link; pings go on
     # whichever link is next.  Those on the 10 ms link used to wait ~50 ms
     # for the bulk packets sent before them on the slow one.
     sim = Sim([SimLink(delay_s=0.010), SimLink(delay_s=0.060)])
     sim.run(1.0)
-    start, step = sim.now, 0.001
+    start = sim.now
     traffic = [(start + i * 0.002, "up", _tagged(i, 1)) for i in range(500)]
     traffic += [(start + 0.1 + i * 0.037, "up", _tagged(10_000 + i, 2)) for i in range(20)]
-    sent_at = {packet: t for t, _, packet in traffic}
-    arrived: dict[bytes, float] = {}
-    while sim.now < start + 1.3:
-        now = sim.now
-        sim.run(step, [x for x in traffic if now <= x[0] < now + step])
-        for packet in sim.delivered["server"]:
-            arrived.setdefault(packet, sim.now)
-    pings = [arrived[p] - sent_at[p] for p in sent_at if p[21] == 2]
+    delays, _ = _delays(sim, traffic, 1.3)
+    pings = [d for p, d in delays.items() if p[21] == 2]
     bulk = [struct.unpack_from("!Q", p, 28)[0] for p in sim.delivered["server"] if p[21] == 1]
     assert len(pings) == 20 and bulk == list(range(500))  # the bulk flow stays in order
     fast = [d for d in pings if d < 0.03]
@@ -177,21 +188,13 @@ def test_a_ping_skips_a_bulk_flows_backlog_at_the_sending_edge() -> None:
     sim = Sim([SimLink(delay_s=0.010, rate_bps=2e6), SimLink(delay_s=0.010, rate_bps=2e6)],
               scheduler="adaptive")
     sim.run(1.0)
-    start, step = sim.now, 0.001
+    start = sim.now
     traffic = [(start + i * 0.0012, "up", _tagged(i, 1)) for i in range(2500)]
     traffic += [(start + 1.0 + i * 0.05, "up", _tagged(10_000 + i, 2)) for i in range(30)]
-    sent_at = {packet: t for t, _, packet in traffic}
-    arrived: dict[bytes, float] = {}
-    waited: list[int] = []
-    while sim.now < start + 3.2:
-        now = sim.now
-        sim.run(step, [x for x in traffic if now <= x[0] < now + step])
-        waited.append(len(sim.client.peers[0].queue))
-        for packet in sim.delivered["server"]:
-            arrived.setdefault(packet, sim.now)
-    pings = sorted(arrived[p] - sent_at[p] for p in sent_at if p[21] == 2 and p in arrived)
-    bulk = sorted(arrived[p] - sent_at[p] for p in arrived if p[21] == 1)
-    assert max(waited) > 20  # the bulk flow did queue
+    delays, most_queued = _delays(sim, traffic, 3.2)
+    pings = sorted(d for p, d in delays.items() if p[21] == 2)
+    bulk = sorted(d for p, d in delays.items() if p[21] == 1)
+    assert most_queued > 20  # the bulk flow did queue
     median_ping, median_bulk = pings[len(pings) // 2], bulk[len(bulk) // 2]
     assert median_ping < 0.5 * median_bulk, (median_ping, median_bulk)
     assert len(pings) == 30  # none lost to the bulk flow's queue management
