@@ -67,16 +67,31 @@ class FlowChains:
     def gaps(self, first_counter: int, packets: list[bytes]) -> list[int]:
         """The flow gaps of `packets`, sealed at counters from `first_counter` on."""
         last = self._last
-        gaps = []
+        gaps: list[int] = []
         counter = first_counter
+        # A run is mostly one flow (the segments of one TCP super-packet): an
+        # unfragmented IPv4 packet with a 20-byte header whose addresses,
+        # ports and protocol are the previous packet's follows it (gap 1),
+        # without hashing; its bucket's entry is written when the streak ends.
+        same: bytes = b""
+        protocol = bucket = -1
         for packet in packets:
+            whole_v4 = packet[0] == 0x45 and not (packet[6] & 0x3F or packet[7])
+            if whole_v4 and packet[9] == protocol and packet[12:24] == same:
+                gaps.append(1)
+                counter += 1
+                continue
+            if bucket >= 0:
+                last[bucket] = counter - 1
             bucket = flow_bucket(packet)
             previous = last.get(bucket)
-            last[bucket] = counter
             if previous is None:
                 gaps.append(FLOW_FIRST)
             else:
                 gap = counter - previous
                 gaps.append(gap if gap < FLOW_IN_ORDER else FLOW_IN_ORDER)
+            same, protocol = (packet[12:24], packet[9]) if whole_v4 else (b"", -1)
             counter += 1
+        if bucket >= 0:
+            last[bucket] = counter - 1
         return gaps

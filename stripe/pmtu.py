@@ -5,8 +5,8 @@ Theory of operation
 -------------------
 Sizes here are IP packet sizes.  A link's *path MTU* is the largest outer
 datagram (IP + UDP + our header + tag) that crosses it; the tunnel carries
-inner packets of at most path MTU - `overhead(family)` (68 bytes over
-IPv4, 88 over IPv6).
+inner packets of at most path MTU - `overhead(family)` (70 bytes over
+IPv4, 90 over IPv6).
 
 1. At start (`derive_tunnel_mtu`): the TUN MTU is the smallest of what each
    link's interface or route allows, minus the overhead, within
@@ -101,7 +101,7 @@ class LinkPath:
 @dataclass(frozen=True, slots=True)
 class Derivation:
     mtu: int
-    explanation: str  # "mtu 1432 = link wan 1500 (interface eth0) - 68"
+    explanation: str  # "mtu 1430 = link wan 1500 (interface eth0) - 70"
     warnings: tuple[str, ...] = ()
 
 

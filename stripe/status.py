@@ -46,7 +46,8 @@ def render(status: dict[str, Any]) -> str:
         worker = f"  worker {peer['worker']}" if "worker" in peer else ""
         lines.append(f"peer {key[:16]}…{worker}  session {_cell(peer.get('session'))}  "
                      f"last handshake {_cell(peer.get('last_handshake_s_ago'), '{} s ago')}  "
-                     f"queued {peer.get('queued', 0)}  mtu {_cell(peer.get('mtu'))}")
+                     f"queued {peer.get('queued', 0)} (skipped by sparse flows "
+                     f"{peer.get('skipped_queue', 0)})  mtu {_cell(peer.get('mtu'))}")
         links = peer.get("links", [])
         total_tx = sum(link.get("tx_bytes", 0) for link in links) or 1
         header = ("link", "state", "rtt ms", "loss %", "rate Mb/s", "deliv Mb/s", "queue ms",
@@ -177,7 +178,8 @@ def snapshot(spec: EndpointSpec, peers_state: list[Peer], drops: Mapping[str, in
             "session": None if session is None else f"{session.local_index:08x}",
             "last_handshake_s_ago": None if peer.handshake.last_completed is None
             else round(now - peer.handshake.last_completed, 1),
-            "queued": len(peer.queue), "links": links, "reorder": reorder, "mtu": peer.mtu,
+            "queued": len(peer.queue), "skipped_queue": peer.queue.skips,
+            "links": links, "reorder": reorder, "mtu": peer.mtu,
             "redundancy": _redundancy(peer, links),
             "resent_packets": peer.copies.resent, "resend_failed": peer.copies.resend_failed,
             "queue": _queue(peer, now),

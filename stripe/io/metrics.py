@@ -109,6 +109,8 @@ QUEUE_COUNTERS = (
     ("queue_marked_packets", "ECN-capable inner packets marked CE instead.", "marked"),
 )
 PEER_COUNTERS = (
+    ("peer_skipped_queue_packets",
+     "Packets of sparse flows sent past the peer's queue (see sendqueue).", "skipped_queue"),
     ("peer_resent_packets",
      "Data packets re-sent on another link: theirs went down before the peer reported them.",
      "resent_packets"),
