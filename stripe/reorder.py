@@ -289,11 +289,18 @@ class ReorderBuffer:
 
     def _skip_to(self, target: int) -> None:
         """Give up on the counters from `next_seq` up to `target`."""
-        self.stats.lost += target - self.next_seq
-        if self._waiting:
-            for seq in range(self.next_seq, target):
-                if seq in self._waiting:
-                    self._wake(seq)
+        skipped = target - self.next_seq
+        self.stats.lost += skipped
+        waiting = self._waiting
+        if waiting:
+            # Over the shorter of the two: a counter far ahead (a peer's bug)
+            # must not make this a loop over billions of counters.
+            if skipped <= len(waiting):
+                woken = [seq for seq in range(self.next_seq, target) if seq in waiting]
+            else:
+                woken = sorted(seq for seq in waiting if self.next_seq <= seq < target)
+            for seq in woken:
+                self._wake(seq)
         self.next_seq = target
 
     def _frontier(self, now: float) -> int:

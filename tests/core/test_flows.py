@@ -221,3 +221,14 @@ def test_a_ping_skips_a_bulk_flows_backlog_at_the_sending_edge() -> None:
     assert median_ping < 0.5 * median_bulk, (median_ping, median_bulk)
     assert len(pings) == 30  # none lost to the bulk flow's queue management
     assert sim.client.status(sim.now)["peers"][0]["skipped_queue"] >= 25
+
+
+def test_a_counter_far_ahead_is_skipped_to_at_once() -> None:
+    buffer, out = _buffer()
+    # An authenticated peer's bug: a counter 2**40 ahead, waiting on 3 (as
+    # does 5: two waiters on one message, which an honest sender never makes).
+    buffer.push(5, b"A5", 1, 0.0, SLOW | 0b10, flow_gap=2)
+    buffer.push(2**40, b"B", 1, 0.0, SLOW | 0b10, flow_gap=2**40 - 3)
+    buffer.poll(0.1)  # the gaps given up one after the other, without a walk over 2**40
+    buffer.poll(0.2)
+    assert sorted(out) == [b"A5", b"B"] and buffer.next_seq == 2**40 + 1
