@@ -175,7 +175,7 @@ class ReorderBuffer:
             return True
         if seq in self._held:
             return True  # duplicate of a held packet (the replay window normally stops these)
-        if flow_gap != FLOW_IN_ORDER and self._flow_ready(seq, flow_gap):
+        if seq != self.next_seq and flow_gap != FLOW_IN_ORDER and self._flow_ready(seq, flow_gap):
             self._held[seq] = _RELEASED
             self._released_held += 1
             self.stats.ahead += 1
@@ -268,6 +268,8 @@ class ReorderBuffer:
         waiting, held = self._waiting, self._held
         follower = waiting.pop(seq, None)
         while follower is not None:
+            if follower <= self.next_seq:
+                return  # next in order anyway: `_release`'s loop takes it (not ahead)
             payload = held.get(follower, _MISSING)
             if payload is _MISSING or payload is _RELEASED:
                 return  # gone already (released in order, or a stale entry)
@@ -289,19 +291,19 @@ class ReorderBuffer:
 
     def _skip_to(self, target: int) -> None:
         """Give up on the counters from `next_seq` up to `target`."""
-        skipped = target - self.next_seq
+        start, skipped = self.next_seq, target - self.next_seq
         self.stats.lost += skipped
+        self.next_seq = target
         waiting = self._waiting
         if waiting:
             # Over the shorter of the two: a counter far ahead (a peer's bug)
             # must not make this a loop over billions of counters.
             if skipped <= len(waiting):
-                woken = [seq for seq in range(self.next_seq, target) if seq in waiting]
+                woken = [seq for seq in range(start, target) if seq in waiting]
             else:
-                woken = sorted(seq for seq in waiting if self.next_seq <= seq < target)
+                woken = sorted(seq for seq in waiting if start <= seq < target)
             for seq in woken:
                 self._wake(seq)
-        self.next_seq = target
 
     def _frontier(self, now: float) -> int:
         """Every missing counter below this is known lost."""
