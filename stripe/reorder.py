@@ -173,10 +173,20 @@ class ReorderBuffer:
                 self.ready.append(payload)
                 self.stats.delivered += 1
             return True
-        if seq in self._held:
+        held = self._held
+        if seq in held:
             return True  # duplicate of a held packet (the replay window normally stops these)
-        if seq != self.next_seq and flow_gap != FLOW_IN_ORDER and self._flow_ready(seq, flow_gap):
-            self._held[seq] = _RELEASED
+        # Its flow's previous message delivered or given up (see the module
+        # doc)?  Inline: this runs for every packet that waits.
+        previous = seq - flow_gap
+        if flow_gap == FLOW_IN_ORDER or seq == self.next_seq:
+            ahead = False
+        elif flow_gap == FLOW_FIRST:
+            ahead = True
+        else:
+            ahead = previous < self.next_seq or held.get(previous) is _RELEASED
+        if ahead:
+            held[seq] = _RELEASED
             self._released_held += 1
             self.stats.ahead += 1
             if payload is not None:
@@ -185,11 +195,11 @@ class ReorderBuffer:
             if self._waiting:
                 self._wake(seq)
         else:
-            self._held[seq] = payload
+            held[seq] = payload
             if flow_gap != FLOW_IN_ORDER and flow_gap != FLOW_FIRST:
                 waiting = self._waiting
-                waiting[seq - flow_gap] = seq
-                if len(waiting) > 2 * len(self._held) + HEAP_SLACK:
+                waiting[previous] = seq
+                if len(waiting) > 2 * len(held) + HEAP_SLACK:
                     self._compact_waiting()
         heap = self._held_heap
         if len(heap) > 2 * len(self._held) + HEAP_SLACK:
@@ -254,13 +264,6 @@ class ReorderBuffer:
             self._skip_to_oldest_held(now)
 
     # -- internals -------------------------------------------------------
-
-    def _flow_ready(self, seq: int, flow_gap: int) -> bool:
-        """Has the previous message of `seq`'s flow been delivered or given up?"""
-        if flow_gap == FLOW_FIRST:
-            return True
-        previous = seq - flow_gap
-        return previous < self.next_seq or self._held.get(previous) is _RELEASED
 
     def _wake(self, seq: int) -> None:
         """`seq` was delivered, released ahead or given up: release ahead the
@@ -337,8 +340,14 @@ class ReorderBuffer:
                 continue
             if payload is not _MISSING:
                 self._deliver(payload, now)  # type: ignore[arg-type]
+                # What waits for it is most often the next in order anyway
+                # (one flow: `_wake` would stop at once): no call then.
                 if self._waiting:
-                    self._wake(seq)
+                    follower = self._waiting.get(seq)
+                    if follower is not None and follower > self.next_seq:
+                        self._wake(seq)
+                    elif follower is not None:
+                        del self._waiting[seq]
                 continue
             self._blocking = -1
             frontier = self._frontier(now)
