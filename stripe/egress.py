@@ -123,8 +123,7 @@ class Egress:
                 self._enqueue(peer, packet, now)
                 continue
             if peer.queue:  # nothing overtakes what waits, but a sparse flow
-                if not self._skip(peer, session, packet, now):
-                    self._enqueue(peer, packet, now)
+                self._skip_or_enqueue(peer, session, packet, now)
                 continue
             if peer.idle:
                 self.wake_links(peer, now)
@@ -141,8 +140,7 @@ class Egress:
                     aqm_quiet = peer
             link = peer.scheduler.pick(peer.links.values(), len(packet), now)
             if link is None:
-                if not self._skip(peer, session, packet, now):
-                    self._enqueue(peer, packet, now)
+                self._skip_or_enqueue(peer, session, packet, now)
                 continue
             if (copies and wants_copy(packet, below, dscp)) or (
                     peer.verifying and _verifying(peer)):
@@ -241,29 +239,33 @@ class Egress:
                 self._send_copy_on(peer, session, link, counter, packet, now)
                 counts.resent += 1
 
-    def _enqueue(self, peer: Peer, packet: bytes, now: float) -> None:
+    def _enqueue(self, peer: Peer, packet: bytes, now: float, bucket: int = -1) -> None:
         """No session or no room on a link yet: hold the packet (bounded:
-        the oldest goes when it is full)."""
+        the oldest goes when it is full).  `bucket`: its flow's, if known."""
         self._outbox.touch(peer)
-        if peer.queue.push(packet, now, flow_bucket(packet)):
+        if peer.queue.push(packet, now, flow_bucket(packet) if bucket < 0 else bucket):
             self._outbox.drops["queue_full"] += 1
         if peer.current is None:
             self.wake_handshake(peer, now)
 
-    def _skip(self, peer: Peer, session: Session, packet: bytes, now: float) -> bool:
+    def _skip_or_enqueue(self, peer: Peer, session: Session, packet: bytes,
+                         now: float) -> None:
         """A packet of a sparse flow goes past the queue and any full window
-        (see `sendqueue`); False if it is not one, or no link is up."""
-        if not peer.queue.may_skip(flow_bucket(packet), len(packet), now):
-            return False
-        link = peer.scheduler.pick(peer.links.values(), len(packet), now, within_window=False)
+        (see `sendqueue`); any other waits in the queue (as does a sparse
+        one when no link is up)."""
+        bucket = flow_bucket(packet)
+        link = None
+        if peer.queue.may_skip(bucket, len(packet), now):
+            link = peer.scheduler.pick(peer.links.values(), len(packet), now,
+                                       within_window=False)
         if link is None:
-            return False
+            self._enqueue(peer, packet, now, bucket)
+            return
         below, dscp = self.spec.duplicate_below, self.spec.duplicate_dscp
         if (below or dscp) and wants_copy(packet, below, dscp):
             self._send_with_copy(peer, session, link, packet, now)
         else:
             self._transmit.send(peer, session, link, _DATA, [packet], now)
-        return True
 
     def _send_with_copy(self, peer: Peer, session: Session, first: Link, packet: bytes,
                         now: float) -> None:

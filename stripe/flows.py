@@ -42,19 +42,24 @@ def flow_bucket(packet: bytes) -> int:
     """The bucket of an inner IP packet's flow (see the module doc)."""
     if len(packet) < 20:
         return 0  # not an IP packet (the egress lets none through): one bucket
-    version = packet[0] >> 4
+    first, protocol = packet[0], packet[9]
+    if first == 0x45 and protocol in _PORT_PROTOCOLS and not (packet[6] & 0x3F or packet[7]):
+        # Most packets: a 20-byte IPv4 header, not a fragment.  Addresses and
+        # ports are contiguous: one slice (the general case below gives the
+        # same bucket for the same flow).
+        return (hash(packet[12:24]) ^ protocol) & _BUCKET_MASK
+    version = first >> 4
     if version == 4:
-        protocol = packet[9]
         # Not a fragment: MF clear and offset 0 (the flags' top bit is reserved).
         if protocol in _PORT_PROTOCOLS and not (packet[6] & 0x3F or packet[7]):
-            start = (packet[0] & 0x0F) << 2
-            return hash((protocol, packet[12:20], packet[start:start + 4])) & _BUCKET_MASK
+            start = (first & 0x0F) << 2
+            return (hash(packet[12:20] + packet[start:start + 4]) ^ protocol) & _BUCKET_MASK
         return hash((protocol, packet[12:20])) & _BUCKET_MASK
     # IPv6: the next header right after the fixed header, or the address
     # pair alone (extension headers, fragments).
     protocol = packet[6]
     if protocol in _PORT_PROTOCOLS:
-        return hash((protocol, packet[8:40], packet[40:44])) & _BUCKET_MASK
+        return (hash(packet[8:44]) ^ protocol) & _BUCKET_MASK
     return hash((protocol, packet[8:40])) & _BUCKET_MASK
 
 

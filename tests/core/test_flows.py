@@ -39,6 +39,12 @@ def test_a_flow_keeps_its_bucket_and_flows_spread_over_buckets() -> None:
     assert len({flow_bucket(udp6(40000 + i, 443)) for i in range(100)}) >= 90
 
 
+def test_ip_options_do_not_move_a_flow_to_another_bucket() -> None:
+    plain = udp4(1000, 53)
+    with_options = bytes([0x46]) + plain[1:20] + bytes(4) + plain[20:]  # IHL 6: 4 option bytes
+    assert flow_bucket(with_options) == flow_bucket(plain)
+
+
 def test_fragments_and_portless_packets_go_by_their_addresses() -> None:
     # A fragment's first payload bytes are no ports: the ports of two
     # fragments of different flows do not separate them.
