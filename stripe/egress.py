@@ -37,6 +37,7 @@ from .offload import complete_partial
 from .outbox import Outbox
 from .peer import Peer
 from .scheduler import usable_links
+from .sendqueue import SPARSE_COPY_MAX_BYTES
 from .session import Session
 from .spec import EndpointSpec
 from .transmit import Transmitter
@@ -262,7 +263,11 @@ class Egress:
             self._enqueue(peer, packet, now, bucket)
             return
         below, dscp = self.spec.duplicate_below, self.spec.duplicate_dscp
-        if (below or dscp) and wants_copy(packet, below, dscp):
+        if len(packet) <= SPARSE_COPY_MAX_BYTES or (
+                (below or dscp) and wants_copy(packet, below, dscp)):
+            # Under load, which link is faster changes quicker than feedback
+            # tells: a small packet of a sparse flow goes on two, and arrives
+            # by whichever is first (see `sendqueue`).
             self._send_with_copy(peer, session, link, packet, now)
         else:
             self._transmit.send(peer, session, link, _DATA, [packet], now)

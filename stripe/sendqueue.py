@@ -16,6 +16,15 @@ skips while some of it waits, a flow's packets never overtake each other.
 SPARSE_PEER_BYTES bounds what all of a peer's flows skip per interval, so
 many small flows cannot overfill the windows either.
 
+Under load, which link would deliver a packet first changes faster than the
+peer's feedback can tell (a cellular link's queue grows and drains within a
+round trip), so a skipping packet of at most SPARSE_COPY_MAX_BYTES (a ping,
+a DNS query, a game's or a call's packet) also goes as a DATA_COPY on the
+usable link with the lowest RTT among the others (as `duplicate_below`
+does for every small packet when configured): it arrives by whichever link
+is first, the receiver drops the other as a duplicate.  At most twice the
+sparse budget, a few hundred kbit/s, only while the bond is loaded.
+
 Flows are `flows.flow_bucket`'s buckets (two flows sharing one are one
 flow here: they wait for each other, which is only what all did before).
 
@@ -33,6 +42,8 @@ QUEUE_MAX_PACKETS = 256
 SPARSE_INTERVAL_S = 0.100
 SPARSE_FLOW_BYTES = 3000  # two full packets, or a ping every few ms
 SPARSE_PEER_BYTES = 16384  # ~1.3 Mbit/s of skipping per peer
+# A skipping packet this small also goes as a copy on a second link.
+SPARSE_COPY_MAX_BYTES = 256
 
 
 @dataclass(slots=True)

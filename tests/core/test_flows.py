@@ -237,6 +237,9 @@ def test_a_ping_skips_a_bulk_flows_backlog_at_the_sending_edge() -> None:
     assert median_ping < 0.5 * median_bulk, (median_ping, median_bulk)
     assert len(pings) == 30  # none lost to the bulk flow's queue management
     assert sim.client.status(sim.now)["peers"][0]["skipped_queue"] >= 25
+    # Small: each went on both links too, and the second to arrive was dropped.
+    assert sim.client.peers[0].copies.copies_sent >= 25
+    assert sim.server.drops["duplicate"] >= 20
 
 
 def test_a_counter_far_ahead_is_skipped_to_at_once() -> None:
