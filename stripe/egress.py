@@ -262,12 +262,11 @@ class Egress:
         if link is None:
             self._enqueue(peer, packet, now, bucket)
             return
-        below, dscp = self.spec.duplicate_below, self.spec.duplicate_dscp
-        if len(packet) <= SPARSE_COPY_MAX_BYTES or (
-                (below or dscp) and wants_copy(packet, below, dscp)):
-            # Under load, which link is faster changes quicker than feedback
-            # tells: a small packet of a sparse flow goes on two, and arrives
-            # by whichever is first (see `sendqueue`).
+        # Under load, which link is faster changes quicker than feedback
+        # tells: a small packet of a sparse flow goes on two, and arrives by
+        # whichever is first (see `sendqueue`), as redundancy's do.
+        below = max(self.spec.duplicate_below, SPARSE_COPY_MAX_BYTES)
+        if wants_copy(packet, below, self.spec.duplicate_dscp):
             self._send_with_copy(peer, session, link, packet, now)
         else:
             self._transmit.send(peer, session, link, _DATA, [packet], now)

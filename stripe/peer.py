@@ -33,7 +33,6 @@ from .sendqueue import SendQueue
 from .session import Session
 from .spec import PeerSpec
 
-# Packets held while there is no session or no room on a link, at most.
 # A peer with no data either way for this long is idle: its links are
 # probed rarely (see links).  Data sent or received makes it busy again.
 IDLE_AFTER_S = 1.0

@@ -186,12 +186,7 @@ class ReorderBuffer:
         else:
             ahead = previous < self.next_seq or held.get(previous) is _RELEASED
         if ahead:
-            held[seq] = _RELEASED
-            self._released_held += 1
-            self.stats.ahead += 1
-            if payload is not None:
-                self.ready.append(payload)
-                self.stats.delivered += 1
+            self._release_ahead(seq, payload)
             if self._waiting:
                 self._wake(seq)
         else:
@@ -276,13 +271,18 @@ class ReorderBuffer:
             payload = held.get(follower, _MISSING)
             if payload is _MISSING or payload is _RELEASED:
                 return  # gone already (released in order, or a stale entry)
-            held[follower] = _RELEASED
-            self._released_held += 1
-            self.stats.ahead += 1
-            if payload is not None:
-                self.ready.append(payload)  # type: ignore[arg-type]
-                self.stats.delivered += 1
+            self._release_ahead(follower, payload)  # type: ignore[arg-type]
             follower = waiting.pop(follower, None)
+
+    def _release_ahead(self, seq: int, payload: bytes | None) -> None:
+        """Deliver `seq` before the gaps in front of it; its slot stays, as
+        a placeholder the frontier steps over (see the module doc)."""
+        self._held[seq] = _RELEASED
+        self._released_held += 1
+        self.stats.ahead += 1
+        if payload is not None:
+            self.ready.append(payload)
+            self.stats.delivered += 1
 
     def _compact_waiting(self) -> None:
         """Entries of messages released in order stay behind until nothing
@@ -344,10 +344,11 @@ class ReorderBuffer:
                 # (one flow: `_wake` would stop at once): no call then.
                 if self._waiting:
                     follower = self._waiting.get(seq)
-                    if follower is not None and follower > self.next_seq:
-                        self._wake(seq)
-                    elif follower is not None:
-                        del self._waiting[seq]
+                    if follower is not None:
+                        if follower > self.next_seq:
+                            self._wake(seq)
+                        else:
+                            del self._waiting[seq]
                 continue
             self._blocking = -1
             frontier = self._frontier(now)
