@@ -117,3 +117,18 @@ def test_an_idle_link_that_stops_is_down_within_a_second_of_data() -> None:
     sim2.links[1].up = False
     sim2.run(LINK_DEAD_AFTER_IDLE_S + IDLE_PROBE_INTERVAL_S)
     assert sim2.client.peers[0].links[1].health.state is LinkState.DOWN
+
+
+def test_a_fixed_rate_line_whose_rate_falls_tenfold_keeps_a_short_queue() -> None:
+    """A steady 10 Mbit/s line falls to 1 Mbit/s under load: its window is
+    cut to what it now delivers within a second or two; without the cut the
+    window sized for 10 Mbit/s would keep over a second of queue."""
+    trace = stepped([(6.0, 10.0), (60.0, 1.0)], queue_bytes=1_000_000)
+    links = [SimLink(delay_s=0.020, traces={"up": Trace.constant(8e6, queue_bytes=1_000_000)}),
+             SimLink(delay_s=0.020, traces={"up": trace})]
+    sim = Sim(links, scheduler="adaptive", start=1000.0)
+    trace.start_s = links[0].traces["up"].start_s = sim.now
+    sim.run(1.0, offered(sim.now, 30e6, 1.0))
+    sim.run(trace.start_s + 9.0 - sim.now, offered(sim.now, 30e6, 8.0, first=10**6))
+    backlog = trace.backlog(sim.now)
+    assert backlog * 8 / 1e6 < 0.4, backlog  # seconds of queue at the new rate

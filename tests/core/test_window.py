@@ -1,0 +1,48 @@
+"""A link's window (stripe.window), driven report by report."""
+
+from __future__ import annotations
+
+import pytest
+
+from stripe.estimator import FEEDBACK_INTERVAL_S
+from stripe.window import (
+    INITIAL_CWND_BYTES,
+    WINDOW_GAIN,
+    LinkWindow,
+    queue_cap_s,
+    variability_queue_s,
+)
+
+RTT_S = 0.05
+GAP_S = FEEDBACK_INTERVAL_S  # the report gap the window assumes: the pipe stays put
+
+
+def _after(spread: float, queue_s: float, now_bps: float, best_bps: float = 20e6) -> LinkWindow:
+    """A window after one report without a queue and one with `queue_s` of
+    it, the link delivering `now_bps` (its best lately `best_bps`)."""
+    window = LinkWindow()
+    window.on_report(0, 1.0, True, 0.0, RTT_S, best_bps, best_bps, spread)
+    window.on_report(0, 1.0 + GAP_S, True, queue_s, RTT_S, best_bps, now_bps, spread)
+    return window
+
+
+def test_without_a_queue_the_window_is_the_gain_window_and_never_shrinks() -> None:
+    pipe = RTT_S + GAP_S
+    gain_window = WINDOW_GAIN * 20e6 / 8 * pipe
+    assert gain_window > INITIAL_CWND_BYTES
+    window = _after(0.4, 0.0, 2e6)
+    assert window.cwnd_bytes == pytest.approx(gain_window)
+    # A flow that sends less (slow start, a pause) says nothing about the link.
+    window.on_report(0, 1.0 + 2 * GAP_S, True, 0.0, RTT_S, 2e6, 2e6, 0.4)
+    assert window.cwnd_bytes == pytest.approx(gain_window)
+
+
+def test_a_standing_queue_cuts_the_window_of_a_link_whose_capacity_varies() -> None:
+    """A cellular-like link (its delivery varies by 40 %) with 200 ms of queue
+    at half its best rate: the window is what it delivers now over the pipe
+    plus its cap, a bounded backlog."""
+    spread = 0.4
+    window = _after(spread, 0.2, 10e6)
+    cap = queue_cap_s(RTT_S, spread, GAP_S)
+    assert 0.2 > cap > variability_queue_s(RTT_S, 0.0, GAP_S) == 0.0
+    assert window.cwnd_bytes == pytest.approx(10e6 / 8 * (RTT_S + GAP_S + cap))
