@@ -16,9 +16,11 @@ from bench.lab.iperf import DOWNLOAD, UPLOAD, parse_rate_mbit
 from bench.lab.traces import DEFAULT_TRACES_DIR, NO_TRACES, traces_dir_from
 from bench.runner import (
     DEFAULT_SCHEDULERS,
+    LATEST_DIR,
     REAL_SCHEDULERS,
     Options,
     fit_seconds,
+    latest_name,
     publish_latest,
 )
 from bench.runner import run as run_bench
@@ -160,8 +162,13 @@ def _add_run_arguments(p: argparse.ArgumentParser, profile: bool) -> None:
     )
     p.add_argument(
         "--latest",
-        action="store_true",
-        help="also copy the report (no logs/configs) to bench/results/latest/",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="NAME",
+        help="also copy the report (no logs/configs) to bench/results/latest/NAME/, "
+        "replacing that directory only (NAME: the scenario or alias, when only one "
+        "is given)",
     )
     p.add_argument(
         "--topology",
@@ -417,6 +424,18 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
         if any(t.label == tree.label for t in opts.stripe_trees):
             parser.error(f"--stripe-tree: label {tree.label!r} given twice")
         opts.stripe_trees.append(tree)
+    if args.latest is not None:
+        # Checked before the run: a bad name must not cost an hour's results.
+        name = args.latest
+        if not name:
+            if len(args.scenarios) != 1:
+                parser.error("--latest: name the published report when more than one "
+                             "scenario is given, e.g. --latest main")
+            name = args.scenarios[0]
+        try:
+            opts.publish_as = latest_name(name)
+        except ValueError as exc:
+            parser.error(f"--latest: {exc}")
     if args.native and profile == "off":
         parser.error("--native goes with profiling (--profile or the profile command)")
     if args.minutes:
@@ -489,8 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         out = run_bench(opts)
         print_summary(out)
         print(f"results: {out / 'results.md'}")
-        if args.latest:
-            print(f"published: {publish_latest(out) / 'results.md'}")
+        if opts.publish_as is not None:
+            published = publish_latest(out, LATEST_DIR / opts.publish_as)
+            print(f"published: {published / 'results.md'}")
         return 0
     if args.command == "attack":
         _need_root()

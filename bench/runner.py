@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import sys
 import time
@@ -103,6 +104,8 @@ class Options:
     # Other checkouts of stripe (--stripe-tree): each scheduler variant also
     # runs from each of them, as the system stripe-<variant>@<label>.
     stripe_trees: list[StripeTree] = field(default_factory=list)
+    # --latest: publish the report as bench/results/latest/<this> (None: don't).
+    publish_as: str | None = None
 
 
 @dataclass(frozen=True)
@@ -556,8 +559,22 @@ def run(opts: Options) -> Path:
 PUBLISHED = ("results.md", "summary.json", "meta.json", "raw", "plots", PROFILES)
 
 
-def publish_latest(out: Path, latest: Path = RESULTS_DIR / "latest") -> Path:
-    """Replace ``bench/results/latest`` with this run's report (for the README)."""
+LATEST_DIR = RESULTS_DIR / "latest"
+_LATEST_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def latest_name(name: str) -> str:
+    """A published report's directory name under bench/results/latest
+    (ValueError unless it is one plain lower-case name: no path)."""
+    if not _LATEST_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a plain lower-case name (a-z, 0-9, '.', '_', '-')")
+    return name
+
+
+def publish_latest(out: Path, latest: Path) -> Path:
+    """Replace the directory `latest` (bench/results/latest/<name>, for the
+    README and docs) with this run's report; the other published reports
+    beside it stay as they are."""
     if latest.exists():
         shutil.rmtree(latest)
     latest.mkdir(parents=True)

@@ -35,9 +35,13 @@ def test_run_writes_results(tmp_path: Path) -> None:
     assert (out / "plots" / "goodput-equal-tcp-default.png").exists()
     meta = json.loads((out / "meta.json").read_text())
     assert meta["scenarios"] == ["equal"]
-    latest = publish_latest(out, tmp_path / "latest")
+    other = tmp_path / "latest" / "other"
+    other.mkdir(parents=True)
+    (other / "results.md").write_text("another report")
+    latest = publish_latest(out, tmp_path / "latest" / "equal")
     assert (latest / "results.md").exists() and (latest / "plots").is_dir()
     assert not (latest / "work").exists()  # logs and configs with keys stay out
+    assert (other / "results.md").read_text() == "another report"  # untouched
 
 
 def test_run_with_another_stripe_tree(tmp_path: Path) -> None:

@@ -259,9 +259,11 @@ def test_cli_run_options() -> None:
         "--impairment",
         "userspace",
         "--latest",
+        "ab",
         "--out",
         "/tmp/x",
     )
+    assert opts.publish_as == "ab"
     assert [s.name for s in opts.scenarios] == ["equal", "failover-down", "failover-blackhole"]
     assert (opts.repeat, opts.seconds, opts.ccs) == (2, 7.0, ["cubic", "bbr"])
     assert opts.flows == ["tcp", "tcp4", "udp"] and opts.systems == ["link0", "stripe"]
@@ -269,6 +271,20 @@ def test_cli_run_options() -> None:
     quick = _options("equal", "--quick")
     plan = plan_for(quick.scenarios[0], quick)
     assert (plan.repeat, plan.seconds, plan.ccs, quick.topology) == (1, 4.0, [None], "network")
+
+
+def test_latest_names_the_published_report(capsys: pytest.CaptureFixture[str]) -> None:
+    """One scenario or alias names it; several need a name; a path is refused
+    (before the run: a bad name must not cost the run's results)."""
+    assert _options("real-links", "--latest").publish_as == "real-links"
+    assert _options("equal", "lossy", "--latest", "main").publish_as == "main"
+    assert _options("equal").publish_as is None
+    for argv, why in ((["equal", "lossy", "--latest"], "name the published report"),
+                      (["equal", "--latest", "../main"], "not a plain lower-case name"),
+                      (["equal", "--latest", "Main"], "not a plain lower-case name")):
+        with pytest.raises(SystemExit):
+            _options(*argv)
+        assert why in capsys.readouterr().err
 
 
 def test_minutes_budget_picks_run_length() -> None:
