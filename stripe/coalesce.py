@@ -36,6 +36,7 @@ from .offload import (
     checksum_field,
     ones_sum,
     partial_csum_at,
+    partial_field,
     partial_vnet_hdr,
     reduce_ones,
 )
@@ -289,7 +290,7 @@ def _merge(run: _Run, packets: list[bytes], total: int) -> bytes:
         gso_type |= VIRTIO_NET_HDR_GSO_ECN
     # CHECKSUM_PARTIAL: the field holds the pseudo-header sum, not complemented;
     # the kernel adds the segment's words and stores the complement.
-    header[a + 16:a + 18] = (pseudo % 0xFFFF).to_bytes(2, "big")
+    header[a + 16:a + 18] = partial_field(pseudo).to_bytes(2, "big")
     vnet = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso_type, hl, len(head) - hl, a,
                          TCP_CSUM_OFFSET)
     parts = [p[hl:] for p in packets]

@@ -175,6 +175,14 @@ def checksum_field(total: int) -> int:
     return (-total) % 0xFFFF
 
 
+def partial_field(total: int) -> int:
+    """The pseudo-header sum `total` (positive) as CHECKSUM_PARTIAL stores
+    it: folded as the kernel folds it, to 1..0xFFFF (a sum congruent to 0
+    is 0xFFFF, never 0; the kernel's final sum is the same either way, a
+    packet compared byte for byte is not)."""
+    return (total - 1) % 0xFFFF + 1
+
+
 def checksum(data: bytes) -> int:
     """The Internet checksum (RFC 1071) of `data`, as stored in a header."""
     if not any(data):
@@ -437,7 +445,7 @@ def _split_tcp(packet: bytes, version: int, ip_len: int, mss: int,
     # Every full segment has the same length: one fold plan for all of them
     # (the plan for the largest value of that length works for any value).
     full_plan = plans[(8 * mss).bit_length()]  # mss < 2**16: always in the table
-    full_partial = (pseudo + mss) % 0xFFFF  # a full segment's partial checksum
+    full_partial = partial_field(pseudo + mss)  # a full segment's partial checksum
     view = memoryview(packet)
     payload: bytes | memoryview
     is_v4 = version == 4
@@ -455,7 +463,7 @@ def _split_tcp(packet: bytes, version: int, ip_len: int, mss: int,
             # The pseudo-header sum only: the payload is never summed, and
             # copied once, from the view.
             payload = view[start:end]
-            tcp_csum = full_partial if plen == mss else (pseudo + plen) % 0xFFFF
+            tcp_csum = full_partial if plen == mss else partial_field(pseudo + plen)
         else:
             # The payload's word sum, inline (see ones_sum): read little-endian,
             # fold, and the final multiplication by 256 turns it big-endian.
@@ -508,7 +516,7 @@ def _split_udp(packet: bytes, version: int, ip_len: int, mss: int,
         payload = packet[start:end]
         udp_len = UDP_HEADER_LEN + end - start
         if partial:  # the pseudo-header sum only (see the module docstring)
-            udp_csum = (udp_base - ones_sum(ports) + udp_len) % 0xFFFF
+            udp_csum = partial_field(udp_base - ones_sum(ports) + udp_len)
         else:
             # The UDP length appears twice in the sum: header field and pseudo-header.
             udp_csum = _mangle_udp(checksum_field(

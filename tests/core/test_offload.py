@@ -594,6 +594,19 @@ def test_coalesce_merges_ipv4_and_ipv6_runs() -> None:
         assert out[0][10:][20 if version == 4 else 40 + 13] & PSH
 
 
+def test_coalesced_partial_sum_that_folds_to_zero_is_0xffff() -> None:
+    """fd00::1 -> fd00::2 with 1,525 TCP bytes: the pseudo-header sum is
+    0x1FFFE, congruent to 0.  CHECKSUM_PARTIAL holds it folded as the kernel
+    folds it, 0xFFFF (hypothesis found the 0x0000 this wrote)."""
+    p = Tcp(version=6, payload=bytes(1493), seq=0, options=TIMESTAMPS)
+    segments = ref_segment(p, 498)
+    assert [len(s) - 72 for s in segments] == [498, 498, 497]
+    out = coalesce(segments)
+    assert _shapes(out) == [3]
+    assert out[0][10 + 40 + 16:10 + 40 + 18] == b"\xff\xff"
+    assert expand(out) == segments
+
+
 def test_coalesce_single_and_non_tcp_go_out_plain() -> None:
     one = build(Tcp(payload=b"x" * 10))
     icmp = bytes.fromhex("4500001c00004000400100000a0000020a000001") + bytes(8)
