@@ -43,7 +43,9 @@ it delivers again it is back, its estimates intact.
 DOWN needs longer silence: `dead_after_s()` grows with the measured RTT and
 the queue the link was last seen to hold, so a link with a deep queue
 (probes wait behind seconds of data) is not declared dead, while an idle
-or lightly loaded one is within a second.  Only UP links carry data; the
+or lightly loaded one is within a second.  A STALE link, already out of
+the schedule, waits at least LINK_DEAD_AFTER_STALE_S (1 s): a fade is not
+a death.  Only UP links carry data; the
 scheduler decides which of them.  Every transition is counted (`ups`,
 `downs`, `stalls`) for status and metrics.
 """
@@ -86,6 +88,17 @@ LINK_DEAD_AFTER_MIN_S = 0.45
 # and data wait behind it), up to LINK_DEAD_AFTER_QUEUED_MAX_S in all.
 LINK_DEAD_AFTER_MAX_S = 0.9
 LINK_DEAD_AFTER_QUEUED_MAX_S = 3.0
+# A STALE link is already out of the schedule, so DOWN need not hurry: it
+# waits for at least this much silence, if the link has delivered since it
+# woke from idle.  A fade of most of a second is ordinary on a cellular
+# link (the LTE traces in ../shared/traces go silent for 0.7 s, and for
+# 1.4-1.7 s), and a false DOWN costs what STALE does not: RECOVER_ACKS
+# probes (~0.6 s) before the link carries data again, its rate estimate and
+# window started over.  So the floor is TCP's cautious one (RFC 6298's
+# minimum RTO).  A link still UP when it goes silent (nobody reports the
+# data it lost: it carried all of it, or the peer is gone) has only DOWN to
+# take it out of the schedule, and keeps the shorter bound.
+LINK_DEAD_AFTER_STALE_S = 1.0
 RECOVER_ACKS = 3
 MAX_OUTSTANDING_PROBES = 16
 
@@ -223,12 +236,18 @@ class LinkHealth:
                 self.next_probe_time = now + PROBE_INTERVAL_S
 
     def dead_after_s(self) -> float:
-        """Silence (no ack, no report of new data) after which the link is DOWN."""
+        """Silence (no ack, no report of new data) after which a busy link is
+        DOWN: an RTO-like bound on its RTT and queue, at least
+        LINK_DEAD_AFTER_STALE_S once it is STALE and was heard since it woke."""
         if self.srtt_s is None:
             return LINK_DEAD_AFTER_MIN_S
         bound = PROBE_INTERVAL_S + 2 * self.srtt_s + 4 * self.rttvar_s
-        most = min(LINK_DEAD_AFTER_MAX_S + 2 * self.queue_s, LINK_DEAD_AFTER_QUEUED_MAX_S)
-        return min(max(bound, LINK_DEAD_AFTER_MIN_S), most)
+        least, most = LINK_DEAD_AFTER_MIN_S, LINK_DEAD_AFTER_MAX_S
+        if self.state is LinkState.STALE and max(self.last_ack_time,
+                                                 self.last_heard) >= self.woke_at:
+            least = most = LINK_DEAD_AFTER_STALE_S
+        return min(max(bound, least),
+                   min(most + 2 * self.queue_s, LINK_DEAD_AFTER_QUEUED_MAX_S))
 
     def probe_due(self, now: float) -> bool:
         return now >= self.next_probe_time

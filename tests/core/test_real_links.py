@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from tests.core.netsim import Sim, SimLink, Trace, ip_packet
 
-from stripe.links import IDLE_PROBE_INTERVAL_S, LINK_DEAD_AFTER_IDLE_S, LinkState
+from stripe.links import (
+    IDLE_PROBE_INTERVAL_S,
+    LINK_DEAD_AFTER_IDLE_S,
+    LINK_DEAD_AFTER_MIN_S,
+    LINK_DEAD_AFTER_STALE_S,
+    LinkHealth,
+    LinkState,
+)
 
 PACKET_BYTES = 1250
 
@@ -132,3 +139,45 @@ def test_a_fixed_rate_line_whose_rate_falls_tenfold_keeps_a_short_queue() -> Non
     sim.run(trace.start_s + 9.0 - sim.now, offered(sim.now, 30e6, 8.0, first=10**6))
     backlog = trace.backlog(sim.now)
     assert backlog * 8 / 1e6 < 0.4, backlog  # seconds of queue at the new rate
+
+
+def test_a_cellular_fade_under_load_is_stale_not_down() -> None:
+    """A link under load goes silent for 0.8 s (its trace has no delivery
+    opportunity; the LTE traces have such fades): it leaves the schedule
+    (STALE) within a few round trips, but is not declared DOWN, and carries
+    data again as soon as it delivers, without RECOVER_ACKS probes first.
+    Under the RTO-like bound alone it was DOWN after ~0.5 s of it."""
+    fade = stepped([(4.0, 8.0), (0.8, 0.0), (60.0, 8.0)])
+    links = [SimLink(delay_s=0.030, traces={"up": fade}),
+             SimLink(delay_s=0.030, traces={"up": Trace.constant(8e6)})]
+    sim = Sim(links, scheduler="adaptive", start=1000.0)
+    fade.start_s = links[1].traces["up"].start_s = sim.now
+    sim.run(1.0)
+    sim.run(fade.start_s + 4.0 - sim.now, offered(sim.now, 12e6, 3.0))
+    health = sim.client.peers[0].links[0].health
+    assert health.state is LinkState.UP and health.stalls == 0
+    sim.run(0.6, offered(sim.now, 12e6, 0.6, first=10**6))
+    assert health.state is LinkState.STALE  # out of the schedule
+    sim.run(0.8, offered(sim.now, 12e6, 0.8, first=2 * 10**6))  # the fade ends at 0.8 s
+    assert health.state is LinkState.UP
+    assert health.downs == 0
+    assert share_over(sim, 2.0, 3 * 10**6) > 0.3  # back to its half, or near
+
+
+def test_a_stale_link_that_stays_silent_is_down_after_a_second() -> None:
+    """The pure rule: silence after an ack takes an UP link DOWN at the
+    RTO-like bound (0.45 s here), a STALE one that delivered since waking
+    only after LINK_DEAD_AFTER_STALE_S, a STALE one not heard from since it
+    woke at the short bound again."""
+    def health(state: LinkState, woke_at: float = float("-inf")) -> LinkHealth:
+        h = LinkHealth(state=state, srtt_s=0.03, rttvar_s=0.005, last_ack_time=10.0,
+                       last_heard=10.0, woke_at=woke_at)
+        return h
+
+    up = health(LinkState.UP)
+    assert up.update(10.44) is None and up.update(10.46) is LinkState.DOWN
+    stale = health(LinkState.STALE)
+    assert stale.update(10.9) is None
+    assert stale.update(10.0 + LINK_DEAD_AFTER_STALE_S + 0.01) is LinkState.DOWN
+    unproven = health(LinkState.STALE, woke_at=10.2)
+    assert unproven.update(10.2 + LINK_DEAD_AFTER_MIN_S + 0.01) is LinkState.DOWN
