@@ -170,9 +170,8 @@ def test_a_stale_link_that_stays_silent_is_down_after_a_second() -> None:
     only after LINK_DEAD_AFTER_STALE_S, a STALE one not heard from since it
     woke at the short bound again."""
     def health(state: LinkState, woke_at: float = float("-inf")) -> LinkHealth:
-        h = LinkHealth(state=state, srtt_s=0.03, rttvar_s=0.005, last_ack_time=10.0,
-                       last_heard=10.0, woke_at=woke_at)
-        return h
+        return LinkHealth(state=state, srtt_s=0.03, rttvar_s=0.005, last_ack_time=10.0,
+                          last_heard=10.0, woke_at=woke_at)
 
     up = health(LinkState.UP)
     assert up.update(10.44) is None and up.update(10.46) is LinkState.DOWN
