@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Callable
 
 from stripe import wire
 from stripe.flows import FLOW_BUCKETS, FlowChains, flow_bucket
@@ -34,9 +35,13 @@ def udp6(sport: int, dport: int, size: int = 200) -> bytes:
 def test_a_flow_keeps_its_bucket_and_flows_spread_over_buckets() -> None:
     assert flow_bucket(udp4(1000, 53, seq=1)) == flow_bucket(udp4(1000, 53, seq=2, size=900))
     assert flow_bucket(udp6(1000, 53)) == flow_bucket(udp6(1000, 53, size=1000))
+    # hash() is salted per process, so the count varies from run to run: 100
+    # flows in 1024 buckets give 95 distinct on average, fewer than 90 in 0.5 %
+    # of processes (a flaky bound, seen in CI), fewer than 80 in 5e-10.  A
+    # hash that ignores the ports gives 1.
     buckets = {flow_bucket(udp4(40000 + i, 443)) for i in range(100)}
-    assert len(buckets) >= 90 and all(0 <= b < FLOW_BUCKETS for b in buckets)
-    assert len({flow_bucket(udp6(40000 + i, 443)) for i in range(100)}) >= 90
+    assert len(buckets) >= 80 and all(0 <= b < FLOW_BUCKETS for b in buckets)
+    assert len({flow_bucket(udp6(40000 + i, 443)) for i in range(100)}) >= 80
 
 
 def test_ip_options_do_not_move_a_flow_to_another_bucket() -> None:
@@ -51,13 +56,16 @@ def test_fragments_and_portless_packets_go_by_their_addresses() -> None:
     more_fragments = 0x2000
     assert flow_bucket(udp4(1, 2, frag=more_fragments)) == flow_bucket(
         udp4(3, 4, frag=more_fragments)) == flow_bucket(udp4(5, 6, frag=185))
-    other_host = udp4(1, 2, frag=more_fragments, dst=bytes([10, 0, 0, 3]))
+    def fragment_to(host: int) -> bytes:
+        return udp4(1, 2, frag=more_fragments, dst=bytes([10, 0, 0, host]))
+    other_host = fragment_to(_first_in_another_bucket(fragment_to(2), fragment_to))
     assert flow_bucket(other_host) != flow_bucket(udp4(1, 2, frag=more_fragments))
     assert flow_bucket(b"\x45") == 0  # no IP packet: no crash
 
 
 def test_each_message_says_how_far_back_its_flows_previous_one_is() -> None:
-    a, b = udp4(1000, 53), udp4(2000, 53)
+    a = udp4(1000, 53)
+    b = udp4(_first_in_another_bucket(a, lambda port: udp4(port, 53)), 53)
     chains = FlowChains()
     assert chains.gaps(0, [a, b, a, a]) == [FIRST, FIRST, 2, 1]
     assert chains.gaps(4, [b]) == [3]
@@ -147,7 +155,18 @@ def test_one_flow_over_skewed_links_is_released_in_order_not_ahead() -> None:
 
 
 def _tagged(seq: int, sport: int) -> bytes:
-    return udp4(sport, 9, seq=seq, size=1000 if sport == 1 else 100)
+    return udp4(sport, 9, seq=seq, size=1000 if sport == BULK else 100)
+
+
+def _first_in_another_bucket(taken: bytes, make: Callable[[int], bytes]) -> int:
+    """The first n from 2 (a port, a host) whose packet `make(n)` is not in
+    `taken`'s bucket: hash() is salted per process, and two flows meant to be
+    told apart share a bucket in 1 process of 1024."""
+    return next(n for n in range(2, 200) if flow_bucket(make(n)) != flow_bucket(taken))
+
+
+BULK = 1  # the bulk flow's source port in the ping tests; the ping's is PING
+PING = _first_in_another_bucket(udp4(BULK, 9), lambda port: udp4(port, 9))
 
 
 def _delays(sim: Sim, traffic: list[tuple[float, str, bytes]], seconds: float,
@@ -174,11 +193,11 @@ def test_a_ping_crosses_the_fast_link_without_waiting_for_the_bulk_on_the_slow_o
     sim = Sim([SimLink(delay_s=0.010), SimLink(delay_s=0.060)])
     sim.run(1.0)
     start = sim.now
-    traffic = [(start + i * 0.002, "up", _tagged(i, 1)) for i in range(500)]
-    traffic += [(start + 0.1 + i * 0.037, "up", _tagged(10_000 + i, 2)) for i in range(20)]
+    traffic = [(start + i * 0.002, "up", _tagged(i, BULK)) for i in range(500)]
+    traffic += [(start + 0.1 + i * 0.037, "up", _tagged(10_000 + i, PING)) for i in range(20)]
     delays, _ = _delays(sim, traffic, 1.3)
-    pings = [d for p, d in delays.items() if p[21] == 2]
-    bulk = [struct.unpack_from("!Q", p, 28)[0] for p in sim.delivered["server"] if p[21] == 1]
+    pings = [d for p, d in delays.items() if p[21] == PING]
+    bulk = [struct.unpack_from("!Q", p, 28)[0] for p in sim.delivered["server"] if p[21] == BULK]
     assert len(pings) == 20 and bulk == list(range(500))  # the bulk flow stays in order
     fast = [d for d in pings if d < 0.03]
     assert len(fast) >= 5, sorted(round(d * 1000) for d in pings)
@@ -227,11 +246,11 @@ def test_a_ping_skips_a_bulk_flows_backlog_at_the_sending_edge() -> None:
               scheduler="adaptive")
     sim.run(1.0)
     start = sim.now
-    traffic = [(start + i * 0.0012, "up", _tagged(i, 1)) for i in range(2500)]
-    traffic += [(start + 1.0 + i * 0.05, "up", _tagged(10_000 + i, 2)) for i in range(30)]
+    traffic = [(start + i * 0.0012, "up", _tagged(i, BULK)) for i in range(2500)]
+    traffic += [(start + 1.0 + i * 0.05, "up", _tagged(10_000 + i, PING)) for i in range(30)]
     delays, most_queued = _delays(sim, traffic, 3.2)
-    pings = sorted(d for p, d in delays.items() if p[21] == 2)
-    bulk = sorted(d for p, d in delays.items() if p[21] == 1)
+    pings = sorted(d for p, d in delays.items() if p[21] == PING)
+    bulk = sorted(d for p, d in delays.items() if p[21] == BULK)
     assert most_queued > 20  # the bulk flow did queue
     median_ping, median_bulk = pings[len(pings) // 2], bulk[len(bulk) // 2]
     assert median_ping < 0.5 * median_bulk, (median_ping, median_bulk)
