@@ -202,6 +202,22 @@ def test_a_bond_whose_capacity_varies_may_keep_more_queue() -> None:
         max(TARGET, SINGLE_FLOW_QUEUE_RTTS * 0.05) + VARIABILITY_ALLOWANCE_SCALE * large)
 
 
+def test_a_swing_of_a_cellular_bond_is_not_signalled_but_the_same_queue_on_fixed_lines_is() -> None:
+    """300 ms of queue for a second: on two LTE-like links (their delivery
+    swinging by 20 %, 60 ms round trips) a capacity dip, which a drop would
+    turn into seconds of a cubic flow regrowing its window; on fixed lines, a
+    standing queue to drop from."""
+    def bond(spread: float) -> BondQueue:
+        links = [_link(i, 0.3, 10.0, min_rtt_s=0.06, spread=spread) for i in (0, 1)]
+        return measure_bond(links, 10.0)
+    swinging, fixed = bond(0.2), bond(0.05)
+    assert swinging.queue_s == fixed.queue_s > 0.29
+    for bond_now, signalled in ((swinging, False), (fixed, True)):
+        codel = CoDel(TARGET)
+        signals = [codel.should_signal(bond_now, 10.0 + i * 0.001) for i in range(1000)]
+        assert any(signals) == signalled
+
+
 def test_feedback_carries_the_interval_low_and_reads_a_report_without_it() -> None:
     report = control.LinkReport(1, 10, 12_000, 9, 5_300, 5_000, 5_100)
     message, _ = control.decode(control.encode(control.Feedback((report,)), 7))
