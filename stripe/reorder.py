@@ -81,6 +81,10 @@ ACTIVE_HOLD_MULTIPLE = 2.0
 ACTIVE_MIN_S = 0.050
 ACTIVE_MAX_S = 0.500
 
+# The last skips (gaps given up) remembered, to tell how late a late packet
+# is: enough for the gaps of a few hold times on a lossy bond.
+REMEMBERED_SKIPS = 256
+
 # Stale heap entries tolerated beyond twice the held packets (see `push`).
 HEAP_SLACK = 1024
 
@@ -98,6 +102,14 @@ class ReorderStats:
     overflow_releases: int = 0
     ahead: int = 0  # released ahead of another flow's gap (see the module doc)
     max_held: int = 0
+    # Of the late packets: those whose gap loss inference had given up (it
+    # was wrong: a link reordered, or carried data it was not known to), and
+    # how long after the skip they came (of the skips still remembered,
+    # `REMEMBERED_SKIPS`): by how much the hold fell short.
+    late_after_inference: int = 0
+    late_after_count: int = 0  # late packets whose skip was remembered
+    late_after_sum_s: float = 0.0
+    late_after_max_s: float = 0.0
     max_wait_s: float = 0.0
 
 
@@ -125,6 +137,10 @@ class ReorderBuffer:
     _mask_seq: int = -1
     _late_bonus_s: float = 0.0
     _late_bonus_time: float = 0.0
+    # The last skips: (first counter given up, the counter after the last,
+    # when, by loss inference (True) or by deadline or overflow).
+    _skips: deque[tuple[int, int, float, bool]] = field(
+        default_factory=lambda: deque(maxlen=REMEMBERED_SKIPS))
     # Why the last release attempt stopped: (next_seq, the link holding the
     # frontier back, now, mask, hold_s).  While all of it is unchanged, a
     # packet from another link cannot move the frontier (a minimum over
@@ -160,6 +176,7 @@ class ReorderBuffer:
                 return True  # an invalid packet: nothing is lost
             self.stats.late += 1
             self.ready.append(payload)  # late, not lost (see the module docstring)
+            self._note_late(seq, now)
             if not copy:
                 # We gave up on it too early: hold longer for a while.
                 bonus = self.late_bonus(now)
@@ -292,10 +309,25 @@ class ReorderBuffer:
             previous: follower for previous, follower in self._waiting.items()
             if previous >= next_seq and follower in held and held[follower] is not _RELEASED}
 
-    def _skip_to(self, target: int) -> None:
+    def _note_late(self, seq: int, now: float) -> None:
+        """Count how late `seq` is, if its skip is still remembered."""
+        for first, end, when, inferred in reversed(self._skips):
+            if first <= seq < end:
+                stats = self.stats
+                after = now - when
+                stats.late_after_count += 1
+                stats.late_after_sum_s += after
+                if after > stats.late_after_max_s:
+                    stats.late_after_max_s = after
+                if inferred:
+                    stats.late_after_inference += 1
+                return
+
+    def _skip_to(self, target: int, now: float, inferred: bool) -> None:
         """Give up on the counters from `next_seq` up to `target`."""
         start, skipped = self.next_seq, target - self.next_seq
         self.stats.lost += skipped
+        self._skips.append((start, target, now, inferred))
         self.next_seq = target
         waiting = self._waiting
         if waiting:
@@ -357,7 +389,7 @@ class ReorderBuffer:
                 return
             target = min(frontier, self._smallest_held())
             self.stats.inferred_releases += 1
-            self._skip_to(target)
+            self._skip_to(target, now, inferred=True)
         self._held_heap.clear()  # all released: what is left there is stale
         self._arrivals.clear()
         self._waiting.clear()
@@ -386,7 +418,7 @@ class ReorderBuffer:
             waited = now - self._arrivals[0][0]
             if waited > self.stats.max_wait_s:
                 self.stats.max_wait_s = waited
-        self._skip_to(self._smallest_held())
+        self._skip_to(self._smallest_held(), now, inferred=False)
         self._release(now)
 
 

@@ -172,6 +172,10 @@ def snapshot(spec: EndpointSpec, peers_state: list[Peer], drops: Mapping[str, in
                 "deadline_releases": st.deadline_releases, "ahead": st.ahead,
                 "max_held": st.max_held,
                 "max_wait_ms": round(st.max_wait_s * 1000, 2),
+                "late_after_inference": st.late_after_inference,
+                "late_after_ms_avg": round(st.late_after_sum_s * 1000 / st.late_after_count, 1)
+                if st.late_after_count else None,
+                "late_after_ms_max": round(st.late_after_max_s * 1000, 1),
             }
         peers.append({
             "public_key": peer.spec.public_key.hex(),

@@ -8,6 +8,8 @@ import random
 import struct
 from collections.abc import Callable
 
+import pytest
+
 from stripe import wire
 from stripe.flows import FLOW_BUCKETS, FlowChains, flow_bucket
 from stripe.reorder import ReorderBuffer
@@ -270,3 +272,28 @@ def test_a_counter_far_ahead_is_skipped_to_at_once() -> None:
     buffer.poll(0.1)  # the gaps given up one after the other, without a walk over 2**40
     buffer.poll(0.2)
     assert sorted(out) == [b"A5", b"B"] and buffer.next_seq == 2**40 + 1
+
+
+def test_late_packets_tell_how_late_and_whether_inference_gave_them_up() -> None:
+    buffer, out = _buffer()
+    every = SLOW | 0b11  # each packet announces the three links
+    # Link 2 is announced and not heard from: 0 waits out the hold, skipped.
+    buffer.push(1, b"1", 0, 0.0, every)
+    buffer.push(2, b"2", 1, 0.01, every)
+    assert out == [] and buffer.held == 2
+    buffer.poll(0.1)
+    assert out == [b"1", b"2"] and buffer.stats.deadline_releases == 1
+    buffer.push(0, b"0", 2, 0.25, every)  # 150 ms after its skip
+    stats = buffer.stats
+    assert out[-1] == b"0" and stats.late == 1 and stats.late_after_inference == 0
+    assert stats.late_after_max_s == pytest.approx(0.15)
+    # Every link past 3, and 3 missing: inference gives it up, wrongly.
+    buffer.push(4, b"4", 0, 0.3, every)
+    buffer.push(5, b"5", 1, 0.3, every)
+    buffer.push(6, b"6", 2, 0.3, every)
+    assert out[-3:] == [b"4", b"5", b"6"] and stats.inferred_releases == 1
+    buffer.push(3, b"3", 1, 0.32, every)
+    assert stats.late == 2 and stats.late_after_inference == 1
+    assert stats.late_after_count == 2
+    assert stats.late_after_sum_s == pytest.approx(0.15 + 0.02)
+    assert stats.late_after_max_s == pytest.approx(0.15)
