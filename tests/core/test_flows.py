@@ -34,6 +34,13 @@ def udp6(sport: int, dport: int, size: int = 200) -> bytes:
     return header + struct.pack("!HHHH", sport, dport, size - 40, 0) + bytes(size - 48)
 
 
+def _first_in_another_bucket(taken: bytes, make: Callable[[int], bytes]) -> int:
+    """The first n from 2 (a port, a host) whose packet `make(n)` is not in
+    `taken`'s bucket: hash() is salted per process, and two flows meant to be
+    told apart share a bucket in 1 process of 1024."""
+    return next(n for n in range(2, 200) if flow_bucket(make(n)) != flow_bucket(taken))
+
+
 def test_a_flow_keeps_its_bucket_and_flows_spread_over_buckets() -> None:
     assert flow_bucket(udp4(1000, 53, seq=1)) == flow_bucket(udp4(1000, 53, seq=2, size=900))
     assert flow_bucket(udp6(1000, 53)) == flow_bucket(udp6(1000, 53, size=1000))
@@ -156,19 +163,12 @@ def test_one_flow_over_skewed_links_is_released_in_order_not_ahead() -> None:
     assert stats.ahead == 0 and stats.max_held > 5  # it did wait for the slow link
 
 
-def _tagged(seq: int, sport: int) -> bytes:
-    return udp4(sport, 9, seq=seq, size=1000 if sport == BULK else 100)
-
-
-def _first_in_another_bucket(taken: bytes, make: Callable[[int], bytes]) -> int:
-    """The first n from 2 (a port, a host) whose packet `make(n)` is not in
-    `taken`'s bucket: hash() is salted per process, and two flows meant to be
-    told apart share a bucket in 1 process of 1024."""
-    return next(n for n in range(2, 200) if flow_bucket(make(n)) != flow_bucket(taken))
-
-
 BULK = 1  # the bulk flow's source port in the ping tests; the ping's is PING
 PING = _first_in_another_bucket(udp4(BULK, 9), lambda port: udp4(port, 9))
+
+
+def _tagged(seq: int, sport: int) -> bytes:
+    return udp4(sport, 9, seq=seq, size=1000 if sport == BULK else 100)
 
 
 def _delays(sim: Sim, traffic: list[tuple[float, str, bytes]], seconds: float,
