@@ -204,7 +204,7 @@ def status(path: str | None, tun: str, socket_path: str | None, as_json: bool,
     import time
     from pathlib import Path
 
-    from .io.control_socket import request
+    from .io.control_socket import refuses_connections, request
     from .status import render
 
     if socket_path:
@@ -223,8 +223,12 @@ def status(path: str | None, tun: str, socket_path: str | None, as_json: bool,
             click.echo(f"stripe: status: cannot read {path}: {exc}", err=True)
             sys.exit(EXIT_CONFIG)
     else:
+        # A socket file left by a stripe that ended (one that ran as the
+        # other role with the same TUN name, say) must not hide a live one.
         candidates = [config_mod.default_control_socket(tun, role) for role in Role]
-        sockets = [p for p in candidates if p.exists()] or candidates[:1]
+        present = [p for p in candidates if p.exists()]
+        sockets = ([p for p in present if not refuses_connections(p)] or present[:1]
+                   or candidates[:1])
     while True:
         replies = []
         for sock in sockets:

@@ -10,6 +10,7 @@
 from .files import FileContent, ReadFile, read_local_file, recording_reader, shipped_reader
 from .model import (
     AUTO_MTU,
+    CONTROL_SOCKET_DIR,
     DEFAULT_PMTU_PROBE,
     LINK_TABLE_BASE,
     Config,
@@ -21,7 +22,8 @@ from .parse import load
 from .restart import LIVE_FIELDS, RESTART_KEYS, SECRET_FIELDS, restart_needed
 
 __all__ = [
-    "AUTO_MTU", "DEFAULT_PMTU_PROBE", "LINK_TABLE_BASE", "LIVE_FIELDS", "RESTART_KEYS",
+    "AUTO_MTU", "CONTROL_SOCKET_DIR", "DEFAULT_PMTU_PROBE", "LINK_TABLE_BASE", "LIVE_FIELDS",
+    "RESTART_KEYS",
     "SECRET_FIELDS", "Config", "ConfigError", "FileContent", "LinkConfig", "ReadFile",
     "default_control_socket",
     "load", "read_local_file", "recording_reader", "restart_needed", "shipped_reader",

@@ -15,12 +15,18 @@ import contextlib
 import json
 import os
 import socket
+import stat
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 MAX_REQUEST_BYTES = 1 << 20  # a reload request carries the config and key files
 REQUEST_TIMEOUT_S = 2.0
+# A socket file this old that refuses connections is a stripe's that ended
+# without removing it (after the drop of privileges it cannot: see `close`).
+# Younger ones are left alone: a process may be between bind and listen.
+STALE_AFTER_S = 60.0
 
 
 # The request -> the reply (a coroutine for work that waits, such as a reload).
@@ -33,8 +39,13 @@ class ControlServer:
         self._handlers = handlers
         self._server: asyncio.AbstractServer | None = None
 
-    async def start(self) -> None:
+    async def start(self, shared_dir: Path | None = None) -> None:
+        """Listen on `path`.  `shared_dir`: the directory every stripe keeps
+        its socket in by default: the dead sockets left there by others are
+        removed first (the caller still has the privileges to)."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if shared_dir is not None and self.path.parent == shared_dir:
+            remove_stale_sockets(shared_dir)
         if self.path.exists():
             if _alive(self.path):
                 raise OSError(f"control socket {self.path} is in use by another stripe process")
@@ -78,8 +89,44 @@ class ControlServer:
     def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        # Fails once privileges are dropped (the directory is root's, 0700):
+        # the next stripe to start removes the file (`remove_stale_sockets`).
         with contextlib.suppress(OSError):
             self.path.unlink()
+
+
+def remove_stale_sockets(directory: Path, now: float | None = None) -> int:
+    """Remove the `*.sock` sockets in `directory` older than STALE_AFTER_S
+    that refuse connections (their stripe has ended); how many were."""
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = list(directory.glob("*.sock"))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            info = entry.lstat()
+            if not stat.S_ISSOCK(info.st_mode) or now - info.st_mtime < STALE_AFTER_S:
+                continue
+            if refuses_connections(entry):
+                entry.unlink()
+                removed += 1
+        except OSError:
+            continue  # gone meanwhile, or not ours to judge
+    return removed
+
+
+def refuses_connections(path: Path) -> bool:
+    """Nothing listens on socket file `path` (connect: refused)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except ConnectionRefusedError:
+            return True
+        except OSError:
+            return False
+    return False
 
 
 def _alive(path: Path) -> bool:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from ..coalesce import coalesce
-from ..config import Config
+from ..config import CONTROL_SOCKET_DIR, Config
 from ..endpoint import Endpoint
 from ..offload import VNET_HDR_LEN, OffloadError, complete_partial, split_tun_read
 from ..outbox import Datagram
@@ -618,7 +618,7 @@ async def serve(config: Config, inherited: Inherited | None = None) -> None:
     metrics: MetricsServer | None = None
     try:
         try:
-            await control.start()
+            await control.start(shared_dir=CONTROL_SOCKET_DIR)
         except OSError as exc:
             raise SetupError(f"cannot open control socket {config.control_socket}: {exc}") from None
         set_up_network(config, driver.tun.name, network)

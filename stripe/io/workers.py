@@ -49,7 +49,7 @@ from functools import partial
 from typing import Any
 
 from .. import config as config_mod
-from ..config import Config, ConfigError
+from ..config import CONTROL_SOCKET_DIR, Config, ConfigError
 from ..status import merge_workers
 from .control_socket import ControlServer, request
 from .driver import Inherited, serve
@@ -333,7 +333,7 @@ async def supervise(config: Config, log_args: tuple[str, ...] = ()) -> None:
     metrics = None
     try:
         try:
-            await control.start()
+            await control.start(shared_dir=CONTROL_SOCKET_DIR)
         except OSError as exc:
             raise SetupError(f"cannot open control socket {config.control_socket}: {exc}") from None
         set_up_network(config, config.tun_name, network)
