@@ -6,6 +6,7 @@ status` looks past them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -51,10 +52,8 @@ def listening(tmp_path: Path) -> Iterator[Path]:
                 with conn:
                     if not conn.recv(65536):
                         continue
-                    try:
+                    with contextlib.suppress(OSError):
                         conn.sendall(json.dumps({"role": "server"}).encode() + b"\n")
-                    except OSError:
-                        pass
                     return
 
     thread = threading.Thread(target=answer, daemon=True)
