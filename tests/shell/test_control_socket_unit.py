@@ -35,17 +35,16 @@ def dead_socket(path: Path, mtime: float | None = OLD) -> Path:
     return path
 
 
-@pytest.fixture
-def listening(tmp_path: Path) -> Iterator[Path]:
-    """An old socket file a live process listens on; it answers one status."""
-    path = tmp_path / "live.sock"
+@contextlib.contextmanager
+def answering(path: Path) -> Iterator[Path]:
+    """An old socket file at `path` a live process listens on; it answers one
+    status request (connections that ask nothing, probes, get nothing)."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen()
     os.utime(path, (OLD, OLD))
 
     def answer() -> None:
-        """Until one connection asks for something: probes just connect."""
         with server:
             while True:
                 conn, _ = server.accept()
@@ -58,13 +57,22 @@ def listening(tmp_path: Path) -> Iterator[Path]:
 
     thread = threading.Thread(target=answer, daemon=True)
     thread.start()
-    yield path
-    if thread.is_alive():  # nobody asked: ask, so that it ends
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as wake:
-            wake.connect(str(path))
-            wake.sendall(b"{}\n")
-            wake.recv(65536)
-    thread.join(timeout=5)
+    try:
+        yield path
+    finally:
+        thread.join(timeout=1)
+        if thread.is_alive():  # nobody asked: ask, so that it ends
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as wake:
+                wake.connect(str(path))
+                wake.sendall(b"{}\n")
+                wake.recv(65536)
+            thread.join(timeout=5)
+
+
+@pytest.fixture
+def listening(tmp_path: Path) -> Iterator[Path]:
+    with answering(tmp_path / "live.sock") as path:
+        yield path
 
 
 def test_only_old_dead_sockets_are_removed(tmp_path: Path, listening: Path) -> None:
@@ -94,13 +102,13 @@ def test_a_stripe_starting_in_the_shared_directory_clears_the_dead(tmp_path: Pat
 
 
 def test_status_looks_past_a_dead_socket_of_the_other_role(
-        tmp_path: Path, listening: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """stripe0 ran as a client once and now runs as the server: the client's
     socket file is still there and must not hide the server's."""
     monkeypatch.setattr(model, "CONTROL_SOCKET_DIR", tmp_path)
     monkeypatch.setattr(model, "_netns_suffix", lambda: "")
-    listening.rename(model.default_control_socket("stripe0", Role.SERVER))
     dead_socket(model.default_control_socket("stripe0", Role.CLIENT))
-    result = CliRunner().invoke(main, ["status", "-i", "stripe0", "--json"])
+    with answering(model.default_control_socket("stripe0", Role.SERVER)):
+        result = CliRunner().invoke(main, ["status", "-i", "stripe0", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"role": "server"}
