@@ -95,10 +95,10 @@ class ControlServer:
             self.path.unlink()
 
 
-def remove_stale_sockets(directory: Path, now: float | None = None) -> int:
+def remove_stale_sockets(directory: Path) -> int:
     """Remove the `*.sock` sockets in `directory` older than STALE_AFTER_S
     that refuse connections (their stripe has ended); how many were."""
-    now = time.time() if now is None else now
+    now = time.time()
     removed = 0
     try:
         entries = list(directory.glob("*.sock"))
@@ -119,23 +119,21 @@ def remove_stale_sockets(directory: Path, now: float | None = None) -> int:
 
 def refuses_connections(path: Path) -> bool:
     """Nothing listens on socket file `path` (connect: refused)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except ConnectionRefusedError:
-            return True
-        except OSError:
-            return False
-    return False
+    return isinstance(_connect_error(path), ConnectionRefusedError)
 
 
 def _alive(path: Path) -> bool:
+    return _connect_error(path) is None
+
+
+def _connect_error(path: Path) -> OSError | None:
+    """What connecting to socket file `path` raised (None: something listens)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
             probe.connect(str(path))
-        except OSError:
-            return False
-    return True
+        except OSError as exc:
+            return exc
+    return None
 
 
 def request(path: Path, command: str = "status", timeout_s: float = 3.0,
