@@ -11,7 +11,9 @@ that link carries in RUN_WINDOW_S at its estimated rate (one packet on a
 slow link, dozens on a fast one), so the per-packet work is sealing alone
 and the shell gets a GSO train.  A packet wanted twice (redundancy: small,
 or of a chosen DSCP class) goes alone, and again as a DATA_COPY on a second
-link.  Without a session, or while no link has room in its window (see
+link; so does a small packet of a sparse flow that is not TCP (a ping, a
+DNS query, a call: see `sendqueue`).  Without a session, or while no link
+has room in its window (see
 `scheduler`), packets wait in the peer's bounded queue, in order, until a
 session or a feedback report makes room; queue management then judges each
 by the time it waited there plus the links' own standing queue.
@@ -33,7 +35,7 @@ from . import pmtu, routing, wire
 from .aqm import CoDel, mark_ce, measure_bond
 from .flows import flow_bucket
 from .links import Link
-from .offload import complete_partial
+from .offload import IPPROTO_TCP, complete_partial
 from .outbox import Outbox
 from .peer import Peer
 from .scheduler import usable_links
@@ -62,6 +64,15 @@ def wants_copy(packet: bytes, below: int, dscp: frozenset[int]) -> bool:
     if packet[0] >> 4 == 4:
         return packet[1] >> 2 in dscp
     return ((packet[0] & 0x0F) << 2 | packet[1] >> 6) in dscp
+
+
+def copied_when_sparse(packet: bytes) -> bool:
+    """A small packet that is not TCP (a ping, DNS, a call's or a game's
+    packet; `packet` passed `tun_packet_ok`): of a sparse flow, it goes on
+    two links even when nothing waits (see `sendqueue`)."""
+    if len(packet) > SPARSE_COPY_MAX_BYTES:
+        return False
+    return (packet[9] if packet[0] >> 4 == 4 else packet[6]) != IPPROTO_TCP
 
 
 def tun_packet_ok(packet: bytes) -> bool:
@@ -144,7 +155,9 @@ class Egress:
                 self._skip_or_enqueue(peer, session, packet, now)
                 continue
             if (copies and wants_copy(packet, below, dscp)) or (
-                    peer.verifying and _verifying(peer)):
+                    peer.verifying and _verifying(peer)) or (
+                    copied_when_sparse(packet)
+                    and peer.queue.sparse(flow_bucket(packet), len(packet), now)):
                 self._send_with_copy(peer, session, link, packet, now)
                 continue
             run = [packet]
@@ -155,7 +168,8 @@ class Egress:
                 following = packets[i]
                 if (not tun_packet_ok(following) or destination(following) != dest
                         or (mtu is not None and len(following) > mtu)
-                        or (copies and wants_copy(following, below, dscp))):
+                        or (copies and wants_copy(following, below, dscp))
+                        or copied_when_sparse(following)):
                     break
                 run.append(following)
                 extra += len(following)

@@ -22,8 +22,14 @@ round trip), so a skipping packet of at most SPARSE_COPY_MAX_BYTES (a ping,
 a DNS query, a game's or a call's packet) also goes as a DATA_COPY on the
 usable link with the lowest RTT among the others (as `duplicate_below`
 does for every small packet when configured): it arrives by whichever link
-is first, the receiver drops the other as a duplicate.  At most twice the
-sparse budget, a few hundred kbit/s, only while the bond is loaded.
+is first, the receiver drops the other as a duplicate.  So does a small
+packet of a sparse flow that is not TCP when nothing waits (`egress`):
+the direction that carries only a download's ACKs is not loaded, but its
+links' delays swing all the same (a cellular uplink's fades), and a ping,
+a DNS query or a voice packet has nothing behind it to cover its delay or
+loss, where a TCP ACK has the next ACK (so ACKs, most of the small packets
+there, are not copied: they would double that direction's packets).  At
+most twice the sparse budget, a few hundred kbit/s.
 
 Flows are `flows.flow_bucket`'s buckets (two flows sharing one are one
 flow here: they wait for each other, which is only what all did before).
@@ -86,8 +92,14 @@ class SendQueue:
     def may_skip(self, bucket: int, size: int, now: float) -> bool:
         """May a packet of `size` bytes of flow `bucket` go past the queue
         now?  Counted as skipped if so (see the module doc)."""
-        if bucket in self._waiting:
+        if bucket in self._waiting or not self.sparse(bucket, size, now):
             return False
+        self.skips += 1
+        return True
+
+    def sparse(self, bucket: int, size: int, now: float) -> bool:
+        """Is flow `bucket` still sparse with `size` more bytes this interval
+        (and the peer's sparse flows within theirs)?  The bytes count if so."""
         if now - self._interval_start >= SPARSE_INTERVAL_S:
             self._interval_start = now
             self._skipped.clear()
@@ -97,7 +109,6 @@ class SendQueue:
             return False
         self._skipped[bucket] = used
         self._skipped_total += size
-        self.skips += 1
         return True
 
     def _forget(self, bucket: int) -> None:

@@ -263,6 +263,64 @@ def test_a_ping_skips_a_bulk_flows_backlog_at_the_sending_edge() -> None:
     assert sim.server.drops["duplicate"] >= 20
 
 
+def test_sparse_counts_a_flows_bytes_and_is_not_a_skip() -> None:
+    queue = SendQueue()
+    assert queue.sparse(2, SPARSE_FLOW_BYTES - 100, 0.0)
+    assert queue.sparse(2, 100, 0.01)
+    assert not queue.sparse(2, 1, 0.02)  # its quantum is spent for this interval
+    assert not queue.may_skip(2, 1, 0.03)  # the same quantum
+    assert queue.sparse(2, 100, SPARSE_INTERVAL_S)
+    assert queue.skips == 0
+
+
+def _light_sim(loss: float = 0.0) -> Sim:
+    """Two links, the second dropping `loss` of what it carries; nothing
+    else to send, so nothing waits at the sending edge."""
+    sim = Sim([SimLink(delay_s=0.010), SimLink(delay_s=0.012, loss=loss)],
+              scheduler="roundrobin", seed=3)
+    sim.run(1.0)
+    return sim
+
+
+def test_a_ping_goes_on_two_links_when_nothing_waits() -> None:
+    # The direction that carries only a download's ACKs is not loaded, but
+    # its links' delays swing: a ping, DNS, a call's packet goes on two.
+    sim = _light_sim(loss=0.3)
+    traffic = [(sim.now + i * 0.05, "up", _tagged(i, PING)) for i in range(40)]
+    sim.run(2.5, traffic)
+    got = sorted(struct.unpack_from("!Q", p, 28)[0] for p in sim.delivered["server"])
+    assert got == list(range(40))  # none lost, though half went on a lossy link
+    peer = sim.client.peers[0]
+    assert peer.copies.copies_sent == 40 and peer.queue.skips == 0
+    assert sim.server.drops["duplicate"] > 0 and sim.server.peers[0].copies.copies_first > 0
+
+
+def test_small_tcp_packets_and_large_ones_go_once_when_nothing_waits() -> None:
+    # ACKs: the next one covers a lost or late one, and copying them would
+    # double the packets of a download's return direction.
+    sim = _light_sim()
+    ack = bytearray(udp4(5000, 80, size=52))
+    ack[9] = 6  # TCP
+    traffic = [(sim.now + i * 0.05, "up", bytes(ack)) for i in range(20)]
+    traffic += [(sim.now + 0.025 + i * 0.05, "up", udp4(PING, 9, seq=i, size=1000))
+                for i in range(20)]
+    sim.run(1.5, traffic)
+    assert len(sim.delivered["server"]) == 40
+    assert sim.client.peers[0].copies.copies_sent == 0
+
+
+def test_a_flow_of_small_packets_is_copied_only_within_the_sparse_budget() -> None:
+    # 100-byte packets every 2 ms: 5,000 bytes per interval, of which the
+    # first 3,000 (30 packets) are sparse and go on two links.
+    sim = _light_sim()
+    start = sim.now
+    sim.run(1.1, [(start + i * 0.002, "up", _tagged(i, PING)) for i in range(500)])
+    assert len(sim.delivered["server"]) == 500
+    copies = sim.client.peers[0].copies.copies_sent
+    intervals = 1.0 / SPARSE_INTERVAL_S
+    assert 0.8 * intervals * 30 <= copies <= (intervals + 1) * 30, copies
+
+
 def test_a_counter_far_ahead_is_skipped_to_at_once() -> None:
     buffer, out = _buffer()
     # An authenticated peer's bug: a counter 2**40 ahead, waiting on 3 (as
