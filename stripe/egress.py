@@ -13,10 +13,10 @@ and the shell gets a GSO train.  A packet wanted twice (redundancy: small,
 or of a chosen DSCP class) goes alone, and again as a DATA_COPY on a second
 link; so does a small packet of a sparse flow that is not TCP (a ping, a
 DNS query, a call: see `sendqueue`).  Without a session, or while no link
-has room in its window (see
-`scheduler`), packets wait in the peer's bounded queue, in order, until a
-session or a feedback report makes room; queue management then judges each
-by the time it waited there plus the links' own standing queue.
+has room in its window (see `scheduler`), packets wait in the peer's
+bounded queue, in order, until a session or a feedback report makes room;
+queue management then judges each by the time it waited there plus the
+links' own standing queue.
 
 Data that starts after idleness goes, until a link has been heard from
 since, on two links at once (the packet and a DATA_COPY), since any of them
@@ -169,7 +169,9 @@ class Egress:
                 if (not tun_packet_ok(following) or destination(following) != dest
                         or (mtu is not None and len(following) > mtu)
                         or (copies and wants_copy(following, below, dscp))
-                        or copied_when_sparse(following)):
+                        # (the size first, inline: most packets here are large)
+                        or (len(following) <= SPARSE_COPY_MAX_BYTES
+                            and copied_when_sparse(following))):
                     break
                 run.append(following)
                 extra += len(following)
