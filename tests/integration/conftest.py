@@ -127,10 +127,17 @@ class Tunnel:
         return server, client
 
     def wait_ping(self, timeout_s: float = 15.0) -> None:
+        """A ping answered through the tunnel.  Only once the client's route
+        to the server's tunnel address is its TUN: with a default route over
+        a link (route_all tests), the server answers for that address over
+        the link itself before the client has even set its TUN up."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if run(["ping", "-c1", "-W1", SERVER_TUN_ADDR], ns=self.client_ns,
-                   check=False).returncode == 0:
+            route = run(["ip", "route", "get", SERVER_TUN_ADDR], ns=self.client_ns,
+                        check=False).stdout
+            if f" dev {self.tun_name} " in route and run(
+                    ["ping", "-c1", "-W1", SERVER_TUN_ADDR], ns=self.client_ns,
+                    check=False).returncode == 0:
                 return
             time.sleep(0.2)
         raise AssertionError("no ping through the tunnel\n" + self.logs())
