@@ -24,6 +24,10 @@ field: a buggy peer must not crash us.
                what the receiver got on each link (see estimator);
                owd_low_us (the lowest delay of the interval, for queue
                management) may be missing: a peer from before it was added
+               {"t": 4, "l": [...], "c": clock_us}  with the receiver's clock
+               when it sent the report (µs, any origin): delivery rates are
+               measured on it, not on when reports happen to arrive (an
+               older peer ignores the key, an older sender does not send it)
     MARKER     {"t": 5}   sent on a link shortly after its last data packet of
                a burst: its "d" tells the receiver nothing older is still in
                flight there, so a gap can be declared lost without waiting
@@ -105,6 +109,7 @@ class LinkReport:
 @dataclass(frozen=True, slots=True)
 class Feedback:
     reports: tuple[LinkReport, ...]
+    clock_us: int | None = None  # the receiver's clock at sending; None: not sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +158,8 @@ def encode(message: ControlMessage, next_data_counter: int, features: int = 0) -
                    r.owd_min_us, r.owd_us if r.owd_low_us is None else r.owd_low_us]
                   for r in message.reports],
         }
+        if message.clock_us is not None:
+            body["c"] = message.clock_us
     body["d"] = next_data_counter
     if features:
         body["o"] = features
@@ -235,12 +242,13 @@ def _message(body: dict[str, object]) -> ControlMessage:
     if kind == ControlType.PMTU_ACK:
         return PmtuAck(_uint(body.get("i"), 32))
     if kind == ControlType.FEEDBACK:
+        clock = body.get("c")
         return Feedback(tuple(
             LinkReport(_uint(e[0], 8), _uint(e[1], 64), _uint(e[2], 64), _uint(e[3], 32),
                        _sint(e[4], 64), _sint(e[5], 64),
                        _sint(e[6], 64) if len(e) > 6 else None)
             for e in _entries(body, 6, 7)
-        ))
+        ), None if clock is None else _uint(clock, 64))
     if kind == ControlType.LINKS:
         infos = []
         for entry in _entries(body, 4):

@@ -50,6 +50,9 @@ from .transmit import Transmitter
 # enough that a slow link's run is one packet.
 RUN_WINDOW_S = 0.002
 RUN_MAX_PACKETS = 128
+# What a dead link carried lately goes out again on the others beyond their
+# windows, by at most this many windows each (see `resend_recent`).
+RESEND_OVERFILL_WINDOWS = 1.0
 
 _DATA = wire.MessageType.DATA
 _COPY = wire.MessageType.DATA_COPY
@@ -230,16 +233,18 @@ class Egress:
         """`dead` just went down: what it carried lately that the peer has
         not reported goes out again, each as a DATA_COPY (same counter, so
         the receiver slots it where the original belonged) on the link the
-        scheduler picks.  Not re-sent: data of an older session (its counters
-        mean nothing in the current one), messages that have their one copy
-        already (a redundant copy is on its way), anything older than
-        `links.RESEND_WINDOW_S`."""
+        scheduler picks, past its window by at most RESEND_OVERFILL_WINDOWS.
+        Not re-sent: data of an older session (its counters mean nothing in
+        the current one), messages that have their one copy already (a
+        redundant copy is on its way), anything older than
+        `links.RESEND_WINDOW_S`; nor what no link takes (counted)."""
         runs = dead.recent.take(now)
         session = peer.current
         if session is None:
             return
         reported = dead.est.highest_reported
         counts = peer.copies
+        takers = usable_links(peer.links.values())
         for run in runs:
             if run.session is not session:
                 continue
@@ -247,9 +252,13 @@ class Egress:
                 counter = run.first_counter + i
                 if run.first_link_seq + i <= reported or not session.can_copy(counter):
                     continue
-                # Late already: a full window does not hold it back.
-                link = peer.scheduler.pick(peer.links.values(), len(packet), now,
-                                           within_window=False)
+                # Late already: a full window does not hold it back, but a
+                # link takes at most RESEND_OVERFILL_WINDOWS more than its
+                # window: beyond, its own queue would drop them (and, drop
+                # tail, its own packets after them) or hold them seconds.
+                takers = [link for link in takers if link.window.inflight_bytes
+                          < (1 + RESEND_OVERFILL_WINDOWS) * link.window.cwnd_bytes]
+                link = peer.scheduler.pick(takers, len(packet), now, within_window=False)
                 if link is None:
                     counts.resend_failed += 1
                     continue

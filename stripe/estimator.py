@@ -14,7 +14,10 @@ From two successive reports of a link the sender derives:
 
 - delivery rate: bytes that arrived / time between reports (the busy
   check), and over at least `DELIVERY_SPAN_S` (the capacity samples: a
-  single report interval holds too few packets of a slow link);
+  single report interval holds too few packets of a slow link).  The time
+  is the receiver's: each report says when it was sent, on its clock; a
+  report that waited in a queue on its way, or that overtook another,
+  would otherwise divide seconds' worth of bytes by milliseconds;
 - loss: 1 - packets received / packets sent up to the reported sequence
   (a link is FIFO, so everything below the highest seen either arrived or
   is lost);
@@ -40,6 +43,8 @@ a window cut each.
 Either step is taken at most once per feedback loop (the link's RTT plus a
 report interval): reports in between describe packets sent before the step
 (a cut may follow sooner if the queue is still growing).
+Reports can arrive out of order (each goes over the fastest link of the
+moment): one older than the last is old news and changes nothing.
 A report that shows no new packet on the link carries no new delay either
 (the peer repeats its smoothed value): the queue last heard of keeps
 draining instead of being renewed.
@@ -160,12 +165,12 @@ class LinkEstimator:
     _rx_bytes: int = 0
     _highest_seq: int = -1
     _data_seq: int = -1  # link sequence of the newest data packet sent
-    _report_time: float = 0.0
+    _report_time: float = 0.0  # when the last report was sent (see `_report`'s clock)
     _delivery_samples: deque[tuple[float, float]] = field(default_factory=deque)
     _saturated_at: float = -1e9  # when a report last showed a standing queue
     _stepped_at: float = -1e9  # when rate_bps last changed
     _cut_qdelay_s: float = 0.0  # the queue that made the last cut
-    _history: deque[tuple[float, int]] = field(default_factory=deque)  # (report time, rx_bytes)
+    _history: deque[tuple[float, int]] = field(default_factory=deque)  # (report clock, rx_bytes)
     def note_data(self, link_seq: int) -> None:
         """Data left on the link up to `link_seq`."""
         self._data_seq = link_seq
@@ -177,17 +182,32 @@ class LinkEstimator:
 
     def on_report(self, rx_packets: int, rx_bytes: int, highest_seq: int, owd_us: int,
                   owd_min_us: int, now: float, rtt_s: float | None = None,
-                  owd_low_us: int | None = None, busy: bool = False) -> bool:
+                  owd_low_us: int | None = None, busy: bool = False,
+                  sent_at: float | None = None) -> bool:
         """A report of the link (`busy`: its window was nearly full at a send
-        since the last one); True if it shows new packets arriving."""
+        since the last one; `sent_at`: the peer's clock when it sent the
+        report, None if it does not say); True if it shows new packets
+        arriving."""
+        if highest_seq < self._highest_seq or (highest_seq == self._highest_seq
+                                               and rx_packets < self._rx_packets):
+            # Overtaken by a newer one (each report goes on the fastest link
+            # of the moment, so one sent on a queued link arrives after
+            # later ones): old news.  Taken as a baseline, the next report's
+            # bytes since it, over the short time since it arrived, made
+            # rates of several times the link's.
+            return False
         progressed = highest_seq > self._highest_seq or self.reports == 0
         self._report(rx_packets, rx_bytes, highest_seq, owd_us, owd_min_us, now, rtt_s,
-                     owd_low_us, busy)
+                     owd_low_us, busy, now if sent_at is None else sent_at)
         return progressed
 
     def _report(self, rx_packets: int, rx_bytes: int, highest_seq: int, owd_us: int,
                 owd_min_us: int, now: float, rtt_s: float | None,
-                owd_low_us: int | None, busy: bool) -> None:
+                owd_low_us: int | None, busy: bool, clock: float) -> None:
+        """`clock`: when the report was sent, on the peer's clock if it says
+        (else when it arrived): bytes delivered are divided by the time
+        they took to arrive there, not by the spacing of the reports' own
+        arrivals, which a queue on their way bunches up."""
         self.owd_min_us = owd_min_us
         if highest_seq > self._highest_seq or self.reports == 0:
             self.last_progress = now
@@ -199,13 +219,14 @@ class LinkEstimator:
         # delay is the peer's old smoothed value, not news: the queue we
         # last heard of keeps draining (`queue_left_s`).  Taken as news, one
         # delayed early probe kept an idle link "queued" for over a second.
-        if self.reports == 0 or rx_packets < self._rx_packets or highest_seq < self._highest_seq:
+        if self.reports == 0 or rx_packets < self._rx_packets or clock < self._report_time:
+            # (a new baseline: the peer's counters or its clock restarted)
             self._history.clear()
-            self._history.append((now, rx_bytes))
-            self._remember(rx_packets, rx_bytes, highest_seq, now)
+            self._history.append((clock, rx_bytes))
+            self._remember(rx_packets, rx_bytes, highest_seq, clock)
             self.reports += 1
             return
-        dt = now - self._report_time
+        dt = clock - self._report_time
         if dt < FEEDBACK_INTERVAL_S * 0.5:
             return  # too close to the last one for a rate sample
         sent = highest_seq - self._highest_seq
@@ -218,7 +239,7 @@ class LinkEstimator:
         recent = (rx_bytes - self._rx_bytes) * 8 / dt
         self._spread.add(rx_bytes - self._rx_bytes, dt, busy)
         self.delivery_bps += DELIVERY_GAIN * (recent - self.delivery_bps)
-        self._remember(rx_packets, rx_bytes, highest_seq, now)
+        self._remember(rx_packets, rx_bytes, highest_seq, clock)
         self.reports += 1
         # Capacity: delivery over the last DELIVERY_SPAN_S or more, not since the last
         # report: one report interval holds a handful of packets on a slow
@@ -226,18 +247,18 @@ class LinkEstimator:
         # direction, and the max over a window of such samples overestimates
         # the link by 10-15 %, which is a standing queue.
         history = self._history
-        history.append((now, rx_bytes))
-        while len(history) > 2 and now - history[1][0] >= DELIVERY_SPAN_S:
+        history.append((clock, rx_bytes))
+        while len(history) > 2 and clock - history[1][0] >= DELIVERY_SPAN_S:
             history.popleft()
         then, bytes_then = history[0]
-        if now - then < DELIVERY_SPAN_S * 0.5:
+        if clock - then < DELIVERY_SPAN_S * 0.5:
             return
-        delivery = (rx_bytes - bytes_then) * 8 / (now - then)
+        delivery = (rx_bytes - bytes_then) * 8 / (clock - then)
         samples = self._delivery_samples  # decreasing values: the front is the max
         while samples and samples[-1][1] <= delivery:
             samples.pop()
-        samples.append((now, delivery))
-        while now - samples[0][0] > DELIVERY_WINDOW_S:
+        samples.append((clock, delivery))
+        while clock - samples[0][0] > DELIVERY_WINDOW_S:
             samples.popleft()
         self.delivery_max_bps = samples[0][1]
         self._adapt_rate(now, rtt_s or 0.0, delivery)

@@ -369,6 +369,7 @@ class LinkControl:
             self._apply_link_table(peer, message.links, now)
 
     def _on_feedback(self, peer: Peer, feedback: control.Feedback, now: float) -> None:
+        sent_at = None if feedback.clock_us is None else feedback.clock_us / 1e6
         for report in feedback.reports:
             link = peer.links.get(report.link_id)
             if link is None:
@@ -385,7 +386,8 @@ class LinkControl:
             est, window = link.est, link.window
             progressed = est.on_report(report.rx_packets, report.rx_bytes, highest,
                                        report.owd_us, report.owd_min_us, now,
-                                       link.health.srtt_s, report.owd_low_us, window.used)
+                                       link.health.srtt_s, report.owd_low_us, window.used,
+                                       sent_at)
             window.on_report(highest, now, progressed, est.standing_queue_s(now),
                              link.health.min_rtt_s, est.delivery_max_bps, est.delivery_bps,
                              est.delivery_spread)
@@ -416,8 +418,8 @@ class LinkControl:
         target = min(delivering or up,
                      key=lambda x: x.health.srtt_s or 0.0, default=None)
         if reports and target is not None:
-            self._transmit.send_control(peer, session, target, control.Feedback(tuple(reports)),
-                                        now)
+            self._transmit.send_control(peer, session, target, control.Feedback(
+                tuple(reports), max(round(now * 1e6), 0)), now)
 
     # -- health -------------------------------------------------------------
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import itertools
 import random
 
+import msgpack
 import pytest
 
+from stripe import control
 from stripe.estimator import (
     FEEDBACK_INTERVAL_S,
     SATURATED_CUT,
@@ -141,3 +143,69 @@ def test_a_growing_queue_cuts_again_at_once() -> None:
         reporter.report(i * 0.020)
         rates.append(est.rate_bps)
     assert rates == pytest.approx([10e6 * SATURATED_CUT ** k for k in range(1, 5)])
+
+
+def test_a_report_overtaken_by_newer_ones_is_old_news() -> None:
+    # Reports go on whichever link is fastest at the moment, so one sent on
+    # a link with a deep queue arrives after later ones.  Taken as a
+    # counter reset and baseline, the next reports' bytes since it, over the
+    # short time since it arrived, made rates several times the link's.
+    rate_bps = 10e6
+    est = LinkEstimator(rate_bps=rate_bps)
+    sent = []
+    for i in range(1, 200):  # 4 s of reports, every 25th held 0.4 s on the way
+        t = i * FEEDBACK_INTERVAL_S
+        packets = int(t * rate_bps / 8 / DATAGRAM)
+        sent.append((t + (0.4 if i % 25 == 0 else 0.01), packets))
+    highest = []
+    for arrival, packets in sorted(sent):
+        est.on_report(packets, packets * DATAGRAM, packets - 1, OWD_MIN_US + 10_000,
+                      OWD_MIN_US, arrival, 0.05)
+        highest.append(est.highest_reported)
+        assert est.delivery_max_bps <= 1.1 * rate_bps, est.delivery_max_bps / rate_bps
+    assert highest == sorted(highest)
+    assert est.delivery_max_bps >= 0.9 * rate_bps
+
+
+def _bunched_reports(rate_bps: float) -> list[tuple[float, float, int]]:
+    """(arrival, sent, packets) of 4 s of reports sent every interval over a
+    path whose queue fills to 0.3 s every half second and drains over the
+    next 0.35 s: they arrive in order, but those sent while it drains
+    arrive six times closer together than they left."""
+    out = []
+    for i in range(1, 200):
+        t = i * FEEDBACK_INTERVAL_S
+        packets = int(t * rate_bps / 8 / DATAGRAM)
+        queue = 0.3 * max(0.0, 1.0 - (t % 0.5) / 0.35)
+        out.append((t + 0.01 + queue, t, packets))
+    assert [a for a, _, _ in out] == sorted(a for a, _, _ in out)
+    return out
+
+
+@pytest.mark.parametrize("peer_clock", [True, False])
+def test_delivery_is_measured_on_the_receivers_clock(peer_clock: bool) -> None:
+    # Without it the bytes of a quarter second, reported by reports that
+    # left a quarter second apart, are divided by the few tens of ms between
+    # their arrivals.
+    rate_bps = 10e6
+    est = LinkEstimator(rate_bps=rate_bps)
+    peak = 0.0
+    for arrival, sent, packets in _bunched_reports(rate_bps):
+        est.on_report(packets, packets * DATAGRAM, packets - 1, OWD_MIN_US + 10_000,
+                      OWD_MIN_US, arrival, 0.05, sent_at=sent if peer_clock else None)
+        peak = max(peak, est.delivery_max_bps)
+    if peer_clock:
+        assert 0.9 * rate_bps <= peak <= 1.1 * rate_bps, peak / rate_bps
+    else:
+        assert peak > 1.5 * rate_bps  # what the receiver's clock is for
+
+
+def test_feedback_carries_the_receivers_clock_and_reads_a_report_without_it() -> None:
+    report = control.LinkReport(1, 10, 12_000, 9, 5_300, 5_000, 5_100)
+    for clock in (None, 0, 123_456_789_012):
+        feedback = control.Feedback((report,), clock)
+        assert control.decode(control.encode(feedback, 7))[0] == feedback
+    for bad in (-1, "now", -(2**63), 1.5):
+        body = {"t": 4, "l": [[1, 10, 12_000, 9, 5_300, 5_000, 5_100]], "c": bad, "d": 7}
+        with pytest.raises(control.ControlError, match="bad_integer"):
+            control.decode(msgpack.packb(body))
