@@ -51,7 +51,7 @@ from .transmit import Transmitter
 RUN_WINDOW_S = 0.002
 RUN_MAX_PACKETS = 128
 # What a dead link carried lately goes out again on the others beyond their
-# windows, by at most this many windows each (see `resend_recent`).
+# windows, by at most this many of its window each (see `resend_recent`).
 RESEND_OVERFILL_WINDOWS = 1.0
 
 _DATA = wire.MessageType.DATA
@@ -244,7 +244,12 @@ class Egress:
             return
         reported = dead.est.highest_reported
         counts = peer.copies
+        # Each link takes at most RESEND_OVERFILL_WINDOWS of its window more
+        # than it has in flight or its window holds, whichever is more (a
+        # strategy without windows keeps links past them all the time).
         takers = usable_links(peer.links.values())
+        limits = {link.link_id: max(link.window.inflight_bytes, link.window.cwnd_bytes)
+                  + RESEND_OVERFILL_WINDOWS * link.window.cwnd_bytes for link in takers}
         for run in runs:
             if run.session is not session:
                 continue
@@ -252,12 +257,11 @@ class Egress:
                 counter = run.first_counter + i
                 if run.first_link_seq + i <= reported or not session.can_copy(counter):
                     continue
-                # Late already: a full window does not hold it back, but a
-                # link takes at most RESEND_OVERFILL_WINDOWS more than its
-                # window: beyond, its own queue would drop them (and, drop
-                # tail, its own packets after them) or hold them seconds.
-                takers = [link for link in takers if link.window.inflight_bytes
-                          < (1 + RESEND_OVERFILL_WINDOWS) * link.window.cwnd_bytes]
+                # Late already: a full window does not hold it back, but
+                # past its limit a link's own queue would drop them (and,
+                # drop tail, its own packets after them) or hold them seconds.
+                takers = [link for link in takers
+                          if link.window.inflight_bytes < limits[link.link_id]]
                 link = peer.scheduler.pick(takers, len(packet), now, within_window=False)
                 if link is None:
                     counts.resend_failed += 1
