@@ -50,9 +50,6 @@ from .transmit import Transmitter
 # enough that a slow link's run is one packet.
 RUN_WINDOW_S = 0.002
 RUN_MAX_PACKETS = 128
-# What a dead link carried lately goes out again on the others beyond their
-# windows, by at most this many of its window each (see `resend_recent`).
-RESEND_OVERFILL_WINDOWS = 1.0
 
 _DATA = wire.MessageType.DATA
 _COPY = wire.MessageType.DATA_COPY
@@ -233,7 +230,7 @@ class Egress:
         """`dead` just went down: what it carried lately that the peer has
         not reported goes out again, each as a DATA_COPY (same counter, so
         the receiver slots it where the original belonged) on the link the
-        scheduler picks, past its window by at most RESEND_OVERFILL_WINDOWS.
+        scheduler picks, past its window if need be.
         Not re-sent: data of an older session (its counters mean nothing in
         the current one), messages that have their one copy already (a
         redundant copy is on its way), anything older than
@@ -244,12 +241,6 @@ class Egress:
             return
         reported = dead.est.highest_reported
         counts = peer.copies
-        # Each link takes at most RESEND_OVERFILL_WINDOWS of its window more
-        # than it has in flight or its window holds, whichever is more (a
-        # strategy without windows keeps links past them all the time).
-        takers = usable_links(peer.links.values())
-        limits = {link.link_id: max(link.window.inflight_bytes, link.window.cwnd_bytes)
-                  + RESEND_OVERFILL_WINDOWS * link.window.cwnd_bytes for link in takers}
         for run in runs:
             if run.session is not session:
                 continue
@@ -257,12 +248,9 @@ class Egress:
                 counter = run.first_counter + i
                 if run.first_link_seq + i <= reported or not session.can_copy(counter):
                     continue
-                # Late already: a full window does not hold it back, but
-                # past its limit a link's own queue would drop them (and,
-                # drop tail, its own packets after them) or hold them seconds.
-                takers = [link for link in takers
-                          if link.window.inflight_bytes < limits[link.link_id]]
-                link = peer.scheduler.pick(takers, len(packet), now, within_window=False)
+                # Late already: a full window does not hold it back.
+                link = peer.scheduler.pick(peer.links.values(), len(packet), now,
+                                           within_window=False)
                 if link is None:
                     counts.resend_failed += 1
                     continue

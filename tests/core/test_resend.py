@@ -8,18 +8,15 @@ import dataclasses
 import pytest
 from tests.core.netsim import Sim, SimLink, ip_packet, out_of_order, packet_seq
 
-from stripe import egress, wire
-from stripe.egress import RESEND_OVERFILL_WINDOWS
+from stripe import wire
 from stripe.io.metrics import families
 from stripe.links import (
     IDLE_PROBE_INTERVAL_S,
     LINK_DEAD_AFTER_IDLE_S,
     RESEND_MAX_PACKETS,
     RESEND_WINDOW_S,
-    Link,
 )
 from stripe.noise import TransportKey
-from stripe.peer import Peer
 from stripe.session import COPIES_SEALED_REMEMBERED, Session
 from stripe.status import render
 
@@ -146,47 +143,6 @@ def test_a_late_resent_copy_does_not_lengthen_the_hold() -> None:
 
 
 # -- bounds, status ----------------------------------------------------------
-
-
-def _overfill_after_resend(monkeypatch: pytest.MonkeyPatch) -> tuple[float, int, int]:
-    """A fast link dies under load next to a slow one: how far past its
-    window the slow link is right after the resend (in windows), and how
-    many copies were sent and not."""
-    sim = Sim([SimLink(delay_s=0.010, rate_bps=20e6), SimLink(delay_s=0.010, rate_bps=1e6)],
-              scheduler="adaptive")
-    sim.run(1.0)
-    slow = sim.client.peers[0].links[1]
-    seen: list[float] = []
-    resend = sim.client._egress.resend_recent
-
-    def measured(peer: Peer, dead: Link, now: float) -> None:
-        resend(peer, dead, now)
-        seen.append(slow.window.inflight_bytes / slow.window.cwnd_bytes)
-
-    monkeypatch.setattr(sim.client._egress, "resend_recent", measured)
-    traffic = steady(sim, 4000, gap_s=0.0005)  # 16 Mbit/s for 2 s
-    sim.run(1.5, traffic[:3000])
-    sim.links[0].send_fails = True
-    sim.run(1.0, traffic[3000:])
-    peer = sim.client.peers[0]
-    assert seen, "link 0 went down"
-    return seen[0], peer.copies.resent, peer.copies.resend_failed
-
-
-def test_a_slow_link_takes_at_most_a_window_more_of_the_resend(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    overfill, resent, failed = _overfill_after_resend(monkeypatch)
-    # What the fast link carried in its last 50 ms is ~100 packets: the slow
-    # one (1 Mbit/s, a window of a few) takes a window's worth more, and
-    # the rest is not sent, to be dropped by its queue or to wait seconds.
-    assert resent > 0 and failed > resent
-    assert overfill <= 1 + RESEND_OVERFILL_WINDOWS + 0.25  # (+ the last packet)
-
-
-def test_without_the_bound_the_slow_link_takes_it_all(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(egress, "RESEND_OVERFILL_WINDOWS", float("inf"))
-    overfill, resent, failed = _overfill_after_resend(monkeypatch)
-    assert resent > 0 and failed == 0 and overfill > 3 * (1 + RESEND_OVERFILL_WINDOWS)
 
 
 def test_what_a_link_remembers_is_bounded() -> None:
