@@ -193,6 +193,13 @@ def _add_run_arguments(p: argparse.ArgumentParser, profile: bool) -> None:
             help="after the repeats, one more run of each stripe system and flow under "
             "py-spy (kept out of the figures): top functions and flame graphs in profiles/",
         )
+        p.add_argument(
+            "--trace-status",
+            action="store_true",
+            help="poll both stripe ends every 100 ms during each run (windows, in flight, "
+            "queues, edge queue) into status-trace.jsonl; sum up with "
+            "python -m bench.status_trace FILE",
+        )
     p.add_argument(
         "--native",
         action="store_true",
@@ -407,6 +414,7 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
         topology=args.topology,
         profile=profile,
         profile_native=args.native,
+        trace_status=getattr(args, "trace_status", False),
     )
     for way in opts.directions or []:
         if way not in (UPLOAD, DOWNLOAD):

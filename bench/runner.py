@@ -41,6 +41,7 @@ from bench.lab.traces import TraceLibrary, default_traces_dir
 from bench.measure import Event, RunRecord, measure, measure_latency
 from bench.profile import PY_SPY_MISSING, Profiled, py_spy_path
 from bench.scenarios import FAILOVER_CUT_S, FAILOVER_RESTORE_S, Scenario, describe_link
+from bench.status_trace import Traced
 from bench.systems import Ecmp, Mptcp, PlainLink, Stripe, System, WireguardGo
 from bench.systems.stripe import CURRENT_TREE, StripeTree, check_config, stripe_available
 from bench.systems.stripe_config import (
@@ -101,6 +102,8 @@ class Options:
     # repeats, profiled and kept out of the figures (run --profile).
     profile: str = "off"
     profile_native: bool = False
+    # Each stripe run's ends polled every 100 ms (bench.status_trace).
+    trace_status: bool = False
     # Other checkouts of stripe (--stripe-tree): each scheduler variant also
     # runs from each of them, as the system stripe-<variant>@<label>.
     stripe_trees: list[StripeTree] = field(default_factory=list)
@@ -356,6 +359,8 @@ def run_scenario(
             if isinstance(system, Stripe) and (opts.profile == "all" or not rep):
                 where = out / PROFILES / scenario.name / label
                 system = Profiled(system, where, opts.profile_native)
+            elif isinstance(system, Stripe) and opts.trace_status:
+                system = Traced(system)
             record = _one_run(scenario, lab, system, flow, cc, seconds, workdir / label)
             data = record.to_json() | {"scenario": scenario.name, "repeat": rep}
             if rep:
