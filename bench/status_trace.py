@@ -71,7 +71,7 @@ def trim(status: dict[str, Any]) -> dict[str, Any]:
     return {"peers": peers}
 
 
-@dataclass
+@dataclass(eq=False)  # a thread: hashed by identity
 class StatusTracer(threading.Thread):
     """Polls each (role, socket) every INTERVAL_S into ``out`` until stopped."""
 

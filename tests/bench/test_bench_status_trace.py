@@ -67,3 +67,45 @@ def test_the_command_line_reads_traces_and_rejects_unreadable_ones(
     assert status_trace.main([str(trace)]) == 0
     assert status_trace.main([str(tmp_path / "missing.jsonl")]) == 1
     assert status_trace.main([]) == 2
+
+
+def test_the_tracer_polls_a_control_socket_until_stopped(tmp_path: Path) -> None:
+    import socket
+    import threading
+    import time
+
+    from bench.status_trace import StatusTracer
+
+    path = tmp_path / "c.sock"
+    answer = {"peers": [{"queued": 1, "links": [_link(0, 3000, 1500, 10, 1.0)]}]}
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:  # one JSON line in, one out, as stripe's control socket
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(4096)
+                conn.sendall(json.dumps(answer).encode() + b"\n")
+
+    server_thread = threading.Thread(target=serve, daemon=True)
+    server_thread.start()
+    out = tmp_path / status_trace.TRACE_FILE
+    tracer = StatusTracer([("client", path), ("server", tmp_path / "absent.sock")], out)
+    tracer.start()
+    time.sleep(0.35)
+    tracer.stop()
+    done.set()
+    server_thread.join()
+    server.close()
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) >= 2 and {r["role"] for r in rows} == {"client"}
+    assert rows[0]["peers"][0]["links"][0]["cwnd_bytes"] == 3000
+    assert tracer.errors >= 2  # the absent server end, counted, not raised
+    assert not tracer.is_alive()
