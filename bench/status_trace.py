@@ -9,7 +9,8 @@ flight, delivery rate, standing queue and bytes sent; per peer the inner
 packets waiting at the sending edge, queue management's drops and the
 reorder buffer.  ``python -m bench.status_trace FILE...`` sums a trace up
 per end and link: how often a link's window was full while packets waited
-at the edge, how often its window was cut, its queue, its share.
+at the edge, how often its window was cut, its queue, its share;
+``--timeline client|server`` prints one end second by second instead.
 
 It answers questions a run's totals cannot ("did the fast link's window
 bind while the slow link took the overflow?") at a small cost: each
@@ -180,9 +181,38 @@ def summarize(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def timeline(rows: list[dict[str, Any]], role: str, step_s: float = 1.0) -> str:
+    """One line per `step_s` of one end: packets waiting at the edge and held
+    for reordering, then per link its window and in flight (kB), delivery
+    and estimated rate (Mbit/s), standing queue and RTT (ms), means over
+    the step's samples."""
+    samples = [r for r in rows if r.get("role") == role and r.get("peers")]
+    steps: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for s in samples:
+        steps[int(s["t"] // step_s)].append(s["peers"][0])
+    lines = [f"{role}: t  edge  held | per link: cwnd/inflight kB  deliv/rate Mb/s  queue/rtt ms"]
+    for step, peers in sorted(steps.items()):
+        line = (f"{step * step_s:6.1f} {statistics.mean(p['queued'] for p in peers):5.0f} "
+                f"{statistics.mean(p.get('held') or 0 for p in peers):5.0f} |")
+        for i in range(len(peers[0]["links"])):
+            ls = [p["links"][i] for p in peers if len(p["links"]) > i]
+            line += (f" {statistics.mean(x['cwnd_bytes'] for x in ls) / 1e3:4.0f}/"
+                     f"{statistics.mean(x['inflight_bytes'] for x in ls) / 1e3:<4.0f}"
+                     f" {statistics.mean(x['delivery_mbps'] or 0.0 for x in ls):5.1f}/"
+                     f"{statistics.mean(x['rate_mbps'] or 0.0 for x in ls):<5.1f}"
+                     f" {statistics.mean(x['qdelay_ms'] or 0.0 for x in ls):4.0f}/"
+                     f"{statistics.mean(x['rtt_ms'] or 0.0 for x in ls):<4.0f} |")
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
-    if not argv:
-        print(f"usage: python -m bench.status_trace {TRACE_FILE}...", file=sys.stderr)
+    role = None
+    if argv[:1] == ["--timeline"] and len(argv) >= 2:
+        role, argv = argv[1], argv[2:]
+    if not argv or (role is not None and role not in ("client", "server")):
+        print(f"usage: python -m bench.status_trace [--timeline client|server] {TRACE_FILE}...",
+              file=sys.stderr)
         return 2
     for name in argv:
         path = Path(name)
@@ -191,7 +221,7 @@ def main(argv: list[str]) -> int:
         except (OSError, ValueError) as exc:
             print(f"{path}: cannot read: {exc}", file=sys.stderr)
             return 1
-        print(f"== {path}\n{summarize(rows)}")
+        print(f"== {path}\n{summarize(rows) if role is None else timeline(rows, role)}")
     return 0
 
 

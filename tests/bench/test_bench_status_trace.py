@@ -109,3 +109,18 @@ def test_the_tracer_polls_a_control_socket_until_stopped(tmp_path: Path) -> None
     assert rows[0]["peers"][0]["links"][0]["cwnd_bytes"] == 3000
     assert tracer.errors >= 2  # the absent server end, counted, not raised
     assert not tracer.is_alive()
+
+
+def test_the_timeline_shows_one_end_second_by_second() -> None:
+    from bench.status_trace import timeline
+
+    rows = [{"t": i * 0.1, "role": "server", "peers": [{
+        "queued": 10 if i < 10 else 0, "held": 0,
+        "links": [_link(0, 30000, 15000 if i < 10 else 0, 0, 4.0)]}]} for i in range(20)]
+    rows.append({"t": 0.0, "role": "client", "peers": []})
+    lines = timeline(rows, "server").splitlines()
+    assert len(lines) == 3  # a header, then seconds 0 and 1
+    first, second = lines[1].split(), lines[2].split()
+    assert first[:3] == ["0.0", "10", "0"] and first[4] == "30/15"
+    assert second[:2] == ["1.0", "0"] and second[4] == "30/0"
+    assert status_trace.main(["--timeline", "nobody", "x"]) == 2
