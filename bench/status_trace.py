@@ -39,15 +39,18 @@ from bench.systems.tunnel import TunnelSystem
 
 TRACE_FILE = "status-trace.jsonl"
 INTERVAL_S = 0.1
-# The default directory of control sockets (`stripe.config.model`); a
-# config's own control_socket wins.
-CONTROL_SOCKET_DIR = Path("/run/stripe")
 LINK_FIELDS = ("id", "state", "inflight_bytes", "cwnd_bytes", "delivery_mbps", "rate_mbps",
                "qdelay_ms", "rtt_ms", "tx_bytes", "capacity_spread", "downs")
 
 
 def control_socket(config: Path, role: str, ns: str) -> Path:
-    """Where the stripe running ``config`` as ``role`` in ``ns`` listens."""
+    """Where the stripe running ``config`` as ``role`` in ``ns`` listens: the
+    config's own control_socket, else stripe's default name for that TUN,
+    role and `ip netns` namespace (`default_control_socket`, which can only
+    name its own namespace)."""
+    # Imported here: bench runs without stripe installed for its baselines.
+    from stripe.config.model import CONTROL_SOCKET_DIR
+
     with config.open("rb") as f:
         iface = tomllib.load(f).get("interface", {})
     if iface.get("control_socket"):
