@@ -28,6 +28,12 @@ Choices, and why:
   the queue is kept through the silence (the base station holds, and with
   X2 forwarding hands over, what waited), so the link comes back with a
   burst and a large delay, not with losses.
+* 3G (``lte-3g``, outside the ``real-links`` suite): a slow second link,
+  the synthetic cellular model at ``SLOW_CELL_DOWN_MBIT`` 1.2 down and
+  ``SLOW_CELL_UP_MBIT`` 0.5 up (no 3G trace is shipped), 60 ms each way
+  and a 500 ms queue, beside the Verizon trace: a bond whose second link
+  is four times slower and farther away, where using it can cost more
+  than it adds.
 * ``lte-dsl`` pairs the DSL line with T-Mobile's trace (whose rate swings
   around the line's), ``lte-pair`` is T-Mobile + Verizon.
 
@@ -40,7 +46,7 @@ from __future__ import annotations
 
 import functools
 
-from bench.lab import Direction, LinkSpec
+from bench.lab import Direction, LinkSpec, synthetic
 from bench.lab.synthetic import handover_outages, starlink
 from bench.lab.traces import TraceLibrary
 
@@ -56,6 +62,12 @@ STARLINK_DOWN_MBIT = (20.0, 60.0)
 STARLINK_UP_MBIT = (4.0, 12.0)
 STARLINK_DELAY_MS = (10.0, 30.0)
 STARLINK_QUEUE_MS = 100.0
+# A 3G (HSPA) link: slow, variable, a long base delay and a deep buffer.
+# No recorded trace is shipped: the synthetic cellular model at these means.
+SLOW_CELL_DOWN_MBIT = 1.2
+SLOW_CELL_UP_MBIT = 0.5
+SLOW_CELL_DELAY_MS = 60.0
+SLOW_CELL_QUEUE_MS = 500.0
 TMOBILE = "TMobile-LTE-short"
 VERIZON = "Verizon-LTE-short"
 
@@ -111,6 +123,23 @@ def starlink_link(library: TraceLibrary, horizon_s: float) -> LinkSpec:
 
 def starlink_lte(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:
     return starlink_link(library, horizon_s), lte(library, VERIZON)
+
+
+def slow_cell(library: TraceLibrary) -> LinkSpec:
+    """A 3G-like link: synthetic cellular traces at SLOW_CELL_*_MBIT."""
+    directions = []
+    for suffix, mean in (("up", SLOW_CELL_UP_MBIT), ("down", SLOW_CELL_DOWN_MBIT)):
+        seed = f"{library.seed}:3g.{suffix}"
+        source = f"synthetic cellular (3G-like), mean {mean:g} Mbit/s, seed {library.seed}"
+        path, source = library.generated(
+            f"3g.{suffix}", functools.partial(synthetic.cellular, mean, seed=seed), source)
+        directions.append(Direction(delay_ms=SLOW_CELL_DELAY_MS, trace=path,
+                                    queue_ms=SLOW_CELL_QUEUE_MS, source=source))
+    return LinkSpec(directions[0], directions[1])
+
+
+def lte_3g(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:
+    return lte(library, VERIZON), slow_cell(library)
 
 
 def bloat(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:

@@ -31,7 +31,7 @@ from bench.runner import (
     flows_for,
     plan_for,
 )
-from bench.scenarios import ALIASES, REAL_LINKS, SCENARIOS, resolve
+from bench.scenarios import ALIASES, EXTRA_REAL_LINKS, REAL_LINKS, SCENARIOS, resolve
 from bench.systems import stripe_config
 from bench.systems.stripe_config import Keys, StripeSettings, client_config, server_config
 
@@ -52,7 +52,8 @@ def recorded(tmp_path: Path) -> Path:
 def test_the_suite_and_its_scenarios() -> None:
     assert REAL_LINKS == ("lte-pair", "lte-dsl", "handover", "starlink", "bloat")
     assert resolve(["real-links"]) == [SCENARIOS[n] for n in REAL_LINKS]
-    for name in REAL_LINKS:
+    assert EXTRA_REAL_LINKS == ("lte-3g",)
+    for name in REAL_LINKS + EXTRA_REAL_LINKS:
         s = SCENARIOS[name]
         assert s.kind == "reallinks" and s.directions == (UPLOAD, DOWNLOAD)
         assert s.default_seconds == 60 and len(s.links) == 2
@@ -149,6 +150,13 @@ def test_the_other_scenarios_links(tmp_path: Path) -> None:
     assert [o.start_s for o in sat.outages] == [15, 30, 45, 60, 75]  # horizon 60 + 30
     assert sat.up.delay_steps == sat.down.delay_steps and len(sat.up.delay_steps) == 6
     assert "Starlink" in sat.down.source and verizon.up.trace is not None
+    lte_3g, slow = SCENARIOS["lte-3g"].links_for(library, 60)
+    assert lte_3g.down.trace is not None and "Verizon" in lte_3g.down.trace
+    assert (slow.up.delay_ms, slow.up.queue_ms) == (60, 500) and "3G" in slow.down.source
+    # Synthetic at the 3G means, seeded: the same file again for the same seed.
+    assert slow.down.trace is not None and slow.up.trace is not None
+    down_mbit = len(Path(slow.down.trace).read_text().split()) * 12000 / 140e3 / 1e3
+    assert down_mbit == pytest.approx(1.2, rel=0.05)
     bloat = SCENARIOS["bloat"].links_for(library, 60)
     assert all(d.emulated_mbit == 10 and d.queue_ms == 500 for link in bloat
                for d in (link.up, link.down))
@@ -315,7 +323,7 @@ def test_results_table_and_plots(tmp_path: Path) -> None:
 
 
 def test_all_and_real_links_partition_the_scenarios() -> None:
-    assert set(ALIASES["all"]).isdisjoint(REAL_LINKS)
+    assert set(ALIASES["all"]).isdisjoint(REAL_LINKS + EXTRA_REAL_LINKS)
 
 
 def test_the_flow_start_is_found_on_the_links_delivery() -> None:
