@@ -23,7 +23,7 @@ from bench.runner import (
     flows_for,
     plan_for,
 )
-from bench.scenarios import ALIASES, SCENARIOS, resolve
+from bench.scenarios import ALIASES, EXTRA_REAL_LINKS, SCENARIOS, resolve
 from bench.systems.stripe_config import Keys, client_config, server_config, split_variant
 
 DATA = Path(__file__).parent / "data"
@@ -96,12 +96,13 @@ def test_client_command_flows() -> None:
 
 def test_scenarios_resolve_and_document() -> None:
     assert [s.name for s in resolve(["failover"])] == ["failover-down", "failover-blackhole"]
-    assert len(resolve(["all", "real-links"])) == len(SCENARIOS)
+    assert len(resolve(["all", "real-links", *EXTRA_REAL_LINKS])) == len(SCENARIOS)
     with pytest.raises(KeyError):
         resolve(["nope"])
     for s in SCENARIOS.values():
         assert s.doc and 1 <= len(s.links) <= MAX_LINKS
-    assert set(ALIASES["all"]) | set(ALIASES["real-links"]) == set(SCENARIOS)
+    suites = set(ALIASES["all"]) | set(ALIASES["real-links"])
+    assert suites | set(EXTRA_REAL_LINKS) == set(SCENARIOS)
     assert not set(ALIASES["all"]) & set(ALIASES["real-links"])
     assert SCENARIOS["four-links"].shaped_sum_mbit == 20
     assert flows_for(SCENARIOS["equal"], ["udp"])[0].udp_rate_mbit == 9.0
