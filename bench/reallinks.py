@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import functools
 
-from bench.lab import Direction, LinkSpec, synthetic
+from bench.lab import Direction, LinkSpec
 from bench.lab.synthetic import handover_outages, starlink
 from bench.lab.traces import TraceLibrary
 
@@ -129,10 +129,7 @@ def slow_cell(library: TraceLibrary) -> LinkSpec:
     """A 3G-like link: synthetic cellular traces at SLOW_CELL_*_MBIT."""
     directions = []
     for suffix, mean in (("up", SLOW_CELL_UP_MBIT), ("down", SLOW_CELL_DOWN_MBIT)):
-        seed = f"{library.seed}:3g.{suffix}"
-        source = f"synthetic cellular (3G-like), mean {mean:g} Mbit/s, seed {library.seed}"
-        path, source = library.generated(
-            f"3g.{suffix}", functools.partial(synthetic.cellular, mean, seed=seed), source)
+        path, source = library.synthetic_cellular(f"3g.{suffix}", mean, "3G-like")
         directions.append(Direction(delay_ms=SLOW_CELL_DELAY_MS, trace=path,
                                     queue_ms=SLOW_CELL_QUEUE_MS, source=source))
     return LinkSpec(directions[0], directions[1])

@@ -79,12 +79,16 @@ class TraceLibrary:
         if name not in RECORDED_MEAN_MBIT:
             raise ValueError(f"no trace {name!r} in {self.directory} and no synthetic "
                              f"stand-in for it (known: {', '.join(RECORDED_MEAN_MBIT)})")
-        mean = RECORDED_MEAN_MBIT[name]
+        return self.synthetic_cellular(name, RECORDED_MEAN_MBIT[name], f"stand-in for {name}")
+
+    def synthetic_cellular(self, name: str, mean_mbit: float, what: str) -> tuple[str, str]:
+        """(path, provenance) of a synthetic cellular trace ``name`` (see
+        `synthetic.cellular`) at ``mean_mbit``, drawn from this library's
+        seed and the name; ``what`` it stands for goes into the provenance."""
         seed = f"{self.seed}:{name}"
-        source = (f"synthetic cellular, mean {mean:g} Mbit/s, seed {self.seed} "
-                  f"(stand-in for {name})")
+        source = f"synthetic cellular, mean {mean_mbit:g} Mbit/s, seed {self.seed} ({what})"
         return self.generated(f"synthetic-{name}",
-                              lambda: synthetic.cellular(mean, seed=seed), source)
+                              lambda: synthetic.cellular(mean_mbit, seed=seed), source)
 
     def generated(
         self, name: str, make_times: Callable[[], Sequence[int]], source: str
