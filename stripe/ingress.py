@@ -230,5 +230,11 @@ class Ingress:
             session.hold_update_due = now + HOLD_UPDATE_INTERVAL_S
             reorder.hold_s = min(session.skew.hold_s(now) + reorder.late_bonus(now), HOLD_MAX_S)
         if reorder.push(counter, payload, link_id, now, link_mask, copy=copy,
-                        flow_gap=flow_gap) and copy:
-            peer.copies.copies_first += 1
+                        flow_gap=flow_gap):
+            if copy:
+                peer.copies.copies_first += 1
+        elif not copy:
+            # Late: its link held the bond up (counted per link for status).
+            link = peer.links.get(link_id)
+            if link is not None:
+                link.counters.late_packets += 1

@@ -120,6 +120,9 @@ class LinkCounters:
     rx_packets: int = 0
     rx_bytes: int = 0
     send_errors: int = 0
+    # Data received after the reorder buffer had given its slot up (see
+    # reorder): this link held the bond up, and the inner flow saw a gap.
+    late_packets: int = 0
 
 
 @dataclass(slots=True)

@@ -154,6 +154,7 @@ def snapshot(spec: EndpointSpec, peers_state: list[Peer], drops: Mapping[str, in
                 "inflight_bytes": link.window.inflight_bytes,
                 "cwnd_bytes": round(link.window.cwnd_bytes),
                 "capacity_spread": round(link.est.delivery_spread, 3),
+                "late_packets": link.counters.late_packets,
                 "downs": h.downs, "ups": h.ups, "stalls": h.stalls,
                 "owd_min_us": link.est.owd_min_us,
                 "address": None if link.path is None

@@ -87,6 +87,8 @@ LINK_COUNTERS = (
     ("link_up_transitions", "Times the link came back up after being down.", "ups"),
     ("link_stalls", "Times the link stalled (out of the schedule until it delivered again).",
      "stalls"),
+    ("link_late_packets", "Packets received on the link after the reorder buffer gave them up.",
+     "late_packets"),
 )
 REORDER_GAUGES = (
     ("reorder_held_packets", "Packets waiting in the reorder buffer.", "held", ""),

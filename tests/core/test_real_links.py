@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from tests.core.netsim import Sim, SimLink, Trace, ip_packet
 
+from stripe.io.metrics import families
 from stripe.links import (
     IDLE_PROBE_INTERVAL_S,
     LINK_DEAD_AFTER_IDLE_S,
@@ -180,3 +181,31 @@ def test_a_stale_link_that_stays_silent_is_down_after_a_second() -> None:
     assert stale.update(10.0 + LINK_DEAD_AFTER_STALE_S + 0.01) is LinkState.DOWN
     unproven = health(LinkState.STALE, woke_at=10.2)
     assert unproven.update(10.2 + LINK_DEAD_AFTER_MIN_S + 0.01) is LinkState.DOWN
+
+
+
+def test_packets_that_come_after_the_hold_are_counted_on_the_link_that_was_late() -> None:
+    """Link 1's delay jumps from 20 to 800 ms for a second under load (a fade
+    after packets were given to it): the server gets them after its reorder
+    hold gave their slots up, delivers them (once each) and counts them on
+    link 1, the link that held the bond up, in its status and metrics."""
+    links = [SimLink(delay_s=0.020, rate_bps=8e6, queue_limit_s=0.2),
+             SimLink(delay_s=0.020, rate_bps=4e6, queue_limit_s=0.2)]
+    sim = Sim(links, scheduler="adaptive")
+    sim.run(1.0)
+    sim.run(2.0, offered(sim.now, 10e6, 2.0))
+    links[1].delay_s = 0.8
+    sim.run(1.0, offered(sim.now, 10e6, 1.0, first=10**6))
+    links[1].delay_s = 0.020
+    sim.run(3.0, offered(sim.now, 10e6, 2.0, first=2 * 10**6))
+    server_links = list(sim.server.peers[0].links.values())
+    late = sim.server.peers[0].current.reorder.stats.late
+    assert late > 0
+    assert server_links[1].counters.late_packets == late
+    assert server_links[0].counters.late_packets == 0
+    got = [int.from_bytes(p[20:28], "big") for p in sim.delivered["server"]]
+    assert len(got) == len(set(got))
+    status = sim.server.status(sim.now)
+    assert [link["late_packets"] for link in status["peers"][0]["links"]] == [0, late]
+    metrics = {m.name: m for m in families(status)}
+    assert [sample.value for sample in metrics["stripe_link_late_packets"].samples] == [0, late]
