@@ -370,6 +370,10 @@ class LinkControl:
 
     def _on_feedback(self, peer: Peer, feedback: control.Feedback, now: float) -> None:
         sent_at = None if feedback.clock_us is None else feedback.clock_us / 1e6
+        # Each link's queue allowance is in proportion to its rate against
+        # the fastest's (see window).
+        fastest = max((other.est.delivery_max_bps for other in peer.links.values()
+                       if other.up), default=0.0)
         for report in feedback.reports:
             link = peer.links.get(report.link_id)
             if link is None:
@@ -390,7 +394,8 @@ class LinkControl:
                                        sent_at)
             window.on_report(highest, now, progressed, est.standing_queue_s(now),
                              link.health.min_rtt_s, est.delivery_max_bps, est.delivery_bps,
-                             est.delivery_spread)
+                             est.delivery_spread,
+                             est.delivery_max_bps / fastest if fastest > 0 else 1.0)
         # The peer is alive (it reports): a link whose data it never saw is dead.
         for link in peer.links.values():
             if link.up and link.est.stalled(now, link.health.min_rtt_s,

@@ -30,7 +30,13 @@ The cap follows how much the link's capacity varies (`estimator`'s
 delivery spread, measured while the link is busy): a fixed-rate line needs
 little queue to stay busy and gets QUEUE_CAP_MIN_S; a cellular link whose
 capacity swings within a round trip keeps a queue in proportion, or it
-would run dry at every swing.
+would run dry at every swing.  But that queue makes the link's packets
+late whenever its rate falls after they were given to it, and the peer's
+reorder buffer holds the whole bond's behind them: so a link keeps it in
+proportion to its rate against the fastest link's.  A link that carries a
+tenth of the bond keeps a tenth of the queue (running dry at a swing costs
+the bond little; its late packets cost the inner flow a loss event each);
+the fastest link, or one alone, keeps all of it.
 
 Nothing changes on a report without new packets: a silent link's health is
 `links`'s business, and a window cut on no evidence would leave it useless
@@ -88,9 +94,12 @@ def variability_queue_s(min_rtt_s: float | None, delivery_spread: float,
 
 
 def queue_cap_s(min_rtt_s: float | None, delivery_spread: float,
-                report_gap_s: float = FEEDBACK_INTERVAL_S) -> float:
-    """The standing queue a link may hold: more the more its capacity varies."""
-    return max(QUEUE_CAP_MIN_S, variability_queue_s(min_rtt_s, delivery_spread, report_gap_s))
+                report_gap_s: float = FEEDBACK_INTERVAL_S, share: float = 1.0) -> float:
+    """The standing queue a link may hold: more the more its capacity
+    varies, in proportion to its `share` (its best delivery rate over the
+    fastest link's; see the module doc)."""
+    variability = variability_queue_s(min_rtt_s, delivery_spread, report_gap_s)
+    return max(QUEUE_CAP_MIN_S, min(share, 1.0) * variability)
 
 
 @dataclass(slots=True)
@@ -128,11 +137,12 @@ class LinkWindow:
 
     def on_report(self, highest_seq: int, now: float, progressed: bool, queue_s: float,
                   min_rtt_s: float | None, delivery_max_bps: float, delivery_bps: float,
-                  delivery_spread: float) -> None:
+                  delivery_spread: float, share: float = 1.0) -> None:
         """A report covers everything up to `highest_seq`.  `progressed`: it
         shows new packets arriving, `queue_s` of standing queue on the link,
         which delivers `delivery_bps` now and `delivery_max_bps` at best
-        lately, varying by `delivery_spread`."""
+        lately, varying by `delivery_spread`; `share`: that best rate over
+        the fastest link's."""
         unacked = self.unacked
         while unacked and unacked[0][0] <= highest_seq:
             self.inflight_bytes -= unacked.popleft()[2]
@@ -145,7 +155,7 @@ class LinkWindow:
             return
         pipe = (DEFAULT_RTT_S if min_rtt_s is None else min_rtt_s) + self.report_gap_s
         window = WINDOW_GAIN * delivery_max_bps / 8 * pipe
-        cap = queue_cap_s(min_rtt_s, delivery_spread, self.report_gap_s)
+        cap = queue_cap_s(min_rtt_s, delivery_spread, self.report_gap_s, share)
         if queue_s > cap and delivery_bps > 0:
             # Evidence the window is too big for the link now: shrink it.
             self.cwnd_bytes = max(min(window, delivery_bps / 8 * (pipe + cap)), CWND_MIN_BYTES)

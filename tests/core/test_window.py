@@ -46,3 +46,20 @@ def test_a_standing_queue_cuts_the_window_of_a_link_whose_capacity_varies() -> N
     cap = queue_cap_s(RTT_S, spread, GAP_S)
     assert 0.2 > cap > variability_queue_s(RTT_S, 0.0, GAP_S) == 0.0
     assert window.cwnd_bytes == pytest.approx(10e6 / 8 * (RTT_S + GAP_S + cap))
+
+
+def test_a_slower_link_keeps_its_queue_in_proportion_to_its_rate_against_the_fastest() -> None:
+    """A cellular-like link at a tenth of the fastest link's rate may keep a
+    tenth of the variability queue (its late packets hold the whole bond
+    up); the fastest keeps all of it; a fixed line gets the floor either way."""
+    spread = 0.4
+    full = queue_cap_s(RTT_S, spread, GAP_S)
+    assert queue_cap_s(RTT_S, spread, GAP_S, 1.0) == full
+    assert queue_cap_s(RTT_S, spread, GAP_S, 0.1) == pytest.approx(max(0.1 * full, 0.010))
+    assert queue_cap_s(RTT_S, 0.0, GAP_S, 0.1) == queue_cap_s(RTT_S, 0.0, GAP_S) == 0.010
+    window = LinkWindow()
+    window.on_report(0, 1.0, True, 0.0, RTT_S, 2e6, 2e6, spread, 0.1)
+    window.on_report(0, 1.0 + GAP_S, True, 0.2, RTT_S, 2e6, 1e6, spread, 0.1)
+    cap = queue_cap_s(RTT_S, spread, GAP_S, 0.1)
+    assert cap < full
+    assert window.cwnd_bytes == pytest.approx(max(1e6 / 8 * (RTT_S + GAP_S + cap), 4 * 1500))
