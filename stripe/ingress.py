@@ -130,7 +130,7 @@ class Ingress:
             if mtype == _CONTROL:
                 self._links.handle_control(peer, session, link, counter, plaintext, now)
             else:
-                self._accept_data(peer, session, link_id, link_mask, counter, gap, plaintext,
+                self._accept_data(peer, session, link, link_mask, counter, gap, plaintext,
                                   now, mtype == _COPY)
             if not touched_sessions or touched_sessions[-1] is not session:
                 touched_sessions.append(session)
@@ -204,7 +204,7 @@ class Ingress:
             self._outbox.drops[exc.reason] += 1
             return None
 
-    def _accept_data(self, peer: Peer, session: Session, link_id: int, link_mask: int,
+    def _accept_data(self, peer: Peer, session: Session, link: Link, link_mask: int,
                      counter: int, flow_gap: int, plaintext: bytes, now: float,
                      copy: bool) -> None:
         """An authenticated data message (`copy`: a DATA_COPY, which came
@@ -229,12 +229,9 @@ class Ingress:
         if self.spec.reorder_hold_s is None and now >= session.hold_update_due:
             session.hold_update_due = now + HOLD_UPDATE_INTERVAL_S
             reorder.hold_s = min(session.skew.hold_s(now) + reorder.late_bonus(now), HOLD_MAX_S)
-        if reorder.push(counter, payload, link_id, now, link_mask, copy=copy,
+        if reorder.push(counter, payload, link.link_id, now, link_mask, copy=copy,
                         flow_gap=flow_gap):
             if copy:
                 peer.copies.copies_first += 1
         elif not copy:
-            # Late: its link held the bond up (counted per link for status).
-            link = peer.links.get(link_id)
-            if link is not None:
-                link.counters.late_packets += 1
+            link.counters.late_packets += 1  # its link held the bond up

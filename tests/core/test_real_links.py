@@ -183,7 +183,6 @@ def test_a_stale_link_that_stays_silent_is_down_after_a_second() -> None:
     assert unproven.update(10.2 + LINK_DEAD_AFTER_MIN_S + 0.01) is LinkState.DOWN
 
 
-
 def test_packets_that_come_after_the_hold_are_counted_on_the_link_that_was_late() -> None:
     """Link 1's delay jumps from 20 to 800 ms for a second under load (a fade
     after packets were given to it): the server gets them after its reorder
