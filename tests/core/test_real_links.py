@@ -6,7 +6,7 @@ real-link scenarios); each says what it protects against."""
 
 from __future__ import annotations
 
-from tests.core.netsim import Sim, SimLink, Trace, ip_packet
+from tests.core.netsim import Sim, SimLink, Trace, ip_packet, packet_seq
 
 from stripe.io.metrics import families
 from stripe.links import (
@@ -202,7 +202,7 @@ def test_packets_that_come_after_the_hold_are_counted_on_the_link_that_was_late(
     assert late > 0
     assert server_links[1].counters.late_packets == late
     assert server_links[0].counters.late_packets == 0
-    got = [int.from_bytes(p[20:28], "big") for p in sim.delivered["server"]]
+    got = [packet_seq(p) for p in sim.delivered["server"]]
     assert len(got) == len(set(got))
     status = sim.server.status(sim.now)
     assert [link["late_packets"] for link in status["peers"][0]["links"]] == [0, late]
