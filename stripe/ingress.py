@@ -82,16 +82,28 @@ class Ingress:
         authenticated = False
         unpack = wire.TRANSPORT_HEADER.unpack_from
         table = self._sessions.table
-        samples: dict[tuple[int, int], tuple[Session, int, int]] = {}
+        # The newest datagram's send time per (session, link): [session, link id, sent_us].
+        samples: dict[tuple[int, int], list[object]] = {}
         links: dict[tuple[int, int], Link] = {}
         touched_sessions: list[Session] = []
         touched = self._outbox.touched
+        # A train is nearly always one session's datagrams on one link: what
+        # depends only on those (the lookups, the peer's bookkeeping) is done
+        # when they change, not per datagram.  -1: nothing authenticated yet,
+        # or a handshake or control message may have changed what we know.
+        current = current_link_id = -1
+        peer: Peer | None = None
+        session: Session | None = None
+        link: Link | None = None
+        sample: list[object] = []
+        data_noted = False
         for data in datagrams:
             if len(data) < wire.TRANSPORT_OVERHEAD or data[0] not in _TRANSPORT_TYPES:
                 outcome = self._receive_handshake(sock, data, addr, now)
                 if outcome is None:
                     junk += 1
                 authenticated = authenticated or bool(outcome)
+                current = -1  # a handshake may have replaced sessions
                 continue
             mtype, link_id, link_mask, receiver, counter, link_seq, sent_us, gap = unpack(data)
             if link_mask & ~wire.LINK_MASK_BITS:
@@ -104,41 +116,57 @@ class Ingress:
             # second) they cost nothing, since the guard trusts it, and a
             # client of a restarted server that does get blocked handshakes
             # through the block and so lifts it (see guard).
-            found = table.get(receiver)
-            if found is None:
-                drops["unknown_session"] += 1
-                junk += 1
-                continue
-            peer, session = found
+            if receiver == current:
+                opener = session
+            else:
+                found = table.get(receiver)
+                if found is None:
+                    drops["unknown_session"] += 1
+                    junk += 1
+                    continue
+                opener = found[1]
+            assert opener is not None
             try:
-                plaintext = session.open(mtype, counter, data, now)
+                plaintext = opener.open(mtype, counter, data, now)
             except DecryptError as exc:
                 drops[exc.reason] += 1
                 junk += 1
                 continue
             # Authenticated from here on.
             authenticated = True
-            touched[id(peer)] = peer
-            if session is peer.next_session:
-                self._sessions.promote(peer, session, now)
-            key = (receiver, link_id)
-            link = links.get(key)
-            if link is None:
-                link = links[key] = self._links.learn_path(peer, link_id, sock, addr, now)
+            if receiver != current:
+                peer, session = table[receiver]
+                current, current_link_id, data_noted = receiver, -1, False
+                touched[id(peer)] = peer
+                if session is peer.next_session:
+                    self._sessions.promote(peer, session, now)
+                if not touched_sessions or touched_sessions[-1] is not session:
+                    touched_sessions.append(session)
+            assert peer is not None and session is not None
+            if link_id != current_link_id:
+                key = (receiver, link_id)
+                link = links.get(key)
+                if link is None:
+                    link = links[key] = self._links.learn_path(peer, link_id, sock, addr, now)
+                sample = samples.setdefault(key, [session, link_id, sent_us])
+                current_link_id = link_id
+            assert link is not None
             link.note_received(len(data), link_seq, now)
-            samples[key] = (session, link_id, sent_us)
+            sample[2] = sent_us
             if mtype == _CONTROL:
                 self._links.handle_control(peer, session, link, counter, plaintext, now)
+                current = -1  # it may have changed the peer's links or sessions
             else:
+                if not data_noted:
+                    self._data_arrived(peer, session, now)
+                    data_noted = True
                 self._accept_data(peer, session, link, link_mask, counter, gap, plaintext,
                                   now, mtype == _COPY)
-            if not touched_sessions or touched_sessions[-1] is not session:
-                touched_sessions.append(session)
-        for session, link_id, sent_us in samples.values():
-            session.skew.sample(link_id, sent_us, now)
+        for sampled, sample_link, sent in samples.values():
+            sampled.skew.sample(sample_link, sent, now)  # type: ignore[attr-defined]
         deliveries = self._outbox.deliveries
-        for session in touched_sessions:
-            ready = session.reorder.ready
+        for touched_session in touched_sessions:
+            ready = touched_session.reorder.ready
             if ready:
                 deliveries.extend(ready)
                 ready.clear()
@@ -204,17 +232,26 @@ class Ingress:
             self._outbox.drops[exc.reason] += 1
             return None
 
+    def _data_arrived(self, peer: Peer, session: Session, now: float) -> None:
+        """Authenticated data from `peer` under `session` (once per train:
+        nothing here changes within the same `now`): the peer is busy, owes
+        feedback, and the reorder hold follows the measured skew."""
+        self._links.data_seen(peer, now)
+        feedback = peer.feedback
+        if not feedback.data_since:
+            feedback.data_since = True
+            feedback.due = max(feedback.due, now + FIRST_FEEDBACK_DELAY_S)
+        if self.spec.reorder_hold_s is None and now >= session.hold_update_due:
+            session.hold_update_due = now + HOLD_UPDATE_INTERVAL_S
+            reorder = session.reorder
+            reorder.hold_s = min(session.skew.hold_s(now) + reorder.late_bonus(now), HOLD_MAX_S)
+
     def _accept_data(self, peer: Peer, session: Session, link: Link, link_mask: int,
                      counter: int, flow_gap: int, plaintext: bytes, now: float,
                      copy: bool) -> None:
         """An authenticated data message (`copy`: a DATA_COPY, which came
         before its original): check the inner packet, reorder it (behind the
         previous message of its flow, `flow_gap` counters back: see `flows`)."""
-        self._links.data_seen(peer, now)
-        feedback = peer.feedback
-        if not feedback.data_since:
-            feedback.data_since = True
-            feedback.due = max(feedback.due, now + FIRST_FEEDBACK_DELAY_S)
         payload: bytes | None = None  # an invalid packet still fills its reorder slot
         if not wire.inner_packet_valid(plaintext):
             self._outbox.drops["bad_inner_packet"] += 1
@@ -225,12 +262,7 @@ class Ingress:
                 payload = plaintext
             else:
                 self._outbox.drops["spoofed_source"] += 1  # not one of this peer's addresses
-        reorder = session.reorder
-        if self.spec.reorder_hold_s is None and now >= session.hold_update_due:
-            session.hold_update_due = now + HOLD_UPDATE_INTERVAL_S
-            reorder.hold_s = min(session.skew.hold_s(now) + reorder.late_bonus(now), HOLD_MAX_S)
-        if reorder.push(counter, payload, link.link_id, now, link_mask, copy=copy,
-                        flow_gap=flow_gap):
+        if session.reorder.push(counter, payload, link.link_id, now, link_mask, copy, flow_gap):
             if copy:
                 peer.copies.copies_first += 1
         elif not copy:

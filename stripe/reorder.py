@@ -183,20 +183,35 @@ class ReorderBuffer:
                 self._late_bonus_s = min(bonus * 1.5 + LATE_BONUS_STEP_S, LATE_BONUS_MAX_S)
                 self._late_bonus_time = now
             return False
-        if seq == self.next_seq and not self._held:
-            # Fast path: in order, nothing waiting.
+        held = self._held
+        if seq == self.next_seq:
+            # At the frontier (most packets): delivered now, never held.
             self.next_seq = seq + 1
             if payload is not None:
                 self.ready.append(payload)
                 self.stats.delivered += 1
+            if held:
+                waiting = self._waiting
+                if waiting:
+                    follower = waiting.get(seq)
+                    if follower is not None:
+                        if follower > self.next_seq:
+                            self._wake(seq)
+                        else:
+                            del waiting[seq]
+                # What it uncovers: held packets right behind it, or gaps that
+                # loss inference may now give up.  Neither when the next slot
+                # is empty and this packet is its link's newest: that link's
+                # highest is then below the frontier, so inference cannot move.
+                if seq + 1 in held or payload is None or link.highest != seq:
+                    self._release(now)
             return True
-        held = self._held
         if seq in held:
             return True  # duplicate of a held packet (the replay window normally stops these)
         # Its flow's previous message delivered or given up (see the module
         # doc)?  Inline: this runs for every packet that waits.
         previous = seq - flow_gap
-        if flow_gap == FLOW_IN_ORDER or seq == self.next_seq:
+        if flow_gap == FLOW_IN_ORDER:
             ahead = False
         elif flow_gap == FLOW_FIRST:
             ahead = True

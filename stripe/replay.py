@@ -54,12 +54,14 @@ class ReplayWindow:
         """Record `counter`, which `check` just passed (the receive path checks
         before the AEAD and records after it, with nothing in between)."""
         blocks = self._blocks
-        if counter > self.highest:
-            # Clear the blocks we slide over (at most all of them).
-            current = self.highest >> 6 if self.highest >= 0 else -1
+        highest = self.highest
+        if counter > highest:
             target = counter >> 6
-            for i in range(1, min(target - current, BLOCKS) + 1):
-                blocks[(current + i) & _BLOCK_MASK] = 0
+            current = highest >> 6 if highest >= 0 else -1
+            if target != current:
+                # Clear the blocks we slide over (at most all of them).
+                for i in range(1, min(target - current, BLOCKS) + 1):
+                    blocks[(current + i) & _BLOCK_MASK] = 0
             self.highest = counter
         block = (counter >> 6) & _BLOCK_MASK
         blocks[block] |= 1 << (counter & _BIT_MASK)

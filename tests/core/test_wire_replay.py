@@ -145,3 +145,44 @@ def test_reorder_memory_stays_bounded_over_a_long_interleaved_flow() -> None:
         assert len(buffer._held_heap) <= 2 * buffer.held + HEAP_SLACK + 1
         assert len(buffer._arrivals) <= 64
     assert delivered == 200_000 and buffer.stats.lost == 0
+
+
+def test_a_packet_at_the_frontier_goes_at_once_and_uncovers_what_was_held() -> None:
+    """The packet the frontier waits for is delivered without being held,
+    and takes with it the held packets right behind it."""
+    buffer = ReorderBuffer(hold_s=0.05)
+    for seq in (2, 3, 5):
+        buffer.push(seq, bytes([seq]), 1, 0.0, link_mask=0b11)
+    assert buffer.ready == [] and buffer.held == 3
+    buffer.push(0, b"\0", 0, 0.001, link_mask=0b11)
+    assert buffer.ready == [b"\0"] and buffer.next_seq == 1
+    buffer.push(1, b"\1", 0, 0.001, link_mask=0b11)
+    assert buffer.ready == [b"\0", b"\1", b"\2", b"\3"] and buffer.next_seq == 4
+    assert buffer.held == 1 and buffer.stats.lost == 0
+
+
+def test_a_packet_at_the_frontier_that_is_not_its_links_newest_lets_inference_run() -> None:
+    """Link 0 delivered counter 5 before counter 1 (it reordered); link 1,
+    which held the gaps up, has since gone quiet.  When 1 comes, every
+    link still active has delivered past the gap at 2-4: it is given up at
+    once, not after the hold."""
+    buffer = ReorderBuffer(hold_s=0.05)
+    buffer.push(0, b"\0", 1, 0.0, link_mask=0b01)
+    buffer.push(5, b"\5", 0, 0.0, link_mask=0b01)
+    assert buffer.ready == [b"\0"] and buffer.held == 1
+    buffer.push(1, b"\1", 0, 0.2, link_mask=0b01)
+    assert buffer.ready == [b"\0", b"\1", b"\5"] and buffer.next_seq == 6
+    assert buffer.stats.lost == 3 and buffer.stats.inferred_releases == 1
+    assert buffer.stats.deadline_releases == 0
+
+
+def test_a_packet_at_the_frontier_and_its_links_newest_leaves_the_gap_behind_it_waiting() -> None:
+    """Counter 0 arrives on link 0, which has sent nothing newer: the gap
+    at 1 may still be in flight on link 0, so what link 1 delivered waits
+    (for the hold, or for link 0 to show it has nothing older)."""
+    buffer = ReorderBuffer(hold_s=0.05)
+    buffer.push(2, b"\2", 1, 0.0, link_mask=0b11)
+    buffer.push(0, b"\0", 0, 0.001, link_mask=0b11)
+    assert buffer.ready == [b"\0"] and buffer.held == 1 and buffer.stats.lost == 0
+    buffer.note_progress(0, 3, 0.002)  # link 0: everything below 3 came or is lost
+    assert buffer.ready == [b"\0", b"\2"] and buffer.stats.lost == 1
