@@ -90,6 +90,12 @@ SCENARIOS: dict[str, Scenario] = {
             (_sym(10, 10), _sym(10, 40)),
         ),
         Scenario(
+            "long-delay",
+            "2 x 10 Mbit/s, 20 ms and 300 ms one-way delay (a terrestrial line beside a "
+            "geostationary satellite)",
+            (_sym(10, 20), _sym(10, 300)),
+        ),
+        Scenario(
             "lossy",
             "2 x 10 Mbit/s, link 1 drops 2 % of packets each way at random",
             (_sym(10), _sym(10, loss=0.02)),
