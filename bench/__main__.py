@@ -22,6 +22,7 @@ from bench.runner import (
     fit_seconds,
     latest_name,
     publish_latest,
+    real_flows_skipped,
 )
 from bench.runner import run as run_bench
 from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
@@ -416,6 +417,10 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
         profile_native=args.native,
         trace_status=getattr(args, "trace_status", False),
     )
+    skipped = real_flows_skipped(opts.flows)
+    if skipped and any(s.kind == "reallinks" for s in scenarios):
+        print(f"note: real-links scenarios run TCP only (tcp, tcp4); {', '.join(skipped)} "
+              "runs on the others alone", file=sys.stderr)
     for way in opts.directions or []:
         if way not in (UPLOAD, DOWNLOAD):
             parser.error(f"--directions: {way!r} is not {UPLOAD} or {DOWNLOAD}")

@@ -182,14 +182,23 @@ def flows_for(
 ) -> list[Flow]:
     """The flows a scenario runs, each in each of ``directions`` (default:
     the scenario's); UDP's rate: 90 % of the links' sum if they are shaped,
-    else ``udp_rate_mbit``.  Real links: one TCP flow, reported every 100 ms."""
+    else ``udp_rate_mbit``.  Real links: TCP only, one flow or four (`tcp4`),
+    reported every 100 ms; a fixed UDP rate means nothing on links whose
+    capacity follows a trace, so `udp` is left out there (see `real_flows_skipped`)."""
     ways = directions or list(scenario.directions)
     if scenario.kind in ("latency", "failover"):
         return [Flow()]
     if scenario.kind == "reallinks":
-        return [Flow(direction=way, interval_s=REAL_INTERVAL_S) for way in ways]
+        tcp = [name for name in names if name in ("tcp", "tcp4")] or ["tcp"]
+        return [Flow(parallel=4 if name == "tcp4" else 1, direction=way,
+                     interval_s=REAL_INTERVAL_S) for name in tcp for way in ways]
     return [dataclasses.replace(flow, direction=way)
             for flow in _flows_by_name(scenario, names, udp_rate_mbit, udp_len) for way in ways]
+
+
+def real_flows_skipped(names: list[str]) -> list[str]:
+    """The flows asked for that real-links scenarios do not run (see `flows_for`)."""
+    return [name for name in names if name not in ("tcp", "tcp4")]
 
 
 def _flows_by_name(

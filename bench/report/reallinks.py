@@ -260,8 +260,13 @@ def _transitions(s: RealSummary) -> str:
     return " · ".join(f"{d}/{ups[i] if i < len(ups) else 0}" for i, d in enumerate(s.downs))
 
 
-def _direction(flow: str) -> str:
-    return "download" if flow.endswith("-down") else "upload"
+def flow_direction(flow: str) -> str:
+    """A real-links flow label as the report says it: "upload", "download",
+    or with its number of parallel flows ("upload, 4 flows")."""
+    way = "download" if flow.endswith("-down") else "upload"
+    if flow.startswith("tcp-x"):
+        return f"{way}, {flow.split('-')[1][1:]} flows"
+    return way
 
 
 def overview(rows: list[RealSummary]) -> list[str]:
@@ -270,7 +275,8 @@ def overview(rows: list[RealSummary]) -> list[str]:
     stripes = sorted({s.system for s in rows if s.system.startswith("stripe")},
                      key=system_order)
     lines = [
-        "## Real links: one TCP flow, median Mbit/s (x reference, x MPTCP), p95 ping ms",
+        "## Real links: TCP, one flow unless said, median Mbit/s (x reference, x MPTCP), "
+        "p95 ping ms",
         "",
         "| scenario | direction | cc | reference (sum of links alone) | lowest p95 ping of a "
         "link alone "
@@ -295,7 +301,7 @@ def overview(rows: list[RealSummary]) -> list[str]:
                 ratios += f", {_fmt(row.ratio_to_mptcp)}"
             cells.append(f"{row.goodput_median:.2f} ({ratios}), {_fmt(row.ping_p95_ms, 0)}")
         lines.append(
-            f"| {scenario} | {_direction(flow)} | {cc or 'default'} | "
+            f"| {scenario} | {flow_direction(flow)} | {cc or 'default'} | "
             f"{_fmt(reference_mbit(group))} | {_fmt(min(alone, default=None), 0)} | "
             + " | ".join(cells) + " |"
         )
@@ -315,7 +321,7 @@ def scenario_table(rows: list[RealSummary]) -> list[str]:
     for s in rows:
         groups[(s.flow, s.cc)].append(s)
     for (flow, cc), group in groups.items():
-        head = f"| {_direction(flow)} | {cc or 'default'} "
+        head = f"| {flow_direction(flow)} | {cc or 'default'} "
         for s in group:
             lost = "" if s.ping_lost is None else f" ({s.ping_lost})"
             lines.append(

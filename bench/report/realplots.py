@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from bench.report.analysis import Record, system_order
+from bench.report.reallinks import flow_direction
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
           "tab:pink", "tab:olive")
@@ -35,8 +36,6 @@ def _shown(by_system: dict[str, list[Record]]) -> list[str]:
     return chosen or systems
 
 
-def _direction(flow: str) -> str:
-    return "download" if flow.endswith("-down") else "upload"
 
 
 def _draw(top: Any, bottom: Any, record: Record) -> None:
@@ -97,9 +96,11 @@ def real_plots(directory: Path, records: list[Record]) -> list[str]:
                           f"(run {record.get('repeat', '?')})", fontsize="medium")
         axes[0, 0].legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
         axes[-1, 0].set_xlabel("seconds from the trace restart")
-        fig.suptitle(f"{scenario}, {_direction(flow)}, cc {cc}")
+        fig.suptitle(f"{scenario}, {flow_direction(flow)}, cc {cc}")
         fig.tight_layout()
-        name = f"real-{scenario}-{_direction(flow)}-{cc}.png"
+        # "upload" or, with parallel flows, "upload-4flows"
+        title = flow_direction(flow).replace(", ", "-").replace(" ", "")
+        name = f"real-{scenario}-{title}-{cc}.png"
         fig.savefig(directory / name, dpi=90)
         plt.close(fig)
         made.append(name)

@@ -30,6 +30,7 @@ from bench.runner import (
     estimate_seconds,
     flows_for,
     plan_for,
+    real_flows_skipped,
 )
 from bench.scenarios import ALIASES, EXTRA_REAL_LINKS, REAL_LINKS, SCENARIOS, resolve
 from bench.systems import stripe_config
@@ -88,6 +89,12 @@ def test_real_flows_run_both_ways_in_100ms_bins() -> None:
     cmd = client_command("10.0.0.2", 5201, 60, down, "cubic")
     assert "-R" in cmd and cmd[cmd.index("-i") + 1] == "0.1"
     assert "-R" not in client_command("10.0.0.2", 5201, 60, up, "cubic")
+    # Four parallel flows run there too (`tcp4`); UDP at a fixed rate does not.
+    labels = [f.label for f in flows_for(SCENARIOS["lte-pair"], ["tcp4", "udp"])]
+    assert labels == ["tcp-x4-up", "tcp-x4-down"]
+    assert all(f.interval_s == REAL_INTERVAL_S
+               for f in flows_for(SCENARIOS["lte-pair"], ["tcp", "tcp4"]))
+    assert real_flows_skipped(["tcp", "udp", "tcp4"]) == ["udp"]
     # A fixed-link scenario may run both ways too, and is unchanged otherwise.
     assert [f.label for f in flows_for(SCENARIOS["equal"], ["tcp"])] == ["tcp"]
     both = flows_for(SCENARIOS["equal"], ["tcp"], directions=[UPLOAD, DOWNLOAD])
