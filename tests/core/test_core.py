@@ -231,6 +231,31 @@ def test_replayed_and_forged_datagrams_are_dropped_and_counted() -> None:
     assert sim.server.drops["handshake_replay"] == 1
 
 
+def test_a_train_with_a_handshake_junk_and_control_in_it_delivers_all_its_data() -> None:
+    """Datagrams read at once (a GRO train) are looked up once per run of
+    one session on one link (see ingress): a handshake message, junk or a
+    control message in the middle of a train must not derail what follows."""
+    sim = Sim([SimLink()])
+    sim.run(1.0)
+    sim.links[0].up = False  # the sim logs what the client sends, and drops it
+    start = len(sim.wire_log)
+    sim.run(0.03, flow(sim.now, 10, 0.002))
+    sent = [d for direction, _, d in sim.wire_log[start:] if direction == "up"]
+    data = [d for d in sent if d[0] == wire.MessageType.DATA.value]
+    assert len(data) == 10
+    probe = next(d for direction, _, d in sim.wire_log
+                 if direction == "up" and d[0] == wire.MessageType.CONTROL.value)
+    handshake = next(d for direction, _, d in sim.wire_log if direction == "up" and d[0] == 1)
+    sim.links[0].up = True
+    before = len(sim.delivered["server"])
+    for datagram in [*data[:3], handshake, *data[3:6], b"\x04junk", probe, *data[6:]]:
+        sim.inject("up", 0, datagram)  # injected at one instant: one train
+    sim.run(0.2)
+    assert seqs(sim, "server")[before:] == list(range(10))
+    drops = sim.server.drops
+    assert drops["handshake_replay"] == 1 and drops["short"] == 1 and drops["replay"] == 1
+
+
 def test_server_follows_client_to_a_new_address_on_a_link() -> None:
     """NAT rebinding or a DHCP renew: the session survives, replies follow."""
     from tests.core import netsim
