@@ -28,6 +28,7 @@ datagrams arrived together, so the newest one carries the news.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from . import routing, wire
 from .estimator import FIRST_FEEDBACK_DELAY_S
@@ -50,6 +51,16 @@ LIVE_PATHS_REFRESH_S = 1.0
 _CONTROL = wire.MessageType.CONTROL.value
 _COPY = wire.MessageType.DATA_COPY.value
 _TRANSPORT_TYPES = frozenset((wire.MessageType.DATA.value, _CONTROL, _COPY))
+
+
+@dataclass(slots=True)
+class _DelaySample:
+    """The newest datagram of a train on one (session, link): its send time
+    is the link's one delay sample for the train."""
+
+    session: Session
+    link_id: int
+    sent_us: int = 0
 
 
 class Ingress:
@@ -82,8 +93,7 @@ class Ingress:
         authenticated = False
         unpack = wire.TRANSPORT_HEADER.unpack_from
         table = self._sessions.table
-        # The newest datagram's send time per (session, link): [session, link id, sent_us].
-        samples: dict[tuple[int, int], list[object]] = {}
+        samples: dict[tuple[int, int], _DelaySample] = {}
         links: dict[tuple[int, int], Link] = {}
         touched_sessions: list[Session] = []
         touched = self._outbox.touched
@@ -95,7 +105,7 @@ class Ingress:
         peer: Peer | None = None
         session: Session | None = None
         link: Link | None = None
-        sample: list[object] = []
+        sample: _DelaySample | None = None
         data_noted = False
         for data in datagrams:
             if len(data) < wire.TRANSPORT_OVERHEAD or data[0] not in _TRANSPORT_TYPES:
@@ -148,11 +158,13 @@ class Ingress:
                 link = links.get(key)
                 if link is None:
                     link = links[key] = self._links.learn_path(peer, link_id, sock, addr, now)
-                sample = samples.setdefault(key, [session, link_id, sent_us])
+                sample = samples.get(key)
+                if sample is None:
+                    sample = samples[key] = _DelaySample(session, link_id)
                 current_link_id = link_id
-            assert link is not None
+            assert link is not None and sample is not None
             link.note_received(len(data), link_seq, now)
-            sample[2] = sent_us
+            sample.sent_us = sent_us
             if mtype == _CONTROL:
                 self._links.handle_control(peer, session, link, counter, plaintext, now)
                 current = -1  # it may have changed the peer's links or sessions
@@ -162,8 +174,8 @@ class Ingress:
                     data_noted = True
                 self._accept_data(peer, session, link, link_mask, counter, gap, plaintext,
                                   now, mtype == _COPY)
-        for sampled, sample_link, sent in samples.values():
-            sampled.skew.sample(sample_link, sent, now)  # type: ignore[attr-defined]
+        for newest in samples.values():
+            newest.session.skew.sample(newest.link_id, newest.sent_us, now)
         deliveries = self._outbox.deliveries
         for touched_session in touched_sessions:
             ready = touched_session.reorder.ready

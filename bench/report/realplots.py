@@ -36,8 +36,6 @@ def _shown(by_system: dict[str, list[Record]]) -> list[str]:
     return chosen or systems
 
 
-
-
 def _draw(top: Any, bottom: Any, record: Record) -> None:
     real = record["real"]
     offset = float(real.get("flow_offset_s", 0.0))
