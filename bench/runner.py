@@ -173,6 +173,10 @@ def _mmss(seconds: float) -> str:
     return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 
+# The flows real-links scenarios run (see `flows_for`).
+REAL_FLOWS = ("tcp", "tcp4")
+
+
 def flows_for(
     scenario: Scenario,
     names: list[str],
@@ -189,16 +193,17 @@ def flows_for(
     if scenario.kind in ("latency", "failover"):
         return [Flow()]
     if scenario.kind == "reallinks":
-        tcp = [name for name in names if name in ("tcp", "tcp4")] or ["tcp"]
-        return [Flow(parallel=4 if name == "tcp4" else 1, direction=way,
-                     interval_s=REAL_INTERVAL_S) for name in tcp for way in ways]
+        tcp = [name for name in names if name in REAL_FLOWS] or ["tcp"]
+        return [dataclasses.replace(flow, direction=way, interval_s=REAL_INTERVAL_S)
+                for flow in _flows_by_name(scenario, tcp, udp_rate_mbit, udp_len)
+                for way in ways]
     return [dataclasses.replace(flow, direction=way)
             for flow in _flows_by_name(scenario, names, udp_rate_mbit, udp_len) for way in ways]
 
 
 def real_flows_skipped(names: list[str]) -> list[str]:
     """The flows asked for that real-links scenarios do not run (see `flows_for`)."""
-    return [name for name in names if name not in ("tcp", "tcp4")]
+    return [name for name in names if name not in REAL_FLOWS]
 
 
 def _flows_by_name(

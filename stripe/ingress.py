@@ -54,12 +54,12 @@ _TRANSPORT_TYPES = frozenset((wire.MessageType.DATA.value, _CONTROL, _COPY))
 
 
 @dataclass(slots=True)
-class _DelaySample:
-    """The newest datagram of a train on one (session, link): its send time
-    is the link's one delay sample for the train."""
+class _LinkRun:
+    """The datagrams of a train on one (session, link): the link, and the
+    newest one's send time, the link's one delay sample for the train."""
 
     session: Session
-    link_id: int
+    link: Link
     sent_us: int = 0
 
 
@@ -93,8 +93,7 @@ class Ingress:
         authenticated = False
         unpack = wire.TRANSPORT_HEADER.unpack_from
         table = self._sessions.table
-        samples: dict[tuple[int, int], _DelaySample] = {}
-        links: dict[tuple[int, int], Link] = {}
+        runs: dict[tuple[int, int], _LinkRun] = {}
         touched_sessions: list[Session] = []
         touched = self._outbox.touched
         # A train is nearly always one session's datagrams on one link: what
@@ -104,8 +103,7 @@ class Ingress:
         current = current_link_id = -1
         peer: Peer | None = None
         session: Session | None = None
-        link: Link | None = None
-        sample: _DelaySample | None = None
+        run: _LinkRun | None = None
         data_noted = False
         for data in datagrams:
             if len(data) < wire.TRANSPORT_OVERHEAD or data[0] not in _TRANSPORT_TYPES:
@@ -127,15 +125,15 @@ class Ingress:
             # client of a restarted server that does get blocked handshakes
             # through the block and so lifts it (see guard).
             if receiver == current:
-                opener = session
+                owner, opener = peer, session
             else:
                 found = table.get(receiver)
                 if found is None:
                     drops["unknown_session"] += 1
                     junk += 1
                     continue
-                opener = found[1]
-            assert opener is not None
+                owner, opener = found
+            assert owner is not None and opener is not None
             try:
                 plaintext = opener.open(mtype, counter, data, now)
             except DecryptError as exc:
@@ -145,7 +143,7 @@ class Ingress:
             # Authenticated from here on.
             authenticated = True
             if receiver != current:
-                peer, session = table[receiver]
+                peer, session = owner, opener
                 current, current_link_id, data_noted = receiver, -1, False
                 touched[id(peer)] = peer
                 if session is peer.next_session:
@@ -155,16 +153,15 @@ class Ingress:
             assert peer is not None and session is not None
             if link_id != current_link_id:
                 key = (receiver, link_id)
-                link = links.get(key)
-                if link is None:
-                    link = links[key] = self._links.learn_path(peer, link_id, sock, addr, now)
-                sample = samples.get(key)
-                if sample is None:
-                    sample = samples[key] = _DelaySample(session, link_id)
+                run = runs.get(key)
+                if run is None:
+                    run = runs[key] = _LinkRun(
+                        session, self._links.learn_path(peer, link_id, sock, addr, now))
                 current_link_id = link_id
-            assert link is not None and sample is not None
+            assert run is not None
+            link = run.link
             link.note_received(len(data), link_seq, now)
-            sample.sent_us = sent_us
+            run.sent_us = sent_us
             if mtype == _CONTROL:
                 self._links.handle_control(peer, session, link, counter, plaintext, now)
                 current = -1  # it may have changed the peer's links or sessions
@@ -174,8 +171,8 @@ class Ingress:
                     data_noted = True
                 self._accept_data(peer, session, link, link_mask, counter, gap, plaintext,
                                   now, mtype == _COPY)
-        for newest in samples.values():
-            newest.session.skew.sample(newest.link_id, newest.sent_us, now)
+        for newest in runs.values():
+            newest.session.skew.sample(newest.link.link_id, newest.sent_us, now)
         deliveries = self._outbox.deliveries
         for touched_session in touched_sessions:
             ready = touched_session.reorder.ready

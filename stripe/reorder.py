@@ -186,25 +186,13 @@ class ReorderBuffer:
         held = self._held
         if seq == self.next_seq:
             # At the frontier (most packets): delivered now, never held.
-            self.next_seq = seq + 1
-            if payload is not None:
-                self.ready.append(payload)
-                self.stats.delivered += 1
-            if held:
-                waiting = self._waiting
-                if waiting:
-                    follower = waiting.get(seq)
-                    if follower is not None:
-                        if follower > self.next_seq:
-                            self._wake(seq)
-                        else:
-                            del waiting[seq]
-                # What it uncovers: held packets right behind it, or gaps that
-                # loss inference may now give up.  Neither when the next slot
-                # is empty and this packet is its link's newest: that link's
-                # highest is then below the frontier, so inference cannot move.
-                if seq + 1 in held or payload is None or link.highest != seq:
-                    self._release(now)
+            self._deliver(seq, payload)
+            # What it uncovers: held packets right behind it, or gaps that
+            # loss inference may now give up.  Neither when the next slot is
+            # empty and this packet is its link's newest: that link's highest
+            # is then below the frontier, so inference cannot move.
+            if held and (seq + 1 in held or payload is None or link.highest != seq):
+                self._release(now)
             return True
         if seq in held:
             return True  # duplicate of a held packet (the replay window normally stops these)
@@ -386,16 +374,7 @@ class ReorderBuffer:
                 self._released_held -= 1
                 continue
             if payload is not _MISSING:
-                self._deliver(payload, now)  # type: ignore[arg-type]
-                # What waits for it is most often the next in order anyway
-                # (one flow: `_wake` would stop at once): no call then.
-                if self._waiting:
-                    follower = self._waiting.get(seq)
-                    if follower is not None:
-                        if follower > self.next_seq:
-                            self._wake(seq)
-                        else:
-                            del self._waiting[seq]
+                self._deliver(seq, payload)  # type: ignore[arg-type]
                 continue
             self._blocking = -1
             frontier = self._frontier(now)
@@ -409,11 +388,23 @@ class ReorderBuffer:
         self._arrivals.clear()
         self._waiting.clear()
 
-    def _deliver(self, payload: bytes | None, now: float) -> None:
-        self.next_seq += 1
+    def _deliver(self, seq: int, payload: bytes | None) -> None:
+        """`seq`, the next counter, goes in order; the message of its flow
+        waiting on it goes ahead of the gaps, if any is left behind them."""
+        self.next_seq = seq + 1
         if payload is not None:
             self.ready.append(payload)
             self.stats.delivered += 1
+        waiting = self._waiting
+        if waiting:
+            # What waits for it is most often the next in order anyway (one
+            # flow: `_wake` would stop at once): no call then.
+            follower = waiting.get(seq)
+            if follower is not None:
+                if follower > self.next_seq:
+                    self._wake(seq)
+                else:
+                    del waiting[seq]
 
     def _smallest_held(self) -> int:
         heap = self._held_heap
