@@ -36,6 +36,11 @@ field: a buggy peer must not crash us.
     PMTU_PROBE {"t": 6, "i": probe_id, "p": padding (bin)}
                padded to the datagram size being probed (see pmtu)
     PMTU_ACK   {"t": 7, "i": probe_id}   answered at once on the same link
+    REPAIR     {"t": 8, "s": [data_counter, ...]}   data messages the receiver
+               found lost (their link delivered past them, see reorder) and
+               waits for: the sender sends each again as a DATA_COPY, if it
+               still has it (at most MAX_REPAIR_COUNTERS a message; sent only
+               to a peer that announced FEATURE_REPAIR)
 
 Any message may also carry "o", the offload features its sender takes
 (bits, see FEATURE_*; absent: none), so that a peer learns them from the
@@ -55,6 +60,9 @@ MAX_LINK_NAME_BYTES = 32
 # packets whose checksum field holds only the pseudo-header sum (it writes
 # them to its TUN with NEEDS_CSUM; see `offload.partial_csum_at`).
 FEATURE_PARTIAL_CSUM = 0x1
+# REPAIR: the sender of the message answers REPAIR requests (see `egress.repair`).
+FEATURE_REPAIR = 0x2
+MAX_REPAIR_COUNTERS = 64
 
 
 class ControlType(IntEnum):
@@ -65,6 +73,7 @@ class ControlType(IntEnum):
     MARKER = 5
     PMTU_PROBE = 6
     PMTU_ACK = 7
+    REPAIR = 8
 
 
 class ControlError(Exception):
@@ -128,7 +137,12 @@ class PmtuAck:
     probe_id: int
 
 
-ControlMessage = Probe | ProbeAck | Links | Feedback | Marker | PmtuProbe | PmtuAck
+@dataclass(frozen=True, slots=True)
+class Repair:
+    counters: tuple[int, ...]  # data counters, at most MAX_REPAIR_COUNTERS
+
+
+ControlMessage = Probe | ProbeAck | Links | Feedback | Marker | PmtuProbe | PmtuAck | Repair
 
 
 def encode(message: ControlMessage, next_data_counter: int, features: int = 0) -> bytes:
@@ -146,6 +160,8 @@ def encode(message: ControlMessage, next_data_counter: int, features: int = 0) -
         body = {"t": ControlType.PMTU_PROBE, "i": message.probe_id, "p": bytes(message.padding)}
     elif isinstance(message, PmtuAck):
         body = {"t": ControlType.PMTU_ACK, "i": message.probe_id}
+    elif isinstance(message, Repair):
+        body = {"t": ControlType.REPAIR, "s": list(message.counters)}
     elif isinstance(message, Links):
         body = {
             "t": ControlType.LINKS,
@@ -249,6 +265,11 @@ def _message(body: dict[str, object]) -> ControlMessage:
                        _sint(e[6], 64) if len(e) > 6 else None)
             for e in _entries(body, 6, 7)
         ), None if clock is None else _uint(clock, 64))
+    if kind == ControlType.REPAIR:
+        counters = body.get("s")
+        if not isinstance(counters, list) or not 0 < len(counters) <= MAX_REPAIR_COUNTERS:
+            raise ControlError("bad_repair")
+        return Repair(tuple(_uint(counter, 63) for counter in counters))
     if kind == ControlType.LINKS:
         infos = []
         for entry in _entries(body, 4):

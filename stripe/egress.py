@@ -24,11 +24,13 @@ may have died unseen while idle (see `links`).
 
 When a link dies under data it carried lately and the peer has not
 reported, that data goes out again as copies on the other links (see
-`resend_recent`).
+`resend_recent`); so does each message the peer found lost and asks for
+again (see `repair`).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Sequence
 
 from . import pmtu, routing, wire
@@ -256,6 +258,40 @@ class Egress:
                     continue
                 self._send_copy_on(peer, session, link, counter, packet, now)
                 counts.resent += 1
+
+    def repair(self, peer: Peer, session: Session, counters: Sequence[int], now: float) -> None:
+        """The peer found data messages `counters` of `session` lost (their
+        link delivered past them) and holds its bond for them: each a link
+        still keeps (`links.KEEP_S`) goes again, once, as a DATA_COPY on the
+        usable link with the shortest round trip, past its window.  Not
+        sent (counted): what is no longer kept or had its one copy already."""
+        counts = peer.copies
+        wanted = sorted({c for c in counters if session.can_copy(c)})
+        counts.repair_missing += len(counters) - len(wanted)
+        links = usable_links(peer.links.values())
+        if not wanted or not links:
+            counts.repair_missing += len(wanted)
+            return
+        found: dict[int, bytes] = {}
+        lowest = wanted[0]
+        for link in peer.links.values():
+            for run in reversed(link.recent.runs):  # newest first: losses are recent
+                if run.session is not session:
+                    continue  # another session's counters: not these
+                first = run.first_counter
+                end = first + len(run.packets)
+                if end <= lowest:
+                    break  # a link's runs count up: the rest are older
+                for counter in wanted[bisect_left(wanted, first):bisect_left(wanted, end)]:
+                    found[counter] = run.packets[counter - first]
+        fastest = min(links, key=lambda x: x.health.srtt_s or float("inf"))
+        for counter in wanted:
+            packet = found.get(counter)
+            if packet is None:
+                counts.repair_missing += 1
+                continue
+            self._send_copy_on(peer, session, fastest, counter, packet, now)
+            counts.repaired += 1
 
     def _enqueue(self, peer: Peer, packet: bytes, now: float, bucket: int = -1) -> None:
         """No session or no room on a link yet: hold the packet (bounded:

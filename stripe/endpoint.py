@@ -283,6 +283,8 @@ class Endpoint:
                 if reorder.ready:
                     deliveries.extend(reorder.ready)
                     reorder.ready.clear()
+                if reorder.repair_wanted:
+                    self._links.request_repair(peer, session, now)
         self._refresh_timers()
 
     # -- reload ----------------------------------------------------------------
@@ -320,8 +322,11 @@ class Endpoint:
             for session in peer.sessions():
                 if spec.reorder_hold_s is not None:
                     session.reorder.hold_s = spec.reorder_hold_s
-                else:
-                    session.hold_update_due = now  # derive it again from the next packet
+                if not spec.loss_repair:
+                    session.reorder.repair_wait_s = 0.0
+                # Derive the hold (if measured) and the repair wait again
+                # from the next packet.
+                session.hold_update_due = now
         self._touch_all()
         self._rebuild_routes()
 

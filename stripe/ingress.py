@@ -18,7 +18,8 @@ once from one source (a GRO train), and takes the same path:
 6. CONTROL to `linkctl`; DATA and DATA_COPY: the inner packet is checked
    (a whole IPv4/IPv6 packet, its source among the peer's allowed_ips)
    and pushed into the session's reorder buffer, which releases packets in
-   counter order to the outbox.
+   counter order to the outbox (those it finds lost, it asks the peer for
+   again: a REPAIR message, see `reorder`).
 
 Each failure drops the datagram and counts a reason in `Outbox.drops`; no
 state changes before step 4.  One delay sample per link per train: its
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from . import routing, wire
 from .estimator import FIRST_FEEDBACK_DELAY_S
 from .guard import SourceGuard, source_key
-from .linkctl import LinkControl
+from .linkctl import LinkControl, repair_wait_s
 from .links import Link
 from .outbox import Address, Outbox
 from .peer import Peer
@@ -94,7 +95,7 @@ class Ingress:
         unpack = wire.TRANSPORT_HEADER.unpack_from
         table = self._sessions.table
         runs: dict[tuple[int, int], _LinkRun] = {}
-        touched_sessions: list[Session] = []
+        touched_sessions: list[tuple[Peer, Session]] = []
         touched = self._outbox.touched
         # A train is nearly always one session's datagrams on one link: what
         # depends only on those (the lookups, the peer's bookkeeping) is done
@@ -148,8 +149,8 @@ class Ingress:
                 touched[id(peer)] = peer
                 if session is peer.next_session:
                     self._sessions.promote(peer, session, now)
-                if not touched_sessions or touched_sessions[-1] is not session:
-                    touched_sessions.append(session)
+                if not touched_sessions or touched_sessions[-1][1] is not session:
+                    touched_sessions.append((peer, session))
             assert peer is not None and session is not None
             if link_id != current_link_id:
                 key = (receiver, link_id)
@@ -174,11 +175,13 @@ class Ingress:
         for newest in runs.values():
             newest.session.skew.sample(newest.link.link_id, newest.sent_us, now)
         deliveries = self._outbox.deliveries
-        for touched_session in touched_sessions:
-            ready = touched_session.reorder.ready
-            if ready:
-                deliveries.extend(ready)
-                ready.clear()
+        for touched_peer, touched_session in touched_sessions:
+            reorder = touched_session.reorder
+            if reorder.ready:
+                deliveries.extend(reorder.ready)
+                reorder.ready.clear()
+            if reorder.repair_wanted:
+                self._links.request_repair(touched_peer, touched_session, now)
         if authenticated:
             guard.succeeded(host, now)
         if junk:
@@ -250,10 +253,13 @@ class Ingress:
         if not feedback.data_since:
             feedback.data_since = True
             feedback.due = max(feedback.due, now + FIRST_FEEDBACK_DELAY_S)
-        if self.spec.reorder_hold_s is None and now >= session.hold_update_due:
+        if now >= session.hold_update_due:
             session.hold_update_due = now + HOLD_UPDATE_INTERVAL_S
             reorder = session.reorder
-            reorder.hold_s = min(session.skew.hold_s(now) + reorder.late_bonus(now), HOLD_MAX_S)
+            if self.spec.reorder_hold_s is None:
+                reorder.hold_s = min(session.skew.hold_s(now) + reorder.late_bonus(now),
+                                     HOLD_MAX_S)
+            reorder.repair_wait_s = repair_wait_s(peer, session) if self.spec.loss_repair else 0.0
 
     def _accept_data(self, peer: Peer, session: Session, link: Link, link_mask: int,
                      counter: int, flow_gap: int, plaintext: bytes, now: float,

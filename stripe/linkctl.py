@@ -78,6 +78,31 @@ LINK_DRAIN_S = 2.0
 # sent after it came back (see pmtu).
 _SEARCHING = (pmtu.SearchState.BASE, pmtu.SearchState.SEARCHING)
 
+# How long the reorder buffer waits for a message it asked the peer for
+# again (see reorder): a round trip of the fastest link, which carries the
+# request and the copy, as a retransmission timer counts it (the smoothed
+# RTT and four deviations: the copy joins that link's queue, which grows
+# fastest when losses come, under load), and at least twice the smoothed
+# RTT; never longer than the hold's cap (a repair later than that stalls
+# the bond longer than the inner transport's own recovery would).
+REPAIR_MARGIN_S = 0.010
+REPAIR_WAIT_MAX_S = 0.300
+
+
+def repair_wait_s(peer: Peer, session: Session) -> float:
+    """How long a lost message is waited for (0: the peer does not repair)."""
+    if not session.peer_features & control.FEATURE_REPAIR:
+        return 0.0
+    best = None
+    for link in peer.links.values():
+        srtt = link.health.srtt_s
+        if link.up and srtt is not None:
+            wait = max(2 * srtt, srtt + 4 * link.health.rttvar_s)
+            best = wait if best is None else min(best, wait)
+    if best is None:
+        return 0.0
+    return min(best + REPAIR_MARGIN_S, REPAIR_WAIT_MAX_S)
+
 
 class LinkControl:
     """Link lifecycle and control messages, for every peer.
@@ -357,6 +382,8 @@ class LinkControl:
                 self._egress.flush_queue(peer, now)
         elif isinstance(message, control.Feedback):
             self._on_feedback(peer, message, now)
+        elif isinstance(message, control.Repair):
+            self._egress.repair(peer, session, message.counters, now)
         elif isinstance(message, control.PmtuProbe):
             send_control(peer, session, link, control.PmtuAck(message.probe_id), now)
         elif isinstance(message, control.PmtuAck):
@@ -403,6 +430,22 @@ class LinkControl:
                 link.window.forget()
                 self._link_changed(peer, link, now, link.health.on_stall(now))
         self._egress.flush_queue(peer, now)  # the reports opened the links' windows
+
+    def request_repair(self, peer: Peer, session: Session, now: float) -> None:
+        """Ask the peer again for the data messages `session`'s reorder
+        buffer found lost (see reorder), over the link with the shortest
+        round trip: the bond waits for the answer."""
+        wanted = session.reorder.repair_wanted
+        counters = tuple(wanted)
+        wanted.clear()
+        up = [x for x in peer.links.values() if x.up and x.path is not None]
+        target = min(up, key=lambda x: x.health.srtt_s or float("inf"), default=None)
+        if target is None:
+            return  # nothing reaches the peer: the gaps wait out the repair time
+        step = control.MAX_REPAIR_COUNTERS
+        for i in range(0, len(counters), step):
+            self._transmit.send_control(peer, session, target,
+                                        control.Repair(counters[i:i + step]), now)
 
     def _send_feedback(self, peer: Peer, session: Session, now: float) -> None:
         reports = []

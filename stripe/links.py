@@ -391,15 +391,23 @@ class LinkHealth:
 
 
 # Data a link took and the peer has not reported when the link goes down is
-# sent again on the others (see `Endpoint._resend_recent`).  Only recent
+# sent again on the others (see `egress.resend_recent`).  Only recent
 # packets are worth it: the receiver holds a gap for 20 ms or the links'
 # skew plus jitter (see `reorder`); a copy later than that is dropped as late
 # (the inner transport recovers such losses itself) and, on a full link,
-# takes a newer packet's place in its queue.  Bounded in packets too, so
-# memory stays flat at any rate (at most ~0.7 MB of packets per link), and
-# purged on a timer once too old, so no plaintext stays on an idle link.
+# takes a newer packet's place in its queue: RESEND_WINDOW_S, at most
+# RESEND_MAX_PACKETS.
 RESEND_WINDOW_S = 0.05
 RESEND_MAX_PACKETS = 512
+# The packets are kept longer for the peer's REPAIR requests (see
+# `egress.repair`): a loss on a link is found when the link's next packet
+# arrives, and asked for over the fastest link, so a link's one-way delay
+# plus the fastest one's, up to a geostationary satellite's.  Bounded in
+# packets too, so memory stays flat at any rate (at most ~6 MB of packets
+# per busy link, a few ms' worth at gigabit rates), and purged on a timer
+# once too old, so no plaintext stays on an idle link.
+KEEP_S = 0.5
+KEEP_MAX_PACKETS = 4096
 
 
 @dataclass(slots=True)
@@ -413,8 +421,8 @@ class RecentRun:
 
 @dataclass(slots=True)
 class RecentSends:
-    """The runs of data packets a link carried lately (within
-    RESEND_WINDOW_S, at most RESEND_MAX_PACKETS), oldest first."""
+    """The runs of data packets a link carried lately (within KEEP_S, at
+    most KEEP_MAX_PACKETS), oldest first."""
 
     runs: deque[RecentRun] = field(default_factory=deque)
     packets: int = 0
@@ -423,25 +431,33 @@ class RecentSends:
         runs = self.runs
         runs.append(run)
         self.packets += len(run.packets)
-        horizon = run.sent - RESEND_WINDOW_S
-        while len(runs) > 1 and (self.packets > RESEND_MAX_PACKETS or runs[0].sent < horizon):
+        horizon = run.sent - KEEP_S
+        while len(runs) > 1 and (self.packets > KEEP_MAX_PACKETS or runs[0].sent < horizon):
             self.packets -= len(runs.popleft().packets)
 
     def purge_due(self) -> float | None:
-        """When every run held is too old to re-send (plaintext is not kept
+        """When every run held is too old to send again (plaintext is not kept
         longer than that, even on a link that carries nothing more)."""
-        return self.runs[-1].sent + RESEND_WINDOW_S if self.runs else None
+        return self.runs[-1].sent + KEEP_S if self.runs else None
 
     def purge(self, now: float) -> None:
-        """Forget the runs too old to re-send."""
-        runs, horizon = self.runs, now - RESEND_WINDOW_S
+        """Forget the runs too old to send again."""
+        runs, horizon = self.runs, now - KEEP_S
         while runs and runs[0].sent <= horizon:
             self.packets -= len(runs.popleft().packets)
 
     def take(self, now: float) -> list[RecentRun]:
-        """Those sent within RESEND_WINDOW_S of `now`; all are forgotten here."""
+        """Those sent within RESEND_WINDOW_S of `now`, the newest
+        RESEND_MAX_PACKETS of them (whole runs); all are forgotten here."""
         horizon = now - RESEND_WINDOW_S
-        runs = [run for run in self.runs if run.sent >= horizon]
+        runs: list[RecentRun] = []
+        packets = 0
+        for run in reversed(self.runs):
+            if run.sent < horizon or packets + len(run.packets) > RESEND_MAX_PACKETS:
+                break
+            runs.append(run)
+            packets += len(run.packets)
+        runs.reverse()
         self.runs.clear()
         self.packets = 0
         return runs

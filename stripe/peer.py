@@ -68,14 +68,18 @@ class FeedbackClock:
 class CopyCounters:
     """Redundancy and re-sends, for status: copies sent (and their bytes),
     copies that arrived before their original (the copy was worth it), data
-    re-sent because its link went down before the peer reported it, and
-    re-sends that found no other usable link."""
+    re-sent because its link went down before the peer reported it,
+    re-sends that found no other usable link, and messages re-sent because
+    the peer found them lost and asked (`repaired`; `repair_missing`: asked
+    for, but no longer kept or copied once already)."""
 
     copies_sent: int = 0
     copy_bytes: int = 0
     copies_first: int = 0
     resent: int = 0
     resend_failed: int = 0
+    repaired: int = 0
+    repair_missing: int = 0
 
 
 @dataclass(slots=True)

@@ -76,6 +76,8 @@ def plan(old: EndpointSpec, new: EndpointSpec, draining_ids: Set[int]) -> Reconf
     if new.queue_target_s != old.queue_target_s:
         changes.append(f"queue target {_target(old.queue_target_s)} -> "
                        f"{_target(new.queue_target_s)}")
+    if new.loss_repair != old.loss_repair:
+        changes.append(f"loss repair {_on(old.loss_repair)} -> {_on(new.loss_repair)}")
     if new.reorder_hold_s != old.reorder_hold_s:
         changes.append(f"reorder hold {_hold(old.reorder_hold_s)} -> {_hold(new.reorder_hold_s)}")
     # partial_csum describes the TUN, which a reload keeps.
@@ -165,6 +167,10 @@ def _nets(peer: PeerSpec) -> str:
 
 def _hold(hold_s: float | None) -> str:
     return "measured" if hold_s is None else f"{hold_s * 1000:g} ms"
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def _target(target_s: float | None) -> str:

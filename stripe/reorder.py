@@ -13,6 +13,17 @@ newest packet's link mask (so a link that has not delivered yet is waited
 for) and the links that delivered data in the last few hold times (packets
 may still be in flight on a link the sender just dropped from rotation).
 
+A gap loss inference gives up is, when the peer repairs (it said so:
+`repair_wait_s` > 0), asked for again instead (`repair_wanted`, which the
+caller sends as a REPAIR message): the sender still has the packet and sends
+it again as a DATA_COPY on its fastest link, and the gap waits for it up to
+`repair_wait_s` (about a round trip of that link) before it is given up.  A
+link that drops a packet then costs the inner flow a round trip of delay,
+not a loss: each loss costs a loss-based TCP a third of its window, and the
+bond's losses are the links' business (their windows), as each MPTCP
+subflow repairs its own.  Each counter is asked for once; a gap wider than
+MAX_REPAIR_GAP (an outage, not a drop) is given up as before.
+
 A link that goes silent without us knowing (a blackholed ISP) would stall
 that rule, so a hold deadline is the backstop: no packet waits longer than
 `hold_s` for the gap before it.  `hold_s` comes from the measured one-way
@@ -50,8 +61,9 @@ Invariants:
   late ones (below `next_seq` when they arrive), released alone as they
   come; with FLOW_IN_ORDER everywhere, every packet is;
 - at most `max_held` packets are held; beyond that the oldest gap is skipped;
-- no held packet waits more than `hold_s` after its arrival, provided the
-  caller calls `poll()` at `deadline()`.
+- no held packet waits more than `hold_s` after its arrival (or, behind a
+  gap asked for again, `hold_s` + `repair_wait_s`), provided the caller
+  calls `poll()` at `deadline()`.
 """
 
 from __future__ import annotations
@@ -85,6 +97,10 @@ ACTIVE_MAX_S = 0.500
 # is: enough for the gaps of a few hold times on a lossy bond.
 REMEMBERED_SKIPS = 256
 
+# The widest gap asked for again (wider: the link lost more than a drop-tail
+# queue does at once, and waiting would cost more than the loss).
+MAX_REPAIR_GAP = 64
+
 # Stale heap entries tolerated beyond twice the held packets (see `push`).
 HEAP_SLACK = 1024
 
@@ -111,6 +127,9 @@ class ReorderStats:
     late_after_sum_s: float = 0.0
     late_after_max_s: float = 0.0
     max_wait_s: float = 0.0
+    repair_requests: int = 0  # counters asked for again (see the module doc)
+    repaired: int = 0  # of those, arrived (as a copy) before their gap was given up
+    repair_timeouts: int = 0  # gaps given up after waiting for their repair
 
 
 @dataclass(slots=True)
@@ -147,6 +166,14 @@ class ReorderBuffer:
     # links), so the search is skipped: it ran once per held packet.
     _stuck: tuple[int, int, float, int, float] | None = None
     _blocking: int = -1
+    # Loss repair: how long a gap waits for it (0: the peer does not repair),
+    # counters to ask for (the caller sends and clears them), and when each
+    # asked-for counter is given up; the last gap asked for, (first counter,
+    # end, given up at): it is looked at again on every packet while it waits.
+    repair_wait_s: float = 0.0
+    repair_wanted: list[int] = field(default_factory=list)
+    _repairs: dict[int, float] = field(default_factory=dict)
+    _repair_gap: tuple[int, int, float] = (-1, -1, 0.0)
 
     @property
     def held(self) -> int:
@@ -171,6 +198,8 @@ class ReorderBuffer:
             link.highest = seq
         if payload is not None:
             link.last_data_time = now
+        if copy and self._repairs and seq in self._repairs and seq >= self.next_seq:
+            self.stats.repaired += 1
         if seq < self.next_seq:
             if payload is None:
                 return True  # an invalid packet: nothing is lost
@@ -263,16 +292,30 @@ class ReorderBuffer:
             self._release(now)
 
     def deadline(self) -> float | None:
-        """When the oldest held packet has waited `hold_s`, or None."""
+        """When the oldest held packet has waited `hold_s` (or the gap in
+        front of it, lost, its repair), or None."""
         if not self._held:
             return None
         self._drop_stale_arrivals()
+        if self._repairs:
+            due = self._repairs.get(self.next_seq)
+            if due is not None:
+                return due
         return self._arrivals[0][0] + self.hold_s
 
     def poll(self, now: float) -> None:
-        """Release past gaps whose hold deadline has passed."""
+        """Release past gaps whose hold deadline (or repair) has passed."""
         while self._held:
             self._drop_stale_arrivals()
+            due = self._repairs.get(self.next_seq) if self._repairs else None
+            if due is not None:
+                # Lost, and asked for again: the repair's time, not the hold's.
+                if due > now:
+                    break
+                self.stats.repair_timeouts += 1
+                self._skip_to(self._smallest_held(), now, inferred=True)
+                self._release(now)
+                continue
             if self._arrivals[0][0] + self.hold_s > now:
                 break
             self.stats.deadline_releases += 1
@@ -382,11 +425,39 @@ class ReorderBuffer:
                 self._stuck = (self.next_seq, self._blocking, now, self._mask, self.hold_s)
                 return
             target = min(frontier, self._smallest_held())
+            if self.repair_wait_s > 0.0 and self._await_repair(target, now) > now:
+                self._stuck = (self.next_seq, self._blocking, now, self._mask, self.hold_s)
+                return
             self.stats.inferred_releases += 1
             self._skip_to(target, now, inferred=True)
         self._held_heap.clear()  # all released: what is left there is stale
         self._arrivals.clear()
         self._waiting.clear()
+
+    def _await_repair(self, target: int, now: float) -> float:
+        """The counters from `next_seq` to `target` are lost: ask for each
+        again (once), and return when to stop waiting for them (`now`: a gap
+        too wide to repair)."""
+        start = self.next_seq
+        gap_start, gap_end, until = self._repair_gap
+        if gap_start == start and target <= gap_end:
+            return until  # asked already (most calls: every packet while it waits)
+        if target - start > MAX_REPAIR_GAP:
+            return now
+        repairs = self._repairs
+        if len(repairs) > 4 * MAX_REPAIR_GAP:
+            self._repairs = repairs = {seq: due for seq, due in repairs.items() if seq >= start}
+        until = 0.0
+        for seq in range(start, target):
+            due = repairs.get(seq)
+            if due is None:
+                due = repairs[seq] = now + self.repair_wait_s
+                self.repair_wanted.append(seq)
+                self.stats.repair_requests += 1
+            if due > until:
+                until = due
+        self._repair_gap = (start, target, until)
+        return until
 
     def _deliver(self, seq: int, payload: bytes | None) -> None:
         """`seq`, the next counter, goes in order; the message of its flow

@@ -76,3 +76,8 @@ class EndpointSpec:
     worker: int = 0
     workers: int = 1
     foreign_peers: frozenset[bytes] = frozenset()
+    # Loss repair (see `reorder`): a gap in what this end receives that is
+    # found lost waits for the peer to send it again; off, it is given up at
+    # once (lower latency, inner losses).  This end answers the peer's
+    # requests either way: the peer decides for its own direction.
+    loss_repair: bool = True

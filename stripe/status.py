@@ -79,6 +79,10 @@ def render(status: dict[str, Any]) -> str:
         if peer.get("resent_packets") or peer.get("resend_failed"):
             lines.append(f"  re-sent when their link went down: {peer.get('resent_packets', 0)}, "
                          f"no other link for: {peer.get('resend_failed', 0)}")
+        if peer.get("repaired_packets") or peer.get("repair_missing"):
+            lines.append(f"  re-sent when the peer found them lost: "
+                         f"{peer.get('repaired_packets', 0)}, no longer kept: "
+                         f"{peer.get('repair_missing', 0)}")
         queue = peer.get("queue")
         if queue:
             lines.append(f"  queue management: target {queue['effective_target_ms']:g} ms "
@@ -177,6 +181,9 @@ def snapshot(spec: EndpointSpec, peers_state: list[Peer], drops: Mapping[str, in
                 "late_after_ms_avg": round(st.late_after_sum_s * 1000 / st.late_after_count, 1)
                 if st.late_after_count else None,
                 "late_after_ms_max": round(st.late_after_max_s * 1000, 1),
+                "repair_requests": st.repair_requests, "repaired": st.repaired,
+                "repair_timeouts": st.repair_timeouts,
+                "repair_wait_ms": round(session.reorder.repair_wait_s * 1000, 2),
             }
         peers.append({
             "public_key": peer.spec.public_key.hex(),
@@ -187,6 +194,8 @@ def snapshot(spec: EndpointSpec, peers_state: list[Peer], drops: Mapping[str, in
             "links": links, "reorder": reorder, "mtu": peer.mtu,
             "redundancy": _redundancy(peer, links),
             "resent_packets": peer.copies.resent, "resend_failed": peer.copies.resend_failed,
+            "repaired_packets": peer.copies.repaired,
+            "repair_missing": peer.copies.repair_missing,
             "queue": _queue(peer, now),
             # Inner checksums left partial on the way to this peer (it said
             # it takes them under the current session; see `offload`).

@@ -40,7 +40,8 @@ class Transmitter:
     def __init__(self, outbox: Outbox, partial_csum: bool = False) -> None:
         self._outbox = outbox
         self.partial_csum = partial_csum
-        self._features = control.FEATURE_PARTIAL_CSUM if partial_csum else 0
+        self._features = control.FEATURE_REPAIR | (
+            control.FEATURE_PARTIAL_CSUM if partial_csum else 0)
 
     def send(
         self, peer: Peer, session: Session, link: Link, mtype: wire.MessageType,

@@ -132,6 +132,8 @@ class Config:
     # the config (`worker_share`); None in a single process or the supervisor.
     workers: int = 1
     worker: int | None = None
+    # Ask the peer again for packets found lost (see `reorder`).
+    loss_repair: bool = True
 
     def worker_tun(self, worker: int) -> str:
         """Worker `worker`'s TUN device: the configured name for worker 0
@@ -174,5 +176,6 @@ class Config:
             queue_target_s=None if self.queue_target_ms is None else self.queue_target_ms / 1000,
             worker=worker, workers=1 if self.worker is None else self.workers,
             foreign_peers=frozenset(p.public_key for p in self.peers if p not in peers),
+            loss_repair=self.loss_repair,
         )
 

@@ -151,6 +151,7 @@ def _parse(path: str, data: dict[str, Any], role: Role,
                              what="a queueing delay in ms, or 0 (off)")
     iface.check("queue_target_ms", 0 <= queue_target <= MAX_QUEUE_TARGET_MS,
                 f"expected 0 (off) .. {MAX_QUEUE_TARGET_MS:g} ms, got {queue_target:g}")
+    loss_repair = iface.get("loss_repair", bool, True)
     workers = iface.get("workers", int, 1, what="a number of worker processes")
     iface.check("workers", role is Role.SERVER or "workers" not in iface.table,
                 "only a server has worker processes; remove it from the client config")
@@ -196,7 +197,7 @@ def _parse(path: str, data: dict[str, Any], role: Role,
                     scheduler, hold, listen_port, links, Path(control_text), user or None,
                     metrics, route_all, link_routes, masquerade, offload, pmtu_probe,
                     duplicate_below, tuple(sorted(set(dscp))), queue_target or None,
-                    workers)
+                    workers, loss_repair=loss_repair)
     tables = [config.link_table(i) for i in range(len(links))]
     if (route_all or link_routes) and len(set(tables)) != len(tables):
         raise top.error("link", f"two links use the same routing table: {tables}")

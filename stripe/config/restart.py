@@ -29,7 +29,8 @@ RESTART_KEYS = {
     "worker": "interface.workers",
 }
 LIVE_FIELDS = frozenset({"path", "peers", "scheduler", "reorder_hold_ms", "links",
-                         "duplicate_below", "duplicate_dscp", "queue_target_ms"})
+                         "duplicate_below", "duplicate_dscp", "queue_target_ms",
+                         "loss_repair"})
 SECRET_FIELDS = frozenset({"private_key"})
 
 

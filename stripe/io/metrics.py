@@ -118,6 +118,12 @@ PEER_COUNTERS = (
      "resent_packets"),
     ("peer_resend_failed_packets", "Of those, packets no other usable link could take.",
      "resend_failed"),
+    ("peer_repaired_packets",
+     "Data packets re-sent because the peer found them lost and asked (see reorder).",
+     "repaired_packets"),
+    ("peer_repair_missing_packets",
+     "Packets the peer asked for that were no longer kept, or had their one copy.",
+     "repair_missing"),
 )
 REORDER_COUNTERS = (
     ("reorder_delivered_packets", "Packets the reorder buffer released in order.", "delivered"),
@@ -131,6 +137,12 @@ REORDER_COUNTERS = (
     ("reorder_deadline_releases", "Releases forced by the hold deadline.", "deadline_releases"),
     ("reorder_ahead_packets",
      "Packets released ahead of another inner flow's gap (order is kept per flow).", "ahead"),
+    ("reorder_repair_requested_packets",
+     "Counters found lost and asked of the peer again (see reorder).", "repair_requests"),
+    ("reorder_repaired_packets", "Of those, arrived before their gap was given up.",
+     "repaired"),
+    ("reorder_repair_timeouts", "Gaps given up after waiting for their repair.",
+     "repair_timeouts"),
 )
 
 

@@ -161,6 +161,7 @@ class Sim:
         queue_target_s: float | None = DEFAULT_TARGET_S,
         duplicate_below: int = 0,
         partial_csum: tuple[bool, bool] = (False, False),
+        loss_repair: bool = True,
     ) -> None:
         """`configured`: the client starts with only the first N links (the
         others are there for a reload to add); `partial_csum`: the client's
@@ -178,6 +179,7 @@ class Sim:
                 scheduler=scheduler, reorder_hold_s=reorder_hold_s,
                 tunnel_mtu=tunnel_mtu, pmtu_probe=pmtu_probe, queue_target_s=queue_target_s,
                 duplicate_below=duplicate_below, partial_csum=partial_csum[0],
+                loss_repair=loss_repair,
             ),
             self.now, wall_offset=1.7e9, random_index=lambda: self.rng.getrandbits(32),
         )
@@ -185,7 +187,8 @@ class Sim:
             EndpointSpec(Role.SERVER, server_priv, (PeerSpec(client_pub, psk),),
                          scheduler=scheduler, reorder_hold_s=reorder_hold_s,
                          tunnel_mtu=tunnel_mtu, pmtu_probe=pmtu_probe,
-                         queue_target_s=queue_target_s, partial_csum=partial_csum[1]),
+                         queue_target_s=queue_target_s, partial_csum=partial_csum[1],
+                         loss_repair=loss_repair),
             self.now, wall_offset=1.7e9, random_index=lambda: self.rng.getrandbits(32),
         )
         self._events: list[tuple[float, int, str, int, bytes]] = []

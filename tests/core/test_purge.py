@@ -11,7 +11,7 @@ from typing import Any
 from tests.core.netsim import Sim, SimLink, ip_packet
 
 from stripe.endpoint import Endpoint
-from stripe.links import RESEND_WINDOW_S
+from stripe.links import KEEP_S
 from stripe.session import REJECT_AFTER_S
 
 
@@ -85,13 +85,13 @@ def test_a_vanished_peer_leaves_no_keys_or_packets() -> None:
         assert_gone(endpoint, old + packets)
 
 
-def test_resend_copies_go_once_older_than_the_resend_window() -> None:
+def test_sent_packets_go_once_older_than_they_are_kept() -> None:
     sim = Sim([SimLink(), SimLink()], seed=33)
     sim.run(1.0)
     start = sim.now
     sim.run(0.2, [(start + 0.002 * i, "up", ip_packet(i, 600)) for i in range(100)])
     assert any(link.recent.runs for link in sim.client.peers[0].links.values())
-    sim.run(start + 0.198 + RESEND_WINDOW_S + 1e-6 - sim.now)  # the last send, then the window
+    sim.run(start + 0.198 + KEEP_S + 1e-6 - sim.now)  # the last send, then the window
     for endpoint in (sim.client, sim.server):
         for link in endpoint.peers[0].links.values():
             assert not link.recent.runs and link.recent.packets == 0, link.name

@@ -13,8 +13,8 @@ from stripe.io.metrics import families
 from stripe.links import (
     IDLE_PROBE_INTERVAL_S,
     LINK_DEAD_AFTER_IDLE_S,
-    RESEND_MAX_PACKETS,
-    RESEND_WINDOW_S,
+    KEEP_MAX_PACKETS,
+    KEEP_S,
 )
 from stripe.noise import TransportKey
 from stripe.session import COPIES_SEALED_REMEMBERED, Session
@@ -23,9 +23,10 @@ from stripe.status import render
 BURST = 40
 
 
-def two_links(**spec: object) -> Sim:
+def two_links(loss_repair: bool = True, **spec: object) -> Sim:
     # Round robin: half of the traffic is given to link 1.
-    sim = Sim([SimLink(delay_s=0.010), SimLink(delay_s=0.012)], scheduler="roundrobin")
+    sim = Sim([SimLink(delay_s=0.010), SimLink(delay_s=0.012)], scheduler="roundrobin",
+              loss_repair=loss_repair)
     sim.client.spec = dataclasses.replace(sim.client.spec, **spec)  # type: ignore[arg-type]
     sim.run(1.0)
     assert all(link.up for link in sim.client.peers[0].links.values())
@@ -68,7 +69,7 @@ def test_packets_of_a_failed_send_arrive_once_and_in_order() -> None:
 
 
 def test_without_the_resend_those_packets_are_lost(monkeypatch: pytest.MonkeyPatch) -> None:
-    sim = two_links()
+    sim = two_links(loss_repair=False)  # (the receiver would ask for them: test_repair)
     no_resend(sim, monkeypatch)
     sim.links[1].send_fails = True
     sim.run(1.0, bursts(sim, 5))
@@ -107,7 +108,7 @@ def test_a_blackholed_link_loses_fewer_packets_with_the_resend(
         monkeypatch: pytest.MonkeyPatch) -> None:
     lost = {}
     for resend in (True, False):
-        sim = two_links()
+        sim = two_links(loss_repair=False)  # the resend alone
         if not resend:
             no_resend(sim, monkeypatch)
         traffic = steady(sim, 1000)  # 2 s, a packet every 2 ms
@@ -147,13 +148,13 @@ def test_a_late_resent_copy_does_not_lengthen_the_hold() -> None:
 
 def test_what_a_link_remembers_is_bounded() -> None:
     sim = two_links()
-    sim.run(0.01, [(sim.now, "up", ip_packet(i, 1000)) for i in range(3 * RESEND_MAX_PACKETS)])
+    sim.run(0.01, [(sim.now, "up", ip_packet(i, 1000)) for i in range(3 * KEEP_MAX_PACKETS)])
     for link in sim.client.peers[0].links.values():
-        assert 0 < link.recent.packets <= RESEND_MAX_PACKETS
+        assert 0 < link.recent.packets <= KEEP_MAX_PACKETS
         assert link.recent.packets == sum(len(run.packets) for run in link.recent.runs)
     # Old runs go when the link sends again, or when they are too old to
     # re-send, on a link that sends nothing more too.
-    sim.run(RESEND_WINDOW_S * 2.5, [(sim.now + RESEND_WINDOW_S * 2, "up", ip_packet(0, 1000))])
+    sim.run(KEEP_S * 2.5, [(sim.now + KEEP_S * 2, "up", ip_packet(0, 1000))])
     remembered = sorted(link.recent.packets for link in sim.client.peers[0].links.values())
     assert remembered == [0, 1]
 

@@ -1,0 +1,178 @@
+"""Loss repair: a gap the receiver finds lost (its link delivered past it)
+is asked for again (a REPAIR message), and the sender sends it again as a
+DATA_COPY; the gap waits for it instead of being given up (see reorder)."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from tests.core.netsim import Sim, SimLink, ip_packet, out_of_order, packet_seq
+
+from stripe import control
+from stripe.reorder import MAX_REPAIR_GAP, ReorderBuffer
+
+
+def flow(start: float, count: int, interval: float, first: int = 0,
+         size: int = 1200) -> list[tuple[float, str, bytes]]:
+    return [(start + i * interval, "up", ip_packet(first + i, size)) for i in range(count)]
+
+
+def seqs(sim: Sim) -> list[int]:
+    return [packet_seq(p) for p in sim.delivered["server"]]
+
+
+def reorder_stats(sim: Sim):  # type: ignore[no-untyped-def]
+    session = sim.server.peers[0].current
+    assert session is not None
+    return session.reorder.stats
+
+
+def test_a_packet_its_link_dropped_is_asked_for_and_delivered_in_order() -> None:
+    links = [SimLink(delay_s=0.010), SimLink(delay_s=0.010)]
+    sim = Sim(links, scheduler="roundrobin", reorder_hold_s=0.200)
+    sim.run(1.0)
+    sim.run(0.0095, flow(sim.now, 9, 0.001))  # 0..8, alternating links, 8 on link 0
+    links[1].up = False
+    sim.run(0.001, flow(sim.now, 1, 0.001, first=9))  # 9 on link 1: dropped
+    links[1].up = True
+    sent = sim.now
+    sim.run(0.1, flow(sim.now, 10, 0.002, first=10))
+    assert seqs(sim) == list(range(20))  # 9 too, in its place
+    stats = reorder_stats(sim)
+    assert (stats.repair_requests, stats.repaired, stats.lost) == (1, 1, 0)
+    assert stats.deadline_releases == 0 and stats.repair_timeouts == 0
+    assert sim.client.peers[0].copies.repaired == 1
+    assert sim.server.drops["replay"] == 0
+    # It waited for about a round trip of a link, not the 200 ms hold.
+    ninth = sim.server.peers[0].current.reorder  # type: ignore[union-attr]
+    assert 0.02 < ninth.repair_wait_s < 0.1
+    assert sim.now - sent >= 0.1
+
+
+def test_a_lossy_link_loses_nothing_with_repair_and_packets_without() -> None:
+    got = {}
+    for repair in (True, False):
+        sim = Sim([SimLink(delay_s=0.010), SimLink(delay_s=0.015, loss=0.05)],
+                  scheduler="roundrobin", loss_repair=repair, seed=7)
+        sim.run(1.0)
+        sim.run(3.0, flow(sim.now, 1000, 0.002))
+        got[repair] = seqs(sim)
+        # Requests and copies cross the lossy link too: some may be lost.
+        stats = reorder_stats(sim)
+        if repair:
+            assert stats.repair_requests > 10
+            assert out_of_order(got[repair]) == 0
+        else:
+            assert stats.repair_requests == 0
+    assert len(got[False]) < 990
+    assert len(got[True]) >= 998, 1000 - len(got[True])
+
+
+def test_a_peer_that_does_not_repair_is_not_waited_for() -> None:
+    links = [SimLink(delay_s=0.010), SimLink(delay_s=0.010)]
+    sim = Sim(links, scheduler="roundrobin", reorder_hold_s=0.200)
+    # An older client: it never says it answers REPAIR.
+    sim.client._links._transmit._features = 0  # type: ignore[attr-defined]
+    sim.run(1.0)
+    sim.run(0.0095, flow(sim.now, 9, 0.001))
+    links[1].up = False
+    sim.run(0.001, flow(sim.now, 1, 0.001, first=9))
+    links[1].up = True
+    sim.run(0.1, flow(sim.now, 10, 0.002, first=10))
+    assert seqs(sim) == [*range(9), *range(10, 20)]
+    stats = reorder_stats(sim)
+    assert stats.repair_requests == 0 and stats.inferred_releases == 1
+    assert sim.server.peers[0].current.reorder.repair_wait_s == 0.0  # type: ignore[union-attr]
+
+
+def test_repair_off_at_the_receiver_gives_the_gap_up_at_once() -> None:
+    links = [SimLink(delay_s=0.010), SimLink(delay_s=0.010, loss=0.1)]
+    sim = Sim(links, scheduler="roundrobin", loss_repair=False, seed=3)
+    sim.run(1.0)
+    sim.run(1.0, flow(sim.now, 200, 0.002))
+    stats = reorder_stats(sim)
+    assert stats.repair_requests == 0 and stats.lost > 0
+    assert sim.client.peers[0].copies.repaired == 0
+
+
+def test_the_sender_sends_each_counter_once_and_counts_what_it_no_longer_has() -> None:
+    sim = Sim([SimLink(delay_s=0.010), SimLink(delay_s=0.010)], scheduler="roundrobin")
+    sim.run(1.0)
+    sim.run(0.05, flow(sim.now, 20, 0.001))
+    client = sim.client
+    peer = client.peers[0]
+    session = peer.current
+    assert session is not None
+    egress = client._egress
+    sent_before = sum(link.counters.tx_packets for link in peer.links.values())
+    egress.repair(peer, session, [3, 3, 5], sim.now)
+    assert peer.copies.repaired == 2 and peer.copies.repair_missing == 1  # 3 asked twice
+    egress.repair(peer, session, [3], sim.now)  # its one copy went already
+    egress.repair(peer, session, [10**6], sim.now)  # never sent
+    assert peer.copies.repaired == 2 and peer.copies.repair_missing == 3
+    assert sum(link.counters.tx_packets for link in peer.links.values()) == sent_before + 2
+    sim.run(1.0)  # no longer kept
+    egress.repair(peer, session, [7], sim.now)
+    assert peer.copies.repaired == 2 and peer.copies.repair_missing == 4
+    assert out_of_order(seqs(sim)) == 0  # the copies of delivered packets: dropped
+
+
+# -- the reorder buffer alone -------------------------------------------------
+
+
+def test_the_gap_waits_for_its_repair_then_is_given_up() -> None:
+    buf = ReorderBuffer(hold_s=0.020)
+    buf.repair_wait_s = 0.050
+    buf.push(0, b"0", 0, 1.0)
+    buf.push(2, b"2", 0, 1.001)  # link 0 delivered past 1: lost
+    assert buf.repair_wanted == [1]
+    assert buf.deadline() == pytest.approx(1.051)  # the repair's time, not the hold's
+    buf.poll(1.030)  # past the hold: still waits
+    assert buf.ready == [b"0"]
+    buf.push(3, b"3", 0, 1.040)
+    assert buf.repair_wanted == [1]  # asked once
+    buf.poll(1.052)
+    assert buf.ready == [b"0", b"2", b"3"]
+    assert (buf.stats.repair_timeouts, buf.stats.lost, buf.stats.deadline_releases) == (1, 1, 0)
+    # The copy, late: delivered out of order, and no lesson for the hold.
+    assert buf.push(1, b"1", 1, 1.060, copy=True) is False
+    assert buf.late_bonus(1.060) == 0.0
+
+
+def test_a_repair_in_time_fills_the_gap() -> None:
+    buf = ReorderBuffer(hold_s=0.020)
+    buf.repair_wait_s = 0.050
+    buf.push(0, b"0", 0, 1.0)
+    buf.push(2, b"2", 0, 1.001)
+    buf.push(1, b"1", 1, 1.030, copy=True)
+    assert buf.ready == [b"0", b"1", b"2"]
+    assert (buf.stats.repaired, buf.stats.lost) == (1, 0)
+    assert buf.deadline() is None
+
+
+def test_a_gap_too_wide_to_repair_is_given_up_at_once() -> None:
+    buf = ReorderBuffer(hold_s=0.020)
+    buf.repair_wait_s = 0.050
+    buf.push(0, b"0", 0, 1.0)
+    buf.push(MAX_REPAIR_GAP + 2, b"x", 0, 1.001)
+    assert buf.repair_wanted == []
+    assert buf.stats.inferred_releases == 1 and buf.stats.lost == MAX_REPAIR_GAP + 1
+
+
+def test_without_repair_the_gap_is_given_up_at_once() -> None:
+    buf = ReorderBuffer(hold_s=0.020)
+    buf.push(0, b"0", 0, 1.0)
+    buf.push(2, b"2", 0, 1.001)
+    assert buf.repair_wanted == [] and buf.ready == [b"0", b"2"]
+
+
+# -- the message ---------------------------------------------------------------
+
+
+def test_repair_message_round_trip_and_malformed_ones() -> None:
+    data = control.encode(control.Repair((5, 7, 2**40)), 9, control.FEATURE_REPAIR)
+    assert control.decode_with_features(data) == (
+        control.Repair((5, 7, 2**40)), 9, control.FEATURE_REPAIR)
+    for counters in ([], list(range(control.MAX_REPAIR_COUNTERS + 1)), [-1], ["5"], 5):
+        with pytest.raises(control.ControlError):
+            control.decode(msgpack.packb({"t": 8, "s": counters, "d": 1}))
