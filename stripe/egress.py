@@ -275,6 +275,7 @@ class Egress:
         found: dict[int, bytes] = {}
         lowest = wanted[0]
         for link in peer.links.values():
+            before = len(found)
             for run in reversed(link.recent.runs):  # newest first: losses are recent
                 if run.session is not session:
                     continue  # another session's counters: not these
@@ -284,6 +285,10 @@ class Egress:
                     break  # a link's runs count up: the rest are older
                 for counter in wanted[bisect_left(wanted, first):bisect_left(wanted, end)]:
                     found[counter] = run.packets[counter - first]
+            if len(found) > before:  # this link lost them: its window hears of it
+                est = link.est
+                link.window.on_loss(now, est.standing_queue_s(now), link.health.min_rtt_s,
+                                    est.delivery_max_bps)
         fastest = min(links, key=lambda x: x.health.srtt_s or float("inf"))
         for counter in wanted:
             packet = found.get(counter)

@@ -38,6 +38,15 @@ tenth of the bond keeps a tenth of the queue (running dry at a swing costs
 the bond little; its late packets cost the inner flow a loss event each);
 the fastest link, or one alone, keeps all of it.
 
+A loss on the link while it holds a queue (the peer asked for a packet it
+carried again, see `reorder`: its buffer overflowed) is evidence too: the
+window drops to what the link delivers times the pipe, and keeps no room
+to probe for LOSS_PAUSE_S, as a TCP subflow halves its window and grows it
+again slowly.  Without the loss repair the inner flow backed off at such a
+loss; with it, nothing else would stop a window that overflows the link's
+buffer on every probe.  A loss without a queue (a radio's, random) says
+nothing about the window.
+
 Nothing changes on a report without new packets: a silent link's health is
 `links`'s business, and a window cut on no evidence would leave it useless
 when it comes back.
@@ -83,6 +92,10 @@ USED_SHARE = 0.8
 # flight: it is written off.
 REPORT_TIMEOUT_RTTS = 3.0
 REPORT_TIMEOUT_MIN_S = 0.2
+# After a loss with a queue: no room to probe for this long (see the module doc).
+LOSS_PAUSE_S = 2.0
+# A queue above this at a loss makes it a congestion loss.
+LOSS_QUEUE_S = QUEUE_CAP_MIN_S
 
 
 def variability_queue_s(min_rtt_s: float | None, delivery_spread: float,
@@ -113,7 +126,9 @@ class LinkWindow:
     # The window was (nearly) full at a send since the last report: the
     # link was busy, what it delivered is what it can carry.
     used: bool = False
+    losses: int = 0  # congestion losses that cut the window (see on_loss)
     _reported_at: float | None = None
+    _cut_at: float = float("-inf")  # the last cut for a loss
 
     def has_room(self) -> bool:
         return self.inflight_bytes < self.cwnd_bytes
@@ -154,7 +169,8 @@ class LinkWindow:
         if not progressed or delivery_max_bps <= 0:
             return
         pipe = (DEFAULT_RTT_S if min_rtt_s is None else min_rtt_s) + self.report_gap_s
-        window = WINDOW_GAIN * delivery_max_bps / 8 * pipe
+        gain = WINDOW_GAIN if now >= self._cut_at + LOSS_PAUSE_S else 1.0
+        window = gain * delivery_max_bps / 8 * pipe
         cap = queue_cap_s(min_rtt_s, delivery_spread, self.report_gap_s, share)
         if queue_s > cap and delivery_bps > 0:
             # Evidence the window is too big for the link now: shrink it.
@@ -164,6 +180,20 @@ class LinkWindow:
             # may take, never less: a flow that sent little (slow start, an
             # application pause) says nothing about the link.
             self.cwnd_bytes = max(self.cwnd_bytes, window, CWND_MIN_BYTES)
+
+    def on_loss(self, now: float, queue_s: float, min_rtt_s: float | None,
+                delivery_max_bps: float) -> None:
+        """The peer found a packet of this link lost, while the link held a
+        standing queue of `queue_s`: see the module doc."""
+        if queue_s < LOSS_QUEUE_S or delivery_max_bps <= 0:
+            return
+        rtt = DEFAULT_RTT_S if min_rtt_s is None else min_rtt_s
+        if now < self._cut_at + rtt:
+            return  # one cut per round trip: the losses of one overflow
+        pipe = rtt + self.report_gap_s
+        self.cwnd_bytes = max(min(self.cwnd_bytes, delivery_max_bps / 8 * pipe), CWND_MIN_BYTES)
+        self._cut_at = now
+        self.losses += 1
 
     def expire(self, now: float, srtt_s: float | None) -> bool:
         """Write off what is in flight if no report covered any of it for
