@@ -85,7 +85,7 @@ _SEARCHING = (pmtu.SearchState.BASE, pmtu.SearchState.SEARCHING)
 # fastest when losses come, under load), and at least twice the smoothed
 # RTT; never longer than the hold's cap (a repair later than that stalls
 # the bond longer than the inner transport's own recovery would).
-REPAIR_MARGIN_S = 0.010
+REPAIR_MARGIN_S = 0.020
 REPAIR_WAIT_MAX_S = 0.300
 
 

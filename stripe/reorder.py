@@ -100,6 +100,8 @@ REMEMBERED_SKIPS = 256
 # The widest gap asked for again (wider: the link lost more than a drop-tail
 # queue does at once, and waiting would cost more than the loss).
 MAX_REPAIR_GAP = 64
+# The most counters waiting for their repair at once.
+MAX_REPAIRS_ASKED = 1024
 
 # Stale heap entries tolerated beyond twice the held packets (see `push`).
 HEAP_SLACK = 1024
@@ -174,6 +176,7 @@ class ReorderBuffer:
     repair_wanted: list[int] = field(default_factory=list)
     _repairs: dict[int, float] = field(default_factory=dict)
     _repair_gap: tuple[int, int, float] = (-1, -1, 0.0)
+    _scanned_to: int = 0  # counters below this were looked at for asking
 
     @property
     def held(self) -> int:
@@ -425,7 +428,7 @@ class ReorderBuffer:
                 self._stuck = (self.next_seq, self._blocking, now, self._mask, self.hold_s)
                 return
             target = min(frontier, self._smallest_held())
-            if self.repair_wait_s > 0.0 and self._await_repair(target, now) > now:
+            if self.repair_wait_s > 0.0 and self._await_repair(frontier, target, now) > now:
                 self._stuck = (self.next_seq, self._blocking, now, self._mask, self.hold_s)
                 return
             self.stats.inferred_releases += 1
@@ -434,30 +437,52 @@ class ReorderBuffer:
         self._arrivals.clear()
         self._waiting.clear()
 
-    def _await_repair(self, target: int, now: float) -> float:
-        """The counters from `next_seq` to `target` are lost: ask for each
-        again (once), and return when to stop waiting for them (`now`: a gap
-        too wide to repair)."""
+    def _await_repair(self, frontier: int, target: int, now: float) -> float:
+        """Every missing counter below `frontier` is lost: ask for each
+        again (once, all of them now: asked one gap at a time, the later
+        ones would be asked a repair time later each, and be gone from the
+        sender), and return when to stop waiting for those from `next_seq`
+        to `target` (`now`: not asked, a gap too wide to repair)."""
         start = self.next_seq
         gap_start, gap_end, until = self._repair_gap
-        if gap_start == start and target <= gap_end:
+        if gap_start == start and target <= gap_end and frontier <= self._scanned_to:
             return until  # asked already (most calls: every packet while it waits)
-        if target - start > MAX_REPAIR_GAP:
-            return now
+        self._ask_missing(max(start, self._scanned_to), frontier, now)
         repairs = self._repairs
-        if len(repairs) > 4 * MAX_REPAIR_GAP:
-            self._repairs = repairs = {seq: due for seq, due in repairs.items() if seq >= start}
-        until = 0.0
+        until = now
         for seq in range(start, target):
             due = repairs.get(seq)
             if due is None:
-                due = repairs[seq] = now + self.repair_wait_s
-                self.repair_wanted.append(seq)
-                self.stats.repair_requests += 1
+                return now  # not asked (too wide a gap): give it up
             if due > until:
                 until = due
         self._repair_gap = (start, target, until)
         return until
+
+    def _ask_missing(self, first: int, end: int, now: float) -> None:
+        """Ask for the counters from `first` to `end` not held, by runs of
+        at most MAX_REPAIR_GAP (a longer run is an outage: not asked).
+        Each counter is looked at once (`_scanned_to`)."""
+        self._scanned_to = max(self._scanned_to, end)
+        if end - first > self.max_held + MAX_REPAIR_GAP:
+            return  # a jump no link's drops explain (see the invariants)
+        repairs, held = self._repairs, self._held
+        if len(repairs) > MAX_REPAIRS_ASKED:
+            self._repairs = repairs = {
+                seq: due for seq, due in repairs.items() if seq >= self.next_seq}
+        due = now + self.repair_wait_s
+        run: list[int] = []
+        for seq in range(first, end + 1):
+            if seq < end and seq not in held:
+                run.append(seq)
+                continue
+            if run and len(run) <= MAX_REPAIR_GAP and len(repairs) < MAX_REPAIRS_ASKED:
+                for missing in run:
+                    if missing not in repairs:
+                        repairs[missing] = due
+                        self.repair_wanted.append(missing)
+                        self.stats.repair_requests += 1
+            run = []
 
     def _deliver(self, seq: int, payload: bytes | None) -> None:
         """`seq`, the next counter, goes in order; the message of its flow

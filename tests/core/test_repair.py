@@ -150,6 +150,24 @@ def test_a_repair_in_time_fills_the_gap() -> None:
     assert buf.deadline() is None
 
 
+def test_every_gap_below_the_frontier_is_asked_for_at_once() -> None:
+    """Asked one gap at a time, the later gaps would be asked a repair time
+    later each, and be gone from the sender by then."""
+    buf = ReorderBuffer(hold_s=0.020)
+    buf.repair_wait_s = 0.050
+    buf.push(0, b"0", 0, 1.0)
+    for seq in (2, 4, 5, 7):
+        buf.push(seq, str(seq).encode(), 0, 1.001)
+    buf.push(9, b"9", 1, 1.002)  # both links past 7: 1, 3 and 6 are lost
+    assert buf.repair_wanted == [1, 3, 6]
+    buf.push(10, b"10", 0, 1.003)  # and now past 9: 8 too, asked once
+    assert buf.repair_wanted == [1, 3, 6, 8]
+    for seq in (3, 1, 8, 6):  # the copies, in any order
+        buf.push(seq, str(seq).encode(), 0, 1.03, copy=True)
+    assert buf.ready == [str(seq).encode() for seq in range(11)]
+    assert (buf.stats.repaired, buf.stats.lost, buf.stats.repair_timeouts) == (4, 0, 0)
+
+
 def test_a_gap_too_wide_to_repair_is_given_up_at_once() -> None:
     buf = ReorderBuffer(hold_s=0.020)
     buf.repair_wait_s = 0.050

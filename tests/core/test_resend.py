@@ -12,9 +12,9 @@ from stripe import wire
 from stripe.io.metrics import families
 from stripe.links import (
     IDLE_PROBE_INTERVAL_S,
-    LINK_DEAD_AFTER_IDLE_S,
     KEEP_MAX_PACKETS,
     KEEP_S,
+    LINK_DEAD_AFTER_IDLE_S,
 )
 from stripe.noise import TransportKey
 from stripe.session import COPIES_SEALED_REMEMBERED, Session
