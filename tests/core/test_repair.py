@@ -7,6 +7,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 from tests.core.netsim import Sim, SimLink, ip_packet, out_of_order, packet_seq
+from tests.core.test_adaptive import offered
 
 from stripe import control
 from stripe.reorder import MAX_REPAIR_GAP, ReorderBuffer
@@ -194,3 +195,20 @@ def test_repair_message_round_trip_and_malformed_ones() -> None:
     for counters in ([], list(range(control.MAX_REPAIR_COUNTERS + 1)), [-1], ["5"], 5):
         with pytest.raises(control.ControlError):
             control.decode(msgpack.packb({"t": 8, "s": counters, "d": 1}))
+
+
+def test_a_link_that_overflows_backs_off_and_a_randomly_lossy_one_does_not() -> None:
+    """Repaired losses are hidden from the inner flow, so the link's window
+    must hear of the congestion ones (see window.on_loss)."""
+    full = Sim([SimLink(delay_s=0.010, rate_bps=10e6, queue_limit_s=0.02),
+                SimLink(delay_s=0.030, rate_bps=5e6, queue_limit_s=0.02)], scheduler="adaptive")
+    full.run(1.0)
+    full.run(4.0, offered(full.now, 20e6, 3.0))
+    assert reorder_stats(full).repair_requests > 0
+    assert sum(link.window.losses for link in full.client.peers[0].links.values()) > 0
+    lossy = Sim([SimLink(delay_s=0.010), SimLink(delay_s=0.015, loss=0.05)],
+                scheduler="roundrobin", seed=7)
+    lossy.run(1.0)
+    lossy.run(3.0, flow(lossy.now, 1000, 0.002))
+    assert reorder_stats(lossy).repair_requests > 10
+    assert all(link.window.losses == 0 for link in lossy.client.peers[0].links.values())

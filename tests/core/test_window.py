@@ -7,6 +7,7 @@ import pytest
 from stripe.estimator import FEEDBACK_INTERVAL_S
 from stripe.window import (
     INITIAL_CWND_BYTES,
+    LOSS_PAUSE_S,
     WINDOW_GAIN,
     LinkWindow,
     queue_cap_s,
@@ -63,3 +64,27 @@ def test_a_slower_link_keeps_its_queue_in_proportion_to_its_rate_against_the_fas
     cap = queue_cap_s(RTT_S, spread, GAP_S, 0.1)
     assert cap < full
     assert window.cwnd_bytes == pytest.approx(max(1e6 / 8 * (RTT_S + GAP_S + cap), 4 * 1500))
+
+
+def test_a_loss_with_a_queue_cuts_the_window_and_pauses_probing() -> None:
+    """A repaired loss while the link held a queue (its buffer overflowed):
+    the window drops to delivery x pipe, no gain on top for LOSS_PAUSE_S,
+    one cut per round trip; a loss without a queue (random) changes nothing."""
+    pipe = RTT_S + GAP_S
+    bdp = 10e6 / 8 * pipe
+    window = _after(0.0, 0.0, 10e6, 10e6)
+    assert window.cwnd_bytes == pytest.approx(max(WINDOW_GAIN * bdp, INITIAL_CWND_BYTES))
+    window.cwnd_bytes = 3 * bdp  # grown by probing
+    window.on_loss(2.0, 0.001, RTT_S, 10e6)  # no queue: a random loss
+    assert window.cwnd_bytes == pytest.approx(3 * bdp) and window.losses == 0
+    window.on_loss(2.0, 0.030, RTT_S, 10e6)
+    assert window.cwnd_bytes == pytest.approx(bdp) and window.losses == 1
+    window.on_loss(2.0 + RTT_S / 2, 0.030, RTT_S, 10e6)  # the same overflow
+    assert window.losses == 1
+    # Reports without a queue during the pause: no room to probe ...
+    window.on_report(0, 2.0 + GAP_S, True, 0.0, RTT_S, 10e6, 10e6, 0.0)
+    assert window.cwnd_bytes == pytest.approx(10e6 / 8 * (RTT_S + window.report_gap_s))
+    # ... and after it, the gain again.
+    window.on_report(0, 2.0 + LOSS_PAUSE_S + 0.01, True, 0.0, RTT_S, 10e6, 10e6, 0.0)
+    assert window.cwnd_bytes == pytest.approx(
+        WINDOW_GAIN * 10e6 / 8 * (RTT_S + window.report_gap_s))
