@@ -83,9 +83,13 @@ _SEARCHING = (pmtu.SearchState.BASE, pmtu.SearchState.SEARCHING)
 # request and the copy, as a retransmission timer counts it (the smoothed
 # RTT and four deviations: the copy joins that link's queue, which grows
 # fastest when losses come, under load), and at least twice the smoothed
-# RTT; never longer than the hold's cap (a repair later than that stalls
-# the bond longer than the inner transport's own recovery would).
-REPAIR_MARGIN_S = 0.020
+# RTT; plus half of it again, at least REPAIR_MARGIN_MIN_S, for the copies
+# of a burst of losses, which leave together; never longer than the hold's
+# cap (a repair later than that stalls the bond longer than the inner
+# transport's own recovery would).  In proportion to the RTT, not a fixed
+# margin: on a fast, short link the inner flow's own round trip is a
+# millisecond, and a stall of 20 ms makes its TCP retransmit what it holds.
+REPAIR_MARGIN_MIN_S = 0.005
 REPAIR_WAIT_MAX_S = 0.300
 
 
@@ -97,11 +101,12 @@ def repair_wait_s(peer: Peer, session: Session) -> float:
     for link in peer.links.values():
         srtt = link.health.srtt_s
         if link.up and srtt is not None:
-            wait = max(2 * srtt, srtt + 4 * link.health.rttvar_s)
+            wait = max(2 * srtt, srtt + 4 * link.health.rttvar_s) + max(
+                srtt / 2, REPAIR_MARGIN_MIN_S)
             best = wait if best is None else min(best, wait)
     if best is None:
         return 0.0
-    return min(best + REPAIR_MARGIN_S, REPAIR_WAIT_MAX_S)
+    return min(best, REPAIR_WAIT_MAX_S)
 
 
 class LinkControl:

@@ -102,6 +102,10 @@ REMEMBERED_SKIPS = 256
 MAX_REPAIR_GAP = 64
 # The most counters waiting for their repair at once.
 MAX_REPAIRS_ASKED = 1024
+# Each repair that comes extends the wait of those still missing by this
+# share of the repair wait (the copies of a burst leave together, and come
+# one after the other).
+REPAIR_FLOWING_SHARE = 0.25
 
 # Stale heap entries tolerated beyond twice the held packets (see `push`).
 HEAP_SLACK = 1024
@@ -177,6 +181,7 @@ class ReorderBuffer:
     _repairs: dict[int, float] = field(default_factory=dict)
     _repair_gap: tuple[int, int, float] = (-1, -1, 0.0)
     _scanned_to: int = 0  # counters below this were looked at for asking
+    _repairs_flowing_until: float = 0.0  # a repair came lately: the rest may follow
 
     @property
     def held(self) -> int:
@@ -203,6 +208,9 @@ class ReorderBuffer:
             link.last_data_time = now
         if copy and self._repairs and seq in self._repairs and seq >= self.next_seq:
             self.stats.repaired += 1
+            # The copies of a burst of losses come one after the other:
+            # while they do, the rest are on their way too.
+            self._repairs_flowing_until = now + self.repair_wait_s * REPAIR_FLOWING_SHARE
         if seq < self.next_seq:
             if payload is None:
                 return True  # an invalid packet: nothing is lost
@@ -303,7 +311,7 @@ class ReorderBuffer:
         if self._repairs:
             due = self._repairs.get(self.next_seq)
             if due is not None:
-                return due
+                return max(due, self._repairs_flowing_until)
         return self._arrivals[0][0] + self.hold_s
 
     def poll(self, now: float) -> None:
@@ -313,7 +321,7 @@ class ReorderBuffer:
             due = self._repairs.get(self.next_seq) if self._repairs else None
             if due is not None:
                 # Lost, and asked for again: the repair's time, not the hold's.
-                if due > now:
+                if due > now or self._repairs_flowing_until > now:
                     break
                 self.stats.repair_timeouts += 1
                 self._skip_to(self._smallest_held(), now, inferred=True)
@@ -446,7 +454,8 @@ class ReorderBuffer:
         start = self.next_seq
         gap_start, gap_end, until = self._repair_gap
         if gap_start == start and target <= gap_end and frontier <= self._scanned_to:
-            return until  # asked already (most calls: every packet while it waits)
+            # Asked already (most calls: every packet while it waits).
+            return max(until, self._repairs_flowing_until)
         self._ask_missing(max(start, self._scanned_to), frontier, now)
         repairs = self._repairs
         until = now
@@ -457,7 +466,7 @@ class ReorderBuffer:
             if due > until:
                 until = due
         self._repair_gap = (start, target, until)
-        return until
+        return max(until, self._repairs_flowing_until)
 
     def _ask_missing(self, first: int, end: int, now: float) -> None:
         """Ask for the counters from `first` to `end` not held, by runs of

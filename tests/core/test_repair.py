@@ -212,3 +212,20 @@ def test_a_link_that_overflows_backs_off_and_a_randomly_lossy_one_does_not() -> 
     lossy.run(3.0, flow(lossy.now, 1000, 0.002))
     assert reorder_stats(lossy).repair_requests > 10
     assert all(link.window.losses == 0 for link in lossy.client.peers[0].links.values())
+
+
+def test_while_repairs_come_the_rest_of_the_burst_is_waited_for() -> None:
+    """The copies of a burst of losses leave together and arrive one after
+    the other: each that comes extends the wait of those still missing."""
+    buf = ReorderBuffer(hold_s=0.020)
+    buf.repair_wait_s = 0.040
+    buf.push(0, b"0", 0, 1.0)
+    buf.push(2, b"2", 0, 1.0)
+    buf.push(4, b"4", 0, 1.0)  # 1 and 3 asked at 1.0, given up at 1.04 ...
+    buf.push(1, b"1", 1, 1.039, copy=True)
+    buf.poll(1.045)  # ... but a repair just came: 3 is on its way too
+    assert buf.ready == [b"0", b"1", b"2"]
+    assert buf.deadline() == pytest.approx(1.049)
+    buf.push(3, b"3", 1, 1.047, copy=True)
+    assert buf.ready == [b"0", b"1", b"2", b"3", b"4"]
+    assert (buf.stats.repaired, buf.stats.repair_timeouts, buf.stats.lost) == (2, 0, 0)
