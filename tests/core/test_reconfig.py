@@ -181,6 +181,24 @@ def test_queue_target_changes_live_and_keeps_the_counts() -> None:
     assert peer.aqm is None
 
 
+def test_loss_repair_off_by_reload_stops_asking_at_once() -> None:
+    sim = Sim([SimLink(delay_s=0.010), SimLink(delay_s=0.015, loss=0.05)],
+              scheduler="roundrobin", seed=7)
+    sim.run(1.0)
+    sim.run(2.0, flow(sim.now, 1000, 0.002))
+    reorder = sim.server.peers[0].current.reorder  # type: ignore[union-attr]
+    asked = reorder.stats.repair_requests
+    assert asked > 0 and reorder.repair_wait_s > 0
+    server = sim.server
+    plan = server.plan_reconfigure(dataclasses.replace(server.spec, loss_repair=False))
+    assert plan.changes == ("loss repair on -> off",)
+    server.reconfigure(plan, sim.now)
+    assert reorder.repair_wait_s == 0.0
+    sim.run(2.0, flow(sim.now, 1000, 0.002, first=1000))
+    assert reorder.stats.repair_requests == asked and reorder.repair_wait_s == 0.0
+    assert reorder.stats.lost > 0  # given up at once now
+
+
 def test_removed_id_is_used_again_after_the_drain() -> None:
     links = [SimLink(), SimLink(), SimLink()]
     sim = Sim(links, configured=2)

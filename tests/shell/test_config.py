@@ -50,6 +50,7 @@ def test_valid_client(tmp_path: Path) -> None:
     cfg = load(tmp_path, CLIENT)
     assert cfg.mtu is None  # "auto": derived from the links at start
     assert cfg.pmtu_probe is config.DEFAULT_PMTU_PROBE
+    assert cfg.loss_repair and cfg.endpoint_spec(1400).loss_repair
     assert [link.name for link in cfg.links] == ["dsl", "lte"]
     assert cfg.links[0].remote == ("10.0.0.2", 5000)
     assert cfg.links[1].remote == ("fd00::2", 5000)
@@ -101,6 +102,8 @@ public_key = "{PUB}"
         (('scheduler = "roundrobin"', "mtu = true"), "interface.mtu: expected"),
         (('scheduler = "roundrobin"', 'pmtu_probe = "yes"'),
          "interface.pmtu_probe: expected bool"),
+        (('scheduler = "roundrobin"', 'loss_repair = "no"'),
+         "interface.loss_repair: expected bool"),
         (('scheduler = "roundrobin"', "duplicate_below = -1"),
          "interface.duplicate_below: expected 0 (off) .. 9000 bytes, got -1"),
         (('scheduler = "roundrobin"', 'duplicate_below = "small"'),
