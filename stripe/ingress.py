@@ -264,9 +264,10 @@ class Ingress:
     def _accept_data(self, peer: Peer, session: Session, link: Link, link_mask: int,
                      counter: int, flow_gap: int, plaintext: bytes, now: float,
                      copy: bool) -> None:
-        """An authenticated data message (`copy`: a DATA_COPY, which came
-        before its original): check the inner packet, reorder it (behind the
-        previous message of its flow, `flow_gap` counters back: see `flows`)."""
+        """An authenticated data message (`copy`: a DATA_COPY, redundancy, a
+        re-send or a repair, which came before its original): check the
+        inner packet, reorder it (behind the previous message of its flow,
+        `flow_gap` counters back: see `flows`)."""
         payload: bytes | None = None  # an invalid packet still fills its reorder slot
         if not wire.inner_packet_valid(plaintext):
             self._outbox.drops["bad_inner_packet"] += 1

@@ -21,8 +21,12 @@ it again as a DATA_COPY on its fastest link, and the gap waits for it up to
 link that drops a packet then costs the inner flow a round trip of delay,
 not a loss: each loss costs a loss-based TCP a third of its window, and the
 bond's losses are the links' business (their windows), as each MPTCP
-subflow repairs its own.  Each counter is asked for once; a gap wider than
-MAX_REPAIR_GAP (an outage, not a drop) is given up as before.
+subflow repairs its own.  Every missing counter below the inference
+frontier is asked for at once (not one gap at a time: the later gaps would
+be asked a wait apart, and be gone from the sender), each once; a run of
+more than MAX_REPAIR_GAP missing counters (an outage, not a drop) is given
+up as before.  The copies of a burst of losses leave together and arrive
+one after the other, so each that arrives extends the wait of the rest.
 
 A link that goes silent without us knowing (a blackholed ISP) would stall
 that rule, so a hold deadline is the backstop: no packet waits longer than

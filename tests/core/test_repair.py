@@ -10,7 +10,7 @@ from tests.core.netsim import Sim, SimLink, ip_packet, out_of_order, packet_seq
 from tests.core.test_adaptive import offered
 
 from stripe import control
-from stripe.reorder import MAX_REPAIR_GAP, ReorderBuffer
+from stripe.reorder import MAX_REPAIR_GAP, ReorderBuffer, ReorderStats
 
 
 def flow(start: float, count: int, interval: float, first: int = 0,
@@ -22,7 +22,8 @@ def seqs(sim: Sim) -> list[int]:
     return [packet_seq(p) for p in sim.delivered["server"]]
 
 
-def reorder_stats(sim: Sim):  # type: ignore[no-untyped-def]
+def reorder_stats(sim: Sim) -> ReorderStats:
+    """The server's (the receiver of "up" traffic) current reorder counts."""
     session = sim.server.peers[0].current
     assert session is not None
     return session.reorder.stats
@@ -45,8 +46,8 @@ def test_a_packet_its_link_dropped_is_asked_for_and_delivered_in_order() -> None
     assert sim.client.peers[0].copies.repaired == 1
     assert sim.server.drops["replay"] == 0
     # It waited for about a round trip of a link, not the 200 ms hold.
-    ninth = sim.server.peers[0].current.reorder  # type: ignore[union-attr]
-    assert 0.02 < ninth.repair_wait_s < 0.1
+    reorder = sim.server.peers[0].current.reorder  # type: ignore[union-attr]
+    assert 0.02 < reorder.repair_wait_s < 0.1
     assert sim.now - sent >= 0.1
 
 
