@@ -30,7 +30,6 @@ again (see `repair`).
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Sequence
 
 from . import pmtu, routing, wire
@@ -40,7 +39,7 @@ from .links import Link
 from .offload import IPPROTO_TCP, complete_partial
 from .outbox import Outbox
 from .peer import Peer
-from .scheduler import usable_links
+from .scheduler import shortest_rtt, usable_links
 from .sendqueue import SPARSE_COPY_MAX_BYTES
 from .session import Session
 from .spec import EndpointSpec
@@ -273,23 +272,15 @@ class Egress:
             counts.repair_missing += len(wanted)
             return
         found: dict[int, bytes] = {}
-        lowest = wanted[0]
         for link in peer.links.values():
-            before = len(found)
-            for run in reversed(link.recent.runs):  # newest first: losses are recent
-                if run.session is not session:
-                    continue  # another session's counters: not these
-                first = run.first_counter
-                end = first + len(run.packets)
-                if end <= lowest:
-                    break  # a link's runs count up: the rest are older
-                for counter in wanted[bisect_left(wanted, first):bisect_left(wanted, end)]:
-                    found[counter] = run.packets[counter - first]
-            if len(found) > before:  # this link lost them: its window hears of it
+            lost_here = link.recent.find(session, wanted)
+            if lost_here:  # this link lost them: its window hears of it
+                found.update(lost_here)
                 est = link.est
                 link.window.on_loss(now, est.standing_queue_s(now), link.health.min_rtt_s,
                                     est.delivery_max_bps)
-        fastest = min(links, key=lambda x: x.health.srtt_s or float("inf"))
+        fastest = shortest_rtt(links)
+        assert fastest is not None
         for counter in wanted:
             packet = found.get(counter)
             if packet is None:
@@ -338,7 +329,8 @@ class Egress:
         others = [link for link in usable_links(peer.links.values()) if link is not first]
         if not others:
             return
-        link = min(others, key=lambda x: x.health.srtt_s or float("inf"))
+        link = shortest_rtt(others)
+        assert link is not None
         # The copy waits for what the original waits for (its flow's previous
         # message), so whichever arrives first is released as early.
         flow_gap = wire.TRANSPORT_HEADER.unpack_from(original)[7]

@@ -265,7 +265,6 @@ class Endpoint:
     def handle_timer(self, now: float) -> None:
         """Run the timers of every peer whose deadline has come."""
         self._refresh_timers()
-        deliveries = self._outbox.deliveries
         timers, due, touch = self._timers, self._due, self._outbox.touch
         while timers and timers[0][0] <= now:
             at, _tie, key = heapq.heappop(timers)
@@ -278,13 +277,8 @@ class Endpoint:
             self._sessions.on_timer(peer, now)
             self._links.on_timer(peer, now)
             for session in peer.sessions():
-                reorder = session.reorder
-                reorder.poll(now)
-                if reorder.ready:
-                    deliveries.extend(reorder.ready)
-                    reorder.ready.clear()
-                if reorder.repair_wanted:
-                    self._links.request_repair(peer, session, now)
+                session.reorder.poll(now)
+                self._ingress.drain(peer, session, now)
         self._refresh_timers()
 
     # -- reload ----------------------------------------------------------------

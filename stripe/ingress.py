@@ -174,18 +174,22 @@ class Ingress:
                                   now, mtype == _COPY)
         for newest in runs.values():
             newest.session.skew.sample(newest.link.link_id, newest.sent_us, now)
-        deliveries = self._outbox.deliveries
         for touched_peer, touched_session in touched_sessions:
-            reorder = touched_session.reorder
-            if reorder.ready:
-                deliveries.extend(reorder.ready)
-                reorder.ready.clear()
-            if reorder.repair_wanted:
-                self._links.request_repair(touched_peer, touched_session, now)
+            self.drain(touched_peer, touched_session, now)
         if authenticated:
             guard.succeeded(host, now)
         if junk:
             guard.failed(host, now, junk, self._on_live_path)
+
+    def drain(self, peer: Peer, session: Session, now: float) -> None:
+        """What `session`'s reorder buffer released goes to the TUN, and
+        what it found lost is asked of the peer again."""
+        reorder = session.reorder
+        if reorder.ready:
+            self._outbox.deliveries.extend(reorder.ready)
+            reorder.ready.clear()
+        if reorder.repair_wanted:
+            self._links.request_repair(peer, session, now)
 
     def _while_blocked(self, sock: int, datagrams: Sequence[bytes], addr: Address,
                        now: float) -> Sequence[bytes]:

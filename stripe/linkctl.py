@@ -45,7 +45,7 @@ from .estimator import FEEDBACK_INTERVAL_S
 from .links import IDLE_PROBE_INTERVAL_S, Link, LinkState
 from .outbox import Address, Outbox
 from .peer import Peer
-from .scheduler import usable_links
+from .scheduler import shortest_rtt, usable_links
 from .session import Session
 from .spec import EndpointSpec, LinkSpec, Role
 from .transmit import Transmitter
@@ -444,7 +444,7 @@ class LinkControl:
         counters = tuple(wanted)
         wanted.clear()
         up = [x for x in peer.links.values() if x.up and x.path is not None]
-        target = min(up, key=lambda x: x.health.srtt_s or float("inf"), default=None)
+        target = shortest_rtt(up)
         if target is None:
             return  # nothing reaches the peer: the gaps wait out the repair time
         step = control.MAX_REPAIR_COUNTERS

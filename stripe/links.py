@@ -52,6 +52,7 @@ scheduler decides which of them.  Every transition is counted (`ups`,
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
@@ -446,6 +447,22 @@ class RecentSends:
         runs, horizon = self.runs, now - KEEP_S
         while runs and runs[0].sent <= horizon:
             self.packets -= len(runs.popleft().packets)
+
+    def find(self, session: Session, wanted: list[int]) -> dict[int, bytes]:
+        """The packets this link keeps of `session`'s data counters
+        `wanted` (sorted), by counter."""
+        found: dict[int, bytes] = {}
+        lowest = wanted[0]
+        for run in reversed(self.runs):  # newest first: losses are recent
+            if run.session is not session:
+                continue  # another session's counters: not these
+            first = run.first_counter
+            end = first + len(run.packets)
+            if end <= lowest:
+                break  # a link's runs count up: the rest are older
+            for counter in wanted[bisect_left(wanted, first):bisect_left(wanted, end)]:
+                found[counter] = run.packets[counter - first]
+        return found
 
     def take(self, now: float) -> list[RecentRun]:
         """Those sent within RESEND_WINDOW_S of `now`, the newest

@@ -16,6 +16,12 @@ from typing import ClassVar
 from .links import Link
 
 
+def shortest_rtt(links: Collection[Link]) -> Link | None:
+    """The link with the lowest smoothed RTT (those not measured yet last),
+    or None: where a copy or a request goes when it is in a hurry."""
+    return min(links, key=lambda x: x.health.srtt_s or float("inf"), default=None)
+
+
 def usable_links(links: Collection[Link]) -> list[Link]:
     """UP primary links, or UP backup links when no primary is up; of
     those, the ones heard from since data started after idleness, if any

@@ -135,6 +135,15 @@ def packet_seq(packet: bytes) -> int:
     return int(struct.unpack_from("!Q", packet, 20)[0])
 
 
+def nine_then_one_lost(sim: Sim) -> None:
+    """Over two links in round robin: 0..8 alternate (8 on link 0), then 9
+    goes on link 1 while it is down: lost there."""
+    sim.run(0.0095, [(sim.now + i * 0.001, "up", ip_packet(i, 1200)) for i in range(9)])
+    sim.links[1].up = False
+    sim.run(0.001, [(sim.now, "up", ip_packet(9, 1200))])
+    sim.links[1].up = True
+
+
 def out_of_order(got: list[int]) -> int:
     """How many of `got` came after a later one (a late packet, delivered
     out of order rather than dropped); AssertionError on a duplicate."""

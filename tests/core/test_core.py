@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from tests.core.netsim import Sim, SimLink, client_addr, ip_packet, out_of_order, packet_seq
+from tests.core.netsim import (
+    Sim,
+    SimLink,
+    client_addr,
+    ip_packet,
+    nine_then_one_lost,
+    out_of_order,
+    packet_seq,
+)
 
 from stripe import wire
 from stripe.endpoint import Endpoint
@@ -284,10 +292,7 @@ def test_tail_loss_released_by_marker_not_by_deadline() -> None:
     # (Repaired, 9 would come too: see test_repair.)
     sim = Sim(links, scheduler="roundrobin", reorder_hold_s=0.200, loss_repair=False)
     sim.run(1.0)
-    sim.run(0.0095, flow(sim.now, 9, 0.001))  # 0..8, alternating links, 8 on link 0
-    links[1].up = False
-    sim.run(0.001, flow(sim.now, 1, 0.001, first=9))  # 9 on link 1: lost
-    links[1].up = True
+    nine_then_one_lost(sim)  # 0..8 delivered, 9 lost on link 1
     sent_10 = sim.now
     # 10 goes on link 0 and arrives at +10 ms; link 1's marker (sent 5 ms
     # after 9) arrives at +14 ms and releases it, long before the 200 ms hold.

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-from tests.core.netsim import Sim, SimLink, ip_packet, out_of_order, packet_seq
+from tests.core.netsim import (
+    Sim,
+    SimLink,
+    ip_packet,
+    nine_then_one_lost,
+    out_of_order,
+    packet_seq,
+)
 from tests.core.test_adaptive import offered
 
 from stripe import control
@@ -33,10 +40,7 @@ def test_a_packet_its_link_dropped_is_asked_for_and_delivered_in_order() -> None
     links = [SimLink(delay_s=0.010), SimLink(delay_s=0.010)]
     sim = Sim(links, scheduler="roundrobin", reorder_hold_s=0.200)
     sim.run(1.0)
-    sim.run(0.0095, flow(sim.now, 9, 0.001))  # 0..8, alternating links, 8 on link 0
-    links[1].up = False
-    sim.run(0.001, flow(sim.now, 1, 0.001, first=9))  # 9 on link 1: dropped
-    links[1].up = True
+    nine_then_one_lost(sim)  # 0..8 delivered, 9 dropped on link 1
     sent = sim.now
     sim.run(0.1, flow(sim.now, 10, 0.002, first=10))
     assert seqs(sim) == list(range(20))  # 9 too, in its place
@@ -76,10 +80,7 @@ def test_a_peer_that_does_not_repair_is_not_waited_for() -> None:
     # An older client: it never says it answers REPAIR.
     sim.client._links._transmit._features = 0  # type: ignore[attr-defined]
     sim.run(1.0)
-    sim.run(0.0095, flow(sim.now, 9, 0.001))
-    links[1].up = False
-    sim.run(0.001, flow(sim.now, 1, 0.001, first=9))
-    links[1].up = True
+    nine_then_one_lost(sim)
     sim.run(0.1, flow(sim.now, 10, 0.002, first=10))
     assert seqs(sim) == [*range(9), *range(10, 20)]
     stats = reorder_stats(sim)
