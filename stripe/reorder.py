@@ -480,7 +480,10 @@ class ReorderBuffer:
         if end - first > self.max_held + MAX_REPAIR_GAP:
             return  # a jump no link's drops explain (see the invariants)
         repairs, held = self._repairs, self._held
-        if len(repairs) > MAX_REPAIRS_ASKED:
+        # Counters go in ascending (each is looked at once, in order), so the
+        # first is the oldest: forget those the frontier passed once the
+        # table is full, or it would stay full and nothing more be asked.
+        if len(repairs) >= MAX_REPAIRS_ASKED and next(iter(repairs)) < self.next_seq:
             self._repairs = repairs = {
                 seq: due for seq, due in repairs.items() if seq >= self.next_seq}
         due = now + self.repair_wait_s

@@ -17,7 +17,7 @@ from tests.core.netsim import (
 from tests.core.test_adaptive import offered
 
 from stripe import control
-from stripe.reorder import MAX_REPAIR_GAP, ReorderBuffer, ReorderStats
+from stripe.reorder import MAX_REPAIR_GAP, MAX_REPAIRS_ASKED, ReorderBuffer, ReorderStats
 
 
 def flow(start: float, count: int, interval: float, first: int = 0,
@@ -169,6 +169,22 @@ def test_every_gap_below_the_frontier_is_asked_for_at_once() -> None:
         buf.push(seq, str(seq).encode(), 0, 1.03, copy=True)
     assert buf.ready == [str(seq).encode() for seq in range(11)]
     assert (buf.stats.repaired, buf.stats.lost, buf.stats.repair_timeouts) == (4, 0, 0)
+
+
+def test_losses_are_still_asked_for_after_many_were_repaired() -> None:
+    """The table of counters asked for keeps only those still ahead: a long
+    transfer with steady losses is asked for all along, not just until
+    MAX_REPAIRS_ASKED were asked once."""
+    buf = ReorderBuffer(hold_s=0.020)
+    buf.repair_wait_s = 0.050
+    now = 1.0
+    for i in range(3 * MAX_REPAIRS_ASKED):
+        seq = 2 * i
+        now += 0.001
+        buf.push(seq + 1, b"x", 0, now)  # past seq: lost, asked for
+        buf.push(seq, b"x", 0, now + 0.0005, copy=True)  # its repair
+    assert buf.stats.repair_requests == 3 * MAX_REPAIRS_ASKED
+    assert (buf.stats.repaired, buf.stats.lost) == (3 * MAX_REPAIRS_ASKED, 0)
 
 
 def test_a_gap_too_wide_to_repair_is_given_up_at_once() -> None:
