@@ -79,7 +79,12 @@ from dataclasses import dataclass, field
 from .wire import FLOW_FIRST, FLOW_IN_ORDER, MASKABLE_LINKS
 
 HOLD_MIN_S = 0.020
-HOLD_MAX_S = 0.300
+# Enough for a geostationary hop beside a terrestrial line (~280 ms one way
+# apart, 1.5 x that held) and for cellular queues that drift 300-500 ms
+# apart: a packet the hold gives up on arrives anyway, late, and the inner
+# TCP takes it for a loss.  The hold ends early whenever loss inference can
+# settle a gap, and order is per flow, so only the flow behind the gap waits.
+HOLD_MAX_S = 1.000
 HOLD_MARGIN_S = 0.005
 # Until two links have reported delays we cannot know the skew; a link we
 # have not heard from yet may be slow.  With one link, FIFO loss inference

@@ -75,6 +75,18 @@ def test_delay_skew_is_reordered_without_loss() -> None:
     assert stats.late == 0 and stats.delivered == 1500
 
 
+def test_a_skew_of_a_geostationary_link_is_held_for_not_delivered_late() -> None:
+    # 20 ms beside 420 ms (a satellite hop): the hold follows the 400 ms skew
+    # rather than stopping short of it, so nothing reaches the TUN late.
+    sim = Sim([SimLink(delay_s=0.020), SimLink(delay_s=0.420)], scheduler="roundrobin")
+    sim.run(2.0)
+    sim.run(4.0, flow(sim.now, 1500, 0.002))
+    assert seqs(sim, "server") == list(range(1500))
+    reorder = sim.server.peers[0].current.reorder  # type: ignore[union-attr]
+    assert reorder.stats.late == 0
+    assert 0.4 < reorder.hold_s <= 1.0
+
+
 def test_weighted_shares_follow_weights() -> None:
     sim = Sim([SimLink(weight=3), SimLink(weight=1)])
     sim.run(0.5)
