@@ -74,6 +74,25 @@ def test_a_lossy_link_loses_nothing_with_repair_and_packets_without() -> None:
     assert len(got[True]) >= 998, 1000 - len(got[True])
 
 
+def test_a_loss_found_behind_a_deep_queue_is_still_kept_for_its_repair() -> None:
+    """A link 700 ms away (a deep queue) shows its loss 0.7 s after the
+    send: the sender still has the packet (it keeps them as long as the
+    receiver's hold may wait for a link)."""
+    links = [SimLink(delay_s=0.010), SimLink(delay_s=0.700)]
+    sim = Sim(links, scheduler="roundrobin")
+    sim.run(1.0)
+    # Data first, so both links are verified (no copies of a waking bond),
+    # an odd count, so that 9 of what follows goes on the far link.
+    sim.run(1.6, flow(sim.now, 161, 0.01, first=1000))
+    nine_then_one_lost(sim)  # 9 dropped on the far link
+    sim.run(2.0, flow(sim.now, 10, 0.002, first=10))
+    assert [seq for seq in seqs(sim) if seq < 1000] == list(range(20))
+    stats = reorder_stats(sim)
+    assert (stats.repair_requests, stats.repaired, stats.lost, stats.late) == (1, 1, 0, 0)
+    copies = sim.client.peers[0].copies
+    assert (copies.repaired, copies.repair_missing) == (1, 0)
+
+
 def test_a_peer_that_does_not_repair_is_not_waited_for() -> None:
     links = [SimLink(delay_s=0.010), SimLink(delay_s=0.010)]
     sim = Sim(links, scheduler="roundrobin", reorder_hold_s=0.200)
