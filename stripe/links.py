@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING
 
 from .estimator import LinkEstimator
 from .pmtu import PmtuSearch
+from .reorder import HOLD_MAX_S
 from .window import LinkWindow
 
 if TYPE_CHECKING:
@@ -404,13 +405,13 @@ RESEND_MAX_PACKETS = 512
 # `egress.repair`): a loss on a link is found when the link's next packet
 # arrives, and asked for over the fastest link, so a link's one-way delay
 # plus the fastest one's: as long as the receiver's hold may wait for a
-# link (`reorder.HOLD_MAX_S`), or a request from behind a slow link's deep
-# queue asks for what is gone (over a 3G link with 800 ms of queue, two
-# thirds of the requests at 0.5 s, a tenth at 1 s).  Bounded in packets too, so memory stays flat
-# at any rate (at most ~1.5 MB of packets per busy link: 12 ms' worth at a
-# gigabit, where the round trips are that short too), and purged on a timer
-# once too old, so no plaintext stays on an idle link.
-KEEP_S = 1.0
+# link, or a request from behind a slow link's deep queue asks for what is
+# gone (over a 3G link with 800 ms of queue, two thirds of the requests at
+# 0.5 s, a tenth at 1 s).  Bounded in packets too, so memory stays flat at
+# any rate (at most ~1.5 MB of packets per busy link: 12 ms' worth at a
+# gigabit, where the round trips are that short too), and purged on a
+# timer once too old, so no plaintext stays on an idle link.
+KEEP_S = HOLD_MAX_S
 KEEP_MAX_PACKETS = 1024
 
 

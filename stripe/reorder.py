@@ -320,7 +320,7 @@ class ReorderBuffer:
         if self._repairs:
             due = self._repairs.get(self.next_seq)
             if due is not None:
-                return max(due, self._repairs_flowing_until)
+                return self._repair_deadline(due)
         return self._arrivals[0][0] + self.hold_s
 
     def poll(self, now: float) -> None:
@@ -330,7 +330,7 @@ class ReorderBuffer:
             due = self._repairs.get(self.next_seq) if self._repairs else None
             if due is not None:
                 # Lost, and asked for again: the repair's time, not the hold's.
-                if due > now or self._repairs_flowing_until > now:
+                if self._repair_deadline(due) > now:
                     break
                 self.stats.repair_timeouts += 1
                 self._skip_to(self._smallest_held(), now, inferred=True)
@@ -464,7 +464,7 @@ class ReorderBuffer:
         gap_start, gap_end, until = self._repair_gap
         if gap_start == start and target <= gap_end and frontier <= self._scanned_to:
             # Asked already (most calls: every packet while it waits).
-            return max(until, self._repairs_flowing_until)
+            return self._repair_deadline(until)
         self._ask_missing(max(start, self._scanned_to), frontier, now)
         repairs = self._repairs
         until = now
@@ -475,7 +475,12 @@ class ReorderBuffer:
             if due > until:
                 until = due
         self._repair_gap = (start, target, until)
-        return max(until, self._repairs_flowing_until)
+        return self._repair_deadline(until)
+
+    def _repair_deadline(self, due: float) -> float:
+        """When to give up a gap whose repair was `due`: later while the
+        copies of the same burst are still arriving."""
+        return max(due, self._repairs_flowing_until)
 
     def _ask_missing(self, first: int, end: int, now: float) -> None:
         """Ask for the counters from `first` to `end` not held, by runs of
