@@ -4,6 +4,8 @@ DATA_COPY; the gap waits for it instead of being given up (see reorder)."""
 
 from __future__ import annotations
 
+import random
+
 import msgpack
 import pytest
 from tests.core.netsim import (
@@ -17,6 +19,7 @@ from tests.core.netsim import (
 from tests.core.test_adaptive import offered
 
 from stripe import control
+from stripe.links import RecentRun, RecentSends
 from stripe.reorder import MAX_REPAIR_GAP, MAX_REPAIRS_ASKED, ReorderBuffer, ReorderStats
 
 
@@ -266,3 +269,35 @@ def test_while_repairs_come_the_rest_of_the_burst_is_waited_for() -> None:
     buf.push(3, b"3", 1, 1.047, copy=True)
     assert buf.ready == [b"0", b"1", b"2", b"3", b"4"]
     assert (buf.stats.repaired, buf.stats.repair_timeouts, buf.stats.lost) == (2, 0, 0)
+
+
+def test_the_kept_packets_are_found_by_counter_across_sessions_and_purges() -> None:
+    """`RecentSends.find` (bisection by epoch and counter) finds exactly
+    what a walk over every kept run finds, with sessions changing (a
+    rekey), runs of all sizes, and the oldest runs purged as they age."""
+    rng = random.Random(7)
+    sessions = [object(), object(), object()]
+    recent = RecentSends()
+    counters = {id(s): 0 for s in sessions}
+    session = sessions[0]
+    now = 0.0
+    for step in range(3000):
+        now += rng.choice((0.0001, 0.001, 0.01))
+        if rng.random() < 0.01:
+            session = rng.choice(sessions)  # a rekey (or, here, back again)
+        size = rng.choice((1, 1, 2, 5, 64))
+        first = counters[id(session)]
+        counters[id(session)] += size + rng.choice((0, 0, 3))  # other links' counters between
+        packets = [f"{id(session)}:{first + i}".encode() for i in range(size)]
+        recent.add(RecentRun(now, session, first, step, packets))  # type: ignore[arg-type]
+        recent.purge(now)
+        if step % 50:
+            continue
+        for asked in sessions:
+            top = counters[id(asked)]
+            wanted = sorted(set(rng.sample(range(max(top - 400, 0), top + 5),
+                                           min(64, top + 5))))
+            expected = {c: p for run in recent.runs if run.session is asked
+                        for i, p in enumerate(run.packets)
+                        for c in [run.first_counter + i] if c in set(wanted)}
+            assert recent.find(asked, wanted) == expected  # type: ignore[arg-type]
