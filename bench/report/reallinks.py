@@ -20,6 +20,13 @@ Definitions:
 * Capacity: the mean over the flow's seconds of the trace capacity of the
   links the system may use (each link alone: its own; otherwise all), in
   the flow's direction, in IP-level Mbit/s as mahimahi counts.
+* Wire: the bytes every link carried both ways at the client (frames, as
+  the interfaces count them) over the flow's length, in Mbit/s: what the
+  system put on the links for its goodput; *goodput per wire byte* is the
+  goodput over that, so a tunnel's headers (and its feedback, and the
+  ACKs' headers) show there, and how fully it fills the links in the wire
+  rate (against MPTCP's in the same run, which fills them to their
+  buffers).
 * Link transitions: stripe's per-link ``downs``/``ups`` counters from
   ``stripe status --json`` at the end of the run, client and server added,
   if that stripe reports them (``-`` otherwise).
@@ -137,6 +144,15 @@ def capacity_mbit(record: Record) -> float | None:
     return round(total, 3) if links else None
 
 
+def wire_mbit(record: Record) -> float | None:
+    """Every link's bytes both ways at the client over the flow, Mbit/s."""
+    carried = record.get("link_bytes") or []
+    seconds = float(record.get("seconds") or 0)
+    if not carried or seconds <= 0:
+        return None
+    return round(sum(carried) * 8 / seconds / 1e6, 3)
+
+
 def link_transitions(record: Record) -> dict[str, list[int]] | None:
     """Per link, stripe's ``downs`` and ``ups`` (client + server), if reported."""
     status = record.get("system_status") or {}
@@ -173,6 +189,7 @@ class RealSummary:
     share_of_reference: float | None = None
     ratio_to_mptcp: float | None = None
     capacity_mbit: float | None = None  # median over runs
+    wire_mbit: float | None = None  # median over runs
     ping_p50_ms: float | None = None  # medians over runs
     ping_p95_ms: float | None = None
     ping_lost: int | None = None  # all runs
@@ -212,6 +229,7 @@ def real_summaries(records: list[Record], summaries: list[Summary]) -> list[Real
             base.goodput_median, base.goodput_min, base.goodput_max,
             share_of_reference=base.share_of_reference,
             capacity_mbit=_median([capacity_mbit(r) for r in ok]),
+            wire_mbit=_median([wire_mbit(r) for r in ok]),
             ping_p50_ms=_median([ping_stats(r)["p50"] for r in ok]),
             ping_p95_ms=_median([ping_stats(r)["p95"] for r in ok]),
             longest_stall_s=max(longest_stall_s(r) for r in ok),
@@ -251,6 +269,12 @@ def reference_mbit(rows: list[RealSummary]) -> float | None:
 
 def _fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _wire(s: RealSummary) -> str:
+    if not s.wire_mbit:
+        return "-"
+    return f"{s.wire_mbit:.2f} ({s.goodput_median / s.wire_mbit:.3f})"
 
 
 def _transitions(s: RealSummary) -> str:
@@ -313,9 +337,9 @@ def scenario_table(rows: list[RealSummary]) -> list[str]:
     stalls and link transitions."""
     lines = [
         "| direction | cc | system | goodput Mbit/s | x reference | x MPTCP | trace capacity "
-        "Mbit/s | ping p50 / p95 ms (lost) | longest stall s | beyond outage s "
-        "| link downs/ups | runs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Mbit/s | wire Mbit/s (goodput per wire byte) | ping p50 / p95 ms (lost) "
+        "| longest stall s | beyond outage s | link downs/ups | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple[str, str | None], list[RealSummary]] = defaultdict(list)
     for s in rows:
@@ -327,14 +351,14 @@ def scenario_table(rows: list[RealSummary]) -> list[str]:
             lines.append(
                 head + f"| {s.system} | {s.goodput_median:.2f} [{s.goodput_min:.2f}-"
                 f"{s.goodput_max:.2f}] | {_fmt(s.share_of_reference)} | {_fmt(s.ratio_to_mptcp)} "
-                f"| {_fmt(s.capacity_mbit)} | {_fmt(s.ping_p50_ms, 0)} / "
+                f"| {_fmt(s.capacity_mbit)} | {_wire(s)} | {_fmt(s.ping_p50_ms, 0)} / "
                 f"{_fmt(s.ping_p95_ms, 0)}{lost} | {s.longest_stall_s:.1f} "
                 f"| {_fmt(s.stall_beyond_outage_s, 1)} | {_transitions(s)} | {s.runs} |"
             )
         reference = reference_mbit(group)
         if reference is not None:
             lines.append(head + f"| **reference** (sum of links alone) | {reference:.2f} "
-                         "| 1.00 | | | | | | | |")
+                         "| 1.00 | | | | | | | | |")
     return lines
 
 
@@ -355,7 +379,9 @@ def notes() -> list[str]:
         "",
         "Goodput: iperf3 receiver, median [min-max] over the runs. x reference: of the sum of "
         "each link alone (same direction and cc). Trace capacity: the mean of the links' "
-        "trace capacity over the flow (each link alone: its own), IP level. Ping: through "
+        "trace capacity over the flow (each link alone: its own), IP level. Wire: every "
+        "link's bytes both ways at the client (frames) over the flow, median over runs; in "
+        "brackets the goodput per wire byte (a tunnel's headers show there). Ping: through "
         "the system during the flow (stripe: the tunnel; a link alone: that link; MPTCP: "
         "link 0), medians over runs; lost = no reply. Stalls: runs of 100 ms bins under "
         f"{100 * STALL_FRACTION:g} % of the run's mean goodput, worst run; beyond outage: how "

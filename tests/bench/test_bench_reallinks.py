@@ -266,6 +266,7 @@ def _real(links: int = 2, outages: list[list[Any]] | None = None) -> dict[str, A
 
 def _rec(system: str, goodput: float, flow: str = "tcp-up", **kw: Any) -> dict[str, Any]:
     rec = RunRecord(system, flow, "cubic", 10, goodput_mbit=goodput, link_share=[0.5, 0.5],
+                    link_bytes=[6_250_000, 6_250_000],  # 10 Mbit/s over the 10 s
                     bins_mbit=[goodput] * 100, bin_s=0.1, real=_real())
     return rec.to_json() | {"scenario": "lte-pair", "repeat": 1} | kw
 
@@ -297,6 +298,8 @@ def test_ping_capacity_and_transitions() -> None:
     assert report.capacity_mbit(_rec("link1", 5.0)) == 6.0
     assert report.link_transitions(rec) == {"downs": [0, 4], "ups": [0, 4]}
     assert report.link_transitions(_rec("stripe-default", 9.0)) is None
+    assert report.wire_mbit(rec) == 10.0
+    assert report.wire_mbit(rec | {"link_bytes": []}) is None  # an older record
 
 
 def test_results_table_and_plots(tmp_path: Path) -> None:
@@ -319,7 +322,8 @@ def test_results_table_and_plots(tmp_path: Path) -> None:
     text = (tmp_path / "results.md").read_text()
     assert "| lte-pair | upload | cubic | 9.00 | 87 | 8.00 (0.89), 87 | 8.00 (0.89, 1.00), 87 |" \
         in text
-    assert "| upload | cubic | stripe-default | 8.00 [7.50-8.50] | 0.89 | 1.00 | 11.00 " in text
+    assert ("| upload | cubic | stripe-default | 8.00 [7.50-8.50] | 0.89 | 1.00 | 11.00 "
+            "| 10.00 (0.800) | ") in text
     assert "| **reference** (sum of links alone) | 9.00 |" in text
     assert "0/0 · 2/2" in text and "recorded, /x/a.up" in text
     for name in ("real-lte-pair-upload-cubic.png", "real-lte-pair-download-cubic.png"):
