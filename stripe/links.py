@@ -56,6 +56,7 @@ from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from .estimator import LinkEstimator
@@ -425,12 +426,8 @@ class RecentRun:
     epoch: int = 0  # see RecentSends
 
 
-def _epoch_of(run: RecentRun) -> int:
-    return run.epoch
-
-
-def _first_counter_of(run: RecentRun) -> int:
-    return run.first_counter
+_epoch_of = attrgetter("epoch")
+_first_counter_of = attrgetter("first_counter")
 
 
 @dataclass(slots=True)
