@@ -10,4 +10,4 @@ echo "== ruff"
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"
-exec .venv/bin/python -m pytest -p no:cacheprovider -q --durations=15 "$@"
+exec .venv/bin/python -m pytest -p no:cacheprovider -q -n 2 --dist worksteal --durations=15 "$@"

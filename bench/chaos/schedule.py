@@ -52,10 +52,12 @@ class Timing:
     duration_s: dict[str, tuple[float, float]]
 
 
+# Short faults still outlast what they test (a link is out within 1 s); the
+# gaps let a restarted server's handshake finish before the next fault.
 SHORT = Timing(
-    warmup_s=4.0, tail_s=6.0, gap_s=(3.0, 4.0),
-    duration_s={DOWN: (2.0, 3.0), BLACKHOLE: (2.0, 3.0), LOSS: (2.0, 3.0), RATE: (3.0, 4.0),
-                FLOOD: (4.0, 4.0)},
+    warmup_s=3.0, tail_s=5.0, gap_s=(2.0, 2.5),
+    duration_s={DOWN: (1.5, 2.0), BLACKHOLE: (1.5, 2.0), LOSS: (1.5, 2.0), RATE: (2.0, 3.0),
+                FLOOD: (3.0, 3.0)},
 )  # fmt: skip
 LONG = Timing(
     warmup_s=10.0, tail_s=20.0, gap_s=(8.0, 14.0),

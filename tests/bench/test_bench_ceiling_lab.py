@@ -28,7 +28,7 @@ from bench.systems import WireguardGo
 from bench.systems.stripe import stripe_available
 from bench.systems.wireguard_go import interface_names, socket_path
 
-pytestmark = needs_lab
+pytestmark = [*needs_lab, pytest.mark.exclusive]  # measures rates (see tests/conftest.py)
 
 needs_wireguard_go = pytest.mark.skipif(
     shutil.which("wireguard-go") is None, reason="wireguard-go not installed"

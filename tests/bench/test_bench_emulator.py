@@ -23,7 +23,7 @@ from tests.bench.bench_support import fresh_names, lab_running, needs_lab
 
 from bench.lab import Direction, Flow, Lab, LinkSpec, run, run_client, start_server
 
-pytestmark = needs_lab
+pytestmark = [*needs_lab, pytest.mark.exclusive]  # measures rates (see tests/conftest.py)
 
 DELAY_MS = 15.0
 LOSS = 0.10

@@ -26,7 +26,7 @@ from bench.lab import Direction, Flow, Lab, LinkSpec, run_client, start_server
 from bench.lab.linkmodel import Outage
 from bench.lab.synthetic import cellular, write_trace
 
-pytestmark = needs_lab
+pytestmark = [*needs_lab, pytest.mark.exclusive]  # measures rates (see tests/conftest.py)
 
 SECONDS = 5
 MEASURED = range(1, 4)  # whole seconds of the trace clock compared

@@ -1,4 +1,4 @@
-"""A short chaos run (40 s, seven kinds of fault) in a real lab (needs root):
+"""A short chaos run (28 s, seven kinds of fault) in a real lab (needs root):
 the scenario's mechanics, and what must hold even in a short run."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from bench.lab import list_namespaces
 
 pytestmark = needs_lab
 
-SECONDS = 40.0
+SECONDS = 28.0
 
 
 def test_a_short_chaos_run_loses_nothing(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from bench.clients.run import ClientsOptions, run_clients
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]  # CPU and fairness
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")
