@@ -11,6 +11,7 @@ the lab sets itself (`StripeSettings.from_examples`).
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,8 @@ class StripeSettings:
     links: tuple[tuple[str, ...], ...] | None = None
     # The example configs' own values, for the report and `same_as_default`.
     values: dict[str, Any] = field(default_factory=dict, compare=False)
+    # A variant's ``linkN.KEY=VALUE`` settings: (N, TOML line), over the rest.
+    link_overrides: tuple[tuple[int, str], ...] = ()
 
     @classmethod
     def from_variant(cls, variant: str) -> StripeSettings:
@@ -97,8 +100,14 @@ class StripeSettings:
         scheduler, lines = split_variant(variant)
         if scheduler != DEFAULT_VARIANT:
             lines = [f"scheduler = {_q(scheduler)}", *lines]
+        overrides = []
+        for line in [line for line in lines if _LINK_KEY.match(line)]:
+            lines.remove(line)
+            match = _LINK_KEY.match(line)
+            assert match is not None
+            overrides.append((int(match[1]), line[match.end():]))
         client = [line for line in lines if line.split(" = ")[0] not in SERVER_ONLY_KEYS]
-        return cls(tuple(lines), tuple(client))
+        return cls(tuple(lines), tuple(client), link_overrides=tuple(overrides))
 
     @classmethod
     def from_examples(cls, directory: Path | None = None) -> StripeSettings:
@@ -123,9 +132,14 @@ class StripeSettings:
 
     def link_lines(self, index: int, spec: LinkSpec) -> list[str]:
         if self.links is None:
-            return [f"weight = {link_weight(spec)}", "backup = false"]
-        # Links beyond the examples' take the last example link's settings.
-        return list(self.links[min(index, len(self.links) - 1)]) if self.links else []
+            lines = [f"weight = {link_weight(spec)}", "backup = false"]
+        else:  # links beyond the examples' take the last example link's settings
+            lines = list(self.links[min(index, len(self.links) - 1)]) if self.links else []
+        for at, line in self.link_overrides:
+            if at == index:
+                key = line.split(" = ")[0]
+                lines = [ln for ln in lines if ln.split(" = ")[0] != key] + [line]
+        return lines
 
     def same_as_default(self, default_scheduler: str) -> bool:
         """Do these example settings ask for nothing but stripe's defaults
@@ -149,11 +163,17 @@ class StripeSettings:
         return ", ".join(parts)
 
 
+# A setting of the client's link N: "link1.backup = true".
+_LINK_KEY = re.compile(r"link(\d+)\.(?=\w)")
+
+
 def split_variant(variant: str) -> tuple[str, list[str]]:
     """A bench "scheduler" is a stripe scheduler, optionally with [interface]
     settings after a colon, joined by "+": "adaptive:queue_target_ms=0"
     runs the adaptive scheduler with queue management off (an A/B of one
-    setting in one run).  Returns the scheduler and the settings as TOML lines."""
+    setting in one run).  A key ``linkN.KEY`` sets KEY in the client's link
+    N instead ("default:link1.backup=true": the second link a backup).
+    Returns the scheduler and the settings as TOML lines."""
     scheduler, _, rest = variant.partition(":")
     lines = []
     for item in (item for item in rest.split("+") if item):

@@ -209,6 +209,24 @@ def test_scheduler_variants_carry_interface_settings() -> None:
         _options("equal", "--schedulers", "adaptive,adaptive:=3")
 
 
+def test_a_link_setting_in_a_variant_goes_to_that_client_link_alone() -> None:
+    """"default:link1.backup=true": the client's second link is a backup; the
+    first link, the interface and the server are as in "default"."""
+    names = LabNames.for_prefix("sb0000", 2)
+    specs = (LinkSpec.symmetric(8), LinkSpec.symmetric(2))
+    keys = Keys("cpriv", "cpub", "spriv", "spub")
+    variant = "default:link1.backup=true+link0.weight=5+reorder_hold_ms=50"
+    client = tomllib.loads(client_config(names, specs, keys, variant, "t"))
+    assert [(link["weight"], link["backup"]) for link in client["link"]] == [(5, False), (2, True)]
+    assert client["interface"] == {**client["interface"], "reorder_hold_ms": 50}
+    assert not any(key.startswith("link") for key in client["interface"])
+    server = tomllib.loads(server_config(names, keys, variant, "t"))
+    assert "scheduler" not in server["interface"] and server["interface"]["reorder_hold_ms"] == 50
+    assert not any(key.startswith("link") for key in server["interface"])
+    assert client_config(names, specs, keys, "default:link1.backup=true", "t").count(
+        "backup = true") == 1
+
+
 def test_a_workers_variant_is_the_servers_alone() -> None:
     """"default:workers=2": the server runs two workers (its peer then needs
     narrow allowed_ips); the client, which has no workers, gets nothing."""
