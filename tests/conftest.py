@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,14 +32,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+# The lock files' directory: made by the controlling pytest before it starts
+# its workers (they inherit the variable), removed when it ends.
+_LOCK_DIR_ENV = "STRIPE_TEST_LOCK_DIR"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and getattr(config.option, "numprocesses",
+                                                                 None):
+        os.environ[_LOCK_DIR_ENV] = tempfile.mkdtemp(prefix="stripe-tests-")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and _LOCK_DIR_ENV in os.environ:
+        shutil.rmtree(os.environ.pop(_LOCK_DIR_ENV), ignore_errors=True)
+
+
 @contextlib.contextmanager
-def _slot(run_id: str, exclusive: bool) -> Iterator[None]:
-    """A readers-writer lock shared by the workers of one run (flock files
-    named after xdist's run id).  The turnstile gives a waiting exclusive
-    test priority: while it waits for the running tests to finish, no new
-    test starts."""
-    base = Path(tempfile.gettempdir()) / f"stripe-tests-{run_id}"
-    with open(f"{base}.turnstile", "a") as turnstile, open(f"{base}.lock", "a") as lock:
+def _slot(directory: Path, exclusive: bool) -> Iterator[None]:
+    """A readers-writer lock shared by the workers of one run (two flock
+    files).  The turnstile gives a waiting exclusive test priority: while it
+    waits for the running tests to finish, no new test starts."""
+    with open(directory / "turnstile", "a") as turnstile, open(directory / "lock", "a") as lock:
         fcntl.flock(turnstile, fcntl.LOCK_EX)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
@@ -52,9 +67,9 @@ def _slot(run_id: str, exclusive: bool) -> Iterator[None]:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
-    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    if run_id is None:  # one process: nothing runs beside the test
-        yield
+    directory = os.environ.get(_LOCK_DIR_ENV)
+    if directory is None or os.environ.get("PYTEST_XDIST_WORKER") is None:
+        yield  # one process: nothing runs beside the test
         return
-    with _slot(run_id, item.get_closest_marker("exclusive") is not None):
+    with _slot(Path(directory), item.get_closest_marker("exclusive") is not None):
         yield
