@@ -100,14 +100,11 @@ class StripeSettings:
         scheduler, lines = split_variant(variant)
         if scheduler != DEFAULT_VARIANT:
             lines = [f"scheduler = {_q(scheduler)}", *lines]
-        overrides = []
-        for line in [line for line in lines if _LINK_KEY.match(line)]:
-            lines.remove(line)
-            match = _LINK_KEY.match(line)
-            assert match is not None
-            overrides.append((int(match[1]), line[match.end():]))
+        overrides = tuple((int(m[1]), line[m.end():]) for line in lines
+                          if (m := _LINK_KEY.match(line)))
+        lines = [line for line in lines if not _LINK_KEY.match(line)]
         client = [line for line in lines if line.split(" = ")[0] not in SERVER_ONLY_KEYS]
-        return cls(tuple(lines), tuple(client), link_overrides=tuple(overrides))
+        return cls(tuple(lines), tuple(client), link_overrides=overrides)
 
     @classmethod
     def from_examples(cls, directory: Path | None = None) -> StripeSettings:
@@ -226,6 +223,10 @@ def client_config(
     port 5000+i, or 5000 for every link with ``one_port``.  ``scheduler``: a
     variant (see the module's doc)."""
     variant = StripeSettings.from_variant(scheduler)
+    beyond = sorted({at for at, _ in variant.link_overrides if at >= len(specs)})
+    if beyond:
+        raise ValueError(f"{scheduler!r} sets link{beyond[0]}, but the lab has links "
+                         f"0-{len(specs) - 1}")
     lines = [
         "[interface]",
         f"name = {_q(tun)}",

@@ -225,6 +225,8 @@ def test_a_link_setting_in_a_variant_goes_to_that_client_link_alone() -> None:
     assert not any(key.startswith("link") for key in server["interface"])
     assert client_config(names, specs, keys, "default:link1.backup=true", "t").count(
         "backup = true") == 1
+    with pytest.raises(ValueError, match="link2, but the lab has links 0-1"):
+        client_config(names, specs, keys, "default:link2.backup=true", "t")
 
 
 def test_a_workers_variant_is_the_servers_alone() -> None:

@@ -70,10 +70,10 @@ def wait_for_traffic(tunnel: Tunnel, i: int, min_bytes: int, timeout_s: float) -
 
 
 # Every half second of the flow must carry data.  In two of three parallel
-# runs of the suite one interval beside another test carried none (a stall of
-# ~0.5 s after the removal); alone it passed 15 of 15, also beside two busy
-# CPU loops, namespace churn or test_tunnel.py.  Alone, so what it checks
-# stays strict.
+# runs of the suite one interval beside another test carried none (0.9 s and
+# 5 s after the removal); alone it passed 15 of 15, also beside two busy CPU
+# loops, namespace churn or test_tunnel.py.  Alone, so what it checks stays
+# strict.
 @pytest.mark.exclusive
 def test_links_added_and_removed_under_an_iperf3_flow(make_tunnel: Any) -> None:
     tunnel: Tunnel = make_tunnel(rates_mbit=(10.0, 10.0), start=False)
