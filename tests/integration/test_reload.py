@@ -69,7 +69,7 @@ def wait_for_traffic(tunnel: Tunnel, i: int, min_bytes: int, timeout_s: float) -
                          + tunnel.logs())
 
 
-# Every half second of the flow must carry data.  In two of three parallel
+# Every half second of the flow must carry data.  In two of four parallel
 # runs of the suite one interval beside another test carried none (0.9 s and
 # 5 s after the removal); alone it passed 15 of 15, also beside two busy CPU
 # loops, namespace churn or test_tunnel.py.  Alone, so what it checks stays
