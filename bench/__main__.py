@@ -134,7 +134,8 @@ def _add_run_arguments(p: argparse.ArgumentParser, profile: bool) -> None:
         "--schedulers",
         default=PROFILE_SCHEDULER if profile else None,
         help="stripe schedulers to try, each optionally with [interface] settings "
-        "(adaptive:queue_target_ms=0 is the adaptive scheduler with queue management off), "
+        "(adaptive:queue_target_ms=0 is the adaptive scheduler with queue management off; "
+        "a key linkN.KEY sets KEY in the client's link N: default:link1.backup=true), "
         "`default` (no scheduler key: stripe's default) or `example` (the settings of "
         "configs/a.toml and b.toml); those `stripe check` rejects are skipped (default "
         f"{','.join(DEFAULT_SCHEDULERS)}; real links {','.join(REAL_SCHEDULERS)})",
