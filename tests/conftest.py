@@ -37,14 +37,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 _LOCK_DIR_ENV = "STRIPE_TEST_LOCK_DIR"
 
 
+def _in_worker() -> bool:
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER") is None and getattr(config.option, "numprocesses",
-                                                                 None):
+    if not _in_worker() and getattr(config.option, "numprocesses", None):
         os.environ[_LOCK_DIR_ENV] = tempfile.mkdtemp(prefix="stripe-tests-")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER") is None and _LOCK_DIR_ENV in os.environ:
+    if not _in_worker() and _LOCK_DIR_ENV in os.environ:
         shutil.rmtree(os.environ.pop(_LOCK_DIR_ENV), ignore_errors=True)
 
 
@@ -68,7 +71,7 @@ def _slot(directory: Path, exclusive: bool) -> Iterator[None]:
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     directory = os.environ.get(_LOCK_DIR_ENV)
-    if directory is None or os.environ.get("PYTEST_XDIST_WORKER") is None:
+    if directory is None or not _in_worker():
         yield  # one process: nothing runs beside the test
         return
     with _slot(Path(directory), item.get_closest_marker("exclusive") is not None):

@@ -100,11 +100,15 @@ class StripeSettings:
         scheduler, lines = split_variant(variant)
         if scheduler != DEFAULT_VARIANT:
             lines = [f"scheduler = {_q(scheduler)}", *lines]
-        overrides = tuple((int(m[1]), line[m.end():]) for line in lines
-                          if (m := _LINK_KEY.match(line)))
-        lines = [line for line in lines if not _LINK_KEY.match(line)]
-        client = [line for line in lines if line.split(" = ")[0] not in SERVER_ONLY_KEYS]
-        return cls(tuple(lines), tuple(client), link_overrides=overrides)
+        interface: list[str] = []
+        overrides: list[tuple[int, str]] = []
+        for line in lines:
+            if m := _LINK_KEY.match(line):
+                overrides.append((int(m[1]), line[m.end():]))
+            else:
+                interface.append(line)
+        client = [line for line in interface if _key(line) not in SERVER_ONLY_KEYS]
+        return cls(tuple(interface), tuple(client), link_overrides=tuple(overrides))
 
     @classmethod
     def from_examples(cls, directory: Path | None = None) -> StripeSettings:
@@ -134,8 +138,7 @@ class StripeSettings:
             lines = list(self.links[min(index, len(self.links) - 1)]) if self.links else []
         for at, line in self.link_overrides:
             if at == index:
-                key = line.split(" = ")[0]
-                lines = [ln for ln in lines if ln.split(" = ")[0] != key] + [line]
+                lines = [ln for ln in lines if _key(ln) != _key(line)] + [line]
         return lines
 
     def same_as_default(self, default_scheduler: str) -> bool:
@@ -162,6 +165,11 @@ class StripeSettings:
 
 # A setting of the client's link N: "link1.backup = true".
 _LINK_KEY = re.compile(r"link(\d+)\.(?=\w)")
+
+
+def _key(line: str) -> str:
+    """The key of a ``KEY = VALUE`` TOML line."""
+    return line.split(" = ")[0]
 
 
 def split_variant(variant: str) -> tuple[str, list[str]]:
