@@ -27,6 +27,7 @@ from typing import Any
 from bench import REPO_ROOT
 from bench.lab import (
     CommandError,
+    Direction,
     Lab,
     LabNames,
     LinkSpec,
@@ -37,6 +38,7 @@ from bench.lab import (
     uninterruptible,
 )
 from bench.lab.iperf import IPV4_UDP_HEADERS, UDP_PAYLOAD_BYTES, Flow
+from bench.lab.linkmodel import Trace
 from bench.lab.traces import TraceLibrary, default_traces_dir
 from bench.measure import Event, RunRecord, measure, measure_latency
 from bench.profile import PY_SPY_MISSING, Profiled, py_spy_path
@@ -346,7 +348,7 @@ def run_scenario(
         topology=scenario.topology or opts.topology,
     )
     if scenario.kind == "reallinks":
-        meta.setdefault("links", {})[scenario.name] = link_sources(links)
+        meta.setdefault("links", {})[scenario.name] = link_sources(links, seconds)
     try:
         lab.up()
         systems, skipped = build_systems(scenario, lab, opts, workdir)
@@ -444,11 +446,30 @@ def _restore_links(lab: Lab) -> None:
     lab.set_link_up(1, True)
 
 
-def link_sources(links: tuple[LinkSpec, ...]) -> list[dict[str, str]]:
-    """Where each link's rate comes from, each way, for the report."""
-    return [{"up": s.up.source or describe_link(LinkSpec(s.up, s.up)),
-             "down": s.down.source or describe_link(LinkSpec(s.down, s.down)),
+def link_sources(links: tuple[LinkSpec, ...], seconds: float) -> list[dict[str, str]]:
+    """Where each link's rate comes from, each way, for the report, with a
+    trace's silences in the first ``seconds``."""
+    return [{"up": (s.up.source or describe_link(LinkSpec(s.up, s.up))) + _silences(s.up, seconds),
+             "down": ((s.down.source or describe_link(LinkSpec(s.down, s.down)))
+                      + _silences(s.down, seconds)),
              "link": describe_link(s)} for s in links]
+
+
+# A trace's gaps this long are listed in the report: a link silent that long
+# under load may be declared down (see `links`), so a reader can tell a
+# detected outage from a false death.
+SILENCE_MIN_MS = 300
+
+
+def _silences(direction: Direction, seconds: float) -> str:
+    if direction.trace is None:
+        return ""
+    found = Trace.load(direction.trace).silences(seconds * 1000, SILENCE_MIN_MS)
+    head = f"; in its first {seconds:g} s"
+    if not found:
+        return f"{head} no silence of {SILENCE_MIN_MS / 1000:g} s or more"
+    return head + " silent " + ", ".join(
+        f"at {start / 1000:.1f} s for {length / 1000:.2f} s" for start, length in found)
 
 
 def _flows(scenario: Scenario, opts: Options) -> list[Flow]:

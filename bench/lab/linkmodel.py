@@ -94,6 +94,21 @@ class Trace:
         loops, i = divmod(index, len(self.times_ms))
         return loops * self.period_ms + self.times_ms[i]
 
+    def silences(self, horizon_ms: float, min_ms: float) -> list[tuple[int, int]]:
+        """The stretches of at least `min_ms` without an opportunity in the
+        first `horizon_ms` (trace clock, looped), as (start_ms, length_ms),
+        the last cut at the horizon: a trace's own outages, to set beside
+        the link downs a run counted."""
+        found = []
+        before, index = 0, 0
+        while before < horizon_ms:
+            at = self.opportunity_ms(index)
+            end = min(at, horizon_ms)
+            if end - before >= min_ms:
+                found.append((before, int(end - before)))
+            before, index = at, index + 1
+        return found
+
 
 @dataclass(slots=True)
 class GilbertElliott:

@@ -51,6 +51,16 @@ def test_bad_lines_name_file_and_line(tmp_path: Path, text: str, line: int, why:
     assert str(info.value).startswith(f"{path}:{line}: ")
 
 
+def test_silences_within_a_horizon_loop_with_the_trace_and_stop_at_it() -> None:
+    # Opportunities at 100, 150 and 600 ms, looping every 600 ms: silent
+    # 0-100, 150-600, then 600-700 and 750-1200 on the second loop.
+    trace = Trace((100, 150, 600), 600)
+    assert trace.silences(1000, 100) == [(0, 100), (150, 450), (600, 100), (750, 250)]
+    assert trace.silences(1000, 300) == [(150, 450)]  # the last one cut at 1000: 250
+    assert trace.silences(1300, 300) == [(150, 450), (750, 450)]
+    assert Trace.constant(12.0).silences(5000, 2) == []
+
+
 @pytest.mark.parametrize("text", ["", "\n\n", "0\n0\n0\n"])
 def test_a_trace_without_a_positive_time_is_refused(tmp_path: Path, text: str) -> None:
     path = _trace_file(tmp_path, text)

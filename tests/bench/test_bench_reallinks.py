@@ -29,6 +29,7 @@ from bench.runner import (
     count_runs,
     estimate_seconds,
     flows_for,
+    link_sources,
     plan_for,
     real_flows_skipped,
 )
@@ -134,6 +135,25 @@ def test_links_from_synthetic_stand_ins(tmp_path: Path) -> None:
     assert twin.up.trace is not None
     assert Path(twin.up.trace).read_text() == Path(link.up.trace).read_text()
     assert set(RECORDED_MEAN_MBIT) >= {f"{c}.{w}" for c in CARRIERS for w in ("up", "down")}
+
+
+def test_the_report_lists_each_traces_silences_in_the_run(tmp_path: Path) -> None:
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    for carrier in CARRIERS:
+        (traces / f"{carrier}.up").write_text("".join(f"{t}\n" for t in range(1, 2001)))
+        # An opportunity every ms to 500, then silent to 1700, to 2400 and
+        # to the trace's end at 3000 (a 3 s run sees no second loop).
+        (traces / f"{carrier}.down").write_text(
+            "".join(f"{t}\n" for t in range(1, 501)) + "1700\n2400\n3000\n")
+    links = SCENARIOS["lte-pair"].links_for(TraceLibrary(traces, tmp_path / "work"), 3)
+    sources = link_sources(links, 3)
+    assert sources[0]["up"].endswith("; in its first 3 s no silence of 0.3 s or more")
+    assert sources[1]["down"].endswith(
+        "; in its first 3 s silent at 0.5 s for 1.20 s, at 1.7 s for 0.70 s, "
+        "at 2.4 s for 0.60 s")
+    dsl = link_sources(SCENARIOS["lte-dsl"].links_for(TraceLibrary(traces, tmp_path), 3), 3)[1]
+    assert dsl["up"] == "constant 10 Mbit/s"  # no trace, nothing to list
 
 
 def test_traces_option(recorded: Path) -> None:
