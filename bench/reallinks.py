@@ -34,6 +34,13 @@ Choices, and why:
   and a 500 ms queue, beside the Verizon trace: a bond whose second link
   is four times slower and farther away, where using it can cost more
   than it adds.
+* ADSL (``adsl-pair``, outside the suite): two asymmetric lines, the
+  commonest thing people bond, ``ADSL_LINES`` 16 down / 1 up and 8 down /
+  0.8 up Mbit/s (ADSL2+ on a short and a longer loop), 10 and 15 ms each
+  way, a 100 ms buffer down (the DSLAM) and a 500 ms one up (the modem's,
+  bufferbloat where it hurts most).  The narrow uplink carries the
+  download's ACKs, each with a tunnel's 70 bytes of headers: a download
+  can be short of uplink, and an upload has ~1.8 Mbit/s for all of it.
 * ``lte-dsl`` pairs the DSL line with T-Mobile's trace (whose rate swings
   around the line's), ``lte-pair`` is T-Mobile + Verizon.
 
@@ -68,6 +75,10 @@ SLOW_CELL_DOWN_MBIT = 1.2
 SLOW_CELL_UP_MBIT = 0.5
 SLOW_CELL_DELAY_MS = 60.0
 SLOW_CELL_QUEUE_MS = 500.0
+# ADSL lines: (down Mbit/s, up Mbit/s, one-way delay ms); their buffers.
+ADSL_LINES = ((16.0, 1.0, 10.0), (8.0, 0.8, 15.0))
+ADSL_DOWN_QUEUE_MS = 100.0
+ADSL_UP_QUEUE_MS = 500.0
 TMOBILE = "TMobile-LTE-short"
 VERIZON = "Verizon-LTE-short"
 
@@ -87,6 +98,21 @@ def fixed_line(mbit: float, delay_ms: float, queue_ms: float) -> LinkSpec:
     d = Direction(delay_ms=delay_ms, emulated_mbit=mbit, queue_ms=queue_ms,
                   source=f"constant {mbit:g} Mbit/s")
     return LinkSpec(d, d)
+
+
+def asymmetric_line(down_mbit: float, up_mbit: float, delay_ms: float,
+                    down_queue_ms: float, up_queue_ms: float) -> LinkSpec:
+    """A constant-rate line, emulated, with its own rate and buffer each way."""
+    return LinkSpec(
+        Direction(delay_ms=delay_ms, emulated_mbit=up_mbit, queue_ms=up_queue_ms,
+                  source=f"constant {up_mbit:g} Mbit/s"),
+        Direction(delay_ms=delay_ms, emulated_mbit=down_mbit, queue_ms=down_queue_ms,
+                  source=f"constant {down_mbit:g} Mbit/s"))
+
+
+def adsl_pair(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:
+    return tuple(asymmetric_line(down, up, delay, ADSL_DOWN_QUEUE_MS, ADSL_UP_QUEUE_MS)
+                 for down, up, delay in ADSL_LINES)
 
 
 def lte_pair(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:

@@ -191,11 +191,14 @@ SCENARIOS: dict[str, Scenario] = {
               "/ 0.5 up Mbit/s mean, 60 ms each way, 500 ms queue)", reallinks.lte_3g),
         _real("bloat", "two fixed 10 Mbit/s lines with 500 ms buffers, 5 ms each way",
               reallinks.bloat),
+        _real("adsl-pair", "two ADSL lines, 16 down / 1 up and 8 down / 0.8 up Mbit/s, 10 and "
+              "15 ms each way, 100 ms buffers down and 500 ms up", reallinks.adsl_pair),
     )
 }
 # Real-links scenarios run on their own, outside the suite (which keeps to
-# about 90 minutes): `lte-3g`, a bond whose second link is much slower.
-EXTRA_REAL_LINKS = ("lte-3g",)
+# about 90 minutes): `lte-3g`, a bond whose second link is much slower, and
+# `adsl-pair`, two lines whose uplink is a tenth of their downlink.
+EXTRA_REAL_LINKS = ("lte-3g", "adsl-pair")
 REAL_LINKS = tuple(name for name, s in SCENARIOS.items()
                    if s.kind == "reallinks" and name not in EXTRA_REAL_LINKS)
 

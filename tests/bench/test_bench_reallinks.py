@@ -54,7 +54,7 @@ def recorded(tmp_path: Path) -> Path:
 def test_the_suite_and_its_scenarios() -> None:
     assert REAL_LINKS == ("lte-pair", "lte-dsl", "handover", "starlink", "bloat")
     assert resolve(["real-links"]) == [SCENARIOS[n] for n in REAL_LINKS]
-    assert EXTRA_REAL_LINKS == ("lte-3g",)
+    assert EXTRA_REAL_LINKS == ("lte-3g", "adsl-pair")
     for name in REAL_LINKS + EXTRA_REAL_LINKS:
         s = SCENARIOS[name]
         assert s.kind == "reallinks" and s.directions == (UPLOAD, DOWNLOAD)
@@ -187,6 +187,11 @@ def test_the_other_scenarios_links(tmp_path: Path) -> None:
     bloat = SCENARIOS["bloat"].links_for(library, 60)
     assert all(d.emulated_mbit == 10 and d.queue_ms == 500 for link in bloat
                for d in (link.up, link.down))
+    adsl = SCENARIOS["adsl-pair"].links_for(library, 60)
+    assert [(link.down.emulated_mbit, link.up.emulated_mbit) for link in adsl] == [
+        (16, 1), (8, 0.8)]
+    assert all((link.down.queue_ms, link.up.queue_ms) == (100, 500) for link in adsl)
+    assert [link.up.delay_ms for link in adsl] == [link.down.delay_ms for link in adsl] == [10, 15]
 
 
 def _examples(tmp_path: Path, scheduler: str, extra: str = "", weight: int = 1) -> Path:
