@@ -24,7 +24,8 @@ stall check that takes a silently dead link out of the schedule, run on it.
 
 The link mask: every transport header announces the links that carried
 data lately, so the receiver's loss inference waits for them; a link that
-goes quiet after data sends a MARKER, so a gap it might hold is settled
+goes quiet after data sends a MARKER (unless packets wait for the links' windows:
+its next data will do), so a gap it might hold is settled
 without waiting for the hold deadline.
 
 Retired links (removed by a reload, or by the client's link table) keep
@@ -67,7 +68,8 @@ LINKS_ANNOUNCE_IDLE_INTERVAL_S = 30.0  # while the peer is idle
 MASK_LINGER_S = 0.3
 # A link that carried data and then went quiet this long gets a MARKER, so
 # the receiver need not wait for the hold deadline to write off a gap that
-# might have been on it (a tail loss).
+# might have been on it (a tail loss); once no packet waits at the sending
+# edge for the links' windows (see next_timer).
 TAIL_MARKER_DELAY_S = 0.005
 # A link removed by a reload (or, on the server, by the client's link table)
 # keeps its socket this long: packets already in flight on it, and those the
@@ -155,7 +157,13 @@ class LinkControl:
                     at = search.owner_timer(link.last_data_sent, peer.idle)
                     if at is not None:
                         due.append(at)
-            if peer.link_mask & (peer.link_mask - 1):  # two or more links in rotation
+            # Two or more links in rotation, and no packet waiting at the
+            # sending edge: while one waits, a link paused for its window and
+            # its next data (a report away) settles a gap as a marker would.
+            # On a slow link every pause is that long, and a marker after
+            # each was 5-8 % of its bytes (an ADSL uplink, a 3G link).  The
+            # markers due go out once the queue is empty (a tail).
+            if peer.link_mask & (peer.link_mask - 1) and not peer.queue:
                 due.extend(link.last_data_sent + TAIL_MARKER_DELAY_S
                            for link in peer.links.values() if link.marker_due)
         return min(due, default=None)
@@ -178,7 +186,8 @@ class LinkControl:
                 link.health.set_idle(peer.idle, now)
             if link.path is None:
                 continue
-            if link.marker_due and now >= link.last_data_sent + TAIL_MARKER_DELAY_S:
+            if (link.marker_due and now >= link.last_data_sent + TAIL_MARKER_DELAY_S
+                    and not peer.queue):
                 link.marker_due = False
                 if several and link.up:
                     send_control(peer, session, link, control.Marker(), now)

@@ -13,13 +13,14 @@ from tests.core.netsim import (
     packet_seq,
 )
 
-from stripe import wire
+from stripe import control, wire
 from stripe.endpoint import Endpoint
 from stripe.estimator import FIRST_FEEDBACK_DELAY_S
 from stripe.linkctl import REHANDSHAKE_AFTER_IDLE_SILENCE_S
-from stripe.links import PROBE_INTERVAL_S, LinkState
+from stripe.links import PROBE_INTERVAL_S, Link, LinkState
 from stripe.peer import Peer
 from stripe.session import Session
+from stripe.transmit import Transmitter
 
 
 def flow(start: float, count: int, interval: float, direction: str = "up",
@@ -313,6 +314,36 @@ def test_tail_loss_released_by_marker_not_by_deadline() -> None:
     stats = sim.server.peers[0].current.reorder.stats  # type: ignore[union-attr]
     assert stats.deadline_releases == 0 and stats.inferred_releases == 1
     assert sim.now - sent_10 <= 0.017
+
+
+def test_no_markers_while_packets_wait_for_the_windows_of_slow_links(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two 1 Mbit/s links under a flow of twice that: each link sends when a
+    report opens its window and pauses between, longer than the marker
+    delay.  Packets wait at the sending edge all along, so a link's next data
+    settles any gap: no marker (one after every pause was 5-8 % of a slow
+    link's bytes).  The tail, once the flow stops, still gets its markers."""
+    sim = Sim([SimLink(rate_bps=1e6), SimLink(rate_bps=1e6)], scheduler="adaptive")
+    sim.run(1.0)
+    markers: list[float] = []
+    client = sim.client.peers[0]
+    send_control = Transmitter.send_control
+
+    def spy(self: Transmitter, peer: Peer, session: Session, link: Link,
+            message: control.ControlMessage, now: float) -> None:
+        if peer is client and isinstance(message, control.Marker):
+            markers.append(now)
+        send_control(self, peer, session, link, message, now)
+
+    monkeypatch.setattr(Transmitter, "send_control", spy)
+    t0 = sim.now
+    sim.run(4.0, flow(t0, 1600, 0.0025))  # 3.84 Mbit/s offered for 4 s
+    assert len(sim.delivered["server"]) > 600  # the links were busy
+    assert client.queue  # and packets still waited
+    busy = [t for t in markers if t0 + 1.0 <= t < t0 + 4.0]
+    assert len(busy) <= 3, busy
+    sim.run(3.0)  # the queue drains, the flow stops: the tail's markers
+    assert [t for t in markers if t >= t0 + 4.0]
 
 
 def test_the_answer_to_data_after_a_pause_leaves_before_the_feedback() -> None:
