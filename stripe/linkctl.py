@@ -24,9 +24,9 @@ stall check that takes a silently dead link out of the schedule, run on it.
 
 The link mask: every transport header announces the links that carried
 data lately, so the receiver's loss inference waits for them; a link that
-goes quiet after data sends a MARKER (unless packets wait for the links' windows:
-its next data will do), so a gap it might hold is settled
-without waiting for the hold deadline.
+goes quiet after data sends a MARKER, so a gap it might hold is settled
+without waiting for the hold deadline (not while packets wait for the
+links' windows: then its next data will do).
 
 Retired links (removed by a reload, or by the client's link table) keep
 their socket and path for LINK_DRAIN_S so packets in flight still land;
@@ -160,9 +160,9 @@ class LinkControl:
             # Two or more links in rotation, and no packet waiting at the
             # sending edge: while one waits, a link paused for its window and
             # its next data (a report away) settles a gap as a marker would.
-            # On a slow link every pause is that long, and a marker after
-            # each was 5-8 % of its bytes (an ADSL uplink, a 3G link).  The
-            # markers due go out once the queue is empty (a tail).
+            # On a slow link nearly every pause is that long: a marker after
+            # each was 12 % of the datagrams on an ADSL uplink.  The markers
+            # due go out once the queue is empty (a tail).
             if peer.link_mask & (peer.link_mask - 1) and not peer.queue:
                 due.extend(link.last_data_sent + TAIL_MARKER_DELAY_S
                            for link in peer.links.values() if link.marker_due)

@@ -321,8 +321,8 @@ def test_no_markers_while_packets_wait_for_the_windows_of_slow_links(
     """Two 1 Mbit/s links under a flow of twice that: each link sends when a
     report opens its window and pauses between, longer than the marker
     delay.  Packets wait at the sending edge all along, so a link's next data
-    settles any gap: no marker (one after every pause was 5-8 % of a slow
-    link's bytes).  The tail, once the flow stops, still gets its markers."""
+    settles any gap: no marker (one after every pause was 12 % of an ADSL
+    uplink's datagrams).  The tail, once the flow stops, still gets its markers."""
     sim = Sim([SimLink(rate_bps=1e6), SimLink(rate_bps=1e6)], scheduler="adaptive")
     sim.run(1.0)
     markers: list[float] = []
