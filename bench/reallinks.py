@@ -95,19 +95,19 @@ def lte(library: TraceLibrary, carrier: str) -> LinkSpec:
 
 def fixed_line(mbit: float, delay_ms: float, queue_ms: float) -> LinkSpec:
     """A constant-rate line, emulated (no tbf), the same both ways."""
-    d = Direction(delay_ms=delay_ms, emulated_mbit=mbit, queue_ms=queue_ms,
-                  source=f"constant {mbit:g} Mbit/s")
-    return LinkSpec(d, d)
+    return asymmetric_line(mbit, mbit, delay_ms, queue_ms, queue_ms)
 
 
 def asymmetric_line(down_mbit: float, up_mbit: float, delay_ms: float,
                     down_queue_ms: float, up_queue_ms: float) -> LinkSpec:
-    """A constant-rate line, emulated, with its own rate and buffer each way."""
-    return LinkSpec(
-        Direction(delay_ms=delay_ms, emulated_mbit=up_mbit, queue_ms=up_queue_ms,
-                  source=f"constant {up_mbit:g} Mbit/s"),
-        Direction(delay_ms=delay_ms, emulated_mbit=down_mbit, queue_ms=down_queue_ms,
-                  source=f"constant {down_mbit:g} Mbit/s"))
+    """A constant-rate line, emulated (no tbf), with its own rate and buffer each way."""
+    return LinkSpec(_constant(up_mbit, delay_ms, up_queue_ms),
+                    _constant(down_mbit, delay_ms, down_queue_ms))
+
+
+def _constant(mbit: float, delay_ms: float, queue_ms: float) -> Direction:
+    return Direction(delay_ms=delay_ms, emulated_mbit=mbit, queue_ms=queue_ms,
+                     source=f"constant {mbit:g} Mbit/s")
 
 
 def adsl_pair(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:

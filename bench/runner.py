@@ -449,10 +449,13 @@ def _restore_links(lab: Lab) -> None:
 def link_sources(links: tuple[LinkSpec, ...], seconds: float) -> list[dict[str, str]]:
     """Where each link's rate comes from, each way, for the report, with a
     trace's silences in the first ``seconds``."""
-    return [{"up": (s.up.source or describe_link(LinkSpec(s.up, s.up))) + _silences(s.up, seconds),
-             "down": ((s.down.source or describe_link(LinkSpec(s.down, s.down)))
-                      + _silences(s.down, seconds)),
+    return [{"up": _source(s.up, seconds), "down": _source(s.down, seconds),
              "link": describe_link(s)} for s in links]
+
+
+def _source(direction: Direction, seconds: float) -> str:
+    described = direction.source or describe_link(LinkSpec(direction, direction))
+    return described + _silences(direction, seconds)
 
 
 # A trace's gaps this long are listed in the report: a link silent that long
