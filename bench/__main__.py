@@ -22,7 +22,6 @@ from bench.runner import (
     fit_seconds,
     latest_name,
     publish_latest,
-    real_flows_skipped,
 )
 from bench.runner import run as run_bench
 from bench.scenarios import ALIASES, SCENARIOS, describe_link, resolve
@@ -115,8 +114,9 @@ def _add_run_arguments(p: argparse.ArgumentParser, profile: bool) -> None:
     p.add_argument(
         "--udp-rate",
         default=None,
-        help="UDP offered rate on the unshaped (ceiling) scenarios, iperf3 -b syntax, "
-        "e.g. 600M (default 1000M); shaped scenarios offer 90 %% of their links' sum",
+        help="UDP offered rate on the unshaped (ceiling) and real-links scenarios, iperf3 -b "
+        "syntax, e.g. 600M (default: 1000M unshaped; real links 70 %% of their mean trace "
+        "capacity in the flow's direction); shaped scenarios offer 90 %% of their links' sum",
     )
     p.add_argument(
         "--udp-len",
@@ -418,10 +418,6 @@ def options_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> O
         profile_native=args.native,
         trace_status=getattr(args, "trace_status", False),
     )
-    skipped = real_flows_skipped(opts.flows)
-    if skipped and any(s.kind == "reallinks" for s in scenarios):
-        print(f"note: real-links scenarios run TCP only (tcp, tcp4); {', '.join(skipped)} "
-              "runs on the others alone", file=sys.stderr)
     for way in opts.directions or []:
         if way not in (UPLOAD, DOWNLOAD):
             parser.error(f"--directions: {way!r} is not {UPLOAD} or {DOWNLOAD}")

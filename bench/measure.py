@@ -169,6 +169,9 @@ def measure(
             sampler.stop()
             if real is not None:
                 record.real = real.finish()
+                if flow.kind == "udp":
+                    record.real["udp_offer_mbit"] = flow.udp_rate_mbit
+                    record.real["udp_payload_bytes"] = flow.udp_len
         wall = time.monotonic() - started
         after = lab.counters()
         if drops_before is not None:

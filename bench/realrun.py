@@ -16,7 +16,9 @@ rtt ms], ...], "ping_sent": n, "links": [{"capacity_mbit": [per second,
 the flow's direction], "carried_mbit": [...], "reverse_carried_mbit": [the
 other way], "carried_100ms_mbit": [the flow's direction, per 100 ms],
 "drops": {queue_drop, outage_drop, lost: in the flow's direction}}],
-"outages": [[link, start_s, duration_s, flush], ...]}``; the report's
+"outages": [[link, start_s, duration_s, flush], ...]}``, and for a UDP
+stream ``"udp_offer_mbit"`` and ``"udp_payload_bytes"`` (`bench.measure`
+adds them); the report's
 figures (stalls, percentiles, transitions) are computed from it in
 `bench.report.reallinks`.
 """

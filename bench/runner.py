@@ -37,7 +37,7 @@ from bench.lab import (
     terminating_signals_raise,
     uninterruptible,
 )
-from bench.lab.iperf import IPV4_UDP_HEADERS, UDP_PAYLOAD_BYTES, Flow
+from bench.lab.iperf import DOWNLOAD, IPV4_UDP_HEADERS, UDP_PAYLOAD_BYTES, Flow
 from bench.lab.linkmodel import Trace
 from bench.lab.traces import TraceLibrary, default_traces_dir
 from bench.measure import Event, RunRecord, measure, measure_latency
@@ -86,7 +86,10 @@ class Options:
     seconds: float | None = None
     ccs: list[str | None] | None = None
     flows: list[str] = field(default_factory=lambda: ["tcp"])  # tcp | udp | tcp4
-    udp_rate_mbit: float = CEILING_UDP_MBIT  # UDP offer on unshaped (ceiling) links
+    # UDP offer on unshaped (ceiling) and real links; None: CEILING_UDP_MBIT,
+    # and REAL_UDP_OFFER_FRACTION of real links' mean capacity.  Shaped
+    # links are offered 90 % of their sum whatever this says.
+    udp_rate_mbit: float | None = None
     udp_len: int | None = None  # iperf3 -l; None: 1200 shaped, CEILING_UDP_LEN unshaped
     systems: list[str] | None = None  # name prefixes to keep; None: all
     schedulers: list[str] | None = None
@@ -175,41 +178,41 @@ def _mmss(seconds: float) -> str:
     return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
 
 
-# The flows real-links scenarios run (see `flows_for`).
-REAL_FLOWS = ("tcp", "tcp4")
+# Real links: a fixed-rate UDP stream (a video, a call's media, a game's
+# updates) is offered at this share of the links' mean capacity over the run
+# in its direction, unless --udp-rate says: more than one link of a similar
+# pair carries, less than their sum, so what it loses is what the bond could
+# not carry when the traces dipped, or what it lost on the way.
+REAL_UDP_OFFER_FRACTION = 0.7
 
 
 def flows_for(
     scenario: Scenario,
     names: list[str],
-    udp_rate_mbit: float = CEILING_UDP_MBIT,
+    udp_rate_mbit: float | None = None,
     udp_len: int | None = None,
     directions: list[str] | None = None,
 ) -> list[Flow]:
     """The flows a scenario runs, each in each of ``directions`` (default:
     the scenario's); UDP's rate: 90 % of the links' sum if they are shaped,
-    else ``udp_rate_mbit``.  Real links: TCP only, one flow or four (`tcp4`),
-    reported every 100 ms; a fixed UDP rate means nothing on links whose
-    capacity follows a trace, so `udp` is left out there (see `real_flows_skipped`)."""
+    else ``udp_rate_mbit`` if given, else CEILING_UDP_MBIT.  Real links:
+    one TCP flow, four (`tcp4`) or a UDP stream, reported every 100 ms; the
+    stream's rate, unless given, follows the links' traces and is set once
+    the lab knows them (`real_udp_offer_mbit`; 0 until then)."""
     ways = directions or list(scenario.directions)
     if scenario.kind in ("latency", "failover"):
         return [Flow()]
     if scenario.kind == "reallinks":
-        tcp = [name for name in names if name in REAL_FLOWS] or ["tcp"]
         return [dataclasses.replace(flow, direction=way, interval_s=REAL_INTERVAL_S)
-                for flow in _flows_by_name(scenario, tcp, udp_rate_mbit, udp_len)
+                for flow in _flows_by_name(scenario, names, udp_rate_mbit, udp_len, real=True)
                 for way in ways]
     return [dataclasses.replace(flow, direction=way)
             for flow in _flows_by_name(scenario, names, udp_rate_mbit, udp_len) for way in ways]
 
 
-def real_flows_skipped(names: list[str]) -> list[str]:
-    """The flows asked for that real-links scenarios do not run (see `flows_for`)."""
-    return [name for name in names if name not in REAL_FLOWS]
-
-
 def _flows_by_name(
-    scenario: Scenario, names: list[str], udp_rate_mbit: float, udp_len: int | None
+    scenario: Scenario, names: list[str], udp_rate_mbit: float | None, udp_len: int | None,
+    real: bool = False,
 ) -> list[Flow]:
     out = []
     for name in names:
@@ -219,8 +222,13 @@ def _flows_by_name(
             out.append(Flow(parallel=4))
         elif name == "udp":
             total = scenario.shaped_sum_mbit
-            rate = UDP_OFFER_FRACTION * total if total else udp_rate_mbit
-            length = udp_len or (UDP_PAYLOAD_BYTES if total else CEILING_UDP_LEN)
+            if total:
+                rate = UDP_OFFER_FRACTION * total
+            elif udp_rate_mbit is not None:
+                rate = udp_rate_mbit
+            else:  # real links: from the traces, once the lab knows them
+                rate = 0.0 if real else CEILING_UDP_MBIT
+            length = udp_len or (UDP_PAYLOAD_BYTES if total or real else CEILING_UDP_LEN)
             out.append(Flow("udp", 1, round(rate, 1), length))
         else:
             raise ValueError(f"unknown flow {name!r}: tcp, tcp4 or udp")
@@ -363,7 +371,7 @@ def run_scenario(
         plan = [
             (system, flow, cc)
             for system in systems
-            for flow in _flows(scenario, opts)
+            for flow in _flows(scenario, opts, lab)
             # mptcpize changes only TCP sockets: its UDP run would be link0's.
             if not (isinstance(system, Mptcp) and flow.kind == "udp")
             for cc in (schedule.ccs if flow.kind == "tcp" else [None])
@@ -475,9 +483,33 @@ def _silences(direction: Direction, seconds: float) -> str:
         f"at {start / 1000:.1f} s for {length / 1000:.2f} s" for start, length in found)
 
 
-def _flows(scenario: Scenario, opts: Options) -> list[Flow]:
-    return flows_for(scenario, opts.flows, opts.udp_rate_mbit, opts.udp_len,
-                     plan_for(scenario, opts).directions)
+def _flows(scenario: Scenario, opts: Options, lab: Lab | None = None) -> list[Flow]:
+    """The scenario's flows; with its ``lab``, a real-links UDP stream's
+    rate set from the links' traces (unless --udp-rate gave one)."""
+    plan = plan_for(scenario, opts)
+    flows = flows_for(scenario, opts.flows, opts.udp_rate_mbit, opts.udp_len, plan.directions)
+    if lab is None or scenario.kind != "reallinks" or opts.udp_rate_mbit is not None:
+        return flows
+    return [dataclasses.replace(flow, udp_rate_mbit=real_udp_offer_mbit(
+                lab, flow.direction != DOWNLOAD, plan.seconds, flow.udp_len))
+            if flow.kind == "udp" else flow for flow in flows]
+
+
+def real_udp_offer_mbit(lab: Lab, up: bool, seconds: float, payload_bytes: int) -> float:
+    """A UDP stream's rate over real links, as iperf3 -b counts it (UDP
+    payload): REAL_UDP_OFFER_FRACTION of the links' mean capacity (IP
+    level) over the run's first ``seconds``, one way (``up``: client to
+    server)."""
+    n = max(1, round(seconds))
+    capacity = 0.0
+    for i in range(len(lab.specs)):
+        series = lab.capacity_mbit(i, up, n)
+        if not series:
+            raise ValueError(f"link {i} has no emulated rate to size a UDP stream by: "
+                             "give --udp-rate")
+        capacity += sum(series) / len(series)
+    payload_share = payload_bytes / (payload_bytes + IPV4_UDP_HEADERS)
+    return round(REAL_UDP_OFFER_FRACTION * capacity * payload_share, 1)
 
 
 def count_runs_for(scenario: Scenario, opts: Options) -> int:

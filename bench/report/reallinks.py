@@ -27,6 +27,12 @@ Definitions:
   ACKs' headers) show there, and how fully it fills the links in the wire
   rate (against MPTCP's in the same run, which fills them to their
   buffers).
+* A UDP stream (a fixed rate, iperf3 -b, UDP payload): *deliverable* is
+  what the links the system may use could carry of it, second by second:
+  the mean over the flow's seconds of the smaller of the offer and their
+  trace capacity, less the UDP and IP headers (28 bytes a datagram) but
+  no tunnel's: so a tunnel's own headers show as a shortfall where the
+  links were full.  Loss is iperf3's (datagrams sent and not received).
 * Link transitions: stripe's per-link ``downs``/``ups`` counters from
   ``stripe status --json`` at the end of the run, client and server added,
   if that stripe reports them (``-`` otherwise).
@@ -113,7 +119,11 @@ def stall_beyond_outages_s(record: Record) -> float | None:
 def _link_alone(record: Record) -> int | None:
     """``i`` for the system ``link<i>`` (one link alone), else None."""
     system = str(record.get("system", ""))
-    return int(system[4:]) if system.startswith("link") and system[4:].isdigit() else None
+    return int(system[4:]) if _is_plain_link(system) else None
+
+
+def _is_plain_link(system: str) -> bool:
+    return system.startswith("link") and system[4:].isdigit()
 
 
 def ping_stats(record: Record) -> dict[str, float | int | None]:
@@ -142,6 +152,37 @@ def capacity_mbit(record: Record) -> float | None:
         window = series[first:last]
         total += sum(window) / len(window) if window else 0.0
     return round(total, 3) if links else None
+
+
+IPV4_UDP_HEADERS = 28
+
+
+def is_udp(flow: str) -> bool:
+    return flow.startswith("udp")
+
+
+def deliverable_mbit(record: Record) -> float | None:
+    """Of a UDP stream's offer, what the links this system may use could
+    carry, as UDP payload (see the module's doc); None if not a UDP stream
+    over traced links."""
+    real = record.get("real") or {}
+    offer = real.get("udp_offer_mbit")
+    payload = real.get("udp_payload_bytes")
+    links = real.get("links") or []
+    if not offer or not payload or not links:
+        return None
+    alone = _link_alone(record)
+    if alone is not None:
+        links = links[alone:alone + 1]
+    series = [link.get("capacity_mbit") for link in links]
+    if not all(series):
+        return None
+    first = int(float(real.get("flow_offset_s", 0.0)))
+    last = first + max(1, round(float(record.get("seconds", 0))))
+    share = payload / (payload + IPV4_UDP_HEADERS)
+    per_second = [min(offer, share * sum(s[t] for s in series if t < len(s)))
+                  for t in range(first, min(last, max(len(s) for s in series)))]
+    return round(sum(per_second) / len(per_second), 3) if per_second else None
 
 
 def wire_mbit(record: Record) -> float | None:
@@ -197,6 +238,11 @@ class RealSummary:
     stall_beyond_outage_s: float | None = None  # worst run
     downs: list[int] | None = None  # per link, all runs
     ups: list[int] | None = None
+    # A UDP stream: its offer, what the links could carry of it, and the
+    # share iperf3 lost (medians over runs).
+    udp_offer_mbit: float | None = None
+    deliverable_mbit: float | None = None
+    lost_percent: float | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -233,6 +279,9 @@ def real_summaries(records: list[Record], summaries: list[Summary]) -> list[Real
             ping_p50_ms=_median([ping_stats(r)["p50"] for r in ok]),
             ping_p95_ms=_median([ping_stats(r)["p95"] for r in ok]),
             longest_stall_s=max(longest_stall_s(r) for r in ok),
+            udp_offer_mbit=_median([(r.get("real") or {}).get("udp_offer_mbit") for r in ok]),
+            deliverable_mbit=_median([deliverable_mbit(r) for r in ok]),
+            lost_percent=base.lost_percent_median,
             errors=base.errors,
         )
         lost = [ping_stats(r)["lost"] for r in ok]
@@ -260,7 +309,7 @@ def real_summaries(records: list[Record], summaries: list[Summary]) -> list[Real
 
 def reference_mbit(rows: list[RealSummary]) -> float | None:
     """The sum of each link alone (same scenario, flow, cc), if all were run."""
-    plain = [s for s in rows if s.system.startswith("link") and s.system[4:].isdigit()]
+    plain = [s for s in rows if _is_plain_link(s.system)]
     # `summarize` gives plain links a share only when every link ran alone.
     if not plain or any(s.share_of_reference is None for s in plain):
         return None
@@ -290,12 +339,21 @@ def flow_direction(flow: str) -> str:
     way = "download" if flow.endswith("-down") else "upload"
     if flow.startswith("tcp-x"):
         return f"{way}, {flow.split('-')[1][1:]} flows"
+    if is_udp(flow):
+        return f"{way}, UDP"
     return way
 
 
+def flow_slug(flow: str) -> str:
+    """`flow_direction` as a file name's part: "upload", "upload-4flows",
+    "upload-udp"."""
+    return flow_direction(flow).replace(", ", "-").replace(" ", "").lower()
+
+
 def overview(rows: list[RealSummary]) -> list[str]:
-    """One line per scenario, direction and cc: the reference, MPTCP and
-    each stripe variant as Mbit/s (x reference, x MPTCP)."""
+    """One line per scenario, direction and cc of a TCP flow: the reference,
+    MPTCP and each stripe variant as Mbit/s (x reference, x MPTCP); then
+    the UDP streams (`udp_overview`)."""
     stripes = sorted({s.system for s in rows if s.system.startswith("stripe")},
                      key=system_order)
     lines = [
@@ -309,7 +367,8 @@ def overview(rows: list[RealSummary]) -> list[str]:
     ]
     groups: dict[tuple[str, str, str | None], list[RealSummary]] = defaultdict(list)
     for s in rows:
-        groups[(s.scenario, s.flow, s.cc)].append(s)
+        if not is_udp(s.flow):
+            groups[(s.scenario, s.flow, s.cc)].append(s)
     for (scenario, flow, cc), group in groups.items():
         by_system = {s.system: s for s in group}
         alone = [s.ping_p95_ms for s in group
@@ -329,6 +388,49 @@ def overview(rows: list[RealSummary]) -> list[str]:
             f"{_fmt(reference_mbit(group))} | {_fmt(min(alone, default=None), 0)} | "
             + " | ".join(cells) + " |"
         )
+    tcp = [*lines, ""] if groups else []
+    return [*tcp, *udp_overview(rows, stripes)]
+
+
+def _udp_cell(s: RealSummary) -> str:
+    """goodput (x deliverable), loss %, p95 ping."""
+    ratio = (_fmt(s.goodput_median / s.deliverable_mbit)
+             if s.deliverable_mbit else "-")
+    return (f"{s.goodput_median:.2f} ({ratio}), {_fmt(s.lost_percent, 1)} %, "
+            f"{_fmt(s.ping_p95_ms, 0)}")
+
+
+def udp_overview(rows: list[RealSummary], stripes: list[str]) -> list[str]:
+    """One line per scenario and direction with a UDP stream: its offer,
+    what the links could carry of it, the best link alone and each stripe
+    variant; nothing if no UDP stream ran."""
+    udp = [s for s in rows if is_udp(s.flow)]
+    if not udp:
+        return []
+    lines = [
+        "## Real links: a UDP stream at a fixed rate, median Mbit/s of UDP payload "
+        "(x deliverable), loss, p95 ping ms",
+        "",
+        "| scenario | direction | offered | deliverable over all links | best link alone | "
+        + " | ".join(stripes) + " |",
+        "|---|---|---|---|---|" + "---|" * len(stripes),
+    ]
+    groups: dict[tuple[str, str], list[RealSummary]] = defaultdict(list)
+    for s in udp:
+        groups[(s.scenario, s.flow)].append(s)
+    for (scenario, flow), group in groups.items():
+        by_system = {s.system: s for s in group}
+        alone = [s for s in group if _is_plain_link(s.system)]
+        best = max(alone, key=lambda s: s.goodput_median, default=None)
+        everything = next((by_system[n] for n in stripes if n in by_system), None)
+        cells = [_udp_cell(by_system[n]) if n in by_system else "" for n in stripes]
+        lines.append(
+            f"| {scenario} | {flow_direction(flow).split(',')[0]} "
+            f"| {_fmt(group[0].udp_offer_mbit)} "
+            f"| {_fmt(everything.deliverable_mbit if everything else None)} "
+            f"| {best.system + ': ' + _udp_cell(best) if best else '-'} | "
+            + " | ".join(cells) + " |"
+        )
     return [*lines, ""]
 
 
@@ -343,7 +445,10 @@ def scenario_table(rows: list[RealSummary]) -> list[str]:
     ]
     groups: dict[tuple[str, str | None], list[RealSummary]] = defaultdict(list)
     for s in rows:
-        groups[(s.flow, s.cc)].append(s)
+        if not is_udp(s.flow):
+            groups[(s.flow, s.cc)].append(s)
+    if not groups:
+        lines = []
     for (flow, cc), group in groups.items():
         head = f"| {flow_direction(flow)} | {cc or 'default'} "
         for s in group:
@@ -359,6 +464,32 @@ def scenario_table(rows: list[RealSummary]) -> list[str]:
         if reference is not None:
             lines.append(head + f"| **reference** (sum of links alone) | {reference:.2f} "
                          "| 1.00 | | | | | | | | |")
+    return [*lines, *udp_table(rows)]
+
+
+def udp_table(rows: list[RealSummary]) -> list[str]:
+    """The UDP streams: per direction, every system's goodput against its
+    offer and what its links could carry, loss, ping and link transitions."""
+    udp = [s for s in rows if is_udp(s.flow)]
+    if not udp:
+        return []
+    lines = [
+        "",
+        "| direction | system | offered Mbit/s | deliverable Mbit/s | goodput Mbit/s "
+        "| x deliverable | loss % | wire Mbit/s (goodput per wire byte) "
+        "| ping p50 / p95 ms (lost) | link downs/ups | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in udp:
+        lost = "" if s.ping_lost is None else f" ({s.ping_lost})"
+        ratio = _fmt(s.goodput_median / s.deliverable_mbit) if s.deliverable_mbit else "-"
+        lines.append(
+            f"| {flow_direction(s.flow).split(',')[0]} | {s.system} | {_fmt(s.udp_offer_mbit)} "
+            f"| {_fmt(s.deliverable_mbit)} | {s.goodput_median:.2f} [{s.goodput_min:.2f}-"
+            f"{s.goodput_max:.2f}] | {ratio} | {_fmt(s.lost_percent, 1)} | {_wire(s)} "
+            f"| {_fmt(s.ping_p50_ms, 0)} / {_fmt(s.ping_p95_ms, 0)}{lost} "
+            f"| {_transitions(s)} | {s.runs} |"
+        )
     return lines
 
 
@@ -387,6 +518,8 @@ def notes() -> list[str]:
         f"{100 * STALL_FRACTION:g} % of the run's mean goodput, worst run; beyond outage: how "
         "long a stall lasted past the end of the outage it overlaps (runs with outages). "
         "Link downs/ups: stripe status, client + server, per link, all runs (- : not "
-        "reported).",
+        "reported). A UDP stream: offered at a fixed rate (UDP payload); deliverable: what the "
+        "links the system may use could carry of it second by second (their trace capacity "
+        "less UDP/IP headers, no tunnel's); loss: iperf3's.",
         "",
     ]

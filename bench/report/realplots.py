@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from bench.report.analysis import Record, system_order
-from bench.report.reallinks import flow_direction
+from bench.report.reallinks import flow_direction, flow_slug
 
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
           "tab:pink", "tab:olive")
@@ -96,8 +96,8 @@ def real_plots(directory: Path, records: list[Record]) -> list[str]:
         axes[-1, 0].set_xlabel("seconds from the trace restart")
         fig.suptitle(f"{scenario}, {flow_direction(flow)}, cc {cc}")
         fig.tight_layout()
-        # "upload" or, with parallel flows, "upload-4flows"
-        title = flow_direction(flow).replace(", ", "-").replace(" ", "")
+        # "upload", with parallel flows "upload-4flows", a UDP stream "upload-udp"
+        title = flow_slug(flow)
         name = f"real-{scenario}-{title}-{cc}.png"
         fig.savefig(directory / name, dpi=90)
         plt.close(fig)

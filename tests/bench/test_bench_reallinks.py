@@ -24,14 +24,16 @@ from bench.report.analysis import summarize
 from bench.report.tables import results_markdown, write_report
 from bench.runner import (
     REAL_INTERVAL_S,
+    REAL_UDP_OFFER_FRACTION,
     Options,
+    _flows,
     _variants,
     count_runs,
     estimate_seconds,
     flows_for,
     link_sources,
     plan_for,
-    real_flows_skipped,
+    real_udp_offer_mbit,
 )
 from bench.scenarios import ALIASES, EXTRA_REAL_LINKS, REAL_LINKS, SCENARIOS, resolve
 from bench.systems import stripe_config
@@ -84,22 +86,57 @@ def test_plans_per_scenario_and_overrides() -> None:
 
 
 def test_real_flows_run_both_ways_in_100ms_bins() -> None:
-    up, down = flows_for(SCENARIOS["lte-pair"], ["tcp", "udp"])
+    up, down = flows_for(SCENARIOS["lte-pair"], ["tcp"])
     assert (up.label, down.label) == ("tcp-up", "tcp-down")
     assert up.interval_s == down.interval_s == REAL_INTERVAL_S
     cmd = client_command("10.0.0.2", 5201, 60, down, "cubic")
     assert "-R" in cmd and cmd[cmd.index("-i") + 1] == "0.1"
     assert "-R" not in client_command("10.0.0.2", 5201, 60, up, "cubic")
-    # Four parallel flows run there too (`tcp4`); UDP at a fixed rate does not.
-    labels = [f.label for f in flows_for(SCENARIOS["lte-pair"], ["tcp4", "udp"])]
-    assert labels == ["tcp-x4-up", "tcp-x4-down"]
-    assert all(f.interval_s == REAL_INTERVAL_S
-               for f in flows_for(SCENARIOS["lte-pair"], ["tcp", "tcp4"]))
-    assert real_flows_skipped(["tcp", "udp", "tcp4"]) == ["udp"]
+    # Four parallel flows run there too (`tcp4`), and a UDP stream whose
+    # rate the lab's traces set (`real_udp_offer_mbit`), unless given.
+    flows = flows_for(SCENARIOS["lte-pair"], ["tcp4", "udp"])
+    assert [f.label for f in flows] == ["tcp-x4-up", "tcp-x4-down", "udp0M-up", "udp0M-down"]
+    assert all(f.interval_s == REAL_INTERVAL_S for f in flows)
+    assert flows[2].udp_len == 1200
+    given = flows_for(SCENARIOS["lte-pair"], ["udp"], udp_rate_mbit=6.0)
+    assert [f.label for f in given] == ["udp6M-up", "udp6M-down"]
     # A fixed-link scenario may run both ways too, and is unchanged otherwise.
     assert [f.label for f in flows_for(SCENARIOS["equal"], ["tcp"])] == ["tcp"]
     both = flows_for(SCENARIOS["equal"], ["tcp"], directions=[UPLOAD, DOWNLOAD])
     assert [f.label for f in both] == ["tcp-up", "tcp-down"]
+
+
+class _TracedLab:
+    """What `real_udp_offer_mbit` asks of a lab: its links' capacity per second."""
+
+    def __init__(self, up: list[list[float]], down: list[list[float]]) -> None:
+        self.specs = up
+        self._series = {True: up, False: down}
+
+    def capacity_mbit(self, i: int, up: bool, seconds: int) -> list[float]:
+        return self._series[up][i][:seconds]
+
+
+def test_a_udp_stream_is_offered_a_share_of_the_links_capacity() -> None:
+    lab: Any = _TracedLab(up=[[4.0, 6.0, 99.0], [5.0, 7.0, 99.0]],
+                          down=[[10.0, 10.0, 0.0], [2.0, 2.0, 0.0]])
+    # The run's first 2 s: up 5 + 6 Mbit/s of IP packets, down 10 + 2.
+    payload = 1200 / 1228
+    assert real_udp_offer_mbit(lab, True, 2, 1200) == round(
+        REAL_UDP_OFFER_FRACTION * 11 * payload, 1)
+    assert real_udp_offer_mbit(lab, False, 2, 1200) == round(
+        REAL_UDP_OFFER_FRACTION * 12 * payload, 1)
+    opts = Options(resolve(["lte-pair"]), flows=["tcp", "udp"], seconds=2)
+    flows = _flows(SCENARIOS["lte-pair"], opts, lab)
+    assert [f.label for f in flows] == ["tcp-up", "tcp-down", "udp7.5M-up", "udp8.2M-down"]
+    # --udp-rate wins; without a lab (before it is up) the rate is not known yet.
+    opts.udp_rate_mbit = 3.0
+    assert [f.label for f in _flows(SCENARIOS["lte-pair"], opts, lab)][2:] == [
+        "udp3M-up", "udp3M-down"]
+    lab.capacity_mbit = lambda i, up, seconds: None
+    opts.udp_rate_mbit = None
+    with pytest.raises(ValueError, match="--udp-rate"):
+        _flows(SCENARIOS["lte-pair"], opts, lab)
 
 
 def test_the_suite_fits_90_minutes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -356,6 +393,44 @@ def test_results_table_and_plots(tmp_path: Path) -> None:
         assert f"](plots/{name})" in text
     assert "## Plots" not in text  # no other plots
     assert results_markdown(records, meta) == text
+
+
+def _udp_rec(system: str, goodput: float, lost: float, way: str = "up",
+             **kw: Any) -> dict[str, Any]:
+    real = _real() | {"udp_offer_mbit": 9.0, "udp_payload_bytes": 1200, "direction": way}
+    # link0 5 Mbit/s, link1 6, but link1 silent in the flow's 3rd second.
+    real["links"][1]["capacity_mbit"][3] = 0.0
+    rec = RunRecord(system, f"udp9M-{way}", None, 10, goodput_mbit=goodput, lost_percent=lost,
+                    link_share=[0.5, 0.5], link_bytes=[6_250_000, 6_250_000],
+                    bins_mbit=[goodput] * 100, bin_s=0.1, real=real)
+    return rec.to_json() | {"scenario": "lte-pair", "repeat": 1} | kw
+
+
+def test_a_udp_stream_against_what_its_links_could_carry(tmp_path: Path) -> None:
+    share = 1200 / 1228
+    # The flow starts 0.5 s after the mark: its seconds are 0-9 of the traces.
+    both = _udp_rec("stripe-default", 8.0, 3.0)
+    assert report.deliverable_mbit(both) == pytest.approx(
+        (9 * min(9.0, 11 * share) + min(9.0, 5 * share)) / 10, abs=1e-3)
+    assert report.deliverable_mbit(_udp_rec("link1", 5.0, 40.0)) == pytest.approx(
+        9 * 6 * share / 10, abs=1e-3)
+    assert report.deliverable_mbit(_rec("stripe-default", 8.0)) is None  # a TCP flow
+    records = [_rec("link0", 4.0), _rec("mptcp", 8.0), _rec("stripe-default", 8.5)]
+    for way in ("up", "down"):
+        records += [_udp_rec("link0", 4.6, 49.0, way), _udp_rec("link1", 5.2, 42.0, way),
+                    _udp_rec("stripe-default", 8.1, 2.5, way, system_status=_status([0, 1]))]
+    write_report(tmp_path, records, {"command": "python -m bench run lte-pair --flows udp"})
+    text = (tmp_path / "results.md").read_text()
+    # The TCP tables keep TCP rows only; the UDP stream has its own.
+    assert "| lte-pair | upload | cubic |" in text and "| lte-pair | upload, UDP" not in text
+    # Deliverable over both links: (9 x 9 + 5 x 1200/1228) / 10; link1 alone 9 x 6 x ... / 10.
+    assert ("| lte-pair | upload | 9.00 | 8.59 | link1: 5.20 (0.98), 42.0 %, 87 "
+            "| 8.10 (0.94), 2.5 %, 87 |") in text
+    assert ("| download | stripe-default | 9.00 | 8.59 | 8.10 [8.10-8.10] | 0.94 | 2.5 "
+            "| 10.00 (0.810) | 64 / 87 (2) | 0/0 · 2/2 | 1 |") in text
+    assert "| upload | link0 | 9.00 | 4.89 | 4.60 [4.60-4.60] | 0.94 | 49.0 |" in text
+    for name in ("real-lte-pair-upload-udp-default.png", "real-lte-pair-download-udp-default.png"):
+        assert (tmp_path / "plots" / name).stat().st_size > 10_000
 
 
 def test_all_and_real_links_partition_the_scenarios() -> None:
