@@ -50,6 +50,7 @@ class RunRecord:
     # and at the tunnel's own sockets (bench.lab.udp_drops); datagrams sent.
     udp_drops: dict[str, int] = field(default_factory=dict)
     udp_packets: int | None = None
+    jitter_ms: float | None = None  # UDP: the receiver's interarrival jitter (iperf3)
     rtt_idle_ms: float | None = None  # ping averages
     rtt_loaded_ms: float | None = None
     rtt_idle_p95_ms: float | None = None  # and 95th percentiles
@@ -183,6 +184,7 @@ def measure(
         record.goodput_mbit = round(result.goodput_mbit, 3)
         record.retransmits = result.retransmits
         record.lost_percent = result.lost_percent
+        record.jitter_ms = result.jitter_ms
         record.per_second_mbit = result.per_second_mbit
         record.bins_mbit, record.bin_s = result.bins_mbit, result.bin_s
         if record.real:

@@ -79,6 +79,9 @@ class IperfResult:
     error: str | None = None
     received_mbit: float | None = None  # megabits the receiver got in all
     udp_packets: int | None = None  # UDP only: datagrams sent
+    # UDP only: the receiver's smoothed variation of the datagrams' transit
+    # time (RFC 3550's interarrival jitter), what a media player buffers for.
+    jitter_ms: float | None = None
     raw: dict[str, Any] = field(default_factory=dict)
     # Receiver side at the reporting interval when it is under a second
     # (--interval 0.1): Mbit/s per bin of `bin_s`, from the flow's start.
@@ -179,10 +182,17 @@ def parse(stdout: str, stderr: str = "") -> IperfResult:
     else:
         goodput = end.get("sum", {}).get("bits_per_second", 0.0) / 1e6
     retransmits = end.get("sum_sent", {}).get("retransmits")
-    lost = packets = None
+    lost = packets = jitter = None
     if data.get("start", {}).get("test_start", {}).get("protocol") == "UDP":
+        # The receiver's figures: the client's "sum_received" (iperf3 3.12
+        # has them both ways); with -R the server's own "sum" is the
+        # sender's (no loss, no jitter), so it is only the last resort.
         server_end = data.get("server_output_json", {}).get("end", {})
-        lost = server_end.get("sum", end.get("sum", {})).get("lost_percent")
+        sums = (end.get("sum_received"), end.get("sum"), server_end.get("sum"))
+        received_sum: dict[str, Any] = next(
+            (d for d in sums if d and "lost_percent" in d), {})
+        lost = received_sum.get("lost_percent")
+        jitter = received_sum.get("jitter_ms")
         packets = end.get("sum", {}).get("packets")
     received = end.get("sum_received", {}).get("bytes")
     return IperfResult(
@@ -194,6 +204,7 @@ def parse(stdout: str, stderr: str = "") -> IperfResult:
         raw=data,
         received_mbit=None if received is None else received * 8 / 1e6,
         udp_packets=packets,
+        jitter_ms=jitter,
         bins_mbit=bins,
         bin_s=bin_s,
     )

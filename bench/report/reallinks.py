@@ -32,7 +32,8 @@ Definitions:
   the mean over the flow's seconds of the smaller of the offer and their
   trace capacity, less the UDP and IP headers (28 bytes a datagram) but
   no tunnel's: so a tunnel's own headers show as a shortfall where the
-  links were full.  Loss is iperf3's (datagrams sent and not received).
+  links were full.  Loss (datagrams sent and not received) and jitter
+  (RFC 3550's interarrival jitter) are iperf3's receiver's.
 * Link transitions: stripe's per-link ``downs``/``ups`` counters from
   ``stripe status --json`` at the end of the run, client and server added,
   if that stripe reports them (``-`` otherwise).
@@ -243,6 +244,7 @@ class RealSummary:
     udp_offer_mbit: float | None = None
     deliverable_mbit: float | None = None
     lost_percent: float | None = None
+    jitter_ms: float | None = None
     errors: list[str] = field(default_factory=list)
 
 
@@ -282,6 +284,7 @@ def real_summaries(records: list[Record], summaries: list[Summary]) -> list[Real
             udp_offer_mbit=_median([(r.get("real") or {}).get("udp_offer_mbit") for r in ok]),
             deliverable_mbit=_median([deliverable_mbit(r) for r in ok]),
             lost_percent=base.lost_percent_median,
+            jitter_ms=_median([r.get("jitter_ms") for r in ok]),
             errors=base.errors,
         )
         lost = [ping_stats(r)["lost"] for r in ok]
@@ -476,9 +479,9 @@ def udp_table(rows: list[RealSummary]) -> list[str]:
     lines = [
         "",
         "| direction | system | offered Mbit/s | deliverable Mbit/s | goodput Mbit/s "
-        "| x deliverable | loss % | wire Mbit/s (goodput per wire byte) "
+        "| x deliverable | loss % | jitter ms | wire Mbit/s (goodput per wire byte) "
         "| ping p50 / p95 ms (lost) | link downs/ups | runs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in udp:
         lost = "" if s.ping_lost is None else f" ({s.ping_lost})"
@@ -486,7 +489,8 @@ def udp_table(rows: list[RealSummary]) -> list[str]:
         lines.append(
             f"| {flow_direction(s.flow).split(',')[0]} | {s.system} | {_fmt(s.udp_offer_mbit)} "
             f"| {_fmt(s.deliverable_mbit)} | {s.goodput_median:.2f} [{s.goodput_min:.2f}-"
-            f"{s.goodput_max:.2f}] | {ratio} | {_fmt(s.lost_percent, 1)} | {_wire(s)} "
+            f"{s.goodput_max:.2f}] | {ratio} | {_fmt(s.lost_percent, 1)} "
+            f"| {_fmt(s.jitter_ms, 1)} | {_wire(s)} "
             f"| {_fmt(s.ping_p50_ms, 0)} / {_fmt(s.ping_p95_ms, 0)}{lost} "
             f"| {_transitions(s)} | {s.runs} |"
         )
@@ -520,6 +524,7 @@ def notes() -> list[str]:
         "Link downs/ups: stripe status, client + server, per link, all runs (- : not "
         "reported). A UDP stream: offered at a fixed rate (UDP payload); deliverable: what the "
         "links the system may use could carry of it second by second (their trace capacity "
-        "less UDP/IP headers, no tunnel's); loss: iperf3's.",
+        "less UDP/IP headers, no tunnel's); loss and jitter (RFC 3550's interarrival "
+        "jitter, median over runs): iperf3's receiver.",
         "",
     ]

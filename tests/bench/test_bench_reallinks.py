@@ -303,6 +303,23 @@ def test_parse_reverse_run_in_100ms_bins() -> None:
     assert result.goodput_mbit == 5.5 and result.retransmits == 4
 
 
+def test_parse_a_udp_stream_either_way() -> None:
+    """The receiver's loss and jitter: with -R the client's, not the
+    server's, whose own sum is the sender's (iperf3 3.12's JSON, trimmed)."""
+    received = {"bits_per_second": 8e6, "bytes": 10_000_000, "jitter_ms": 1.5,
+                "lost_packets": 25, "packets": 1000, "lost_percent": 2.5, "sender": False}
+    sender = received | {"jitter_ms": 0, "lost_packets": 0, "lost_percent": 0, "sender": True}
+    data = {"start": {"test_start": {"protocol": "UDP", "reverse": 1}},
+            "intervals": [], "end": {"sum": received, "sum_sent": sender,
+                                     "sum_received": received},
+            "server_output_json": {"end": {"sum": sender}}}
+    result = parse(json.dumps(data))
+    assert (result.lost_percent, result.jitter_ms, result.goodput_mbit) == (2.5, 1.5, 8.0)
+    # An older iperf3 without sum_received: the client's sum.
+    del data["end"]["sum_received"]  # type: ignore[attr-defined]
+    assert parse(json.dumps(data)).lost_percent == 2.5
+
+
 def test_ping_times_relative_to_the_restart() -> None:
     out = ("[100.250000] 64 bytes from 10.0.0.2: icmp_seq=2 ttl=64 time=50.0 ms\n"
            "[100.100000] 64 bytes from 10.0.0.2: icmp_seq=1 ttl=64 time=100 ms\n"
@@ -401,6 +418,7 @@ def _udp_rec(system: str, goodput: float, lost: float, way: str = "up",
     # link0 5 Mbit/s, link1 6, but link1 silent in the flow's 3rd second.
     real["links"][1]["capacity_mbit"][3] = 0.0
     rec = RunRecord(system, f"udp9M-{way}", None, 10, goodput_mbit=goodput, lost_percent=lost,
+                    jitter_ms=1.25,
                     link_share=[0.5, 0.5], link_bytes=[6_250_000, 6_250_000],
                     bins_mbit=[goodput] * 100, bin_s=0.1, real=real)
     return rec.to_json() | {"scenario": "lte-pair", "repeat": 1} | kw
@@ -426,7 +444,7 @@ def test_a_udp_stream_against_what_its_links_could_carry(tmp_path: Path) -> None
     # Deliverable over both links: (9 x 9 + 5 x 1200/1228) / 10; link1 alone 9 x 6 x ... / 10.
     assert ("| lte-pair | upload | 9.00 | 8.59 | link1: 5.20 (0.98), 42.0 %, 87 "
             "| 8.10 (0.94), 2.5 %, 87 |") in text
-    assert ("| download | stripe-default | 9.00 | 8.59 | 8.10 [8.10-8.10] | 0.94 | 2.5 "
+    assert ("| download | stripe-default | 9.00 | 8.59 | 8.10 [8.10-8.10] | 0.94 | 2.5 | 1.2 "
             "| 10.00 (0.810) | 64 / 87 (2) | 0/0 · 2/2 | 1 |") in text
     assert "| upload | link0 | 9.00 | 4.89 | 4.60 [4.60-4.60] | 0.94 | 49.0 |" in text
     for name in ("real-lte-pair-upload-udp-default.png", "real-lte-pair-download-udp-default.png"):
