@@ -47,6 +47,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.lab.iperf import IPV4_UDP_HEADERS
 from bench.report.analysis import Record, Summary, system_order
 
 STALL_FRACTION = 0.05
@@ -155,9 +156,6 @@ def capacity_mbit(record: Record) -> float | None:
     return round(total, 3) if links else None
 
 
-IPV4_UDP_HEADERS = 28
-
-
 def is_udp(flow: str) -> bool:
     return flow.startswith("udp")
 
@@ -239,8 +237,8 @@ class RealSummary:
     stall_beyond_outage_s: float | None = None  # worst run
     downs: list[int] | None = None  # per link, all runs
     ups: list[int] | None = None
-    # A UDP stream: its offer, what the links could carry of it, and the
-    # share iperf3 lost (medians over runs).
+    # A UDP stream: its offer, what the links could carry of it, the share
+    # iperf3 lost and its jitter (medians over runs).
     udp_offer_mbit: float | None = None
     deliverable_mbit: float | None = None
     lost_percent: float | None = None
@@ -395,11 +393,13 @@ def overview(rows: list[RealSummary]) -> list[str]:
     return [*tcp, *udp_overview(rows, stripes)]
 
 
+def _of_deliverable(s: RealSummary) -> str:
+    return _fmt(s.goodput_median / s.deliverable_mbit) if s.deliverable_mbit else "-"
+
+
 def _udp_cell(s: RealSummary) -> str:
     """goodput (x deliverable), loss %, p95 ping."""
-    ratio = (_fmt(s.goodput_median / s.deliverable_mbit)
-             if s.deliverable_mbit else "-")
-    return (f"{s.goodput_median:.2f} ({ratio}), {_fmt(s.lost_percent, 1)} %, "
+    return (f"{s.goodput_median:.2f} ({_of_deliverable(s)}), {_fmt(s.lost_percent, 1)} %, "
             f"{_fmt(s.ping_p95_ms, 0)}")
 
 
@@ -485,11 +485,10 @@ def udp_table(rows: list[RealSummary]) -> list[str]:
     ]
     for s in udp:
         lost = "" if s.ping_lost is None else f" ({s.ping_lost})"
-        ratio = _fmt(s.goodput_median / s.deliverable_mbit) if s.deliverable_mbit else "-"
         lines.append(
             f"| {flow_direction(s.flow).split(',')[0]} | {s.system} | {_fmt(s.udp_offer_mbit)} "
             f"| {_fmt(s.deliverable_mbit)} | {s.goodput_median:.2f} [{s.goodput_min:.2f}-"
-            f"{s.goodput_max:.2f}] | {ratio} | {_fmt(s.lost_percent, 1)} "
+            f"{s.goodput_max:.2f}] | {_of_deliverable(s)} | {_fmt(s.lost_percent, 1)} "
             f"| {_fmt(s.jitter_ms, 1)} | {_wire(s)} "
             f"| {_fmt(s.ping_p50_ms, 0)} / {_fmt(s.ping_p95_ms, 0)}{lost} "
             f"| {_transitions(s)} | {s.runs} |"
