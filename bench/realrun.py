@@ -18,9 +18,8 @@ other way], "carried_100ms_mbit": [the flow's direction, per 100 ms],
 "drops": {queue_drop, outage_drop, lost: in the flow's direction}}],
 "outages": [[link, start_s, duration_s, flush], ...]}``, and for a UDP
 stream ``"udp_offer_mbit"`` and ``"udp_payload_bytes"`` (`bench.measure`
-adds them); the report's
-figures (stalls, percentiles, transitions) are computed from it in
-`bench.report.reallinks`.
+adds them); the report's figures (stalls, percentiles, transitions, a
+UDP stream's deliverable) are computed from it in `bench.report.reallinks`.
 """
 
 from __future__ import annotations
