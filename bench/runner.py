@@ -37,7 +37,13 @@ from bench.lab import (
     terminating_signals_raise,
     uninterruptible,
 )
-from bench.lab.iperf import DOWNLOAD, IPV4_UDP_HEADERS, UDP_PAYLOAD_BYTES, Flow
+from bench.lab.iperf import (
+    DOWNLOAD,
+    IPV4_UDP_HEADERS,
+    UDP_PAYLOAD_BYTES,
+    Flow,
+    udp_payload_share,
+)
 from bench.lab.linkmodel import Trace
 from bench.lab.traces import TraceLibrary, default_traces_dir
 from bench.measure import Event, RunRecord, measure, measure_latency
@@ -508,8 +514,7 @@ def real_udp_offer_mbit(lab: Lab, up: bool, seconds: float, payload_bytes: int) 
             raise ValueError(f"link {i} has no emulated rate to size a UDP stream by: "
                              "give --udp-rate")
         capacity += sum(series) / len(series)
-    payload_share = payload_bytes / (payload_bytes + IPV4_UDP_HEADERS)
-    return round(REAL_UDP_OFFER_FRACTION * capacity * payload_share, 1)
+    return round(REAL_UDP_OFFER_FRACTION * capacity * udp_payload_share(payload_bytes), 1)
 
 
 def count_runs_for(scenario: Scenario, opts: Options) -> int:

@@ -47,7 +47,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.lab.iperf import IPV4_UDP_HEADERS
+from bench.lab.iperf import udp_payload_share
 from bench.report.analysis import Record, Summary, system_order
 
 STALL_FRACTION = 0.05
@@ -178,7 +178,7 @@ def deliverable_mbit(record: Record) -> float | None:
         return None
     first = int(float(real.get("flow_offset_s", 0.0)))
     last = first + max(1, round(float(record.get("seconds", 0))))
-    share = payload / (payload + IPV4_UDP_HEADERS)
+    share = udp_payload_share(payload)
     per_second = [min(offer, share * sum(s[t] for s in series if t < len(s)))
                   for t in range(first, min(last, max(len(s) for s in series)))]
     return round(sum(per_second) / len(per_second), 3) if per_second else None
@@ -337,12 +337,16 @@ def _transitions(s: RealSummary) -> str:
 def flow_direction(flow: str) -> str:
     """A real-links flow label as the report says it: "upload", "download",
     or with its number of parallel flows ("upload, 4 flows")."""
-    way = "download" if flow.endswith("-down") else "upload"
+    way = _way(flow)
     if flow.startswith("tcp-x"):
         return f"{way}, {flow.split('-')[1][1:]} flows"
     if is_udp(flow):
         return f"{way}, UDP"
     return way
+
+
+def _way(flow: str) -> str:
+    return "download" if flow.endswith("-down") else "upload"
 
 
 def flow_slug(flow: str) -> str:
@@ -428,7 +432,7 @@ def udp_overview(rows: list[RealSummary], stripes: list[str]) -> list[str]:
         everything = next((by_system[n] for n in stripes if n in by_system), None)
         cells = [_udp_cell(by_system[n]) if n in by_system else "" for n in stripes]
         lines.append(
-            f"| {scenario} | {flow_direction(flow).split(',')[0]} "
+            f"| {scenario} | {_way(flow)} "
             f"| {_fmt(group[0].udp_offer_mbit)} "
             f"| {_fmt(everything.deliverable_mbit if everything else None)} "
             f"| {best.system + ': ' + _udp_cell(best) if best else '-'} | "
@@ -486,7 +490,7 @@ def udp_table(rows: list[RealSummary]) -> list[str]:
     for s in udp:
         lost = "" if s.ping_lost is None else f" ({s.ping_lost})"
         lines.append(
-            f"| {flow_direction(s.flow).split(',')[0]} | {s.system} | {_fmt(s.udp_offer_mbit)} "
+            f"| {_way(s.flow)} | {s.system} | {_fmt(s.udp_offer_mbit)} "
             f"| {_fmt(s.deliverable_mbit)} | {s.goodput_median:.2f} [{s.goodput_min:.2f}-"
             f"{s.goodput_max:.2f}] | {_of_deliverable(s)} | {_fmt(s.lost_percent, 1)} "
             f"| {_fmt(s.jitter_ms, 1)} | {_wire(s)} "
