@@ -41,6 +41,10 @@ field: a buggy peer must not crash us.
                waits for: the sender sends each again as a DATA_COPY, if it
                still has it (at most MAX_REPAIR_COUNTERS a message; sent only
                to a peer that announced FEATURE_REPAIR)
+               {"t": 8, "s": [...], "w": true}  overdue, not known lost: the
+               receiver's hold for them ran out (their link is late or
+               silent); the sender does not count them as its links' losses
+               (an older sender ignores the key and does)
 
 Any message may also carry "o", the offload features its sender takes
 (bits, see FEATURE_*; absent: none), so that a peer learns them from the
@@ -140,6 +144,7 @@ class PmtuAck:
 @dataclass(frozen=True, slots=True)
 class Repair:
     counters: tuple[int, ...]  # data counters, at most MAX_REPAIR_COUNTERS
+    overdue: bool = False  # waited past the hold, not known lost (see reorder)
 
 
 ControlMessage = Probe | ProbeAck | Links | Feedback | Marker | PmtuProbe | PmtuAck | Repair
@@ -162,6 +167,8 @@ def encode(message: ControlMessage, next_data_counter: int, features: int = 0) -
         body = {"t": ControlType.PMTU_ACK, "i": message.probe_id}
     elif isinstance(message, Repair):
         body = {"t": ControlType.REPAIR, "s": list(message.counters)}
+        if message.overdue:
+            body["w"] = True
     elif isinstance(message, Links):
         body = {
             "t": ControlType.LINKS,
@@ -269,7 +276,10 @@ def _message(body: dict[str, object]) -> ControlMessage:
         counters = body.get("s")
         if not isinstance(counters, list) or not 0 < len(counters) <= MAX_REPAIR_COUNTERS:
             raise ControlError("bad_repair")
-        return Repair(tuple(_uint(counter, 63) for counter in counters))
+        overdue = body.get("w", False)
+        if not isinstance(overdue, bool):
+            raise ControlError("bad_repair")
+        return Repair(tuple(_uint(counter, 63) for counter in counters), overdue)
     if kind == ControlType.LINKS:
         infos = []
         for entry in _entries(body, 4):

@@ -258,12 +258,16 @@ class Egress:
                 self._send_copy_on(peer, session, link, counter, packet, now)
                 counts.resent += 1
 
-    def repair(self, peer: Peer, session: Session, counters: Sequence[int], now: float) -> None:
+    def repair(self, peer: Peer, session: Session, counters: Sequence[int], now: float,
+               overdue: bool = False) -> None:
         """The peer found data messages `counters` of `session` lost (their
-        link delivered past them) and holds its bond for them: each a link
-        still keeps (`links.KEEP_S`) goes again, once, as a DATA_COPY on the
-        usable link with the shortest round trip, past its window.  Not
-        sent (counted): what is no longer kept or had its one copy already."""
+        link delivered past them), or `overdue` (its hold for them ran out),
+        and holds its bond for them: each a link still keeps
+        (`links.KEEP_S`) goes again, once, as a DATA_COPY on the usable link
+        with the shortest round trip, past its window; overdue ones on
+        another link than the one that carried them, if there is one (that
+        link is late or silent now).  Not sent (counted): what is no longer
+        kept or had its one copy already."""
         counts = peer.copies
         wanted = sorted({c for c in counters if session.can_copy(c)})
         counts.repair_missing += len(counters) - len(wanted)
@@ -272,14 +276,18 @@ class Egress:
             counts.repair_missing += len(wanted)
             return
         found: dict[int, bytes] = {}
+        carriers = []
         for link in peer.links.values():
             lost_here = link.recent.find(session, wanted)
-            if lost_here:  # this link lost them: its window hears of it
+            if lost_here:
                 found.update(lost_here)
-                est = link.est
-                link.window.on_loss(now, est.standing_queue_s(now), link.health.min_rtt_s,
-                                    est.delivery_max_bps)
-        fastest = shortest_rtt(links)
+                carriers.append(link)
+                if not overdue:  # this link lost them: its window hears of it
+                    est = link.est
+                    link.window.on_loss(now, est.standing_queue_s(now), link.health.min_rtt_s,
+                                        est.delivery_max_bps)
+        fastest = shortest_rtt(
+            [x for x in links if x not in carriers] if overdue else links) or shortest_rtt(links)
         assert fastest is not None
         for counter in wanted:
             packet = found.get(counter)

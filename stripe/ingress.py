@@ -188,7 +188,7 @@ class Ingress:
         if reorder.ready:
             self._outbox.deliveries.extend(reorder.ready)
             reorder.ready.clear()
-        if reorder.repair_wanted:
+        if reorder.repair_wanted or reorder.repair_overdue:
             self._links.request_repair(peer, session, now)
 
     def _while_blocked(self, sock: int, datagrams: Sequence[bytes], addr: Address,

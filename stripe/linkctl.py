@@ -397,7 +397,7 @@ class LinkControl:
         elif isinstance(message, control.Feedback):
             self._on_feedback(peer, message, now)
         elif isinstance(message, control.Repair):
-            self._egress.repair(peer, session, message.counters, now)
+            self._egress.repair(peer, session, message.counters, now, message.overdue)
         elif isinstance(message, control.PmtuProbe):
             send_control(peer, session, link, control.PmtuAck(message.probe_id), now)
         elif isinstance(message, control.PmtuAck):
@@ -447,19 +447,23 @@ class LinkControl:
 
     def request_repair(self, peer: Peer, session: Session, now: float) -> None:
         """Ask the peer again for the data messages `session`'s reorder
-        buffer found lost (see reorder), over the link with the shortest
-        round trip: the bond waits for the answer."""
-        wanted = session.reorder.repair_wanted
-        counters = tuple(wanted)
-        wanted.clear()
+        buffer found lost or overdue (see reorder), over the link with the
+        shortest round trip (for overdue ones, not the link they wait on: it
+        is late or silent): the bond waits for the answer."""
+        reorder = session.reorder
         up = [x for x in peer.links.values() if x.up and x.path is not None]
-        target = shortest_rtt(up)
-        if target is None:
-            return  # nothing reaches the peer: the gaps wait out the repair time
-        step = control.MAX_REPAIR_COUNTERS
-        for i in range(0, len(counters), step):
-            self._transmit.send_control(peer, session, target,
-                                        control.Repair(counters[i:i + step]), now)
+        for wanted, overdue in ((reorder.repair_wanted, False), (reorder.repair_overdue, True)):
+            counters = tuple(wanted)
+            wanted.clear()
+            target = shortest_rtt(
+                [x for x in up if x.link_id != reorder.overdue_link] if overdue else up
+            ) or shortest_rtt(up)
+            if target is None:
+                continue  # nothing reaches the peer: the gaps wait out the repair time
+            step = control.MAX_REPAIR_COUNTERS
+            for i in range(0, len(counters), step):
+                self._transmit.send_control(
+                    peer, session, target, control.Repair(counters[i:i + step], overdue), now)
 
     def _send_feedback(self, peer: Peer, session: Session, now: float) -> None:
         reports = []

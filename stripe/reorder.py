@@ -33,6 +33,21 @@ that rule, so a hold deadline is the backstop: no packet waits longer than
 `hold_s` for the gap before it.  `hold_s` comes from the measured one-way
 delay skew between links plus their jitter (see `DelaySkew`), capped.
 
+A gap at its deadline is asked for again too, when the peer repairs
+("overdue", `repair_overdue`, sent as a REPAIR that says so): every counter
+missing below the newest packet that has waited `hold_s`, by the same runs
+of at most MAX_REPAIR_GAP, and the gap waits for its repair as a lost one
+does.  Such a gap is most often behind a link whose delay just jumped past
+the hold (a cellular queue; the packet comes, late) or one that went silent
+(a satellite's reconfiguration, a handover, a blackhole: its queue is lost
+or stuck), and inference cannot settle it, since it waits for that very
+link.  Given up, it cost the inner flow a loss event either way: a late
+packet is reordering its TCP takes for loss once its later packets are
+acknowledged, and an outage's packets are gone.  Asked for, the copy comes
+over a link that is delivering, or the original ends its wait: either way
+in order.  The request says "overdue", not "lost": the sender does not
+count it against the link's window (see `egress.repair`).
+
 A packet that arrives after its gap was given up ("late": a cellular link
 that stopped delivering for longer than the hold, then resumed) is
 delivered at once, out of order, not dropped.  To the inner TCP it is then
@@ -143,6 +158,7 @@ class ReorderStats:
     late_after_max_s: float = 0.0
     max_wait_s: float = 0.0
     repair_requests: int = 0  # counters asked for again (see the module doc)
+    overdue_requests: int = 0  # of those, asked at the hold deadline, not found lost
     repaired: int = 0  # of those, arrived (as a copy) before their gap was given up
     repair_timeouts: int = 0  # gaps given up after waiting for their repair
 
@@ -182,11 +198,14 @@ class ReorderBuffer:
     _stuck: tuple[int, int, float, int, float] | None = None
     _blocking: int = -1
     # Loss repair: how long a gap waits for it (0: the peer does not repair),
-    # counters to ask for (the caller sends and clears them), and when each
-    # asked-for counter is given up; the last gap asked for, (first counter,
-    # end, given up at): it is looked at again on every packet while it waits.
+    # counters to ask for, found lost or overdue (the caller sends and clears
+    # them), and when each asked-for counter is given up; the last gap asked
+    # for, (first counter, end, given up at): it is looked at again on every
+    # packet while it waits.
     repair_wait_s: float = 0.0
     repair_wanted: list[int] = field(default_factory=list)
+    repair_overdue: list[int] = field(default_factory=list)
+    overdue_link: int = -1  # the link the overdue gaps wait on (-1: not known)
     _repairs: dict[int, float] = field(default_factory=dict)
     _repair_gap: tuple[int, int, float] = (-1, -1, 0.0)
     _scanned_to: int = 0  # counters below this were looked at for asking
@@ -338,6 +357,8 @@ class ReorderBuffer:
                 continue
             if self._arrivals[0][0] + self.hold_s > now:
                 break
+            if self.repair_wait_s > 0.0 and self._ask_overdue(now):
+                continue  # the gap waits for its repair now
             self.stats.deadline_releases += 1
             self._skip_to_oldest_held(now)
 
@@ -477,15 +498,32 @@ class ReorderBuffer:
         self._repair_gap = (start, target, until)
         return self._repair_deadline(until)
 
+    def _ask_overdue(self, now: float) -> bool:
+        """The oldest held packet waited `hold_s`: ask again for every
+        counter missing below the newest that has (see the module doc).
+        True if the gap in front, at `next_seq`, is asked for now."""
+        held, hold_s = self._held, self.hold_s
+        newest = -1
+        for arrived, seq in self._arrivals:
+            if arrived + hold_s > now:
+                break
+            if seq > newest and seq in held:
+                newest = seq
+        self._frontier(now)
+        self.overdue_link = self._blocking
+        self._ask_missing(max(self.next_seq, self._scanned_to), newest, now, overdue=True)
+        return self.next_seq in self._repairs
+
     def _repair_deadline(self, due: float) -> float:
         """When to give up a gap whose repair was `due`: later while the
         copies of the same burst are still arriving."""
         return max(due, self._repairs_flowing_until)
 
-    def _ask_missing(self, first: int, end: int, now: float) -> None:
+    def _ask_missing(self, first: int, end: int, now: float, overdue: bool = False) -> None:
         """Ask for the counters from `first` to `end` not held, by runs of
-        at most MAX_REPAIR_GAP (a longer run is an outage: not asked).
-        Each counter is looked at once (`_scanned_to`)."""
+        at most MAX_REPAIR_GAP (a longer run is an outage: not asked), as
+        lost or, at the hold deadline, `overdue`.  Each counter is looked at
+        once (`_scanned_to`)."""
         self._scanned_to = max(self._scanned_to, end)
         if end - first > self.max_held + MAX_REPAIR_GAP:
             return  # a jump no link's drops explain (see the invariants)
@@ -497,6 +535,8 @@ class ReorderBuffer:
             self._repairs = repairs = {
                 seq: due for seq, due in repairs.items() if seq >= self.next_seq}
         due = now + self.repair_wait_s
+        wanted = self.repair_overdue if overdue else self.repair_wanted
+        stats = self.stats
         run: list[int] = []
         for seq in range(first, end + 1):
             if seq < end and seq not in held:
@@ -506,8 +546,10 @@ class ReorderBuffer:
                 for missing in run:
                     if missing not in repairs:
                         repairs[missing] = due
-                        self.repair_wanted.append(missing)
-                        self.stats.repair_requests += 1
+                        wanted.append(missing)
+                        stats.repair_requests += 1
+                        if overdue:
+                            stats.overdue_requests += 1
             run = []
 
     def _deliver(self, seq: int, payload: bytes | None) -> None:

@@ -181,7 +181,8 @@ def snapshot(spec: EndpointSpec, peers_state: list[Peer], drops: Mapping[str, in
                 "late_after_ms_avg": round(st.late_after_sum_s * 1000 / st.late_after_count, 1)
                 if st.late_after_count else None,
                 "late_after_ms_max": round(st.late_after_max_s * 1000, 1),
-                "repair_requests": st.repair_requests, "repaired": st.repaired,
+                "repair_requests": st.repair_requests,
+                "overdue_requests": st.overdue_requests, "repaired": st.repaired,
                 "repair_timeouts": st.repair_timeouts,
                 "repair_wait_ms": round(session.reorder.repair_wait_s * 1000, 2),
             }

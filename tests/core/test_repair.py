@@ -225,6 +225,139 @@ def test_without_repair_the_gap_is_given_up_at_once() -> None:
     assert buf.repair_wanted == [] and buf.ready == [b"0", b"2"]
 
 
+# -- overdue: a gap at its hold deadline ----------------------------------------
+
+
+def overdue_buffer() -> ReorderBuffer:
+    """0 from link 1, then 2 from link 0 at 1.0: link 1, which carried 1,
+    has delivered nothing past it, so inference waits for it."""
+    buf = ReorderBuffer(hold_s=0.020)
+    buf.repair_wait_s = 0.050
+    buf.push(0, b"0", 1, 0.999)
+    buf.push(2, b"2", 0, 1.0)
+    assert buf.repair_wanted == [] and buf.repair_overdue == []
+    return buf
+
+
+def test_a_gap_at_its_deadline_is_asked_for_as_overdue_and_filled_in_order() -> None:
+    buf = overdue_buffer()
+    buf.poll(1.021)
+    assert buf.repair_overdue == [1] and buf.repair_wanted == []
+    assert buf.overdue_link == 1  # the link it waits on: not where to ask
+    assert buf.ready == [b"0"]  # not given up: it waits for the repair
+    assert buf.deadline() == pytest.approx(1.071)
+    buf.push(3, b"3", 0, 1.03)
+    buf.push(1, b"1", 0, 1.05, copy=True)
+    assert buf.ready == [b"0", b"1", b"2", b"3"]
+    stats = buf.stats
+    assert (stats.overdue_requests, stats.repair_requests, stats.repaired) == (1, 1, 1)
+    assert (stats.deadline_releases, stats.lost, stats.late) == (0, 0, 0)
+
+
+def test_an_overdue_gap_is_given_up_when_its_repair_does_not_come() -> None:
+    buf = overdue_buffer()
+    buf.poll(1.021)
+    buf.poll(1.070)
+    assert buf.ready == [b"0"]
+    buf.poll(1.072)
+    assert buf.ready == [b"0", b"2"]
+    assert (buf.stats.repair_timeouts, buf.stats.lost, buf.stats.deadline_releases) == (1, 1, 0)
+    # The original, later still: delivered out of order, as before.
+    assert buf.push(1, b"1", 1, 1.2) is False
+    assert buf.ready[-1] == b"1" and buf.stats.late == 1
+
+
+def test_the_original_arriving_first_ends_the_wait() -> None:
+    buf = overdue_buffer()
+    buf.poll(1.021)
+    buf.push(1, b"1", 1, 1.04)  # the late link's own packet, before the copy
+    assert buf.ready == [b"0", b"1", b"2"]
+    assert buf.stats.late == 0 and buf.deadline() is None
+
+
+def test_every_counter_missing_below_the_newest_overdue_packet_is_asked_for() -> None:
+    buf = overdue_buffer()
+    buf.push(4, b"4", 0, 1.001)
+    buf.push(6, b"6", 0, 1.015)
+    buf.poll(1.0215)  # 2 and 4 waited the hold, 6 not yet: 1 and 3 overdue
+    assert buf.repair_overdue == [1, 3]
+    for seq in (1, 3):
+        buf.push(seq, str(seq).encode(), 0, 1.03, copy=True)
+    assert buf.ready == [b"0", b"1", b"2", b"3", b"4"]
+    buf.poll(1.036)  # now 6 has: 5 is asked for
+    assert buf.repair_overdue == [1, 3, 5]
+    assert buf.stats.overdue_requests == 3
+
+
+def test_an_overdue_gap_too_wide_to_repair_is_given_up_at_its_deadline() -> None:
+    buf = ReorderBuffer(hold_s=0.020)
+    buf.repair_wait_s = 0.050
+    buf.push(0, b"0", 1, 0.999)
+    buf.push(MAX_REPAIR_GAP + 2, b"x", 0, 1.0)
+    buf.poll(1.021)
+    assert buf.repair_overdue == [] and buf.ready == [b"0", b"x"]
+    assert buf.stats.deadline_releases == 1 and buf.stats.overdue_requests == 0
+
+
+def test_without_repair_a_gap_is_given_up_at_its_deadline() -> None:
+    buf = overdue_buffer()
+    buf.repair_wait_s = 0.0
+    buf.poll(1.021)
+    assert buf.repair_overdue == [] and buf.ready == [b"0", b"2"]
+    assert buf.stats.deadline_releases == 1
+
+
+def silenced(faster_dies: bool, repair: bool, jump_s: float | None = None) -> Sim:
+    """Steady traffic over two links; after 0.5 s one of them goes silent
+    without a word (`jump_s`: its delay jumps to that instead)."""
+    delays = (0.015, 0.010) if faster_dies else (0.010, 0.012)
+    sim = Sim([SimLink(delay_s=delays[0]), SimLink(delay_s=delays[1])],
+              scheduler="roundrobin", loss_repair=repair)
+    sim.run(1.0)
+    traffic = flow(sim.now, 1000, 0.002)
+    sim.run(0.5, traffic[:250])
+    if jump_s is None:
+        sim.links[1].up = False
+    else:
+        sim.links[1].delay_s = jump_s
+    sim.run(2.5, traffic[250:])
+    return sim
+
+
+@pytest.mark.parametrize("faster_dies", [False, True])
+def test_a_link_that_goes_silent_costs_the_flow_a_few_packets_not_its_share(
+        faster_dies: bool) -> None:
+    """Its gaps reach their deadline (inference waits for the silent link);
+    asked for as overdue, over the other link, and copied there (not on the
+    silent one, even when it had the shortest round trip), they come."""
+    lost = {}
+    for repair in (True, False):
+        sim = silenced(faster_dies, repair)
+        got = seqs(sim)
+        lost[repair] = 1000 - len(got)
+        assert out_of_order(got) <= reorder_stats(sim).late
+    stats = reorder_stats(silenced(faster_dies, True))
+    assert stats.overdue_requests > 10 and stats.repaired > 10
+    assert lost[False] >= 20  # link 1's share until it is found dead
+    assert lost[True] <= 8, lost
+
+
+def test_a_link_whose_delay_jumps_past_the_hold_is_waited_for_not_reordered() -> None:
+    """A queue that fills at once: the link's packets come, late.  Asked for
+    as overdue, its gaps are filled by the copies or the originals, in
+    order; and the link's window is not cut for it (no loss)."""
+    late = {}
+    for repair in (True, False):
+        sim = silenced(False, repair, jump_s=0.150)
+        got = seqs(sim)
+        assert sorted(got) == list(range(1000))
+        late[repair] = out_of_order(got)
+        links = sim.client.peers[0].links.values()
+        assert all(link.window.losses == 0 for link in links)
+    assert late[False] >= 25
+    assert late[True] <= 3, late
+
+
 # -- the message ---------------------------------------------------------------
 
 
@@ -235,6 +368,11 @@ def test_repair_message_round_trip_and_malformed_ones() -> None:
     for counters in ([], list(range(control.MAX_REPAIR_COUNTERS + 1)), [-1], ["5"], 5):
         with pytest.raises(control.ControlError):
             control.decode(msgpack.packb({"t": 8, "s": counters, "d": 1}))
+    overdue = control.Repair((5,), overdue=True)
+    assert control.decode(control.encode(overdue, 9)) == (overdue, 9)
+    assert "w" not in msgpack.unpackb(control.encode(control.Repair((5,)), 9))  # as before
+    with pytest.raises(control.ControlError):
+        control.decode(msgpack.packb({"t": 8, "s": [5], "w": 1, "d": 1}))
 
 
 def test_a_link_that_overflows_backs_off_and_a_randomly_lossy_one_does_not() -> None:
