@@ -236,7 +236,7 @@ class Egress:
         the current one), messages that have their one copy already (a
         redundant copy is on its way), anything older than
         `links.RESEND_WINDOW_S`; nor what no link takes (counted)."""
-        runs = dead.recent.take(now)
+        runs = dead.recent.latest(now)
         session = peer.current
         if session is None:
             return

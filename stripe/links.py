@@ -490,9 +490,11 @@ class RecentSends:
             end = start
         return found
 
-    def take(self, now: float) -> list[RecentRun]:
+    def latest(self, now: float) -> list[RecentRun]:
         """Those sent within RESEND_WINDOW_S of `now`, the newest
-        RESEND_MAX_PACKETS of them (whole runs); all are forgotten here."""
+        RESEND_MAX_PACKETS of them (whole runs).  All stay kept: the peer
+        may still ask for the older ones (a REPAIR), and a message sent
+        again has had its one copy, which `Session.can_copy` tells."""
         horizon = now - RESEND_WINDOW_S
         runs: list[RecentRun] = []
         packets = 0
@@ -502,8 +504,6 @@ class RecentSends:
             runs.append(run)
             packets += len(run.packets)
         runs.reverse()
-        self.runs.clear()
-        self.packets = 0
         return runs
 
 

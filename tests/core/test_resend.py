@@ -131,6 +131,29 @@ def test_a_blackholed_link_loses_fewer_packets_with_the_resend(
     assert sim.server.drops["replay"] == 0
 
 
+def test_a_dead_link_still_answers_repairs_for_what_it_carried_before() -> None:
+    """The resend takes the newest 50 ms of a link that went down; the
+    older packets it carried stay kept (`links.KEEP_S`), for the repairs the
+    peer may still ask: they went through that silent link too."""
+    sim = two_links()
+    traffic = steady(sim, 400)
+    sim.run(0.4, traffic[:200])
+    sim.links[1].up = False
+    sim.run(0.6, traffic[200:])
+    peer = sim.client.peers[0]
+    assert not peer.links[1].up and peer.links[1].recent.packets > 0
+    session = peer.current
+    assert session is not None
+    # A counter link 1 carried 0.1 s before it went silent: still kept,
+    # and never copied; what was re-sent has had its one copy.
+    old = next(run.first_counter for run in peer.links[1].recent.runs
+               if run.session is session and run.sent > sim.now - 0.75)
+    assert session.can_copy(old)
+    repaired, missing = peer.copies.repaired, peer.copies.repair_missing
+    sim.client._egress.repair(peer, session, [old], sim.now)
+    assert (peer.copies.repaired, peer.copies.repair_missing) == (repaired + 1, missing)
+
+
 def test_a_late_resent_copy_does_not_lengthen_the_hold() -> None:
     # Without repair (with it, the receiver asks for the dead link's gaps at
     # its hold deadline, and they come in time: see test_repair).
