@@ -39,7 +39,7 @@ from .links import Link
 from .offload import IPPROTO_TCP, complete_partial
 from .outbox import Outbox
 from .peer import Peer
-from .scheduler import shortest_rtt, usable_links
+from .scheduler import shortest_rtt, shortest_rtt_avoiding, usable_links
 from .sendqueue import SPARSE_COPY_MAX_BYTES
 from .session import Session
 from .spec import EndpointSpec
@@ -286,8 +286,7 @@ class Egress:
                     est = link.est
                     link.window.on_loss(now, est.standing_queue_s(now), link.health.min_rtt_s,
                                         est.delivery_max_bps)
-        fastest = shortest_rtt(
-            [x for x in links if x not in carriers] if overdue else links) or shortest_rtt(links)
+        fastest = shortest_rtt_avoiding(links, carriers if overdue else ())
         assert fastest is not None
         for counter in wanted:
             packet = found.get(counter)

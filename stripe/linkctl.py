@@ -46,7 +46,7 @@ from .estimator import FEEDBACK_INTERVAL_S
 from .links import IDLE_PROBE_INTERVAL_S, Link, LinkState
 from .outbox import Address, Outbox
 from .peer import Peer
-from .scheduler import shortest_rtt, usable_links
+from .scheduler import shortest_rtt_avoiding, usable_links
 from .session import Session
 from .spec import EndpointSpec, LinkSpec, Role
 from .transmit import Transmitter
@@ -455,9 +455,8 @@ class LinkControl:
         for wanted, overdue in ((reorder.repair_wanted, False), (reorder.repair_overdue, True)):
             counters = tuple(wanted)
             wanted.clear()
-            target = shortest_rtt(
-                [x for x in up if x.link_id != reorder.overdue_link] if overdue else up
-            ) or shortest_rtt(up)
+            waited_on = [x for x in up if overdue and x.link_id == reorder.overdue_link]
+            target = shortest_rtt_avoiding(up, waited_on)
             if target is None:
                 continue  # nothing reaches the peer: the gaps wait out the repair time
             step = control.MAX_REPAIR_COUNTERS

@@ -22,6 +22,12 @@ def shortest_rtt(links: Collection[Link]) -> Link | None:
     return min(links, key=lambda x: x.health.srtt_s or float("inf"), default=None)
 
 
+def shortest_rtt_avoiding(links: Collection[Link], avoid: Collection[Link]) -> Link | None:
+    """`shortest_rtt` of the links not in `avoid` (late or silent ones, for
+    what the peer waits on), or of all of them if no other is left."""
+    return shortest_rtt([x for x in links if x not in avoid]) or shortest_rtt(links)
+
+
 def usable_links(links: Collection[Link]) -> list[Link]:
     """UP primary links, or UP backup links when no primary is up; of
     those, the ones heard from since data started after idleness, if any

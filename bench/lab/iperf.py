@@ -17,15 +17,15 @@ from bench.lab.sh import in_ns
 # UDP test never measures IP fragmentation.
 UDP_PAYLOAD_BYTES = 1200
 IPV4_UDP_HEADERS = 28
+# Beyond the test itself: connection set-up and result exchange.
+CLIENT_SLACK_S = 25.0
+MIN_INTERVAL_S = 0.5
 
 
 def udp_payload_share(payload_bytes: int) -> float:
     """The share of a UDP datagram's IP packet that is payload (what iperf3
     counts), the UDP and IPv4 headers being the rest."""
     return payload_bytes / (payload_bytes + IPV4_UDP_HEADERS)
-# Beyond the test itself: connection set-up and result exchange.
-CLIENT_SLACK_S = 25.0
-MIN_INTERVAL_S = 0.5
 
 
 UPLOAD = "up"  # the client sends
