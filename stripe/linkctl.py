@@ -470,6 +470,9 @@ class LinkControl:
             owd = session.skew.take_owd_us(link.link_id)
             if owd is None or link.rx_highest_link_seq < 0:
                 continue
+            # What the peer sends us on this link (probe acks, reports) waits
+            # behind this queue: the link's health counts it (see links).
+            link.health.reverse_queue_s = max(owd[0] - owd[1], 0) / 1e6
             reports.append(control.LinkReport(
                 link.link_id, link.counters.rx_packets, link.counters.rx_bytes,
                 link.rx_highest_link_seq, owd[0], owd[1], owd[2]))

@@ -41,9 +41,11 @@ a fade of a few hundred ms is ordinary on a cellular link, and the moment
 it delivers again it is back, its estimates intact.
 
 DOWN needs longer silence: `dead_after_s()` grows with the measured RTT and
-the queue the link was last seen to hold, so a link with a deep queue
-(probes wait behind seconds of data) is not declared dead, while an idle
-or lightly loaded one is within a second.  A STALE link, already out of
+the queues the link was last seen to hold, ours (the peer's report) and
+the peer's towards us (the one-way delay of what arrives on it), so a link
+with a deep queue either way (probes or their acks wait behind seconds of
+data) is not declared dead, while an idle or lightly loaded one is within
+a second.  A STALE link, already out of
 the schedule, waits at least LINK_DEAD_AFTER_STALE_S (1 s): a fade is not
 a death.  Only UP links carry data; the
 scheduler decides which of them.  Every transition is counted (`ups`,
@@ -87,8 +89,9 @@ LINK_DEAD_AFTER_IDLE_S = 2.5 * IDLE_PROBE_INTERVAL_S
 # data waking the peer, probes it at once again.
 IDLE_PROBE_BACKOFF_STEPS = 2
 LINK_DEAD_AFTER_MIN_S = 0.45
-# Without a queue; a link's measured queue adds twice itself (its probes
-# and data wait behind it), up to LINK_DEAD_AFTER_QUEUED_MAX_S in all.
+# Without a queue; a link's measured queues add twice themselves (its
+# probes, their acks and data wait behind them), up to
+# LINK_DEAD_AFTER_QUEUED_MAX_S in all.
 LINK_DEAD_AFTER_MAX_S = 0.9
 LINK_DEAD_AFTER_QUEUED_MAX_S = 3.0
 # A STALE link is already out of the schedule, so DOWN need not hurry: it
@@ -151,8 +154,11 @@ class LinkHealth:
     good_acks: int = 0
     probes_sent: int = 0
     probes_acked: int = 0
-    # The queue the link held at the last evidence (the peer's report).
+    # The queue the link held at the last evidence (the peer's report), and
+    # the one in front of the peer's datagrams to us (our own measure of
+    # their one-way delay): a probe's ack and the peer's reports wait there.
     queue_s: float = 0.0
+    reverse_queue_s: float = 0.0
     # Transitions: UP -> STALE, -> DOWN, DOWN -> UP (the first UP is not one).
     stalls: int = 0
     downs: int = 0
@@ -243,7 +249,7 @@ class LinkHealth:
 
     def dead_after_s(self) -> float:
         """Silence (no ack, no report of new data) after which a busy link is
-        DOWN: an RTO-like bound on its RTT and queue, at least
+        DOWN: an RTO-like bound on its RTT and its queues both ways, at least
         LINK_DEAD_AFTER_STALE_S once it is STALE and was heard since it woke."""
         if self.srtt_s is None:
             return LINK_DEAD_AFTER_MIN_S
@@ -252,8 +258,8 @@ class LinkHealth:
         if self.state is LinkState.STALE and max(self.last_ack_time,
                                                  self.last_heard) >= self.woke_at:
             least = most = LINK_DEAD_AFTER_STALE_S
-        return min(max(bound, least),
-                   min(most + 2 * self.queue_s, LINK_DEAD_AFTER_QUEUED_MAX_S))
+        queues = self.queue_s + self.reverse_queue_s
+        return min(max(bound, least), min(most + 2 * queues, LINK_DEAD_AFTER_QUEUED_MAX_S))
 
     def probe_due(self, now: float) -> bool:
         return now >= self.next_probe_time

@@ -208,3 +208,24 @@ def test_packets_that_come_after_the_hold_are_counted_on_the_link_that_was_late(
     assert [link["late_packets"] for link in status["peers"][0]["links"]] == [0, late]
     metrics = {m.name: m for m in families(status)}
     assert [sample.value for sample in metrics["stripe_link_late_packets"].samples] == [0, late]
+
+
+def test_acks_behind_the_peers_deep_queue_do_not_take_a_link_down() -> None:
+    """A download fills link 0's server-to-client queue, then the trace's
+    rate falls eightfold: the probe acks wait behind two seconds of queue
+    in the peer's direction, while this end's direction is empty.  The
+    data still arriving on the link shows that queue (its one-way delay),
+    so the silence is not a death; counting only this end's direction's
+    queue, the link went DOWN about a second into the fall."""
+    falls = stepped([(4.0, 8.0), (60.0, 1.0)], queue_bytes=250_000)
+    links = [SimLink(delay_s=0.020, traces={"down": falls}),
+             SimLink(delay_s=0.020, traces={"down": Trace.constant(8e6, queue_bytes=250_000)})]
+    sim = Sim(links, scheduler="weighted")  # a scheduler without windows fills the buffers
+    falls.start_s = links[1].traces["down"].start_s = sim.now
+    sim.run(1.0)
+    download = [(t, "down", packet) for t, _way, packet in offered(sim.now, 20e6, 7.0)]
+    sim.run(7.0, download)
+    health = sim.client.peers[0].links[0].health
+    assert falls.backlog(sim.now) > 150_000  # the fall left over a second of queue
+    assert health.downs == 0 and health.state is LinkState.UP
+    assert health.reverse_queue_s > 0.5
