@@ -46,8 +46,8 @@ the peer's towards us (the one-way delay of what arrives on it), so a link
 with a deep queue either way (probes or their acks wait behind seconds of
 data) is not declared dead, while an idle or lightly loaded one is within
 a second.  A STALE link, already out of
-the schedule, waits at least LINK_DEAD_AFTER_STALE_S (1 s): a fade is not
-a death.  Only UP links carry data; the
+the schedule, waits at least LINK_DEAD_AFTER_STALE_S (1 s) and its queues:
+a fade is not a death.  Only UP links carry data; the
 scheduler decides which of them.  Every transition is counted (`ups`,
 `downs`, `stalls`) for status and metrics.
 """
@@ -249,8 +249,9 @@ class LinkHealth:
 
     def dead_after_s(self) -> float:
         """Silence (no ack, no report of new data) after which a busy link is
-        DOWN: an RTO-like bound on its RTT and its queues both ways, at least
-        LINK_DEAD_AFTER_STALE_S once it is STALE and was heard since it woke."""
+        DOWN: an RTO-like bound on its RTT, at least LINK_DEAD_AFTER_STALE_S
+        once it is STALE and was heard since it woke, plus twice its queues
+        both ways."""
         if self.srtt_s is None:
             return LINK_DEAD_AFTER_MIN_S
         bound = PROBE_INTERVAL_S + 2 * self.srtt_s + 4 * self.rttvar_s
@@ -258,8 +259,10 @@ class LinkHealth:
         if self.state is LinkState.STALE and max(self.last_ack_time,
                                                  self.last_heard) >= self.woke_at:
             least = most = LINK_DEAD_AFTER_STALE_S
-        queues = self.queue_s + self.reverse_queue_s
-        return min(max(bound, least), min(most + 2 * queues, LINK_DEAD_AFTER_QUEUED_MAX_S))
+        # The queues lengthen the whole range, not only its top: probes and
+        # acks wait behind a queue that just grew before the RTT shows it.
+        queued = 2 * (self.queue_s + self.reverse_queue_s)
+        return min(max(bound, least + queued), most + queued, LINK_DEAD_AFTER_QUEUED_MAX_S)
 
     def probe_due(self, now: float) -> bool:
         return now >= self.next_probe_time

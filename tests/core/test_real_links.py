@@ -13,6 +13,7 @@ from stripe.links import (
     IDLE_PROBE_INTERVAL_S,
     LINK_DEAD_AFTER_IDLE_S,
     LINK_DEAD_AFTER_MIN_S,
+    LINK_DEAD_AFTER_QUEUED_MAX_S,
     LINK_DEAD_AFTER_STALE_S,
     LinkHealth,
     LinkState,
@@ -181,6 +182,28 @@ def test_a_stale_link_that_stays_silent_is_down_after_a_second() -> None:
     assert stale.update(10.0 + LINK_DEAD_AFTER_STALE_S + 0.01) is LinkState.DOWN
     unproven = health(LinkState.STALE, woke_at=10.2)
     assert unproven.update(10.2 + LINK_DEAD_AFTER_MIN_S + 0.01) is LinkState.DOWN
+
+
+def test_a_queue_either_way_lengthens_the_silence_before_down() -> None:
+    """The queues a link holds, ours (the peer's report) and the peer's
+    towards us (what arrives on it), add twice themselves to the silence
+    allowed, whatever the RTT: a queue that has just grown, which the
+    smoothed RTT does not show yet, holds the probes' acks back as much.
+    Up to LINK_DEAD_AFTER_QUEUED_MAX_S in all."""
+    def health(state: LinkState, queue_s: float, reverse_queue_s: float) -> LinkHealth:
+        return LinkHealth(state=state, srtt_s=0.08, rttvar_s=0.02, last_ack_time=10.0,
+                          last_heard=10.0, queue_s=queue_s, reverse_queue_s=reverse_queue_s)
+
+    for queue_s, reverse_queue_s in ((0.4, 0.0), (0.0, 0.4), (0.2, 0.2)):
+        up = health(LinkState.UP, queue_s, reverse_queue_s)
+        assert up.update(10.0 + LINK_DEAD_AFTER_MIN_S + 0.79) is None
+        assert up.update(10.0 + LINK_DEAD_AFTER_MIN_S + 0.81) is LinkState.DOWN
+        stale = health(LinkState.STALE, queue_s, reverse_queue_s)
+        assert stale.update(10.0 + LINK_DEAD_AFTER_STALE_S + 0.79) is None
+        assert stale.update(10.0 + LINK_DEAD_AFTER_STALE_S + 0.81) is LinkState.DOWN
+    deep = health(LinkState.STALE, 1.0, 1.0)
+    assert deep.update(10.0 + LINK_DEAD_AFTER_QUEUED_MAX_S - 0.01) is None
+    assert deep.update(10.0 + LINK_DEAD_AFTER_QUEUED_MAX_S + 0.01) is LinkState.DOWN
 
 
 def test_packets_that_come_after_the_hold_are_counted_on_the_link_that_was_late() -> None:
