@@ -154,6 +154,7 @@ def snapshot(spec: EndpointSpec, peers_state: list[Peer], drops: Mapping[str, in
                 "delivery_mbps": round(link.est.delivery_bps / 1e6, 3),
                 "loss": round(link.est.loss, 4),
                 "qdelay_ms": round(link.est.qdelay_s * 1000, 2),
+                "peer_qdelay_ms": round(h.reverse_queue_s * 1000, 2),
                 "in_flight_packets": link.est.in_flight_packets,
                 "inflight_bytes": link.window.inflight_bytes,
                 "cwnd_bytes": round(link.window.cwnd_bytes),

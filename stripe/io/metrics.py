@@ -63,6 +63,8 @@ LINK_GAUGES = (
     ("link_rate_estimate_bits_per_second", "The scheduler's estimate of the link's capacity.",
      "rate_mbps", "mbps"),
     ("link_queue_delay_seconds", "Queueing delay measured on the link.", "qdelay_ms", "ms"),
+    ("link_peer_queue_delay_seconds",
+     "Queueing delay of what the peer sends on the link, measured here.", "peer_qdelay_ms", "ms"),
     ("link_rtt_variance_seconds", "Mean deviation of the link's probe round-trip times.",
      "rttvar_ms", "ms"),
     ("link_in_flight_packets", "Packets sent on the link that the peer has not reported yet.",

@@ -252,3 +252,8 @@ def test_acks_behind_the_peers_deep_queue_do_not_take_a_link_down() -> None:
     assert falls.backlog(sim.now) > 150_000  # the fall left over a second of queue
     assert health.downs == 0 and health.state is LinkState.UP
     assert health.reverse_queue_s > 0.5
+    status = sim.client.status(sim.now)  # shown, for an operator asking why
+    link = status["peers"][0]["links"][0]
+    assert link["peer_qdelay_ms"] == round(health.reverse_queue_s * 1000, 2)
+    metrics = {m.name: m for m in families(status)}
+    assert metrics["stripe_link_peer_queue_delay_seconds"].samples[0].value > 0.5
