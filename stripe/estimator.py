@@ -99,6 +99,12 @@ STALL_RTT_MULTIPLE = 2.0  # of the link's minimum RTT, plus two report intervals
 QUEUE_FRESH_S = 3 * FEEDBACK_INTERVAL_S
 
 
+def queue_delay_s(owd_us: int, floor_us: int) -> float:
+    """A link's queueing delay, in seconds: a one-way delay (µs, in the
+    receiver's frame) above that link's floor in the same frame."""
+    return max(owd_us - floor_us, 0) / 1e6
+
+
 SPREAD_BUCKET_S = 0.1
 SPREAD_GAIN = 1 / 8
 SPREAD_MEAN_GAIN = 1 / 4
@@ -211,9 +217,9 @@ class LinkEstimator:
         self.owd_min_us = owd_min_us
         if highest_seq > self._highest_seq or self.reports == 0:
             self.last_progress = now
-            self.qdelay_s = max(owd_us - owd_min_us, 0) / 1e6
+            self.qdelay_s = queue_delay_s(owd_us, owd_min_us)
             low = owd_us if owd_low_us is None else owd_low_us
-            self.standing_qdelay_s = max(low - owd_min_us, 0) / 1e6
+            self.standing_qdelay_s = queue_delay_s(low, owd_min_us)
             self.qdelay_at = now
         # else: nothing arrived on the link since the last report, so its
         # delay is the peer's old smoothed value, not news: the queue we

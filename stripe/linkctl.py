@@ -42,7 +42,7 @@ import logging
 
 from . import control, pmtu, wire
 from .egress import Egress
-from .estimator import FEEDBACK_INTERVAL_S
+from .estimator import FEEDBACK_INTERVAL_S, queue_delay_s
 from .links import IDLE_PROBE_INTERVAL_S, Link, LinkState
 from .outbox import Address, Outbox
 from .peer import Peer
@@ -427,7 +427,7 @@ class LinkControl:
                 # only what was sent since the link woke from idle counts:
                 # the idle probes it reports may be older than its death).
                 self._link_changed(peer, link, now, link.health.on_progress(
-                    now, max(report.owd_us - report.owd_min_us, 0) / 1e6))
+                    now, queue_delay_s(report.owd_us, report.owd_min_us)))
             est, window = link.est, link.window
             progressed = est.on_report(report.rx_packets, report.rx_bytes, highest,
                                        report.owd_us, report.owd_min_us, now,
@@ -472,7 +472,7 @@ class LinkControl:
                 continue
             # What the peer sends us on this link (probe acks, reports) waits
             # behind this queue: the link's health counts it (see links).
-            link.health.reverse_queue_s = max(owd[0] - owd[1], 0) / 1e6
+            link.health.reverse_queue_s = queue_delay_s(owd[0], owd[1])
             reports.append(control.LinkReport(
                 link.link_id, link.counters.rx_packets, link.counters.rx_bytes,
                 link.rx_highest_link_seq, owd[0], owd[1], owd[2]))
