@@ -41,6 +41,13 @@ Choices, and why:
   bufferbloat where it hurts most).  The narrow uplink carries the
   download's ACKs, each with a tunnel's 70 bytes of headers: a download
   can be short of uplink, and an upload has ~1.8 Mbit/s for all of it.
+* Van (``van``, outside the suite): four LTE modems, as in a vehicle
+  bonding one SIM of each carrier: the two recorded traces and two
+  synthetic cellular links (``VAN_SYNTHETIC``, means 7 up / 12 down and 3 up
+  / 8 down Mbit/s, 30 and 40 ms each way: other carriers, farther cores),
+  each with the LTE queue.  What two links do not show: four rates
+  swinging independently, so at nearly every moment some link is in a
+  fade, and the receiver's order waits on the slowest of four.
 * ``lte-dsl`` pairs the DSL line with T-Mobile's trace (whose rate swings
   around the line's), ``lte-pair`` is T-Mobile + Verizon.
 
@@ -80,6 +87,8 @@ ADSL_LINES = ((16.0, 1.0, 10.0), (8.0, 0.8, 15.0))
 ADSL_DOWN_QUEUE_MS = 100.0
 ADSL_UP_QUEUE_MS = 500.0
 TMOBILE = "TMobile-LTE-short"
+# The van's two further modems: (name, up Mbit/s, down Mbit/s, one-way delay ms).
+VAN_SYNTHETIC = (("lte-c", 7.0, 12.0, 30.0), ("lte-d", 3.0, 8.0, 40.0))
 VERIZON = "Verizon-LTE-short"
 
 
@@ -163,6 +172,23 @@ def slow_cell(library: TraceLibrary) -> LinkSpec:
 
 def lte_3g(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:
     return lte(library, VERIZON), slow_cell(library)
+
+
+def synthetic_lte(library: TraceLibrary, name: str, up_mbit: float, down_mbit: float,
+                  delay_ms: float) -> LinkSpec:
+    """An LTE link of a carrier with no recorded trace: the synthetic
+    cellular model at these means, with the LTE queue."""
+    directions = []
+    for suffix, mean in (("up", up_mbit), ("down", down_mbit)):
+        path, source = library.synthetic_cellular(f"{name}.{suffix}", mean, "LTE-like")
+        directions.append(Direction(delay_ms=delay_ms, trace=path, queue_ms=LTE_QUEUE_MS,
+                                    source=source))
+    return LinkSpec(directions[0], directions[1])
+
+
+def van(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:
+    return (*lte_pair(library, horizon_s),
+            *(synthetic_lte(library, *modem) for modem in VAN_SYNTHETIC))
 
 
 def bloat(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:

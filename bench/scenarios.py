@@ -189,6 +189,9 @@ SCENARIOS: dict[str, Scenario] = {
               "and the Verizon LTE trace", reallinks.starlink_lte),
         _real("lte-3g", "the Verizon LTE trace and a slow 3G-like link (synthetic, 1.2 down "
               "/ 0.5 up Mbit/s mean, 60 ms each way, 500 ms queue)", reallinks.lte_3g),
+        _real("van", "four LTE modems: the T-Mobile and Verizon traces and two synthetic LTE "
+              "links (7 up / 12 down and 3 up / 8 down Mbit/s mean, 30 and 40 ms each way)",
+              reallinks.van),
         _real("bloat", "two fixed 10 Mbit/s lines with 500 ms buffers, 5 ms each way",
               reallinks.bloat),
         _real("adsl-pair", "two ADSL lines, 16 down / 1 up and 8 down / 0.8 up Mbit/s, 10 and "
@@ -196,9 +199,10 @@ SCENARIOS: dict[str, Scenario] = {
     )
 }
 # Real-links scenarios run on their own, outside the suite (which keeps to
-# about 90 minutes): `lte-3g`, a bond whose second link is much slower, and
-# `adsl-pair`, two lines whose uplink is a tenth of their downlink.
-EXTRA_REAL_LINKS = ("lte-3g", "adsl-pair")
+# about 90 minutes): `lte-3g`, a bond whose second link is much slower,
+# `van`, four cellular links, and `adsl-pair`, two lines whose uplink is a
+# tenth of their downlink.
+EXTRA_REAL_LINKS = ("lte-3g", "van", "adsl-pair")
 REAL_LINKS = tuple(name for name, s in SCENARIOS.items()
                    if s.kind == "reallinks" and name not in EXTRA_REAL_LINKS)
 

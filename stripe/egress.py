@@ -40,7 +40,7 @@ from .offload import IPPROTO_TCP, complete_partial
 from .outbox import Outbox
 from .peer import Peer
 from .scheduler import shortest_rtt, shortest_rtt_avoiding, usable_links
-from .sendqueue import SPARSE_COPY_MAX_BYTES
+from .sendqueue import QUEUE_MIN_PACKETS, SPARSE_COPY_MAX_BYTES, limit_for
 from .session import Session
 from .spec import EndpointSpec
 from .transmit import Transmitter
@@ -300,7 +300,10 @@ class Egress:
         """No session or no room on a link yet: hold the packet (bounded:
         the oldest goes when it is full).  `bucket`: its flow's, if known."""
         self._outbox.touch(peer)
-        if peer.queue.push(packet, now, flow_bucket(packet) if bucket < 0 else bucket):
+        queue = peer.queue
+        if queue.full:  # in time, not a fixed count: asked again (see `sendqueue`)
+            queue.maxlen = _queue_limit(peer, now)
+        if queue.push(packet, now, flow_bucket(packet) if bucket < 0 else bucket):
             self._outbox.drops["queue_full"] += 1
         if peer.current is None:
             self.wake_handshake(peer, now)
@@ -374,6 +377,20 @@ class Egress:
         for fragment in fragments:
             self.send_packets((fragment,), now)
         return True
+
+
+def _queue_limit(peer: Peer, now: float) -> int:
+    """The sending edge's limit for `peer` now: what its usable links send,
+    at their estimated rates, in the time its queue management lets a
+    queue stand before acting (its target and an interval); the least
+    without queue management, a session or a usable link."""
+    aqm = peer.aqm
+    links = usable_links(peer.links.values())
+    if aqm is None or peer.current is None or not links:
+        return QUEUE_MIN_PACKETS
+    bond = measure_bond(links, now)
+    hold_s = aqm.target_for(bond) + aqm.interval_for(bond.base_rtt_s)
+    return limit_for(sum(link.est.rate_bps for link in links), hold_s)
 
 
 def _signal(aqm: CoDel, packet: bytes) -> bytes | None:

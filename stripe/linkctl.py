@@ -54,8 +54,9 @@ from .transmit import Transmitter
 # Every link is probed every 200 ms and the server answers each probe, so
 # a second of silence on all of them means they are all down or the server
 # lost the session (a restart): a handshake then costs nothing, and waiting
-# longer lets the 256-packet queue overflow with the flows' retransmissions
-# (3 s made TCP stall 7.5 s across a server restart in the chaos bench).
+# longer lets the sending edge's queue (256 packets without a usable link)
+# overflow with the flows' retransmissions (3 s made TCP stall 7.5 s across
+# a server restart in the chaos bench).
 REHANDSHAKE_AFTER_SILENCE_S = 1.0
 # While idle: two of the idle links' probes unanswered, and the same second.
 REHANDSHAKE_AFTER_IDLE_SILENCE_S = 2 * IDLE_PROBE_INTERVAL_S + REHANDSHAKE_AFTER_SILENCE_S

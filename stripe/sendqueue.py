@@ -1,9 +1,22 @@
 """The inner packets waiting at the sending edge, and the sparse flows that skip them.
 
 A peer's packets wait here while it has no session yet or every link's
-window is full (see `window`), first in first out, at most
-QUEUE_MAX_PACKETS (the oldest goes when it is full); queue management
-(`aqm`) keeps the wait short for the flows that fill it.
+window is full (see `window`), first in first out, at most `maxlen` (the
+oldest goes when it is full); queue management (`aqm`) keeps the wait
+short for the flows that fill it.
+
+The limit is in time, not a fixed count: it must not act before queue
+management does, or drop-tail in bursts replaces queue management as the
+inner flows' signal (a cubic flow that loses a burst at the edge cuts its
+window and leaves the links idle while it regrows).  Queue management lets
+a queue stand for its target and waits an interval before it acts; on a
+bond whose capacity swings that is hundreds of milliseconds (`aqm`), and
+a fixed 256 packets drain in 70 ms at 40 Mbit/s.  So when the queue is
+full the owner asks `limit_for` again: what the bond sends in that time at
+its estimated rate, at least QUEUE_MIN_PACKETS (what a slow bond, or one
+not measured yet, keeps) and at most QUEUE_MAX_PACKETS (memory: ~1.4 MB of
+full packets per peer, only while its links are full; WireGuard's per-peer
+queue is 1,024 packets too).
 
 A flow that sends little (a ping, DNS, a call's audio, a game's updates)
 should not wait behind a bulk flow's backlog: as in fq_codel (RFC 8290),
@@ -44,7 +57,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-QUEUE_MAX_PACKETS = 256
+from .estimator import FULL_PACKET_BITS
+
+QUEUE_MIN_PACKETS = 256
+QUEUE_MAX_PACKETS = 1024
 SPARSE_INTERVAL_S = 0.100
 SPARSE_FLOW_BYTES = 3000  # two full packets, or a ping every few ms
 SPARSE_PEER_BYTES = 16384  # ~1.3 Mbit/s of skipping per peer
@@ -54,7 +70,7 @@ SPARSE_COPY_MAX_BYTES = 256
 
 @dataclass(slots=True)
 class SendQueue:
-    maxlen: int = QUEUE_MAX_PACKETS
+    maxlen: int = QUEUE_MIN_PACKETS
     # (packet, when it was queued, its flow bucket)
     _items: deque[tuple[bytes, float, int]] = field(default_factory=deque)
     _waiting: dict[int, int] = field(default_factory=dict)
@@ -69,8 +85,13 @@ class SendQueue:
     def __bool__(self) -> bool:
         return bool(self._items)
 
+    @property
+    def full(self) -> bool:
+        return len(self._items) >= self.maxlen
+
     def push(self, packet: bytes, now: float, bucket: int) -> bool:
-        """Queue `packet`; True if the oldest packet was dropped to make room."""
+        """Queue `packet`; True if the oldest packet was dropped to make room
+        (one at most: a queue above a lowered `maxlen` drains as it sends)."""
         items, waiting = self._items, self._waiting
         dropped = len(items) >= self.maxlen
         if dropped:
@@ -118,3 +139,11 @@ class SendQueue:
             waiting[bucket] = left
         else:
             del waiting[bucket]
+
+
+def limit_for(rate_bps: float, hold_s: float) -> int:
+    """How many packets the queue may hold for a bond sending `rate_bps`
+    whose queue management lets `hold_s` stand (see the module doc): that
+    many seconds of full packets, within [QUEUE_MIN_PACKETS, QUEUE_MAX_PACKETS]."""
+    packets = int(rate_bps * hold_s / FULL_PACKET_BITS)
+    return min(max(packets, QUEUE_MIN_PACKETS), QUEUE_MAX_PACKETS)

@@ -56,11 +56,11 @@ def recorded(tmp_path: Path) -> Path:
 def test_the_suite_and_its_scenarios() -> None:
     assert REAL_LINKS == ("lte-pair", "lte-dsl", "handover", "starlink", "bloat")
     assert resolve(["real-links"]) == [SCENARIOS[n] for n in REAL_LINKS]
-    assert EXTRA_REAL_LINKS == ("lte-3g", "adsl-pair")
+    assert EXTRA_REAL_LINKS == ("lte-3g", "van", "adsl-pair")
     for name in REAL_LINKS + EXTRA_REAL_LINKS:
         s = SCENARIOS[name]
         assert s.kind == "reallinks" and s.directions == (UPLOAD, DOWNLOAD)
-        assert s.default_seconds == 60 and len(s.links) == 2
+        assert s.default_seconds == 60 and len(s.links) == (4 if name == "van" else 2)
         # Every direction is shaped by the emulator, none by tbf.
         for link in s.links:
             for d in (link.up, link.down):
@@ -221,6 +221,15 @@ def test_the_other_scenarios_links(tmp_path: Path) -> None:
     assert slow.down.trace is not None and slow.up.trace is not None
     down_mbit = len(Path(slow.down.trace).read_text().split()) * 12000 / 140e3 / 1e3
     assert down_mbit == pytest.approx(1.2, rel=0.05)
+    # The van: both recorded carriers, then two synthetic ones at their own means.
+    van = SCENARIOS["van"].links_for(library, 60)
+    assert [link.down.delay_ms for link in van] == [20, 20, 30, 40]
+    assert "TMobile" in str(van[0].up.trace) and "Verizon" in str(van[1].down.trace)
+    for link, (_, up, down, _) in zip(van[2:], reallinks.VAN_SYNTHETIC, strict=True):
+        for d, mean in ((link.up, up), (link.down, down)):
+            assert d.trace is not None and d.queue_ms == 300 and "LTE-like" in d.source
+            mbit = len(Path(d.trace).read_text().split()) * 12000 / 140e3 / 1e3
+            assert mbit == pytest.approx(mean, rel=0.05)
     bloat = SCENARIOS["bloat"].links_for(library, 60)
     assert all(d.emulated_mbit == 10 and d.queue_ms == 500 for link in bloat
                for d in (link.up, link.down))

@@ -25,6 +25,7 @@ from stripe.aqm import (
 from stripe.estimator import FEEDBACK_INTERVAL_S, QUEUE_FRESH_S
 from stripe.links import Link
 from stripe.offload import checksum
+from stripe.sendqueue import QUEUE_MAX_PACKETS, QUEUE_MIN_PACKETS, SendQueue, limit_for
 from stripe.window import QUEUE_CAP_MIN_S, queue_cap_s, variability_queue_s
 
 TARGET = 0.005
@@ -347,3 +348,55 @@ def test_light_load_is_never_signalled() -> None:
                   for i in range(int(5.0 / interval))])
     aqm = sim.client.peers[0].aqm
     assert aqm is not None and aqm.drops == 0 and aqm.marks == 0
+
+
+def test_the_sending_edges_limit_is_time_at_the_bonds_rate_within_its_bounds() -> None:
+    assert limit_for(10e6, 0.105) == QUEUE_MIN_PACKETS  # 87 packets: the floor
+    assert limit_for(40e6, 0.3) == 1000  # 40 Mbit/s for 300 ms, in full packets
+    assert limit_for(1e9, 0.8) == QUEUE_MAX_PACKETS  # memory bounds it
+    # A limit lowered under a long queue drops one packet a push, not a burst.
+    queue = SendQueue(maxlen=4)
+    for i in range(4):
+        queue.push(bytes([i]), 0.0, i)
+    queue.maxlen = 2
+    assert queue.full and queue.push(b"x", 0.0, 9) and len(queue) == 4
+
+
+def _edge_after_burst(spread: float, rate_bps: float, target_s: float | None = TARGET,
+                      burst: int = 1500) -> tuple[int, int, float]:
+    """Two links whose estimates say `rate_bps` each and whose delivery
+    swings by `spread` (0.4: cellular, 0: fixed lines), 60 ms round trips;
+    `burst` full packets offered at one instant: what waits at the client's
+    sending edge, the edge's drops, and the limit queue management implies."""
+    sim = Sim([SimLink(delay_s=0.030, rate_bps=rate_bps) for _ in range(2)],
+              scheduler="adaptive", queue_target_s=target_s)
+    sim.run(1.0)
+    peer = sim.client.peers[0]
+    for link in peer.links.values():
+        link.est._spread.spread = spread
+        link.est.rate_bps = rate_bps
+        link.health.min_rtt_s = 0.060
+    bond = measure_bond(list(peer.links.values()), sim.now)
+    codel = CoDel(TARGET)
+    hold_s = codel.target_for(bond) + codel.interval_for(bond.base_rtt_s)
+    before = sim.client.drops["queue_full"]
+    for i in range(burst):
+        sim.client.send_packet(ip_packet(i, 1400), sim.now)
+    return len(peer.queue), sim.client.drops["queue_full"] - before, hold_s
+
+
+def test_the_sending_edge_holds_what_queue_management_lets_stand_before_tail_drop() -> None:
+    """On a bond whose capacity swings, queue management lets hundreds of
+    milliseconds stand before it acts: a fixed 256 packets at 40 Mbit/s
+    would overflow in 70 ms and drop in bursts first (docs/bench.md, `van`).
+    On fixed lines, or without queue management, the floor as before."""
+    waiting, dropped, hold_s = _edge_after_burst(0.4, 20e6)
+    assert hold_s > 0.25
+    limit = limit_for(40e6, hold_s)
+    assert QUEUE_MIN_PACKETS < limit <= QUEUE_MAX_PACKETS
+    assert waiting == limit and dropped > 0  # (the windows took the rest)
+    waiting_off, dropped_off, _ = _edge_after_burst(0.4, 20e6, None)
+    assert waiting_off == QUEUE_MIN_PACKETS
+    assert dropped_off - dropped == limit - QUEUE_MIN_PACKETS  # the same windows
+    waiting, dropped, _ = _edge_after_burst(0.0, 5e6)
+    assert waiting == QUEUE_MIN_PACKETS and dropped > 0
