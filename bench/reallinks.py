@@ -87,9 +87,9 @@ ADSL_LINES = ((16.0, 1.0, 10.0), (8.0, 0.8, 15.0))
 ADSL_DOWN_QUEUE_MS = 100.0
 ADSL_UP_QUEUE_MS = 500.0
 TMOBILE = "TMobile-LTE-short"
+VERIZON = "Verizon-LTE-short"
 # The van's two further modems: (name, up Mbit/s, down Mbit/s, one-way delay ms).
 VAN_SYNTHETIC = (("lte-c", 7.0, 12.0, 30.0), ("lte-d", 3.0, 8.0, 40.0))
-VERIZON = "Verizon-LTE-short"
 
 
 def lte(library: TraceLibrary, carrier: str) -> LinkSpec:
@@ -160,35 +160,32 @@ def starlink_lte(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...
     return starlink_link(library, horizon_s), lte(library, VERIZON)
 
 
+def synthetic_cell(library: TraceLibrary, name: str, up_mbit: float, down_mbit: float,
+                   delay_ms: float, queue_ms: float, what: str) -> LinkSpec:
+    """A cellular link with no recorded trace: the synthetic cellular model
+    at these means (``what`` it stands for goes into the provenance)."""
+    directions = []
+    for suffix, mean in (("up", up_mbit), ("down", down_mbit)):
+        path, source = library.synthetic_cellular(f"{name}.{suffix}", mean, what)
+        directions.append(Direction(delay_ms=delay_ms, trace=path, queue_ms=queue_ms,
+                                    source=source))
+    return LinkSpec(directions[0], directions[1])
+
+
 def slow_cell(library: TraceLibrary) -> LinkSpec:
     """A 3G-like link: synthetic cellular traces at SLOW_CELL_*_MBIT."""
-    directions = []
-    for suffix, mean in (("up", SLOW_CELL_UP_MBIT), ("down", SLOW_CELL_DOWN_MBIT)):
-        path, source = library.synthetic_cellular(f"3g.{suffix}", mean, "3G-like")
-        directions.append(Direction(delay_ms=SLOW_CELL_DELAY_MS, trace=path,
-                                    queue_ms=SLOW_CELL_QUEUE_MS, source=source))
-    return LinkSpec(directions[0], directions[1])
+    return synthetic_cell(library, "3g", SLOW_CELL_UP_MBIT, SLOW_CELL_DOWN_MBIT,
+                          SLOW_CELL_DELAY_MS, SLOW_CELL_QUEUE_MS, "3G-like")
 
 
 def lte_3g(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:
     return lte(library, VERIZON), slow_cell(library)
 
 
-def synthetic_lte(library: TraceLibrary, name: str, up_mbit: float, down_mbit: float,
-                  delay_ms: float) -> LinkSpec:
-    """An LTE link of a carrier with no recorded trace: the synthetic
-    cellular model at these means, with the LTE queue."""
-    directions = []
-    for suffix, mean in (("up", up_mbit), ("down", down_mbit)):
-        path, source = library.synthetic_cellular(f"{name}.{suffix}", mean, "LTE-like")
-        directions.append(Direction(delay_ms=delay_ms, trace=path, queue_ms=LTE_QUEUE_MS,
-                                    source=source))
-    return LinkSpec(directions[0], directions[1])
-
-
 def van(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:
     return (*lte_pair(library, horizon_s),
-            *(synthetic_lte(library, *modem) for modem in VAN_SYNTHETIC))
+            *(synthetic_cell(library, name, up, down, delay, LTE_QUEUE_MS, "LTE-like")
+              for name, up, down, delay in VAN_SYNTHETIC))
 
 
 def bloat(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:
