@@ -137,6 +137,12 @@ class CoDel:
         """Long enough for the inner TCP to have heard of the last drop."""
         return max(INTERVAL_S, base_rtt_s + FEEDBACK_INTERVAL_S)
 
+    def acts_after_s(self, bond: BondQueue) -> float:
+        """How much queue may build before the first signal: the target,
+        then a whole interval above it (what the sending edge must hold,
+        see `sendqueue`)."""
+        return self.target_for(bond) + self.interval_for(bond.base_rtt_s)
+
     def should_signal(self, bond: BondQueue, now: float) -> bool:
         """A packet leaves now with the bond as measured: drop (or mark) it?
         The caller counts what it did in `drops` or `marks`."""

@@ -388,8 +388,7 @@ def _queue_limit(peer: Peer, now: float) -> int:
     links = usable_links(peer.links.values())
     if aqm is None or peer.current is None or not links:
         return QUEUE_MIN_PACKETS
-    bond = measure_bond(links, now)
-    hold_s = aqm.target_for(bond) + aqm.interval_for(bond.base_rtt_s)
+    hold_s = aqm.acts_after_s(measure_bond(links, now))
     return limit_for(sum(link.est.rate_bps for link in links), hold_s)
 
 

@@ -377,8 +377,7 @@ def _edge_after_burst(spread: float, rate_bps: float, target_s: float | None = T
         link.est.rate_bps = rate_bps
         link.health.min_rtt_s = 0.060
     bond = measure_bond(list(peer.links.values()), sim.now)
-    codel = CoDel(TARGET)
-    hold_s = codel.target_for(bond) + codel.interval_for(bond.base_rtt_s)
+    hold_s = CoDel(TARGET).acts_after_s(bond)
     before = sim.client.drops["queue_full"]
     for i in range(burst):
         sim.client.send_packet(ip_packet(i, 1400), sim.now)
