@@ -7,7 +7,8 @@ what explains a flow's goodput, as one JSON line in the run's directory
 (``status-trace.jsonl``): per link its state, window and what is in
 flight, delivery rate, standing queue and bytes sent; per peer the inner
 packets waiting at the sending edge, queue management's drops and the
-reorder buffer.  ``python -m bench.status_trace FILE...`` sums a trace up
+reorder buffer (with its running totals of gaps given up and repaired);
+the endpoint's drops by reason.  ``python -m bench.status_trace FILE...`` sums a trace up
 per end and link: how often a link's window was full while packets waited
 at the edge, how often its window was cut, its queue, its share;
 ``--timeline client|server`` prints one end second by second instead.
@@ -58,6 +59,12 @@ def control_socket(config: Path, role: str, ns: str) -> Path:
     return CONTROL_SOCKET_DIR / f"{iface.get('name', 'stripe0')}-{role}-{ns}.sock"
 
 
+# The reorder buffer's counters a trace keeps (running totals): counters
+# given up and how, and the repairs asked and received.
+REORDER_TOTALS = ("lost", "inferred_releases", "deadline_releases", "repair_requests",
+                  "overdue_requests", "repaired", "repair_timeouts", "late")
+
+
 def trim(status: dict[str, Any]) -> dict[str, Any]:
     """The part of a status answer a trace keeps."""
     peers = []
@@ -69,10 +76,12 @@ def trim(status: dict[str, Any]) -> dict[str, Any]:
             "bond_queue_ms": queue.get("bond_queue_ms"),
             "aqm_dropped": queue.get("dropped"),
             "held": reorder.get("held"), "hold_ms": reorder.get("hold_ms"),
+            # Running totals: where the gaps the inner flow saw went.
+            **{key: reorder.get(key) for key in REORDER_TOTALS},
             "resent": peer.get("resent_packets"),
             "links": [{k: link.get(k) for k in LINK_FIELDS} for link in peer.get("links", [])],
         })
-    return {"peers": peers}
+    return {"peers": peers, "drops": status.get("drops") or {}}
 
 
 @dataclass(eq=False)  # a thread: hashed by identity

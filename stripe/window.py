@@ -22,6 +22,13 @@ it, and the link must not run dry while it waits):
   times faster is used ten times more within a few seconds, as in BBR's
   probing); it never shrinks without a queue to show for it, so a flow
   that sent little for a while (slow start, a pause) finds it as it was;
+  but for a second after a cut for a standing queue (below) what the link
+  delivers now stands for its best rate: the best of the last second is
+  the rate it just showed it no longer has, and a window back at once to
+  that (a cellular link fallen from 4 to 0.6 Mbit/s: 40 kB, half a second
+  of queue) puts packets behind it that hold the whole bond up at the
+  peer's reorder buffer.  The window then grows back by the gain over
+  each report's delivery, as fast as the link shows it can carry more;
 - while the link holds a standing queue above `queue_cap_s`, what it
   delivers now times the pipe plus that cap: a link whose capacity dropped
   keeps a bounded backlog, not the seconds of buffer a modem has.
@@ -69,7 +76,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from .estimator import FEEDBACK_INTERVAL_S
+from .estimator import DELIVERY_WINDOW_S, FEEDBACK_INTERVAL_S
 
 WINDOW_GAIN = 1.5
 QUEUE_CAP_MIN_S = 0.010
@@ -94,6 +101,10 @@ REPORT_TIMEOUT_RTTS = 3.0
 REPORT_TIMEOUT_MIN_S = 0.2
 # After a loss with a queue: no room to probe for this long (see the module doc).
 LOSS_PAUSE_S = 2.0
+# After a cut for a standing queue, the window grows from what the link
+# delivers, not from its best rate of the last second, for as long as that
+# best may still be from before the cut.
+SHRINK_MEMORY_S = DELIVERY_WINDOW_S
 # A queue above this at a loss makes it a congestion loss.
 LOSS_QUEUE_S = QUEUE_CAP_MIN_S
 
@@ -129,6 +140,7 @@ class LinkWindow:
     losses: int = 0  # congestion losses that cut the window (see on_loss)
     _reported_at: float | None = None
     _cut_at: float = float("-inf")  # the last cut for a loss
+    _shrunk_at: float = float("-inf")  # the last cut for a standing queue
 
     def has_room(self) -> bool:
         return self.inflight_bytes < self.cwnd_bytes
@@ -175,7 +187,13 @@ class LinkWindow:
         if queue_s > cap and delivery_bps > 0:
             # Evidence the window is too big for the link now: shrink it.
             self.cwnd_bytes = max(min(window, delivery_bps / 8 * (pipe + cap)), CWND_MIN_BYTES)
+            self._shrunk_at = now
         else:
+            if now < self._shrunk_at + SHRINK_MEMORY_S:
+                # The best rate of the last second is one the link just
+                # showed it no longer has: grow back with what it delivers
+                # (see the module doc).
+                window = gain * delivery_bps / 8 * pipe
             # Without a queue, what the link delivered says how much more it
             # may take, never less: a flow that sent little (slow start, an
             # application pause) says nothing about the link.

@@ -26,14 +26,18 @@ def test_the_socket_is_the_configs_own_or_the_default_with_the_namespace(tmp_pat
 
 
 def test_a_trace_keeps_the_links_window_queue_and_the_edge_queue() -> None:
-    status = {"role": "client", "drops": {}, "peers": [{
+    status = {"role": "client", "drops": {"queue_full": 7}, "peers": [{
         "queued": 12, "queue": {"bond_queue_ms": 3.5, "dropped": 2},
-        "reorder": {"held": 4, "hold_ms": 30.0}, "resent_packets": 0,
-        "links": [_link(0, 3000, 1500, 10, 1.0)]}]}
+        "reorder": {"held": 4, "hold_ms": 30.0, "lost": 9, "repaired": 5, "max_held": 80},
+        "resent_packets": 0, "links": [_link(0, 3000, 1500, 10, 1.0)]}]}
     row = trim(status)
     peer = row["peers"][0]
     assert (peer["queued"], peer["bond_queue_ms"], peer["aqm_dropped"], peer["held"]) == (
         12, 3.5, 2, 4)
+    # The reorder buffer's totals (where the inner flow's gaps went) and the
+    # endpoint's drops by reason, as running totals.
+    assert (peer["lost"], peer["repaired"], peer["repair_timeouts"]) == (9, 5, None)
+    assert "max_held" not in peer and row["drops"] == {"queue_full": 7}
     assert "probes_sent" not in peer["links"][0]
     assert peer["links"][0]["cwnd_bytes"] == 3000
     json.dumps(row)  # one JSON line per answer

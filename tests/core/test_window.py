@@ -8,6 +8,7 @@ from stripe.estimator import FEEDBACK_INTERVAL_S
 from stripe.window import (
     INITIAL_CWND_BYTES,
     LOSS_PAUSE_S,
+    SHRINK_MEMORY_S,
     WINDOW_GAIN,
     LinkWindow,
     queue_cap_s,
@@ -47,6 +48,28 @@ def test_a_standing_queue_cuts_the_window_of_a_link_whose_capacity_varies() -> N
     cap = queue_cap_s(RTT_S, spread, GAP_S)
     assert 0.2 > cap > variability_queue_s(RTT_S, 0.0, GAP_S) == 0.0
     assert window.cwnd_bytes == pytest.approx(10e6 / 8 * (RTT_S + GAP_S + cap))
+
+
+def test_after_a_cut_for_a_queue_the_window_grows_back_with_what_the_link_delivers() -> None:
+    """A cellular link whose capacity fell from 20 to 1 Mbit/s under a
+    queue: once the queue is gone, its window is not the gain over its best
+    rate of the last second (20 Mbit/s: seconds of queue at 1) but over what
+    it delivers, growing as it delivers more; a second after the last cut,
+    the best rate again (by then the estimator's best is after the cut)."""
+    spread = 0.4
+    window = _after(spread, 0.2, 1e6)
+    cut = window.cwnd_bytes
+    assert cut < 1e6 / 8 * 0.5
+    window.on_report(0, 1.0 + 2 * GAP_S, True, 0.0, RTT_S, 20e6, 1e6, spread)
+    pipe = RTT_S + window.report_gap_s
+    assert window.cwnd_bytes == pytest.approx(max(cut, WINDOW_GAIN * 1e6 / 8 * pipe))
+    window.on_report(0, 1.0 + 3 * GAP_S, True, 0.0, RTT_S, 20e6, 3e6, spread)
+    pipe = RTT_S + window.report_gap_s
+    assert window.cwnd_bytes == pytest.approx(WINDOW_GAIN * 3e6 / 8 * pipe)
+    later = 1.0 + GAP_S + SHRINK_MEMORY_S + 0.001
+    window.on_report(0, later, True, 0.0, RTT_S, 20e6, 3e6, spread)
+    pipe = RTT_S + window.report_gap_s
+    assert window.cwnd_bytes == pytest.approx(WINDOW_GAIN * 20e6 / 8 * pipe)
 
 
 def test_a_slower_link_keeps_its_queue_in_proportion_to_its_rate_against_the_fastest() -> None:
