@@ -22,13 +22,17 @@ it, and the link must not run dry while it waits):
   times faster is used ten times more within a few seconds, as in BBR's
   probing); it never shrinks without a queue to show for it, so a flow
   that sent little for a while (slow start, a pause) finds it as it was;
-  but for a second after a cut for a standing queue (below) what the link
-  delivers now stands for its best rate: the best of the last second is
+  but after a cut for a standing queue (below) what the link delivers now
+  stands for its best rate for a while: the best of the last second is
   the rate it just showed it no longer has, and a window back at once to
   that (a cellular link fallen from 4 to 0.6 Mbit/s: 40 kB, half a second
   of queue) puts packets behind it that hold the whole bond up at the
   peer's reorder buffer.  The window then grows back by the gain over
-  each report's delivery, as fast as the link shows it can carry more;
+  each report's delivery, as fast as the link shows it can carry more.
+  For up to a second, in proportion to how much slower than the fastest
+  link it is, as its queue cap is (below): a slow link's refill brings
+  the bond little and holds it up, while the fastest link, or one alone,
+  is the bond's throughput and snaps back as before;
 - while the link holds a standing queue above `queue_cap_s`, what it
   delivers now times the pipe plus that cap: a link whose capacity dropped
   keeps a bounded backlog, not the seconds of buffer a modem has.
@@ -102,8 +106,9 @@ REPORT_TIMEOUT_MIN_S = 0.2
 # After a loss with a queue: no room to probe for this long (see the module doc).
 LOSS_PAUSE_S = 2.0
 # After a cut for a standing queue, the window grows from what the link
-# delivers, not from its best rate of the last second, for as long as that
-# best may still be from before the cut.
+# delivers, not from its best rate of the last second, for at most as long
+# as that best may still be from before the cut (less the closer the link
+# is to the fastest: see the module doc).
 SHRINK_MEMORY_S = DELIVERY_WINDOW_S
 # A queue above this at a loss makes it a congestion loss.
 LOSS_QUEUE_S = QUEUE_CAP_MIN_S
@@ -189,7 +194,7 @@ class LinkWindow:
             self.cwnd_bytes = max(min(window, delivery_bps / 8 * (pipe + cap)), CWND_MIN_BYTES)
             self._shrunk_at = now
         else:
-            if now < self._shrunk_at + SHRINK_MEMORY_S:
+            if now < self._shrunk_at + SHRINK_MEMORY_S * (1.0 - min(share, 1.0)):
                 # The best rate of the last second is one the link just
                 # showed it no longer has: grow back with what it delivers
                 # (see the module doc).

@@ -50,24 +50,36 @@ def test_a_standing_queue_cuts_the_window_of_a_link_whose_capacity_varies() -> N
     assert window.cwnd_bytes == pytest.approx(10e6 / 8 * (RTT_S + GAP_S + cap))
 
 
-def test_after_a_cut_for_a_queue_the_window_grows_back_with_what_the_link_delivers() -> None:
-    """A cellular link whose capacity fell from 20 to 1 Mbit/s under a
-    queue: once the queue is gone, its window is not the gain over its best
-    rate of the last second (20 Mbit/s: seconds of queue at 1) but over what
-    it delivers, growing as it delivers more; a second after the last cut,
-    the best rate again (by then the estimator's best is after the cut)."""
-    spread = 0.4
-    window = _after(spread, 0.2, 1e6)
+def test_after_a_cut_for_a_queue_a_slow_link_grows_back_with_what_it_delivers() -> None:
+    """A cellular link at a tenth of the fastest link's rate fell from 20
+    to 1 Mbit/s under a queue: once the queue is gone, its window is not
+    the gain over its best rate of the last second (20 Mbit/s: seconds of
+    queue at 1) but over what it delivers, growing as it delivers more;
+    0.9 s after the last cut (a second, less its share), the best rate
+    again (by then the estimator's best is after the cut)."""
+    spread, share = 0.4, 0.1
+    window = LinkWindow()
+    window.on_report(0, 1.0, True, 0.0, RTT_S, 20e6, 20e6, spread, share)
+    window.on_report(0, 1.0 + GAP_S, True, 0.2, RTT_S, 20e6, 1e6, spread, share)
     cut = window.cwnd_bytes
     assert cut < 1e6 / 8 * 0.5
-    window.on_report(0, 1.0 + 2 * GAP_S, True, 0.0, RTT_S, 20e6, 1e6, spread)
+    window.on_report(0, 1.0 + 2 * GAP_S, True, 0.0, RTT_S, 20e6, 1e6, spread, share)
     pipe = RTT_S + window.report_gap_s
     assert window.cwnd_bytes == pytest.approx(max(cut, WINDOW_GAIN * 1e6 / 8 * pipe))
-    window.on_report(0, 1.0 + 3 * GAP_S, True, 0.0, RTT_S, 20e6, 3e6, spread)
+    window.on_report(0, 1.0 + 3 * GAP_S, True, 0.0, RTT_S, 20e6, 3e6, spread, share)
     pipe = RTT_S + window.report_gap_s
     assert window.cwnd_bytes == pytest.approx(WINDOW_GAIN * 3e6 / 8 * pipe)
-    later = 1.0 + GAP_S + SHRINK_MEMORY_S + 0.001
-    window.on_report(0, later, True, 0.0, RTT_S, 20e6, 3e6, spread)
+    later = 1.0 + GAP_S + SHRINK_MEMORY_S * (1 - share) + 0.001
+    window.on_report(0, later, True, 0.0, RTT_S, 20e6, 3e6, spread, share)
+    pipe = RTT_S + window.report_gap_s
+    assert window.cwnd_bytes == pytest.approx(WINDOW_GAIN * 20e6 / 8 * pipe)
+
+
+def test_after_a_cut_for_a_queue_the_fastest_link_takes_its_best_rate_again() -> None:
+    """The fastest link (or one alone) is the bond's throughput: once its
+    queue is gone, the gain over its best rate of the last second at once."""
+    window = _after(0.4, 0.2, 1e6)
+    window.on_report(0, 1.0 + 2 * GAP_S, True, 0.0, RTT_S, 20e6, 1e6, 0.4)
     pipe = RTT_S + window.report_gap_s
     assert window.cwnd_bytes == pytest.approx(WINDOW_GAIN * 20e6 / 8 * pipe)
 
