@@ -8,9 +8,10 @@ what explains a flow's goodput, as one JSON line in the run's directory
 flight, delivery rate, standing queue and bytes sent; per peer the inner
 packets waiting at the sending edge, queue management's drops and the
 reorder buffer (with its running totals of gaps given up and repaired);
-the endpoint's drops by reason.  ``python -m bench.status_trace FILE...`` sums a trace up
-per end and link: how often a link's window was full while packets waited
-at the edge, how often its window was cut, its queue, its share;
+the endpoint's drops by reason.  ``python -m bench.status_trace FILE...``
+sums a trace up per end and link: how often a link's window was full
+while packets waited at the edge, how often its window was cut, its
+queue, its share;
 ``--timeline client|server`` prints one end second by second instead.
 
 It answers questions a run's totals cannot ("did the fast link's window
