@@ -188,13 +188,14 @@ class LinkWindow:
         pipe = (DEFAULT_RTT_S if min_rtt_s is None else min_rtt_s) + self.report_gap_s
         gain = WINDOW_GAIN if now >= self._cut_at + LOSS_PAUSE_S else 1.0
         window = gain * delivery_max_bps / 8 * pipe
+        share = min(share, 1.0)
         cap = queue_cap_s(min_rtt_s, delivery_spread, self.report_gap_s, share)
         if queue_s > cap and delivery_bps > 0:
             # Evidence the window is too big for the link now: shrink it.
             self.cwnd_bytes = max(min(window, delivery_bps / 8 * (pipe + cap)), CWND_MIN_BYTES)
             self._shrunk_at = now
         else:
-            if now < self._shrunk_at + SHRINK_MEMORY_S * (1.0 - min(share, 1.0)):
+            if now < self._shrunk_at + SHRINK_MEMORY_S * (1.0 - share):
                 # The best rate of the last second is one the link just
                 # showed it no longer has: grow back with what it delivers
                 # (see the module doc).

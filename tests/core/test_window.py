@@ -19,12 +19,14 @@ RTT_S = 0.05
 GAP_S = FEEDBACK_INTERVAL_S  # the report gap the window assumes: the pipe stays put
 
 
-def _after(spread: float, queue_s: float, now_bps: float, best_bps: float = 20e6) -> LinkWindow:
+def _after(spread: float, queue_s: float, now_bps: float, best_bps: float = 20e6,
+           share: float = 1.0) -> LinkWindow:
     """A window after one report without a queue and one with `queue_s` of
-    it, the link delivering `now_bps` (its best lately `best_bps`)."""
+    it, the link delivering `now_bps` (its best lately `best_bps`, `share`
+    of the fastest link's)."""
     window = LinkWindow()
-    window.on_report(0, 1.0, True, 0.0, RTT_S, best_bps, best_bps, spread)
-    window.on_report(0, 1.0 + GAP_S, True, queue_s, RTT_S, best_bps, now_bps, spread)
+    window.on_report(0, 1.0, True, 0.0, RTT_S, best_bps, best_bps, spread, share)
+    window.on_report(0, 1.0 + GAP_S, True, queue_s, RTT_S, best_bps, now_bps, spread, share)
     return window
 
 
@@ -58,9 +60,7 @@ def test_after_a_cut_for_a_queue_a_slow_link_grows_back_with_what_it_delivers() 
     0.9 s after the last cut (a second, less its share), the best rate
     again (by then the estimator's best is after the cut)."""
     spread, share = 0.4, 0.1
-    window = LinkWindow()
-    window.on_report(0, 1.0, True, 0.0, RTT_S, 20e6, 20e6, spread, share)
-    window.on_report(0, 1.0 + GAP_S, True, 0.2, RTT_S, 20e6, 1e6, spread, share)
+    window = _after(spread, 0.2, 1e6, share=share)
     cut = window.cwnd_bytes
     assert cut < 1e6 / 8 * 0.5
     window.on_report(0, 1.0 + 2 * GAP_S, True, 0.0, RTT_S, 20e6, 1e6, spread, share)
