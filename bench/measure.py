@@ -56,6 +56,9 @@ class RunRecord:
     rtt_idle_p95_ms: float | None = None  # and 95th percentiles
     rtt_loaded_p95_ms: float | None = None
     events: list[tuple[float, str]] = field(default_factory=list)
+    # The wall clock (Unix time) at the events' zero, to read them against
+    # the systems' own logs (a link's DOWN against its cut).
+    events_zero_unix: float | None = None
     quiet_wait_s: float = 0.0  # waited before the run for the links to go idle (Lab.wait_quiet)
     system_status: dict[str, Any] = field(default_factory=dict)  # e.g. stripe status --json
     # Receiver goodput per iperf3 interval when it is under a second, and its length.
@@ -78,10 +81,12 @@ class Sampler(threading.Thread):
         self.fired: list[tuple[float, str]] = []
         self.samples: list[list[Counters]] = []
         self.failure: str | None = None
+        self.zero_unix: float | None = None
         self._halt = threading.Event()
 
     def run(self) -> None:
         start = time.monotonic()
+        self.zero_unix = time.time()
         tick = 0
         while not self._halt.is_set():
             elapsed = time.monotonic() - start
@@ -192,6 +197,7 @@ def measure(
         record.error = result.error or sampler.failure or system.problem()
         record.system_status = system.status()
         record.events = sampler.fired
+        record.events_zero_unix = sampler.zero_unix
         record.link_bytes = [
             (a.tx_bytes - b.tx_bytes) + (a.rx_bytes - b.rx_bytes)
             for a, b in zip(after, before, strict=True)

@@ -202,12 +202,15 @@ def flows_for(
     """The flows a scenario runs, each in each of ``directions`` (default:
     the scenario's); UDP's rate: 90 % of the links' sum if they are shaped,
     else ``udp_rate_mbit`` if given, else CEILING_UDP_MBIT.  Real links:
-    one TCP flow, four (`tcp4`) or a UDP stream, reported every 100 ms; the
+    one TCP flow, four (`tcp4`) or a UDP stream, reported every 100 ms (as
+    failover's one TCP flow); the
     stream's rate, unless given, follows the links' traces and is set once
     the lab knows them (`real_udp_offer_mbit`; 0 until then)."""
     ways = directions or list(scenario.directions)
-    if scenario.kind in ("latency", "failover"):
+    if scenario.kind == "latency":
         return [Flow()]
+    if scenario.kind == "failover":
+        return [Flow(interval_s=REAL_INTERVAL_S)]  # the stall after a cut, to 100 ms
     if scenario.kind == "reallinks":
         return [dataclasses.replace(flow, direction=way, interval_s=REAL_INTERVAL_S)
                 for flow in _flows_by_name(scenario, names, udp_rate_mbit, udp_len, real=True)

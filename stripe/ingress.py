@@ -254,6 +254,7 @@ class Ingress:
         feedback, and the reorder hold follows the measured skew."""
         self._links.data_seen(peer, now)
         feedback = peer.feedback
+        feedback.data_at = now
         if not feedback.data_since:
             feedback.data_since = True
             feedback.due = max(feedback.due, now + FIRST_FEEDBACK_DELAY_S)

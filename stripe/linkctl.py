@@ -21,6 +21,10 @@ link goes down, the data it carried lately is re-sent on the others
 Feedback (see `estimator`): while data arrives, every FEEDBACK_INTERVAL_S
 the receiver reports per link what it got; the sender's estimates, and the
 stall check that takes a silently dead link out of the schedule, run on it.
+When data stops arriving, the receiver reports that nothing came, every
+SILENCE_REPORT_INTERVAL_S for SILENCE_REPORTS_FOR_S: the sender's stall
+check needs a report to run, and a peer whose every packet went to a link
+that died gets none otherwise.
 
 The link mask: every transport header announces the links that carried
 data lately, so the receiver's loss inference waits for them; a link that
@@ -60,6 +64,21 @@ from .transmit import Transmitter
 REHANDSHAKE_AFTER_SILENCE_S = 1.0
 # While idle: two of the idle links' probes unanswered, and the same second.
 REHANDSHAKE_AFTER_IDLE_SILENCE_S = 2 * IDLE_PROBE_INTERVAL_S + REHANDSHAKE_AFTER_SILENCE_S
+
+# Reports of nothing: when the peer's data stops arriving, a report that
+# nothing came, every SILENCE_REPORT_INTERVAL_S for as long as the peer
+# counts as busy.  The peer's stall check runs on reports; if all it sent
+# went to one link that just died (a sparse flow, such as the acks of our
+# upload, takes the link with the shortest round trip), nothing arrives
+# here, so no report would go and the peer would learn only from its
+# probes, after `dead_after_s()` (0.45-3 s): past the inner TCP's
+# retransmission timeout, whose retransmission and its ack then went the
+# same way (a blackholed link cost uploads 0.7 s of nothing).  With these,
+# the dead link is out within its stall limit (at least 100 ms) and one
+# interval.  Cost: 20 small datagrams a second, only in the second after
+# data stopped arriving (the end of every burst too).
+SILENCE_REPORT_INTERVAL_S = 0.05
+SILENCE_REPORTS_FOR_S = 1.0
 
 LINKS_ANNOUNCE_INTERVAL_S = 5.0
 LINKS_ANNOUNCE_IDLE_INTERVAL_S = 30.0  # while the peer is idle
@@ -147,8 +166,11 @@ class LinkControl:
                 due.append(peer.links_announce_due)
             if not peer.idle:
                 due.append(peer.busy_until)
-            if peer.feedback.data_since:
-                due.append(peer.feedback.due)
+            feedback = peer.feedback
+            if feedback.data_since:
+                due.append(feedback.due)
+            elif feedback.silence_due < feedback.data_at + SILENCE_REPORTS_FOR_S:
+                due.append(feedback.silence_due)
             for link in peer.links.values():
                 if link.path is None:
                     continue
@@ -206,7 +228,13 @@ class LinkControl:
         if feedback.data_since and now >= feedback.due:
             feedback.data_since = False
             feedback.due = now + FEEDBACK_INTERVAL_S
+            feedback.silence_due = now + SILENCE_REPORT_INTERVAL_S
             self._send_feedback(peer, session, now)
+        elif not feedback.data_since and now >= feedback.silence_due:
+            # (past the reports' time, none is due: see next_timer)
+            feedback.silence_due = now + SILENCE_REPORT_INTERVAL_S
+            if now < feedback.data_at + SILENCE_REPORTS_FOR_S:
+                self._send_feedback(peer, session, now)
         if now >= peer.links_announce_due:
             peer.links_announce_due = now + (
                 LINKS_ANNOUNCE_IDLE_INTERVAL_S if peer.idle else LINKS_ANNOUNCE_INTERVAL_S)
@@ -479,14 +507,19 @@ class LinkControl:
                 link.rx_highest_link_seq, owd[0], owd[1], owd[2]))
         # Over a link that just delivered data to us: the fastest link by
         # probes may be the one that has just been blackholed, and feedback
-        # lost there would also hide that link's stall from the peer.
+        # lost there would also hide that link's stall from the peer.  A
+        # report of nothing (none delivered) over the link last seen to
+        # reach the peer (its latest ack or report of our data).
         up = [x for x in peer.links.values() if x.up]
         delivering = [x for x in up if x.counters.rx_packets > x.rx_packets_at_feedback]
         for link in peer.links.values():
             link.rx_packets_at_feedback = link.counters.rx_packets
-        target = min(delivering or up,
-                     key=lambda x: x.health.srtt_s or 0.0, default=None)
-        if reports and target is not None:
+        target: Link | None
+        if delivering:
+            target = min(delivering, key=lambda x: x.health.srtt_s or 0.0)
+        else:
+            target = max(up, key=lambda x: x.health.last_ack_time, default=None)
+        if target is not None:
             self._transmit.send_control(peer, session, target, control.Feedback(
                 tuple(reports), max(round(now * 1e6), 0)), now)
 

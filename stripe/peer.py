@@ -58,10 +58,13 @@ class PeerHandshake:
 @dataclass(slots=True)
 class FeedbackClock:
     """When this end next reports to the peer what it received (see
-    `estimator`): only while data arrives, every FEEDBACK_INTERVAL_S."""
+    `estimator`): while data arrives, every FEEDBACK_INTERVAL_S; when it
+    stops arriving, reports of nothing for a while (see `linkctl`)."""
 
     due: float = 0.0
     data_since: bool = False  # data arrived since the last report
+    data_at: float = float("-inf")  # when data last arrived
+    silence_due: float = 0.0  # the next report of nothing, if nothing arrives
 
 
 @dataclass(slots=True)

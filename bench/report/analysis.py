@@ -21,6 +21,13 @@ STEADY_FRACTION = 0.8
 BOTH_AGAIN_FRACTION = 0.5
 CONSECUTIVE_S = 2
 SURVIVAL_TAIL_S = 2
+# The same at the receiver's 100 ms reports (when the run has them):
+# "recovered" is half a second averaging >= 80 % of the remaining link's
+# rate (a mean: bbr's single 100 ms reports swing by a third around its
+# rate); a "stall" is a run of reports below a quarter of it, the longest
+# one after the cut counted (what the inner flow felt of the link's death).
+RECOVERED_S = 0.5
+STALL_FRACTION = 0.25
 
 
 @dataclass
@@ -218,7 +225,9 @@ def failover_metrics(
     cut_link_mbit: float,
     cut_link: int = 1,
 ) -> dict[str, Any]:
-    """Did the flow survive the cut, and how long did recovery take (1 s resolution)?
+    """Did the flow survive the cut, and how long did recovery take (1 s
+    resolution; to 100 ms as well if the run has the receiver's 100 ms
+    reports, see `_fine_failover`)?
 
     ``per_second_mbit[t]`` is the receiver's goodput in second [t, t+1);
     ``link_series_mbit[t][i]`` is what link i sent in that second.
@@ -237,4 +246,32 @@ def failover_metrics(
         "cut_to_steady_s": None if steady is None or steady >= restore else steady - cut,
         "restore_to_both_s": None if both is None else both - restore,
         "per_second_mbit": series,
+    } | _fine_failover(record, cut_s, restore_s, remaining_link_mbit)
+
+
+def _fine_failover(
+    record: Record, cut_s: float, restore_s: float, remaining_link_mbit: float
+) -> dict[str, float | None]:
+    """From the receiver's sub-second reports, if the run has them: the
+    cut (when it was made, if the run recorded it) to half a second
+    averaging `STEADY_FRACTION` of the remaining link's rate, and the longest stall
+    between the cut and the restore (both to the report's length)."""
+    bins: list[float] = record.get("bins_mbit") or []
+    bin_s = record.get("bin_s")
+    if not bins or not bin_s:
+        return {"cut_to_recovered_s": None, "stall_s": None}
+    events = record.get("events") or []
+    cut_at = float(events[0][0]) if events else cut_s
+    first, last = int(cut_at / bin_s), min(int(restore_s / bin_s), len(bins))
+    need = round(RECOVERED_S / bin_s)
+    recovered = next((k for k in range(first, last - need + 1) if sum(bins[k:k + need])
+                      >= need * STEADY_FRACTION * remaining_link_mbit), None)
+    stall = longest = 0
+    for v in bins[first:last]:
+        stall = stall + 1 if v < STALL_FRACTION * remaining_link_mbit else 0
+        longest = max(longest, stall)
+    return {
+        "cut_to_recovered_s": None if recovered is None else round(
+            max(recovered * bin_s - cut_at, 0.0), 2),
+        "stall_s": round(longest * bin_s, 2),
     }

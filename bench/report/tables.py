@@ -38,6 +38,14 @@ def _median_or_none(values: list[float | None]) -> float | None:
     return statistics.median(known)
 
 
+def _median_max(values: list[float | None]) -> str:
+    """'median [max]' to 0.1 s of the runs that have a value; '-' without."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    return f"{statistics.median(known):.1f} [{max(known):.1f}]"
+
+
 def _role(process: str) -> str:
     """``stripe-server`` / ``wireguard-go-client`` -> ``server`` / ``client``."""
     for system in ("stripe-", "wireguard-go-"):
@@ -109,7 +117,10 @@ def failover_table(records: list[Record], summaries: list[Summary]) -> list[str]
             f"Cut at {FAILOVER_CUT_S:g} s, restored at {FAILOVER_RESTORE_S:g} s. "
             f"Steady = 2 s at >= 80 % of link 0's {link0:.2f} Mbit/s; both again = link 1 "
             f"sending >= 50 % of its {link1:.2f} Mbit/s for 2 s (a link's rate: measured alone "
-            "if it was, else 95 % of its configured rate). '-' = never within the run.",
+            "if it was, else 95 % of its configured rate). '-' = never within the run. "
+            "From the receiver's 100 ms reports: recovered = 0.5 s averaging >= 80 % of link 0's "
+            "rate, from the moment of the cut; longest stall = the longest run of reports "
+            "below 25 % of it between the cut and the restore.",
             "",
         ]
         per_run: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -118,20 +129,23 @@ def failover_table(records: list[Record], summaries: list[Summary]) -> list[str]
                 m = failover_metrics(r, FAILOVER_CUT_S, FAILOVER_RESTORE_S, link0, link1)
                 per_run[(r["system"], r.get("cc") or "default")].append(m)
         lines += [
-            "| system | cc | survived | cut -> steady (s), median | restore -> both (s), median |",
-            "|---|---|---|---|---|",
+            "| system | cc | survived | cut -> steady (s), median | cut -> recovered (s), "
+            "median [max] | longest stall (s), median [max] | restore -> both (s), median |",
+            "|---|---|---|---|---|---|---|",
         ]
         for (system, cc), ms in per_run.items():
             lines.append(
                 f"| {system} | {cc} | {sum(m['survived'] for m in ms)}/{len(ms)} "
                 f"| {_fmt(_median_or_none([m['cut_to_steady_s'] for m in ms]), 1)} "
+                f"| {_median_max([m['cut_to_recovered_s'] for m in ms])} "
+                f"| {_median_max([m['stall_s'] for m in ms])} "
                 f"| {_fmt(_median_or_none([m['restore_to_both_s'] for m in ms]), 1)} |"
             )
         lines += [
             "",
-            "| system | cc | repeat | survived | cut -> steady (s) | restore -> both (s) "
-            "| goodput per second (Mbit/s) |",
-            "|---|---|---|---|---|---|---|",
+            "| system | cc | repeat | survived | cut -> steady (s) | cut -> recovered (s) "
+            "| longest stall (s) | restore -> both (s) | goodput per second (Mbit/s) |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in records:
             if r["scenario"] != name:
@@ -141,6 +155,7 @@ def failover_table(records: list[Record], summaries: list[Summary]) -> list[str]
             lines.append(
                 f"| {r['system']} | {r.get('cc') or 'default'} | {r['repeat']} "
                 f"| {'yes' if m['survived'] else 'NO'} | {_fmt(m['cut_to_steady_s'], 0)} "
+                f"| {_fmt(m['cut_to_recovered_s'], 1)} | {_fmt(m['stall_s'], 1)} "
                 f"| {_fmt(m['restore_to_both_s'], 0)} | {per_s} |"
             )
         lines.append("")

@@ -167,6 +167,18 @@ def test_failover_metrics() -> None:
         4.75,
     )
     assert stalled_then_back["survived"] is True
+    assert stalled_then_back["stall_s"] is None  # no 100 ms reports: nothing finer
+
+
+def test_failover_metrics_to_100_ms() -> None:
+    # Reports every 100 ms; the cut made at 10.05 s: 0.6 s of nothing, then
+    # 0.2 s at half the link, then link 0 alone from 10.9 s.
+    bins = [9.0] * 100 + [0.0] * 6 + [2.0] * 2 + [1.0] + [4.6] * 91 + [9.0] * 100
+    rec = _record("stripe-default", 7.0, per_second_mbit=[9.0] * 30, bins_mbit=bins,
+                  bin_s=0.1, events=[[10.05, "link1 blackhole"], [20.0, "link1 restored"]])
+    m = failover_metrics(rec, 10, 20, remaining_link_mbit=4.75, cut_link_mbit=4.75)
+    assert m["cut_to_recovered_s"] == 0.75  # from 10.8 s the half second averages 3.88
+    assert m["stall_s"] == 0.6  # the 1.0 Mbit/s report after 2.0 ones is a stall of its own
 
 
 def test_demo_table() -> None:

@@ -4,19 +4,23 @@ peer has not reported goes out again, as copies, on the other links."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 
 import pytest
 from tests.core.netsim import Sim, SimLink, ip_packet, out_of_order, packet_seq
 
-from stripe import wire
+from stripe import linkctl, wire
 from stripe.io.metrics import families
 from stripe.links import (
     IDLE_PROBE_INTERVAL_S,
     KEEP_MAX_PACKETS,
     KEEP_S,
     LINK_DEAD_AFTER_IDLE_S,
+    Link,
+    LinkState,
 )
 from stripe.noise import TransportKey
+from stripe.scheduler import Scheduler, usable_links
 from stripe.session import COPIES_SEALED_REMEMBERED, Session
 from stripe.status import render
 
@@ -166,6 +170,61 @@ def test_a_late_resent_copy_does_not_lengthen_the_hold() -> None:
     assert reorder is not None
     assert reorder.reorder.stats.late > 0  # copies that came too late ...
     assert reorder.reorder.late_bonus(sim.now) == 0.0  # ... are not skew
+
+
+class LinkOneFirst(Scheduler):
+    """Link 1 while it is usable, else whatever `fallback` picks: every
+    packet of the server's sparse flow on the link with the shorter round
+    trip, as the adaptive scheduler put an upload's acks in the lab."""
+
+    def __init__(self, fallback: Scheduler) -> None:
+        self.fallback = fallback
+
+    def pick(self, links: Collection[Link], size: int, now: float,
+             within_window: bool = True) -> Link | None:
+        one = [link for link in usable_links(links) if link.link_id == 1]
+        return one[0] if one else self.fallback.pick(links, size, now, within_window)
+
+
+def test_a_link_blackholed_under_all_of_a_sparse_flow_is_found_by_reports_of_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upload and its acks (300 bytes: not a sparse flow's, which go on
+    two links), every ack on link 1.  Link 1 goes silent both
+    ways: the client hears nothing from the server, so it reported nothing,
+    and the server, whose stall check runs on reports, learnt it only from
+    its probes, after 0.45 s or more (in the lab the inner TCP's
+    retransmission timeout came first, and its ack went the same way: 0.7 s
+    without goodput).  The client's reports of nothing take link 1 out of
+    the server's schedule within its stall time, and the acks flow again."""
+    out_after = {}
+    for silence_reports in (True, False):
+        if not silence_reports:
+            monkeypatch.setattr(linkctl, "SILENCE_REPORTS_FOR_S", 0.0)
+        sim = Sim([SimLink(delay_s=0.010), SimLink(delay_s=0.005)], loss_repair=True)
+        server = sim.server.peers[0]
+        server.scheduler = LinkOneFirst(server.scheduler)
+        sim.run(1.0)
+        start = sim.now
+        traffic = sorted([(start + i * 0.002, "up", ip_packet(i, 1000)) for i in range(1000)]
+                         + [(start + i * 0.010, "down", ip_packet(10**6 + i, 300))
+                            for i in range(200)])
+        sim.run(0.4, [x for x in traffic if x[0] < start + 0.4])
+        sim.links[1].up = False
+        cut, acks_before = sim.now, len(sim.delivered["client"])
+        while server.links[1].health.state is LinkState.UP and sim.now < cut + 1.0:
+            sim.run(0.01, [x for x in traffic if sim.now <= x[0] < sim.now + 0.01])
+        out_after[silence_reports] = sim.now - cut
+        sim.run(0.3, [x for x in traffic if sim.now <= x[0] < cut + 0.5])
+        if silence_reports:
+            # STALE, not DOWN: its stall time (100 ms here) and a report.
+            assert server.links[1].health.stalls == 1 and server.links[1].health.downs == 0
+        # Every ack sent since the cut came through, in order: the newest
+        # ones again at once, the older ones asked for by the client.
+        acks = [packet_seq(p) - 10**6 for p in sim.delivered["client"][acks_before:]]
+        assert acks == list(range(40, 90))
+        monkeypatch.undo()
+    assert out_after[True] <= 0.25, out_after
+    assert out_after[False] >= 0.4, out_after  # its probes' silence
 
 
 # -- bounds, status ----------------------------------------------------------
