@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from . import pmtu, routing, wire
 from .aqm import CoDel, mark_ce, measure_bond
 from .flows import flow_bucket
-from .links import Link
+from .links import RESEND_WINDOW_S, Link
 from .offload import IPPROTO_TCP, complete_partial
 from .outbox import Outbox
 from .peer import Peer
@@ -231,12 +231,19 @@ class Egress:
         """`dead` just went down: what it carried lately that the peer has
         not reported goes out again, each as a DATA_COPY (same counter, so
         the receiver slots it where the original belonged) on the link the
-        scheduler picks, past its window if need be.
+        scheduler picks, past its window if need be.  Lately: within
+        `links.RESEND_WINDOW_S`, or since the newest send another link is
+        known to have delivered if that is older (what the peer cannot
+        see it lacks: no later counter reached it, so no gap shows it; an
+        upload's acks, all on the link that died, went unseen until the
+        inner TCP's retransmission timer brought a new one).
         Not re-sent: data of an older session (its counters mean nothing in
         the current one), messages that have their one copy already (a
-        redundant copy is on its way), anything older than
-        `links.RESEND_WINDOW_S`; nor what no link takes (counted)."""
-        runs = dead.recent.latest(now)
+        redundant copy is on its way), anything older; nor what no link
+        takes (counted)."""
+        delivered = max((link.window.reported_sent_at for link in peer.links.values()
+                         if link is not dead), default=float("-inf"))
+        runs = dead.recent.latest(min(now - RESEND_WINDOW_S, delivered))
         session = peer.current
         if session is None:
             return

@@ -405,10 +405,11 @@ class LinkHealth:
 # Data a link took and the peer has not reported when the link goes down is
 # sent again on the others (see `egress.resend_recent`).  Only recent
 # packets are worth it: the receiver holds a gap for 20 ms or the links'
-# skew plus jitter (see `reorder`); a copy later than that is dropped as late
-# (the inner transport recovers such losses itself) and, on a full link,
-# takes a newer packet's place in its queue: RESEND_WINDOW_S, at most
-# RESEND_MAX_PACKETS.
+# skew plus jitter (see `reorder`), and asks for what the gap lacks itself
+# (a REPAIR); a copy later than that is dropped as late and, on a full
+# link, takes a newer packet's place in its queue: RESEND_WINDOW_S, at most
+# RESEND_MAX_PACKETS.  Older ones too if the peer cannot know it lacks them:
+# sent after anything another link delivered (a tail), so no gap shows them.
 RESEND_WINDOW_S = 0.05
 RESEND_MAX_PACKETS = 512
 # The packets are kept longer for the peer's REPAIR requests (see
@@ -499,12 +500,12 @@ class RecentSends:
             end = start
         return found
 
-    def latest(self, now: float) -> list[RecentRun]:
-        """Those sent within RESEND_WINDOW_S of `now`, the newest
-        RESEND_MAX_PACKETS of them (whole runs).  All stay kept: the peer
-        may still ask for the older ones (a REPAIR), and a message sent
-        again has had its one copy, which `Session.can_copy` tells."""
-        horizon = now - RESEND_WINDOW_S
+    def latest(self, since: float) -> list[RecentRun]:
+        """Those sent at or after `since`, the newest RESEND_MAX_PACKETS of
+        them (whole runs).  All stay kept: the peer may still ask for the
+        older ones (a REPAIR), and a message sent again has had its one
+        copy, which `Session.can_copy` tells."""
+        horizon = since
         runs: list[RecentRun] = []
         packets = 0
         for run in reversed(self.runs):

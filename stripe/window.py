@@ -143,6 +143,9 @@ class LinkWindow:
     # link was busy, what it delivered is what it can carry.
     used: bool = False
     losses: int = 0  # congestion losses that cut the window (see on_loss)
+    # When the newest send a report covered left: the peer has what this
+    # link carried until then (see egress.resend_recent).
+    reported_sent_at: float = float("-inf")
     _reported_at: float | None = None
     _cut_at: float = float("-inf")  # the last cut for a loss
     _shrunk_at: float = float("-inf")  # the last cut for a standing queue
@@ -177,7 +180,9 @@ class LinkWindow:
         the fastest link's."""
         unacked = self.unacked
         while unacked and unacked[0][0] <= highest_seq:
-            self.inflight_bytes -= unacked.popleft()[2]
+            _seq, sent, size = unacked.popleft()
+            self.inflight_bytes -= size
+            self.reported_sent_at = sent
         if self._reported_at is not None:
             gap = min(max(now - self._reported_at, REPORT_GAP_MIN_S), REPORT_GAP_MAX_S)
             self.report_gap_s += (gap - self.report_gap_s) / 8

@@ -227,6 +227,27 @@ def test_a_link_blackholed_under_all_of_a_sparse_flow_is_found_by_reports_of_not
     assert out_after[False] >= 0.4, out_after  # its probes' silence
 
 
+def test_a_tail_on_a_blackholed_link_goes_again_whole() -> None:
+    """Every packet on link 1, then link 1 goes silent both ways and the
+    sender goes quiet too (the end of a burst): nothing the server got
+    shows a gap, so it can ask for nothing.  When link 1 leaves the
+    schedule (the server's reports of nothing reveal its stall), all it
+    carried since anything was delivered goes again, not only its last
+    50 ms, which held nothing here."""
+    sim = Sim([SimLink(delay_s=0.010), SimLink(delay_s=0.005)], loss_repair=True)
+    client = sim.client.peers[0]
+    client.scheduler = LinkOneFirst(client.scheduler)
+    sim.run(1.0)
+    start = sim.now
+    traffic = [(start + i * 0.002, "up", ip_packet(i, 1000)) for i in range(100)]
+    sim.run(0.15, traffic[:75])
+    sim.links[1].up = False  # the last 25 packets, 50 ms of them, are lost
+    sim.run(0.5, traffic[75:])
+    assert client.links[1].health.stalls == 1
+    assert delivered(sim) == list(range(100))
+    assert client.copies.resent == 25 and client.copies.repaired == 0
+
+
 # -- bounds, status ----------------------------------------------------------
 
 
