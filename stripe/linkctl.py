@@ -66,17 +66,17 @@ REHANDSHAKE_AFTER_SILENCE_S = 1.0
 REHANDSHAKE_AFTER_IDLE_SILENCE_S = 2 * IDLE_PROBE_INTERVAL_S + REHANDSHAKE_AFTER_SILENCE_S
 
 # Reports of nothing: when the peer's data stops arriving, a report that
-# nothing came, every SILENCE_REPORT_INTERVAL_S for as long as the peer
-# counts as busy.  The peer's stall check runs on reports; if all it sent
-# went to one link that just died (a sparse flow, such as the acks of our
-# upload, takes the link with the shortest round trip), nothing arrives
-# here, so no report would go and the peer would learn only from its
-# probes, after `dead_after_s()` (0.45-3 s): past the inner TCP's
-# retransmission timeout, whose retransmission and its ack then went the
-# same way (a blackholed link cost uploads 0.7 s of nothing).  With these,
-# the dead link is out within its stall limit (at least 100 ms) and one
-# interval.  Cost: 20 small datagrams a second, only in the second after
-# data stopped arriving (the end of every burst too).
+# nothing came, every SILENCE_REPORT_INTERVAL_S until SILENCE_REPORTS_FOR_S
+# after the last data.  The peer's stall check runs on reports; if all it
+# sent went to one link that just died (a light flow, such as the acks of
+# our upload, may all take one link), nothing arrives here, so no report
+# would go and the peer would learn only from its probes, after
+# `dead_after_s()` (0.45-3 s): past the inner TCP's retransmission
+# timeout, whose retransmission's ack then went the same way (a blackholed
+# link cost uploads 0.6-1.1 s without goodput).  With these, the dead link
+# is out within its stall limit (at least 100 ms) and one interval.  Cost:
+# up to 20 small datagrams a second while the peer's data comes in gaps
+# longer than 50 ms (a ping, a chat), and in the second after it stops.
 SILENCE_REPORT_INTERVAL_S = 0.05
 SILENCE_REPORTS_FOR_S = 1.0
 

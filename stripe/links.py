@@ -505,11 +505,10 @@ class RecentSends:
         them (whole runs).  All stay kept: the peer may still ask for the
         older ones (a REPAIR), and a message sent again has had its one
         copy, which `Session.can_copy` tells."""
-        horizon = since
         runs: list[RecentRun] = []
         packets = 0
         for run in reversed(self.runs):
-            if run.sent < horizon or packets + len(run.packets) > RESEND_MAX_PACKETS:
+            if run.sent < since or packets + len(run.packets) > RESEND_MAX_PACKETS:
                 break
             runs.append(run)
             packets += len(run.packets)
