@@ -66,17 +66,19 @@ REHANDSHAKE_AFTER_SILENCE_S = 1.0
 REHANDSHAKE_AFTER_IDLE_SILENCE_S = 2 * IDLE_PROBE_INTERVAL_S + REHANDSHAKE_AFTER_SILENCE_S
 
 # Reports of nothing: when the peer's data stops arriving, a report that
-# nothing came, every SILENCE_REPORT_INTERVAL_S until SILENCE_REPORTS_FOR_S
-# after the last data.  The peer's stall check runs on reports; if all it
+# nothing came SILENCE_REPORT_INTERVAL_S after the last report, then after
+# twice as long each time, until SILENCE_REPORTS_FOR_S after the last data
+# (at 50, 150, 350 and 750 ms).  The peer's stall check runs on reports; if all it
 # sent went to one link that just died (a light flow, such as the acks of
 # our upload, may all take one link), nothing arrives here, so no report
 # would go and the peer would learn only from its probes, after
 # `dead_after_s()` (0.45-3 s): past the inner TCP's retransmission
 # timeout, whose retransmission's ack then went the same way (a blackholed
 # link cost uploads 0.6-1.1 s without goodput).  With these, the dead link
-# is out within its stall limit (at least 100 ms) and one interval.  Cost:
-# up to 20 small datagrams a second while the peer's data comes in gaps
-# longer than 50 ms (a ping, a chat), and in the second after it stops.
+# is out within its stall limit (at least 100 ms) and one interval (the
+# limit grows with the link's round trip and queue, and so do the
+# intervals).  Cost: at most four small datagrams per pause in the peer's
+# data longer than 50 ms (a ping's, a chat's, the end of a burst).
 SILENCE_REPORT_INTERVAL_S = 0.05
 SILENCE_REPORTS_FOR_S = 1.0
 
@@ -228,11 +230,14 @@ class LinkControl:
         if feedback.data_since and now >= feedback.due:
             feedback.data_since = False
             feedback.due = now + FEEDBACK_INTERVAL_S
+            feedback.silence_interval = SILENCE_REPORT_INTERVAL_S
             feedback.silence_due = now + SILENCE_REPORT_INTERVAL_S
             self._send_feedback(peer, session, now)
         elif not feedback.data_since and now >= feedback.silence_due:
             # (past the reports' time, none is due: see next_timer)
-            feedback.silence_due = now + SILENCE_REPORT_INTERVAL_S
+            feedback.silence_interval = max(2 * feedback.silence_interval,
+                                            SILENCE_REPORT_INTERVAL_S)
+            feedback.silence_due = now + feedback.silence_interval
             if now < feedback.data_at + SILENCE_REPORTS_FOR_S:
                 self._send_feedback(peer, session, now)
         if now >= peer.links_announce_due:

@@ -65,6 +65,7 @@ class FeedbackClock:
     data_since: bool = False  # data arrived since the last report
     data_at: float = float("-inf")  # when data last arrived
     silence_due: float = 0.0  # the next report of nothing, if nothing arrives
+    silence_interval: float = 0.0  # the wait before it (doubles from report to report)
 
 
 @dataclass(slots=True)

@@ -224,3 +224,26 @@ def test_a_vouching_probe_counts_as_one_ack_towards_recovery() -> None:
     assert health.on_peer_up(7.0, 0.05) is None
     assert health.on_peer_up(9.0, 0.05) is LinkState.UP
     assert health.last_ack_time == 9.0
+
+
+def test_a_pause_in_the_peers_data_costs_at_most_four_reports_of_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One packet, then nothing: the receiver reports it, then that nothing
+    came after it at 50, 150, 350 and 750 ms (see linkctl's reports of
+    nothing), and nothing more: a light flow's pauses cost four small
+    datagrams each, not twenty a second."""
+    sim = _idle_sim()
+    links = sim.server._links
+    sent: list[float] = []
+    send_feedback = links._send_feedback
+
+    def counted(*args: object) -> None:
+        sent.append(sim.now)
+        send_feedback(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(links, "_send_feedback", counted)
+    start = sim.now
+    sim.run(3.0, [(start, "up", ip_packet(0, 200))])
+    first = sent[0]
+    assert [round(t - first, 2) for t in sent[1:]] == [0.05, 0.15, 0.35, 0.75]
+    assert first - start < 0.05

@@ -214,7 +214,7 @@ def test_a_link_blackholed_under_all_of_a_sparse_flow_is_found_by_reports_of_not
         while server.links[1].health.state is LinkState.UP and sim.now < cut + 1.0:
             sim.run(0.01, [x for x in traffic if sim.now <= x[0] < sim.now + 0.01])
         out_after[silence_reports] = sim.now - cut
-        sim.run(0.3, [x for x in traffic if sim.now <= x[0] < cut + 0.5])
+        sim.run(cut + 0.6 - sim.now, [x for x in traffic if sim.now <= x[0] < cut + 0.5])
         if silence_reports:
             # STALE, not DOWN: its stall time (100 ms here) and a report.
             assert server.links[1].health.stalls == 1 and server.links[1].health.downs == 0
