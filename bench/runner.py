@@ -203,9 +203,9 @@ def flows_for(
     the scenario's); UDP's rate: 90 % of the links' sum if they are shaped,
     else ``udp_rate_mbit`` if given, else CEILING_UDP_MBIT.  Real links:
     one TCP flow, four (`tcp4`) or a UDP stream, reported every 100 ms (as
-    failover's one TCP flow); the
-    stream's rate, unless given, follows the links' traces and is set once
-    the lab knows them (`real_udp_offer_mbit`; 0 until then)."""
+    failover's one TCP flow); the stream's rate, unless given, follows the
+    links' traces and is set once the lab knows them
+    (`real_udp_offer_mbit`; 0 until then)."""
     ways = directions or list(scenario.directions)
     if scenario.kind == "latency":
         return [Flow()]

@@ -21,10 +21,11 @@ link goes down, the data it carried lately is re-sent on the others
 Feedback (see `estimator`): while data arrives, every FEEDBACK_INTERVAL_S
 the receiver reports per link what it got; the sender's estimates, and the
 stall check that takes a silently dead link out of the schedule, run on it.
-When data stops arriving, the receiver reports that nothing came, every
-SILENCE_REPORT_INTERVAL_S for SILENCE_REPORTS_FOR_S: the sender's stall
-check needs a report to run, and a peer whose every packet went to a link
-that died gets none otherwise.
+When data stops arriving, the receiver reports that nothing came, a few
+times backing off from SILENCE_REPORT_INTERVAL_S, within
+SILENCE_REPORTS_FOR_S: the sender's stall check needs a report to run,
+and a peer whose every packet went to a link that died gets none
+otherwise.
 
 The link mask: every transport header announces the links that carried
 data lately, so the receiver's loss inference waits for them; a link that
@@ -67,18 +68,18 @@ REHANDSHAKE_AFTER_IDLE_SILENCE_S = 2 * IDLE_PROBE_INTERVAL_S + REHANDSHAKE_AFTER
 
 # Reports of nothing: when the peer's data stops arriving, a report that
 # nothing came SILENCE_REPORT_INTERVAL_S after the last report, then after
-# twice as long each time, until SILENCE_REPORTS_FOR_S after the last data
-# (at 50, 150, 350 and 750 ms).  The peer's stall check runs on reports; if all it
-# sent went to one link that just died (a light flow, such as the acks of
-# our upload, may all take one link), nothing arrives here, so no report
-# would go and the peer would learn only from its probes, after
-# `dead_after_s()` (0.45-3 s): past the inner TCP's retransmission
-# timeout, whose retransmission's ack then went the same way (a blackholed
-# link cost uploads 0.6-1.1 s without goodput).  With these, the dead link
-# is out within its stall limit (at least 100 ms) and one interval (the
-# limit grows with the link's round trip and queue, and so do the
-# intervals).  Cost: at most four small datagrams per pause in the peer's
-# data longer than 50 ms (a ping's, a chat's, the end of a burst).
+# twice as long each time, until SILENCE_REPORTS_FOR_S after the last
+# data (at 50, 150, 350 and 750 ms).  The peer's stall check runs on
+# reports; if all it sent went to one link that just died (a light flow,
+# such as the acks of our upload, may all take one link), nothing arrives
+# here, so no report would go and the peer would learn only from its
+# probes, after `dead_after_s()` (0.45-3 s): past the inner TCP's
+# retransmission timeout, whose retransmission's ack then went the same
+# way (a blackholed link cost uploads 0.6-1.1 s without goodput).  With
+# these, the dead link is out by the first report after its stall limit
+# (at least 100 ms; one that long is caught at 150 ms, one of 300 ms, a
+# deep queue's, at 350).  Cost: at most four small datagrams per pause in
+# the peer's data longer than 50 ms (a ping's, a chat's, a burst's end).
 SILENCE_REPORT_INTERVAL_S = 0.05
 SILENCE_REPORTS_FOR_S = 1.0
 
@@ -234,7 +235,8 @@ class LinkControl:
             feedback.silence_due = now + SILENCE_REPORT_INTERVAL_S
             self._send_feedback(peer, session, now)
         elif not feedback.data_since and now >= feedback.silence_due:
-            # (past the reports' time, none is due: see next_timer)
+            # The next one, if the data is still missing then (none once
+            # SILENCE_REPORTS_FOR_S have passed: see next_timer).
             feedback.silence_interval = max(2 * feedback.silence_interval,
                                             SILENCE_REPORT_INTERVAL_S)
             feedback.silence_due = now + feedback.silence_interval
