@@ -50,7 +50,7 @@ from .egress import Egress
 from .estimator import FEEDBACK_INTERVAL_S, queue_delay_s
 from .links import IDLE_PROBE_INTERVAL_S, Link, LinkState
 from .outbox import Address, Outbox
-from .peer import Peer
+from .peer import FeedbackClock, Peer
 from .scheduler import shortest_rtt_avoiding, usable_links
 from .session import Session
 from .spec import EndpointSpec, LinkSpec, Role
@@ -134,6 +134,14 @@ def repair_wait_s(peer: Peer, session: Session) -> float:
     return min(best, REPAIR_WAIT_MAX_S)
 
 
+def _silence_report_due(feedback: FeedbackClock) -> float | None:
+    """When the next report of nothing goes, if one is owed: no data since
+    the last report, and within SILENCE_REPORTS_FOR_S of the last data."""
+    if feedback.data_since or feedback.silence_due >= feedback.data_at + SILENCE_REPORTS_FOR_S:
+        return None
+    return feedback.silence_due
+
+
 class LinkControl:
     """Link lifecycle and control messages, for every peer.
 
@@ -172,8 +180,8 @@ class LinkControl:
             feedback = peer.feedback
             if feedback.data_since:
                 due.append(feedback.due)
-            elif feedback.silence_due < feedback.data_at + SILENCE_REPORTS_FOR_S:
-                due.append(feedback.silence_due)
+            elif (silence := _silence_report_due(feedback)) is not None:
+                due.append(silence)
             for link in peer.links.values():
                 if link.path is None:
                     continue
@@ -234,14 +242,11 @@ class LinkControl:
             feedback.silence_interval = SILENCE_REPORT_INTERVAL_S
             feedback.silence_due = now + SILENCE_REPORT_INTERVAL_S
             self._send_feedback(peer, session, now)
-        elif not feedback.data_since and now >= feedback.silence_due:
-            # The next one, if the data is still missing then (none once
-            # SILENCE_REPORTS_FOR_S have passed: see next_timer).
+        elif (silence := _silence_report_due(feedback)) is not None and now >= silence:
             feedback.silence_interval = max(2 * feedback.silence_interval,
                                             SILENCE_REPORT_INTERVAL_S)
             feedback.silence_due = now + feedback.silence_interval
-            if now < feedback.data_at + SILENCE_REPORTS_FOR_S:
-                self._send_feedback(peer, session, now)
+            self._send_feedback(peer, session, now)
         if now >= peer.links_announce_due:
             peer.links_announce_due = now + (
                 LINKS_ANNOUNCE_IDLE_INTERVAL_S if peer.idle else LINKS_ANNOUNCE_INTERVAL_S)
