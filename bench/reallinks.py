@@ -48,6 +48,13 @@ Choices, and why:
   each with the LTE queue.  What two links do not show: four rates
   swinging independently, so at nearly every moment some link is in a
   fade, and the receiver's order waits on the slowest of four.
+* Delay step (``delay-step``, outside the suite): two fixed lines,
+  ``DELAY_STEP_MBIT`` 10 Mbit/s, 10 ms each way and a 100 ms buffer, and
+  after ``DELAY_STEP_AT_S`` 20 s link 1's base delay grows to
+  ``DELAY_STEP_MS`` 60 ms each way (a route change, a handover to a
+  farther cell or core, a satellite's reconfiguration, larger than
+  Starlink's 10-30 ms draws): a link that must be re-measured, not
+  remembered.
 * ``lte-dsl`` pairs the DSL line with T-Mobile's trace (whose rate swings
   around the line's), ``lte-pair`` is T-Mobile + Verizon.
 
@@ -58,6 +65,7 @@ plus a margin.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from bench.lab import Direction, LinkSpec
@@ -86,6 +94,11 @@ SLOW_CELL_QUEUE_MS = 500.0
 ADSL_LINES = ((16.0, 1.0, 10.0), (8.0, 0.8, 15.0))
 ADSL_DOWN_QUEUE_MS = 100.0
 ADSL_UP_QUEUE_MS = 500.0
+DELAY_STEP_MBIT = 10.0
+DELAY_STEP_QUEUE_MS = 100.0
+DELAY_STEP_BEFORE_MS = 10.0
+DELAY_STEP_MS = 60.0
+DELAY_STEP_AT_S = 20.0
 TMOBILE = "TMobile-LTE-short"
 VERIZON = "Verizon-LTE-short"
 # The van's two further modems: (name, up Mbit/s, down Mbit/s, one-way delay ms).
@@ -191,3 +204,11 @@ def van(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:
 def bloat(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:
     line = fixed_line(BLOAT_MBIT, BLOAT_DELAY_MS, BLOAT_QUEUE_MS)
     return line, line
+
+
+def delay_step(library: TraceLibrary, horizon_s: float) -> tuple[LinkSpec, ...]:
+    line = fixed_line(DELAY_STEP_MBIT, DELAY_STEP_BEFORE_MS, DELAY_STEP_QUEUE_MS)
+    steps = ((DELAY_STEP_AT_S, DELAY_STEP_MS),)
+    farther = LinkSpec(dataclasses.replace(line.up, delay_steps=steps),
+                       dataclasses.replace(line.down, delay_steps=steps))
+    return line, farther

@@ -194,15 +194,18 @@ SCENARIOS: dict[str, Scenario] = {
               reallinks.van),
         _real("bloat", "two fixed 10 Mbit/s lines with 500 ms buffers, 5 ms each way",
               reallinks.bloat),
+        _real("delay-step", "two fixed 10 Mbit/s lines, 10 ms each way, 100 ms buffers; "
+              "link 1's base delay grows to 60 ms each way 20 s in (a route change, a "
+              "handover to a farther cell)", reallinks.delay_step),
         _real("adsl-pair", "two ADSL lines, 16 down / 1 up and 8 down / 0.8 up Mbit/s, 10 and "
               "15 ms each way, 100 ms buffers down and 500 ms up", reallinks.adsl_pair),
     )
 }
 # Real-links scenarios run on their own, outside the suite (which keeps to
 # about 90 minutes): `lte-3g`, a bond whose second link is much slower,
-# `van`, four cellular links, and `adsl-pair`, two lines whose uplink is a
-# tenth of their downlink.
-EXTRA_REAL_LINKS = ("lte-3g", "van", "adsl-pair")
+# `van`, four cellular links, `adsl-pair`, two lines whose uplink is a
+# tenth of their downlink, and `delay-step`, a line whose base delay grows.
+EXTRA_REAL_LINKS = ("lte-3g", "van", "adsl-pair", "delay-step")
 REAL_LINKS = tuple(name for name, s in SCENARIOS.items()
                    if s.kind == "reallinks" and name not in EXTRA_REAL_LINKS)
 

@@ -56,7 +56,7 @@ def recorded(tmp_path: Path) -> Path:
 def test_the_suite_and_its_scenarios() -> None:
     assert REAL_LINKS == ("lte-pair", "lte-dsl", "handover", "starlink", "bloat")
     assert resolve(["real-links"]) == [SCENARIOS[n] for n in REAL_LINKS]
-    assert EXTRA_REAL_LINKS == ("lte-3g", "van", "adsl-pair")
+    assert EXTRA_REAL_LINKS == ("lte-3g", "van", "adsl-pair", "delay-step")
     for name in REAL_LINKS + EXTRA_REAL_LINKS:
         s = SCENARIOS[name]
         assert s.kind == "reallinks" and s.directions == (UPLOAD, DOWNLOAD)
@@ -238,6 +238,12 @@ def test_the_other_scenarios_links(tmp_path: Path) -> None:
         (16, 1), (8, 0.8)]
     assert all((link.down.queue_ms, link.up.queue_ms) == (100, 500) for link in adsl)
     assert [link.up.delay_ms for link in adsl] == [link.down.delay_ms for link in adsl] == [10, 15]
+    steady, farther = SCENARIOS["delay-step"].links_for(library, 60)
+    for d in (steady.up, steady.down, farther.up, farther.down):
+        assert (d.emulated_mbit, d.delay_ms, d.queue_ms) == (10, 10, 100)
+    assert not steady.up.delay_steps and not steady.down.delay_steps
+    assert farther.up.delay_steps == farther.down.delay_steps == ((20.0, 60.0),)
+    assert farther.up.emulator_spec()["delay_steps"] == [[20.0, 60.0]]
 
 
 def _examples(tmp_path: Path, scheduler: str, extra: str = "", weight: int = 1) -> Path:
