@@ -243,8 +243,8 @@ class LinkControl:
             feedback.silence_due = now + SILENCE_REPORT_INTERVAL_S
             self._send_feedback(peer, session, now)
         elif (silence := _silence_report_due(feedback)) is not None and now >= silence:
-            feedback.silence_interval = max(2 * feedback.silence_interval,
-                                            SILENCE_REPORT_INTERVAL_S)
+            # (set by the report of data that comes before any of these)
+            feedback.silence_interval *= 2
             feedback.silence_due = now + feedback.silence_interval
             self._send_feedback(peer, session, now)
         if now >= peer.links_announce_due:
