@@ -55,6 +55,7 @@ from .scheduler import shortest_rtt_avoiding, usable_links
 from .session import Session
 from .spec import EndpointSpec, LinkSpec, Role
 from .transmit import Transmitter
+from .window import CWND_MIN_BYTES, DEFAULT_RTT_S, USED_SHARE
 
 # Every link is probed every 200 ms and the server answers each probe, so
 # a second of silence on all of them means they are all down or the server
@@ -228,6 +229,7 @@ class LinkControl:
             self._link_changed(peer, link, now, link.health.update(now))
             if link.window.expire(now, link.health.srtt_s):
                 self._egress.flush_queue(peer, now)
+            self._refresh_min_rtt(peer, link, now)
             if link.health.probe_due(now):
                 send_control(peer, session, link, _probe(link, now), now)
             if self.spec.pmtu_probe:
@@ -252,6 +254,32 @@ class LinkControl:
                 LINKS_ANNOUNCE_IDLE_INTERVAL_S if peer.idle else LINKS_ANNOUNCE_INTERVAL_S)
             if self.spec.role is Role.CLIENT:
                 self.announce_links(peer, session, now)
+
+    def _refresh_min_rtt(self, peer: Peer, link: Link, now: float) -> None:
+        """Drain a busy link whose minimum RTT is due to be measured again;
+        end the drain once measured or given up (see minrtt)."""
+        health, window = link.health, link.window
+        min_rtt = health.min_rtt
+        # Another link out of the schedule (a fade, an outage, a Starlink
+        # step): the bond is short already, and a drain would take more.
+        short = any(not other.up for other in peer.links.values() if other is not link)
+        if min_rtt.draining:
+            if min_rtt.drain_over(now) or not link.up or short:
+                min_rtt.end_drain(now)
+                window.drain_cap_bytes = float("inf")
+                self._egress.flush_queue(peer, now)
+            return
+        if not link.up or peer.idle or short or not min_rtt.expired(now, since=health.woke_at):
+            return
+        cap = _queueless_bytes(link)
+        # Only a link its window holds back can hold a queue of ours: one
+        # that carries the acks of a download has more in flight than that
+        # only because the peer's reports wait behind the peer's own queue.
+        if window.inflight_bytes > cap and window.inflight_bytes >= USED_SHARE * window.cwnd_bytes:
+            min_rtt.start_drain(now, DEFAULT_RTT_S if health.srtt_s is None else health.srtt_s)
+            window.drain_cap_bytes = cap
+            if min_rtt.drain_probe_at is not None:
+                health.next_probe_time = min(health.next_probe_time, min_rtt.drain_probe_at)
 
     def data_seen(self, peer: Peer, now: float) -> None:
         """Data came from the peer: wake it if idle, keep it busy."""
@@ -433,6 +461,8 @@ class LinkControl:
                 send_control(peer, session, link, _probe(link, now), now)
         elif isinstance(message, control.ProbeAck):
             self._link_changed(peer, link, now, link.health.on_ack(message.probe_id, now))
+            if link.health.min_rtt.draining:
+                self._refresh_min_rtt(peer, link, now)
             if link.up:
                 self._egress.flush_queue(peer, now)
         elif isinstance(message, control.Feedback):
@@ -480,7 +510,7 @@ class LinkControl:
                              est.delivery_max_bps / fastest if fastest > 0 else 1.0)
         # The peer is alive (it reports): a link whose data it never saw is dead.
         for link in peer.links.values():
-            if link.up and link.est.stalled(now, link.health.min_rtt_s,
+            if link.up and link.est.stalled(now, link.health.least_rtt_s,
                                             link.window.oldest_unacked()):
                 link.window.forget()
                 self._link_changed(peer, link, now, link.health.on_stall(now))
@@ -652,6 +682,15 @@ def _udp_ip_header_size(link: Link) -> int:
     return 8 + (40 if _family(link) == 6 else 20)
 
 
+def _queueless_bytes(link: Link) -> float:
+    """What `link` may have in flight without a queue of ours on it: what it
+    delivers now over its minimum RTT (at least a few packets; see minrtt)."""
+    min_rtt = link.health.min_rtt_s
+    if min_rtt is None:
+        return CWND_MIN_BYTES
+    return max(link.est.delivery_bps / 8 * min_rtt, CWND_MIN_BYTES)
+
+
 def _probe(link: Link, now: float) -> control.Probe:
     """A probe of `link` sent now.  It says the link works both ways (see
     control: an idle server learns its links' state from the client's
@@ -660,7 +699,13 @@ def _probe(link: Link, now: float) -> control.Probe:
     probes sent after the break."""
     health = link.health
     vouch = health.state is LinkState.UP and health.answered() and health.probes_acked > 0
-    probe_id = health.start_probe(now)
+    # No queue of ours in front of it: its round trip is the link's base (see minrtt).
+    clean = link.window.inflight_bytes <= _queueless_bytes(link) or health.min_rtt.clean_at(now)
+    probe_id = health.start_probe(now, clean)
+    if health.min_rtt.clean_at(now):
+        # A drain measures on a few probes in quick succession (see minrtt).
+        spacing = health.min_rtt.drain_probe_spacing_s(health.srtt_s or DEFAULT_RTT_S)
+        health.next_probe_time = min(health.next_probe_time, now + spacing)
     srtt = health.srtt_s
     if not vouch or srtt is None:
         return control.Probe(probe_id)

@@ -62,6 +62,7 @@ from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from .estimator import LinkEstimator
+from .minrtt import MinRtt
 from .pmtu import PmtuSearch
 from .reorder import HOLD_MAX_S
 from .window import LinkWindow
@@ -144,8 +145,8 @@ class LinkHealth:
 
     state: LinkState = LinkState.UNKNOWN
     srtt_s: float | None = None
-    min_rtt_s: float | None = None
     rttvar_s: float = 0.0
+    min_rtt: MinRtt = field(default_factory=MinRtt)
     last_ack_time: float = float("-inf")
     last_acked_sent: float = float("-inf")  # send time of the newest probe acked
     next_probe_time: float = 0.0
@@ -171,6 +172,21 @@ class LinkHealth:
     last_heard: float = float("-inf")  # the newest authenticated datagram on the link
     last_probe_time: float = float("-inf")
     keep_busy: bool = False  # probed at the busy pace even while idle (see linkctl)
+    # Outstanding probes sent with no queue of ours in front of them (see minrtt).
+    clean_probes: set[int] = field(default_factory=set)
+
+    @property
+    def min_rtt_s(self) -> float | None:
+        return self.min_rtt.value_s
+
+    @min_rtt_s.setter
+    def min_rtt_s(self, value: float | None) -> None:
+        self.min_rtt.value_s = self.min_rtt.least_s = value
+
+    @property
+    def least_rtt_s(self) -> float | None:
+        """The least round trip of all time (the stall limit's: see minrtt)."""
+        return self.min_rtt.least_s
 
     def set_keep_busy(self, keep: bool) -> None:
         if keep != self.keep_busy:
@@ -267,13 +283,18 @@ class LinkHealth:
     def probe_due(self, now: float) -> bool:
         return now >= self.next_probe_time
 
-    def start_probe(self, now: float) -> int:
-        """Book a probe sent now; returns its id."""
+    def start_probe(self, now: float, clean: bool = False) -> int:
+        """Book a probe sent now; returns its id.  `clean`: no data of ours
+        is queued in front of it (see minrtt)."""
         probe_id = self.next_probe_id
         self.next_probe_id = (probe_id + 1) & 0xFFFFFFFF
         self.outstanding[probe_id] = now
         if len(self.outstanding) > MAX_OUTSTANDING_PROBES:
             del self.outstanding[next(iter(self.outstanding))]
+        if clean:
+            self.clean_probes.add(probe_id)
+            if len(self.clean_probes) > MAX_OUTSTANDING_PROBES:
+                self.clean_probes.intersection_update(self.outstanding)
         self.last_probe_time = now  # before the interval: this one is not answered yet
         interval = self.probe_interval_s()
         self.next_probe_time = float("inf") if interval is None else now + interval
@@ -288,11 +309,13 @@ class LinkHealth:
         # Older probes still outstanding were lost or overtaken: forget them.
         for stale in [k for k, t in self.outstanding.items() if t < sent]:
             del self.outstanding[stale]
+        clean = probe_id in self.clean_probes
+        if self.clean_probes:
+            self.clean_probes.intersection_update(self.outstanding)
         self.probes_acked += 1
         self.last_acked_sent = max(self.last_acked_sent, sent)
         rtt = max(now - sent, 0.0)
-        if self.min_rtt_s is None or rtt < self.min_rtt_s:
-            self.min_rtt_s = rtt
+        self.min_rtt.sample(rtt, now, clean)
         if self.srtt_s is None:
             self.srtt_s, self.rttvar_s = rtt, rtt / 2
         else:
@@ -317,7 +340,8 @@ class LinkHealth:
         if state is not LinkState.UNKNOWN and state is not LinkState.DOWN:
             return None
         if self.srtt_s is None:
-            self.srtt_s, self.rttvar_s, self.min_rtt_s = srtt_s, srtt_s / 2, srtt_s
+            self.srtt_s, self.rttvar_s = srtt_s, srtt_s / 2
+            self.min_rtt.sample(srtt_s, now, clean=False)
         changed = self.update(now, acked=True)
         if self.state is LinkState.UP:
             self.last_ack_time = max(self.last_ack_time, now)

@@ -146,6 +146,8 @@ def snapshot(spec: EndpointSpec, peers_state: list[Peer], drops: Mapping[str, in
                 "weight": link.weight, "backup": link.backup,
                 "rtt_ms": None if h.srtt_s is None else round(h.srtt_s * 1000, 2),
                 "rttvar_ms": None if h.srtt_s is None else round(h.rttvar_s * 1000, 2),
+                "min_rtt_ms": None if h.min_rtt_s is None else round(h.min_rtt_s * 1000, 2),
+                "rtt_drains": h.min_rtt.drains,
                 "probes_sent": h.probes_sent, "probes_acked": h.probes_acked,
                 "tx_packets": link.counters.tx_packets, "tx_bytes": link.counters.tx_bytes,
                 "rx_packets": link.counters.rx_packets, "rx_bytes": link.counters.rx_bytes,

@@ -146,15 +146,18 @@ class LinkWindow:
     # When the newest send a report covered left: the peer has what this
     # link carried until then (see egress.resend_recent).
     reported_sent_at: float = float("-inf")
+    # While the link drains to measure its minimum RTT (see minrtt): what
+    # it may have in flight, whatever its window.
+    drain_cap_bytes: float = float("inf")
     _reported_at: float | None = None
     _cut_at: float = float("-inf")  # the last cut for a loss
     _shrunk_at: float = float("-inf")  # the last cut for a standing queue
 
     def has_room(self) -> bool:
-        return self.inflight_bytes < self.cwnd_bytes
+        return self.inflight_bytes < self.cwnd_bytes and self.inflight_bytes < self.drain_cap_bytes
 
     def room_bytes(self) -> float:
-        return self.cwnd_bytes - self.inflight_bytes
+        return min(self.cwnd_bytes, self.drain_cap_bytes) - self.inflight_bytes
 
     def on_send(self, link_seq: int, now: float, size: int) -> None:
         """Datagrams up to `link_seq`, `size` bytes in all, left at `now`."""

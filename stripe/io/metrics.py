@@ -67,6 +67,8 @@ LINK_GAUGES = (
      "Queueing delay of what the peer sends on the link, measured here.", "peer_qdelay_ms", "ms"),
     ("link_rtt_variance_seconds", "Mean deviation of the link's probe round-trip times.",
      "rttvar_ms", "ms"),
+    ("link_min_rtt_seconds", "The link's minimum round trip (its base delay, both ways).",
+     "min_rtt_ms", "ms"),
     ("link_in_flight_packets", "Packets sent on the link that the peer has not reported yet.",
      "in_flight_packets", ""),
     ("link_weight", "The link's configured weight.", "weight", ""),
@@ -89,6 +91,8 @@ LINK_COUNTERS = (
     ("link_up_transitions", "Times the link came back up after being down.", "ups"),
     ("link_stalls", "Times the link stalled (out of the schedule until it delivered again).",
      "stalls"),
+    ("link_rtt_drains", "Times the link was drained to measure its minimum round trip again.",
+     "rtt_drains"),
     ("link_late_packets", "Packets received on the link after the reorder buffer gave them up.",
      "late_packets"),
 )
