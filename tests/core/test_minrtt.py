@@ -10,6 +10,7 @@ from stripe.links import LinkState
 from stripe.minrtt import CONFIRM_SLACK, DRAIN_ANSWER_S, EXPIRE_S, REMEASURE_SAMPLES, MinRtt
 
 PACKET_BYTES = 1250
+LOAD_BPS = 3.5e6  # below the two 2 Mbit/s links' sum: queues of the window's size
 
 
 def test_a_lower_sample_counts_at_once_and_a_higher_one_only_clean_after_expiry() -> None:
@@ -137,3 +138,27 @@ def test_a_queue_that_never_drains_is_not_taken_for_base_delay() -> None:
     assert health.min_rtt_s is not None and health.min_rtt_s < 0.028
     assert worst < 0.045, worst  # seconds of queue at the link's rate
     assert health.min_rtt.drains >= 1
+
+
+def test_the_stall_limit_keeps_the_least_rtt_of_all_time() -> None:
+    """Two 2 Mbit/s links loaded to 3.5 Mbit/s; link 1's base delay grows
+    from 10 to 120 ms each way and its minimum is measured again (0.24 s);
+    then the link dies.  Its stall limit is twice the round trip and queue
+    it expects plus two report gaps: from the least round trip of all time
+    the link is out of the schedule 0.3 s after it died; from the
+    re-measured one it took 0.75 s, the flow held up all the while (see
+    minrtt)."""
+    links = [SimLink(delay_s=0.010, traces={"up": Trace.constant(2e6)}),
+             SimLink(delay_s=0.010, traces={"up": Trace.constant(2e6)})]
+    sim = Sim(links, scheduler="adaptive")
+    links[0].traces["up"].start_s = links[1].traces["up"].start_s = sim.now
+    sim.run(1.0, offered(sim.now, LOAD_BPS, 1.0))
+    links[1].delay_s = 0.120
+    sim.run(EXPIRE_S + 4.0, offered(sim.now, LOAD_BPS, EXPIRE_S + 4.0, first=10**6))
+    health = sim.client.peers[0].links[1].health
+    assert health.min_rtt_s is not None and health.min_rtt_s > 0.2
+    assert health.least_rtt_s is not None and health.least_rtt_s < 0.03
+    stalls = health.stalls
+    links[1].up = False
+    sim.run(0.45, offered(sim.now, LOAD_BPS, 0.45, first=2 * 10**6))
+    assert health.stalls > stalls or health.state is LinkState.DOWN
