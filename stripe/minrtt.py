@@ -23,10 +23,11 @@ EXPIRE_S is measured again, on a probe that no queue of ours can delay
 - a link its window holds back (nearly full) drains (`start_drain`): its
   window is capped at that, which leaves no room for a queue, and the
   first probe sent a round trip later (what was queued has left by then)
-  measures the base (and the next REMEASURE_SAMPLES - 1, sent in quick
-  succession: see below).  The cap costs the link the share of its rate that
-  the report gap is of its round trip, for two round trips
-  (DRAIN_ANSWER_S more at most), once in EXPIRE_S, and only when the
+  measures the base (and the next REMEASURE_SAMPLES - 1, sent
+  DRAIN_PROBE_SPACING_S or half a round trip apart: see below).  The cap
+  costs the link the share of its rate that the report gap is of its round
+  trip, for about three round trips (DRAIN_ANSWER_S more at most), once in
+  EXPIRE_S, and only when the
   minimum was not seen for that long: a link whose base delay grew, or one
   whose queue never drains.  Not while another link is out of the
   schedule (a fade, an outage): the bond is short already, and a drain
