@@ -49,6 +49,7 @@ from . import control, pmtu, wire
 from .egress import Egress
 from .estimator import FEEDBACK_INTERVAL_S, queue_delay_s
 from .links import IDLE_PROBE_INTERVAL_S, Link, LinkState
+from .minrtt import drain_probe_spacing_s
 from .outbox import Address, Outbox
 from .peer import FeedbackClock, Peer
 from .scheduler import shortest_rtt_avoiding, usable_links
@@ -704,7 +705,7 @@ def _probe(link: Link, now: float) -> control.Probe:
     probe_id = health.start_probe(now, clean)
     if health.min_rtt.clean_at(now):
         # A drain measures on a few probes in quick succession (see minrtt).
-        spacing = health.min_rtt.drain_probe_spacing_s(health.srtt_s or DEFAULT_RTT_S)
+        spacing = drain_probe_spacing_s(health.srtt_s or DEFAULT_RTT_S)
         health.next_probe_time = min(health.next_probe_time, now + spacing)
     srtt = health.srtt_s
     if not vouch or srtt is None:

@@ -27,11 +27,10 @@ EXPIRE_S is measured again, on a probe that no queue of ours can delay
   DRAIN_PROBE_SPACING_S or half a round trip apart: see below).  The cap
   costs the link the share of its rate that the report gap is of its round
   trip, for about three round trips (DRAIN_ANSWER_S more at most), once in
-  EXPIRE_S, and only when the
-  minimum was not seen for that long: a link whose base delay grew, or one
-  whose queue never drains.  Not while another link is out of the
-  schedule (a fade, an outage): the bond is short already, and a drain
-  under way then is given up;
+  EXPIRE_S, and only when the minimum was not seen for that long: a link
+  whose base delay grew, or one whose queue never drains.  Not while
+  another link is out of the schedule (a fade, an outage): the bond is
+  short already, and a drain under way then is given up;
 - any other link keeps the minimum it has until it is one of those: one
   paced below its window, or one carrying a download's acks (more in
   flight only because the peer's reports wait behind the peer's queue;
@@ -48,11 +47,11 @@ own drain clears: while both ways hold queues, each end's minimum may keep
 part of the other's, which each end's drain bounds.
 
 The stall limit (`estimator.stalled`) keeps the least sample of all time
-(`least_s`): side by side, a limit from the re-measured minimum held the
-inner flow up to 0.9 s at a Starlink step where the least held it 0.3-0.4
-s (bench.md, "A base delay that grows").  Its cost on a link whose base
-delay grew: one that goes from idle to busy may be taken for stalled
-before its first report (out of the schedule until that report comes).
+(`least_s`): twice a re-measured minimum of 0.24 s is a dead link kept in
+the schedule 0.75 s, against 0.3 s from the least (test_minrtt).  Its cost
+on a link whose base delay grew: one that goes from idle to busy may be
+taken for stalled before its first report (out of the schedule until that
+report comes).
 
 Empty state: no minimum (None), no drain.  Invariant: `drain_probe_at` is
 None unless draining.
@@ -80,6 +79,11 @@ REMEASURE_SAMPLES = 3
 # A drain's probes go this far apart (at least; half a round trip if
 # longer): a drain is short, and its samples are what it is for.
 DRAIN_PROBE_SPACING_S = 0.02
+
+
+def drain_probe_spacing_s(srtt_s: float) -> float:
+    """How far apart a drain's probes go (see DRAIN_PROBE_SPACING_S)."""
+    return max(DRAIN_PROBE_SPACING_S, srtt_s / 2)
 
 
 @dataclass(slots=True)
@@ -128,9 +132,6 @@ class MinRtt:
     def _confirm(self, value_s: float, now: float) -> None:
         self.value_s, self.confirmed_at = value_s, now
         self.candidate_s, self.candidates = float("inf"), 0
-
-    def drain_probe_spacing_s(self, srtt_s: float) -> float:
-        return max(DRAIN_PROBE_SPACING_S, srtt_s / 2)
 
     def start_drain(self, now: float, srtt_s: float) -> None:
         self.drain_probe_at = now + srtt_s
