@@ -49,14 +49,13 @@ from . import control, pmtu, wire
 from .egress import Egress
 from .estimator import FEEDBACK_INTERVAL_S, queue_delay_s
 from .links import IDLE_PROBE_INTERVAL_S, Link, LinkState
-from .minrtt import drain_probe_spacing_s
+from .minrtt import probe_is_clean, refresh_drain, space_drain_probes
 from .outbox import Address, Outbox
 from .peer import FeedbackClock, Peer
 from .scheduler import shortest_rtt_avoiding, usable_links
 from .session import Session
 from .spec import EndpointSpec, LinkSpec, Role
 from .transmit import Transmitter
-from .window import CWND_MIN_BYTES, DEFAULT_RTT_S, USED_SHARE
 
 # Every link is probed every 200 ms and the server answers each probe, so
 # a second of silence on all of them means they are all down or the server
@@ -257,30 +256,13 @@ class LinkControl:
                 self.announce_links(peer, session, now)
 
     def _refresh_min_rtt(self, peer: Peer, link: Link, now: float) -> None:
-        """Drain a busy link whose minimum RTT is due to be measured again;
-        end the drain once measured or given up (see minrtt)."""
-        health, window = link.health, link.window
-        min_rtt = health.min_rtt
+        """Start or end a drain of `link` to measure its minimum RTT again
+        (see minrtt); a drain that ends gives the link its room back."""
         # Another link out of the schedule (a fade, an outage, a Starlink
         # step): the bond is short already, and a drain would take more.
         short = any(not other.up for other in peer.links.values() if other is not link)
-        if min_rtt.draining:
-            if min_rtt.drain_over(now) or not link.up or short:
-                min_rtt.end_drain(now)
-                window.drain_cap_bytes = float("inf")
-                self._egress.flush_queue(peer, now)
-            return
-        if not link.up or peer.idle or short or not min_rtt.expired(now, since=health.woke_at):
-            return
-        cap = _queueless_bytes(link)
-        # Only a link its window holds back can hold a queue of ours: one
-        # that carries the acks of a download has more in flight than that
-        # only because the peer's reports wait behind the peer's own queue.
-        if window.inflight_bytes > cap and window.inflight_bytes >= USED_SHARE * window.cwnd_bytes:
-            min_rtt.start_drain(now, DEFAULT_RTT_S if health.srtt_s is None else health.srtt_s)
-            window.drain_cap_bytes = cap
-            if min_rtt.drain_probe_at is not None:
-                health.next_probe_time = min(health.next_probe_time, min_rtt.drain_probe_at)
+        if refresh_drain(link, now, hold=short or peer.idle):
+            self._egress.flush_queue(peer, now)
 
     def data_seen(self, peer: Peer, now: float) -> None:
         """Data came from the peer: wake it if idle, keep it busy."""
@@ -683,15 +665,6 @@ def _udp_ip_header_size(link: Link) -> int:
     return 8 + (40 if _family(link) == 6 else 20)
 
 
-def _queueless_bytes(link: Link) -> float:
-    """What `link` may have in flight without a queue of ours on it: what it
-    delivers now over its minimum RTT (at least a few packets; see minrtt)."""
-    min_rtt = link.health.min_rtt_s
-    if min_rtt is None:
-        return CWND_MIN_BYTES
-    return max(link.est.delivery_bps / 8 * min_rtt, CWND_MIN_BYTES)
-
-
 def _probe(link: Link, now: float) -> control.Probe:
     """A probe of `link` sent now.  It says the link works both ways (see
     control: an idle server learns its links' state from the client's
@@ -700,13 +673,8 @@ def _probe(link: Link, now: float) -> control.Probe:
     probes sent after the break."""
     health = link.health
     vouch = health.state is LinkState.UP and health.answered() and health.probes_acked > 0
-    # No queue of ours in front of it: its round trip is the link's base (see minrtt).
-    clean = link.window.inflight_bytes <= _queueless_bytes(link) or health.min_rtt.clean_at(now)
-    probe_id = health.start_probe(now, clean)
-    if health.min_rtt.clean_at(now):
-        # A drain measures on a few probes in quick succession (see minrtt).
-        spacing = drain_probe_spacing_s(health.srtt_s or DEFAULT_RTT_S)
-        health.next_probe_time = min(health.next_probe_time, now + spacing)
+    probe_id = health.start_probe(now, probe_is_clean(link, now))
+    space_drain_probes(link, now)
     srtt = health.srtt_s
     if not vouch or srtt is None:
         return control.Probe(probe_id)

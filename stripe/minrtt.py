@@ -60,6 +60,12 @@ None unless draining.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .window import CWND_MIN_BYTES, DEFAULT_RTT_S, USED_SHARE
+
+if TYPE_CHECKING:
+    from .links import Link
 
 # BBR's min_rtt filter: 10 s.
 EXPIRE_S = 10.0
@@ -147,3 +153,55 @@ class MinRtt:
             assert self.value_s is not None
             self._confirm(self.value_s, now)
         self.drain_probe_at = None
+
+
+# The link-level side: which probes are clean, and when a link drains.
+
+def queueless_bytes(link: Link) -> float:
+    """What `link` may have in flight without a queue of ours on it: what it
+    delivers now over its minimum RTT (at least a few packets)."""
+    min_rtt = link.health.min_rtt_s
+    if min_rtt is None:
+        return CWND_MIN_BYTES
+    return max(link.est.delivery_bps / 8 * min_rtt, CWND_MIN_BYTES)
+
+
+def probe_is_clean(link: Link, now: float) -> bool:
+    """A probe of `link` sent now has no queue of ours in front of it: its
+    round trip is the link's base."""
+    return link.window.inflight_bytes <= queueless_bytes(link) or link.health.min_rtt.clean_at(now)
+
+
+def space_drain_probes(link: Link, now: float) -> None:
+    """After a probe sent now: a drain measures on a few probes in quick
+    succession."""
+    health = link.health
+    if health.min_rtt.clean_at(now):
+        spacing = drain_probe_spacing_s(health.srtt_s or DEFAULT_RTT_S)
+        health.next_probe_time = min(health.next_probe_time, now + spacing)
+
+
+def refresh_drain(link: Link, now: float, hold: bool) -> bool:
+    """Drain a busy link whose minimum is due to be measured again; end the
+    drain once measured or given up, or when `hold` (the bond is short, the
+    peer idle).  True if a drain ended (the link has room again)."""
+    health, window = link.health, link.window
+    min_rtt = health.min_rtt
+    if min_rtt.draining:
+        if min_rtt.drain_over(now) or not link.up or hold:
+            min_rtt.end_drain(now)
+            window.drain_cap_bytes = float("inf")
+            return True
+        return False
+    if not link.up or hold or not min_rtt.expired(now, since=health.woke_at):
+        return False
+    cap = queueless_bytes(link)
+    # Only a link its window holds back can hold a queue of ours: one that
+    # carries the acks of a download has more in flight than that only
+    # because the peer's reports wait behind the peer's own queue.
+    if window.inflight_bytes > cap and window.inflight_bytes >= USED_SHARE * window.cwnd_bytes:
+        min_rtt.start_drain(now, DEFAULT_RTT_S if health.srtt_s is None else health.srtt_s)
+        window.drain_cap_bytes = cap
+        if min_rtt.drain_probe_at is not None:
+            health.next_probe_time = min(health.next_probe_time, min_rtt.drain_probe_at)
+    return False
